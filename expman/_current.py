@@ -1,0 +1,60 @@
+"""The module-level API: ``expman.init()`` makes a current run the other calls act on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from expman.errors import RunClosedError
+from expman.experiment import Experiment
+
+_current: Experiment | None = None
+
+
+def init(name: str, run_name: str | None = None, **kwargs: Any) -> Experiment:
+    """Start a run and make it current (closing the previous current run)."""
+    global _current
+    if _current is not None and _current.status == "RUNNING":
+        _current.close()
+    _current = Experiment(name, run_name, **kwargs)
+    return _current
+
+
+def current() -> Experiment:
+    """The current run, or RunClosedError when there is none."""
+    if _current is None:
+        raise RunClosedError("no current run: call expman.init(name) first")
+    return _current
+
+
+def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
+    current().log_metrics(metrics, step)
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    current().log_params(params)
+
+
+def info(msg: object) -> None:
+    current().info(msg)
+
+
+def warn(msg: object) -> None:
+    current().warn(msg)
+
+
+def error(msg: object) -> None:
+    current().error(msg)
+
+
+def save_artifact(path: str | os.PathLike[str], name: str | None = None) -> Path:
+    return current().save_artifact(path, name)
+
+
+def close(status: str = "FINISHED") -> None:
+    """Close the current run; a no-op when there is none."""
+    global _current
+    if _current is not None:
+        run, _current = _current, None
+        run.close(status)

@@ -1,0 +1,79 @@
+"""Small filesystem helpers: safe names and atomic JSON replacement."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from expman.errors import ExpmanTypeError, ExpmanValueError
+
+# Reserved on Windows whatever the extension; refused everywhere so a run folder
+# made on Linux can be copied to Windows.
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                     *(f"LPT{i}" for i in range(1, 10))}
+_BAD_CHARS = re.compile(r'[\x00-\x1f<>:"/\\|?*]')
+
+
+def check_name(kind: str, value: object) -> str:
+    """Return value if it is a safe single path component, else raise naming it."""
+    if not isinstance(value, str):
+        raise ExpmanTypeError(f"{kind} must be a str, got {type(value).__name__} ({value!r})")
+    if not value or value.strip() != value or value in (".", ".."):
+        raise ExpmanValueError(f"{kind} {value!r} is not a usable folder name")
+    bad = _BAD_CHARS.search(value)
+    if bad:
+        raise ExpmanValueError(
+            f"{kind} {value!r} contains {bad.group()!r}; names are one folder level, "
+            "without separators, NUL, control or Windows-reserved characters")
+    if value.split(".")[0].upper() in _WINDOWS_RESERVED or value.endswith("."):
+        raise ExpmanValueError(f"{kind} {value!r} is reserved on Windows")
+    return value
+
+
+def check_relative(kind: str, value: str) -> str:
+    """A relative path of safe components ('ckpt/model.pt'), normalised to '/'."""
+    if not isinstance(value, str):
+        raise ExpmanTypeError(f"{kind} must be a str, got {type(value).__name__} ({value!r})")
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value):
+        raise ExpmanValueError(f"{kind} {value!r} must be relative to the artifacts folder")
+    for part in parts:
+        check_name(kind, part)
+    return "/".join(parts)
+
+
+def inside(root: Path, path: Path) -> bool:
+    """True if path (resolved) lies within root (resolved)."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Replace path with JSON: temp file, fsync, os.replace. Never half-written."""
+    payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        with os.fdopen(fd, "wb", closefd=True) as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_json(path: Path) -> Any:
+    with open(path, "rb") as f:
+        return orjson.loads(f.read())

@@ -1,0 +1,48 @@
+"""One exception family for expman.
+
+Each subclass also inherits the builtin whose meaning it shares, so a plain
+``except ValueError`` or ``except OSError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ExpmanError",
+    "ExpmanTypeError",
+    "ExpmanValueError",
+    "RunClosedError",
+    "RunExistsError",
+    "WriterError",
+    "CorruptRunError",
+]
+
+
+class ExpmanError(Exception):
+    """Base class of every error expman raises on purpose."""
+
+
+class ExpmanTypeError(ExpmanError, TypeError):
+    """A value of the wrong type (a metric value, a key, a step, a param)."""
+
+
+class ExpmanValueError(ExpmanError, ValueError):
+    """A value of the right type but unusable (empty key, negative step, bad name)."""
+
+
+class RunClosedError(ExpmanError, RuntimeError):
+    """The run is closed (or belongs to the parent of a forked process)."""
+
+
+class RunExistsError(ExpmanError, FileExistsError):
+    """The run folder exists already and ``resume=True`` was not given."""
+
+
+class WriterError(ExpmanError, OSError):
+    """The writer thread failed to write (disk full, I/O error, vanished folder).
+
+    Carries ``errno``, ``strerror`` and ``filename`` like any ``OSError``.
+    """
+
+
+class CorruptRunError(ExpmanError, ValueError):
+    """A run file is damaged where no crash could have damaged it."""

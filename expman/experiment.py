@@ -1,0 +1,403 @@
+"""The Experiment: a run folder, its lifecycle, and the hot methods of the core.
+
+``log_metrics`` and ``flush`` are inherited from the compiled ``Core`` type
+unchanged, so a call goes straight into C with no Python frame in between.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+import threading
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Mapping
+
+from expman import _core, environment, lifecycle
+from expman._fsutil import atomic_write_json, check_name, check_relative, inside, read_json
+from expman.artifacts import ArtifactCopier
+from expman.errors import (
+    CorruptRunError, ExpmanTypeError, ExpmanValueError, RunClosedError, RunExistsError,
+)
+from expman.params import to_json
+
+__all__ = ["Experiment", "STATUSES"]
+
+STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED", "CRASHED")
+METRICS_FILE = "metrics.bin"
+EVENTS_FILE = "events.jsonl"
+RUN_FILE = "run.json"
+PARAMS_FILE = "params.json"
+ARTIFACTS_DIR = "artifacts"
+HEARTBEAT_INTERVAL = 10.0
+_O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def _new_run_name() -> str:
+    """Time-sortable and unique: the folder is created exclusively, so a clash retries."""
+    return datetime.now().strftime("%Y%m%d-%H%M%S-") + binascii.hexlify(os.urandom(3)).decode()
+
+
+class Experiment(_core.Core):
+    """One run of an experiment, written to ``<base_dir>/<name>/<run_name>/``.
+
+    Use it as a context manager, or call ``close()``; an unclosed run closes
+    itself at interpreter exit or when garbage-collected.
+    """
+
+    __slots__ = ("_name", "_run_name", "_run_dir", "_base_dir", "_meta", "_meta_lock",
+                 "_params", "_copier", "_env_thread", "_pid", "_fds", "_status",
+                 "_closing")
+
+    def __init__(
+        self,
+        name: str,
+        run_name: str | None = None,
+        base_dir: str | os.PathLike[str] = "./experiments",
+        *,
+        resume: bool = False,
+        flush_interval: float = 0.2,
+        buffer_size: int = 4 << 20,
+        on_full: str = "block",
+        on_error: str = "raise",
+        block_timeout: float = 10.0,
+        capture_env: bool = True,
+        handle_signals: bool = True,
+    ) -> None:
+        self._status = "NEW"
+        self._closing = False
+        self._fds: list[int] = []
+        self._pid = os.getpid()
+        self._name = check_name("experiment name", name)
+        if run_name is not None:
+            check_name("run_name", run_name)
+        if not 0.001 <= flush_interval <= 60:
+            raise ExpmanValueError(f"flush_interval must be in [0.001, 60] s, got {flush_interval!r}")
+        if buffer_size < 64 << 10:
+            raise ExpmanValueError(f"buffer_size must be at least 64 KiB, got {buffer_size!r}")
+        self._base_dir = Path(os.path.abspath(os.fspath(base_dir)))
+        exp_dir = self._base_dir / self._name
+        os.makedirs(exp_dir, exist_ok=True)
+
+        created = False
+        if run_name is None:
+            while True:
+                run_name = _new_run_name()
+                try:
+                    os.mkdir(exp_dir / run_name)
+                    created = True
+                    break
+                except FileExistsError:
+                    continue
+        else:
+            try:
+                os.mkdir(exp_dir / run_name)
+                created = True
+            except FileExistsError:
+                if not resume:
+                    raise RunExistsError(
+                        17, f"run {name}/{run_name} exists; pass resume=True to append to it",
+                        str(exp_dir / run_name)) from None
+        self._run_name = run_name
+        self._run_dir = exp_dir / run_name
+        if not inside(self._base_dir, self._run_dir):
+            raise ExpmanValueError(f"run folder {self._run_dir} resolves outside {self._base_dir}")
+        self._meta_lock = threading.RLock()
+        self._params: dict[str, Any] = {}
+        self._copier = ArtifactCopier(self._emit_from_thread)
+        self._env_thread: threading.Thread | None = None
+        try:
+            keys, last_step, sizes = self._open_files(fresh=created)
+            now = time.time()
+            if created:
+                self._meta = {
+                    "format": _core.FORMAT_VERSION, "experiment": self._name,
+                    "run_name": run_name, "status": "RUNNING", "start_time": now,
+                    "end_time": None, "duration": None, "pid": self._pid,
+                    "host": None, "heartbeat_interval": HEARTBEAT_INTERVAL,
+                    "resumed": [], "exit": None, "stats": None, "env": {},
+                }
+            else:
+                self._meta = read_json(self._run_dir / RUN_FILE)
+                self._meta["resumed"] = [*self._meta.get("resumed", []), now]
+                self._meta.update(status="RUNNING", end_time=None, duration=None,
+                                  pid=self._pid, exit=None)
+                if (self._run_dir / PARAMS_FILE).exists():
+                    self._params = read_json(self._run_dir / PARAMS_FILE)
+            env = environment.quick() if capture_env else {"pid": self._pid}
+            self._meta["env"] = {**self._meta.get("env", {}), **env}
+            self._meta["host"] = env.get("hostname")
+            atomic_write_json(self._run_dir / RUN_FILE, self._meta)
+            self._start(self._fds[0], sizes[0], self._fds[1], sizes[1],
+                        metrics_path=str(self._run_dir / METRICS_FILE),
+                        buffer_size=buffer_size, flush_interval=flush_interval,
+                        heartbeat_interval=HEARTBEAT_INTERVAL, on_full=on_full,
+                        on_error=on_error, block_timeout=block_timeout,
+                        keys=keys, last_step=last_step)
+        except BaseException:
+            self._close_fds()
+            if created:
+                _remove_tree(self._run_dir)
+            raise
+        self._status = "RUNNING"
+        lifecycle.register(self, handle_signals)
+        self._log_event({"kind": "status", "status": "RUNNING", "time": now,
+                         "resumed": not created})
+        if capture_env:
+            self._env_thread = threading.Thread(
+                target=_probe_env, args=(self._run_dir, self._meta, self._meta_lock,
+                                         self._meta["env"]["cwd"]),
+                name="expman-env", daemon=True)
+            self._env_thread.start()
+
+    # ---- files ----------------------------------------------------------------
+    def _open_files(self, fresh: bool) -> tuple[dict[str, int] | None, int | None, tuple[int, int]]:
+        flags = os.O_WRONLY | os.O_CREAT | _O_BINARY | getattr(os, "O_CLOEXEC", 0)
+        os.makedirs(self._run_dir / ARTIFACTS_DIR, exist_ok=True)
+        metrics = self._run_dir / METRICS_FILE
+        events = self._run_dir / EVENTS_FILE
+        keys = last_step = None
+        if fresh:
+            fd = os.open(metrics, flags | os.O_TRUNC, 0o644)
+            self._fds.append(fd)
+            os.write(fd, _core.file_header())
+            msize = _core.HEADER_SIZE
+        else:
+            keys, last_step, msize = _prepare_resume(metrics)
+            fd = os.open(metrics, flags, 0o644)
+            self._fds.append(fd)
+            os.lseek(fd, msize, os.SEEK_SET)
+        fd = os.open(events, flags, 0o644)
+        self._fds.append(fd)
+        esize = _events_good_size(events) if not fresh else 0
+        os.ftruncate(fd, esize)
+        os.lseek(fd, esize, os.SEEK_SET)
+        return keys, last_step, (msize, esize)
+
+    def _close_fds(self) -> None:
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = []
+
+    # ---- properties -------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The experiment name (the parent folder)."""
+        return self._name
+
+    @property
+    def run_name(self) -> str:
+        return self._run_name
+
+    @property
+    def run_dir(self) -> Path:
+        """Absolute path of this run's folder."""
+        return self._run_dir
+
+    @property
+    def status(self) -> str:
+        """RUNNING, then FINISHED, FAILED or KILLED once closed."""
+        return self._status
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """A copy of the params logged so far."""
+        return dict(self._params)
+
+    def __repr__(self) -> str:
+        return (f"<expman.Experiment {self._name}/{getattr(self, '_run_name', '?')} "
+                f"{self._status} at {getattr(self, '_run_dir', '?')}>")
+
+    # ---- logging besides metrics ---------------------------------------------------
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Merge params (top-level keys replace) and rewrite params.json atomically."""
+        if not isinstance(params, Mapping):
+            raise ExpmanTypeError(f"log_params: expected a dict, got {type(params).__name__}")
+        self._check_open()
+        converted = to_json(dict(params), "params")
+        with self._meta_lock:
+            self._params.update(converted)
+            atomic_write_json(self._run_dir / PARAMS_FILE, self._params)
+
+    def info(self, msg: object) -> None:
+        """Append a timestamped message to events.jsonl (level info)."""
+        self._message("info", msg)
+
+    def warn(self, msg: object) -> None:
+        self._message("warning", msg)
+
+    warning = warn
+
+    def error(self, msg: object) -> None:
+        self._message("error", msg)
+
+    def _message(self, level: str, msg: object) -> None:
+        self._log_event({"kind": "message", "level": level, "time": time.time(),
+                         "msg": msg if isinstance(msg, str) else str(msg)})
+
+    def save_artifact(self, path: str | os.PathLike[str], name: str | None = None) -> Path:
+        """Copy a file into ``artifacts/`` as it is now; returns the stored path.
+
+        Small files are copied at once; large ones without blocking (see
+        expman.artifacts for how the snapshot is guaranteed).
+        """
+        self._check_open()
+        src = Path(os.fspath(path))
+        if not src.is_file():
+            raise FileNotFoundError(2, f"save_artifact: no such file: {src}", str(src))
+        rel = check_relative("artifact name", name if name is not None else src.name)
+        root = self._run_dir / ARTIFACTS_DIR
+        dst = root / rel
+        if not inside(root, dst.parent):
+            raise ExpmanValueError(f"artifact name {rel!r} leaves the artifacts folder")
+        self._copier.save(src, dst, rel)
+        return dst
+
+    def _emit_from_thread(self, event: dict[str, Any]) -> None:
+        if self._status == "RUNNING" or self._closing:
+            self._log_event(event)
+
+    def _check_open(self) -> None:
+        if self._status != "RUNNING" or self._closing:
+            raise RunClosedError(f"run {self._name}/{self._run_name} is {self._status.lower()}")
+
+    # ---- lifecycle ------------------------------------------------------------------
+    def __enter__(self) -> "Experiment":
+        return self
+
+    def __exit__(self, tp: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc is None or (isinstance(exc, SystemExit) and exc.code in (None, 0)):
+            self.close()
+        elif isinstance(exc, SystemExit):
+            code = exc.code if isinstance(exc.code, int) else 1
+            self._finish("FAILED", {"reason": "exit", "code": code}, raise_errors=False)
+        else:
+            self._finish("FAILED", lifecycle.describe_exception(exc, tb), raise_errors=False)
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Drain, fsync and mark the run FINISHED (or FAILED). Idempotent.
+
+        Raises the writer's error, if any, after the run is finalised.
+        """
+        if not isinstance(status, str) or status.upper() not in ("FINISHED", "FAILED"):
+            raise ExpmanValueError(f"close: status must be 'FINISHED' or 'FAILED', got {status!r}")
+        self._finish(status.upper(), None if status.upper() == "FINISHED"
+                     else {"reason": "close(status='FAILED')"}, raise_errors=True)
+
+    def _finish(self, status: str, exit_info: dict[str, Any] | None, raise_errors: bool) -> None:
+        if os.getpid() != self._pid:
+            return                           # a forked child never touches the parent's run
+        with self._meta_lock:
+            if self._status != "RUNNING" or self._closing:
+                return
+            self._closing = True
+        try:
+            self._copier.close()
+            self._log_event({"kind": "status", "status": status, "time": time.time(),
+                             **({"exit": exit_info} if exit_info else {})})
+        except Exception:
+            pass
+        self._stop()                         # drain, fsync, join the writer
+        self._close_fds()
+        error = self._pending_error()
+        if self._env_thread is not None:
+            self._env_thread.join(timeout=5)
+        stats = self.stats()
+        now = time.time()
+        with self._meta_lock:
+            self._meta.update(status=status, end_time=now, exit=exit_info, stats=stats,
+                              duration=now - self._meta["start_time"])
+            if error is not None:
+                self._meta["write_error"] = str(error)
+            if self._copier.failures:
+                self._meta["artifact_errors"] = list(self._copier.failures)
+            try:
+                atomic_write_json(self._run_dir / RUN_FILE, self._meta)
+            except OSError as e:
+                error = error or e
+            self._status = status
+            self._closing = False
+        lifecycle.unregister(self)
+        if error is not None:
+            if raise_errors:
+                raise error
+            warnings.warn(f"expman: {error}", RuntimeWarning, stacklevel=3)
+
+    def _close_at_exit(self, status: str, info: dict[str, Any] | None) -> None:
+        try:
+            self._finish(status, info, raise_errors=False)
+        except Exception as e:  # at exit there is nobody left to raise to
+            warnings.warn(f"expman: closing {self!r} failed: {e!r}", RuntimeWarning)
+
+    def _flush_quietly(self) -> None:
+        try:
+            if self._status == "RUNNING":
+                self.flush(timeout=2.0)
+        except Exception:
+            pass
+
+    def _after_fork_child(self) -> None:
+        super()._after_fork_child()
+        self._status = "FORKED"
+        self._env_thread = None
+
+    def __del__(self) -> None:
+        if getattr(self, "_status", None) == "RUNNING" and os.getpid() == self._pid:
+            warnings.warn(f"expman: {self!r} was not closed; closing it (FINISHED)",
+                          ResourceWarning, source=self)
+            self._close_at_exit("FINISHED", None)
+
+
+def _probe_env(run_dir: Path, meta: dict[str, Any], lock: threading.RLock, cwd: str) -> None:
+    """Background: git and packages into run.json, unless the run finished first."""
+    try:
+        extra = environment.slow(cwd)
+    except Exception as e:
+        extra = {"probe_error": repr(e)}
+    with lock:
+        meta["env"].update(extra)
+        if meta.get("status") == "RUNNING":
+            try:
+                atomic_write_json(run_dir / RUN_FILE, meta)
+            except OSError:
+                pass            # the final write at close carries it
+
+
+def _prepare_resume(metrics: Path) -> tuple[dict[str, int], int | None, int]:
+    """Key table and last step of an existing metrics file; cut a torn tail first."""
+    if not metrics.exists() or metrics.stat().st_size < _core.HEADER_SIZE:
+        with open(metrics, "wb") as f:
+            f.write(_core.file_header())
+        return {}, None, _core.HEADER_SIZE
+    data = metrics.read_bytes()
+    columns, keys, report = _core.decode_metrics(data)
+    if report["corrupt_bytes"]:
+        raise CorruptRunError(
+            f"{metrics} is damaged at byte {report['corrupt_at'][0]} (not only a torn tail); "
+            "run `expman verify --repair` before resuming")
+    end = report["end"]
+    if end < len(data):
+        os.truncate(metrics, end)
+    last = max((max(c[0]) for c in columns.values() if len(c[0])), default=None)
+    return {name: kid for kid, name in keys.items()}, last, end
+
+
+def _events_good_size(path: Path) -> int:
+    """Length up to the last complete line (a crash may tear the last one)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    return data.rfind(b"\n") + 1
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)

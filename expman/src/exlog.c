@@ -1,0 +1,379 @@
+/* exlog.c: the writer thread, the frame encoder and CRC-32.
+ *
+ * Frame = u32 payload length | u32 CRC-32 of those 4 bytes | payload |
+ *         u32 CRC-32 of the payload, all little-endian (docs/format.md).
+ * A failed write is cut back to the last good frame (ftruncate) and its
+ * records are counted as dropped; the next frame tries again.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include "exlog.h"
+
+/* ---- little-endian helpers ------------------------------------------------ */
+static void put_u32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16); p[3] = (unsigned char)(v >> 24);
+}
+static void put_f64(unsigned char *p, double d) {
+    uint64_t v;
+    int i;
+    memcpy(&v, &d, 8);
+    for (i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static size_t put_varint(unsigned char *p, uint64_t v) {
+    size_t n = 0;
+    while (v >= 0x80) { p[n++] = (unsigned char)(v | 0x80); v >>= 7; }
+    p[n++] = (unsigned char)v;
+    return n;
+}
+static uint64_t zigzag(int64_t v) {
+    return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+}
+
+/* ---- CRC-32 (IEEE, the one zlib computes), slicing by 4 ------------------- */
+static uint32_t crc_table[4][256];
+static volatile int crc_ready = 0;
+
+static void crc_init(void) {
+    uint32_t i, j, c;
+    for (i = 0; i < 256; i++) {
+        c = i;
+        for (j = 0; j < 8; j++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (i = 0; i < 256; i++) {
+        c = crc_table[0][i];
+        for (j = 1; j < 4; j++) { c = crc_table[0][c & 0xff] ^ (c >> 8); crc_table[j][i] = c; }
+    }
+    exlog_store_int(&crc_ready, 1);
+}
+
+uint32_t exlog_crc32(uint32_t crc, const unsigned char *p, size_t n) {
+    if (!exlog_load_int(&crc_ready)) crc_init();   /* idempotent: same table */
+    crc = ~crc;
+    while (n >= 4) {
+        crc ^= (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+        crc = crc_table[3][crc & 0xff] ^ crc_table[2][(crc >> 8) & 0xff] ^
+              crc_table[1][(crc >> 16) & 0xff] ^ crc_table[0][crc >> 24];
+        p += 4;
+        n -= 4;
+    }
+    while (n--) crc = crc_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+void exlog_file_header(unsigned char *out) {
+    memcpy(out, EXLOG_FILE_MAGIC, 8);
+    put_u32(out + 8, EXLOG_FORMAT_VERSION);
+    put_u32(out + 12, 0);
+}
+
+/* ---- lifecycle ------------------------------------------------------------ */
+exlog *exlog_new(uint64_t capacity, int64_t flush_ms, int64_t heartbeat_ms) {
+    exlog *w;
+    uint64_t cap = 4096;
+    while (cap < capacity) cap <<= 1;
+    w = (exlog *)calloc(1, sizeof(exlog));
+    if (!w) return NULL;
+    w->ring = (unsigned char *)malloc(cap);
+    /* Encoded records are never larger than their ring form, and the writer
+     * emits a frame whenever half a ring is pending: cap bytes always suffice. */
+    w->frame = (unsigned char *)malloc(cap + EXLOG_FRAME_OVERHEAD);
+    w->events = (unsigned char *)malloc(cap);
+    if (!w->ring || !w->frame || !w->events) { exlog_free(w); return NULL; }
+    w->cap = cap;
+    w->mask = cap - 1;
+    w->kick_at = cap / 2;
+    w->flush_ms = flush_ms > 0 ? flush_ms : 1;
+    w->heartbeat_ms = heartbeat_ms > 0 ? heartbeat_ms : 10000;
+    w->fd_metrics = w->fd_events = -1;
+    crc_init();
+    if (exlog_mutex_init(&w->mu) != 0) { exlog_free(w); return NULL; }
+    if (exlog_cond_init(&w->wake_cv) != 0) { exlog_mutex_destroy(&w->mu); exlog_free(w); return NULL; }
+    if (exlog_cond_init(&w->done_cv) != 0) {
+        exlog_cond_destroy(&w->wake_cv); exlog_mutex_destroy(&w->mu); exlog_free(w); return NULL;
+    }
+    w->running = -1;   /* sync objects exist, thread not started */
+    return w;
+}
+
+void exlog_free(exlog *w) {
+    if (!w) return;
+    if (w->running == 1) exlog_stop(w);
+    if (w->running != 0) {
+        exlog_cond_destroy(&w->done_cv);
+        exlog_cond_destroy(&w->wake_cv);
+        exlog_mutex_destroy(&w->mu);
+    }
+    free(w->ring);
+    free(w->frame);
+    free(w->events);
+    free(w);
+}
+
+void exlog_kick(exlog *w) {
+    exlog_mutex_lock(&w->mu);
+    w->kicked = 1;
+    exlog_cond_broadcast(&w->wake_cv);
+    exlog_mutex_unlock(&w->mu);
+}
+
+void exlog_get_stats(exlog *w, exlog_stats *out) {
+    exlog_mutex_lock(&w->mu);
+    *out = w->stats;
+    exlog_mutex_unlock(&w->mu);
+}
+
+/* ---- I/O ------------------------------------------------------------------ */
+static int io_fault(uint64_t every, uint64_t *counter) {
+    if (!every) return 0;
+    *counter += 1;
+    return (*counter % every) == 0;
+}
+
+/* Write all of buf at the end of the good part of the file. On failure cut the
+ * file back to *good, so a partial frame never stays on disk. */
+static int write_all(exlog *w, int fd, uint64_t *good, const unsigned char *buf, size_t n) {
+    size_t off = 0;
+    int err = 0;
+    if (io_fault(w->fault_write_every, &w->n_writes)) {
+        /* emulate a short write followed by a failure */
+        size_t part = n / 2;
+        if (part && EXLOG_WRITE(fd, buf, part) < 0) err = errno;
+        err = w->fault_errno ? w->fault_errno : ENOSPC;
+    }
+    while (!err && off < n) {
+        size_t chunk = n - off > 0x40000000u ? 0x40000000u : n - off;
+        long r = (long)EXLOG_WRITE(fd, buf + off, chunk);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            err = errno ? errno : EIO;
+        } else if (r == 0) {
+            err = ENOSPC;
+        } else {
+            off += (size_t)r;
+        }
+    }
+    if (err) {
+        /* best effort: both calls may fail too (a vanished folder) */
+        if (EXLOG_TRUNCATE(fd, *good) != 0) { /* keep the first error */ }
+        if (EXLOG_SEEK(fd, *good) < 0) { /* next write reports */ }
+        return err;
+    }
+    *good += n;
+    return 0;
+}
+
+static int sync_fd(exlog *w, int fd) {
+    if (io_fault(w->fault_fsync_every, &w->n_fsyncs))
+        return w->fault_errno ? w->fault_errno : EIO;
+    if (EXLOG_FSYNC(fd) != 0) return errno ? errno : EIO;
+    return 0;
+}
+
+static void record_error(exlog *w, int err) {
+    exlog_mutex_lock(&w->mu);
+    w->stats.write_errors += 1;
+    w->stats.last_errno = err;
+    exlog_mutex_unlock(&w->mu);
+    exlog_store_int(&w->error_seq, exlog_load_int(&w->error_seq) + 1);
+}
+
+/* ---- encoding ------------------------------------------------------------- */
+typedef struct { int64_t step; int64_t t_us; } delta_state;
+
+static void encode_row(exlog *w, const exlog_rec *r, delta_state *ds) {
+    unsigned char *p = w->frame + EXLOG_FRAME_OVERHEAD - 4 + w->frame_len;
+    const uint32_t *ids = (const uint32_t *)(r + 1);
+    const double *vals = (const double *)((const unsigned char *)ids + exlog_align8(4u * r->n));
+    int64_t t_us = r->t_ns / 1000;
+    size_t k = 0;
+    uint32_t i;
+    p[k++] = EXLOG_TAG_ROW;
+    k += put_varint(p + k, zigzag(r->step - ds->step));
+    k += put_varint(p + k, zigzag(t_us - ds->t_us));
+    k += put_varint(p + k, r->n);
+    for (i = 0; i < r->n; i++) {
+        k += put_varint(p + k, ids[i]);
+        put_f64(p + k, vals[i]);
+        k += 8;
+    }
+    ds->step = r->step;
+    ds->t_us = t_us;
+    w->frame_len += k;
+    w->frame_rows += 1;
+}
+
+static void encode_key(exlog *w, const exlog_rec *r) {
+    unsigned char *p = w->frame + EXLOG_FRAME_OVERHEAD - 4 + w->frame_len;
+    size_t k = 0;
+    p[k++] = EXLOG_TAG_KEY;
+    k += put_varint(p + k, r->n);
+    k += put_varint(p + k, r->len);
+    memcpy(p + k, (const unsigned char *)(r + 1), r->len);
+    w->frame_len += k + r->len;
+}
+
+/* Frame what is encoded and append it; then append pending events. */
+static void emit(exlog *w) {
+    int err;
+    if (w->frame_len) {
+        unsigned char *f = w->frame;
+        uint32_t len = (uint32_t)w->frame_len;
+        put_u32(f, len);
+        put_u32(f + 4, exlog_crc32(0, f, 4));
+        put_u32(f + 8 + len, exlog_crc32(0, f + 8, len));
+        err = write_all(w, w->fd_metrics, &w->metrics_good, f, (size_t)len + EXLOG_FRAME_OVERHEAD);
+        exlog_mutex_lock(&w->mu);
+        if (err) {
+            w->stats.rows_dropped += w->frame_rows;
+        } else {
+            w->stats.rows_written += w->frame_rows;
+            w->stats.bytes_written += (uint64_t)len + EXLOG_FRAME_OVERHEAD;
+            w->stats.frames_written += 1;
+        }
+        exlog_mutex_unlock(&w->mu);
+        if (err) record_error(w, err);
+        w->frame_len = 0;
+        w->frame_rows = 0;
+    }
+    if (w->events_len) {
+        err = write_all(w, w->fd_events, &w->events_good, w->events, w->events_len);
+        exlog_mutex_lock(&w->mu);
+        if (err) w->stats.events_dropped += w->frame_events;
+        else w->stats.events_written += w->frame_events;
+        exlog_mutex_unlock(&w->mu);
+        if (err) record_error(w, err);
+        w->events_len = 0;
+        w->frame_events = 0;
+    }
+    w->last_io_ms = exlog_mono_ms();
+}
+
+/* Drain everything published so far. Returns the new tail. */
+static uint64_t drain(exlog *w) {
+    uint64_t head = exlog_load_u64(&w->head);
+    uint64_t tail = w->tail;
+    uint64_t half = w->cap / 2;
+    delta_state ds = {0, 0};
+    while (tail < head) {
+        const exlog_rec *r = (const exlog_rec *)(w->ring + (tail & w->mask));
+        switch (r->kind) {
+        case EXLOG_REC_ROW: encode_row(w, r, &ds); break;
+        case EXLOG_REC_KEY: encode_key(w, r); break;
+        case EXLOG_REC_EVENT:
+            memcpy(w->events + w->events_len, (const unsigned char *)(r + 1), r->len);
+            w->events_len += r->len;
+            w->frame_events += 1;
+            break;
+        default: break;   /* SKIP */
+        }
+        tail += r->size;
+        if (w->frame_len >= half || w->events_len >= half) {
+            /* ring space is free as soon as it is encoded */
+            exlog_store_u64(&w->tail, tail);
+            emit(w);
+            ds.step = 0;
+            ds.t_us = 0;
+            exlog_mutex_lock(&w->mu);
+            exlog_store_u64(&w->done, tail);
+            exlog_cond_broadcast(&w->done_cv);
+            exlog_mutex_unlock(&w->mu);
+        }
+    }
+    exlog_store_u64(&w->tail, tail);
+    emit(w);
+    exlog_mutex_lock(&w->mu);
+    exlog_store_u64(&w->done, tail);
+    exlog_cond_broadcast(&w->done_cv);
+    exlog_mutex_unlock(&w->mu);
+    return tail;
+}
+
+static void writer_main(void *arg) {
+    exlog *w = (exlog *)arg;
+    int stopping = 0;
+    w->last_io_ms = exlog_mono_ms();
+    while (!stopping) {
+        exlog_mutex_lock(&w->mu);
+        if (!w->kicked && !w->stopping) exlog_cond_wait_ms(&w->wake_cv, &w->mu, w->flush_ms);
+        w->kicked = 0;
+        stopping = w->stopping;
+        exlog_mutex_unlock(&w->mu);
+
+        if (exlog_load_u64(&w->head) != w->tail) {
+            drain(w);
+        } else if (exlog_mono_ms() - w->last_io_ms >= w->heartbeat_ms) {
+            /* idle: move the metrics file's mtime so readers see we are alive */
+            if (EXLOG_TOUCH(w->fd_metrics) != 0) { /* a heartbeat is best effort */ }
+            w->last_io_ms = exlog_mono_ms();
+        }
+    }
+    /* stop was requested and everything published before it is drained */
+    drain(w);
+    {
+        int err = sync_fd(w, w->fd_metrics);
+        if (!err) err = sync_fd(w, w->fd_events);
+        if (err) record_error(w, err);
+    }
+}
+
+int exlog_start(exlog *w, int fd_metrics, uint64_t metrics_size, int fd_events,
+                uint64_t events_size) {
+    w->fd_metrics = fd_metrics;
+    w->fd_events = fd_events;
+    w->metrics_good = metrics_size;
+    w->events_good = events_size;
+    exlog_mutex_lock(&w->mu);
+    if (exlog_thread_start(&w->thread, writer_main, w) != 0) {
+        exlog_mutex_unlock(&w->mu);
+        return -1;
+    }
+    w->running = 1;
+    exlog_mutex_unlock(&w->mu);
+    return 0;
+}
+
+void exlog_stop(exlog *w) {
+    if (w->running != 1) return;
+    exlog_mutex_lock(&w->mu);
+    w->stopping = 1;
+    exlog_cond_broadcast(&w->wake_cv);
+    exlog_mutex_unlock(&w->mu);
+    exlog_thread_join(w->thread);
+    exlog_mutex_lock(&w->mu);
+    w->running = 2;
+    exlog_mutex_unlock(&w->mu);
+}
+
+int exlog_wait_done(exlog *w, uint64_t target, int64_t timeout_ms) {
+    int64_t deadline = exlog_mono_ms() + timeout_ms;
+    int reached;
+    exlog_mutex_lock(&w->mu);
+    w->kicked = 1;
+    exlog_cond_broadcast(&w->wake_cv);
+    while (!(reached = exlog_load_u64(&w->done) >= target) && w->running == 1) {
+        int64_t left = timeout_ms < 0 ? 100 : deadline - exlog_mono_ms();
+        if (left <= 0) break;
+        exlog_cond_wait_ms(&w->done_cv, &w->mu, left < 100 ? left : 100);
+    }
+    exlog_mutex_unlock(&w->mu);
+    return reached;
+}
+
+int exlog_wait_space(exlog *w, uint64_t size, int64_t timeout_ms) {
+    int64_t deadline = exlog_mono_ms() + timeout_ms;
+    int free_ok;
+    exlog_mutex_lock(&w->mu);
+    w->kicked = 1;
+    exlog_cond_broadcast(&w->wake_cv);
+    /* room for the record plus a worst-case wrap */
+    while (!(free_ok = exlog_load_u64(&w->head) - exlog_load_u64(&w->tail) + 2 * size <= w->cap) &&
+           w->running == 1) {
+        int64_t left = timeout_ms < 0 ? 100 : deadline - exlog_mono_ms();
+        if (left <= 0) break;
+        exlog_cond_wait_ms(&w->done_cv, &w->mu, left < 100 ? left : 100);
+    }
+    exlog_mutex_unlock(&w->mu);
+    return free_ok;
+}

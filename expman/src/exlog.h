@@ -1,0 +1,136 @@
+/* exlog.h: a bounded single-producer/single-consumer byte ring and the native
+ * writer thread that drains it into checksummed frames.
+ *
+ * Ownership: the producer side (exlog_reserve/exlog_commit and the producer
+ * counters) is used only with the GIL held, so any number of Python threads
+ * act as one producer. The writer thread owns `tail`, the frame buffers and
+ * the file descriptors while it runs; it never touches Python. The mutex
+ * guards only the wake/flush/stop handshake, never the hot path or I/O.
+ *
+ * The on-disk format is described in docs/format.md.
+ */
+#ifndef EXLOG_H
+#define EXLOG_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+#include "exlog_port.h"
+
+#define EXLOG_REC_SKIP 0u   /* filler up to the end of the ring */
+#define EXLOG_REC_KEY 1u    /* n = key id; payload = UTF-8 name */
+#define EXLOG_REC_ROW 2u    /* n = point count; payload = n u32 ids (8-aligned), n f64 values */
+#define EXLOG_REC_EVENT 3u  /* payload = one JSON line for events.jsonl */
+
+#define EXLOG_FILE_MAGIC "EXPMANMB"
+#define EXLOG_FORMAT_VERSION 1u
+#define EXLOG_HEADER_SIZE 16
+#define EXLOG_FRAME_OVERHEAD 12
+#define EXLOG_TAG_KEY 0x01
+#define EXLOG_TAG_ROW 0x02
+
+typedef struct {
+    uint32_t size;   /* whole record, header included, multiple of 8 */
+    uint32_t kind;
+    uint32_t n;
+    uint32_t len;    /* payload bytes that matter (names, events) */
+    int64_t step;
+    int64_t t_ns;
+} exlog_rec;
+
+typedef struct {
+    uint64_t rows_written, rows_dropped;
+    uint64_t events_written, events_dropped;
+    uint64_t bytes_written, frames_written;
+    uint64_t write_errors;
+    int last_errno;
+} exlog_stats;
+
+typedef struct exlog {
+    /* ring: producer writes at head, writer reads at tail; both only grow */
+    unsigned char *ring;
+    uint64_t cap, mask;
+    volatile uint64_t head;     /* published by the producer (release) */
+    volatile uint64_t tail;     /* published by the writer (release) */
+    volatile uint64_t done;     /* ring position fully written or dropped */
+    uint64_t kick_at;           /* producer: wake the writer past this head */
+    uint64_t skip;              /* producer: filler bytes the next commit adds */
+
+    /* writer configuration and state */
+    int fd_metrics, fd_events;
+    int64_t flush_ms, heartbeat_ms;
+    uint64_t metrics_good, events_good;   /* file sizes up to the last good frame */
+    unsigned char *frame, *events;
+    size_t frame_len, events_len;
+    uint64_t frame_rows, frame_events;
+    int64_t last_io_ms;
+
+    /* handshake */
+    exlog_mutex mu;
+    exlog_cond wake_cv;         /* writer waits here */
+    exlog_cond done_cv;         /* producers waiting for space or flush */
+    int kicked, stopping, running;
+    exlog_thread thread;
+
+    /* results, published by the writer */
+    volatile int error_seq;     /* bumps on every I/O error */
+    exlog_stats stats;          /* guarded by mu */
+
+    /* test-only fault injection: fail every Nth write / fsync with errno */
+    uint64_t fault_write_every, fault_fsync_every, n_writes, n_fsyncs;
+    int fault_errno;
+} exlog;
+
+/* Lifecycle. exlog_new returns NULL on allocation failure. */
+exlog *exlog_new(uint64_t capacity, int64_t flush_ms, int64_t heartbeat_ms);
+int exlog_start(exlog *w, int fd_metrics, uint64_t metrics_size, int fd_events,
+                uint64_t events_size);
+void exlog_stop(exlog *w);          /* drain, fsync, join; idempotent */
+void exlog_free(exlog *w);
+void exlog_kick(exlog *w);          /* wake the writer now */
+/* Wait until everything before `target` is written or dropped, or timeout_ms
+ * passes (-1: forever). Returns 1 when reached, 0 on timeout. */
+int exlog_wait_done(exlog *w, uint64_t target, int64_t timeout_ms);
+/* Wait until `size` bytes are free or timeout_ms passes. Returns 1 if free. */
+int exlog_wait_space(exlog *w, uint64_t size, int64_t timeout_ms);
+void exlog_get_stats(exlog *w, exlog_stats *out);
+
+uint32_t exlog_crc32(uint32_t crc, const unsigned char *p, size_t n);
+/* Encode a file header into out[EXLOG_HEADER_SIZE]. */
+void exlog_file_header(unsigned char *out);
+
+/* ---- producer side: call with the GIL held ------------------------------ */
+static inline uint64_t exlog_align8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
+
+/* Contiguous room for a record of `size` bytes (a multiple of 8), or NULL
+ * when the ring is full. May write a SKIP record to wrap around. */
+static inline unsigned char *exlog_reserve(exlog *w, uint64_t size) {
+    uint64_t head = w->head;
+    uint64_t off = head & w->mask;
+    uint64_t room_to_end = w->cap - off;
+    uint64_t used = head - exlog_load_u64(&w->tail);
+    uint64_t need = size <= room_to_end ? size : size + room_to_end;
+    if (used + need > w->cap) return NULL;
+    if (size > room_to_end) {
+        exlog_rec *skip = (exlog_rec *)(w->ring + off);
+        skip->size = (uint32_t)room_to_end;   /* only size and kind are read */
+        skip->kind = EXLOG_REC_SKIP;
+        w->skip = room_to_end;                /* published by exlog_commit */
+        off = 0;
+    }
+    return w->ring + off;
+}
+
+/* Publish a record written into the room exlog_reserve returned. Wakes the
+ * writer only when the ring passes half full, never per call. */
+static inline void exlog_commit(exlog *w, uint64_t size) {
+    uint64_t head = w->head + w->skip + size;
+    w->skip = 0;
+    exlog_store_u64(&w->head, head);
+    if (head >= w->kick_at) {
+        w->kick_at = head + w->cap / 2;
+        exlog_kick(w);
+    }
+}
+
+#endif /* EXLOG_H */

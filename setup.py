@@ -1,0 +1,57 @@
+"""Build rules for expman's one compiled module, ``expman._core``.
+
+- The extension is ``expman/_core.pyx`` plus the portable C writer in
+  ``expman/src/exlog.c``; headers live beside it in ``expman/src/``.
+- Generated C is never committed: cythonize writes it at build time.
+- ``EXPMAN_DEBUG=1`` builds with ``-O0 -g``, Cython bounds checks and
+  assertions on (the test suite runs against this build in ``.ci/run``).
+- ``EXPMAN_WERROR=1`` turns compiler warnings into errors (CI does).
+- ``EXPMAN_ANNOTATE=1`` writes the ``cython -a`` HTML next to the .pyx.
+"""
+
+import os
+import sys
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("EXPMAN_DEBUG") == "1"
+WERROR = os.environ.get("EXPMAN_WERROR") == "1"
+
+if sys.platform == "win32":
+    cflags = ["/W4", "/Od", "/Zi"] if DEBUG else ["/W4", "/O2"]
+    cflags += ["/WX"] if WERROR else []
+    # Cython's generated code trips MSVC's "unreferenced" level-4 warnings
+    cflags += ["/wd4100", "/wd4127", "/wd4189", "/wd4505", "/wd4702"]
+else:
+    cflags = ["-Wall", "-Wextra"]
+    cflags += ["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O3"]
+    cflags += ["-Werror"] if WERROR else []
+    # Cython's generated code has unused parameters and functions by design
+    cflags += ["-Wno-unused-parameter", "-Wno-unused-function"]
+
+directives = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": not DEBUG,
+    "embedsignature": True,
+}
+
+core = Extension(
+    "expman._core",
+    sources=["expman/_core.pyx", "expman/src/exlog.c"],
+    include_dirs=["expman"],
+    depends=["expman/src/exlog.h", "expman/src/exlog_port.h"],
+    extra_compile_args=cflags,
+    define_macros=[("CYTHON_TRACE", "0")],
+)
+
+setup(
+    ext_modules=cythonize(
+        [core],
+        compiler_directives=directives,
+        annotate=os.environ.get("EXPMAN_ANNOTATE") == "1",
+    ),
+)
