@@ -211,7 +211,7 @@ cdef class Core:
                     if fresh is None:
                         fresh = []
                     fresh.append(i)
-                    fresh.append(<object>k)
+                    fresh.append(str(<object>k))   # a str subclass is stored as plain str
             if PyFloat_CheckExact(v):
                 vals[i] = PyFloat_AS_DOUBLE(v)
             else:
@@ -220,13 +220,15 @@ cdef class Core:
         if i != n:
             raise RuntimeError("log_metrics: the dict changed size during the call")
 
+        ids_bytes = exlog_align8(4 * <uint64_t>n)
+        size = REC_HEADER + ids_bytes + 8 * <uint64_t>n
+        if 4 * size > self._w.cap:
+            _too_large(size, self._w.cap)
         # valid: define new keys first so the stream never uses an unknown id
         if fresh is not None:
             for i in range(0, len(fresh), 2):
                 ids[<Py_ssize_t>fresh[i]] = self._define_key(fresh[i + 1])
 
-        ids_bytes = exlog_align8(4 * <uint64_t>n)
-        size = REC_HEADER + ids_bytes + 8 * <uint64_t>n
         p = exlog_reserve(self._w, size)
         if p is NULL:
             p = self._reserve_slow(size, True)
@@ -305,10 +307,6 @@ cdef class Core:
         cdef unsigned char *p
         cdef int ok
         cdef int64_t slice_ms = 50
-        if 4 * size > self._w.cap:
-            raise ExpmanValueError(
-                f"record of {size} bytes is too large for a {self._w.cap}-byte buffer; "
-                "log fewer keys per call or raise buffer_size")
         if may_drop and self._on_full == DROP:
             return NULL
         waited = 0.0
@@ -341,6 +339,8 @@ cdef class Core:
             event["seq"] = self._accepted
             line = _orjson.dumps(event, option=_orjson.OPT_APPEND_NEWLINE)
             size = REC_HEADER + exlog_align8(len(line))
+            if 4 * size > self._w.cap:
+                _too_large(size, self._w.cap)
             p = exlog_reserve(self._w, size)
             if p is not NULL:
                 break
@@ -478,6 +478,13 @@ cdef double _to_double(object key, object value) except? -1.0:
         raise ExpmanTypeError(
             f"log_metrics: value for {key!r} must be a number, got "
             f"{type(value).__name__} ({value!r:.60}): {e}") from None
+
+
+cdef int _too_large(uint64_t size, uint64_t cap) except -1:
+    """One record may fill at most a quarter of the ring (the writer relies on it)."""
+    raise ExpmanValueError(
+        f"a record of {size} bytes is too large for a {cap}-byte buffer (max {cap // 4}); "
+        "log fewer keys per call, a shorter message, or raise buffer_size")
 
 
 cdef int64_t _coerce_step(object step) except -1:
