@@ -9,6 +9,8 @@
 
 #include <stdint.h>
 #include <stddef.h>
+#include <stdio.h>     /* SEEK_SET: <io.h> does not define it on Windows */
+#include <stdlib.h>    /* malloc/free in the POSIX thread trampoline */
 
 #ifdef _WIN32
 #  ifndef WIN32_LEAN_AND_MEAN
@@ -121,7 +123,7 @@ static inline void exlog_cond_wait_ms(exlog_cond *c, exlog_mutex *m, int64_t ms)
 }
 
 typedef struct { void (*fn)(void *); void *arg; } exlog__trampoline_arg;
-static unsigned __stdcall exlog__trampoline(void *p) {
+static inline unsigned __stdcall exlog__trampoline(void *p) {
     exlog__trampoline_arg a = *(exlog__trampoline_arg *)p;
     HeapFree(GetProcessHeap(), 0, p);
     a.fn(a.arg);
@@ -184,7 +186,7 @@ static inline void exlog_cond_wait_ms(exlog_cond *c, exlog_mutex *m, int64_t ms)
 }
 
 typedef struct { void (*fn)(void *); void *arg; } exlog__trampoline_arg;
-static void *exlog__trampoline(void *p) {
+static inline void *exlog__trampoline(void *p) {
     exlog__trampoline_arg a = *(exlog__trampoline_arg *)p;
     free(p);
     a.fn(a.arg);
