@@ -190,6 +190,8 @@ cdef class Core:
         if self._err_seen != exlog_load_int(&self._w.error_seq):
             self._report_writer_error()
         if step is None:
+            if self._last_step == 0x7FFFFFFFFFFFFFFF:
+                raise ExpmanValueError("log_metrics: step=None after step 2**63-1 would overflow")
             s = self._last_step + 1
         else:
             s = -1
@@ -229,6 +231,10 @@ cdef class Core:
             for i in range(0, len(fresh), 2):
                 ids[<Py_ssize_t>fresh[i]] = self._define_key(fresh[i + 1])
 
+        if self._state != OPEN:
+            # validation can run Python code (a __float__) during which another
+            # thread may close the run: never commit after the writer stopped
+            self._raise_state()
         p = exlog_reserve(self._w, size)
         if p is NULL:
             p = self._reserve_slow(size, True)
@@ -285,6 +291,8 @@ cdef class Core:
             found = self._keys.get(key)
             if found is not None:       # defined by another thread while we waited
                 return found
+            if self._state != OPEN:
+                self._raise_state()
             p = exlog_reserve(self._w, size)
             if p is not NULL:
                 break
@@ -341,6 +349,8 @@ cdef class Core:
             size = REC_HEADER + exlog_align8(len(line))
             if 4 * size > self._w.cap:
                 _too_large(size, self._w.cap)
+            if self._state != OPEN:
+                self._raise_state()
             p = exlog_reserve(self._w, size)
             if p is not NULL:
                 break
@@ -395,7 +405,7 @@ cdef class Core:
         """The writer's unreported error as a WriterError, or None (and mark it seen)."""
         cdef exlog_stats st
         cdef int seq
-        if self._w is NULL:
+        if self._w is NULL or self._state == FORKED:
             return None
         seq = exlog_load_int(&self._w.error_seq)
         if seq == self._err_seen:
@@ -432,6 +442,8 @@ cdef class Core:
     def stats(self):
         """Counters: accepted = written + dropped + pending, always."""
         cdef exlog_stats st
+        if self._state == FORKED:
+            self._raise_state()     # the writer's mutex may be held forever here
         if self._w is NULL:
             return {"accepted": 0, "written": 0, "dropped": 0, "pending": 0,
                     "events": 0, "events_written": 0, "events_dropped": 0,
@@ -447,6 +459,7 @@ cdef class Core:
             "events_written": st.events_written,
             "events_dropped": st.events_dropped,
             "write_errors": st.write_errors,
+            "last_errno": st.last_errno,
             "bytes_written": st.bytes_written,
             "frames": st.frames_written,
             "keys": len(self._keys),
@@ -459,6 +472,8 @@ cdef class Core:
 
     def _set_fault(self, uint64_t write_every=0, uint64_t fsync_every=0, int err=0):
         """Test hook: fail every Nth write / fsync of the writer with ``err``."""
+        if self._state != OPEN:
+            self._raise_state()
         self._w.fault_errno = err
         self._w.fault_fsync_every = fsync_every
         self._w.fault_write_every = write_every

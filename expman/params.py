@@ -9,7 +9,7 @@ import math
 import pathlib
 from typing import Any
 
-from expman.errors import ExpmanTypeError
+from expman.errors import ExpmanTypeError, ExpmanValueError
 
 # JSON has no NaN or infinity: they are kept as these strings (docs/format.md).
 NONFINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
@@ -20,6 +20,9 @@ def to_json(value: Any, where: str) -> Any:
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise ExpmanValueError(
+                f"{where}: {value} does not fit a 64-bit JSON integer; pass str(value) or float(value)")
         return int(value)
     if isinstance(value, float):
         if math.isnan(value):

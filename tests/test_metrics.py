@@ -84,6 +84,8 @@ def test_numpy_integer_step_and_large_step(make_run):
     exp = make_run()
     exp.log_metrics({"a": 1}, step=np.int64(5))
     exp.log_metrics({"a": 2}, step=2**63 - 1)
+    with pytest.raises(ExpmanValueError, match="overflow"):
+        exp.log_metrics({"a": 3})
     run = read(exp)
     assert list(run.metrics["a"].steps) == [5, 2**63 - 1]
 
