@@ -54,6 +54,7 @@ cdef extern from "src/exlog.h" nogil:
         uint64_t head
         uint64_t fault_write_every, fault_fsync_every
         int fault_errno
+        int paused
         int error_seq
     enum:
         EXLOG_REC_KEY, EXLOG_REC_ROW, EXLOG_REC_EVENT
@@ -72,6 +73,7 @@ cdef extern from "src/exlog.h" nogil:
     unsigned char *exlog_reserve(exlog *w, uint64_t size)
     void exlog_commit(exlog *w, uint64_t size)
     int exlog_load_int(const int *p)
+    void exlog_store_int(int *p, int v)
     uint64_t exlog_load_u64(const uint64_t *p)
     int64_t exlog_wall_ns()
 
@@ -469,6 +471,10 @@ cdef class Core:
     def last_step(self):
         """The step of the last accepted record, or None."""
         return None if self._last_step < 0 else self._last_step
+
+    def _pause_writer(self, bint paused):
+        """Test hook: stall the writer (it still drains on close)."""
+        exlog_store_int(&self._w.paused, paused)
 
     def _set_fault(self, uint64_t write_every=0, uint64_t fsync_every=0, int err=0):
         """Test hook: fail every Nth write / fsync of the writer with ``err``."""

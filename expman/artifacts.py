@@ -13,12 +13,11 @@ The stored content is the file as it was at the call:
 
 from __future__ import annotations
 
-import hashlib
 import os
-import queue
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,6 +47,7 @@ def _try_reflink(src: Path, dst: Path) -> bool:
 
 
 def _copy_and_hash(src: Path, dst: Path) -> tuple[int, str]:
+    import hashlib
     digest = hashlib.sha256()
     size = 0
     with open(src, "rb") as fs, open(dst, "wb") as fd:
@@ -64,6 +64,7 @@ def _copy_and_hash(src: Path, dst: Path) -> tuple[int, str]:
 
 
 def _hash(path: Path) -> tuple[int, str]:
+    import hashlib
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
@@ -81,7 +82,8 @@ class ArtifactCopier:
 
     def __init__(self, emit: Callable[[dict[str, Any]], None]) -> None:
         self._emit = emit
-        self._queue: queue.Queue[tuple | None] = queue.Queue()
+        self._jobs: deque[tuple | None] = deque()
+        self._ready = threading.Semaphore(0)
         self._thread: threading.Thread | None = None
         self.failures: list[str] = []
 
@@ -102,11 +104,13 @@ class ArtifactCopier:
             self._thread = threading.Thread(target=self._work, name="expman-artifacts",
                                             daemon=True)
             self._thread.start()
-        self._queue.put(job)
+        self._jobs.append(job)
+        self._ready.release()
 
     def _work(self) -> None:
         while True:
-            job = self._queue.get()
+            self._ready.acquire()
+            job = self._jobs.popleft()
             if job is None:
                 return
             how, src, tmp, dst, name, before = job
@@ -141,6 +145,7 @@ class ArtifactCopier:
     def close(self) -> None:
         """Wait for every pending copy."""
         if self._thread is not None:
-            self._queue.put(None)
+            self._jobs.append(None)
+            self._ready.release()
             self._thread.join()
             self._thread = None

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import getpass
 import os
-import platform
-import socket
-import subprocess
 import sys
 from typing import Any
 
@@ -18,6 +14,9 @@ _ENV_NAMES = {"CUDA_VISIBLE_DEVICES", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL
 
 def quick() -> dict[str, Any]:
     """Facts that cost microseconds: recorded before Experiment() returns."""
+    import getpass
+    import platform
+    import socket
     try:
         user = getpass.getuser()
     except Exception:          # no login name in some containers
@@ -41,6 +40,7 @@ def quick() -> dict[str, Any]:
 
 
 def _git(args: list[str], cwd: str) -> str | None:
+    import subprocess
     try:
         out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
                              timeout=5, stdin=subprocess.DEVNULL)

@@ -6,12 +6,10 @@ unchanged, so a call goes straight into C with no Python frame in between.
 
 from __future__ import annotations
 
-import binascii
 import os
 import threading
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Mapping
@@ -38,7 +36,7 @@ _O_BINARY = getattr(os, "O_BINARY", 0)
 
 def _new_run_name() -> str:
     """Time-sortable and unique: the folder is created exclusively, so a clash retries."""
-    return datetime.now().strftime("%Y%m%d-%H%M%S-") + binascii.hexlify(os.urandom(3)).decode()
+    return time.strftime("%Y%m%d-%H%M%S-") + os.urandom(3).hex()
 
 
 class Experiment(_core.Core):
@@ -80,7 +78,12 @@ class Experiment(_core.Core):
             raise ExpmanValueError(f"buffer_size must be at least 64 KiB, got {buffer_size!r}")
         self._base_dir = Path(os.path.abspath(os.fspath(base_dir)))
         exp_dir = self._base_dir / self._name
-        os.makedirs(exp_dir, exist_ok=True)
+        made = _makedirs(exp_dir)           # removed again if the start fails
+        if not inside(self._base_dir, exp_dir) or (
+                run_name is not None and not inside(self._base_dir, exp_dir / run_name)):
+            # a symlinked experiment or run folder: never create or write through it
+            _remove_empty(made)
+            raise ExpmanValueError(f"{exp_dir / (run_name or '')} resolves outside {self._base_dir}")
 
         created = False
         if run_name is None:
@@ -98,6 +101,7 @@ class Experiment(_core.Core):
                 created = True
             except FileExistsError:
                 if not resume:
+                    _remove_empty(made)
                     raise RunExistsError(
                         17, f"run {name}/{run_name} exists; pass resume=True to append to it",
                         str(exp_dir / run_name)) from None
@@ -141,6 +145,7 @@ class Experiment(_core.Core):
             self._close_fds()
             if created:
                 _remove_tree(self._run_dir)
+            _remove_empty(made)
             raise
         self._status = "RUNNING"
         lifecycle.register(self, handle_signals)
@@ -254,7 +259,7 @@ class Experiment(_core.Core):
         rel = check_relative("artifact name", name if name is not None else src.name)
         root = self._run_dir / ARTIFACTS_DIR
         dst = root / rel
-        if not inside(root, dst.parent):
+        if not inside(root, dst.parent) or not inside(self._run_dir, dst.parent):
             raise ExpmanValueError(f"artifact name {rel!r} leaves the artifacts folder")
         self._copier.save(src, dst, rel)
         return dst
@@ -316,6 +321,12 @@ class Experiment(_core.Core):
                               duration=now - self._meta["start_time"])
             if error is not None:
                 self._meta["write_error"] = str(error)
+            if stats.get("dropped") or stats.get("events_dropped") or stats.get("write_errors"):
+                # what the writer lost, even if the error was raised (and seen) earlier
+                self._meta["data_loss"] = {
+                    "rows_dropped": stats["dropped"], "events_dropped": stats["events_dropped"],
+                    "write_errors": stats["write_errors"],
+                    "last_error": os.strerror(stats["last_errno"]) if stats["last_errno"] else None}
             if self._copier.failures:
                 self._meta["artifact_errors"] = list(self._copier.failures)
             try:
@@ -396,6 +407,26 @@ def _events_good_size(path: Path) -> int:
     except FileNotFoundError:
         return 0
     return data.rfind(b"\n") + 1
+
+
+def _makedirs(path: Path) -> list[Path]:
+    """os.makedirs, returning the folders it created (deepest last)."""
+    missing = []
+    p = path
+    while not os.path.lexists(p) and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    os.makedirs(path, exist_ok=True)
+    return missing[::-1]
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Undo _makedirs: remove the folders it created, if still empty."""
+    for p in reversed(folders):
+        try:
+            os.rmdir(p)
+        except OSError:
+            return
 
 
 def _remove_tree(path: Path) -> None:

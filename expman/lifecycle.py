@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 import threading
-import traceback
 import weakref
 from types import TracebackType
 from typing import Any
@@ -26,6 +25,7 @@ exit_info: dict[str, Any] | None = None
 
 def describe_exception(exc: BaseException, tb: TracebackType | None = None) -> dict[str, Any]:
     """type, message and file:line of the innermost frame, for run.json."""
+    import traceback
     tb = tb if tb is not None else exc.__traceback__
     location = None
     if tb is not None:
@@ -75,7 +75,10 @@ def _wrap_sys_exit() -> None:
 
     def exit(code: object = None) -> None:
         global exit_info
-        if code not in (None, 0):
+        if exit_info is not None and exit_info.get("reason") == "signal":
+            # a SIGTERM handler (the user's, chained) ending the process: still KILLED
+            exit_info = {**exit_info, "code": code if isinstance(code, int) else 1}
+        elif code not in (None, 0):
             exit_info = {"reason": "exit", "code": code if isinstance(code, int) else 1,
                          "message": None if isinstance(code, int) else str(code)}
         previous(code)
@@ -99,7 +102,8 @@ def _at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global exit_info
+    global exit_info, _lock
+    _lock = threading.Lock()    # another parent thread may have held it at fork
     for exp in list(_live):
         exp._after_fork_child()
     _live.clear()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
 import enum
 import math
 import pathlib
@@ -44,9 +42,10 @@ def to_json(value: Any, where: str) -> Any:
         return sorted((to_json(v, f"{where}[...]") for v in value), key=repr)
     if isinstance(value, pathlib.PurePath):
         return str(value)
-    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+    if type(value).__module__ == "datetime" and hasattr(value, "isoformat"):
         return value.isoformat()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if hasattr(type(value), "__dataclass_fields__") and not isinstance(value, type):
+        import dataclasses
         return to_json({f.name: getattr(value, f.name) for f in dataclasses.fields(value)}, where)
     tolist = getattr(value, "tolist", None)      # numpy scalars and arrays, 0-d tensors
     if callable(tolist) and type(value).__module__.split(".")[0] in ("numpy", "torch", "jax"):

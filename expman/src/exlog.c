@@ -108,6 +108,8 @@ void exlog_free(exlog *w) {
     free(w->ring);
     free(w->frame);
     free(w->events);
+    free(w->fkeys);
+    free(w->lost_keys);
     free(w);
 }
 
@@ -204,6 +206,23 @@ static void encode_row(exlog *w, const exlog_rec *r, delta_state *ds) {
     w->frame_rows += 1;
 }
 
+/* Append n bytes to a growable buffer; 0 on success, ENOMEM if it cannot grow. */
+static int buf_append(unsigned char **buf, size_t *len, size_t *cap, const unsigned char *p,
+                      size_t n) {
+    if (*len + n > *cap) {
+        size_t c = *cap ? *cap : 256;
+        unsigned char *b;
+        while (c < *len + n) c *= 2;
+        b = (unsigned char *)realloc(*buf, c);
+        if (!b) return ENOMEM;
+        *buf = b;
+        *cap = c;
+    }
+    memcpy(*buf + *len, p, n);
+    *len += n;
+    return 0;
+}
+
 static void encode_key(exlog *w, const exlog_rec *r) {
     unsigned char *p = w->frame + EXLOG_FRAME_OVERHEAD - 4 + w->frame_len;
     size_t k = 0;
@@ -212,6 +231,31 @@ static void encode_key(exlog *w, const exlog_rec *r) {
     k += put_varint(p + k, r->len);
     memcpy(p + k, (const unsigned char *)(r + 1), r->len);
     w->frame_len += k + r->len;
+    /* remembered until its frame is on disk (see emit) */
+    if (buf_append(&w->fkeys, &w->fkeys_len, &w->fkeys_cap, p, k + r->len))
+        record_error(w, ENOMEM);
+}
+
+/* Write the key definitions a failed frame took with it, as a frame of their own. */
+static int write_lost_keys(exlog *w) {
+    size_t len = w->lost_len;
+    unsigned char *f = (unsigned char *)malloc(len + EXLOG_FRAME_OVERHEAD);
+    int err;
+    if (!f) return ENOMEM;
+    put_u32(f, (uint32_t)len);
+    put_u32(f + 4, exlog_crc32(0, f, 4));
+    memcpy(f + 8, w->lost_keys, len);
+    put_u32(f + 8 + len, exlog_crc32(0, f + 8, len));
+    err = write_all(w, w->fd_metrics, &w->metrics_good, f, len + EXLOG_FRAME_OVERHEAD);
+    free(f);
+    if (!err) {
+        exlog_mutex_lock(&w->mu);
+        w->stats.bytes_written += (uint64_t)len + EXLOG_FRAME_OVERHEAD;
+        w->stats.frames_written += 1;
+        exlog_mutex_unlock(&w->mu);
+        w->lost_len = 0;
+    }
+    return err;
 }
 
 /* Frame what is encoded and append it; then append pending events. */
@@ -223,7 +267,15 @@ static void emit(exlog *w) {
         put_u32(f, len);
         put_u32(f + 4, exlog_crc32(0, f, 4));
         put_u32(f + 8 + len, exlog_crc32(0, f + 8, len));
-        err = write_all(w, w->fd_metrics, &w->metrics_good, f, (size_t)len + EXLOG_FRAME_OVERHEAD);
+        /* keys lost with an earlier frame go first; if they cannot, this frame
+         * (whose rows may use them) is dropped too */
+        err = w->lost_len ? write_lost_keys(w) : 0;
+        if (!err)
+            err = write_all(w, w->fd_metrics, &w->metrics_good, f, (size_t)len + EXLOG_FRAME_OVERHEAD);
+        if (err && w->fkeys_len &&
+            buf_append(&w->lost_keys, &w->lost_len, &w->lost_cap, w->fkeys, w->fkeys_len))
+            record_error(w, ENOMEM);
+        w->fkeys_len = 0;
         exlog_mutex_lock(&w->mu);
         if (err) {
             w->stats.rows_dropped += w->frame_rows;
@@ -301,7 +353,9 @@ static void writer_main(void *arg) {
         stopping = w->stopping;
         exlog_mutex_unlock(&w->mu);
 
-        if (exlog_load_u64(&w->head) != w->tail) {
+        if (exlog_load_int(&w->paused) && !stopping) {
+            continue;                       /* test hook: a stalled writer */
+        } else if (exlog_load_u64(&w->head) != w->tail) {
             drain(w);
         } else if (exlog_mono_ms() - w->last_io_ms >= w->heartbeat_ms) {
             /* idle: move the metrics file's mtime so readers see we are alive */

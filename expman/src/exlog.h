@@ -64,6 +64,11 @@ typedef struct exlog {
     size_t frame_len, events_len;
     uint64_t frame_rows, frame_events;
     int64_t last_io_ms;
+    /* key definitions encoded into the current frame, and those whose frame
+     * failed to write: rewritten (as a frame of their own) before any later
+     * frame, so rows written after a failure never use an undefined id */
+    unsigned char *fkeys, *lost_keys;
+    size_t fkeys_len, fkeys_cap, lost_len, lost_cap;
 
     /* handshake */
     exlog_mutex mu;
@@ -79,6 +84,7 @@ typedef struct exlog {
     /* test-only fault injection: fail every Nth write / fsync with errno */
     uint64_t fault_write_every, fault_fsync_every, n_writes, n_fsyncs;
     int fault_errno;
+    volatile int paused;        /* test-only: the writer drains nothing while set */
 } exlog;
 
 /* Lifecycle. exlog_new returns NULL on allocation failure. */
