@@ -7,6 +7,7 @@ unchanged, so a call goes straight into C with no Python frame in between.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 import warnings
@@ -48,7 +49,7 @@ class Experiment(_core.Core):
 
     __slots__ = ("_name", "_run_name", "_run_dir", "_base_dir", "_meta", "_meta_lock",
                  "_params", "_copier", "_env_thread", "_pid", "_fds", "_status",
-                 "_closing")
+                 "_closing", "_close_lock", "_on_error")
 
     def __init__(
         self,
@@ -67,6 +68,10 @@ class Experiment(_core.Core):
     ) -> None:
         self._status = "NEW"
         self._closing = False
+        # held for a whole close: a second closer (another thread) waits for the
+        # first instead of returning before the data is durable
+        self._close_lock = threading.RLock()
+        self._on_error = on_error
         self._fds: list[int] = []
         self._pid = os.getpid()
         self._name = check_name("experiment name", name)
@@ -133,7 +138,8 @@ class Experiment(_core.Core):
                     self._params = read_json(self._run_dir / PARAMS_FILE)
             env = environment.quick() if capture_env else {"pid": self._pid}
             self._meta["env"] = {**self._meta.get("env", {}), **env}
-            self._meta["host"] = env.get("hostname")
+            # the reader needs the host to tell a dead pid (CRASHED), env capture or not
+            self._meta["host"] = env.get("hostname") or socket.gethostname()
             atomic_write_json(self._run_dir / RUN_FILE, self._meta)
             self._start(self._fds[0], sizes[0], self._fds[1], sizes[1],
                         metrics_path=str(self._run_dir / METRICS_FILE),
@@ -296,11 +302,19 @@ class Experiment(_core.Core):
         self._finish(status.upper(), None if status.upper() == "FINISHED"
                      else {"reason": "close(status='FAILED')"}, raise_errors=True)
 
-    def _finish(self, status: str, exit_info: dict[str, Any] | None, raise_errors: bool) -> None:
+    def _finish(self, status: str, exit_info: dict[str, Any] | None, raise_errors: bool,
+                reenter: bool = False) -> None:
         if os.getpid() != self._pid:
             return                           # a forked child never touches the parent's run
+        with self._close_lock:
+            self._finish_locked(status, exit_info, raise_errors, reenter)
+
+    def _finish_locked(self, status: str, exit_info: dict[str, Any] | None, raise_errors: bool,
+                       reenter: bool) -> None:
         with self._meta_lock:
-            if self._status != "RUNNING" or self._closing:
+            # reenter: a SIGTERM handler interrupting this thread's own close()
+            # completes it (the process ends right after, the outer close never resumes)
+            if self._status != "RUNNING" or (self._closing and not reenter):
                 return
             self._closing = True
         try:
@@ -337,13 +351,13 @@ class Experiment(_core.Core):
             self._closing = False
         lifecycle.unregister(self)
         if error is not None:
-            if raise_errors:
+            if raise_errors and self._on_error != "warn":
                 raise error
             warnings.warn(f"expman: {error}", RuntimeWarning, stacklevel=3)
 
     def _close_at_exit(self, status: str, info: dict[str, Any] | None) -> None:
         try:
-            self._finish(status, info, raise_errors=False)
+            self._finish(status, info, raise_errors=False, reenter=True)
         except Exception as e:  # at exit there is nobody left to raise to
             warnings.warn(f"expman: closing {self!r} failed: {e!r}", RuntimeWarning)
 
