@@ -683,8 +683,13 @@ def decode_metrics(const unsigned char[::1] data not None, Py_ssize_t offset=0,
                           corrupt_at=[], unknown_points=0, end=0)
             return {}, keys, report
         if bytes(data[:8]) != b"EXPMANMB":
-            raise _corrupt_error("not an expman metrics file (bad magic)")
-        if get_u32(d + 8) != EXLOG_FORMAT_VERSION:
+            if not salvage:
+                raise _corrupt_error("not an expman metrics file (bad magic)")
+            # salvage: a damaged header (a zeroed first block) must not hide the
+            # frames after it; only a valid magic with another version is refused
+            corrupt_at.append(0)
+            corrupt += EXLOG_HEADER_SIZE
+        elif get_u32(d + 8) != EXLOG_FORMAT_VERSION:
             raise _corrupt_error(f"unsupported metrics format version {get_u32(d + 8)}")
         pos = EXLOG_HEADER_SIZE
     long_init(&out)
