@@ -629,6 +629,26 @@ def test_start_on_a_full_disk_raises_and_leaves_nothing(tiny_fs):
     assert (task_count(), threading.active_count()) == before
 
 
+@posix_only
+def test_run_folder_vanishing_mid_run_never_hangs(make_run):
+    import shutil
+    exp = make_run(flush_interval=0.005)
+    for i in range(1000):
+        exp.log_metrics({"a": i * 0.5, "b": -i}, step=i)
+    exp.flush()
+    shutil.rmtree(exp.run_dir)
+    t0 = time.monotonic()
+    for i in range(1000, 50_000):
+        exp.log_metrics({"a": i * 0.5, "b": -i}, step=i)
+    exp.flush()
+    with pytest.raises(FileNotFoundError):
+        exp.close()
+    assert time.monotonic() - t0 < 5
+    assert exp.status == "FINISHED" and not exp.run_dir.exists()
+    with pytest.raises(RunClosedError):
+        exp.log_metrics({"a": 1.0})
+
+
 # ---- 6. read-only or missing base dir --------------------------------------------------------
 
 @pytest.fixture
