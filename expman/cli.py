@@ -281,7 +281,7 @@ def run_info(run: Run, messages: int) -> dict[str, Any]:
         "id": run.id, "experiment": run.experiment, "run_name": run.run_name,
         "path": str(run.path.resolve()), "status": run.status,
         "start_time": run.meta.get("start_time"), "end_time": run.meta.get("end_time"),
-        "duration": run.meta.get("duration"), "exit": run.meta.get("exit"),
+        "duration": _duration(run), "exit": run.meta.get("exit"),
         "params": run.params, "env": env_summary(run.env),
         "metrics": {k: s.summary() for k, s in run.metrics.items()},
         "messages": msgs[-messages:] if messages else [], "message_count": len(msgs),
@@ -290,6 +290,21 @@ def run_info(run: Run, messages: int) -> dict[str, Any]:
         "integrity": run.integrity,
         "write_error": run.meta.get("write_error"),
     }
+
+
+def _duration(run: Run) -> float | None:
+    """Recorded at close; while running, the time so far; for a crash, until the last sign of life."""
+    d, start = run.meta.get("duration"), run.meta.get("start_time")
+    if d is not None or not start:
+        return d
+    status = run.status
+    if status == "RUNNING":
+        return max(0.0, time.time() - start)
+    if status == "CRASHED":
+        from expman.reader import heartbeat
+        beat = heartbeat(run.path)
+        return max(0.0, beat - start) if beat else None
+    return None
 
 
 def exit_text(exit: dict[str, Any] | None) -> str | None:
@@ -640,11 +655,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     finals = {n: [r.metrics[n].last if n in r.metrics else None for r in runs] for n in names}
     if args.json:
         emit_json({"runs": [{"id": r.id, "path": str(r.path), "status": r.status,
-                             "duration": r.meta.get("duration")} for r in runs],
+                             "duration": _duration(r)} for r in runs],
                    "params_differ": differ, "params_same": same, "final_metrics": finals})
         return 0
     out(table(["", *labels], [["status", *(r.status for r in runs)],
-                              ["duration", *(duration(r.meta.get("duration")) for r in runs)]]))
+                              ["duration", *(duration(_duration(r)) for r in runs)]]))
     out()
     shown = [k for k in keys if args.all or k in differ]
     if shown:
@@ -1186,6 +1201,18 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int,
     sys.stderr.write((text if text.startswith("expman:") else f"expman: warning: {text}") + "\n")
 
 
+def _utf8_stdout() -> None:
+    """Piped output (CSV, JSON) is UTF-8 everywhere, not the Windows ANSI code page;
+    a terminal that cannot show a character gets a replacement, not a crash."""
+    try:
+        if sys.stdout.isatty():
+            sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
+        elif (sys.stdout.encoding or "").lower().replace("-", "") != "utf8":
+            sys.stdout.reconfigure(encoding="utf-8")  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1195,6 +1222,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "keep", None) is not None and args.keep < 0:
         parser.error("--keep must be 0 or more")
     warnings.showwarning = _show_warning
+    _utf8_stdout()
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:

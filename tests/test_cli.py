@@ -515,3 +515,34 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     (bad / "run.json").write_text("{not json")
     err = one_line_error(cli("show", "e/r", cwd=tmp_path))
     assert "Traceback" not in err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_progress_only_on_a_terminal(make_run, tmp_path):
+    import pty
+    from expman.cli import PROGRESS_MIN_POINTS
+    exp = make_run("big", "run")
+    for i in range(PROGRESS_MIN_POINTS // 2):
+        exp.log_metrics({"a": 1.0, "b": 2.0}, step=i)
+    exp.close()
+    piped = cli("export", exp.run_dir, "-o", tmp_path / "a.csv", cwd=tmp_path)
+    assert ok(piped) == "" and "\r" not in piped.stderr and "%" not in piped.stderr
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(Path(expman.__file__).parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "expman", "export", str(exp.run_dir), "-o",
+                             str(tmp_path / "b.csv")], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:                       # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=60) == 0
+    os.close(master)
+    assert b"100%" in seen and b"\r" in seen and b"wrote 200,000 points" in seen
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
