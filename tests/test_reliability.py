@@ -847,8 +847,13 @@ class PyFloat:
 
 @pytest.mark.parametrize("value", ["float", "python __float__"])
 def test_close_while_8_threads_log(make_run, value):
+    # the race with a Python __float__ is narrow: a few rounds make it show reliably
+    for _ in range(1 if value == "float" else 4):
+        _close_race(make_run, PyFloat if value != "float" else float)
+
+
+def _close_race(make_run, wrap) -> None:
     exp = make_run(flush_interval=0.01, buffer_size=1 << 16)
-    wrap = PyFloat if value != "float" else float
     counts = [0] * 8
     errors: list[BaseException] = []
     go = threading.Barrier(9)
@@ -890,6 +895,9 @@ def test_close_while_8_threads_log(make_run, value):
     assert s["accepted"] == s["written"] == sum(counts) and s["pending"] == 0
     run = read(exp.run_dir)
     for t in range(8):
+        if counts[t] == 0:              # starved until close (seen on a loaded machine)
+            assert f"t{t}" not in run.metrics
+            continue
         ser = run.metrics[f"t{t}"]
         assert list(ser.steps) == list(range(counts[t]))
         assert list(ser.values) == [float(i) for i in range(counts[t])]
