@@ -296,10 +296,10 @@ def _duration(run: Run) -> float | None:
     """Recorded at close; while running, the time so far; for a crash, until the last sign of life."""
     d, start = run.meta.get("duration"), run.meta.get("start_time")
     if d is not None or not start:
-        return d
+        return float(d) if d is not None else None
     status = run.status
     if status == "RUNNING":
-        return max(0.0, time.time() - start)
+        return max(0.0, time.time() - float(start))
     if status == "CRASHED":
         from expman.reader import heartbeat
         beat = heartbeat(run.path)
@@ -457,14 +457,8 @@ def _write_text(metrics: Metrics, f: TextIO, fmt: str, progress: Progress) -> No
     if fmt == "csv":
         f.write("metric,step,time,value\n")
     for name, s in metrics.items():
-        if fmt == "csv":
-            q = _csv_field(name)
-            line: Callable[[Any, Any, Any], str] = \
-                lambda a, b, c, q=q: f"{q},{a},{b!r},{c!r}\n"
-        else:
-            q = orjson.dumps(name).decode()
-            line = lambda a, b, c, q=q: (f'{{"metric":{q},"step":{a},'  # noqa: E731
-                                         f'"time":{_jnum(b)},"value":{_jnum(c)}}}\n')
+        line = _csv_line(_csv_field(name)) if fmt == "csv" else \
+            _jsonl_line(orjson.dumps(name).decode())
         for i in range(0, len(s), CHUNK):
             steps = s.steps[i:i + CHUNK].tolist()
             times = s.times[i:i + CHUNK].tolist()
@@ -473,9 +467,17 @@ def _write_text(metrics: Metrics, f: TextIO, fmt: str, progress: Progress) -> No
             progress.add(len(steps))
 
 
+def _csv_line(q: str) -> Callable[[int, float, float], str]:
+    return lambda a, b, c: f"{q},{a},{b!r},{c!r}\n"
+
+
+def _jsonl_line(q: str) -> Callable[[int, float, float], str]:
+    return lambda a, b, c: f'{{"metric":{q},"step":{a},"time":{_jnum(b)},"value":{_jnum(c)}}}\n'
+
+
 def _infer_format(args: argparse.Namespace) -> str:
     if args.format:
-        return args.format
+        return str(args.format)
     if args.output and args.output != "-":
         ext = Path(args.output).suffix.lower().lstrip(".")
         if ext in ("csv", "jsonl", "parquet"):
@@ -491,8 +493,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     fmt = _infer_format(args)
     if fmt == "parquet":
         try:
-            import pyarrow  # noqa: F401
-            import pyarrow.parquet as pq
+            import pyarrow  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+            import pyarrow.parquet as pq  # type: ignore[import-not-found,unused-ignore]
         except ImportError:
             raise CliError("Parquet export needs pyarrow, which is not installed: "
                            "pip install 'expman-logger[arrow]' (or use --format csv|jsonl)") from None
@@ -763,12 +765,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if ev["bad_lines"]:
         problems.append(f"events.jsonl: {ev['bad_lines']} unreadable lines")
     arts = []
-    for e in (x for x in _parse_events(path) if x.get("kind") == "artifact"):
-        f = path / e.get("path", "")
-        ok = f.is_file() and (e.get("size") is None or f.stat().st_size == e["size"])
-        arts.append({"name": e.get("name"), "ok": ok})
+    for art in (x for x in _parse_events(path) if x.get("kind") == "artifact"):
+        f = path / art.get("path", "")
+        ok = f.is_file() and (art.get("size") is None or f.stat().st_size == art["size"])
+        arts.append({"name": art.get("name"), "ok": ok})
         if not ok:
-            problems.append(f"artifact {e.get('name')!r} missing or of the wrong size")
+            problems.append(f"artifact {art.get('name')!r} missing or of the wrong size")
     report["artifacts"] = arts
 
     torn_m = m.get("torn_bytes", 0) if not live else 0
@@ -863,7 +865,7 @@ def tree_size(path: Path) -> tuple[int, int]:
 
 def cmd_du(args: argparse.Namespace) -> int:
     base = need_base(base_dir(args, args.base))
-    per_run = []
+    per_run: list[dict[str, Any]] = []
     for run_dir in iter_run_dirs(base, args.experiment):
         total, arts = (0, 0) if _is_link(run_dir) else tree_size(run_dir)
         mb = 0

@@ -62,7 +62,7 @@ def numpy() -> Any:
     return _np
 
 
-def _column(a: array) -> Any:
+def _column(a: "array[Any]") -> Any:
     np = numpy()
     if np is None:
         return a
@@ -504,11 +504,11 @@ class Run:
 
     @property
     def experiment(self) -> str:
-        return self.meta.get("experiment", self.path.parent.name)
+        return str(self.meta.get("experiment", self.path.parent.name))
 
     @property
     def run_name(self) -> str:
-        return self.meta.get("run_name", self.path.name)
+        return str(self.meta.get("run_name", self.path.name))
 
     @property
     def id(self) -> str:
@@ -620,7 +620,7 @@ def _pid_alive(pid: int) -> bool:
 def effective_status(meta: dict[str, Any], path: Path) -> str:
     """The recorded status, except a RUNNING run whose process is gone is CRASHED:
     same host and dead pid, or (any host) no heartbeat for STALE_AFTER intervals."""
-    status = meta.get("status", "RUNNING")
+    status = str(meta.get("status", "RUNNING"))
     if status != "RUNNING":
         return status
     pid, host = meta.get("pid"), meta.get("host")

@@ -546,3 +546,12 @@ def test_progress_only_on_a_terminal(make_run, tmp_path):
     os.close(master)
     assert b"100%" in seen and b"\r" in seen and b"wrote 200,000 points" in seen
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
+def test_same_output_without_numpy(special_run, tmp_path):
+    """The array.array columns (no numpy installed) give the same answers."""
+    for args in (["export", special_run, "-f", "jsonl"], ["show", special_run, "--json"],
+                 ["tail", special_run, "-n", 50]):
+        with_np = ok(cli(*args, cwd=tmp_path))
+        without = ok(cli(*args, cwd=tmp_path, env={"EXPMAN_NO_NUMPY": "1"}))
+        assert with_np == without, args
