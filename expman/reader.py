@@ -360,8 +360,8 @@ class RunTail:
             raise FileNotFoundError(2, f"not an expman run folder (no run.json): {self.path}",
                                     str(self.path))
         self.salvage = salvage
+        self._meta_sig: tuple[int, int] | None = self._sig("run.json")   # before the read
         self.meta: dict[str, Any] = read_json(self.path / "run.json")
-        self._meta_sig: tuple[int, int] | None = self._sig("run.json")
         self._keys: dict[int, str] = {}
         self._moff = 0             # offset in metrics.bin after the last intact frame
         self._eoff = 0             # offset in events.jsonl after the last whole line
