@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,20 +61,33 @@ def inside(root: Path, path: Path) -> bool:
 def atomic_write_json(path: Path, data: Any) -> None:
     """Replace path with JSON: temp file, fsync, os.replace. Never half-written."""
     payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
     try:
         with os.fdopen(fd, "wb", closefd=True) as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """os.replace; on Windows retried briefly, since a reader holding the file open
+    makes it fail with PermissionError (POSIX has no such window)."""
+    for attempt in range(20):
+        try:
+            os.replace(tmp, path)
+            return
+        except PermissionError:
+            if sys.platform != "win32" or attempt == 19:
+                raise
+            time.sleep(0.005 * (attempt + 1))
 
 
 def read_json(path: Path) -> Any:

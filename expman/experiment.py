@@ -406,7 +406,8 @@ def _prepare_resume(metrics: Path) -> tuple[dict[str, int], int | None, int]:
     if report["corrupt_bytes"]:
         raise CorruptRunError(
             f"{metrics} is damaged at byte {report['corrupt_at'][0]} (not only a torn tail); "
-            "run `expman verify --repair` before resuming")
+            "resuming would append after it. `expman verify RUN` shows the damage; "
+            "`open_run(path, salvage=True)` reads what survives; start a new run to go on")
     end = report["end"]
     if end < len(data):
         os.truncate(metrics, end)
