@@ -524,12 +524,13 @@ cdef struct Vec:
     char *data
     Py_ssize_t len, cap      # in bytes
 
-cdef int vec_push(Vec *v, const void *item, Py_ssize_t n) except -1 nogil:
+cdef int vec_reserve(Vec *v, Py_ssize_t extra) except -1 nogil:
+    """Room for `extra` more bytes, so a frame's points are stored without checks."""
     cdef Py_ssize_t cap
     cdef char *d
-    if v.len + n > v.cap:
+    if v.len + extra > v.cap:
         cap = v.cap * 2 if v.cap else 4096
-        while cap < v.len + n:
+        while cap < v.len + extra:
             cap *= 2
         d = <char *>realloc(v.data, cap)
         if d is NULL:
@@ -537,9 +538,8 @@ cdef int vec_push(Vec *v, const void *item, Py_ssize_t n) except -1 nogil:
                 raise MemoryError()
         v.data = d
         v.cap = cap
-    memcpy(v.data + v.len, item, n)
-    v.len += n
     return 0
+
 
 cdef inline uint32_t get_u32(const unsigned char *p) noexcept nogil:
     return <uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
@@ -599,8 +599,12 @@ cdef int decode_payload(const unsigned char *p, Py_ssize_t n, Long *out, dict ke
     cdef uint64_t u, npts, kid, j, nrows = 0
     cdef int64_t step = 0, t_us = 0
     cdef double t, val
-    cdef uint32_t id32
     cdef list new_keys = []
+    cdef Py_ssize_t most = n // 9 + 1       # a point takes at least 9 payload bytes
+    vec_reserve(&out.ids, 4 * most)
+    vec_reserve(&out.steps, 8 * most)
+    vec_reserve(&out.times, 8 * most)
+    vec_reserve(&out.values, 8 * most)
     while k < n:
         if p[k] == EXLOG_TAG_ROW:
             k += 1
@@ -624,11 +628,14 @@ cdef int decode_payload(const unsigned char *p, Py_ssize_t n, Long *out, dict ke
                 k += used
                 val = get_f64(p + k)
                 k += 8
-                id32 = <uint32_t>kid
-                vec_push(&out.ids, &id32, 4)
-                vec_push(&out.steps, &step, 8)
-                vec_push(&out.times, &t, 8)
-                vec_push(&out.values, &val, 8)
+                (<uint32_t *>(out.ids.data + out.ids.len))[0] = <uint32_t>kid
+                (<int64_t *>(out.steps.data + out.steps.len))[0] = step
+                (<double *>(out.times.data + out.times.len))[0] = t
+                (<double *>(out.values.data + out.values.len))[0] = val
+                out.ids.len += 4
+                out.steps.len += 8
+                out.times.len += 8
+                out.values.len += 8
             if used < 0: break
             nrows += 1
         elif p[k] == EXLOG_TAG_KEY:
