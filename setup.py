@@ -7,6 +7,8 @@
   assertions on (the test suite runs against this build in ``.ci/run``).
 - ``EXPMAN_WERROR=1`` turns compiler warnings into errors (CI does).
 - ``EXPMAN_ANNOTATE=1`` writes the ``cython -a`` HTML next to the .pyx.
+- Switching between debug and release rebuilds everything: up-to-date checks
+  look at file times, not flags, so the last mode is kept in ``build/``.
 """
 
 import os
@@ -14,9 +16,32 @@ import sys
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("EXPMAN_DEBUG") == "1"
 WERROR = os.environ.get("EXPMAN_WERROR") == "1"
+MODE = "debug" if DEBUG else "release"
+MODE_FILE = os.path.join("build", "expman-build-mode")
+
+
+def last_mode():
+    try:
+        with open(MODE_FILE) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+class build_ext_mode(build_ext):
+    """Force a full rebuild when the mode changed; record the mode after a build."""
+
+    def run(self):
+        self.force = self.force or last_mode() != MODE
+        super().run()
+        os.makedirs("build", exist_ok=True)
+        with open(MODE_FILE, "w") as f:
+            f.write(MODE)
+
 
 if sys.platform == "win32":
     cflags = ["/W4", "/Od", "/Zi"] if DEBUG else ["/W4", "/O2"]
@@ -53,5 +78,7 @@ setup(
         [core],
         compiler_directives=directives,
         annotate=os.environ.get("EXPMAN_ANNOTATE") == "1",
+        force=last_mode() != MODE,
     ),
+    cmdclass={"build_ext": build_ext_mode},
 )
