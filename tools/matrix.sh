@@ -18,7 +18,10 @@ REPO="$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)"
 WORK="${EXPMAN_MATRIX_DIR:-/tmp/expman-matrix}"
 rm -rf "$WORK" && mkdir -p "$WORK"
 if [ $# -gt 0 ]; then PYTHONS=("$@"); else PYTHONS=(~/.pyenv/versions/3.1[0-3].*/bin/python); fi
-PYTEST=(pytest -q -p no:cacheprovider)
+# pytest with SIGINT at its default: a shell started in the background ignores SIGINT,
+# children inherit that, and the Ctrl-C tests would then wait forever.
+PYTEST=(python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL);
+os.execvp(sys.argv[1], sys.argv[1:])' pytest -q -p no:cacheprovider)
 SUMMARY=()
 FAILED=0
 
@@ -74,6 +77,13 @@ start=$SECONDS
     PATH="$WORK/debug/venv/bin:$PATH" EXPMAN_TEST_WATCHDOG=600 "${PYTEST[@]}"
 ) >"$WORK/debug.log" 2>&1
 record "debug build" $? $((SECONDS - start)) "$WORK/debug.log"
+# Cython's bounds checks must be in the debug build's generated C (pip builds in the tree)
+if grep -q __Pyx_RaiseBufferIndexError "$WORK/debug/src/expman/_core.c" 2>/dev/null; then
+    SUMMARY+=("ok    debug build has Cython bounds checks")
+else
+    SUMMARY+=("FAIL  debug build has no Cython bounds checks: does a '# cython:' line in"
+              "      expman/_core.pyx override setup.py's directives?"); FAILED=1
+fi
 tail -3 "$WORK/debug.log"
 
 # ---- 3. sdist -> wheel -> installed-wheel tests (what cibuildwheel does) -----------
