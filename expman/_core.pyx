@@ -278,9 +278,6 @@ cdef class Core:
     cdef uint32_t _define_key(self, str key) except? 0xFFFFFFFE:
         """Assign the next id and put the definition in the stream, atomically."""
         cdef bytes name
-        cdef unsigned char *p
-        cdef exlog_rec *rec
-        cdef uint64_t size
         try:
             name = key.encode("utf-8")
         except UnicodeEncodeError as e:
@@ -288,29 +285,14 @@ cdef class Core:
         if len(name) > MAX_KEY_BYTES:
             raise ExpmanValueError(
                 f"log_metrics: metric name {key[:40]!r}... is {len(name)} bytes, max {MAX_KEY_BYTES}")
-        size = REC_HEADER + exlog_align8(len(name))
         while True:
             found = self._keys.get(key)
             if found is not None:       # defined by another thread while we waited
                 return found
-            if self._state != OPEN:
-                self._raise_state()
-            p = exlog_reserve(self._w, size)
-            if p is not NULL:
-                break
-            self._reserve_slow(size, False)
-        new_id = len(self._keys)
-        rec = <exlog_rec *>p
-        rec.size = <uint32_t>size
-        rec.kind = EXLOG_REC_KEY
-        rec.n = new_id
-        rec.len = <uint32_t>len(name)
-        rec.step = 0
-        rec.t_ns = 0
-        memcpy(p + REC_HEADER, <char *>name, len(name))
-        exlog_commit(self._w, size)
-        self._keys[str(key)] = new_id
-        return new_id
+            new_id = len(self._keys)
+            if self._put_blob(EXLOG_REC_KEY, new_id, name):
+                self._keys[str(key)] = new_id
+                return new_id
 
     cdef unsigned char *_reserve_slow(self, uint64_t size, bint may_drop) except? NULL:
         """The ring is full: wait for the writer (GIL released) or drop, by policy."""
@@ -339,34 +321,39 @@ cdef class Core:
     # ---- events, flush, close -----------------------------------------------
     def _log_event(self, dict event not None):
         """Append one JSON line to events.jsonl, stamped with the metrics sequence."""
-        cdef bytes line
-        cdef unsigned char *p
-        cdef exlog_rec *rec
-        cdef uint64_t size
         if self._state != OPEN:
             self._raise_state()
         while True:
             event["seq"] = self._accepted
-            line = _orjson.dumps(event, option=_orjson.OPT_APPEND_NEWLINE)
-            size = REC_HEADER + exlog_align8(len(line))
-            if 4 * size > self._w.cap:
-                _too_large(size, self._w.cap)
-            if self._state != OPEN:
-                self._raise_state()
-            p = exlog_reserve(self._w, size)
-            if p is not NULL:
-                break
+            if self._put_blob(EXLOG_REC_EVENT, 0,
+                              _orjson.dumps(event, option=_orjson.OPT_APPEND_NEWLINE)):
+                self._events += 1
+                return
+
+    cdef bint _put_blob(self, uint32_t kind, uint32_t n, bytes payload) except -1:
+        """Append a key or event record; False after waiting for room (with the GIL
+        released, so the caller re-derives what may have changed and retries)."""
+        cdef uint64_t size = REC_HEADER + exlog_align8(len(payload))
+        cdef unsigned char *p
+        cdef exlog_rec *rec
+        if 4 * size > self._w.cap:
+            _too_large(size, self._w.cap)
+        if self._state != OPEN:
+            self._raise_state()
+        p = exlog_reserve(self._w, size)
+        if p is NULL:
             self._reserve_slow(size, False)
+            return False
         rec = <exlog_rec *>p
         rec.size = <uint32_t>size
-        rec.kind = EXLOG_REC_EVENT
-        rec.n = 0
-        rec.len = <uint32_t>len(line)
+        rec.kind = kind
+        rec.n = n
+        rec.len = <uint32_t>len(payload)
         rec.step = 0
         rec.t_ns = 0
-        memcpy(p + REC_HEADER, <char *>line, len(line))
+        memcpy(p + REC_HEADER, <char *>payload, len(payload))
         exlog_commit(self._w, size)
-        self._events += 1
+        return True
 
     def flush(self, timeout=None):
         """Return once everything logged before the call is handed to the OS.

@@ -7,8 +7,10 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -58,14 +60,14 @@ def inside(root: Path, path: Path) -> bool:
     return True
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Replace path with JSON: temp file, fsync, os.replace. Never half-written."""
-    payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+@contextmanager
+def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Write a temp file beside path, fsync it, os.replace it over path: never half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
+    text = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
     try:
-        with os.fdopen(fd, "wb", closefd=True) as f:
-            f.write(payload)
+        with open(tmp, mode, **text) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         _replace(tmp, path)
@@ -75,6 +77,13 @@ def atomic_write_json(path: Path, data: Any) -> None:
         except OSError:
             pass
         raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Replace path with JSON atomically (see atomic_open)."""
+    payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    with atomic_open(path) as f:
+        f.write(payload)
 
 
 def _replace(tmp: Path, path: Path) -> None:

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, TextIO
 import orjson
 
 from expman import __version__
+from expman._fsutil import atomic_open
 from expman.errors import ExpmanError
 from expman.reader import (
     REDUCE_HOW, Metrics, Run, RunSummary, RunTail, effective_status, iter_run_dirs, list_runs,
@@ -521,37 +522,19 @@ def cmd_export(args: argparse.Namespace) -> int:
             if to_stdout:
                 pq.write_table(table_, sys.stdout.buffer)
             else:
-                _atomic_write(Path(args.output), "wb", lambda f: pq.write_table(table_, f))
+                with atomic_open(Path(args.output), "wb") as f:
+                    pq.write_table(table_, f)
             progress.add(metrics.points)
         elif to_stdout:
             _write_text(metrics, sys.stdout, fmt, progress)
         else:
-            _atomic_write(Path(args.output), "w",
-                          lambda f: _write_text(metrics, f, fmt, progress))
+            with atomic_open(Path(args.output), "w") as f:
+                _write_text(metrics, f, fmt, progress)
     finally:
         progress.close()
     if not to_stdout:
         note(f"wrote {plural(metrics.points, 'point')} of {plural(len(metrics), 'metric')} to {args.output}")
     return 0
-
-
-def _atomic_write(path: Path, mode: str, write: Callable[[Any], None]) -> None:
-    """Write a temp file beside ``path`` and move it into place: never half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if "b" in mode:
-            with open(tmp, mode) as f:
-                write(f)
-        else:
-            with open(tmp, mode, encoding="utf-8", newline="\n") as f:
-                write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # ---- tail ------------------------------------------------------------------------------------
