@@ -20,8 +20,9 @@ rm -rf "$WORK" && mkdir -p "$WORK"
 if [ $# -gt 0 ]; then PYTHONS=("$@"); else PYTHONS=(~/.pyenv/versions/3.1[0-3].*/bin/python); fi
 # pytest with SIGINT at its default: a shell started in the background ignores SIGINT,
 # children inherit that, and the Ctrl-C tests would then wait forever.
-PYTEST=(python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL);
-os.execvp(sys.argv[1], sys.argv[1:])' pytest -q -p no:cacheprovider)
+SIGDFL=(python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL);
+os.execvp(sys.argv[1], sys.argv[1:])')
+PYTEST=("${SIGDFL[@]}" pytest -q -p no:cacheprovider)
 SUMMARY=()
 FAILED=0
 
@@ -71,7 +72,8 @@ start=$SECONDS
     so="$(cd / && "$WORK/debug/venv/bin/python" -c 'import expman._core as c; print(c.__file__)')"
     # gcc records its flags in the DWARF producer string: prove this is -O0 -g
     if command -v readelf >/dev/null; then
-        readelf --debug-dump=info "$so" 2>/dev/null | grep -m1 -E 'DW_AT_producer.* -O0' ||
+        readelf --debug-dump=info "$so" >"$WORK/debug/readelf.txt" 2>/dev/null || true
+        grep -m1 -E 'DW_AT_producer.* -O0' "$WORK/debug/readelf.txt" ||
             { echo "not a debug build: $so"; exit 1; }
     fi
     PATH="$WORK/debug/venv/bin:$PATH" EXPMAN_TEST_WATCHDOG=600 "${PYTEST[@]}"
@@ -109,7 +111,7 @@ print(tomllib.load(open("pyproject.toml", "rb"))["tool"]["cibuildwheel"]["test-c
 PY
 )"
     echo "test-command: $cmd"
-    (cd "$WORK/pkg/testdir" && PATH="$WORK/pkg/wheelenv/bin:$PATH" bash -c "$cmd")
+    (cd "$WORK/pkg/testdir" && PATH="$WORK/pkg/wheelenv/bin:$PATH" "${SIGDFL[@]}" bash -c "$cmd")
 ) >"$WORK/packaging.log" 2>&1
 record "packaging (sdist, wheel, wheel tests)" $? $((SECONDS - start)) "$WORK/packaging.log"
 tail -3 "$WORK/packaging.log"
