@@ -104,12 +104,12 @@ start=$SECONDS
     wheel="$(ls "$WORK"/pkg/dist/*.whl)"
     "$WORK/pkg/wheelenv/bin/pip" install -q "expman-logger[test] @ file://$wheel"
     mkdir -p "$WORK/pkg/testdir"
-    cp -r tests pyproject.toml "$WORK/pkg/testdir/"
-    cmd="$(python - <<'PY'
-import tomllib
-print(tomllib.load(open("pyproject.toml", "rb"))["tool"]["cibuildwheel"]["test-command"])
-PY
-)"
+    # cibuildwheel's test-sources and test-command, from pyproject.toml
+    cibw() { python -c "import sys, tomllib; v = tomllib.load(open('pyproject.toml', 'rb'))
+v = v['tool']['cibuildwheel'][sys.argv[1]]; print(' '.join(v) if isinstance(v, list) else v)" "$1"; }
+    # shellcheck disable=SC2046
+    cp -r $(cibw test-sources) "$WORK/pkg/testdir/"
+    cmd="$(cibw test-command)"
     echo "test-command: $cmd"
     (cd "$WORK/pkg/testdir" && PATH="$WORK/pkg/wheelenv/bin:$PATH" "${SIGDFL[@]}" bash -c "$cmd")
 ) >"$WORK/packaging.log" 2>&1
