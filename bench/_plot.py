@@ -24,7 +24,7 @@ def main(src: str, dst: str) -> None:
     res.sort(key=lambda r: r["timing"]["tight2_ns"])
     names = [r["peer"] for r in res]
     y = range(len(res))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 0.55 * len(res) + 2.6),
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 0.55 * len(res) + 2.9),
                                  gridspec_kw={"width_ratios": [3, 2]})
     series = [("tight2_ns", "2 keys, tight", "#1f77b4"), ("spaced_ns", "2 keys, spaced ~20 us", "#ff7f0e"),
               ("tight20_ns", "20 keys, tight", "#2ca02c")]
@@ -61,7 +61,7 @@ def main(src: str, dst: str) -> None:
     m = data["machine"]
     fig.suptitle(f"expman vs peers: the cost of one log call and of logging every step\n"
                  f"{m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}, "
-                 f"{m['date']}; `{data['command']}`", fontsize=9)
+                 f"{m['date']}, expman {m.get('expman_commit') or ''}\n{data['command']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(dst, dpi=110)
 

@@ -173,17 +173,19 @@ def import_time(py: Path, stmt: str, env: dict, repeats: int, netns: bool, timeo
 
 
 def calibrate_busy(target_ns: float = 20_000) -> tuple[int, float]:
+    """busy(k) ~ target_ns of CPU: timed in this thread's CPU time, so a busy machine
+    (which stretches wall time) does not shrink the step."""
     sys.path.insert(0, str(HERE))
     from _worker import busy
     k = 100
     for _ in range(6):
         times = []
-        for _ in range(5):
-            t0 = time.perf_counter_ns()
+        for _ in range(7):
+            t0 = time.thread_time_ns()
             for _ in range(200):
                 busy(k)
-            times.append((time.perf_counter_ns() - t0) / 200)
-        per = statistics.median(times)
+            times.append((time.thread_time_ns() - t0) / 200)
+        per = min(times)
         k = max(10, int(k * target_ns / per))
     return k, per
 
@@ -396,6 +398,12 @@ def main() -> None:
             ap.error(f"unknown peer {p!r}; known: {', '.join(ORDER)}")
     command = "python bench/compare.py " + " ".join(sys.argv[1:])
     info = machine()
+    try:
+        info["expman_commit"] = subprocess.run(
+            ["git", "-C", str(EXPMAN_SRC), "rev-parse", "--short", "HEAD"], capture_output=True,
+            text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        info["expman_commit"] = None
     busy_k, busy_ns = calibrate_busy()
     if (EXPMAN_SRC / "expman").is_dir():   # as pip does at install: import time excludes compiling
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(EXPMAN_SRC / "expman")],
@@ -403,7 +411,8 @@ def main() -> None:
     netns = bool(netns_prefix(not args.no_netns))
     print(f"{info['date']}  {info['cpu']}, {info['cores']} cores, {info['os']}, Python {info['python']}"
           + (f"; load avg {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""))
-    print(f"mode {'quick' if args.quick else 'full'}; loop step = busy({busy_k}) ~ {busy_ns / 1e3:.1f} us; "
+    print(f"expman from {EXPMAN_SRC} (commit {info['expman_commit']}); "
+          f"mode {'quick' if args.quick else 'full'}; loop step = busy({busy_k}) ~ {busy_ns / 1e3:.1f} us; "
           f"network namespace: {'yes (loopback only)' if netns else 'no'}", flush=True)
     results = []
     t0 = time.perf_counter()
