@@ -297,7 +297,8 @@ def rows_for(results: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def text_table(head, rows) -> str:
-    widths = [max(len(str(x[i])) for x in [head] + rows) for i in range(len(head))]
+    shown = [r for r in rows if not r[1].startswith("skipped")]
+    widths = [max(len(str(x[i])) for x in [head] + shown) for i in range(len(head))]
     out = ["  ".join(str(h).ljust(w) for h, w in zip(head, widths))]
     out.append("  ".join("-" * w for w in widths))
     for r in rows:
