@@ -412,7 +412,9 @@ def test_environment_git(tmp_path):
     env = expman.open_run(tmp_path / "experiments" / "g" / "r").env
     assert len(env["git"]["commit"]) == 40 and env["git"]["branch"] == "main"
     assert env["git"]["dirty"] is True
-    assert env["env_vars"] == {"CUDA_VISIBLE_DEVICES": "1", "SLURM_JOB_ID": "42"}
+    assert env["env_vars"]["CUDA_VISIBLE_DEVICES"] == "1"
+    assert env["env_vars"]["SLURM_JOB_ID"] == "42"
+    assert "PATH" not in env["env_vars"] and "HOME" not in env["env_vars"]
 
 
 def test_start_is_fast_even_with_slow_probes(base):
