@@ -609,7 +609,7 @@ cdef int decode_payload(const unsigned char *p, Py_ssize_t n, Long *out, dict ke
             t = t_us / 1e6
             for j in range(npts):
                 used = get_varint(p + k, n - k, &kid)
-                if used < 0 or k + used + 8 > n or kid > 0xFFFFFFFF:
+                if used < 0 or k + used + 8 > n or kid > <uint64_t>0xFFFFFFFFU:
                     used = -1
                     break
                 k += used

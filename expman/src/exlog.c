@@ -30,8 +30,8 @@ static uint64_t zigzag(int64_t v) {
     return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
 }
 
-/* ---- CRC-32 (IEEE, the one zlib computes), slicing by 4 ------------------- */
-static uint32_t crc_table[4][256];
+/* ---- CRC-32 (IEEE, the one zlib computes), slicing by 8 ------------------- */
+static uint32_t crc_table[8][256];
 static volatile int crc_ready = 0;
 
 static void crc_init(void) {
@@ -43,20 +43,26 @@ static void crc_init(void) {
     }
     for (i = 0; i < 256; i++) {
         c = crc_table[0][i];
-        for (j = 1; j < 4; j++) { c = crc_table[0][c & 0xff] ^ (c >> 8); crc_table[j][i] = c; }
+        for (j = 1; j < 8; j++) { c = crc_table[0][c & 0xff] ^ (c >> 8); crc_table[j][i] = c; }
     }
     exlog_store_int(&crc_ready, 1);
+}
+
+static uint32_t le32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
 uint32_t exlog_crc32(uint32_t crc, const unsigned char *p, size_t n) {
     if (!exlog_load_int(&crc_ready)) crc_init();   /* idempotent: same table */
     crc = ~crc;
-    while (n >= 4) {
-        crc ^= (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-        crc = crc_table[3][crc & 0xff] ^ crc_table[2][(crc >> 8) & 0xff] ^
-              crc_table[1][(crc >> 16) & 0xff] ^ crc_table[0][crc >> 24];
-        p += 4;
-        n -= 4;
+    while (n >= 8) {
+        uint32_t a = crc ^ le32(p), b = le32(p + 4);
+        crc = crc_table[7][a & 0xff] ^ crc_table[6][(a >> 8) & 0xff] ^
+              crc_table[5][(a >> 16) & 0xff] ^ crc_table[4][a >> 24] ^
+              crc_table[3][b & 0xff] ^ crc_table[2][(b >> 8) & 0xff] ^
+              crc_table[1][(b >> 16) & 0xff] ^ crc_table[0][b >> 24];
+        p += 8;
+        n -= 8;
     }
     while (n--) crc = crc_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
     return ~crc;
