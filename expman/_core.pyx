@@ -58,7 +58,7 @@ cdef extern from "src/exlog.h" nogil:
         int error_seq
     enum:
         EXLOG_REC_KEY, EXLOG_REC_ROW, EXLOG_REC_EVENT
-        EXLOG_HEADER_SIZE, EXLOG_FORMAT_VERSION, EXLOG_TAG_KEY, EXLOG_TAG_ROW
+        EXLOG_HEADER_SIZE, EXLOG_FORMAT_VERSION, EXLOG_KEY_DEF, EXLOG_ROW_SAME_KEYS
     exlog *exlog_new(uint64_t capacity, int64_t flush_ms, int64_t heartbeat_ms)
     int exlog_start(exlog *w, int fd_metrics, uint64_t metrics_size, int fd_events,
                     uint64_t events_size)
@@ -583,60 +583,68 @@ cdef int decode_payload(const unsigned char *p, Py_ssize_t n, Long *out, dict ke
     (then `out` is rolled back to where it was)."""
     cdef Py_ssize_t k = 0, used, mark_ids = out.ids.len, mark_vals = out.values.len
     cdef Py_ssize_t mark_steps = out.steps.len, mark_times = out.times.len
-    cdef uint64_t u, npts, kid, j, nrows = 0
+    cdef uint64_t u, h, npts, kid, j, nrows = 0, prev_n = 0
+    cdef Py_ssize_t row_start, prev_start = -1   # where the previous row's ids are in out
+    cdef bint same
     cdef int64_t step = 0, t_us = 0
     cdef double t, val
     cdef list new_keys = []
-    cdef Py_ssize_t most = n // 9 + 1       # a point takes at least 9 payload bytes
+    cdef Py_ssize_t most = n // 8 + 1       # a point takes at least 8 payload bytes
     vec_reserve(&out.ids, 4 * most)
     vec_reserve(&out.steps, 8 * most)
     vec_reserve(&out.times, 8 * most)
     vec_reserve(&out.values, 8 * most)
     while k < n:
-        if p[k] == EXLOG_TAG_ROW:
-            k += 1
-            used = get_varint(p + k, n - k, &u)
-            if used < 0: break
-            k += used
-            step += unzigzag(u)
-            used = get_varint(p + k, n - k, &u)
-            if used < 0: break
-            k += used
-            t_us += unzigzag(u)
-            used = get_varint(p + k, n - k, &npts)
-            if used < 0: break
-            k += used
-            t = t_us / 1e6
-            for j in range(npts):
-                used = get_varint(p + k, n - k, &kid)
-                if used < 0 or k + used + 8 > n or kid > <uint64_t>0xFFFFFFFFU:
-                    used = -1
-                    break
-                k += used
-                val = get_f64(p + k)
-                k += 8
-                (<uint32_t *>(out.ids.data + out.ids.len))[0] = <uint32_t>kid
-                (<int64_t *>(out.steps.data + out.steps.len))[0] = step
-                (<double *>(out.times.data + out.times.len))[0] = t
-                (<double *>(out.values.data + out.values.len))[0] = val
-                out.ids.len += 4
-                out.steps.len += 8
-                out.times.len += 8
-                out.values.len += 8
-            if used < 0: break
-            nrows += 1
-        elif p[k] == EXLOG_TAG_KEY:
-            k += 1
-            used = get_varint(p + k, n - k, &kid)
-            if used < 0: break
-            k += used
+        used = get_varint(p + k, n - k, &h)
+        if used < 0: break
+        k += used
+        if h & EXLOG_KEY_DEF:
             used = get_varint(p + k, n - k, &u)
             if used < 0 or <uint64_t>(n - k - used) < u: break
             k += used
-            new_keys.append((kid, (<const char *>p)[k:k + u].decode("utf-8", "replace")))
+            new_keys.append((h >> 1, (<const char *>p)[k:k + u].decode("utf-8", "replace")))
             k += u
-        else:
-            break
+            continue
+        npts = h >> 2
+        same = (h & 3) == EXLOG_ROW_SAME_KEYS
+        if same and (prev_start < 0 or npts != prev_n):
+            break                               # nothing (or something else) to repeat
+        used = get_varint(p + k, n - k, &u)
+        if used < 0: break
+        k += used
+        step += unzigzag(u)
+        used = get_varint(p + k, n - k, &u)
+        if used < 0: break
+        k += used
+        t_us += unzigzag(u)
+        t = t_us / 1e6
+        row_start = out.ids.len // 4
+        for j in range(npts):
+            if same:
+                kid = (<uint32_t *>out.ids.data)[prev_start + j]
+            else:
+                used = get_varint(p + k, n - k, &kid)
+                if used < 0 or kid > <uint64_t>0xFFFFFFFFU:
+                    used = -1
+                    break
+                k += used
+            if k + 8 > n:
+                used = -1
+                break
+            val = get_f64(p + k)
+            k += 8
+            (<uint32_t *>(out.ids.data + out.ids.len))[0] = <uint32_t>kid
+            (<int64_t *>(out.steps.data + out.steps.len))[0] = step
+            (<double *>(out.times.data + out.times.len))[0] = t
+            (<double *>(out.values.data + out.values.len))[0] = val
+            out.ids.len += 4
+            out.steps.len += 8
+            out.times.len += 8
+            out.values.len += 8
+        if used < 0: break
+        prev_start = row_start
+        prev_n = npts
+        nrows += 1
     if k != n:
         out.ids.len = mark_ids
         out.steps.len = mark_steps

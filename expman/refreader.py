@@ -40,25 +40,30 @@ def read_metrics(data):
         payload = data[pos + 8:end]
         if zlib.crc32(payload) != struct.unpack_from("<I", data, end)[0]:
             raise ValueError(f"bad frame checksum at {pos}")
-        i, step, t_us = 0, 0, 0                           # deltas restart per frame
+        i, step, t_us, ids = 0, 0, 0, None                # deltas restart per frame
         while i < len(payload):
-            tag, i = payload[i], i + 1
-            if tag == 1:                                  # key definition
-                kid, i = read_varint(payload, i)
+            h, i = read_varint(payload, i)
+            if h & 1:                                     # key definition
                 n, i = read_varint(payload, i)
-                keys[kid], i = payload[i:i + n].decode(), i + n
-            elif tag == 2:                                # one row
-                d, i = read_varint(payload, i)
-                step += unzigzag(d)
-                d, i = read_varint(payload, i)
-                t_us += unzigzag(d)
-                n, i = read_varint(payload, i)
-                for _ in range(n):
+                keys[h >> 1], i = payload[i:i + n].decode(), i + n
+                continue
+            n, same = h >> 2, h & 3 == 2                  # a row; same: previous row's ids
+            if same and (ids is None or len(ids) != n):
+                raise ValueError(f"row repeats missing ids in frame at {pos}")
+            d, i = read_varint(payload, i)
+            step += unzigzag(d)
+            d, i = read_varint(payload, i)
+            t_us += unzigzag(d)
+            row_ids = []
+            for j in range(n):
+                if same:
+                    kid = ids[j]
+                else:
                     kid, i = read_varint(payload, i)
-                    (value,) = struct.unpack_from("<d", payload, i)
-                    i += 8
-                    series.setdefault(keys[kid], []).append((step, t_us / 1e6, value))
-            else:
-                raise ValueError(f"unknown record tag {tag} in frame at {pos}")
+                (value,) = struct.unpack_from("<d", payload, i)
+                i += 8
+                row_ids.append(kid)
+                series.setdefault(keys[kid], []).append((step, t_us / 1e6, value))
+            ids = row_ids
         pos = end + 4
     return series, 0

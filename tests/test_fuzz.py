@@ -28,7 +28,7 @@ from expman.errors import CorruptRunError
 from conftest import SLOW
 
 N_FRAMES = 60
-ROWS_PER_FRAME = 6
+ROWS_PER_FRAME = 8
 EXAMPLES = 5000 if SLOW else 300
 FUZZ = settings(max_examples=EXAMPLES, deadline=2000, database=None, derandomize=not SLOW,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
+
+from expman import refreader
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "expman" / "src"
@@ -55,64 +55,18 @@ def _build(cc: str, out: Path, *flags: str) -> Path:
     return out
 
 
-def _varint(buf: bytes, k: int) -> tuple[int, int]:
-    v = shift = 0
-    while True:
-        b = buf[k]
-        k += 1
-        v |= (b & 0x7F) << shift
-        if b < 0x80:
-            return v, k
-        shift += 7
-
-
-def _unzigzag(v: int) -> int:
-    return (v >> 1) ^ -(v & 1)
-
-
 def _check_output(metrics: Path, events: Path, stdout: str, n: int) -> None:
+    """The program's file, read by the format's reference reader, holds exactly what it logged."""
     stats = dict(line.split("=", 1) for line in stdout.split())
     assert stats["rows_written"] == str(n) and stats["rows_dropped"] == "0", stats
     data = metrics.read_bytes()
-    assert data[:8] == b"EXPMANMB" and struct.unpack_from("<II", data, 8) == (1, 0)
-    pos, frames, keys, rows = 16, 0, {}, []
-    while pos < len(data):
-        (length,) = struct.unpack_from("<I", data, pos)
-        assert struct.unpack_from("<I", data, pos + 4)[0] == zlib.crc32(data[pos:pos + 4]), pos
-        payload = data[pos + 8:pos + 8 + length]
-        assert len(payload) == length, f"frame at {pos} runs past the end"
-        assert struct.unpack_from("<I", data, pos + 8 + length)[0] == zlib.crc32(payload), pos
-        pos += 12 + length
-        frames += 1
-        k = step = 0
-        while k < length:            # deltas restart in every frame
-            tag = payload[k]
-            k += 1
-            if tag == 1:
-                kid, k = _varint(payload, k)
-                ln, k = _varint(payload, k)
-                keys[kid] = payload[k:k + ln].decode()
-                k += ln
-            else:
-                assert tag == 2, f"unknown tag {tag} in frame {frames}"
-                d, k = _varint(payload, k)
-                step += _unzigzag(d)
-                _, k = _varint(payload, k)          # time delta
-                npts, k = _varint(payload, k)
-                points = []
-                for _ in range(npts):
-                    kid, k = _varint(payload, k)
-                    points.append((kid, struct.unpack_from("<d", payload, k)[0]))
-                    k += 8
-                rows.append((step, points))
-    assert pos == len(data)
-    assert str(frames) == stats["frames_written"]
+    series, torn = refreader.read_metrics(data)
+    assert torn == 0
     assert str(len(data) - 16) == stats["bytes_written"]
-    assert keys == {0: "loss", 1: "acc", 2: "lr"}
-    assert len(rows) == n
-    for i, (step, points) in enumerate(rows):
-        assert step == i
-        assert points == [(k, i + k / 4) for k in range(i % 3 + 1)], i
+    assert set(series) == {"loss", "acc", "lr"}
+    for k, name in enumerate(["loss", "acc", "lr"]):
+        logged = [i for i in range(n) if i % 3 >= k]        # row i logs keys 0..i%3
+        assert [(s, v) for s, _t, v in series[name]] == [(i, i + k / 4) for i in logged], name
     lines = events.read_bytes().splitlines()
     assert lines == [b'{"step":%d}' % i for i in range(0, n, 1000)]
 

@@ -188,26 +188,33 @@ static void record_error(exlog *w, int err) {
 }
 
 /* ---- encoding ------------------------------------------------------------- */
-typedef struct { int64_t step; int64_t t_us; } delta_state;
+/* What the previous row of the current frame was; all zero at a frame start. */
+typedef struct {
+    int64_t step, t_us;
+    const uint32_t *ids;        /* in the ring, stable until the frame is emitted */
+    uint32_t n;
+} delta_state;
 
 static void encode_row(exlog *w, const exlog_rec *r, delta_state *ds) {
     unsigned char *p = w->frame + EXLOG_FRAME_OVERHEAD - 4 + w->frame_len;
     const uint32_t *ids = (const uint32_t *)(r + 1);
     const double *vals = (const double *)((const unsigned char *)ids + exlog_align8(4u * r->n));
     int64_t t_us = r->t_ns / 1000;
+    int same = ds->ids && ds->n == r->n && memcmp(ds->ids, ids, 4u * r->n) == 0;
     size_t k = 0;
     uint32_t i;
-    p[k++] = EXLOG_TAG_ROW;
+    k += put_varint(p + k, ((uint64_t)r->n << 2) | (same ? EXLOG_ROW_SAME_KEYS : EXLOG_ROW));
     k += put_varint(p + k, zigzag(r->step - ds->step));
     k += put_varint(p + k, zigzag(t_us - ds->t_us));
-    k += put_varint(p + k, r->n);
     for (i = 0; i < r->n; i++) {
-        k += put_varint(p + k, ids[i]);
+        if (!same) k += put_varint(p + k, ids[i]);
         put_f64(p + k, vals[i]);
         k += 8;
     }
     ds->step = r->step;
     ds->t_us = t_us;
+    ds->ids = ids;
+    ds->n = r->n;
     w->frame_len += k;
     w->frame_rows += 1;
 }
@@ -232,8 +239,7 @@ static int buf_append(unsigned char **buf, size_t *len, size_t *cap, const unsig
 static void encode_key(exlog *w, const exlog_rec *r) {
     unsigned char *p = w->frame + EXLOG_FRAME_OVERHEAD - 4 + w->frame_len;
     size_t k = 0;
-    p[k++] = EXLOG_TAG_KEY;
-    k += put_varint(p + k, r->n);
+    k += put_varint(p + k, ((uint64_t)r->n << 1) | EXLOG_KEY_DEF);
     k += put_varint(p + k, r->len);
     memcpy(p + k, (const unsigned char *)(r + 1), r->len);
     w->frame_len += k + r->len;
@@ -313,7 +319,7 @@ static uint64_t drain(exlog *w) {
     uint64_t head = exlog_load_u64(&w->head);
     uint64_t tail = w->tail;
     uint64_t half = w->cap / 2;
-    delta_state ds = {0, 0};
+    delta_state ds = {0, 0, NULL, 0};
     while (tail < head) {
         const exlog_rec *r = (const exlog_rec *)(w->ring + (tail & w->mask));
         switch (r->kind) {
@@ -333,6 +339,8 @@ static uint64_t drain(exlog *w) {
             emit(w);
             ds.step = 0;
             ds.t_us = 0;
+            ds.ids = NULL;
+            ds.n = 0;
             exlog_mutex_lock(&w->mu);
             exlog_store_u64(&w->done, tail);
             exlog_cond_broadcast(&w->done_cv);

@@ -26,8 +26,12 @@
 #define EXLOG_FORMAT_VERSION 1u
 #define EXLOG_HEADER_SIZE 16
 #define EXLOG_FRAME_OVERHEAD 12
-#define EXLOG_TAG_KEY 0x01
-#define EXLOG_TAG_ROW 0x02
+/* Every payload record starts with a varint h whose low bits say what follows:
+ * h&1 == 1: key definition, id = h>>1;  h&3 == 0: row of n = h>>2 points with
+ * their ids;  h&3 == 2: row of n = h>>2 points with the previous row's ids. */
+#define EXLOG_KEY_DEF 1u
+#define EXLOG_ROW 0u
+#define EXLOG_ROW_SAME_KEYS 2u
 
 typedef struct {
     uint32_t size;   /* whole record, header included, multiple of 8 */
