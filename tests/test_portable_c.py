@@ -4,8 +4,8 @@ when MinGW is installed, for Windows, and check what the writer thread wrote.
 
 The native program runs here; the Windows one runs only when ``wine64`` is
 installed (Debian: ``gcc-mingw-w64-x86-64``, ``wine64``). Both write a metrics
-file that this test verifies frame by frame with ``zlib.crc32`` and decodes
-with the few lines of Python below (docs/format.md), independent of expman.
+file that this test reads with the format's reference reader
+(``expman/refreader.py``: plain Python and ``zlib.crc32``, independent of the core).
 """
 
 from __future__ import annotations
