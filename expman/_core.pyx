@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: language_level=3
 """expman's compiled core (private).
 
 ``Core.log_metrics`` turns a dict of numbers into C values and appends one

@@ -28,7 +28,7 @@ def current() -> Experiment:
     return _current
 
 
-def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
+def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
     current().log_metrics(metrics, step)
 
 

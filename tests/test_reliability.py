@@ -46,7 +46,10 @@ def _env() -> dict[str, str]:
 
 
 def _script(code: str, base: Path) -> str:
+    # SIGINT at its default even when the test run was started from a background
+    # shell (which makes children inherit it as ignored)
     return (f"import os, sys, time, json, signal, errno, threading\nimport expman\n"
+            f"signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             f"BASE = {str(base)!r}\n" + textwrap.dedent(code))
 
 
@@ -80,7 +83,12 @@ def wait_line(proc: subprocess.Popen, prefix: str, timeout: float = 30) -> str:
 
 
 def finish(proc: subprocess.Popen, timeout: float = 30) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()                          # never leave a looping child behind
+        proc.communicate()
+        raise
     return proc.returncode, out, err
 
 
