@@ -6,6 +6,8 @@
         exp.log_metrics({"loss": 0.5}, step=0)
 """
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 try:
@@ -24,7 +26,25 @@ from expman.errors import (
     RunExistsError, WriterError,
 )
 from expman.experiment import Experiment
-from expman.reader import Metrics, Run, RunSummary, Series, list_runs, open_run
+
+if TYPE_CHECKING:
+    from expman.reader import Metrics, Run, RunSummary, Series, list_runs, open_run
+
+# The reader loads on first use: a training script that only logs never pays for it.
+_READER_NAMES = {"Metrics", "Run", "RunSummary", "Series", "list_runs", "open_run"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _READER_NAMES:
+        from expman import reader
+        value = getattr(reader, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'expman' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _READER_NAMES)
 
 __all__ = [
     "Experiment", "init", "current", "log_metrics", "log_params", "info", "warn", "error",

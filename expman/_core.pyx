@@ -17,7 +17,6 @@ import errno as _errno
 import os as _os
 import warnings as _warnings
 
-import orjson as _orjson
 
 from expman.errors import (
     ExpmanTypeError, ExpmanValueError, RunClosedError, WriterError,
@@ -323,6 +322,7 @@ cdef class Core:
         """Append one JSON line to events.jsonl, stamped with the metrics sequence."""
         if self._state != OPEN:
             self._raise_state()
+        import orjson as _orjson      # not at module import: `import expman` stays fast
         while True:
             event["seq"] = self._accepted
             if self._put_blob(EXLOG_REC_EVENT, 0,

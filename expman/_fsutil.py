@@ -12,8 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
-
 from expman.errors import ExpmanTypeError, ExpmanValueError
 
 # Reserved on Windows whatever the extension; refused everywhere so a run folder
@@ -81,6 +79,7 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     """Replace path with JSON atomically (see atomic_open)."""
+    import orjson           # imported where used: `import expman` stays fast
     payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
     with atomic_open(path) as f:
         f.write(payload)
@@ -101,4 +100,5 @@ def _replace(tmp: Path, path: Path) -> None:
 
 def read_json(path: Path) -> Any:
     with open(path, "rb") as f:
+        import orjson
         return orjson.loads(f.read())

@@ -12,11 +12,16 @@ _ENV_NAMES = {"CUDA_VISIBLE_DEVICES", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL
               "PYTHONHASHSEED", "VIRTUAL_ENV", "CONDA_DEFAULT_ENV", "CONDA_PREFIX"}
 
 
+def hostname() -> str:
+    """This machine's name, as run.json records it (socket imported only when asked)."""
+    import socket
+    return socket.gethostname()
+
+
 def quick() -> dict[str, Any]:
     """Facts that cost microseconds: recorded before Experiment() returns."""
     import getpass
     import platform
-    import socket
     try:
         user = getpass.getuser()
     except Exception:          # no login name in some containers
@@ -28,7 +33,7 @@ def quick() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "hostname": socket.gethostname(),
+        "hostname": hostname(),
         "pid": os.getpid(),
         "argv": list(sys.argv),
         "cwd": os.getcwd(),

@@ -7,7 +7,6 @@ unchanged, so a call goes straight into C with no Python frame in between.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 import warnings
@@ -139,7 +138,7 @@ class Experiment(_core.Core):
             env = environment.quick() if capture_env else {"pid": self._pid}
             self._meta["env"] = {**self._meta.get("env", {}), **env}
             # the reader needs the host to tell a dead pid (CRASHED), env capture or not
-            self._meta["host"] = env.get("hostname") or socket.gethostname()
+            self._meta["host"] = env.get("hostname") or environment.hostname()
             atomic_write_json(self._run_dir / RUN_FILE, self._meta)
             self._start(self._fds[0], sizes[0], self._fds[1], sizes[1],
                         metrics_path=str(self._run_dir / METRICS_FILE),

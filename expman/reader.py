@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import sys
 import time
 import warnings
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from expman import _core
+from expman.environment import hostname
 from expman._fsutil import read_json
 from expman.errors import CorruptRunError, ExpmanValueError
 
@@ -624,7 +624,7 @@ def effective_status(meta: dict[str, Any], path: Path) -> str:
     if status != "RUNNING":
         return status
     pid, host = meta.get("pid"), meta.get("host")
-    if host == socket.gethostname() and isinstance(pid, int):
+    if host == hostname() and isinstance(pid, int):
         if pid == os.getpid():
             return "RUNNING"
         if not _pid_alive(pid):

@@ -414,34 +414,36 @@ void exlog_stop(exlog *w) {
     exlog_mutex_unlock(&w->mu);
 }
 
-int exlog_wait_done(exlog *w, uint64_t target, int64_t timeout_ms) {
+static int is_done(exlog *w, uint64_t target) {
+    return exlog_load_u64(&w->done) >= target;
+}
+
+static int has_space(exlog *w, uint64_t size) {
+    /* room for the record plus a worst-case wrap */
+    return exlog_load_u64(&w->head) - exlog_load_u64(&w->tail) + 2 * size <= w->cap;
+}
+
+/* Wake the writer, then wait (at most timeout_ms; -1: no limit) until ready(w, arg)
+ * or the writer stops. Returns ready's last answer. */
+static int wait_for(exlog *w, int (*ready)(exlog *, uint64_t), uint64_t arg, int64_t timeout_ms) {
     int64_t deadline = exlog_mono_ms() + timeout_ms;
-    int reached;
+    int ok;
     exlog_mutex_lock(&w->mu);
     w->kicked = 1;
     exlog_cond_broadcast(&w->wake_cv);
-    while (!(reached = exlog_load_u64(&w->done) >= target) && w->running == 1) {
+    while (!(ok = ready(w, arg)) && w->running == 1) {
         int64_t left = timeout_ms < 0 ? 100 : deadline - exlog_mono_ms();
         if (left <= 0) break;
         exlog_cond_wait_ms(&w->done_cv, &w->mu, left < 100 ? left : 100);
     }
     exlog_mutex_unlock(&w->mu);
-    return reached;
+    return ok;
+}
+
+int exlog_wait_done(exlog *w, uint64_t target, int64_t timeout_ms) {
+    return wait_for(w, is_done, target, timeout_ms);
 }
 
 int exlog_wait_space(exlog *w, uint64_t size, int64_t timeout_ms) {
-    int64_t deadline = exlog_mono_ms() + timeout_ms;
-    int free_ok;
-    exlog_mutex_lock(&w->mu);
-    w->kicked = 1;
-    exlog_cond_broadcast(&w->wake_cv);
-    /* room for the record plus a worst-case wrap */
-    while (!(free_ok = exlog_load_u64(&w->head) - exlog_load_u64(&w->tail) + 2 * size <= w->cap) &&
-           w->running == 1) {
-        int64_t left = timeout_ms < 0 ? 100 : deadline - exlog_mono_ms();
-        if (left <= 0) break;
-        exlog_cond_wait_ms(&w->done_cv, &w->mu, left < 100 ? left : 100);
-    }
-    exlog_mutex_unlock(&w->mu);
-    return free_ok;
+    return wait_for(w, has_space, size, timeout_ms);
 }
