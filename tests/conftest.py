@@ -61,3 +61,17 @@ def run_python(code: str, cwd: Path, timeout: float = 60, **kwargs) -> subproces
         [str(Path(expman.__file__).parent.parent), env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def make_crashed_run(base: Path, cwd: Path, exit_code: int = 0) -> Path:
+    """A run whose process logged one point, flushed, and died by os._exit: on disk it
+    says RUNNING; readers must say CRASHED. Returns base/exp/dead."""
+    proc = run_python(f"""
+        import os, expman
+        exp = expman.Experiment("exp", "dead", base_dir={str(base)!r}, capture_env=False)
+        exp.log_metrics({{"loss": 0.5}}, step=0)
+        exp.flush()
+        os._exit({exit_code})
+    """, cwd=cwd)
+    assert proc.returncode == exit_code, proc.stderr
+    return base / "exp" / "dead"

@@ -22,7 +22,7 @@ from expman import _core
 from expman._fsutil import atomic_write_json, read_json
 from expman.cli import COMMANDS, build_parser
 
-from conftest import run_python
+from conftest import make_crashed_run, run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECIAL = [0.1, -0.0, 1e-300, 5e-324, 1.7976931348623157e308, math.nan, math.inf, -math.inf, 2.0]
@@ -168,14 +168,7 @@ def test_list_table_and_json(base, runs, make_run):
 
 
 def test_list_crashed_and_empty(base, tmp_path):
-    proc = run_python(f"""
-        import os, expman
-        exp = expman.Experiment("exp", "dead", base_dir={str(base)!r}, capture_env=False)
-        exp.log_metrics({{"loss": 0.5}}, step=0)
-        exp.flush()
-        os._exit(0)
-    """, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    make_crashed_run(base, tmp_path)
     out = ok(cli("list", "--status", "CRASHED", "--base-dir", base, cwd=tmp_path))
     assert "exp/dead" in out and "CRASHED" in out
     assert "no runs matching" in ok(cli("list", base, "--status", "KILLED", cwd=tmp_path))
@@ -348,14 +341,7 @@ def test_tail_follow_sees_a_live_run_to_its_end(base, tmp_path):
 
 
 def test_tail_follow_stops_on_a_crashed_run(base, tmp_path):
-    proc = run_python(f"""
-        import os, expman
-        exp = expman.Experiment("exp", "dead", base_dir={str(base)!r}, capture_env=False)
-        exp.log_metrics({{"loss": 0.5}}, step=0)
-        exp.flush()
-        os._exit(0)
-    """, cwd=tmp_path)
-    assert proc.returncode == 0
+    make_crashed_run(base, tmp_path)
     tail = cli("tail", "exp/dead", "-f", "--base-dir", base, cwd=tmp_path, timeout=30)
     assert tail.returncode == 0 and "loss=0.5" in tail.stdout and "CRASHED" in tail.stderr
 

@@ -15,7 +15,7 @@ import expman
 from expman import _core, reader
 from expman._fsutil import atomic_write_json, read_json
 
-from conftest import run_python
+from conftest import make_crashed_run, run_python
 
 
 @pytest.fixture(params=["numpy", "array"])
@@ -117,15 +117,7 @@ def test_list_runs_summaries_newest_first(base, make_run):
 
 def test_crashed_run(base):
     """A process that dies without closing leaves RUNNING on disk; the reader says CRASHED."""
-    proc = run_python(f"""
-        import os, expman
-        exp = expman.Experiment("exp", "dead", base_dir={str(base)!r}, capture_env=False)
-        exp.log_metrics({{"loss": 0.5}}, step=0)
-        exp.flush()
-        os._exit(3)
-    """, cwd=base)
-    assert proc.returncode == 3, proc.stderr
-    run_dir = base / "exp" / "dead"
+    run_dir = make_crashed_run(base, base, exit_code=3)
     assert read_json(run_dir / "run.json")["status"] == "RUNNING"
     assert expman.open_run(run_dir).status == "CRASHED"
     (s,) = expman.list_runs(base, status="CRASHED")

@@ -7,6 +7,7 @@ docs/durability.md for the contract these tests hold the code to.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -557,14 +558,12 @@ def test_fsync_failure_at_close_is_raised_and_recorded(make_run):
     assert meta["status"] == "FINISHED"
 
 
-@pytest.fixture
-def tiny_fs(tmp_path):
-    """A 512 KiB tmpfs (root on Linux only)."""
+@contextlib.contextmanager
+def _tmpfs(mnt: Path, options: str):
+    """A tmpfs mounted on mnt for the block (root on Linux only, else the test skips)."""
     if not (LINUX and IS_ROOT):
         pytest.skip("needs root on Linux to mount a tmpfs")
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)],
                          capture_output=True, text=True, timeout=10)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {res.stderr.strip()}")
@@ -572,6 +571,15 @@ def tiny_fs(tmp_path):
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 512 KiB tmpfs."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    with _tmpfs(mnt, "size=512k"):
+        yield mnt
 
 
 def _fill(path: Path, leave: int = 0) -> None:
@@ -664,16 +672,8 @@ def readonly_dir(tmp_path):
     d = tmp_path / "ro"
     d.mkdir()
     if IS_ROOT:         # root ignores permission bits: a read-only mount instead
-        if not LINUX:
-            pytest.skip("read-only mount only set up on Linux")
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(d)],
-                             capture_output=True, text=True, timeout=10)
-        if res.returncode != 0:
-            pytest.skip(f"cannot mount: {res.stderr.strip()}")
-        try:
+        with _tmpfs(d, "ro,size=64k"):
             yield d
-        finally:
-            subprocess.run(["umount", "-l", str(d)], capture_output=True, timeout=10)
     else:
         if not POSIX:
             pytest.skip("permission bits do not make a folder read-only on Windows")
