@@ -646,7 +646,7 @@ def test_start_on_a_full_disk_raises_and_leaves_nothing(tiny_fs):
 
 
 @posix_only
-def test_run_folder_vanishing_mid_run_never_hangs(make_run):
+def test_run_folder_vanishing_mid_run_is_reported_and_never_hangs(make_run):
     import shutil
     exp = make_run(flush_interval=0.005)
     for i in range(1000):
@@ -654,12 +654,17 @@ def test_run_folder_vanishing_mid_run_never_hangs(make_run):
     exp.flush()
     shutil.rmtree(exp.run_dir)
     t0 = time.monotonic()
-    for i in range(1000, 50_000):
-        exp.log_metrics({"a": i * 0.5, "b": -i}, step=i)
-    exp.flush()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(WriterError) as info:       # noticed within a flush interval or so
+        for i in range(1000, 2_000_000):
+            exp.log_metrics({"a": i * 0.5, "b": -i}, step=i)
+            if i % 10_000 == 0:
+                time.sleep(0.001)
+    assert info.value.errno == errno.ENOENT and info.value.filename.endswith("metrics.bin")
+    with pytest.raises(OSError):                   # close cannot write run.json: says so
         exp.close()
     assert time.monotonic() - t0 < 5
+    stats = exp.stats()
+    assert stats["dropped"] > 0 and stats["accepted"] == stats["written"] + stats["dropped"]
     assert exp.status == "FINISHED" and not exp.run_dir.exists()
     with pytest.raises(RunClosedError):
         exp.log_metrics({"a": 1.0})

@@ -144,6 +144,7 @@ static int io_fault(uint64_t every, uint64_t *counter) {
 static int write_all(exlog *w, int fd, uint64_t *good, const unsigned char *buf, size_t n) {
     size_t off = 0;
     int err = 0;
+    if (w->unlinked) return ENOENT;     /* writing on would only feed a deleted file */
     if (io_fault(w->fault_write_every, &w->n_writes)) {
         /* emulate a short write followed by a failure */
         size_t part = n / 2;
@@ -356,6 +357,21 @@ static uint64_t drain(exlog *w) {
     return tail;
 }
 
+/* A run folder deleted under a running writer leaves writes succeeding into an
+ * unlinked file: notice it (POSIX; Windows refuses to delete open files) and
+ * report ENOENT, so the loop learns within a flush interval, not at close. */
+static void check_unlinked(exlog *w) {
+#ifndef _WIN32
+    struct stat st;
+    if (!w->unlinked && fstat(w->fd_metrics, &st) == 0 && st.st_nlink == 0) {
+        w->unlinked = 1;
+        record_error(w, ENOENT);
+    }
+#else
+    (void)w;
+#endif
+}
+
 static void writer_main(void *arg) {
     exlog *w = (exlog *)arg;
     int stopping = 0;
@@ -371,6 +387,7 @@ static void writer_main(void *arg) {
             continue;                       /* test hook: a stalled writer */
         } else if (exlog_load_u64(&w->head) != w->tail) {
             drain(w);
+            check_unlinked(w);
         } else if (exlog_mono_ms() - w->last_io_ms >= w->heartbeat_ms) {
             /* idle: move the metrics file's mtime so readers see we are alive */
             if (EXLOG_TOUCH(w->fd_metrics) != 0) { /* a heartbeat is best effort */ }

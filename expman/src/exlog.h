@@ -89,6 +89,7 @@ typedef struct exlog {
     uint64_t fault_write_every, fault_fsync_every, n_writes, n_fsyncs;
     int fault_errno;
     volatile int paused;        /* test-only: the writer drains nothing while set */
+    int unlinked;               /* writer: the metrics file was deleted under us */
 } exlog;
 
 /* Lifecycle. exlog_new returns NULL on allocation failure. */
