@@ -128,10 +128,11 @@ def test_installed_wheel_holds_no_sources() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not SLOW, reason="compiles the core; set EXPMAN_SLOW=1")
 def test_wheel_built_from_the_sdist(sdist: tuple[Path, list[str]], tmp_path: Path) -> None:
-    if importlib.util.find_spec("build") is None:
+    if not _has_module("build.__main__"):
         pytest.skip("needs `build` (pip install build)")
     res = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path),
-                          str(sdist[0])], capture_output=True, text=True, timeout=900)
+                          str(sdist[0])], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     (wheel,) = tmp_path.glob("*.whl")
     with zipfile.ZipFile(wheel) as zf:
