@@ -19,7 +19,7 @@ import warnings as _warnings
 
 
 from expman.errors import (
-    ExpmanTypeError, ExpmanValueError, RunClosedError, WriterError,
+    CorruptRunError, ExpmanTypeError, ExpmanValueError, RunClosedError, WriterError,
 )
 
 cdef extern from "Python.h":
@@ -686,13 +686,13 @@ def decode_metrics(const unsigned char[::1] data not None, Py_ssize_t offset=0,
             return {}, keys, report
         if bytes(data[:8]) != b"EXPMANMB":
             if not salvage:
-                raise _corrupt_error("not an expman metrics file (bad magic)")
+                raise CorruptRunError("not an expman metrics file (bad magic)")
             # salvage: a damaged header (a zeroed first block) must not hide the
             # frames after it; only a valid magic with another version is refused
             corrupt_at.append(0)
             corrupt += EXLOG_HEADER_SIZE
         elif get_u32(d + 8) != EXLOG_FORMAT_VERSION:
-            raise _corrupt_error(f"unsupported metrics format version {get_u32(d + 8)}")
+            raise CorruptRunError(f"unsupported metrics format version {get_u32(d + 8)}")
         pos = EXLOG_HEADER_SIZE
     long_init(&out)
     end_ok = pos
@@ -812,8 +812,3 @@ cdef dict _group(Long *out, dict keys, uint64_t *unknown):
         free(ps)
         free(pt)
         free(pv)
-
-
-def _corrupt_error(msg):
-    from expman.errors import CorruptRunError
-    return CorruptRunError(msg)

@@ -668,22 +668,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 # ---- verify ---------------------------------------------------------------------------------
 
 
-def _events_check(path: Path) -> dict[str, Any]:
+def _events_check(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """events.jsonl's integrity counts, and its complete events."""
+    from expman.reader import _parse_event_lines
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return {"present": False, "events": 0, "bad_lines": 0, "torn_bytes": 0}
+        return {"present": False, "events": 0, "bad_lines": 0, "torn_bytes": 0}, []
     cut = data.rfind(b"\n") + 1
-    lines = [x for x in data[:cut].split(b"\n") if x.strip()]
-    bad = 0
-    for line in lines:
-        try:
-            if not isinstance(orjson.loads(line), dict):
-                bad += 1
-        except orjson.JSONDecodeError:
-            bad += 1
-    return {"present": True, "events": len(lines) - bad, "bad_lines": bad,
-            "torn_bytes": len(data) - cut, "good_size": cut}
+    events, bad = _parse_event_lines(data[:cut])
+    return {"present": True, "events": len(events), "bad_lines": bad,
+            "torn_bytes": len(data) - cut, "good_size": cut}, events
 
 
 def _save_cut(path: Path, start: int) -> Path:
@@ -743,12 +738,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if rep["unknown_points"]:
                 problems.append(f"metrics.bin: {rep['unknown_points']} points of unknown metrics")
     report["metrics"] = m
-    ev = _events_check(path / "events.jsonl")
+    ev, events = _events_check(path / "events.jsonl")
     report["events"] = {k: v for k, v in ev.items() if k != "good_size"}
     if ev["bad_lines"]:
         problems.append(f"events.jsonl: {ev['bad_lines']} unreadable lines")
     arts = []
-    for art in (x for x in _parse_events(path) if x.get("kind") == "artifact"):
+    for art in (x for x in events if x.get("kind") == "artifact"):
         f = path / art.get("path", "")
         ok = f.is_file() and (art.get("size") is None or f.stat().st_size == art["size"])
         arts.append({"name": art.get("name"), "ok": ok})
@@ -810,11 +805,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
             out(f"  repaired      {r}")
         out("OK" if not problems else "DAMAGED: " + "; ".join(problems))
     return 0 if not problems else 1
-
-
-def _parse_events(path: Path) -> list[dict[str, Any]]:
-    from expman.reader import read_events
-    return read_events(path / "events.jsonl")
 
 
 # ---- du and clean --------------------------------------------------------------------------

@@ -89,30 +89,24 @@ class Experiment(_core.Core):
             _remove_empty(made)
             raise ExpmanValueError(f"{exp_dir / (run_name or '')} resolves outside {self._base_dir}")
 
-        created = False
-        if run_name is None:
-            while True:
-                run_name = _new_run_name()
-                try:
-                    os.mkdir(exp_dir / run_name)
-                    created = True
-                    break
-                except FileExistsError:
-                    continue
-        else:
+        while True:     # a generated name that clashes is drawn again
+            candidate = run_name if run_name is not None else _new_run_name()
             try:
-                os.mkdir(exp_dir / run_name)
+                os.mkdir(exp_dir / candidate)
                 created = True
+                break
             except FileExistsError:
+                if run_name is None:
+                    continue
                 if not resume:
                     _remove_empty(made)
                     raise RunExistsError(
                         17, f"run {name}/{run_name} exists; pass resume=True to append to it",
                         str(exp_dir / run_name)) from None
-        self._run_name = run_name
-        self._run_dir = exp_dir / run_name
-        if not inside(self._base_dir, self._run_dir):
-            raise ExpmanValueError(f"run folder {self._run_dir} resolves outside {self._base_dir}")
+                created = False
+                break
+        run_name = self._run_name = candidate
+        self._run_dir = exp_dir / candidate
         self._meta_lock = threading.RLock()
         self._params: dict[str, Any] = {}
         self._copier = ArtifactCopier(self._emit_from_thread)

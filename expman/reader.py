@@ -532,17 +532,11 @@ class Run:
         batch = self._tail.poll()
         merged = dict(self.metrics.items())
         for k, s in batch.metrics.items():
-            if self._duplicates is not None:
-                old = merged.get(k)
-                if old is not None:
-                    s = Series(k, _concat(old.steps, s.steps), _concat(old.values, s.values),
-                               _concat(old.times, s.times))
-                merged[k] = s.reduce(self._duplicates)
-                continue
             old = merged.get(k)
-            merged[k] = s if old is None else Series(
-                k, _concat(old.steps, s.steps), _concat(old.values, s.values),
-                _concat(old.times, s.times))
+            if old is not None:
+                s = Series(k, _concat(old.steps, s.steps), _concat(old.values, s.values),
+                           _concat(old.times, s.times))
+            merged[k] = s.reduce(self._duplicates) if self._duplicates is not None else s
         self.metrics = Metrics(merged)
         self.events.extend(batch.events)
         if batch.meta_changed:
