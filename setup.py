@@ -68,7 +68,8 @@ core = Extension(
     "expman._core",
     sources=["expman/_core.pyx", "expman/src/exlog.c"],
     include_dirs=["expman"],
-    depends=["expman/src/exlog.h", "expman/src/exlog_port.h"],
+    depends=["expman/src/exlog.h", "expman/src/exlog_port.h", "expman/_exlog.pxd",
+             "expman/_decode.pxi"],
     extra_compile_args=cflags,
     define_macros=[("CYTHON_TRACE", "0")],
 )

@@ -132,6 +132,14 @@ void exlog_get_stats(exlog *w, exlog_stats *out) {
     exlog_mutex_unlock(&w->mu);
 }
 
+void exlog_test_pause(exlog *w, int paused) { exlog_store_int(&w->paused, paused); }
+
+void exlog_test_fault(exlog *w, uint64_t write_every, uint64_t fsync_every, int err) {
+    w->fault_errno = err;
+    w->fault_fsync_every = fsync_every;
+    w->fault_write_every = write_every;
+}
+
 /* ---- I/O ------------------------------------------------------------------ */
 static int io_fault(uint64_t every, uint64_t *counter) {
     if (!every) return 0;

@@ -105,6 +105,10 @@ int exlog_wait_done(exlog *w, uint64_t target, int64_t timeout_ms);
 /* Wait until `size` bytes are free or timeout_ms passes. Returns 1 if free. */
 int exlog_wait_space(exlog *w, uint64_t size, int64_t timeout_ms);
 void exlog_get_stats(exlog *w, exlog_stats *out);
+/* Test hooks: stall the writer (it still drains on stop); fail every Nth
+ * write / fsync with err (ENOSPC / EIO when 0). */
+void exlog_test_pause(exlog *w, int paused);
+void exlog_test_fault(exlog *w, uint64_t write_every, uint64_t fsync_every, int err);
 
 uint32_t exlog_crc32(uint32_t crc, const unsigned char *p, size_t n);
 /* Encode a file header into out[EXLOG_HEADER_SIZE]. */

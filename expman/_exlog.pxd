@@ -1,0 +1,46 @@
+"""Cython declarations of the portable C writer (src/exlog.h); C holds no Python objects."""
+
+from libc.stdint cimport uint32_t, int64_t, uint64_t
+
+cdef extern from "src/exlog.h" nogil:
+    ctypedef struct exlog_rec:
+        uint32_t size
+        uint32_t kind
+        uint32_t n
+        uint32_t len
+        int64_t step
+        int64_t t_ns
+    ctypedef struct exlog_stats:
+        uint64_t rows_written, rows_dropped
+        uint64_t events_written, events_dropped
+        uint64_t bytes_written, frames_written
+        uint64_t write_errors
+        int last_errno
+    ctypedef struct exlog:
+        uint64_t cap
+        uint64_t head
+        int error_seq
+    const char *EXLOG_FILE_MAGIC   # 8 bytes, no NUL in the file
+    enum:
+        EXLOG_REC_KEY, EXLOG_REC_ROW, EXLOG_REC_EVENT
+        EXLOG_HEADER_SIZE, EXLOG_FORMAT_VERSION, EXLOG_KEY_DEF, EXLOG_ROW_SAME_KEYS
+    exlog *exlog_new(uint64_t capacity, int64_t flush_ms, int64_t heartbeat_ms)
+    int exlog_start(exlog *w, int fd_metrics, uint64_t metrics_size, int fd_events,
+                    uint64_t events_size)
+    void exlog_stop(exlog *w)
+    void exlog_free(exlog *w)
+    int exlog_wait_done(exlog *w, uint64_t target, int64_t timeout_ms)
+    int exlog_wait_space(exlog *w, uint64_t size, int64_t timeout_ms)
+    void exlog_get_stats(exlog *w, exlog_stats *out)
+    uint32_t exlog_crc32(uint32_t crc, const unsigned char *p, size_t n)
+    void exlog_file_header(unsigned char *out)
+    uint64_t exlog_align8(uint64_t n)
+    unsigned char *exlog_reserve(exlog *w, uint64_t size)
+    void exlog_commit(exlog *w, uint64_t size)
+    int exlog_load_int(const int *p)
+    void exlog_store_int(int *p, int v)
+    uint64_t exlog_load_u64(const uint64_t *p)
+    int64_t exlog_wall_ns()
+    # test hooks (exlog.c): stall the writer; fail every Nth write / fsync
+    void exlog_test_pause(exlog *w, int paused)
+    void exlog_test_fault(exlog *w, uint64_t write_every, uint64_t fsync_every, int err)
