@@ -14,6 +14,7 @@ __all__ = [
     "RunExistsError",
     "WriterError",
     "CorruptRunError",
+    "RunNotFoundError",
 ]
 
 
@@ -46,3 +47,7 @@ class WriterError(ExpmanError, OSError):
 
 class CorruptRunError(ExpmanError, ValueError):
     """A run file is damaged where no crash could have damaged it."""
+
+
+class RunNotFoundError(ExpmanError, FileNotFoundError):
+    """No run folder matches a path or a run spec (``exp/latest``, a name prefix)."""
