@@ -8,7 +8,7 @@
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from expman._version import __version__
 
 try:
     from expman import _core  # noqa: F401
@@ -18,26 +18,39 @@ except ImportError as e:  # pragma: no cover - only when the extension is not bu
         "`pip install .` (or `pip install -e .`), which compiles it; it needs a C compiler "
         f"and Cython. Original error: {e}") from e
 
-from expman._current import (
-    close, current, error, info, init, log_metrics, log_params, save_artifact, warn,
-)
 from expman.errors import (
     CorruptRunError, ExpmanError, ExpmanTypeError, ExpmanValueError, RunClosedError,
-    RunExistsError, WriterError,
+    RunExistsError, RunNotFoundError, WriterError,
 )
-from expman.experiment import Experiment
-
 if TYPE_CHECKING:
+    from expman._current import (
+        close, current, error, info, init, log_metrics, log_params, save_artifact, warn,
+    )
+    from expman.experiment import Experiment
+    from expman.disk import disk_usage
+    from expman.export import export_run
+    from expman.layout import resolve_run
     from expman.reader import Metrics, Run, RunSummary, Series, list_runs, open_run
+    from expman.tail import RunTail
+    from expman.verify import verify_run
 
-# The reader loads on first use: a training script that only logs never pays for it.
-_READER_NAMES = {"Metrics", "Run", "RunSummary", "Series", "list_runs", "open_run"}
+# Both sides load on first use: a training script never pays for the reader, and a
+# reader (the CLI, a dashboard) never loads the writer, its lifecycle hooks or threads.
+_LAZY = {"Experiment": "experiment",
+         **{name: "_current" for name in ("init", "current", "log_metrics", "log_params", "info",
+                                          "warn", "error", "save_artifact", "close")},
+         "Metrics": "reader", "Run": "reader", "RunSummary": "reader", "Series": "reader",
+         "list_runs": "reader", "open_run": "reader", "RunTail": "tail",
+         "verify_run": "verify", "export_run": "export", "disk_usage": "disk",
+         "resolve_run": "layout"}
+_READER_NAMES = set(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _READER_NAMES:
-        from expman import reader
-        value = getattr(reader, name)
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
+        value = getattr(importlib.import_module(f"expman.{module}"), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'expman' has no attribute {name!r}")
@@ -49,6 +62,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "Experiment", "init", "current", "log_metrics", "log_params", "info", "warn", "error",
     "save_artifact", "close", "open_run", "list_runs", "Run", "RunSummary", "Series",
-    "Metrics", "ExpmanError", "ExpmanTypeError", "ExpmanValueError", "RunClosedError",
-    "RunExistsError", "WriterError", "CorruptRunError", "__version__",
+    "Metrics", "RunTail", "verify_run", "export_run", "disk_usage", "resolve_run",
+    "ExpmanError", "ExpmanTypeError", "ExpmanValueError", "RunClosedError",
+    "RunExistsError", "RunNotFoundError", "WriterError", "CorruptRunError", "__version__",
 ]

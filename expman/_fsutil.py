@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -62,9 +63,10 @@ def inside(root: Path, path: Path) -> bool:
 def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Write a temp file beside path, fsync it, os.replace it over path: never half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    text = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
+    text = "b" not in mode
     try:
-        with open(tmp, mode, **text) as f:
+        with open(tmp, mode, encoding="utf-8" if text else None,
+                  newline="\n" if text else None) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -98,7 +100,76 @@ def _replace(tmp: Path, path: Path) -> None:
             time.sleep(0.005 * (attempt + 1))
 
 
+MAX_JSON_BYTES = 64 << 20     # run.json / params.json larger than this are damage, not data
+
+
 def read_json(path: Path) -> Any:
-    with open(path, "rb") as f:
-        import orjson
-        return orjson.loads(f.read())
+    """A JSON metadata file (regular, bounded in size; ValueError when it is not)."""
+    import orjson
+
+    from expman.errors import CorruptRunError
+    if regular_stat(path).st_size > MAX_JSON_BYTES:
+        raise CorruptRunError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB")
+    return orjson.loads(read_regular(path))
+
+
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def regular_stat(path: Path) -> os.stat_result:
+    """lstat of a regular file; CorruptRunError for a link, FIFO, device or folder
+    planted where a run file belongs (reading one could hang or never end)."""
+    import stat as _stat
+
+    from expman.errors import CorruptRunError
+    st = os.lstat(path)
+    if not _stat.S_ISREG(st.st_mode):
+        raise CorruptRunError(f"{path}: not a regular file; expman reads only regular files")
+    return st
+
+
+def read_regular(path: Path, offset: int = 0) -> bytes:
+    """The bytes of a regular file from offset to its size when opened: never a
+    FIFO (which would block), a device (which never ends) or a symlink."""
+    import stat as _stat
+
+    from expman.errors import CorruptRunError
+    if sys.platform == "win32":
+        regular_stat(path)       # no O_NOFOLLOW: refuse links and reparse points first
+    try:
+        fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_BINARY)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CorruptRunError(
+                f"{path}: a symlink; expman never follows links inside a run folder") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not _stat.S_ISREG(st.st_mode):
+            raise CorruptRunError(f"{path}: not a regular file; expman reads only regular files")
+        want = max(0, st.st_size - offset)
+        if offset:
+            os.lseek(fd, offset, os.SEEK_SET)
+        chunks, got = [], 0
+        while got < want:
+            chunk = os.read(fd, min(want - got, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a regular file, read in 1 MiB chunks (never a link)."""
+    import hashlib
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_BINARY)
+    with os.fdopen(fd, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -6,16 +6,12 @@ import os
 import sys
 from typing import Any
 
+from expman import layout
+
 _ENV_PREFIXES = ("SLURM_", "PBS_", "LSB_", "OMP_", "MKL_", "NCCL_", "TORCHELASTIC_")
 _ENV_NAMES = {"CUDA_VISIBLE_DEVICES", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
               "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "HIP_VISIBLE_DEVICES",
               "PYTHONHASHSEED", "VIRTUAL_ENV", "CONDA_DEFAULT_ENV", "CONDA_PREFIX"}
-
-
-def hostname() -> str:
-    """This machine's name, as run.json records it (socket imported only when asked)."""
-    import socket
-    return socket.gethostname()
 
 
 def quick() -> dict[str, Any]:
@@ -26,14 +22,14 @@ def quick() -> dict[str, Any]:
         user = getpass.getuser()
     except Exception:          # no login name in some containers
         user = None
-    from expman import __version__
+    from expman._version import __version__
     return {
         "python": sys.executable,
         "python_version": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "hostname": hostname(),
+        "hostname": layout.hostname(),
         "pid": os.getpid(),
         "argv": list(sys.argv),
         "cwd": os.getcwd(),

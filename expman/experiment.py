@@ -14,23 +14,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Mapping
 
-from expman import _core, environment, lifecycle
+from expman import _core, environment, layout, lifecycle
 from expman._fsutil import atomic_write_json, check_name, check_relative, inside, read_json
 from expman.artifacts import ArtifactCopier
 from expman.errors import (
     CorruptRunError, ExpmanTypeError, ExpmanValueError, RunClosedError, RunExistsError,
 )
+from expman.layout import (
+    ARTIFACTS_DIR, EVENTS_FILE, HEARTBEAT_INTERVAL, METRICS_FILE, PARAMS_FILE, RUN_FILE, STATUSES,
+)
 from expman.params import to_json
 
 __all__ = ["Experiment", "STATUSES"]
 
-STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED", "CRASHED")
-METRICS_FILE = "metrics.bin"
-EVENTS_FILE = "events.jsonl"
-RUN_FILE = "run.json"
-PARAMS_FILE = "params.json"
-ARTIFACTS_DIR = "artifacts"
-HEARTBEAT_INTERVAL = 10.0
 _O_BINARY = getattr(os, "O_BINARY", 0)
 
 
@@ -115,7 +111,7 @@ class Experiment(_core.Core):
             keys, last_step, sizes = self._open_files(fresh=created)
             now = time.time()
             if created:
-                self._meta = {
+                self._meta: dict[str, Any] = {
                     "format": _core.FORMAT_VERSION, "experiment": self._name,
                     "run_name": run_name, "status": "RUNNING", "start_time": now,
                     "end_time": None, "duration": None, "pid": self._pid,
@@ -132,7 +128,7 @@ class Experiment(_core.Core):
             env = environment.quick() if capture_env else {"pid": self._pid}
             self._meta["env"] = {**self._meta.get("env", {}), **env}
             # the reader needs the host to tell a dead pid (CRASHED), env capture or not
-            self._meta["host"] = env.get("hostname") or environment.hostname()
+            self._meta["host"] = env.get("hostname") or layout.hostname()
             atomic_write_json(self._run_dir / RUN_FILE, self._meta)
             self._start(self._fds[0], sizes[0], self._fds[1], sizes[1],
                         metrics_path=str(self._run_dir / METRICS_FILE),
@@ -318,7 +314,7 @@ class Experiment(_core.Core):
             pass
         self._stop()                         # drain, fsync, join the writer
         self._close_fds()
-        error = self._pending_error()
+        error: Exception | None = self._pending_error()
         if self._env_thread is not None:
             self._env_thread.join(timeout=5)
         stats = self.stats()

@@ -29,7 +29,9 @@ TORN_SUFFIX = ".torn"            # verify --repair keeps a cut tail beside its f
 RUNNING, FINISHED, FAILED, KILLED, CRASHED = "RUNNING", "FINISHED", "FAILED", "KILLED", "CRASHED"
 STATUSES = (RUNNING, FINISHED, FAILED, KILLED, CRASHED)
 FINAL_STATUSES = (FINISHED, FAILED, KILLED)      # what a writer may record at close
-# CRASHED is never written: readers derive it (effective_status)
+# CRASHED is never written: readers derive it (effective_status). DAMAGED is what a
+# listing shows for a folder whose run.json or params.json cannot be read.
+DAMAGED = "DAMAGED"
 
 # ---- liveness -------------------------------------------------------------------------------
 HEARTBEAT_INTERVAL = 10.0   # seconds; the writer touches metrics.bin at least this often
@@ -58,6 +60,19 @@ def json_float(x: float) -> float | str:
         return NAN
     if x in (float("inf"), float("-inf")):
         return POS_INF if x > 0 else NEG_INF
+    return x
+
+
+def jsonable(x: Any) -> Any:
+    """A copy of x that JSON can hold: non-finite floats spelled as above, paths as str."""
+    if isinstance(x, float):
+        return json_float(x)
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
     return x
 
 
@@ -181,8 +196,8 @@ def resolve_run(spec: str | os.PathLike[str], base: str | os.PathLike[str] | Non
                 return matches[0]
             if matches:
                 raise RunNotFoundError(f"{text!r} is ambiguous: " + _names(matches))
-    raise RunNotFoundError(f"no run {text!r}: not a run folder (with {RUN_FILE}), "
-                           f"nor experiment/run_name under {root}")
+    raise RunNotFoundError(f"no run {text!r}: no {RUN_FILE} in that folder, and no run of "
+                           f"that name under {root}")
 
 
 def _names(dirs: list[Path]) -> str:
@@ -264,11 +279,33 @@ def effective_status(meta: dict[str, Any], path: Path) -> str:
 
 def _confirm_crash(path: Path) -> str:
     """``meta`` may predate a clean close: the process may have written its final
-    status and exited since it was read. Read run.json again before saying CRASHED."""
+    status and exited since it was read. Read run.json again, then the end of
+    events.jsonl (a final status event written before run.json could be replaced
+    is the truth), before saying CRASHED."""
     from expman._fsutil import read_json
     try:
         fresh = read_json(path / RUN_FILE)
+        status = fresh.get("status", RUNNING) if isinstance(fresh, dict) else RUNNING
     except (OSError, ValueError):
-        return CRASHED
-    status = fresh.get("status", RUNNING) if isinstance(fresh, dict) else RUNNING
-    return CRASHED if status not in FINAL_STATUSES else str(status)
+        status = RUNNING
+    if status in FINAL_STATUSES:
+        return str(status)
+    return final_status_event(path) or CRASHED
+
+
+def final_status_event(path: Path, window: int = 1 << 16) -> str | None:
+    """The status of a final status event at the end of events.jsonl, if any."""
+    from expman._fsutil import read_regular, regular_stat
+    ev_path = path / EVENTS_FILE
+    try:
+        size = regular_stat(ev_path).st_size
+        data = read_regular(ev_path, max(0, size - window))
+    except (OSError, ValueError):
+        return None
+    events, _bad, _used = parse_event_lines(data[data.find(b"\n") + 1:] if size > window else data)
+    for ev in reversed(events):
+        if ev.get("kind") == "status" and ev.get("status") in FINAL_STATUSES:
+            return str(ev["status"])
+        if ev.get("kind") == "status":
+            return None
+    return None

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import enum
-import math
 import pathlib
 from typing import Any
 
 from expman.errors import ExpmanTypeError, ExpmanValueError
+from expman.layout import json_float
 
-# JSON has no NaN or infinity: they are kept as these strings (docs/format.md).
-NONFINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
 
 def to_json(value: Any, where: str) -> Any:
@@ -23,9 +21,7 @@ def to_json(value: Any, where: str) -> Any:
                 f"{where}: {value} does not fit a 64-bit JSON integer; pass str(value) or float(value)")
         return int(value)
     if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        return NONFINITE.get(value, float(value))
+        return json_float(float(value))      # NaN and infinities as strings (layout.py)
     if isinstance(value, enum.Enum):
         return to_json(value.value, where)
     if isinstance(value, dict):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import expman
-from expman import _core, reader
+from expman import _core, reader, series
 from expman._fsutil import atomic_write_json, read_json
 
 from conftest import make_crashed_run, run_python
@@ -22,10 +22,10 @@ from conftest import make_crashed_run, run_python
 def columns(request, monkeypatch):
     """Run the test with numpy columns and with plain array.array columns."""
     if request.param == "array":
-        monkeypatch.setattr(reader, "_np", None)
+        monkeypatch.setattr(series, "_np", None)
     else:
         pytest.importorskip("numpy")
-        monkeypatch.setattr(reader, "_np", False)
+        monkeypatch.setattr(series, "_np", False)
     return request.param
 
 

@@ -1,0 +1,168 @@
+"""Commands on run files: ``export``, ``verify``, ``du``, ``clean``: each a thin
+call into ``expman.export``, ``expman.verify`` and ``expman.disk``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Any
+
+from expman.cli._common import base_arg, load, need_base, resolve
+from expman.cli._text import (
+    CliError, Progress, count, emit_json, note, out, plural, size, table, when,
+)
+from expman.disk import disk_usage, remove_run, runs_to_clean, tree_size
+from expman.export import export_format, export_run
+from expman.layout import RUNNING
+from expman.verify import verify_run
+
+PROGRESS_MIN_POINTS = 200_000  # smaller exports finish before a progress line helps
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    to_stdout = not args.output or args.output == "-"
+    fmt, _gz = export_format(None if to_stdout else args.output, args.format)
+    if to_stdout and fmt == "parquet" and sys.stdout.isatty():
+        raise CliError("refusing to write binary Parquet to a terminal: add -o FILE")
+    if fmt == "parquet":
+        from expman.export import parquet_module
+        parquet_module()                     # fail before reading the run when pyarrow is missing
+    run = load(args, args.run, salvage=args.salvage, duplicates=args.duplicates)
+    names = args.metric or None
+    points = sum(len(run.metrics[m]) for m in names if m in run.metrics) if names \
+        else run.metrics.points
+    progress = Progress(points, f"export {run.id}", enabled=points >= PROGRESS_MIN_POINTS)
+    try:
+        if to_stdout:
+            sys.stdout.flush()
+            written = export_run(run, sys.stdout.buffer, fmt, metrics=names, progress=progress.add)
+            sys.stdout.buffer.flush()
+        else:
+            written = export_run(run, args.output, fmt, metrics=names, progress=progress.add)
+    finally:
+        progress.close()
+    if not to_stdout:
+        n = len(names) if names else len(run.metrics)
+        note(f"wrote {plural(written, 'point')} of {plural(n, 'metric')} to {args.output}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    report = verify_run(resolve(args, args.run), repair=args.repair)
+    m, ev, arts = report["metrics"], report["events"], report["artifacts"]
+    live = report["status"] == RUNNING
+    problems, repaired = report["problems"], report["repaired"]
+    if args.json:
+        emit_json(report)
+    else:
+        out(f"{report['experiment']}/{report['run_name']}  {report['status']}")
+        if m.get("present") and "frames" in m:
+            out(f"  metrics.bin   {plural(m['frames'], 'frame')}, {plural(m['rows'], 'row')}, "
+                f"{plural(m['points'], 'point')}, {plural(m['keys'], 'metric')} ({size(m['bytes'])})")
+            if m["torn_bytes"]:
+                out(f"  torn tail     {m['torn_bytes']} bytes after offset {m['end']}"
+                    + (" (a frame being written)" if live else ""))
+            if m["corrupt_bytes"]:
+                out(f"  corruption    {count(m['corrupt_bytes'])} bytes at offsets "
+                    f"{m['corrupt_at'][:5]}; the frames around it are readable "
+                    "(`expman export --salvage`); --repair does not touch it")
+        elif not m.get("present"):
+            out("  metrics.bin   absent (no metrics logged)")
+        out(f"  events.jsonl  {plural(ev['events'], 'event')}"
+            + (f", {ev['bad_lines']} unreadable lines" if ev["bad_lines"] else "")
+            + (f", torn last line ({ev['torn_bytes']} bytes)" if ev["torn_bytes"] else ""))
+        if arts:
+            bad = sum(not a["ok"] for a in arts)
+            out(f"  artifacts     {plural(len(arts), 'file')}" + (f", {bad} missing or changed" if bad else ", ok"))
+        for r in repaired:
+            out(f"  repaired      {r}")
+        out("OK" if not problems else "DAMAGED: " + "; ".join(problems))
+    return 0 if not problems else 1
+
+
+def cmd_du(args: argparse.Namespace) -> int:
+    base = need_base(base_arg(args, args.base))
+    usage = disk_usage(base, args.experiment)
+    per_run: list[dict[str, Any]] = usage["runs"]
+    exps = {e["experiment"]: e for e in usage["experiments"]}
+    total = usage["bytes"]
+    if args.json:
+        emit_json({"base_dir": str(base), "bytes": total, "experiments": list(exps.values()),
+                   "runs": per_run if args.runs else None})
+        return 0
+    if args.runs:
+        rows = sorted(per_run, key=lambda r: -r["bytes"])
+        out(table(["RUN", "METRICS", "ARTIFACTS", "TOTAL"],
+                  [(r["id"] + (" -> (symlink, not followed)" if r["symlink"] else ""),
+                    size(r["metrics_bytes"]), size(r["artifacts_bytes"]), size(r["bytes"]))
+                   for r in rows] + [("total", "", "", size(total))], right=[1, 2, 3]))
+    else:
+        rows = sorted(exps.values(), key=lambda e: -e["bytes"])
+        out(table(["EXPERIMENT", "RUNS", "METRICS", "ARTIFACTS", "TOTAL"],
+                  [(e["experiment"], e["runs"], size(e["metrics_bytes"]), size(e["artifacts_bytes"]),
+                    size(e["bytes"])) for e in rows]
+                  + [("total", len(per_run), size(sum(e["metrics_bytes"] for e in rows)),
+                      size(sum(e["artifacts_bytes"] for e in rows)), size(total))],
+                  right=[1, 2, 3, 4]))
+    return 0
+
+
+def parse_age(text: str) -> float:
+    """'90s', '30m', '12h', '7d', '2w' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    t = text.strip().lower()
+    try:
+        if t and t[-1] in units:
+            value = float(t[:-1])
+            if value >= 0 and math.isfinite(value):
+                return value * units[t[-1]]
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not an age like 90s, 30m, 12h, 7d or 2w")
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    base = need_base(base_arg(args, args.base))
+    if not (args.status or args.older_than is not None or args.keep is not None):
+        raise CliError("clean needs --status, --older-than or --keep to choose runs "
+                       "(it never selects every run)")
+    chosen, skipped = runs_to_clean(base, experiment=args.experiment, status=args.status,
+                                    older_than=args.older_than, keep=args.keep)
+    sizes = {r.path: tree_size(r.path)[0] for r in chosen}
+    total = sum(sizes.values())
+    for r, why in skipped:
+        note(f"skipped {r.id}: {why}")
+    if not chosen:
+        out("nothing to remove")
+        return 0
+    rows = [(r.status, r.id, when(r.start_time), size(sizes[r.path])) for r in chosen]
+    if not args.yes:
+        out(f"would remove {plural(len(chosen), 'run')} ({size(total)}):")
+        out(table(["STATUS", "RUN", "STARTED", "SIZE"], rows, right=[3], indent="  "))
+        out("dry run: nothing removed; add --yes to remove them")
+        return 0
+    progress = Progress(len(chosen), "clean")
+    removed = 0
+    try:
+        for r in chosen:
+            # checked again just before acting: the tree may have changed since
+            try:
+                left = remove_run(r.path)
+            except ValueError as e:
+                note(f"skipped {r.id}: {e}")
+                continue
+            for line in left:
+                note(f"left in place: {line}")
+            removed += 1
+            progress.add(1, f" {r.id}")
+            try:
+                r.path.parent.rmdir()                  # the experiment, if now empty
+            except OSError:
+                pass
+    finally:
+        progress.close()
+    out(f"removed {plural(removed, 'run')} ({size(total)})")
+    for row in rows:
+        out("  " + "  ".join(row[:2]))
+    return 0

@@ -1,0 +1,316 @@
+"""Commands that read runs: ``list``, ``show``, ``compare``, ``tail``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import orjson
+
+from expman.cli._common import base_arg, load, need_base, resolve
+from expman.cli._text import (
+    CliError, clock, count, duration, emit_json, flatten, num, out, param_text, plural, size,
+    table, when, note, safe,
+)
+from expman.layout import CRASHED, DAMAGED, RUNNING, jsonable
+from expman.reader import Run, list_runs
+from expman.series import Metrics
+from expman.tail import RunTail
+
+MAX_SHOWN_METRICS = 200      # show summarises beyond this many series
+
+
+def env_summary(env: dict[str, Any]) -> dict[str, Any]:
+    keep = ("hostname", "user", "python_version", "implementation", "platform", "machine",
+            "cwd", "argv", "expman_version", "env_vars", "git")
+    summary = {k: env[k] for k in keep if env.get(k) not in (None, {}, [])}
+    if "packages" in env:
+        summary["packages"] = len(env["packages"])
+    return summary
+
+
+def run_info(run: Run, messages: int) -> dict[str, Any]:
+    msgs = run.messages
+    return {
+        "id": run.id, "experiment": run.experiment, "run_name": run.run_name,
+        "path": str(run.path.resolve()), "status": run.status,
+        "start_time": run.meta.get("start_time"), "end_time": run.meta.get("end_time"),
+        "duration": run.duration, "exit": run.meta.get("exit"),
+        "params": run.params, "env": env_summary(run.env),
+        "metrics": {k: s.summary() for k, s in run.metrics.items()},
+        "messages": msgs[-messages:] if messages else [], "message_count": len(msgs),
+        "artifacts": [{**a, "present": (run.path / a.get("path", "")).is_file()}
+                      for a in run.artifacts],
+        "integrity": run.integrity,
+        "write_error": run.meta.get("write_error"),
+    }
+
+
+def exit_text(exit: dict[str, Any] | None) -> str | None:
+    if not exit:
+        return None
+    reason = exit.get("reason")
+    if reason == "exception":
+        message = exit.get("message")
+        return f"{exit.get('type')}" + (f": {message}" if message else "") + (
+            f" at {exit['location']}" if exit.get("location") else "")
+    if reason == "exit":
+        return f"sys.exit({exit.get('code')})" + (f": {exit['message']}" if exit.get("message") else "")
+    if reason == "signal":
+        return f"signal {exit.get('signal')}"
+    return orjson.dumps(exit).decode()
+
+
+def integrity_text(ig: dict[str, Any], live: bool) -> list[str]:
+    lines = [f"{plural(ig.get('frames', 0), 'frame')}, {plural(ig.get('rows', 0), 'row')}, "
+             f"{plural(ig.get('points', 0), 'point')}"]
+    if ig.get("torn_bytes"):
+        lines.append(f"{ig['torn_bytes']} bytes being written" if live else
+                     f"torn tail: last {ig['torn_bytes']} bytes dropped (a crash cut the last frame)")
+    if ig.get("corrupt_bytes"):
+        lines.append(f"DAMAGED: {count(ig['corrupt_bytes'])} bytes unreadable at offsets "
+                     f"{ig['corrupt_at'][:5]}")
+    if ig.get("unknown_points"):
+        lines.append(f"{ig['unknown_points']} points of metrics whose name was lost")
+    if ig.get("bad_event_lines"):
+        lines.append(f"DAMAGED: {ig['bad_event_lines']} unreadable lines in events.jsonl")
+    loss = ig.get("data_loss")
+    if loss:
+        lines.append(f"DATA LOSS recorded by the writer: {count(loss.get('rows_dropped') or 0)} rows "
+                     f"and {count(loss.get('events_dropped') or 0)} events dropped, "
+                     f"{count(loss.get('write_errors') or 0)} failed writes"
+                     + (f" ({loss['last_error']})" if loss.get("last_error") else ""))
+    if len(lines) == 1:
+        lines[0] = "ok: " + lines[0]
+    return lines
+
+
+def print_show(info: dict[str, Any]) -> None:
+    out(f"{info['id']}  {info['status']}")
+    env = info["env"]
+    head = [("path", info["path"]),
+            ("started", f"{when(info['start_time'])}   duration {duration(info['duration'])}")]
+    if info["exit"]:
+        head.append(("exit", exit_text(info["exit"])))
+    if info.get("write_error"):
+        head.append(("error", info["write_error"]))
+    if env.get("hostname") or env.get("user"):
+        head.append(("host", f"{env.get('hostname') or '?'}"
+                     + (f" ({env['user']})" if env.get("user") else "")))
+    if env.get("python_version"):
+        head.append(("python", f"{env.get('implementation', 'Python')} {env['python_version']}"
+                     f" on {env.get('platform', '?')}"))
+    git = env.get("git")
+    if git:
+        head.append(("git", f"{git.get('commit', '')[:10]} on {git.get('branch')}"
+                     + (" (dirty)" if git.get("dirty") else "")))
+    if env.get("argv"):
+        head.append(("command", " ".join(env["argv"])))
+    for k, v in head:
+        out(f"  {k:<9} {v}")
+
+    params = flatten(info["params"])
+    out()
+    out(f"params ({len(params)})")
+    if params:
+        out(table(["NAME", "VALUE"], [(k, param_text(v)) for k, v in params.items()], indent="  "))
+
+    metrics = info["metrics"]
+    points = sum(m["count"] for m in metrics.values())
+    out()
+    out(f"metrics ({len(metrics)} series, {count(points)} points)")
+    if metrics:
+        nan_col = any(m["nan"] for m in metrics.values())
+        headers = ["NAME", "COUNT"] + (["NAN"] if nan_col else []) + ["MIN", "MAX", "LAST", "STEP"]
+        shown = list(metrics.items())[:MAX_SHOWN_METRICS]
+        rows = [[k, count(m["count"])] + ([count(m["nan"])] if nan_col else [])
+                + [num(m["min"]), num(m["max"]), num(m["last"]), num(m["last_step"])]
+                for k, m in shown]
+        out(table(headers, rows, right=range(1, len(headers)), indent="  "))
+        if len(metrics) > len(shown):
+            out(f"  ... and {count(len(metrics) - len(shown))} more series "
+                "(`expman show --json` or `expman export` lists them all)")
+
+    msgs = info["messages"]
+    out()
+    out(f"messages (last {len(msgs)} of {info['message_count']})" if len(msgs) < info["message_count"]
+        else f"messages ({info['message_count']})")
+    for m in msgs:
+        out(f"  {clock(m.get('time'))}  {m.get('level', 'info'):<7}  {m.get('msg', '')}")
+
+    arts = info["artifacts"]
+    out()
+    out(f"artifacts ({len(arts)})")
+    if arts:
+        out(table(["NAME", "SIZE", "SHA256", "NOTE"],
+                  [(a.get("name"), size(a.get("size")), (a.get("sha256") or "")[:12],
+                    ("missing" if not a["present"] else "")
+                    + ("" if a.get("consistent", True) else " changed while copied"))
+                   for a in arts], right=[1], indent="  "))
+    out()
+    out("integrity")
+    for line in integrity_text(info["integrity"], info["status"] == RUNNING):
+        out(f"  {line}")
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    run = load(args, args.run, salvage=True)
+    info = run_info(run, args.messages)
+    if args.json:
+        emit_json(info)
+    else:
+        print_show(info)
+    return 0
+
+
+
+def metrics_text(last: dict[str, float], limit: int = 4) -> str:
+    items = list(last.items())
+    text = "  ".join(f"{k}={num(v)}" for k, v in items[:limit])
+    return text + (f"  (+{len(items) - limit})" if len(items) > limit else "")
+
+
+def status_text(r: Any) -> str:
+    """The status, marked when the writer recorded loss or the run is damaged."""
+    if getattr(r, "damaged", None):
+        return DAMAGED
+    return r.status + ("*" if getattr(r, "data_loss", None) else "")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    base = need_base(base_arg(args, args.base))
+    runs = list_runs(base, args.experiment, args.status or None, limit=args.limit or None)
+    if args.json:
+        emit_json([r.to_dict() for r in runs])
+        return 0
+    if not runs:
+        filt = " matching the filters" if (args.experiment or args.status) else ""
+        out(f"no runs{filt} under {base}")
+        return 0
+    out(table(["RUN", "STATUS", "STARTED", "DURATION", "LAST METRICS"],
+              [(r.id, status_text(r), when(r.start_time), duration(r.duration),
+                metrics_text(r.last_metrics) if not r.damaged else f"damaged: {r.damaged}")
+               for r in runs], right=[3]))
+    if any(r.data_loss for r in runs):
+        out("* the writer recorded data loss (rows or events dropped): `expman verify RUN`")
+    return 0
+
+
+def metric_rows(metrics: Metrics, last_n: int | None = None) -> list[tuple[float, int, dict[str, float]]]:
+    """Points regrouped into the rows they were logged in (same time and step)."""
+    groups: dict[tuple[float, int], dict[str, float]] = {}
+    for name, s in metrics.items():
+        n = len(s)
+        start = 0 if last_n is None else max(0, n - last_n)
+        for st, t, v in zip(s.steps[start:].tolist(), s.times[start:].tolist(),
+                            s.values[start:].tolist()):
+            groups.setdefault((t, st), {})[name] = v
+    rows = sorted(groups.items(), key=lambda kv: kv[0])
+    if last_n is not None:
+        rows = rows[-last_n:] if last_n else []
+    return [(t, st, vals) for (t, st), vals in rows]
+
+
+def event_text(ev: dict[str, Any]) -> str:
+    kind = ev.get("kind", "?")
+    if kind == "message":
+        return f"{ev.get('level', 'info'):<8} {ev.get('msg', '')}"
+    if kind == "status":
+        extra = exit_text(ev.get("exit"))
+        return f"{'status':<8} {ev.get('status')}" + (f" ({extra})" if extra else "")
+    if kind == "artifact":
+        return f"{'artifact':<8} {ev.get('name')} ({size(ev.get('size'))})"
+    rest = {k: v for k, v in ev.items() if k not in ("kind", "time", "seq")}
+    return f"{kind:<8} {orjson.dumps(jsonable(rest)).decode()}"
+
+
+def print_batch(metrics: Metrics, events: list[dict[str, Any]], as_json: bool,
+                last_n: int | None = None) -> None:
+    items: list[tuple[float, int, str]] = []
+    for t, st, vals in metric_rows(metrics, last_n):
+        if as_json:
+            text = orjson.dumps(jsonable({"kind": "metrics", "time": t, "step": st,
+                                          "values": vals})).decode()
+        else:
+            text = f"{clock(t)}  step {st:<6} " + "  ".join(f"{k}={num(v)}" for k, v in vals.items())
+        items.append((t, 0, text))
+    evs = events[-last_n:] if last_n is not None else events
+    if last_n == 0:
+        evs = []
+    for ev in evs:
+        t = ev.get("time") or 0.0
+        text = (orjson.dumps(jsonable(ev)).decode() if as_json
+                else f"{clock(ev.get('time'))}  {event_text(ev)}")
+        items.append((t, 1, text))
+    items.sort(key=lambda x: (x[0], x[1]))
+    if last_n is not None:
+        items = items[-last_n:] if last_n else []
+    if items:
+        sys.stdout.write(safe("".join(text + "\n" for _, _, text in items)))
+        sys.stdout.flush()
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    path = resolve(args, args.run)
+    tail = RunTail(path)
+    batch = tail.poll()
+    print_batch(batch.metrics, batch.events, args.json, args.lines)
+    status = batch.status
+    if args.follow and status == RUNNING:
+        for batch in tail.follow(interval=args.interval):
+            print_batch(batch.metrics, batch.events, args.json)
+            status = batch.status
+    if status == CRASHED:
+        note(f"{path.name}: the process stopped without closing the run (CRASHED)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    if len(args.runs) < 2:
+        raise CliError("compare needs at least two runs")
+    runs = [load(args, spec, salvage=True) for spec in args.runs]
+    same_exp = len({r.experiment for r in runs}) == 1
+    labels = [r.run_name if same_exp else r.id for r in runs]
+    flat = [flatten(r.params) for r in runs]
+    keys: list[str] = []
+    for f in flat:
+        keys.extend(k for k in f if k not in keys)
+    missing = object()
+    differ, same = {}, {}
+    for k in keys:
+        vals = [f.get(k, missing) for f in flat]
+        if all(v is not missing for v in vals) and all(
+                orjson.dumps(v) == orjson.dumps(vals[0]) for v in vals):
+            same[k] = vals[0]
+        else:
+            differ[k] = [None if v is missing else v for v in vals]
+    names: list[str] = []
+    for r in runs:
+        names.extend(k for k in r.metrics if k not in names)
+    finals = {n: [r.metrics[n].last if n in r.metrics else None for r in runs] for n in names}
+    if args.json:
+        emit_json({"runs": [{"id": r.id, "path": str(r.path), "status": r.status,
+                             "duration": r.duration} for r in runs],
+                   "params_differ": differ, "params_same": same, "final_metrics": finals})
+        return 0
+    out(table(["", *labels], [["status", *(r.status for r in runs)],
+                              ["duration", *(duration(r.duration) for r in runs)]]))
+    out()
+    shown = [k for k in keys if args.all or k in differ]
+    if shown:
+        out(table(["PARAM", *labels],
+                  [[k, *(param_text(f[k]) if k in f else "-" for f in flat)] for k in shown]))
+    else:
+        out("params: all equal")
+    if same and not args.all:
+        text = ", ".join(f"{k}={param_text(v)}" for k, v in list(same.items())[:6])
+        out(f"(same in every run: {text}{', ...' if len(same) > 6 else ''}; --all shows them)")
+    out()
+    if finals:
+        out(table(["FINAL METRIC", *labels], [[n, *(num(v) for v in vals)]
+                                              for n, vals in finals.items()],
+                  right=range(1, len(labels) + 1)))
+    else:
+        out("no metrics")
+    return 0

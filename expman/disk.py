@@ -1,0 +1,204 @@
+"""Disk use of run folders, and removing runs safely: ``disk_usage``,
+``runs_to_clean``, ``remove_run``.
+
+Removal never follows a link, never crosses into another filesystem mounted
+inside a run folder, never touches a run whose writer is alive, and never
+leaves the base dir.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from expman.errors import ExpmanValueError
+from expman.layout import ARTIFACTS_DIR, METRICS_FILE, RUNNING, base_dir, iter_run_dirs
+
+__all__ = ["disk_usage", "runs_to_clean", "remove_run", "is_link"]
+
+
+def is_link(p: Path) -> bool:
+    """A symlink or a Windows junction (an error counts as one: never follow)."""
+    try:
+        if p.is_symlink():
+            return True
+        isjunction = getattr(os.path, "isjunction", None)
+        return bool(isjunction and isjunction(p))
+    except OSError:
+        return True
+
+
+def tree_size(path: Path) -> tuple[int, int]:
+    """(bytes, bytes under artifacts/) of a folder: apparent sizes, links not followed."""
+    total = arts = 0
+    art_root = path / ARTIFACTS_DIR
+    for root, dirs, files in os.walk(path, followlinks=False):
+        here = Path(root)
+        under_arts = here == art_root or art_root in here.parents
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            try:
+                n = os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+            total += n
+            if under_arts:
+                arts += n
+    return total, arts
+
+
+def disk_usage(base: str | os.PathLike[str] | None = None,
+               experiment: str | None = None) -> dict[str, Any]:
+    """Bytes per run and per experiment under the base dir (symlinked runs are
+    listed, not followed): ``{"base_dir", "bytes", "experiments": [...], "runs": [...]}``."""
+    root = base_dir(base)
+    runs: list[dict[str, Any]] = []
+    for run_dir in iter_run_dirs(root, experiment):
+        link = is_link(run_dir)
+        total, arts = (0, 0) if link else tree_size(run_dir)
+        try:
+            mb = os.lstat(run_dir / METRICS_FILE).st_size
+        except OSError:
+            mb = 0
+        runs.append({"id": f"{run_dir.parent.name}/{run_dir.name}",
+                     "experiment": run_dir.parent.name, "bytes": total, "metrics_bytes": mb,
+                     "artifacts_bytes": arts, "symlink": link})
+    exps: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        e = exps.setdefault(r["experiment"], {"experiment": r["experiment"], "runs": 0,
+                                              "bytes": 0, "metrics_bytes": 0, "artifacts_bytes": 0})
+        e["runs"] += 1
+        for k in ("bytes", "metrics_bytes", "artifacts_bytes"):
+            e[k] += r[k]
+    return {"base_dir": str(root), "bytes": sum(r["bytes"] for r in runs),
+            "experiments": list(exps.values()), "runs": runs}
+
+
+def runs_to_clean(base: str | os.PathLike[str] | None = None, *, experiment: str | None = None,
+                  status: Iterable[str] | None = None, older_than: float | None = None,
+                  keep: int | None = None) -> tuple[list[Any], list[tuple[Any, str]]]:
+    """The runs a clean would remove, and those it skips with the reason.
+
+    Chooses by status, age (seconds since start) and ``keep`` (the newest N of
+    each experiment are kept); at least one criterion is required. A RUNNING run
+    is never chosen, nor a run whose writer still holds its lock, nor a link, nor
+    a folder that resolves outside the base dir.
+    """
+    from expman.reader import list_runs
+    if not (status or older_than is not None or keep is not None):
+        raise ExpmanValueError("clean needs a status, an age or a count to choose runs "
+                               "(it never selects every run)")
+    if keep is not None and keep < 0:
+        raise ExpmanValueError(f"keep must be 0 or more, got {keep}")
+    root = base_dir(base)
+    root_real = root.resolve()
+    wanted = {s.upper() for s in status} if status else None
+    now = time.time()
+    by_exp: dict[str, list[Any]] = {}
+    for r in list_runs(root, experiment, metrics=False):      # newest first
+        by_exp.setdefault(r.path.parent.name, []).append(r)
+    chosen: list[Any] = []
+    skipped: list[tuple[Any, str]] = []
+    for exp_runs in by_exp.values():
+        for i, r in enumerate(exp_runs):
+            if r.status == RUNNING:
+                continue                                # a live writer: never
+            if keep is not None and i < keep:
+                continue
+            if wanted and r.status not in wanted:
+                continue
+            if older_than is not None and (r.start_time or now) > now - older_than:
+                continue
+            if is_link(r.path) or is_link(r.path.parent):
+                skipped.append((r, "a symlink; clean never follows links"))
+                continue
+            try:
+                r.path.resolve().relative_to(root_real)
+            except ValueError:
+                skipped.append((r, f"resolves outside {root}"))
+                continue
+            if _writer_alive(r.path):
+                skipped.append((r, "its writer is alive (the run lock is held)"))
+                continue
+            chosen.append(r)
+    return chosen, skipped
+
+
+def _writer_alive(run_dir: Path) -> bool:
+    try:
+        from expman.runlock import is_locked  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return False
+    return bool(is_locked(run_dir))
+
+
+def remove_run(path: Path) -> list[str]:
+    """Delete a run folder without following links or crossing mount points.
+
+    Returns what was left in place (a mount point inside the folder, say), one
+    line each; a folder that holds something left is kept too.
+    """
+    if is_link(path):
+        raise ExpmanValueError(f"{path} is a symlink; clean never follows links")
+    dev = os.lstat(path).st_dev
+    left: list[str] = []
+    _remove_tree(path, dev, left)
+    return left
+
+
+def _remove_tree(folder: Path, dev: int, left: list[str]) -> bool:
+    """Depth first; True when folder itself was removed."""
+    kept = False
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as e:
+        left.append(f"{folder}: {e.strerror or e}")
+        return False
+    for entry in entries:
+        p = Path(entry.path)
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and not is_link(p):
+            if st.st_dev != dev or os.path.ismount(p):
+                left.append(f"{p}: a mount point; not crossed")
+                kept = True
+                continue
+            kept = not _remove_tree(p, dev, left) or kept
+        else:
+            kept = not _unlink(p, st, left) or kept
+    if kept:
+        return False
+    try:
+        os.rmdir(folder)
+    except OSError as e:
+        left.append(f"{folder}: {e.strerror or e}")
+        return False
+    return True
+
+
+def _unlink(p: Path, st: os.stat_result, left: list[str]) -> bool:
+    try:
+        os.unlink(p)
+        return True
+    except PermissionError:
+        # Windows refuses to delete a read-only file: clear the flag on the file
+        # itself (never through a link) and retry
+        if sys.platform == "win32" and stat.S_ISREG(st.st_mode):
+            try:
+                os.chmod(p, stat.S_IWRITE)
+                os.unlink(p)
+                return True
+            except OSError as e:
+                left.append(f"{p}: {e.strerror or e}")
+                return False
+        left.append(f"{p}: permission denied")
+        return False
+    except OSError as e:
+        left.append(f"{p}: {e.strerror or e}")
+        return False
