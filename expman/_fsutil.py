@@ -110,7 +110,10 @@ def read_json(path: Path) -> Any:
     from expman.errors import CorruptRunError
     if regular_stat(path).st_size > MAX_JSON_BYTES:
         raise CorruptRunError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB")
-    return orjson.loads(read_regular(path))
+    try:
+        return orjson.loads(read_regular(path))
+    except orjson.JSONDecodeError as e:
+        raise CorruptRunError(f"{path}: not valid JSON ({e})") from None
 
 
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)

@@ -146,11 +146,33 @@ def remove_run(path: Path) -> list[str]:
         raise ExpmanValueError(f"{path} is a symlink; clean never follows links")
     dev = os.lstat(path).st_dev
     left: list[str] = []
-    _remove_tree(path, dev, left)
+    _remove_tree(path, dev, _mount_points(), left)
     return left
 
 
-def _remove_tree(folder: Path, dev: int, left: list[str]) -> bool:
+def _mount_points() -> set[str]:
+    """Mount points the kernel lists (Linux): a bind mount of a folder on the same
+    filesystem has the same st_dev, so st_dev alone cannot see it."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()
+    points = set()
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4:        # field 5: the mount point, with octal escapes
+            points.add(fields[4].encode().decode("unicode_escape"))
+    return points
+
+
+def _is_mount(p: Path, st: os.stat_result, dev: int, mounts: set[str]) -> bool:
+    if st.st_dev != dev or os.path.ismount(p):
+        return True
+    return bool(mounts) and os.path.realpath(p) in mounts
+
+
+def _remove_tree(folder: Path, dev: int, mounts: set[str], left: list[str]) -> bool:
     """Depth first; True when folder itself was removed."""
     kept = False
     try:
@@ -165,11 +187,11 @@ def _remove_tree(folder: Path, dev: int, left: list[str]) -> bool:
         except FileNotFoundError:
             continue
         if stat.S_ISDIR(st.st_mode) and not is_link(p):
-            if st.st_dev != dev or os.path.ismount(p):
+            if _is_mount(p, st, dev, mounts):
                 left.append(f"{p}: a mount point; not crossed")
                 kept = True
                 continue
-            kept = not _remove_tree(p, dev, left) or kept
+            kept = not _remove_tree(p, dev, mounts, left) or kept
         else:
             kept = not _unlink(p, st, left) or kept
     if kept:

@@ -172,9 +172,15 @@ def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
     check_duplicates(duplicates, allow_none=True)
     tail = RunTail(resolve_run(path, base_dir), salvage=salvage)
     p = tail.path
-    params = read_params(p)
+    try:
+        params, params_error = read_params(p), None
+    except (OSError, ValueError) as e:     # damaged params never hide the metrics
+        params, params_error = {}, str(e)
     batch = tail.poll()
     integrity = _integrity(tail, tail.meta)
+    if params_error:
+        integrity["params_error"] = params_error
+        warnings.warn(f"expman: {params_error}", RuntimeWarning, stacklevel=2)
     warn_damage(p / METRICS_FILE, integrity, salvage, 2)
     metrics = batch.metrics
     # keys defined but never given a point still appear, empty, in logged order

@@ -13,7 +13,7 @@ from expman.cli._text import (
     CliError, clock, count, duration, emit_json, flatten, num, out, param_text, plural, size,
     table, when, note, safe,
 )
-from expman.layout import CRASHED, DAMAGED, RUNNING, jsonable
+from expman.layout import CRASHED, DAMAGED, PARAMS_FILE, RUNNING, jsonable
 from expman.reader import Run, list_runs
 from expman.series import Metrics
 from expman.tail import RunTail
@@ -73,6 +73,8 @@ def integrity_text(ig: dict[str, Any], live: bool) -> list[str]:
                      f"{ig['corrupt_at'][:5]}")
     if ig.get("unknown_points"):
         lines.append(f"{ig['unknown_points']} points of metrics whose name was lost")
+    if ig.get("params_error"):
+        lines.append(f"DAMAGED: {PARAMS_FILE}: {ig['params_error']}")
     if ig.get("bad_event_lines"):
         lines.append(f"DAMAGED: {ig['bad_event_lines']} unreadable lines in events.jsonl")
     loss = ig.get("data_loss")
