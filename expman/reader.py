@@ -551,13 +551,18 @@ class Run:
 
 
 def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
-             duplicates: str | None = None) -> Run:
+             duplicates: str | None = None, rank: int | None = None) -> Run:
     """Read a run folder: metadata, params, events, and metrics as columns.
 
     ``duplicates=None`` keeps every record as logged (duplicate and out-of-order
     steps included); ``"last"``, ``"first"`` or ``"mean"`` gives one value per step,
     sorted by step. ``salvage=True`` keeps the frames after damage in the middle.
+    A multi-rank run reads as rank 0, with the whole run's status, by default;
+    ``rank=r`` reads rank r's streams and status (expman.ranks).
     """
+    if rank:
+        from expman.ranks import open_rank
+        return open_rank(path, rank, salvage=salvage, duplicates=duplicates)  # type: ignore[no-any-return]
     if duplicates is not None and duplicates not in REDUCE_HOW:
         raise ExpmanValueError(
             f"duplicates must be None, 'last', 'first' or 'mean', got {duplicates!r}")
@@ -612,22 +617,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def effective_status(meta: dict[str, Any], path: Path) -> str:
-    """The recorded status, except a RUNNING run whose process is gone is CRASHED:
-    same host and dead pid, or (any host) no heartbeat for STALE_AFTER intervals."""
-    status = str(meta.get("status", "RUNNING"))
-    if status != "RUNNING":
-        return status
-    pid, host = meta.get("pid"), meta.get("host")
-    if host == hostname() and isinstance(pid, int):
-        if pid == os.getpid():
-            return "RUNNING"
-        if not _pid_alive(pid):
-            return _confirm_crash(path)
-    beat = heartbeat(path)
-    interval = float(meta.get("heartbeat_interval") or 10.0)
-    if beat is not None and time.time() - beat > STALE_AFTER * interval:
-        return _confirm_crash(path)
-    return "RUNNING"
+    """The recorded status, except a RUNNING run whose process is gone is CRASHED
+    (the rule, witnessed by the writer lock, lives in expman.layout)."""
+    from expman import layout
+    return layout.effective_status(meta, path)
 
 
 def _confirm_crash(path: Path) -> str:
