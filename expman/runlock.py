@@ -40,6 +40,15 @@ _UNSUPPORTED = {errno.ENOLCK, errno.EINVAL, errno.ENOSYS,
 _WIN_LOCK_OFFSET = 0x7FFFFF00                   # the locked byte, past any holder text
 _RETRY_FOR = 0.5    # a reader's probe holds the lock for microseconds: retry that long
 MAX_HOLDER_TEXT = 4096
+# Lock files this process holds. Never opened again here: where flock is emulated
+# with POSIX record locks (Linux NFS clients), closing any descriptor of the file
+# drops every lock the process has on it, so a probe by the writer's own process
+# (a notebook reading its own run) would release the writer's lock.
+_held: set[str] = set()
+
+
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
 
 if sys.platform == "win32":
     import msvcrt
@@ -69,12 +78,15 @@ else:
 class RunLock:
     """A held writer lock. ``release()`` after the final run.json is written."""
 
-    __slots__ = ("path", "_fd", "_pid")
+    __slots__ = ("path", "_fd", "_pid", "_key")
 
     def __init__(self, path: Path, fd: int | None) -> None:
         self.path = path
         self._fd = fd
         self._pid = os.getpid()
+        self._key = _key(path)
+        if fd is not None:
+            _held.add(self._key)
 
     @property
     def held(self) -> bool:
@@ -86,6 +98,7 @@ class RunLock:
         fd, self._fd = self._fd, None
         if fd is None or os.getpid() != self._pid:
             return
+        _held.discard(self._key)
         try:
             if sys.platform == "win32":
                 _unlock(fd)     # POSIX: closing the last descriptor releases it
@@ -98,6 +111,7 @@ class RunLock:
         """After fork, in the child: close the inherited descriptor without unlocking
         (flock: the parent's descriptor keeps the lock, the child must not)."""
         fd, self._fd = self._fd, None
+        _held.discard(self._key)
         if fd is not None:
             try:
                 os.close(fd)
@@ -110,6 +124,8 @@ def acquire(run_dir: Path, rank: int = 0, info: dict[str, Any] | None = None) ->
     RunLockedError naming the holder. On a filesystem without locks, returns an
     unheld RunLock and removes the lock file, so readers use pid and heartbeat."""
     path = run_dir / rank_file(LOCK_FILE, rank)
+    if _held and _key(path) in _held:     # this very process writes it (not reopened)
+        raise RunLockedError(path, {"pid": os.getpid(), "host": _hostname(), "rank": rank})
     fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC | getattr(os, "O_BINARY", 0),
                  0o644)
     deadline = time.monotonic() + _RETRY_FOR
@@ -174,6 +190,8 @@ def probe(run_dir: Path, rank: int = 0) -> bool | None:
 
 
 def _probe_file(path: Path) -> bool | None:
+    if _held and _key(path) in _held:
+        return True
     try:
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_BINARY", 0))
     except OSError:

@@ -241,3 +241,38 @@ def test_lock_is_never_taken_through_a_planted_symlink(make_run, tmp_path):
     assert info.value.errno == errno.ELOOP and str(lock) in str(info.value)
     assert outside.read_text() == "keep me"
     assert runlock.probe(exp.run_dir) is None             # readers do not follow it either
+
+
+LOCKF = """
+import fcntl
+def _lockf(fd, exclusive):       # POSIX record locks, as Linux NFS clients emulate flock
+    fcntl.lockf(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+"""
+
+
+@posix_only
+def test_the_writers_own_reads_never_drop_its_lock_under_record_lock_semantics(make_run,
+                                                                               monkeypatch):
+    """With POSIX record locks (flock on NFS), closing any descriptor of the lock file
+    drops the process's lock: the writer's process must never open it to probe."""
+    scope: dict = {}
+    exec(LOCKF, scope)
+    monkeypatch.setattr(runlock, "_try_lock", scope["_lockf"])
+    exp = make_run(run_name="nfs")
+    exp.log_metrics({"a": 1.0}, step=0)
+    exp.flush()
+    assert expman.open_run(exp.run_dir).status == "RUNNING"          # reads in the writer's
+    assert runlock.is_locked(exp.run_dir)                            # own process ...
+    with pytest.raises(RunLockedError):
+        make_run(run_name="nfs", resume=True)
+    other = subprocess.run(                                          # ... leave it held
+        [sys.executable, "-c", LOCKF + textwrap.dedent(f"""
+            from pathlib import Path
+            from expman import runlock
+            runlock._try_lock = _lockf
+            print(runlock.is_locked(Path({str(exp.run_dir)!r})))
+        """)], env={**os.environ, "PYTHONPATH": str(Path(expman.__file__).parent.parent)},
+        capture_output=True, text=True, timeout=60)
+    assert other.stdout.strip() == "True", other.stderr
+    exp.close()
+    assert not runlock.is_locked(exp.run_dir)
