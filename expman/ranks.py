@@ -144,11 +144,12 @@ def open_rank(path: str | os.PathLike[str], rank: int, *, salvage: bool = False,
     if rank == 0:
         return reader.open_run(path, salvage=salvage, duplicates=duplicates)
     p = Path(os.fspath(path))
-    run_meta = _read_meta(p / RUN_FILE)
-    if run_meta is None:
-        raise FileNotFoundError(2, f"not an expman run folder (no {RUN_FILE}): {p}", str(p))
+    run_meta = _read_meta(p / RUN_FILE) or {}      # rank 0 may not have opened it yet
     own = _read_meta(p / rank_file(RUN_FILE, rank))
     if own is None:
+        if not run_meta:
+            raise FileNotFoundError(2, f"not an expman run folder (no {RUN_FILE}, no "
+                                       f"{rank_file(RUN_FILE, rank)}): {p}", str(p))
         raise ExpmanValueError(
             f"rank {rank}: no {rank_file(RUN_FILE, rank)} in {p} (the run has "
             f"{world_size(run_meta)} ranks; logging ranks {logging_ranks(run_meta)})")
