@@ -281,9 +281,13 @@ def stream_status(meta: dict[str, Any], path: Path, rank: int = 0) -> str:
         return str(status)
     from expman.runlock import probe
     locked = probe(path, rank)
-    if locked is not None:
-        return RUNNING if locked else _confirm_crash(path, rank)
     pid, host = meta.get("pid"), meta.get("host")
+    if locked:
+        return RUNNING
+    if locked is False and host == hostname():
+        return _confirm_crash(path, rank)
+    # a free lock of a writer on another host is trusted only with a stale heartbeat:
+    # some shared filesystems keep locks local to each client (NFS local_lock)
     if host == hostname() and isinstance(pid, int):
         if pid == os.getpid():
             return RUNNING

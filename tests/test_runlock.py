@@ -157,6 +157,13 @@ def test_stopped_writer_stays_running_killed_one_is_crashed_and_resumable(base):
         # recorded pid alive on this host (pid reuse, another namespace): still CRASHED
         assert layout.effective_status({**meta, "pid": os.getppid()}, run_dir) == "CRASHED"
         assert _status(run_dir) == "CRASHED" and not runlock.is_locked(run_dir)
+        # a free lock of a writer on another host (locks may be client-local there)
+        # counts once the heartbeat is stale too
+        assert layout.effective_status({**meta, "host": "elsewhere"}, run_dir) == "CRASHED"
+        for name in (layout.METRICS_FILE, layout.EVENTS_FILE, layout.RUN_FILE):
+            os.utime(run_dir / name)
+        assert layout.effective_status({**meta, "host": "elsewhere"}, run_dir) == "RUNNING"
+        assert _status(run_dir) == "CRASHED"
     finally:
         _stop(a)
     with expman.Experiment("exp", "stopped", base_dir=base, resume=True, capture_env=False) as b:
