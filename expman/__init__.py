@@ -23,7 +23,7 @@ from expman._current import (
 )
 from expman.errors import (
     CorruptRunError, ExpmanError, ExpmanTypeError, ExpmanValueError, RunClosedError,
-    RunExistsError, WriterError,
+    RunExistsError, RunLockedError, WriterError,
 )
 from expman.experiment import Experiment
 
@@ -50,5 +50,5 @@ __all__ = [
     "Experiment", "init", "current", "log_metrics", "log_params", "info", "warn", "error",
     "save_artifact", "close", "open_run", "list_runs", "Run", "RunSummary", "Series",
     "Metrics", "ExpmanError", "ExpmanTypeError", "ExpmanValueError", "RunClosedError",
-    "RunExistsError", "WriterError", "CorruptRunError", "__version__",
+    "RunExistsError", "RunLockedError", "WriterError", "CorruptRunError", "__version__",
 ]

@@ -44,6 +44,11 @@ class Experiment(_core.Core):
 
     Use it as a context manager, or call ``close()``; an unclosed run closes
     itself at interpreter exit or when garbage-collected.
+
+    One process writes a run at a time (``RunLockedError`` otherwise). Under a
+    launcher (torchrun, SLURM), every rank opens one shared run and writes its
+    own streams; ``ranks=[0]`` lets only the listed ranks write (expman.launcher,
+    docs/scale-ranks.md).
     """
 
     __slots__ = ("_name", "_run_name", "_run_dir", "_base_dir", "_meta", "_meta_lock",
