@@ -3,6 +3,9 @@ views, the run's status over its ranks, ``ranks=``. Real torchrun + DDP (gloo, C
 
 from __future__ import annotations
 
+import argparse
+import io
+import json
 import os
 import signal
 import socket
@@ -14,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import expman
-from expman import launcher, layout, ranks, runlock
+from expman import launcher, ranks, ranks_cli, runlock
 from expman.errors import ExpmanTypeError, ExpmanValueError, RunExistsError, RunLockedError
 
 HERE = Path(__file__).parent
@@ -124,6 +127,20 @@ def test_failed_rank_fails_the_run_and_says_which(base, as_rank):
     assert sorted(zip(frame["rank"], frame["value"])) == [(0, 1.0), (1, 2.0)]
     (summary,) = expman.list_runs(base)
     assert summary.status == "FAILED"
+    # the CLI leaf: `expman ranks exp/job-1`
+    parser = argparse.ArgumentParser()
+    ranks_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["ranks", "exp/job-1", "--base-dir", str(base)])
+    buf = io.StringIO()
+    assert args.run_command(args, buf) == 1
+    lines = buf.getvalue().splitlines()
+    assert lines[0].endswith("FAILED  (2 ranks)") and "because: rank 1" in lines[1]
+    assert lines[3].split()[:2] == ["0", "FINISHED"] and lines[4].split()[:2] == ["1", "FAILED"]
+    args = parser.parse_args(["ranks", str(r0.run_dir), "--json"])
+    buf = io.StringIO()
+    ranks_cli.run(args, buf)
+    info = json.loads(buf.getvalue())
+    assert (info["status"], info["rank"], info["world_size"]) == ("FAILED", 1, 2)
     assert sorted(os.listdir(r0.run_dir)) == sorted([
         "run.json", "params.json", "metrics.bin", "events.jsonl", "writer.lock",
         "run.rank1.json", "metrics.rank1.bin", "events.rank1.jsonl", "writer.rank1.lock",
