@@ -48,7 +48,7 @@ def describe(spec: str, base: str | None = None) -> dict[str, Any]:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+    p: argparse.ArgumentParser = subparsers.add_parser(
         "ranks", help="each rank of a run: status, pid, host; which rank decided the run's status",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder, or experiment/run_name (experiment/latest)")
