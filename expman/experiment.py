@@ -181,18 +181,17 @@ class Experiment(_core.Core):
                         keys=keys, last_step=last_step)
         except BaseException:
             self._close_fds()
-            if created and not launch.joined:
-                self._lock.release()
-                _remove_tree(self._run_dir)
-            elif fresh and launch.joined:
-                self._remove_own_files()
+            if fresh and launch.joined:
+                self._remove_own_files()     # the shared folder stays
             self._lock.release()
+            if created and not launch.joined:
+                _remove_tree(self._run_dir)
             _remove_empty(made)
             raise
         self._status = "RUNNING"
         lifecycle.register(self, handle_signals)
         self._log_event({"kind": "status", "status": "RUNNING", "time": now,
-                         "resumed": not created})
+                         "resumed": not fresh})
         if capture_env:
             self._env_thread = threading.Thread(
                 target=_probe_env, args=(self._run_dir / self._meta_name, self._meta,

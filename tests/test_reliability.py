@@ -293,6 +293,7 @@ def test_crashed_from_a_stale_heartbeat_on_another_host(make_run):
     exp.flush()
     # a run written before writer locks (or on a filesystem without them) has no
     # lock file: only then does a stale heartbeat decide (test_runlock covers the lock)
+    exp._lock.release()
     os.unlink(exp.run_dir / "writer.lock")
     meta = json.loads((exp.run_dir / "run.json").read_text())
     meta.update(host="some-other-host", pid=1)
