@@ -253,6 +253,13 @@ def _number(value: Any, default: float) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
+def is_locked(run_dir: str | os.PathLike[str]) -> bool:
+    """True while any writer (any rank) holds its lock in ``run_dir``: the run is
+    alive whatever its files say, and ``clean`` must never delete it."""
+    from expman.runlock import is_locked as held
+    return held(run_dir)
+
+
 def effective_status(meta: dict[str, Any], path: Path) -> str:
     """The recorded status, except a RUNNING run whose writer is gone is CRASHED.
 

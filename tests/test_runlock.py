@@ -149,7 +149,7 @@ def test_stopped_writer_stays_running_killed_one_is_crashed_and_resumable(base):
             time.sleep(0.05)
         # stale heartbeat, and the host looks foreign: only the lock can tell it lives
         assert layout.effective_status({**meta, "host": "elsewhere"}, run_dir) == "RUNNING"
-        assert _status(run_dir) == "RUNNING" and runlock.is_locked(run_dir)
+        assert _status(run_dir) == "RUNNING" and layout.is_locked(run_dir)
         (summary,) = expman.list_runs(base, metrics=False)
         assert summary.status == "RUNNING"
         os.kill(a.pid, signal.SIGKILL)
