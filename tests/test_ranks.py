@@ -47,7 +47,7 @@ def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in RANK_VARS}
     env["PYTHONPATH"] = os.pathsep.join(
         [str(Path(expman.__file__).parent.parent), env.get("PYTHONPATH", "")])
-    env["GLOO_SOCKET_IFNAME"] = "lo"         # loopback only
+    env["GLOO_SOCKET_IFNAME"] = "lo" if sys.platform.startswith("linux") else "lo0"  # loopback only
     env["OMP_NUM_THREADS"] = "1"
     return env
 
