@@ -15,6 +15,7 @@ __all__ = [
     "WriterError",
     "CorruptRunError",
     "RunNotFoundError",
+    "RunLockedError",
 ]
 
 
@@ -51,3 +52,21 @@ class CorruptRunError(ExpmanError, ValueError):
 
 class RunNotFoundError(ExpmanError, FileNotFoundError):
     """No run folder matches a path or a run spec (``exp/latest``, a name prefix)."""
+
+
+class RunLockedError(ExpmanError, RuntimeError):
+    """Another process is writing this run (it holds the run's writer lock).
+
+    ``holder`` is what that process wrote into the lock file: pid, host, rank, time.
+    """
+
+    def __init__(self, path: object, holder: dict[str, object]) -> None:
+        self.path = str(path)
+        self.holder = dict(holder)
+        pid, host = holder.get("pid", "?"), holder.get("host", "?")
+        rank = holder.get("rank")
+        who = f"pid {pid} on host {host}" + (f" (rank {rank})" if rank else "")
+        import os.path
+        super().__init__(f"run {os.path.dirname(self.path)} is being written by {who}: one "
+                         f"writer at a time. Wait for it to end, or start a new run "
+                         f"(lock file: {self.path})")

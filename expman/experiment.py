@@ -12,9 +12,9 @@ import time
 import warnings
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
-from expman import _core, environment, layout, lifecycle
+from expman import _core, environment, launcher, layout, lifecycle, runlock
 from expman._fsutil import atomic_write_json, check_name, check_relative, inside, read_json
 from expman.artifacts import ArtifactCopier
 from expman.errors import (
@@ -40,11 +40,17 @@ class Experiment(_core.Core):
 
     Use it as a context manager, or call ``close()``; an unclosed run closes
     itself at interpreter exit or when garbage-collected.
+
+    One process writes a run at a time (``RunLockedError`` otherwise). Under a
+    launcher (torchrun, SLURM), every rank opens one shared run and writes its
+    own streams; ``ranks=[0]`` lets only the listed ranks write (expman.launcher,
+    docs/scale-ranks.md).
     """
 
     __slots__ = ("_name", "_run_name", "_run_dir", "_base_dir", "_meta", "_meta_lock",
                  "_params", "_copier", "_env_thread", "_pid", "_fds", "_status",
-                 "_closing", "_close_lock", "_on_error")
+                 "_closing", "_close_lock", "_on_error",
+                 "_rank", "_world_size", "_meta_name", "_lock", "_muted")
 
     def __init__(
         self,
@@ -60,8 +66,11 @@ class Experiment(_core.Core):
         block_timeout: float = 10.0,
         capture_env: bool = True,
         handle_signals: bool = True,
+        ranks: Iterable[int] | None = None,
     ) -> None:
         self._status = "NEW"
+        self._lock: runlock.RunLock | None = None
+        self._muted = False
         self._closing = False
         # held for a whole close: a second closer (another thread) waits for the
         # first instead of returning before the data is durable
@@ -76,7 +85,19 @@ class Experiment(_core.Core):
             raise ExpmanValueError(f"flush_interval must be in [0.001, 60] s, got {flush_interval!r}")
         if buffer_size < 64 << 10:
             raise ExpmanValueError(f"buffer_size must be at least 64 KiB, got {buffer_size!r}")
+        # ranks of one job join one run folder (expman.launcher: rank, agreed name)
+        launch = launcher.detect(run_name)
+        self._rank, self._world_size = launch.rank, launch.world_size
+        self._meta_name = layout.rank_file(layout.RUN_FILE, launch.rank)
+        logging_ranks = _check_ranks(ranks, launch.world_size)
+        run_name = launch.run_name
+        if run_name is not None:
+            check_name("run_name", run_name)
+        resume = resume or launch.restart > 0       # torchrun restarted the job: go on
         self._base_dir = Path(os.path.abspath(os.fspath(base_dir)))
+        if logging_ranks is not None and launch.rank not in logging_ranks:
+            self._start_muted(run_name, buffer_size, flush_interval, handle_signals)
+            return
         exp_dir = self._base_dir / self._name
         made = _makedirs(exp_dir)           # removed again if the start fails
         if not inside(self._base_dir, exp_dir) or (
@@ -94,7 +115,7 @@ class Experiment(_core.Core):
             except FileExistsError:
                 if run_name is None:
                     continue
-                if not resume:
+                if not resume and not launch.joined:
                     _remove_empty(made)
                     raise RunExistsError(
                         17, f"run {name}/{run_name} exists; pass resume=True to append to it",
@@ -108,9 +129,23 @@ class Experiment(_core.Core):
         self._copier = ArtifactCopier(self._emit_from_thread)
         self._env_thread: threading.Thread | None = None
         try:
-            keys, last_step, sizes = self._open_files(fresh=created)
+            # one writer per stream: locked before anything is read, cut or appended
+            self._lock = runlock.acquire(self._run_dir, self._rank)
+        except BaseException:
+            if created and not launch.joined:
+                _remove_tree(self._run_dir)
+            _remove_empty(made)
+            raise
+        # a joined run's folder is shared: this rank is fresh when its own file is new
+        fresh = created if not launch.joined else not (self._run_dir / self._meta_name).exists()
+        try:
+            if not fresh and not resume:
+                raise RunExistsError(
+                    17, f"rank {self._rank} of run {name}/{run_name} exists; pass resume=True "
+                    "to append to it", str(self._run_dir / self._meta_name))
+            keys, last_step, sizes = self._open_files(fresh=fresh)
             now = time.time()
-            if created:
+            if fresh:
                 self._meta: dict[str, Any] = {
                     "format": _core.FORMAT_VERSION, "experiment": self._name,
                     "run_name": run_name, "status": "RUNNING", "start_time": now,
@@ -118,47 +153,87 @@ class Experiment(_core.Core):
                     "host": None, "heartbeat_interval": HEARTBEAT_INTERVAL,
                     "resumed": [], "exit": None, "stats": None, "env": {},
                 }
+                if launch.joined:
+                    self._meta.update(
+                        rank=self._rank, world_size=self._world_size, local_rank=launch.local_rank,
+                        launcher=launch.source, ranks=logging_ranks)
             else:
-                self._meta = read_json(self._run_dir / RUN_FILE)
+                self._meta = read_json(self._run_dir / self._meta_name)
                 self._meta["resumed"] = [*self._meta.get("resumed", []), now]
                 self._meta.update(status="RUNNING", end_time=None, duration=None,
                                   pid=self._pid, exit=None)
-                if (self._run_dir / PARAMS_FILE).exists():
+                if self._rank == 0 and (self._run_dir / PARAMS_FILE).exists():
                     self._params = read_json(self._run_dir / PARAMS_FILE)
             env = environment.quick() if capture_env else {"pid": self._pid}
             self._meta["env"] = {**self._meta.get("env", {}), **env}
             # the reader needs the host to tell a dead pid (CRASHED), env capture or not
             self._meta["host"] = env.get("hostname") or layout.hostname()
-            atomic_write_json(self._run_dir / RUN_FILE, self._meta)
+            atomic_write_json(self._run_dir / self._meta_name, self._meta)
             self._start(self._fds[0], sizes[0], self._fds[1], sizes[1],
-                        metrics_path=str(self._run_dir / METRICS_FILE),
+                        metrics_path=str(self._run_dir / layout.rank_file(METRICS_FILE, self._rank)),
                         buffer_size=buffer_size, flush_interval=flush_interval,
                         heartbeat_interval=HEARTBEAT_INTERVAL, on_full=on_full,
                         on_error=on_error, block_timeout=block_timeout,
                         keys=keys, last_step=last_step)
         except BaseException:
             self._close_fds()
-            if created:
+            if fresh and launch.joined:
+                self._remove_own_files()     # the shared folder stays
+            self._lock.release()
+            if created and not launch.joined:
                 _remove_tree(self._run_dir)
             _remove_empty(made)
             raise
         self._status = "RUNNING"
         lifecycle.register(self, handle_signals)
         self._log_event({"kind": "status", "status": "RUNNING", "time": now,
-                         "resumed": not created})
+                         "resumed": not fresh})
         if capture_env:
             self._env_thread = threading.Thread(
-                target=_probe_env, args=(self._run_dir, self._meta, self._meta_lock,
-                                         self._meta["env"]["cwd"]),
+                target=_probe_env, args=(self._run_dir / self._meta_name, self._meta,
+                                         self._meta_lock, self._meta["env"]["cwd"]),
                 name="expman-env", daemon=True)
             self._env_thread.start()
 
     # ---- files ----------------------------------------------------------------
+    def _start_muted(self, run_name: str | None, buffer_size: int, flush_interval: float,
+                     handle_signals: bool) -> None:
+        """A rank left out by ``ranks=``: every call is accepted and checked, nothing
+        reaches the run folder (the core writes to the null device)."""
+        self._muted = True
+        self._run_name = run_name or ""
+        self._run_dir = self._base_dir / self._name / self._run_name
+        self._meta_lock = threading.RLock()
+        self._meta = {}
+        self._params = {}
+        self._copier = ArtifactCopier(self._emit_from_thread)
+        self._env_thread = None
+        for _ in range(2):
+            self._fds.append(os.open(os.devnull, os.O_WRONLY | _O_BINARY))
+        try:
+            self._start(self._fds[0], 0, self._fds[1], 0, metrics_path=os.devnull,
+                        buffer_size=buffer_size, flush_interval=flush_interval,
+                        heartbeat_interval=HEARTBEAT_INTERVAL, on_full="block",
+                        on_error="warn", block_timeout=10.0)
+        except BaseException:
+            self._close_fds()
+            raise
+        self._status = "RUNNING"
+        lifecycle.register(self, handle_signals)
+
+    def _remove_own_files(self) -> None:
+        """Undo a failed start of one rank in a shared folder (never the folder)."""
+        for name in (METRICS_FILE, EVENTS_FILE, RUN_FILE):
+            try:
+                os.unlink(self._run_dir / layout.rank_file(name, self._rank))
+            except OSError:
+                pass
+
     def _open_files(self, fresh: bool) -> tuple[dict[str, int] | None, int | None, tuple[int, int]]:
         flags = os.O_WRONLY | os.O_CREAT | _O_BINARY | getattr(os, "O_CLOEXEC", 0)
         os.makedirs(self._run_dir / ARTIFACTS_DIR, exist_ok=True)
-        metrics = self._run_dir / METRICS_FILE
-        events = self._run_dir / EVENTS_FILE
+        metrics = self._run_dir / layout.rank_file(METRICS_FILE, self._rank)
+        events = self._run_dir / layout.rank_file(EVENTS_FILE, self._rank)
         keys = last_step = None
         if fresh:
             fd = os.open(metrics, flags | os.O_TRUNC, 0o644)
@@ -206,6 +281,16 @@ class Experiment(_core.Core):
         return self._status
 
     @property
+    def rank(self) -> int:
+        """This process's rank (0 outside a multi-rank job)."""
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        """How many ranks the job has (1 outside a multi-rank job)."""
+        return self._world_size
+
+    @property
     def params(self) -> dict[str, Any]:
         """A copy of the params logged so far."""
         return dict(self._params)
@@ -223,7 +308,8 @@ class Experiment(_core.Core):
         converted = to_json(dict(params), "params")
         with self._meta_lock:
             self._params.update(converted)
-            atomic_write_json(self._run_dir / PARAMS_FILE, self._params)
+            if self._rank == 0 and not self._muted:      # rank 0 owns params.json
+                atomic_write_json(self._run_dir / PARAMS_FILE, self._params)
 
     def info(self, msg: object) -> None:
         """Append a timestamped message to events.jsonl (level info)."""
@@ -253,7 +339,11 @@ class Experiment(_core.Core):
             raise FileNotFoundError(2, f"save_artifact: no such file: {src}", str(src))
         rel = check_relative("artifact name", name if name is not None else src.name)
         root = self._run_dir / ARTIFACTS_DIR
+        if self._rank:
+            root = root / f"rank{self._rank}"   # ranks never write one file
         dst = root / rel
+        if self._muted:
+            return dst
         if not inside(root, dst.parent) or not inside(self._run_dir, dst.parent):
             raise ExpmanValueError(f"artifact name {rel!r} leaves the artifacts folder")
         self._copier.save(src, dst, rel)
@@ -314,6 +404,10 @@ class Experiment(_core.Core):
             pass
         self._stop()                         # drain, fsync, join the writer
         self._close_fds()
+        if self._muted:
+            self._status, self._closing = status, False
+            lifecycle.unregister(self)
+            return
         error: Exception | None = self._pending_error()
         if self._env_thread is not None:
             self._env_thread.join(timeout=5)
@@ -333,11 +427,13 @@ class Experiment(_core.Core):
             if self._copier.failures:
                 self._meta["artifact_errors"] = list(self._copier.failures)
             try:
-                atomic_write_json(self._run_dir / RUN_FILE, self._meta)
+                atomic_write_json(self._run_dir / self._meta_name, self._meta)
             except OSError as e:
                 error = error or e
             self._status = status
             self._closing = False
+        if self._lock is not None:
+            self._lock.release()             # after the final status is on disk
         lifecycle.unregister(self)
         if error is not None:
             if raise_errors and self._on_error != "warn":
@@ -361,6 +457,8 @@ class Experiment(_core.Core):
         super()._after_fork_child()
         self._status = "FORKED"
         self._env_thread = None
+        if self._lock is not None:
+            self._lock.forget_in_child()     # never keep a dead parent's run alive
 
     def __del__(self) -> None:
         if getattr(self, "_status", None) == "RUNNING" and os.getpid() == self._pid:
@@ -369,7 +467,7 @@ class Experiment(_core.Core):
             self._close_at_exit("FINISHED", None)
 
 
-def _probe_env(run_dir: Path, meta: dict[str, Any], lock: threading.RLock, cwd: str) -> None:
+def _probe_env(meta_path: Path, meta: dict[str, Any], lock: threading.RLock, cwd: str) -> None:
     """Background: git and packages into run.json, unless the run finished first."""
     try:
         extra = environment.slow(cwd)
@@ -379,9 +477,27 @@ def _probe_env(run_dir: Path, meta: dict[str, Any], lock: threading.RLock, cwd: 
         meta["env"].update(extra)
         if meta.get("status") == "RUNNING":
             try:
-                atomic_write_json(run_dir / RUN_FILE, meta)
+                atomic_write_json(meta_path, meta)
             except OSError:
                 pass            # the final write at close carries it
+
+
+def _check_ranks(ranks: Iterable[int] | None, world_size: int) -> list[int] | None:
+    """``ranks=``: which ranks log. Rank 0 must be one: it owns run.json and params."""
+    if ranks is None:
+        return None
+    if isinstance(ranks, (str, bytes)) or not isinstance(ranks, Iterable):
+        raise ExpmanTypeError(f"ranks must be a list of ints, got {type(ranks).__name__} ({ranks!r})")
+    out = list(ranks)
+    for r in out:
+        if not isinstance(r, int) or isinstance(r, bool):
+            raise ExpmanTypeError(f"ranks: {r!r} is not an int")
+        if not 0 <= r < world_size:
+            raise ExpmanValueError(f"ranks: {r!r} is not a rank of a world of {world_size} processes")
+    out = sorted(set(out))
+    if 0 not in out:
+        raise ExpmanValueError(f"ranks={out!r} must include 0: rank 0 owns run.json and params")
+    return out
 
 
 def _prepare_resume(metrics: Path) -> tuple[dict[str, int], int | None, int]:

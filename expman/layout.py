@@ -24,6 +24,18 @@ METRICS_FILE = "metrics.bin"     # append-only checksummed frames
 EVENTS_FILE = "events.jsonl"     # append-only JSON lines
 ARTIFACTS_DIR = "artifacts"      # saved files
 TORN_SUFFIX = ".torn"            # verify --repair keeps a cut tail beside its file
+LOCK_FILE = "writer.lock"        # the writer's OS lock, held for the run's life (expman.runlock)
+
+
+def rank_file(name: str, rank: int | None) -> str:
+    """A file's name for one rank of a multi-rank run: rank 0 (and a run without
+    ranks) uses the plain name; rank r > 0 puts ``.rank<r>`` before the suffix
+    (metrics.rank1.bin, events.rank1.jsonl, run.rank1.json, writer.rank1.lock)."""
+    if not rank:
+        return name
+    stem, _, suffix = name.rpartition(".")
+    return f"{stem}.rank{rank}.{suffix}"
+
 
 # ---- statuses -------------------------------------------------------------------------------
 RUNNING, FINISHED, FAILED, KILLED, CRASHED = "RUNNING", "FINISHED", "FAILED", "KILLED", "CRASHED"
@@ -241,12 +253,12 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def heartbeat(path: Path) -> float | None:
-    """Last sign of life: the newest mtime of the files the writer touches."""
+def heartbeat(path: Path, rank: int = 0) -> float | None:
+    """Last sign of life: the newest mtime of the files the writer (of ``rank``) touches."""
     times = []
     for name in (METRICS_FILE, EVENTS_FILE, RUN_FILE):
         try:
-            times.append(os.stat(path / name).st_mtime)
+            times.append(os.stat(path / rank_file(name, rank)).st_mtime)
         except OSError:
             pass
     return max(times) if times else None
@@ -256,47 +268,80 @@ def _number(value: Any, default: float) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
+def is_locked(run_dir: str | os.PathLike[str]) -> bool:
+    """True while any writer (any rank) holds its lock in ``run_dir``: the run is
+    alive whatever its files say, and ``clean`` must never delete it."""
+    from expman.runlock import is_locked as held
+    return held(run_dir)
+
+
 def effective_status(meta: dict[str, Any], path: Path) -> str:
-    """The recorded status, except a RUNNING run whose process is gone is CRASHED:
-    same host and dead pid, or (any host) no heartbeat for STALE_AFTER intervals."""
+    """The recorded status, except a RUNNING run whose writer is gone is CRASHED.
+
+    The witness is the writer's OS lock (expman.runlock): while it is held the run
+    is alive, however stale its heartbeat (a stopped or suspended process); once
+    released without a final status, it crashed. Only without a lock file (runs
+    written before locks, filesystems without them) or where locks are
+    unsupported: same host and dead pid, or (any host) no heartbeat for
+    STALE_AFTER intervals. ``meta`` of a multi-rank run (``world_size`` > 1 in
+    run.json) gives the whole run's status (expman.ranks.run_outcome).
+    """
+    world = meta.get("world_size")
+    if isinstance(world, int) and not isinstance(world, bool) and world > 1 and not meta.get("rank"):
+        from expman.ranks import run_outcome
+        return run_outcome(meta, path).status
+    rank = meta.get("rank")
+    return stream_status(meta, path, rank if isinstance(rank, int) and rank > 0 else 0)
+
+
+def stream_status(meta: dict[str, Any], path: Path, rank: int = 0) -> str:
+    """effective_status of one writer stream (``meta``: its run.json or run.rank<r>.json)."""
     status = meta.get("status", RUNNING)
     if status not in STATUSES:
         status = RUNNING
     if status != RUNNING:
         return str(status)
+    from expman.runlock import probe
+    locked = probe(path, rank)
     pid, host = meta.get("pid"), meta.get("host")
+    if locked:
+        return RUNNING
+    if locked is False and host == hostname():
+        return _confirm_crash(path, rank)
+    # a free lock of a writer on another host is trusted only with a stale heartbeat:
+    # some shared filesystems keep locks local to each client (NFS local_lock)
     if host == hostname() and isinstance(pid, int):
         if pid == os.getpid():
             return RUNNING
         if not pid_alive(pid):
-            return _confirm_crash(path)
-    beat = heartbeat(path)
+            return _confirm_crash(path, rank)
+    beat = heartbeat(path, rank)
     interval = _number(meta.get("heartbeat_interval"), HEARTBEAT_INTERVAL)
     if beat is not None and time.time() - beat > STALE_AFTER * max(interval, 0.001):
-        return _confirm_crash(path)
+        return _confirm_crash(path, rank)
     return RUNNING
 
 
-def _confirm_crash(path: Path) -> str:
+def _confirm_crash(path: Path, rank: int = 0) -> str:
     """``meta`` may predate a clean close: the process may have written its final
     status and exited since it was read. Read run.json again, then the end of
     events.jsonl (a final status event written before run.json could be replaced
     is the truth), before saying CRASHED."""
     from expman._fsutil import read_json
     try:
-        fresh = read_json(path / RUN_FILE)
+        fresh = read_json(path / rank_file(RUN_FILE, rank))
         status = fresh.get("status", RUNNING) if isinstance(fresh, dict) else RUNNING
     except (OSError, ValueError):
         status = RUNNING
     if status in FINAL_STATUSES:
         return str(status)
-    return final_status_event(path) or CRASHED
+    return final_status_event(path, rank) or CRASHED
 
 
-def final_status_event(path: Path, window: int = 1 << 16) -> str | None:
-    """The status of a final status event at the end of events.jsonl, if any."""
+def final_status_event(path: Path, rank: int = 0, window: int = 1 << 16) -> str | None:
+    """The status of a final status event at the end of a stream's events, if any."""
     from expman._fsutil import read_regular, regular_stat
-    ev_path = path / EVENTS_FILE
+    ev_path = path / rank_file(EVENTS_FILE, rank)
     try:
         size = regular_stat(ev_path).st_size
         data = read_regular(ev_path, max(0, size - window))

@@ -160,7 +160,8 @@ def _integrity(tail: RunTail, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
-             duplicates: str | None = None, base_dir: str | os.PathLike[str] | None = None) -> Run:
+             duplicates: str | None = None, base_dir: str | os.PathLike[str] | None = None,
+             rank: int | None = None) -> Run:
     """Read a run folder: metadata, params, events, and metrics as columns.
 
     ``path`` is a run folder or a run spec under the base dir (``exp/latest``,
@@ -168,8 +169,14 @@ def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
     keeps every record as logged (duplicate and out-of-order steps included);
     ``"last"``, ``"first"`` or ``"mean"`` gives one value per step, sorted by
     step. ``salvage=True`` keeps the frames after damage in the middle.
+    A multi-rank run reads as rank 0, with the whole run's status, by default;
+    ``rank=r`` reads rank r's streams and status (expman.ranks).
     """
     check_duplicates(duplicates, allow_none=True)
+    if rank:
+        from expman.ranks import open_rank
+        return open_rank(resolve_run(path, base_dir), rank, salvage=salvage,  # type: ignore[no-any-return]
+                         duplicates=duplicates)
     tail = RunTail(resolve_run(path, base_dir), salvage=salvage)
     p = tail.path
     try:

@@ -291,6 +291,10 @@ def test_crashed_from_a_stale_heartbeat_on_another_host(make_run):
     exp = make_run()
     exp.log_metrics({"a": 1.0}, step=0)
     exp.flush()
+    # a run written before writer locks (or on a filesystem without them) has no
+    # lock file: only then does a stale heartbeat decide (test_runlock covers the lock)
+    exp._lock.release()
+    os.unlink(exp.run_dir / "writer.lock")
     meta = json.loads((exp.run_dir / "run.json").read_text())
     meta.update(host="some-other-host", pid=1)
     assert expman.reader.effective_status(meta, exp.run_dir) == "RUNNING"   # fresh files
