@@ -175,7 +175,9 @@ def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
     check_duplicates(duplicates, allow_none=True)
     if rank:
         from expman.ranks import open_rank
-        return open_rank(resolve_run(path, base_dir), rank, salvage=salvage,  # type: ignore[no-any-return]
+        where = Path(os.fspath(path))     # a rank may open before rank 0 wrote run.json
+        where = where if where.is_dir() else resolve_run(path, base_dir)
+        return open_rank(where, rank, salvage=salvage,  # type: ignore[no-any-return]
                          duplicates=duplicates)
     tail = RunTail(resolve_run(path, base_dir), salvage=salvage)
     p = tail.path
