@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Mapping
 
-from expman import _core, environment, lifecycle
+from expman import _core, environment, lifecycle, sysmetrics
 from expman._fsutil import atomic_write_json, check_name, check_relative, inside, read_json
 from expman.artifacts import ArtifactCopier
 from expman.errors import (
@@ -48,7 +48,7 @@ class Experiment(_core.Core):
 
     __slots__ = ("_name", "_run_name", "_run_dir", "_base_dir", "_meta", "_meta_lock",
                  "_params", "_copier", "_env_thread", "_pid", "_fds", "_status",
-                 "_closing", "_close_lock", "_on_error")
+                 "_closing", "_close_lock", "_on_error", "_sampler")
 
     def __init__(
         self,
@@ -64,8 +64,11 @@ class Experiment(_core.Core):
         block_timeout: float = 10.0,
         capture_env: bool = True,
         handle_signals: bool = True,
+        system_metrics: float | bool = sysmetrics.DEFAULT_INTERVAL,
     ) -> None:
         self._status = "NEW"
+        self._sampler: sysmetrics.SamplerThread | None = None
+        sysmetrics.interval_from_option(system_metrics)     # a bad value fails before any I/O
         self._closing = False
         # held for a whole close: a second closer (another thread) waits for the
         # first instead of returning before the data is durable
@@ -150,6 +153,7 @@ class Experiment(_core.Core):
         lifecycle.register(self, handle_signals)
         self._log_event({"kind": "status", "status": "RUNNING", "time": now,
                          "resumed": not created})
+        self._sampler = sysmetrics.start_for(self, system_metrics)
         if capture_env:
             self._env_thread = threading.Thread(
                 target=_probe_env, args=(self._run_dir, self._meta, self._meta_lock,
@@ -310,6 +314,7 @@ class Experiment(_core.Core):
             if self._status != "RUNNING" or (self._closing and not reenter):
                 return
             self._closing = True
+        sysmetrics.stop(self._sampler)      # before the drain: its last row is written too
         try:
             self._copier.close()
             self._log_event({"kind": "status", "status": status, "time": time.time(),
@@ -364,6 +369,7 @@ class Experiment(_core.Core):
     def _after_fork_child(self) -> None:
         super()._after_fork_child()
         self._status = "FORKED"
+        self._sampler = None
         self._env_thread = None
 
     def __del__(self) -> None:
