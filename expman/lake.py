@@ -88,9 +88,10 @@ def _read_tail(path: Path, offset: int) -> tuple[bytes, int, int] | None:
         return None
 
 
-def _merge_summary(old: dict[str, Any] | None, steps: array, values: array) -> dict[str, Any]:
+def _merge_summary(old: dict[str, Any] | None, steps: "array[int]",
+                   values: "array[float]") -> dict[str, Any]:
     """Fold new points into a metric's count/nan/min/max/last (JSON-safe spelling)."""
-    s = dict(old) if old else {"count": 0, "nan": 0, "min": None, "max": None,
+    s: dict[str, Any] = dict(old) if old else {"count": 0, "nan": 0, "min": None, "max": None,
                                 "last": None, "last_step": None}
     finite = [v for v in values if v == v]
     s["count"] += len(values)
@@ -233,7 +234,7 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
             "seconds": time.perf_counter() - t0}
 
 
-def _buffer_array(pa: Any, typ: Any, col: array) -> Any:
+def _buffer_array(pa: Any, typ: Any, col: "array[Any]") -> Any:
     """An Arrow array over an array.array's memory (no per-element Python objects)."""
     return pa.Array.from_buffers(typ, len(col), [None, pa.py_buffer(col)])
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from expman import layout
+from expman.errors import RunNotFoundError
 
 __all__ = ["localize", "is_url", "cache_root", "filesystem", "CHUNKS_SUFFIX", "chunk_name",
            "parse_chunk", "is_append_only"]
@@ -126,13 +127,13 @@ def localize(url: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | No
     if fs.exists(f"{root}/{layout.RUN_FILE}"):
         parts = root.split("/")
         if len(parts) < 2:
-            raise layout.RunNotFoundError(f"{text}: a run needs <experiment>/<run> in its URL")
+            raise RunNotFoundError(f"{text}: a run needs <experiment>/<run> in its URL")
         local = cache / parts[-2] / parts[-1]
         pull_run(fs, root, local)
         return local
     found = fs.glob(f"{root}/*/*/{layout.RUN_FILE}")
     if not found and not fs.exists(root):
-        raise layout.RunNotFoundError(f"nothing at {text}")
+        raise RunNotFoundError(f"nothing at {text}")
     for meta in sorted(found):
         run_root = meta.rsplit("/", 1)[0]
         exp, name = run_root.split("/")[-2:]

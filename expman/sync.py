@@ -171,7 +171,10 @@ class _Remote:
 
 
 class _Target:
-    def listing(self, rel: str) -> _Remote: ...
+    """Where a sync writes: object storage or a path."""
+
+    def listing(self, rel: str) -> _Remote:
+        raise NotImplementedError
     def append(self, rel: str, name: str, src: Path, remote: _Remote,
                sent: Callable[[str, int, bool], None]) -> None: ...
     def put_file(self, rel: str, name: str, src: Path,

@@ -28,7 +28,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 __all__ = ["DEFAULT_INTERVAL", "SystemSampler", "start_for", "stop", "interval_from_option"]
 
@@ -39,9 +39,9 @@ INSTALL_HINT = "pip install 'expman-logger[system]'"
 
 
 class Sink(Protocol):
-    """What the sampler logs into: an Experiment, or a test double."""
+    """What the sampler logs into: an Experiment, or a test double. It also needs
+    ``_log_side(metrics, step)``, checked at start (cores before it lack it)."""
 
-    def _log_side(self, metrics: dict[str, Any], step: int) -> None: ...
     def warn(self, msg: object) -> None: ...
 
 
@@ -76,7 +76,7 @@ class _Gpus:
         self.nvml: Any = None
         self.handles: list[Any] = []
         try:
-            import pynvml
+            import pynvml  # type: ignore[import-not-found,unused-ignore]
             pynvml.nvmlInit()
             self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i)
                             for i in range(pynvml.nvmlDeviceGetCount())]
@@ -88,14 +88,15 @@ class _Gpus:
         nv = self.nvml
         for i, h in enumerate(self.handles):
             p = f"{PREFIX}gpu{i}/"
-            for name, read in (
+            fields: list[tuple[str, Callable[[], float]]] = [
                 ("util_percent", lambda: nv.nvmlDeviceGetUtilizationRates(h).gpu),
                 ("mem_used_bytes", lambda: nv.nvmlDeviceGetMemoryInfo(h).used),
                 ("mem_percent", lambda: 100.0 * nv.nvmlDeviceGetMemoryInfo(h).used
                  / max(nv.nvmlDeviceGetMemoryInfo(h).total, 1)),
                 ("power_watts", lambda: nv.nvmlDeviceGetPowerUsage(h) / 1000.0),
                 ("temp_c", lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
-            ):
+            ]
+            for name, read in fields:
                 try:
                     out[p + name] = float(read())
                 except Exception:   # a field this GPU does not report
@@ -209,7 +210,7 @@ class SamplerThread:
                     return                        # the run was collected
                 row = self.sampler.sample()
                 if row:
-                    sink._log_side(row, step=self.samples)
+                    getattr(sink, "_log_side")(row, step=self.samples)
                     self.samples += 1
                 del sink
         except Exception as e:    # the run closed under us, or a counter failed: stop quietly

@@ -61,7 +61,7 @@ def metric_summaries(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Per metric: count, last, min, max. From ``expman.summary`` when present
     (kept current by the writer side), else by decoding the run."""
     try:
-        from expman import summary as _summary      # type: ignore[attr-defined]
+        from expman import summary as _summary  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         _summary = None
     if _summary is not None and hasattr(_summary, "summarize"):
