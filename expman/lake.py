@@ -142,7 +142,7 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
     manifest = _load_manifest(out)
     seq = int(manifest["seq"]) + 1
     known: dict[str, Any] = manifest["runs"]
-    chunks: dict[str, list[Any]] = {}            # experiment -> new metric tables
+    chunks: dict[str, _Columns] = {}             # experiment -> new metric rows
     rows: dict[str, list[dict[str, Any]]] = {}   # experiment -> runs table rows
     damaged: dict[str, str] = {}
     skipped: dict[str, str] = {}
@@ -195,14 +195,10 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
                 if rank == 0:
                     entry["summary"][metric] = _merge_summary(
                         entry["summary"].get(metric), steps, values)
-                chunks.setdefault(exp, []).append(pa.table({
-                    "run": pa.array([name] * n, pa.string()),
-                    "rank": pa.array([rank] * n, pa.int32()),
-                    "metric": pa.array([metric] * n, pa.string()),
-                    "step": _buffer_array(pa, pa.int64(), steps),
-                    "time": _buffer_array(pa, pa.float64(), times),
-                    "value": _buffer_array(pa, pa.float64(), values),
-                }))
+                acc = chunks.get(exp)
+                if acc is None:
+                    acc = chunks[exp] = _Columns()
+                acc.add(name, rank, metric, steps, times, values)
         summaries = {m: {k: (_num(v) if k in ("min", "max", "last") else v) for k, v in s.items()}
                      for m, s in entry["summary"].items()}
         info = {"id": rid, "experiment": exp, "run_name": name,
@@ -213,11 +209,11 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
             run_row(info, params, summaries, sum(s["count"] for s in entry["summary"].values())))
 
     parts = []
-    for exp, tables in chunks.items():
+    for exp, acc in chunks.items():
         folder = out / METRICS_DIR / partition(exp)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"part-{seq:08d}.parquet"
-        _write_atomic(pq, pa.concat_tables(tables), path)
+        _write_atomic(pq, acc.table(pa), path)
         parts.append(str(path))
     from expman.table import arrow_table, columns_of
     for exp, exp_rows in rows.items():
@@ -232,6 +228,39 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
     return {"runs": sum(len(r) for r in rows.values()), "new_points": new_points,
             "parts": parts, "damaged": damaged, "skipped": skipped,
             "seconds": time.perf_counter() - t0}
+
+
+class _Columns:
+    """The new rows of one experiment, as flat C arrays (no object per point);
+    names are dictionary indices until the table is built."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, dict[str, int]] = {"run": {}, "metric": {}}
+        self.run, self.rank, self.metric = array("i"), array("i"), array("i")
+        self.step, self.time, self.value = array("q"), array("d"), array("d")
+
+    def add(self, run: str, rank: int, metric: str, steps: "array[int]",
+            times: "array[float]", values: "array[float]") -> None:
+        n = len(steps)
+        for col, table, name in ((self.run, self.names["run"], run),
+                                 (self.metric, self.names["metric"], metric)):
+            col.extend(array("i", [table.setdefault(name, len(table))]) * n)
+        self.rank.extend(array("i", [rank]) * n)
+        self.step.extend(steps)
+        self.time.extend(times)
+        self.value.extend(values)
+
+    def table(self, pa: Any) -> Any:
+        def names(col: "array[int]", kind: str) -> Any:
+            idx = _buffer_array(pa, pa.int32(), col)
+            words = pa.array(list(self.names[kind]), pa.string())
+            return pa.DictionaryArray.from_arrays(idx, words).dictionary_decode()
+        return pa.Table.from_arrays(
+            [names(self.run, "run"), _buffer_array(pa, pa.int32(), self.rank),
+             names(self.metric, "metric"), _buffer_array(pa, pa.int64(), self.step),
+             _buffer_array(pa, pa.float64(), self.time),
+             _buffer_array(pa, pa.float64(), self.value)],
+            names=["run", "rank", "metric", "step", "time", "value"])
 
 
 def _buffer_array(pa: Any, typ: Any, col: "array[Any]") -> Any:
