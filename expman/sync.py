@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 import zlib
 from pathlib import Path
@@ -51,17 +52,22 @@ from expman.remote import (
 __all__ = ["sync", "CHUNK_BYTES"]
 
 CHUNK_BYTES = 16 << 20
+PENDING_BYTES = 64 << 20     # queued data sent early past this (metadata still waits)
+PREFETCH_AFTER = 8           # more runs to look at than this: list the whole target once
 STATE_VERSION = 1
 
 
 def sync(base_dir: str | os.PathLike[str] | None, url: str,
          storage_options: dict[str, Any] | None = None, *, verify: bool = False,
-         progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+         progress: Callable[[str, int], None] | None = None,
+         batch: int = 16) -> dict[str, Any]:
     """Copy every run under ``base_dir`` to ``url`` (any fsspec URL or a path),
     sending only what the target lacks. Returns counts: ``runs``, ``objects``
     written, ``bytes_appended`` (append-only files), ``bytes_whole``
     (metadata and artifacts), ``seconds``, ``errors`` (run id -> message).
-    ``progress(path, nbytes)`` is called after each object written."""
+    ``progress(path, nbytes)`` is called after each object written. To object
+    storage, ``batch`` runs go up together (concurrent requests): all their data,
+    then all their metadata."""
     t0 = time.perf_counter()
     base = layout.base_dir(base_dir)
     if not base.is_dir():
@@ -86,18 +92,31 @@ def sync(base_dir: str | os.PathLike[str] | None, url: str,
         if progress is not None:
             progress(path, n)
 
+    todo = []
     for run_dir in layout.iter_run_dirs(base):
         rel = f"{run_dir.parent.name}/{run_dir.name}"
         counts["runs"] += 1
         sig = _signature(run_dir)
-        if state.get(rel) == sig:
-            continue                          # unchanged since it was last synced whole
+        if state.get(rel) != sig:             # else unchanged since it was last synced whole
+            todo.append((run_dir, rel, sig))
+    if len(todo) > PREFETCH_AFTER:
+        target.prefetch()                     # one listing for all, not one per run
+    step = max(1, int(batch))
+    for i in range(0, len(todo), step):
+        group, done = todo[i:i + step], []
+        for run_dir, rel, sig in group:
+            try:
+                _sync_run(run_dir, rel, target, sent)
+                done.append((rel, sig))
+            except OSError as e:
+                errors[rel] = f"{type(e).__name__}: {e}"
         try:
-            _sync_run(run_dir, rel, target, sent)
+            target.flush(sent)                # the group's data, then its metadata
         except OSError as e:
-            errors[rel] = f"{type(e).__name__}: {e}"
+            for rel, _ in done:
+                errors[rel] = f"{type(e).__name__}: {e}"
             continue
-        state[rel] = sig
+        state.update(done)
         if time.perf_counter() - saved > 1.0:      # a shortcut only: no fsync per run
             _save_state(state_path, state)
             saved = time.perf_counter()
@@ -157,7 +176,7 @@ def _sync_run(run_dir: Path, rel: str, target: "_Target",
         if remote.whole.get(name) != size:
             target.put_file(rel, name, src, sent)
     for name in sorted(metas, key=lambda n: n == layout.RUN_FILE):      # run.json last
-        if remote.meta_crc.get(name) != zlib.crc32(metas[name]) or remote.whole.get(name) is None:
+        if remote.whole.get(name) is None or not remote.same_meta(name, metas[name]):
             target.put_bytes(rel, name, metas[name], sent)
 
 
@@ -168,10 +187,22 @@ class _Remote:
         self.whole: dict[str, int] = {}             # path -> size
         self.chunks: dict[str, dict[str, int]] = {}  # append file -> {object: size}
         self.meta_crc: dict[str, int] = {}          # metadata name -> CRC (when known)
+        self.meta_md5: dict[str, str] = {}          # metadata name -> ETag (single PUT: MD5)
+
+    def same_meta(self, name: str, data: bytes) -> bool:
+        if name in self.meta_md5:
+            return hashlib.md5(data).hexdigest() == self.meta_md5[name]
+        return self.meta_crc.get(name) == zlib.crc32(data)
 
 
 class _Target:
     """Where a sync writes: object storage or a path."""
+
+    def prefetch(self) -> None:
+        """List everything at once (a shortcut for many runs)."""
+
+    def flush(self, sent: Callable[[str, int, bool], None]) -> None:
+        """Send what was queued: data first, metadata last."""
 
     def listing(self, rel: str) -> _Remote:
         raise NotImplementedError
@@ -194,15 +225,38 @@ class _ObjectTarget(_Target):
 
     def __init__(self, fs: Any, root: str) -> None:
         self.fs, self.root = fs, root
+        self.listed: dict[str, _Remote] | None = None
+        self.data: dict[str, bytes] = {}
+        self.files: list[tuple[str, str, int]] = []
+        self.metas: dict[str, bytes] = {}
+        self.queued = 0
 
-    def listing(self, rel: str) -> _Remote:
-        out = _Remote()
-        run_root = f"{self.root}/{rel}"
+    def prefetch(self) -> None:
         self.fs.invalidate_cache()
         try:
-            found = self.fs.find(run_root, detail=True)
+            found = self.fs.find(self.root, detail=True)
         except FileNotFoundError:
             found = {}
+        runs: dict[str, dict[str, Any]] = {}
+        for path, info in found.items():
+            parts = path[len(self.root) + 1:].split("/", 2)
+            if len(parts) == 3:
+                runs.setdefault(f"{parts[0]}/{parts[1]}", {})[path] = info
+        self.listed = {rel: self._remote(rel, items) for rel, items in runs.items()}
+
+    def listing(self, rel: str) -> _Remote:
+        if self.listed is not None:
+            return self.listed.get(rel) or _Remote()
+        self.fs.invalidate_cache()
+        try:
+            found = self.fs.find(f"{self.root}/{rel}", detail=True)
+        except FileNotFoundError:
+            found = {}
+        return self._remote(rel, found)
+
+    def _remote(self, rel: str, found: dict[str, Any]) -> _Remote:
+        out = _Remote()
+        run_root = f"{self.root}/{rel}"
         for path, info in found.items():
             r = path[len(run_root) + 1:]
             head, _, _ = r.rpartition("/")
@@ -211,8 +265,33 @@ class _ObjectTarget(_Target):
             else:
                 out.whole[r] = int(info["size"])
                 if r.endswith(".json") and "/" not in r and int(info["size"]) < (1 << 20):
-                    out.meta_crc[r] = zlib.crc32(self.fs.cat_file(path))
+                    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+                    if re.fullmatch(r"[0-9a-f]{32}", etag):
+                        out.meta_md5[r] = etag
+                    else:
+                        out.meta_crc[r] = zlib.crc32(self.fs.cat_file(path))
         return out
+
+    def flush(self, sent: Callable[[str, int, bool], None], data_only: bool = False) -> None:
+        if self.data:
+            batch, self.data, self.queued = self.data, {}, 0
+            self.fs.pipe(batch)                      # concurrent PUTs, each whole or absent
+            for path, data in batch.items():
+                sent(path, len(data), True)
+        if data_only:
+            return
+        if self.files:
+            files, self.files = self.files, []
+            self.fs.put([f[0] for f in files], [f[1] for f in files])
+            for _, path, size in files:
+                sent(path, size, False)
+        metas, self.metas = self.metas, {}
+        for last in (False, True):                   # run.json (what lists a run) last
+            part = {p: d for p, d in metas.items() if p.endswith("/" + layout.RUN_FILE) == last}
+            if part:
+                self.fs.pipe(part)
+                for path, data in part.items():
+                    sent(path, len(data), False)
 
     def append(self, rel: str, name: str, src: Path, remote: _Remote,
                sent: Callable[[str, int, bool], None]) -> None:
@@ -238,22 +317,19 @@ class _ObjectTarget(_Target):
             end = pos + len(data)
             if end == pos:
                 break
-            path = prefix + chunk_name(pos, end, zlib.crc32(data))
-            self.fs.pipe_file(path, data)            # one PUT: whole or absent
-            sent(path, len(data), True)
+            self.data[prefix + chunk_name(pos, end, zlib.crc32(data))] = data
+            self.queued += len(data)
+            if self.queued > PENDING_BYTES:
+                self.flush(sent, data_only=True)
             pos = end
 
     def put_file(self, rel: str, name: str, src: Path,
                  sent: Callable[[str, int, bool], None]) -> None:
-        path = f"{self.root}/{rel}/{name}"
-        self.fs.put_file(str(src), path)
-        sent(path, src.stat().st_size, False)
+        self.files.append((str(src), f"{self.root}/{rel}/{name}", src.stat().st_size))
 
     def put_bytes(self, rel: str, name: str, data: bytes,
                   sent: Callable[[str, int, bool], None]) -> None:
-        path = f"{self.root}/{rel}/{name}"
-        self.fs.pipe_file(path, data)
-        sent(path, len(data), False)
+        self.metas[f"{self.root}/{rel}/{name}"] = data
 
 
 class _PathTarget(_Target):

@@ -49,7 +49,7 @@ def progress(path, nbytes):
     seen.append(path)
     if len(seen) == 5:
         marker.touch()          # the test SIGKILLs us now, while uploads go on
-sync(sys.argv[1], sys.argv[2], progress=progress)
+sync(sys.argv[1], sys.argv[2], progress=progress, batch=2)   # small groups: a kill lands midway
 """
 
 
