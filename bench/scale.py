@@ -67,6 +67,9 @@ def main() -> None:
         points = make_runs(base, 0, args.runs, args.steps)
         print(f"{args.runs} runs, {points:,} points under {root}")
 
+        t0 = time.perf_counter()
+        import pyarrow.parquet  # noqa: F401  (its first import is not the export's cost)
+        print(f"import pyarrow.parquet: {time.perf_counter() - t0:.2f} s")
         lake = root / "lake"
         t0 = time.perf_counter()
         r = export_lake(base, lake)
