@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Mapping
 
-from expman import _core, environment, lifecycle, sysmetrics
+from expman import _core, environment, lifecycle
 from expman._fsutil import atomic_write_json, check_name, check_relative, inside, read_json
 from expman.artifacts import ArtifactCopier
 from expman.errors import (
@@ -64,10 +64,11 @@ class Experiment(_core.Core):
         block_timeout: float = 10.0,
         capture_env: bool = True,
         handle_signals: bool = True,
-        system_metrics: float | bool = sysmetrics.DEFAULT_INTERVAL,
+        system_metrics: float | bool = 10.0,       # sysmetrics.DEFAULT_INTERVAL
     ) -> None:
         self._status = "NEW"
-        self._sampler: sysmetrics.SamplerThread | None = None
+        self._sampler: Any = None
+        from expman import sysmetrics       # on first use: `import expman` stays lean
         sysmetrics.interval_from_option(system_metrics)     # a bad value fails before any I/O
         self._closing = False
         # held for a whole close: a second closer (another thread) waits for the
@@ -314,7 +315,8 @@ class Experiment(_core.Core):
             if self._status != "RUNNING" or (self._closing and not reenter):
                 return
             self._closing = True
-        sysmetrics.stop(self._sampler)      # before the drain: its last row is written too
+        if self._sampler is not None:       # before the drain: its last row is written too
+            self._sampler.stop()
         try:
             self._copier.close()
             self._log_event({"kind": "status", "status": status, "time": time.time(),

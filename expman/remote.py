@@ -128,6 +128,8 @@ def localize(url: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | No
         parts = root.split("/")
         if len(parts) < 2:
             raise RunNotFoundError(f"{text}: a run needs <experiment>/<run> in its URL")
+        if not (_is_name(parts[-2]) and _is_name(parts[-1])):
+            raise RunNotFoundError(f"{text}: {parts[-2]}/{parts[-1]} is not a run folder name")
         local = cache / parts[-2] / parts[-1]
         pull_run(fs, root, local)
         return local
@@ -137,8 +139,19 @@ def localize(url: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | No
     for meta in sorted(found):
         run_root = meta.rsplit("/", 1)[0]
         exp, name = run_root.split("/")[-2:]
+        if not (_is_name(exp) and _is_name(name)):
+            continue                         # a crafted key never leads outside the cache
         pull_run(fs, run_root, cache / exp / name)
     return cache
+
+
+def _is_name(name: str) -> bool:
+    from expman._fsutil import check_name
+    try:
+        check_name("name", name)
+    except ValueError:
+        return False
+    return True
 
 
 def _safe(rel: str) -> bool:

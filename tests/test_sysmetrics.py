@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import inspect
 import subprocess
 import sys
 import threading
@@ -153,6 +154,8 @@ def test_options_off_default_and_bad_values():
     assert sysmetrics.interval_from_option(False) is None
     assert sysmetrics.interval_from_option(0) is None
     assert sysmetrics.interval_from_option(True) == sysmetrics.DEFAULT_INTERVAL == 10.0
+    default = inspect.signature(expman.Experiment.__init__).parameters["system_metrics"].default
+    assert default == sysmetrics.DEFAULT_INTERVAL            # the documented default
     assert sysmetrics.interval_from_option(2) == 2.0
     assert sysmetrics.start_for(FakeRun(), False) is None
     with pytest.raises(ExpmanTypeError, match="system_metrics.*'10s'"):
