@@ -201,3 +201,30 @@ def test_experiment_records_system_series_without_touching_the_step_counter(base
     assert list(cpu.steps) == list(range(len(cpu)))               # sample index
     assert len(cpu) >= 3
     assert list(cpu.times) == sorted(cpu.times)
+
+
+class SideProbe(expman.Experiment):
+    """An Experiment whose side channel records rows in memory: tests the
+    start-at-init / stop-at-close wiring on any core."""
+
+    def _log_side(self, metrics, step):
+        self.side_rows.append((dict(metrics), step))
+
+
+def test_experiment_starts_the_sampler_and_close_stops_it(base):
+    SideProbe.side_rows = []
+    exp = SideProbe("e", base_dir=base, capture_env=False, system_metrics=0.02)
+    try:
+        exp.log_metrics({"loss": 1.0})
+        sampler = exp._sampler
+        assert sampler is not None and sampler.thread.is_alive()
+        wait_for(lambda: len(SideProbe.side_rows) >= 2)
+    finally:
+        exp.close()
+    assert not sampler.thread.is_alive()              # joined by close, before the drain
+    n = len(SideProbe.side_rows)
+    assert [step for _, step in SideProbe.side_rows] == list(range(n))
+    assert exp.last_step == 0                          # the user's counter: one call, step 0
+    off = SideProbe("e", base_dir=base, capture_env=False, system_metrics=False)
+    assert off._sampler is None
+    off.close()
