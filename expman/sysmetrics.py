@@ -238,7 +238,7 @@ def start_for(sink: Sink, option: object) -> SamplerThread | None:
         # advance the user's step counter, so no sampling at all
         return None
     try:
-        import psutil
+        import psutil  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
         sink.warn(f"system metrics are off: psutil is not installed ({INSTALL_HINT})")
         return None
