@@ -12,6 +12,7 @@ import time
 import pytest
 
 import expman
+from conftest import run_python
 from expman import sysmetrics
 from expman.errors import ExpmanTypeError, ExpmanValueError
 
@@ -228,3 +229,15 @@ def test_experiment_starts_the_sampler_and_close_stops_it(base):
     off = SideProbe("e", base_dir=base, capture_env=False, system_metrics=False)
     assert off._sampler is None
     off.close()
+
+
+def test_import_expman_loads_no_sampler_nor_scale_libraries(tmp_path):
+    proc = run_python("""
+        import sys, expman
+        heavy = {"psutil", "pynvml", "fsspec", "s3fs", "duckdb", "pyarrow", "expman.sysmetrics"}
+        assert not heavy & set(sys.modules), heavy & set(sys.modules)
+        expman.Experiment("e", base_dir="runs", capture_env=False, system_metrics=False).close()
+        assert "psutil" not in sys.modules, "a run without system metrics loaded psutil"
+        print("ok")
+    """, cwd=tmp_path)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
