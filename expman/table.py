@@ -71,8 +71,13 @@ def metric_summaries(run_dir: Path) -> dict[str, dict[str, Any]]:
     if _summary is not None and hasattr(_summary, "summarize"):
         try:
             got = _summary.summarize(run_dir)
-            return {str(k): {f: _field(v, f) for f in ("count", *SUMMARY_FIELDS)}
-                    for k, v in dict(got).items()}
+            if isinstance(got, Mapping) and isinstance(got.get("metrics"), Mapping):
+                got = got["metrics"]
+            out = {str(k): {f: _field(v, f) for f in ("count", *SUMMARY_FIELDS)}
+                   for k, v in dict(got).items()}
+            if all(s["count"] is not None and (s["last"] is not None or not s["count"])
+                   for s in out.values()):
+                return out
         except Exception:
             pass                       # a shape or a file it cannot read: decode instead
     from expman.reader import open_run
@@ -85,10 +90,17 @@ def metric_summaries(run_dir: Path) -> dict[str, dict[str, Any]]:
     return {name: s.summary() for name, s in run.metrics.items() if len(s)}
 
 
+_ALIASES = {"last": ("last", "last_value"), "count": ("count", "points"),
+            "min": ("min", "min_value"), "max": ("max", "max_value")}
+
+
 def _field(summary: Any, name: str) -> Any:
-    if isinstance(summary, Mapping):
-        return summary.get(name)
-    return getattr(summary, name, None)
+    """A summary field, by the names expman.summary may give it."""
+    for key in _ALIASES.get(name, (name,)):
+        v = summary.get(key) if isinstance(summary, Mapping) else getattr(summary, key, None)
+        if v is not None:
+            return v
+    return None
 
 
 def run_row(info: Mapping[str, Any], params: Mapping[str, Any],

@@ -92,3 +92,24 @@ def test_env_base_dir_and_bad_format(base, sweep, monkeypatch):
     assert len(runs()) == 5
     with pytest.raises(ExpmanValueError, match="as_ must be one of.*'excel'"):
         runs(base, as_="excel")
+
+
+def test_uses_expman_summary_when_present_and_falls_back_when_unusable(base, sweep, monkeypatch):
+    """expman.summary (kept current by the writer side) saves decoding; a shape
+    this module cannot read falls back to decoding, never to empty columns."""
+    import sys
+    import types
+    calls = []
+    fake = types.ModuleType("expman.summary")
+
+    def summarize(run_dir):
+        calls.append(run_dir)
+        return {"loss": {"count": 1, "last_value": 42.0, "min": 42.0, "max": 42.0}}
+    fake.summarize = summarize
+    monkeypatch.setitem(sys.modules, "expman.summary", fake)
+    monkeypatch.setattr(expman, "summary", fake, raising=False)
+    df = runs(base, experiment="sweep")
+    assert len(calls) == 4 and set(df["metrics.loss.last"]) == {42.0}
+    fake.summarize = lambda run_dir: {"loss": {"something": "else"}}
+    df = runs(base, experiment="sweep")
+    assert df.set_index("id").loc["sweep/r9", "metrics.loss.last"] == 3.0     # decoded
