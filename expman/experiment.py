@@ -50,7 +50,7 @@ class Experiment(_core.Core):
     __slots__ = ("_name", "_run_name", "_run_dir", "_base_dir", "_meta", "_meta_lock",
                  "_params", "_copier", "_env_thread", "_pid", "_fds", "_status",
                  "_closing", "_close_lock", "_on_error",
-                 "_rank", "_world_size", "_meta_name", "_lock", "_muted")
+                 "_rank", "_world_size", "_meta_name", "_lock", "_muted", "_sampler")
 
     def __init__(
         self,
@@ -67,10 +67,14 @@ class Experiment(_core.Core):
         capture_env: bool = True,
         handle_signals: bool = True,
         ranks: Iterable[int] | None = None,
+        system_metrics: float | bool = 10.0,       # sysmetrics.DEFAULT_INTERVAL
     ) -> None:
         self._status = "NEW"
         self._lock: runlock.RunLock | None = None
         self._muted = False
+        self._sampler: Any = None
+        from expman import sysmetrics       # on first use: `import expman` stays lean
+        sysmetrics.interval_from_option(system_metrics)     # a bad value fails before any I/O
         self._closing = False
         # held for a whole close: a second closer (another thread) waits for the
         # first instead of returning before the data is durable
@@ -188,6 +192,8 @@ class Experiment(_core.Core):
         lifecycle.register(self, handle_signals)
         self._log_event({"kind": "status", "status": "RUNNING", "time": now,
                          "resumed": not fresh})
+        if not self._muted:
+            self._sampler = sysmetrics.start_for(self, system_metrics)
         if capture_env:
             self._env_thread = threading.Thread(
                 target=_probe_env, args=(self._run_dir / self._meta_name, self._meta,
@@ -396,6 +402,8 @@ class Experiment(_core.Core):
             if self._status != "RUNNING" or (self._closing and not reenter):
                 return
             self._closing = True
+        if self._sampler is not None:       # before the drain: its last row is written too
+            self._sampler.stop()
         try:
             self._copier.close()
             self._log_event({"kind": "status", "status": status, "time": time.time(),
@@ -456,6 +464,7 @@ class Experiment(_core.Core):
     def _after_fork_child(self) -> None:
         super()._after_fork_child()
         self._status = "FORKED"
+        self._sampler = None
         self._env_thread = None
         if self._lock is not None:
             self._lock.forget_in_child()     # never keep a dead parent's run alive

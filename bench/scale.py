@@ -1,0 +1,170 @@
+"""Figures for docs/scale.md: lake export, DuckDB/Polars over 1,000 runs, sync throughput.
+
+    python bench/scale.py [--runs 1000] [--steps 100] [--sync-mb 64] [--sync-runs 100]
+
+Runs are made in a RAM disk when there is one (/dev/shm): making them is not
+what is measured, and each close fsyncs. The S3 figures are against moto's
+server on 127.0.0.1 in this process: they show the request cost of the layout
+(objects per run, bytes per sync), not a real S3's bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import expman  # noqa: E402
+from expman.lake import export_lake  # noqa: E402
+from expman.sync import sync  # noqa: E402
+
+LRS = [0.1, 0.03, 0.01, 0.003, 0.001]
+
+
+def make_runs(base: Path, start: int, stop: int, steps: int) -> int:
+    points = 0
+    for i in range(start, stop):
+        with expman.Experiment("sweep", f"r{i:05d}", base_dir=base, capture_env=False,
+                               handle_signals=False, system_metrics=False) as exp:
+            exp.log_params({"lr": LRS[i % len(LRS)], "seed": i, "optim": {"name": "adam"}})
+            for s in range(steps):
+                exp.log_metrics({"loss": 1.0 / (s + 1) + (i % 97) * 1e-3,
+                                 "acc": s / steps, "lr_now": LRS[i % len(LRS)]}, step=s)
+            points += 3 * steps
+    return points
+
+
+def timed(fn, repeats: int = 5) -> float:
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--sync-mb", type=int, default=64, help="size of the one big run synced")
+    ap.add_argument("--sync-runs", type=int, default=100, help="small runs synced to S3")
+    args = ap.parse_args()
+    shm = Path("/dev/shm")
+    root = Path(tempfile.mkdtemp(prefix="expman-scale-",
+                                 dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None))
+    os.environ["EXPMAN_CACHE_DIR"] = str(root / "cache")
+    try:
+        base = root / "experiments"
+        points = make_runs(base, 0, args.runs, args.steps)
+        print(f"{args.runs} runs, {points:,} points under {root}")
+
+        t0 = time.perf_counter()
+        import pyarrow.parquet  # noqa: F401  (its first import is not the export's cost)
+        print(f"import pyarrow.parquet: {time.perf_counter() - t0:.2f} s")
+        lake = root / "lake"
+        t0 = time.perf_counter()
+        r = export_lake(base, lake)
+        t = time.perf_counter() - t0
+        print(f"export_lake, first export: {t:.2f} s ({r['new_points'] / t:,.0f} points/s, "
+              f"{args.runs / t:,.0f} runs/s)")
+        t = timed(lambda: export_lake(base, lake), 3)
+        print(f"export_lake, nothing new:  {t:.2f} s")
+        make_runs(base, args.runs, args.runs + 10, args.steps)
+        t0 = time.perf_counter()
+        r = export_lake(base, lake)
+        print(f"export_lake, 10 new runs:  {time.perf_counter() - t0:.2f} s "
+              f"({r['new_points']:,} new points)")
+
+        import duckdb
+        q = f"""
+            with final as (
+                select run, arg_max(value, step) as loss
+                from read_parquet('{lake}/metrics/**/*.parquet', hive_partitioning=true)
+                where metric = 'loss' group by run)
+            select r."params.lr", min(f.loss) from final f
+            join read_parquet('{lake}/runs/**/*.parquet', hive_partitioning=true,
+                              union_by_name=true) r on r.run_name = f.run
+            group by 1 order by 1"""
+        t = timed(lambda: duckdb.sql(q).fetchall())
+        print(f"DuckDB, best final loss per lr over {args.runs + 10} runs: {t * 1e3:.0f} ms")
+        import polars as pl
+        t = timed(lambda: (
+            pl.scan_parquet(f"{lake}/metrics/**/*.parquet", hive_partitioning=True)
+            .filter(pl.col("metric") == "loss").sort("step")
+            .group_by("run").agg(pl.col("value").last())
+            .join(pl.scan_parquet(f"{lake}/runs/**/*.parquet", hive_partitioning=True,
+                                  missing_columns="insert", extra_columns="ignore")
+                  .select("run_name", "params.lr"), left_on="run", right_on="run_name")
+            .group_by("params.lr").agg(pl.col("value").min()).collect()))
+        print(f"Polars, the same query: {t * 1e3:.0f} ms")
+        t = timed(lambda: expman.table.runs(base), 3)
+        print(f"expman.runs() over {args.runs + 10} runs (decodes each run): {t:.2f} s")
+
+        mirror = root / "mirror"
+        t0 = time.perf_counter()
+        r = sync(base, str(mirror))
+        t = time.perf_counter() - t0
+        print(f"sync to a path, {r['runs']} runs: {t:.2f} s "
+              f"({(r['bytes_appended'] + r['bytes_whole']) / t / 1e6:.1f} MB/s)")
+
+        from moto.server import ThreadedMotoServer
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="x",
+                          AWS_SECRET_ACCESS_KEY="x", AWS_DEFAULT_REGION="us-east-1",
+                          NO_PROXY="127.0.0.1,localhost")
+        try:
+            import logging
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)
+            from expman.remote import filesystem
+            fs, _ = filesystem("s3://bench")
+            fs.mkdir("bench")
+            small = root / "small"
+            make_runs(small, 0, args.sync_runs, args.steps)
+            t0 = time.perf_counter()
+            r = sync(small, "s3://bench/small")
+            t = time.perf_counter() - t0
+            print(f"sync to S3 (moto), {args.sync_runs} small runs: {t:.2f} s "
+                  f"({args.sync_runs / t:.0f} runs/s, {r['objects']} objects)")
+            big = root / "big"
+            with expman.Experiment("big", "r", base_dir=big, capture_env=False,
+                                   system_metrics=False) as exp:
+                vals = {f"m{k:02d}": 0.5 for k in range(20)}
+                while (big / "big" / "r" / "metrics.bin").stat().st_size < args.sync_mb << 20:
+                    for _ in range(20000):
+                        exp.log_metrics(vals)
+                    exp.flush()
+            size = (big / "big" / "r" / "metrics.bin").stat().st_size
+            t0 = time.perf_counter()
+            sync(big, "s3://bench/big")
+            t = time.perf_counter() - t0
+            print(f"sync to S3 (moto), one run of {size / 1e6:.0f} MB: {t:.2f} s "
+                  f"({size / t / 1e6:.1f} MB/s)")
+            with expman.Experiment("big", "r", base_dir=big, resume=True, capture_env=False,
+                                   system_metrics=False) as exp:
+                for _ in range(1000):
+                    exp.log_metrics(vals)
+            t0 = time.perf_counter()
+            r = sync(big, "s3://bench/big")
+            print(f"sync again after 1,000 more rows: {time.perf_counter() - t0:.3f} s, "
+                  f"{r['bytes_appended']:,} bytes appended, {r['bytes_whole']:,} whole")
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Every run as one row of a table: ``expman.runs(...)``.
+
+A sweep of a thousand runs is a question about a table (which learning rate
+gave the best final loss?), so this gives pandas, polars or pyarrow directly:
+
+    df = expman.runs("experiments", experiment="sweep")
+    df.groupby("params.lr")["metrics.loss.last"].min()
+
+Columns: ``id``, ``experiment``, ``run_name``, ``status`` (CRASHED included),
+``start_time``, ``end_time``, ``duration`` (Unix seconds / seconds), ``points``,
+``exit_reason``, ``path``; then ``params.<key>`` with nested dicts flattened
+(``params.optim.lr``); then ``metrics.<name>.last``, ``.min``, ``.max`` (NaN
+ignored by min/max). A column whose values mix types across runs holds their
+JSON text, so every column has one type.
+
+Read side only: no dataframe library is imported until a table is asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from expman import layout
+from expman.errors import ExpmanValueError
+
+__all__ = ["runs", "FORMATS", "flatten_params", "to_frame"]
+
+FORMATS = ("pandas", "polars", "arrow")
+RUN_COLUMNS = ("id", "experiment", "run_name", "status", "start_time", "end_time", "duration",
+               "points", "exit_reason", "path")
+SUMMARY_FIELDS = ("last", "min", "max")
+_NONFINITE = {layout.NAN: float("nan"), layout.POS_INF: float("inf"),
+              layout.NEG_INF: float("-inf")}
+
+
+def runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | None = None,
+         status: str | Iterable[str] | None = None, *, as_: str = "pandas") -> Any:
+    """One row per run under ``base_dir`` (explicit, $EXPMAN_DIR, ./experiments;
+    or a URL that ``expman sync`` wrote), with the same filters as ``list_runs``;
+    ``as_`` is "pandas", "polars" or "arrow"."""
+    check_format(as_)
+    from expman.reader import list_runs
+    from expman.remote import is_url, localize
+    if base_dir is not None and is_url(base_dir):
+        base_dir = localize(base_dir)          # s3://...: a synced copy, read locally
+    rows = []
+    for s in list_runs(layout.base_dir(base_dir), experiment, status, metrics=False):
+        summaries = metric_summaries(s.path)
+        rows.append(run_row(s.to_dict(), s.params, summaries,
+                            sum(int(m.get("count") or 0) for m in summaries.values())))
+    return to_frame(rows, as_)
+
+
+def check_format(as_: object) -> str:
+    if as_ not in FORMATS:
+        raise ExpmanValueError(f"as_ must be one of {', '.join(map(repr, FORMATS))}, got {as_!r}")
+    return str(as_)
+
+
+def metric_summaries(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per metric: count, last, min, max. From ``expman.summary`` when present
+    (kept current by the writer side), else by decoding the run."""
+    try:
+        from expman import summary as _summary  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        _summary = None
+    if _summary is not None and hasattr(_summary, "summarize"):
+        try:
+            got = _summary.summarize(run_dir)
+            if isinstance(got, Mapping) and isinstance(got.get("metrics"), Mapping):
+                got = got["metrics"]
+            out = {str(k): {f: _field(v, f) for f in ("count", *SUMMARY_FIELDS)}
+                   for k, v in dict(got).items()}
+            if all(s["count"] is not None and (s["last"] is not None or not s["count"])
+                   for s in out.values()):
+                return out
+        except Exception:
+            pass                       # a shape or a file it cannot read: decode instead
+    from expman.reader import open_run
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")           # damage: what survives still summarises
+        try:
+            run = open_run(run_dir, salvage=True)
+        except (OSError, ValueError):
+            return {}
+    return {name: s.summary() for name, s in run.metrics.items() if len(s)}
+
+
+_ALIASES = {"last": ("last", "last_value"), "count": ("count", "points"),
+            "min": ("min", "min_value"), "max": ("max", "max_value")}
+
+
+def _field(summary: Any, name: str) -> Any:
+    """A summary field, by the names expman.summary may give it."""
+    for key in _ALIASES.get(name, (name,)):
+        v = summary.get(key) if isinstance(summary, Mapping) else getattr(summary, key, None)
+        if v is not None:
+            return v
+    return None
+
+
+def run_row(info: Mapping[str, Any], params: Mapping[str, Any],
+            summaries: Mapping[str, Mapping[str, Any]], points: int) -> dict[str, Any]:
+    """A table row from ``RunSummary.to_dict()``-shaped info, params and summaries."""
+    exit_info = info.get("exit")
+    row: dict[str, Any] = {
+        "id": info.get("id"), "experiment": info.get("experiment"),
+        "run_name": info.get("run_name"), "status": info.get("status"),
+        "start_time": info.get("start_time"), "end_time": info.get("end_time"),
+        "duration": info.get("duration"), "points": points,
+        "exit_reason": exit_info.get("reason") if isinstance(exit_info, dict) else None,
+        "path": str(info.get("path")) if info.get("path") is not None else None,
+    }
+    for k, v in flatten_params(params).items():
+        row["params." + k] = v
+    for name, s in summaries.items():
+        for f in SUMMARY_FIELDS:
+            v = s.get(f)
+            row[f"metrics.{name}.{f}"] = None if v is None else float(v)
+    return row
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys: ``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten_params(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _column(values: list[Any]) -> list[Any]:
+    """One type per column: numbers stay numbers (with NaN/inf spelled back into
+    floats), bools and strings stay themselves, a mix becomes JSON text."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return values
+    if all(isinstance(v, bool) for v in present) or all(isinstance(v, str) for v in present):
+        return values
+
+    def number(v: Any) -> bool:
+        return (isinstance(v, (int, float)) and not isinstance(v, bool)) or v in _NONFINITE
+    if all(number(v) for v in present):
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in present) and \
+                all(-(1 << 63) <= v < (1 << 63) for v in present):
+            return values
+        return [None if v is None else _NONFINITE.get(v, v) if isinstance(v, str) else float(v)
+                for v in values]
+    import orjson
+    return [None if v is None else v if isinstance(v, str) else
+            orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode() for v in values]
+
+
+def columns_of(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows as typed columns: run columns first, then params, then metrics, sorted."""
+    names = set().union(*rows) if rows else set()
+    extra = sorted(names - set(RUN_COLUMNS),
+                   key=lambda n: (not n.startswith("params."), n))
+    return {n: _column([r.get(n) for r in rows]) for n in (*RUN_COLUMNS, *extra)}
+
+
+def to_frame(rows: list[dict[str, Any]], as_: str) -> Any:
+    """Rows as a pandas or polars DataFrame, or a pyarrow Table."""
+    check_format(as_)
+    cols = columns_of(rows)
+    if as_ == "pandas":
+        from expman.reader import _need
+        pd = _need("pandas", "pandas")
+        return pd.DataFrame(cols, columns=list(cols))
+    if as_ == "polars":
+        from expman.reader import _need
+        pl = _need("polars", "polars")
+        return pl.DataFrame(cols, strict=False)
+    return arrow_table(cols)
+
+
+def arrow_table(cols: dict[str, list[Any]]) -> Any:
+    from expman.reader import _need
+    pa = _need("pyarrow", "arrow")
+    return pa.table({k: pa.array(v) for k, v in cols.items()})

@@ -1,0 +1,264 @@
+"""sync to object storage (a real moto S3 server on 127.0.0.1) and to a path:
+live runs, SIGKILL mid-upload, resume, byte-for-byte copies, reading back from s3://."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import expman
+from expman import remote
+from expman.sync import sync
+
+pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LIVE_WRITER = """
+import sys, time, pathlib, expman
+base, stop, art = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+with expman.Experiment("live", "r1", base_dir=base, capture_env=False, flush_interval=0.01,
+                       system_metrics=False) as exp:
+    exp.log_params({"lr": 0.1, "depth": 3})
+    exp.save_artifact(art)
+    i = 0
+    while not stop.exists():
+        exp.log_metrics({"loss": 1.0 / (i + 1), "acc": i * 1e-3})
+        if i % 200 == 0:
+            exp.info(f"step {i}")
+        if i % 10 == 0:
+            time.sleep(0.001)       # a training loop's pace, not a disk benchmark
+        i += 1
+"""
+
+KILLABLE_SYNC = """
+import sys, pathlib
+from expman.sync import sync
+marker, seen = pathlib.Path(sys.argv[3]), []
+def progress(path, nbytes):
+    seen.append(path)
+    if len(seen) == 5:
+        marker.touch()          # the test SIGKILLs us now, while uploads go on
+sync(sys.argv[1], sys.argv[2], progress=progress, batch=2)   # small groups: a kill lands midway
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server, monkeypatch, tmp_path):
+    """A fresh bucket; credentials and endpoint in the standard AWS_* variables."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    name = "b" + uuid.uuid4().hex[:12]
+    fs, _ = remote.filesystem(f"s3://{name}")
+    fs.mkdir(name)
+    return name
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def wait_for(cond, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.01)
+
+
+def run_files(run_dir: Path) -> dict[str, bytes]:
+    return {p.relative_to(run_dir).as_posix(): p.read_bytes()
+            for p in sorted(run_dir.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+
+
+def assert_exact_copy(base: Path, copy: Path) -> None:
+    local = {f"{d.parent.name}/{d.name}" for d in base.glob("*/*") if (d / "run.json").is_file()}
+    copied = {f"{d.parent.name}/{d.name}" for d in copy.glob("*/*") if (d / "run.json").is_file()}
+    assert copied == local
+    for rid in sorted(local):
+        assert run_files(copy / rid) == run_files(base / rid), rid
+
+
+def make_finished(base: Path, n: int, points: int = 400) -> None:
+    art = base.parent / "weights.bin"
+    art.write_bytes(os.urandom(50_000))
+    for i in range(n):
+        with expman.Experiment("done", f"r{i:02d}", base_dir=base, capture_env=False,
+                               system_metrics=False) as exp:
+            exp.log_params({"lr": 10.0 ** -i, "i": i})
+            for step in range(points):
+                exp.log_metrics({"loss": 1.0 / (step + 1), "i": float(i)}, step=step)
+            exp.info(f"run {i}")
+            if i % 10 == 0:
+                exp.save_artifact(art)
+
+
+def test_live_run_sync_killed_midway_then_resumed_is_an_exact_copy(bucket, tmp_path):
+    base = tmp_path / "experiments"
+    make_finished(base, 12)
+    url = f"s3://{bucket}/team/experiments"
+    stop, art = tmp_path / "stop", tmp_path / "config.yaml"
+    art.write_text("lr: 0.1\n")
+    writer = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(base), str(stop), str(art)],
+                              env=child_env())
+    try:
+        metrics = base / "live" / "r1" / "metrics.bin"
+        wait_for(lambda: metrics.exists() and metrics.stat().st_size > 4096, what="live data")
+
+        # 1. a sync killed with SIGKILL in the middle of its uploads
+        marker = tmp_path / "uploading"
+        killed = subprocess.Popen([sys.executable, "-c", KILLABLE_SYNC, str(base), url,
+                                   str(marker)], env=child_env())
+        wait_for(lambda: marker.exists() or killed.poll() is not None, what="first uploads")
+        killed.send_signal(signal.SIGKILL)
+        assert killed.wait(30) == -signal.SIGKILL, "the sync ended before it could be killed"
+
+        # what a reader sees now is consistent: a run.json never points past the data
+        partial = remote.localize(url, cache_dir=tmp_path / "partial")
+        seen = [d for d in partial.glob("*/*") if (d / "run.json").is_file()]
+        assert len(seen) < 13                               # it was stopped midway
+        for d in seen:
+            run = expman.open_run(d)
+            if run.meta["status"] == "FINISHED":
+                assert run.integrity["rows"] == run.meta["stats"]["written"], d
+                assert run.integrity["torn_bytes"] == 0
+
+        # 2. sync again while the run is live: resumes where the kill left it
+        live = sync(base, url)
+        assert live["errors"] == {} and live["runs"] == 13
+    finally:
+        stop.touch()
+        assert writer.wait(60) == 0
+    # 3. the run has ended: one more sync, and the copy is exact, byte for byte
+    final = sync(base, url)
+    assert final["bytes_appended"] > 0                       # the live run's tail
+    copy = remote.localize(url, cache_dir=tmp_path / "fresh")
+    assert_exact_copy(base, copy)
+    assert sync(base, url, verify=True)["objects"] == 0      # nothing left to send
+
+    # 4. read it back through the URL
+    run = expman.open_run(remote.localize(f"{url}/live/r1"))        # one run by its URL
+    here = expman.open_run(base / "live" / "r1")
+    assert run.status == "FINISHED" and run.params == {"lr": 0.1, "depth": 3}
+    assert list(run.metrics["loss"].values) == list(here.metrics["loss"].values)
+    assert [a["name"] for a in run.artifacts] == ["config.yaml"]
+    listed = expman.list_runs(remote.localize(url, cache_dir=copy))   # a refresh: no chunk re-read
+    assert sorted(r.id for r in listed) == sorted(r.id for r in expman.list_runs(base))
+
+
+def test_only_appended_bytes_are_sent(bucket, tmp_path):
+    base = tmp_path / "experiments"
+    make_finished(base, 2, points=50)
+    url = f"s3://{bucket}/x"
+    first = sync(base, url)
+    assert first["objects"] > 0
+    assert sync(base, url)["objects"] == 0                   # unchanged: nothing sent
+    run_dir = base / "done" / "r01"
+    sizes = {n: (run_dir / n).stat().st_size for n in ("metrics.bin", "events.jsonl")}
+    with expman.Experiment("done", "r01", base_dir=base, resume=True, capture_env=False,
+                           system_metrics=False) as exp:
+        for step in range(50, 80):
+            exp.log_metrics({"loss": -1.0}, step=step)
+    growth = sum((run_dir / n).stat().st_size - s for n, s in sizes.items())
+    again = sync(base, url)
+    assert again["bytes_appended"] == growth                 # exactly the new bytes
+    metas = (run_dir / "run.json").stat().st_size
+    assert again["bytes_whole"] == metas                     # params unchanged: not re-sent
+    fs, root = remote.filesystem(url)
+    chunks = fs.ls(f"{root}/done/r01/metrics.bin.chunks")
+    assert len(chunks) == 2                                  # the old chunk and the new one
+    assert_exact_copy(base, remote.localize(url))
+
+
+def test_a_cut_tail_is_resent(bucket, tmp_path):
+    """A crash leaves a torn frame; the resumed run cuts it and writes on. The
+    synced copy follows the file, not the bytes it once had."""
+    base = tmp_path / "experiments"
+    make_finished(base, 1, points=30)
+    url = f"s3://{bucket}/cut"
+    metrics = base / "done" / "r00" / "metrics.bin"
+    with open(metrics, "ab") as f:
+        f.write(bytes(4096))           # space a crash allocated but never filled: a torn tail
+    sync(base, url)
+    with expman.Experiment("done", "r00", base_dir=base, resume=True, capture_env=False,
+                           system_metrics=False) as exp:
+        exp.log_metrics({"loss": 0.5}, step=99)
+    sync(base, url)
+    copy = remote.localize(url)
+    assert_exact_copy(base, copy)
+    assert expman.open_run(copy / "done" / "r00").metrics["loss"].last == 0.5
+
+
+def test_sync_to_a_path_is_a_plain_run_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    base, mirror = tmp_path / "experiments", tmp_path / "mnt" / "shared"
+    make_finished(base, 3, points=40)
+    assert sync(base, str(mirror))["errors"] == {}
+    assert_exact_copy(base, mirror)
+    assert remote.localize(f"file://{mirror}") == mirror
+    run_dir = base / "done" / "r02"
+    before = (run_dir / "metrics.bin").stat().st_size
+    with expman.Experiment("done", "r02", base_dir=base, resume=True, capture_env=False,
+                           system_metrics=False) as exp:
+        exp.log_metrics({"loss": 0.1}, step=100)
+    again = sync(base, str(mirror))
+    grown = (run_dir / "metrics.bin").stat().st_size - before
+    assert grown > 0 and again["bytes_appended"] >= grown
+    assert_exact_copy(base, mirror)
+    assert expman.open_run(mirror / "done" / "r02").metrics["loss"].last == 0.1
+
+
+def test_errors_name_what_is_wrong(bucket, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no base dir"):
+        sync(tmp_path / "nothing", str(tmp_path / "out"))
+    with pytest.raises(expman.errors.RunNotFoundError, match=f"nothing at s3://{bucket}/nope"):
+        remote.localize(f"s3://{bucket}/nope")
+
+
+def test_cli_module(tmp_path, monkeypatch, capsys):
+    import json
+
+    from expman import sync_cmd
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    base = tmp_path / "experiments"
+    make_finished(base, 2, points=10)
+    parser = argparse.ArgumentParser(prog="expman")
+    sync_cmd.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["sync", str(base), str(tmp_path / "copy"), "--json"])
+    assert args.func(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["runs"] == 2 and printed["objects"] > 0
+    assert_exact_copy(base, tmp_path / "copy")
