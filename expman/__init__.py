@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from expman.export import export_run
     from expman.layout import resolve_run
     from expman.reader import Metrics, Run, RunSummary, Series, list_runs, open_run
+    from expman.table import runs
     from expman.tail import RunTail
     from expman.verify import verify_run
 
@@ -45,7 +46,7 @@ _LAZY = {"Experiment": "experiment",
          "Metrics": "reader", "Run": "reader", "RunSummary": "reader", "Series": "reader",
          "list_runs": "reader", "open_run": "reader", "RunTail": "tail",
          "verify_run": "verify", "export_run": "export", "disk_usage": "disk",
-         "resolve_run": "layout"}
+         "resolve_run": "layout", "runs": "table"}
 _READER_NAMES = set(_LAZY)
 
 
@@ -65,7 +66,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "Experiment", "init", "current", "log_metrics", "log_params", "info", "warn", "error",
     "save_artifact", "close", "open_run", "list_runs", "Run", "RunSummary", "Series",
-    "Metrics", "RunTail", "verify_run", "export_run", "disk_usage", "resolve_run",
+    "Metrics", "RunTail", "verify_run", "export_run", "disk_usage", "resolve_run", "runs",
     "ExpmanError", "ExpmanTypeError", "ExpmanValueError", "RunClosedError",
     "RunExistsError", "RunLockedError", "RunNotFoundError", "WriterError", "CorruptRunError",
     "__version__",

@@ -129,10 +129,7 @@ def runs_to_clean(base: str | os.PathLike[str] | None = None, *, experiment: str
 
 
 def _writer_alive(run_dir: Path) -> bool:
-    try:
-        from expman.runlock import is_locked  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return False
+    from expman.layout import is_locked       # any rank's writer lock held
     return bool(is_locked(run_dir))
 
 

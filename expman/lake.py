@@ -54,7 +54,7 @@ LAKE_VERSION = 1
 
 
 def _pa() -> Any:
-    from expman.reader import _need
+    from expman.series import need as _need
     _need("pyarrow", "lake")
     import pyarrow as pa
     import pyarrow.parquet  # noqa: F401  (registers pa.parquet)

@@ -29,7 +29,7 @@ from expman.layout import (
     RUNNING, rank_file, stream_status,
 )
 
-__all__ = ["RankState", "Outcome", "logging_ranks", "rank_states", "run_outcome", "open_rank",
+__all__ = ["RankState", "Outcome", "describe_ranks", "logging_ranks", "rank_states", "run_outcome", "open_rank",
            "ranks_frame"]
 
 _PRIORITY = (RUNNING, CRASHED, FAILED, KILLED, FINISHED)
@@ -191,3 +191,28 @@ def _read_events(path: Path) -> list[dict[str, Any]]:
         return parse_event_lines(read_regular(path))[0]
     except FileNotFoundError:
         return []
+
+
+def describe_ranks(spec: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The run's status over its ranks as plain data (what ``--json`` prints)."""
+    from expman._fsutil import read_json
+    from expman.layout import resolve_run
+
+    path = resolve_run(spec, base)
+    meta = read_json(path / RUN_FILE)
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path / RUN_FILE} is not a JSON object")
+    out = run_outcome(meta, path) if world_size(meta) > 1 else None
+    if out is None:
+        from expman.layout import effective_status
+        status = effective_status(meta, path)
+        state = RankState(0, status, meta.get("pid"), meta.get("host"), meta.get("exit"))
+        states, rank, why = [state], None, None
+        if status not in (RUNNING, FINISHED):
+            rank, why = 0, state.why
+    else:
+        status, states, rank, why = out.status, out.ranks, out.rank, out.why
+    return {"path": str(path), "status": status, "world_size": world_size(meta), "rank": rank,
+            "why": why,
+            "ranks": [{"rank": s.rank, "status": s.status, "pid": s.pid, "host": s.host,
+                       "why": s.why} for s in states]}

@@ -164,8 +164,9 @@ def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
              rank: int | None = None) -> Run:
     """Read a run folder: metadata, params, events, and metrics as columns.
 
-    ``path`` is a run folder or a run spec under the base dir (``exp/latest``,
-    ``exp/run_name``, a unique prefix; see ``resolve_run``). ``duplicates=None``
+    ``path`` is a run folder, a URL of one synced by ``expman sync``, or a run
+    spec under the base dir (``exp/latest``, ``exp/run_name``, a unique prefix;
+    see ``resolve_run``). ``duplicates=None``
     keeps every record as logged (duplicate and out-of-order steps included);
     ``"last"``, ``"first"`` or ``"mean"`` gives one value per step, sorted by
     step. ``salvage=True`` keeps the frames after damage in the middle.
@@ -173,6 +174,7 @@ def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
     ``rank=r`` reads rank r's streams and status (expman.ranks).
     """
     check_duplicates(duplicates, allow_none=True)
+    path = _local(path)
     if rank:
         from expman.ranks import open_rank
         where = Path(os.fspath(path))     # a rank may open before rank 0 wrote run.json
@@ -286,11 +288,12 @@ def _summary_of(run_dir: Path, metrics: bool) -> RunSummary:
 def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | None = None,
               status: str | Iterable[str] | None = None, *, metrics: bool = True,
               limit: int | None = None) -> list[RunSummary]:
-    """Runs under base_dir (see ``layout.base_dir``), newest first; filter by
+    """Runs under base_dir (see ``layout.base_dir``; a URL synced by ``expman sync``
+    is read through a local cache), newest first; filter by
     experiment and status (one name or several; CRASHED included). A damaged run
     is listed with ``damaged`` saying why. ``metrics=False`` skips the last
     metric values; ``limit`` reads metrics only for the runs returned."""
-    base = _base(base_dir)
+    base = _base(_local(base_dir) if base_dir is not None else None)
     if isinstance(status, str):
         wanted = {status.upper()}
     else:
@@ -312,6 +315,15 @@ def _with_metrics(r: RunSummary) -> RunSummary:
     last, points = _last_values(r.path)
     from dataclasses import replace
     return replace(r, last_metrics=last, points=points)
+
+
+def _local(target: str | os.PathLike[str]) -> str | os.PathLike[str]:
+    """A URL (``s3://bucket/runs``, see ``expman sync``) as a local cached copy."""
+    from expman.remote import is_url
+    if is_url(target):
+        from expman.remote import localize
+        return localize(target)
+    return target
 
 
 def _base(explicit: str | os.PathLike[str] | None) -> Path:

@@ -171,17 +171,17 @@ def to_frame(rows: list[dict[str, Any]], as_: str) -> Any:
     check_format(as_)
     cols = columns_of(rows)
     if as_ == "pandas":
-        from expman.reader import _need
+        from expman.series import need as _need
         pd = _need("pandas", "pandas")
         return pd.DataFrame(cols, columns=list(cols))
     if as_ == "polars":
-        from expman.reader import _need
+        from expman.series import need as _need
         pl = _need("polars", "polars")
         return pl.DataFrame(cols, strict=False)
     return arrow_table(cols)
 
 
 def arrow_table(cols: dict[str, list[Any]]) -> Any:
-    from expman.reader import _need
+    from expman.series import need as _need
     pa = _need("pyarrow", "arrow")
     return pa.table({k: pa.array(v) for k, v in cols.items()})

@@ -179,7 +179,7 @@ def test_damaged_and_bad_inputs_are_reported(tmp_path, capsys):
 
 
 def test_cli_module(tmp_path, capsys):
-    from expman import lake_cmd
+    from expman.cli import lake as lake_cmd
     base = tmp_path / "experiments"
     make_sweep(base, 0, 3)
     parser = argparse.ArgumentParser(prog="expman")

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import expman
-from expman import launcher, ranks, ranks_cli, runlock
+from expman import launcher, ranks, runlock
+from expman.cli import ranks as ranks_cli
 from expman.errors import ExpmanTypeError, ExpmanValueError, RunExistsError, RunLockedError
 
 HERE = Path(__file__).parent

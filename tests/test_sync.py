@@ -251,7 +251,7 @@ def test_errors_name_what_is_wrong(bucket, tmp_path):
 def test_cli_module(tmp_path, monkeypatch, capsys):
     import json
 
-    from expman import sync_cmd
+    from expman.cli import sync as sync_cmd
     monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
     base = tmp_path / "experiments"
     make_finished(base, 2, points=10)

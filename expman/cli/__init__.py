@@ -35,7 +35,8 @@ from expman.series import DUPLICATES
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 
-COMMANDS = ("demo", "list", "show", "export", "tail", "compare", "verify", "du", "clean")
+COMMANDS = ("demo", "list", "show", "export", "tail", "compare", "verify", "du", "clean",
+            "ranks", "export-lake", "sync")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, metavar="N",
                    help="always keep the newest N runs of each experiment")
     p.add_argument("--yes", action="store_true", help="remove for real (default: dry run)")
+
+    from expman.cli import lake, ranks, sync     # leaves with parsers of their own
+    for leaf in (ranks, lake, sync):
+        leaf.add_parser(sub)
     return parser
 
 
