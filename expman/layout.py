@@ -37,6 +37,13 @@ def rank_file(name: str, rank: int | None) -> str:
     return f"{stem}.rank{rank}.{suffix}"
 
 
+def is_machine_local(name: str) -> bool:
+    """Files that mean something only on the machine that wrote them (the writer
+    locks): never copied by sync or export."""
+    stem, _, suffix = name.rpartition(".")
+    return f"{stem.split('.rank')[0]}.{suffix}" == LOCK_FILE
+
+
 # ---- statuses -------------------------------------------------------------------------------
 RUNNING, FINISHED, FAILED, KILLED, CRASHED = "RUNNING", "FINISHED", "FAILED", "KILLED", "CRASHED"
 STATUSES = (RUNNING, FINISHED, FAILED, KILLED, CRASHED)

@@ -140,14 +140,15 @@ def _signature(run_dir: Path) -> list[Any]:
 
 
 def _files(run_dir: Path) -> list[str]:
-    """Relative paths of the run's files; temp files (dot names) and symlinks skipped."""
+    """Relative paths of the run's files; temp files (dot names), symlinks and the
+    writer locks (meaningful only on the writer's machine) skipped."""
     found = []
     for dirpath, dirnames, filenames in os.walk(run_dir):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")
                        and not os.path.islink(os.path.join(dirpath, d))]
         for name in filenames:
             full = os.path.join(dirpath, name)
-            if name.startswith(".") or os.path.islink(full):
+            if name.startswith(".") or os.path.islink(full) or layout.is_machine_local(name):
                 continue
             found.append(os.path.relpath(full, run_dir).replace(os.sep, "/"))
     return found

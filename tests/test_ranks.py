@@ -133,7 +133,7 @@ def test_failed_rank_fails_the_run_and_says_which(base, as_rank):
     ranks_cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(["ranks", "exp/job-1", "--base-dir", str(base)])
     buf = io.StringIO()
-    assert args.run_command(args, buf) == 1
+    assert args.func(args, buf) == 1
     lines = buf.getvalue().splitlines()
     assert lines[0].endswith("FAILED  (2 ranks)") and "because: rank 1" in lines[1]
     assert lines[3].split()[:2] == ["0", "FINISHED"] and lines[4].split()[:2] == ["1", "FAILED"]
