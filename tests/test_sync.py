@@ -100,8 +100,11 @@ def wait_for(cond, timeout: float = 60.0, what: str = "condition") -> None:
 
 
 def run_files(run_dir: Path) -> dict[str, bytes]:
+    """A run's files, less the writer locks (machine-local: never synced)."""
+    from expman.layout import is_machine_local
     return {p.relative_to(run_dir).as_posix(): p.read_bytes()
-            for p in sorted(run_dir.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+            for p in sorted(run_dir.rglob("*")) if p.is_file() and not p.name.startswith(".")
+            and not is_machine_local(p.name)}
 
 
 def assert_exact_copy(base: Path, copy: Path) -> None:
