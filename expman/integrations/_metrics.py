@@ -15,6 +15,8 @@ __all__ = ["as_number", "split_logs"]
 
 def as_number(value: Any) -> float | None:
     """value as a float if it is a real number (Python, numpy, a 0-d tensor), else None."""
+    if type(value) is float:                    # the common case, without the ABC check
+        return value
     if isinstance(value, Real):                 # bool and int included: both are Real
         return float(value)
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
