@@ -15,3 +15,17 @@ def require(module: str) -> ModuleType:
     if os.environ.get("CI") == "true":
         return importlib.import_module(module)
     return pytest.importorskip(module)
+
+
+def require_installed(module: str) -> None:
+    """Like ``require`` without importing the module here (a subprocess will)."""
+    import importlib.util
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if found:
+        return
+    if os.environ.get("CI") == "true":
+        raise ModuleNotFoundError(f"{module} is not installed (CI installs every extra)")
+    pytest.skip(f"{module} is not installed")

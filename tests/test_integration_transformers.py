@@ -70,8 +70,8 @@ def trained(tmp_path_factory):
                               capture_env=False)
     trainer = tiny_trainer(tmp / "out", callback)
     trainer.train()
-    return trainer, callback, expman.open_run(callback._handle.base_dir / "bert-tiny"
-                                              / callback._handle.run_name)
+    assert callback.experiment.status == "FINISHED"      # reading it does not reopen the run
+    return trainer, callback, expman.open_run(callback.experiment.run_dir)
 
 
 def test_values_equal_log_history(trained):

@@ -40,6 +40,11 @@ class RunHandle:
     def opened(self) -> bool:
         return self._exp is not None
 
+    @property
+    def current(self) -> Experiment | None:
+        """The Experiment as it is (open or closed), without opening one."""
+        return self._exp
+
     def get(self) -> Experiment:
         """The open run: opened now if it never was, reopened if this handle closed it."""
         exp = self._exp

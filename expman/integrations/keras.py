@@ -58,8 +58,8 @@ class ExpmanCallback(keras.callbacks.Callback):  # type: ignore[misc]
 
     @property
     def experiment(self) -> Experiment | None:
-        """The run being logged into, once ``fit`` began (None before)."""
-        return self._handle.get() if self._handle.opened else None
+        """The run logged into, once ``fit`` began (None before); closed again after training."""
+        return self._handle.current
 
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
         exp = self._handle.get()

@@ -52,8 +52,8 @@ class ExpmanCallback(TrainerCallback):  # type: ignore[misc]
 
     @property
     def experiment(self) -> Experiment | None:
-        """The run being logged into, once training began (None before, and on other processes)."""
-        return self._handle.get() if self._handle.opened else None
+        """The run logged into once training began (None before, and on other processes)."""
+        return self._handle.current
 
     def _run(self, args: Any) -> Experiment:
         handle = self._handle
