@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
-import sys
+import signal
 from argparse import Namespace
 from pathlib import Path
 
@@ -36,7 +35,8 @@ pytestmark = [
 class TinyRegressor(pl.LightningModule):
     """y = Xw + noise, one Linear layer; fails at ``fail_at_step`` when asked."""
 
-    def __init__(self, lr: float = 0.05, optim: dict | None = None, fail_at_step: int = -1) -> None:
+    def __init__(self, lr: float = 0.05, optim: dict | None = None, fail_at_step: int = -1,
+                 interrupt_at_step: int = -1) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.layer = torch.nn.Linear(4, 1)
@@ -44,6 +44,8 @@ class TinyRegressor(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         if self.global_step == self.hparams.fail_at_step:
             raise RuntimeError("boom at step %d" % self.global_step)
+        if self.global_step == self.hparams.interrupt_at_step:
+            raise KeyboardInterrupt
         x, y = batch
         loss = torch.nn.functional.mse_loss(self.layer(x), y)
         self.log("train_loss", loss, on_step=True, on_epoch=True)
@@ -118,7 +120,7 @@ def test_fit_values_equal_csvlogger(fitted):
 
 def test_hyperparams_flattened_like_lightning(fitted):
     run = fitted[3]
-    assert run.params == {"lr": 0.05, "fail_at_step": -1, "optim/name": "sgd",
+    assert run.params == {"lr": 0.05, "fail_at_step": -1, "interrupt_at_step": -1, "optim/name": "sgd",
                           "optim/nesterov": False, "optim/betas": [0.9, 0.99]}
 
 
@@ -154,6 +156,20 @@ def test_failed_fit_records_the_exception(tmp_path):
     assert run.meta["exit"]["type"] == "RuntimeError"
     assert "boom at step 3" in run.meta["exit"]["message"]
     assert len(run.metrics["train_loss_step"]) == 3
+
+
+def test_ctrl_c_during_fit_is_failed_with_keyboardinterrupt(tmp_path):
+    """Lightning catches Ctrl-C, finalizes its loggers with "failed", then exits 1."""
+    logger = ExpmanLogger("tiny", save_dir=tmp_path / "experiments", capture_env=False)
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):
+            trainer(logger, tmp_path).fit(TinyRegressor(interrupt_at_step=2), loader())
+    finally:
+        signal.signal(signal.SIGINT, sigint)      # Lightning ignores further Ctrl-C
+    run = expman.open_run(logger.log_dir)
+    assert run.status == "FAILED" and run.meta["exit"]["type"] == "KeyboardInterrupt"
+    assert len(run.metrics["train_loss_step"]) == 2
 
 
 def test_finalize_status_mapping(make_run, base):

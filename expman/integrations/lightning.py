@@ -85,7 +85,7 @@ class ExpmanLogger(_Logger):  # type: ignore[misc, valid-type]
         """The run name. On rank zero, asking before anything was logged opens the run, so a
         generated name is known (``ModelCheckpoint`` broadcasts rank zero's folder)."""
         if self._handle.run_name is None and rank_zero_only.rank == 0:
-            return self.experiment.run_name
+            return str(self.experiment.run_name)
         return self._handle.run_name or ""
 
     @property
