@@ -140,7 +140,8 @@ def transformers_variants(steps: int, root: Path) -> dict[str, Callable[[], floa
             dataloader_num_workers=0)
         trainer = transformers.Trainer(model=Linear(), args=args, train_dataset=data,
                                        callbacks=make_callbacks(out))
-        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # no log lines on stdout
+        # no log line printed per step
+        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
         timer = Timer()
         trainer.add_callback(timer)
         trainer.train()

@@ -120,7 +120,8 @@ def test_fit_values_equal_csvlogger(fitted):
 
 def test_hyperparams_flattened_like_lightning(fitted):
     run = fitted[3]
-    assert run.params == {"lr": 0.05, "fail_at_step": -1, "interrupt_at_step": -1, "optim/name": "sgd",
+    assert run.params == {"lr": 0.05, "fail_at_step": -1, "interrupt_at_step": -1,
+                          "optim/name": "sgd",
                           "optim/nesterov": False, "optim/betas": [0.9, 0.99]}
 
 
@@ -173,7 +174,8 @@ def test_ctrl_c_during_fit_is_failed_with_keyboardinterrupt(tmp_path):
 
 
 def test_finalize_status_mapping(make_run, base):
-    for status, expected in [("success", "FINISHED"), ("finished", "FINISHED"), ("failed", "FAILED")]:
+    for status, expected in [("success", "FINISHED"), ("finished", "FINISHED"),
+                             ("failed", "FAILED")]:
         logger = ExpmanLogger("map", status, save_dir=base, capture_env=False)
         logger.log_metrics({"x": 1.0}, step=0)
         logger.finalize(status)
@@ -186,7 +188,8 @@ def test_finalize_status_mapping(make_run, base):
 def test_run_passed_in_is_used_and_left_open(make_run, tmp_path):
     exp = make_run("mine")
     logger = ExpmanLogger(experiment=exp)
-    assert (logger.name, logger.version, Path(logger.log_dir)) == ("mine", exp.run_name, exp.run_dir)
+    assert (logger.name, logger.version) == ("mine", exp.run_name)
+    assert Path(logger.log_dir) == exp.run_dir
     trainer(logger, tmp_path, max_epochs=1, limit_train_batches=2,
             limit_val_batches=0).fit(TinyRegressor(), loader())
     assert exp.status == "RUNNING"
@@ -257,7 +260,8 @@ def test_works_with_pytorch_lightning_alone(tmp_path):
             def configure_optimizers(self):
                 return torch.optim.SGD(self.parameters(), lr=0.1)
 
-        data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(8, 2)), batch_size=4)
+        data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(8, 2)),
+                                           batch_size=4)
         logger = ExpmanLogger("pl", "only", save_dir={str(tmp_path)!r}, capture_env=False)
         pl.Trainer(logger=logger, max_epochs=1, log_every_n_steps=1, enable_progress_bar=False,
                    enable_checkpointing=False, enable_model_summary=False).fit(M(), data)

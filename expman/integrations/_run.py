@@ -61,7 +61,7 @@ class RunHandle:
 
         A run the user passed in is left open: its ``with`` block or ``close()``
         decides. FAILED records the exception being handled when there is one
-        (Lightning and Keras call their end hooks inside ``except``), the same
+        (Lightning calls ``finalize("failed")`` inside its ``except``), the same
         way a ``with Experiment(...)`` block records it; expman's own policy
         then applies (a KeyboardInterrupt is FAILED; KILLED is SIGTERM's).
         """
@@ -78,7 +78,8 @@ class RunHandle:
             exp.close(FAILED)
 
 
-def save_checkpoint(exp: Experiment, path: str | os.PathLike[str], prefix: str = "checkpoints") -> list[Path]:
+def save_checkpoint(exp: Experiment, path: str | os.PathLike[str],
+                    prefix: str = "checkpoints") -> list[Path]:
     """Copy a checkpoint file, or every file of a checkpoint folder, into the run's artifacts.
 
     Stored as ``artifacts/<prefix>/<name>`` (a folder keeps its inner layout); a

@@ -29,7 +29,7 @@ def _import_lightning() -> tuple[Any, Any, Any]:
     """(Logger, rank_zero_experiment, rank_zero_only) of the Lightning package in use."""
     order = ["lightning.pytorch", "pytorch_lightning"]
     if "pytorch_lightning" in sys.modules and "lightning.pytorch" not in sys.modules:
-        order.reverse()         # the user's code imported pytorch_lightning: its Trainer checks its Logger
+        order.reverse()     # the script imported pytorch_lightning: its Trainer checks its Logger
     for package in order:
         try:
             logger_mod = __import__(f"{package}.loggers.logger", fromlist=["Logger"])
@@ -106,7 +106,8 @@ class ExpmanLogger(_Logger):  # type: ignore[misc, valid-type]
     @property
     @rank_zero_experiment
     def experiment(self) -> Experiment:
-        """The open expman ``Experiment`` (reopened if ``finalize`` closed it and Lightning logs again)."""
+        """The open expman ``Experiment`` (reopened if ``finalize`` closed it and Lightning
+        logs again)."""
         return self._handle.get()
 
     # ---- logging ----------------------------------------------------------------------------
@@ -156,8 +157,9 @@ class ExpmanLogger(_Logger):  # type: ignore[misc, valid-type]
         best = getattr(checkpoint_callback, "best_model_path", "")
         if best:
             score = getattr(checkpoint_callback, "best_model_score", None)
-            exp.info(f"best checkpoint: {Path(best).name}"
-                     + (f" ({checkpoint_callback.monitor}={float(score)!r})" if score is not None else ""))
+            monitored = (f" ({checkpoint_callback.monitor}={float(score)!r})"
+                         if score is not None else "")
+            exp.info(f"best checkpoint: {Path(best).name}{monitored}")
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
