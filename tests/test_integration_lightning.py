@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import pickle
 import signal
 from argparse import Namespace
 from pathlib import Path
@@ -226,6 +227,19 @@ def test_log_hyperparams_namespace_dataclass_omegaconf(base):
     assert expman.open_run(logger.log_dir).params == {
         "cfg/model/width": 8, "cfg/model/depth": 8, "data/root": "/data", "data/sizes": [1, 2],
         "act": "ReLU", "seed": 3, "stages/0/lr": 0.1, "stages/1/lr": 0.01}
+
+
+def test_pickles_until_the_run_is_opened(base):
+    """Lightning's spawn launchers pickle the Trainer, loggers included."""
+    logger = ExpmanLogger("pickled", "one", save_dir=base, capture_env=False)
+    copy = pickle.loads(pickle.dumps(logger))
+    copy.log_metrics({"loss": 1.0}, step=0)          # the copy opens the run itself
+    copy.finalize("success")
+    assert expman.open_run(copy.log_dir).status == "FINISHED"
+    assert copy.experiment.status == "RUNNING"       # Lightning logging again reopens it
+    with pytest.raises(expman.ExpmanTypeError, match="pickled/one is already open"):
+        pickle.dumps(copy)
+    copy.finalize("success")
 
 
 def test_prefix_and_save_dir_from_env(monkeypatch, tmp_path):

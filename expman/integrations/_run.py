@@ -36,6 +36,20 @@ class RunHandle:
                          else Path(os.path.abspath(base_dir(base))))
         self._options = options
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (Lightning's spawn launchers pickle the Trainer) until the run is opened.
+
+        A run is held by one process (an OS lock), so a copy in another process
+        could not write it; the spawned process opens the run itself.
+        """
+        if self._exp is not None:
+            from expman.errors import ExpmanTypeError
+            raise ExpmanTypeError(
+                f"cannot pickle a logger whose run {self.name}/{self.run_name} is already open "
+                "in this process: create the logger (and leave it unused) before the processes "
+                "start, so the process that logs opens the run")
+        return dict(self.__dict__)
+
     @property
     def opened(self) -> bool:
         return self._exp is not None
