@@ -1,0 +1,6 @@
+"""Bridges from training frameworks into expman, one leaf module per framework.
+
+Each module imports its framework inside itself, so ``import expman`` (and
+``import expman.integrations``) never loads one: ``lightning`` (ExpmanLogger),
+``transformers`` (ExpmanCallback), ``keras`` (ExpmanCallback). docs/integrations.md.
+"""

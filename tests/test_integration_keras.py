@@ -1,0 +1,78 @@
+"""ExpmanCallback in a real Keras 3 fit on the torch backend, checked against History."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from frameworks import require
+
+os.environ["KERAS_BACKEND"] = "torch"       # before keras is first imported
+require("torch")
+keras = require("keras")
+import numpy as np  # noqa: E402
+
+import expman  # noqa: E402
+from expman.integrations.keras import ExpmanCallback  # noqa: E402
+
+# another test module importing keras first would have fixed another backend
+assert keras.backend.backend() == "torch", keras.backend.backend()
+
+pytestmark = [
+    # Keras 3.15's torch Variable.__array__ under numpy 2 (inside optimizer.get_config)
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"
+                               ":DeprecationWarning"),
+]
+
+
+def tiny_model() -> "keras.Model":
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(1)], name="tiny")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01), loss="mse", metrics=["mae"])
+    return model
+
+
+def data(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    return x, x @ np.array([[1.0], [-2.0], [0.5], [3.0]], dtype="float32")
+
+
+def test_epoch_values_equal_history(base):
+    model = tiny_model()
+    cb = ExpmanCallback("keras", "fit", base_dir=base, log_batches=True, capture_env=False)
+    x, y = data()
+    history = model.fit(x, y, epochs=3, batch_size=16, validation_split=0.25, verbose=0,
+                        callbacks=[cb])
+    run = expman.open_run(base / "keras" / "fit")
+    assert run.status == "FINISHED"
+    assert set(history.history) == {"loss", "mae", "val_loss", "val_mae"}
+    for key, values in history.history.items():
+        assert list(run.metrics[key].steps) == [0, 1, 2]
+        assert list(run.metrics[key].values) == [float(v) for v in values], key
+    # 48 training rows / 16 = 3 batches an epoch, numbered across epochs
+    assert list(run.metrics["batch/loss"].steps) == list(range(9))
+    assert run.metrics["batch/loss"].values[2] == pytest.approx(history.history["loss"][0])
+    p = run.params
+    assert p["model/name"] == "tiny" and p["model/count_params"] == model.count_params() == 49
+    assert p["optimizer/name"] == "adam" and p["optimizer/learning_rate"] == pytest.approx(0.01)
+    assert p["fit/epochs"] == 3 and p["fit/steps"] == 3
+
+
+def test_run_passed_in_stays_open_and_batches_every_n(make_run):
+    exp = make_run("keras")
+    x, y = data()
+    tiny_model().fit(x, y, epochs=2, batch_size=16, verbose=0,
+                     callbacks=[ExpmanCallback(experiment=exp, log_batches=3)])
+    assert exp.status == "RUNNING"
+    exp.close()
+    run = expman.open_run(exp.run_dir)
+    assert list(run.metrics["batch/loss"].steps) == [2, 5]
+    assert list(run.metrics["loss"].steps) == [0, 1]
+
+
+def test_bad_log_batches_names_the_value():
+    with pytest.raises(expman.ExpmanValueError, match="log_batches.*-1"):
+        ExpmanCallback(log_batches=-1)
