@@ -44,7 +44,7 @@ class Experiment(_core.Core):
     One process writes a run at a time (``RunLockedError`` otherwise). Under a
     launcher (torchrun, SLURM), every rank opens one shared run and writes its
     own streams; ``ranks=[0]`` lets only the listed ranks write (expman.launcher,
-    docs/scale-ranks.md).
+    docs/scale.md).
     """
 
     __slots__ = ("_name", "_run_name", "_run_dir", "_base_dir", "_meta", "_meta_lock",
