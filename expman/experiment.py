@@ -319,8 +319,10 @@ class Experiment(_core.Core):
         self._stop()                         # drain, fsync, join the writer
         self._close_fds()
         error = self._pending_error()
-        if self._env_thread is not None:
-            self._env_thread.join(timeout=5)
+        env_thread = self._env_thread
+        if env_thread is not None and env_thread is not threading.current_thread():
+            # a finalizer may run this close inside the probe thread itself: never join it
+            env_thread.join(timeout=5)
         stats = self.stats()
         now = time.time()
         with self._meta_lock:
@@ -381,11 +383,16 @@ def _probe_env(run_dir: Path, meta: dict[str, Any], lock: threading.RLock, cwd: 
         extra = {"probe_error": repr(e)}
     with lock:
         meta["env"].update(extra)
-        if meta.get("status") == "RUNNING":
-            try:
+        if meta.get("status") != "RUNNING":
+            return              # the final write at close carries it
+        try:
+            atomic_write_json(run_dir / RUN_FILE, meta)
+            if meta.get("status") != "RUNNING":
+                # the GC closed the run in this very thread (the lock is reentrant)
+                # while we wrote: our RUNNING copy may have landed after the final one
                 atomic_write_json(run_dir / RUN_FILE, meta)
-            except OSError:
-                pass            # the final write at close carries it
+        except OSError:
+            pass                # the final write at close carries it
 
 
 def _prepare_resume(metrics: Path) -> tuple[dict[str, int], int | None, int]:
