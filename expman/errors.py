@@ -15,6 +15,7 @@ __all__ = [
     "WriterError",
     "CorruptRunError",
     "RunNotFoundError",
+    "UnsafePathError",
 ]
 
 
@@ -51,3 +52,8 @@ class CorruptRunError(ExpmanError, ValueError):
 
 class RunNotFoundError(ExpmanError, FileNotFoundError):
     """No run folder matches a path or a run spec (``exp/latest``, a name prefix)."""
+
+
+class UnsafePathError(ExpmanError, OSError):
+    """A file expman writes in a run folder is a symlink (or another non-regular
+    file): it is never written through. Carries ``errno`` and ``filename``."""

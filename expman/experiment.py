@@ -246,22 +246,24 @@ class Experiment(_core.Core):
                          "msg": msg if isinstance(msg, str) else str(msg)})
 
     def save_artifact(self, path: str | os.PathLike[str], name: str | None = None) -> Path:
-        """Copy a file into ``artifacts/`` as it is now; returns the stored path.
+        """Copy a file or a whole folder into ``artifacts/`` as it is now; returns
+        the stored path.
 
-        Small files are copied at once; large ones without blocking (see
-        expman.artifacts for how the snapshot is guaranteed).
+        Saving a name again keeps both: the later one is stored as ``name.v2``
+        (then ``.v3``, ...). Small files are copied at once; large files and
+        folders without blocking (see expman.artifacts for how the snapshot is
+        guaranteed); ``close()`` waits for them.
         """
         self._check_open()
         src = Path(os.fspath(path))
-        if not src.is_file():
-            raise FileNotFoundError(2, f"save_artifact: no such file: {src}", str(src))
-        rel = check_relative("artifact name", name if name is not None else src.name)
+        if not src.is_file() and not src.is_dir():
+            raise FileNotFoundError(2, f"save_artifact: no such file or folder: {src}", str(src))
+        rel = check_relative("artifact name", name if name is not None else src.resolve().name)
         root = self._run_dir / ARTIFACTS_DIR
         dst = root / rel
         if not inside(root, dst.parent) or not inside(self._run_dir, dst.parent):
             raise ExpmanValueError(f"artifact name {rel!r} leaves the artifacts folder")
-        self._copier.save(src, dst, rel)
-        return dst
+        return self._copier.save(src, root, rel)
 
     def _emit_from_thread(self, event: dict[str, Any]) -> None:
         if self._status == "RUNNING" or self._closing:
