@@ -71,8 +71,8 @@ def _refuse_link(path: Path | str) -> None:
         return
     reparse = getattr(st, "st_file_attributes", 0) & getattr(stat, "FILE_ATTRIBUTE_REPARSE_POINT", 0)
     if stat.S_ISLNK(st.st_mode) or reparse:
-        raise UnsafePathError(errno.ELOOP, f"refusing to open {path}: it is a symlink; expman "
-                              "never writes through a link inside a run folder", str(path))
+        raise UnsafePathError(errno.ELOOP, "refusing to open a symlink in a run folder (expman "
+                              "never writes through a link)", str(path))
 
 
 def open_nofollow(path: Path | str, flags: int, mode: int = 0o644) -> int:
@@ -87,7 +87,8 @@ def open_nofollow(path: Path | str, flags: int, mode: int = 0o644) -> int:
     try:
         fd = os.open(path, flags | _OPEN_FLAGS, mode)
     except OSError as e:
-        if e.errno in (errno.ELOOP, errno.EMLINK) or (e.errno != errno.ENOENT and os.path.islink(path)):
+        if e.errno in (errno.ELOOP, errno.EMLINK) or (
+                e.errno not in (errno.ENOENT, errno.EEXIST) and os.path.islink(path)):
             _refuse_link(path)
         raise
     try:
@@ -97,8 +98,8 @@ def open_nofollow(path: Path | str, flags: int, mode: int = 0o644) -> int:
         raise
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise UnsafePathError(errno.EINVAL, f"refusing to open {path}: not a regular file",
-                              str(path))
+        raise UnsafePathError(errno.EINVAL, "refusing to open a run file that is not a regular "
+                              "file (a FIFO or a device)", str(path))
     return fd
 
 

@@ -7,6 +7,7 @@ unchanged, so a call goes straight into C with no Python frame in between.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 import warnings
@@ -15,23 +16,21 @@ from types import TracebackType
 from typing import Any, Mapping
 
 from expman import _core, environment, lifecycle
-from expman._fsutil import atomic_write_json, check_name, check_relative, inside, read_json
+from expman._fsutil import (
+    atomic_write_json, check_name, check_relative, inside, open_nofollow, read_json,
+)
 from expman.artifacts import ArtifactCopier
 from expman.errors import (
     CorruptRunError, ExpmanTypeError, ExpmanValueError, RunClosedError, RunExistsError,
+    UnsafePathError,
+)
+from expman.layout import (
+    ARTIFACTS_DIR, EVENTS_FILE, HEARTBEAT_INTERVAL, METRICS_FILE, PARAMS_FILE, RUN_FILE,
+    STATUSES, parse_event_lines,
 )
 from expman.params import to_json
 
 __all__ = ["Experiment", "STATUSES"]
-
-STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED", "CRASHED")
-METRICS_FILE = "metrics.bin"
-EVENTS_FILE = "events.jsonl"
-RUN_FILE = "run.json"
-PARAMS_FILE = "params.json"
-ARTIFACTS_DIR = "artifacts"
-HEARTBEAT_INTERVAL = 10.0
-_O_BINARY = getattr(os, "O_BINARY", 0)
 
 
 def _new_run_name() -> str:
@@ -112,7 +111,7 @@ class Experiment(_core.Core):
         self._copier = ArtifactCopier(self._emit_from_thread)
         self._env_thread: threading.Thread | None = None
         try:
-            keys, last_step, sizes = self._open_files(fresh=created)
+            keys, last_step, sizes, seq_base = self._open_files(fresh=created)
             now = time.time()
             if created:
                 self._meta = {
@@ -139,7 +138,7 @@ class Experiment(_core.Core):
                         buffer_size=buffer_size, flush_interval=flush_interval,
                         heartbeat_interval=HEARTBEAT_INTERVAL, on_full=on_full,
                         on_error=on_error, block_timeout=block_timeout,
-                        keys=keys, last_step=last_step)
+                        keys=keys, last_step=last_step, seq_base=seq_base)
         except BaseException:
             self._close_fds()
             if created:
@@ -158,28 +157,40 @@ class Experiment(_core.Core):
             self._env_thread.start()
 
     # ---- files ----------------------------------------------------------------
-    def _open_files(self, fresh: bool) -> tuple[dict[str, int] | None, int | None, tuple[int, int]]:
-        flags = os.O_WRONLY | os.O_CREAT | _O_BINARY | getattr(os, "O_CLOEXEC", 0)
-        os.makedirs(self._run_dir / ARTIFACTS_DIR, exist_ok=True)
+    def _open_files(
+            self, fresh: bool) -> tuple[dict[str, int] | None, int | None, tuple[int, int], int]:
+        """Open metrics.bin and events.jsonl without following links (a link planted
+        in the folder never makes expman write outside it); on resume, cut torn tails.
+        Returns keys, last step, sizes, and the number of records already logged
+        (events' ``seq`` goes on from it)."""
+        artifacts = self._run_dir / ARTIFACTS_DIR
+        os.makedirs(artifacts, exist_ok=True)
+        if not stat.S_ISDIR(os.lstat(artifacts).st_mode):
+            raise UnsafePathError(20, "refusing to use the artifacts folder: it is a symlink "
+                                  "(expman never writes through a link)", str(artifacts))
         metrics = self._run_dir / METRICS_FILE
         events = self._run_dir / EVENTS_FILE
         keys = last_step = None
-        if fresh:
-            fd = os.open(metrics, flags | os.O_TRUNC, 0o644)
+        seq_base = 0
+        if fresh:                           # the folder was just made by an exclusive mkdir
+            excl = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+            fd = open_nofollow(metrics, excl)
             self._fds.append(fd)
             os.write(fd, _core.file_header())
             msize = _core.HEADER_SIZE
-        else:
-            keys, last_step, msize = _prepare_resume(metrics)
-            fd = os.open(metrics, flags, 0o644)
+            fd = open_nofollow(events, excl)
             self._fds.append(fd)
-            os.lseek(fd, msize, os.SEEK_SET)
-        fd = os.open(events, flags, 0o644)
+            return keys, last_step, (msize, 0), seq_base
+        fd = open_nofollow(metrics, os.O_RDWR | os.O_CREAT)
         self._fds.append(fd)
-        esize = _events_good_size(events) if not fresh else 0
+        keys, last_step, msize, seq_base = _prepare_resume(fd, metrics)
+        os.lseek(fd, msize, os.SEEK_SET)
+        fd = open_nofollow(events, os.O_RDWR | os.O_CREAT)
+        self._fds.append(fd)
+        esize, last_seq = _events_good_size(fd)
         os.ftruncate(fd, esize)
         os.lseek(fd, esize, os.SEEK_SET)
-        return keys, last_step, (msize, esize)
+        return keys, last_step, (msize, esize), max(seq_base, last_seq)
 
     def _close_fds(self) -> None:
         for fd in self._fds:
@@ -272,6 +283,7 @@ class Experiment(_core.Core):
     def _check_open(self) -> None:
         if self._status != "RUNNING" or self._closing:
             raise RunClosedError(f"run {self._name}/{self._run_name} is {self._status.lower()}")
+
 
     # ---- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> "Experiment":
@@ -397,13 +409,26 @@ def _probe_env(run_dir: Path, meta: dict[str, Any], lock: threading.RLock, cwd: 
             pass                # the final write at close carries it
 
 
-def _prepare_resume(metrics: Path) -> tuple[dict[str, int], int | None, int]:
-    """Key table and last step of an existing metrics file; cut a torn tail first."""
-    if not metrics.exists() or metrics.stat().st_size < _core.HEADER_SIZE:
-        with open(metrics, "wb") as f:
-            f.write(_core.file_header())
-        return {}, None, _core.HEADER_SIZE
-    data = metrics.read_bytes()
+def _read_fd(fd: int) -> bytes:
+    """The whole file behind fd, read from its start."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 24)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _prepare_resume(fd: int, metrics: Path) -> tuple[dict[str, int], int | None, int, int]:
+    """Key table, last step, good size and record count of an existing metrics file
+    (opened without following links); a torn tail is cut first."""
+    data = _read_fd(fd)
+    if len(data) < _core.HEADER_SIZE:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, _core.file_header())
+        return {}, None, _core.HEADER_SIZE, 0
     columns, keys, report = _core.decode_metrics(data)
     if report["corrupt_bytes"]:
         raise CorruptRunError(
@@ -412,18 +437,26 @@ def _prepare_resume(metrics: Path) -> tuple[dict[str, int], int | None, int]:
             "`open_run(path, salvage=True)` reads what survives; start a new run to go on")
     end = report["end"]
     if end < len(data):
-        os.truncate(metrics, end)
+        os.ftruncate(fd, end)
     last = max((max(c[0]) for c in columns.values() if len(c[0])), default=None)
-    return {name: kid for kid, name in keys.items()}, last, end
+    return {name: kid for kid, name in keys.items()}, last, end, int(report["rows"])
 
 
-def _events_good_size(path: Path) -> int:
-    """Length up to the last complete line (a crash may tear the last one)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return 0
-    return data.rfind(b"\n") + 1
+def _events_good_size(fd: int) -> tuple[int, int]:
+    """Length up to the last complete line (a crash may tear the last one), and
+    the largest ``seq`` recorded so far."""
+    data = _read_fd(fd)
+    used = data.rfind(b"\n") + 1
+    end = used
+    for _ in range(64):         # seq only grows: the last readable line has the largest
+        start = data.rfind(b"\n", 0, max(end - 1, 0)) + 1
+        events, _, _ = parse_event_lines(data[start:end])
+        if events and isinstance(events[0].get("seq"), int) and events[0]["seq"] >= 0:
+            return used, events[0]["seq"]
+        if start == 0:
+            break
+        end = start
+    return used, 0
 
 
 def _makedirs(path: Path) -> list[Path]:
