@@ -32,7 +32,7 @@ def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
     current().log_metrics(metrics, step)
 
 
-def log_params(params: Mapping[str, Any]) -> None:
+def log_params(params: Mapping[str, Any] | object) -> None:
     current().log_params(params)
 
 

@@ -21,14 +21,14 @@ from expman._fsutil import (
 )
 from expman.artifacts import ArtifactCopier
 from expman.errors import (
-    CorruptRunError, ExpmanTypeError, ExpmanValueError, RunClosedError, RunExistsError,
+    CorruptRunError, ExpmanValueError, RunClosedError, RunExistsError,
     UnsafePathError,
 )
 from expman.layout import (
     ARTIFACTS_DIR, EVENTS_FILE, HEARTBEAT_INTERVAL, METRICS_FILE, PARAMS_FILE, RUN_FILE,
     STATUSES, parse_event_lines,
 )
-from expman.params import to_json
+from expman.params import to_params
 
 __all__ = ["Experiment", "STATUSES"]
 
@@ -230,12 +230,13 @@ class Experiment(_core.Core):
                 f"{self._status} at {getattr(self, '_run_dir', '?')}>")
 
     # ---- logging besides metrics ---------------------------------------------------
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        """Merge params (top-level keys replace) and rewrite params.json atomically."""
-        if not isinstance(params, Mapping):
-            raise ExpmanTypeError(f"log_params: expected a dict, got {type(params).__name__}")
+    def log_params(self, params: Mapping[str, Any] | object) -> None:
+        """Merge params (top-level keys replace) and rewrite params.json atomically.
+
+        Takes a dict, any Mapping (an OmegaConf/Hydra config), a dataclass or an
+        argparse.Namespace, and the same nested at any depth (expman.params)."""
+        converted = to_params(params)
         self._check_open()
-        converted = to_json(dict(params), "params")
         with self._meta_lock:
             self._params.update(converted)
             atomic_write_json(self._run_dir / PARAMS_FILE, self._params)
