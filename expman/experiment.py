@@ -28,9 +28,14 @@ from expman.layout import (
     ARTIFACTS_DIR, EVENTS_FILE, HEARTBEAT_INTERVAL, METRICS_FILE, PARAMS_FILE, RUN_FILE,
     STATUSES, parse_event_lines,
 )
+from expman.layout import base_dir as _resolve_base_dir
 from expman.params import to_params
 
-__all__ = ["Experiment", "STATUSES"]
+__all__ = ["Experiment", "STATUSES", "MANY_METRIC_NAMES"]
+
+# More distinct metric names than this is almost always a name built from the step
+# (f"loss_{step}"): each one becomes a series. Warned once, with the count.
+MANY_METRIC_NAMES = 10_000
 
 
 def _new_run_name() -> str:
@@ -47,13 +52,13 @@ class Experiment(_core.Core):
 
     __slots__ = ("_name", "_run_name", "_run_dir", "_base_dir", "_meta", "_meta_lock",
                  "_params", "_copier", "_env_thread", "_pid", "_fds", "_status",
-                 "_closing", "_close_lock", "_on_error")
+                 "_closing", "_close_lock", "_on_error", "_warned_keys")
 
     def __init__(
         self,
         name: str,
         run_name: str | None = None,
-        base_dir: str | os.PathLike[str] = "./experiments",
+        base_dir: str | os.PathLike[str] | None = None,
         *,
         resume: bool = False,
         flush_interval: float = 0.2,
@@ -70,6 +75,7 @@ class Experiment(_core.Core):
         # first instead of returning before the data is durable
         self._close_lock = threading.RLock()
         self._on_error = on_error
+        self._warned_keys = False
         self._fds: list[int] = []
         self._pid = os.getpid()
         self._name = check_name("experiment name", name)
@@ -79,7 +85,8 @@ class Experiment(_core.Core):
             raise ExpmanValueError(f"flush_interval must be in [0.001, 60] s, got {flush_interval!r}")
         if buffer_size < 64 << 10:
             raise ExpmanValueError(f"buffer_size must be at least 64 KiB, got {buffer_size!r}")
-        self._base_dir = Path(os.path.abspath(os.fspath(base_dir)))
+        # one rule everywhere (expman.layout): explicit, then $EXPMAN_DIR, then ./experiments
+        self._base_dir = Path(os.path.abspath(_resolve_base_dir(base_dir)))
         exp_dir = self._base_dir / self._name
         made = _makedirs(exp_dir)           # removed again if the start fails
         if not inside(self._base_dir, exp_dir) or (
@@ -254,6 +261,8 @@ class Experiment(_core.Core):
         self._message("error", msg)
 
     def _message(self, level: str, msg: object) -> None:
+        if not self._warned_keys and self._status == "RUNNING":
+            self._check_metric_names()
         self._log_event({"kind": "message", "level": level, "time": time.time(),
                          "msg": msg if isinstance(msg, str) else str(msg)})
 
@@ -284,7 +293,24 @@ class Experiment(_core.Core):
     def _check_open(self) -> None:
         if self._status != "RUNNING" or self._closing:
             raise RunClosedError(f"run {self._name}/{self._run_name} is {self._status.lower()}")
+        self._check_metric_names()
 
+    def _check_metric_names(self, count: int | None = None) -> None:
+        """Warn once when a run holds more than MANY_METRIC_NAMES distinct metric names.
+
+        Checked off the hot path: log_metrics is the compiled method itself, so
+        the count is looked at by the other methods and at close."""
+        if self._warned_keys:
+            return
+        if count is None:
+            count = self.stats()["keys"]
+        if count > MANY_METRIC_NAMES:
+            self._warned_keys = True
+            warnings.warn(
+                f"expman: run {self._name}/{self._run_name} has {count} distinct metric names "
+                f"(more than {MANY_METRIC_NAMES}); a name built from the step (f'loss_{{step}}') "
+                "makes one series per step: log {'loss': x} with step=step instead",
+                RuntimeWarning, stacklevel=3)
 
     # ---- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> "Experiment":
@@ -339,6 +365,7 @@ class Experiment(_core.Core):
             # a finalizer may run this close inside the probe thread itself: never join it
             env_thread.join(timeout=5)
         stats = self.stats()
+        self._check_metric_names(stats["keys"])
         now = time.time()
         with self._meta_lock:
             self._meta.update(status=status, end_time=now, exit=exit_info, stats=stats,
