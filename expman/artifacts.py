@@ -149,6 +149,7 @@ class ArtifactCopier:
         self._thread: threading.Thread | None = None
         self._idle = threading.Condition(self._lock)
         self._reserved: set[Path] = set()
+        self._root: Path | None = None
         self.failures: list[str] = []
 
     # ---- the call --------------------------------------------------------------------------
@@ -160,6 +161,7 @@ class ArtifactCopier:
         if not is_dir and not stat.S_ISREG(st.st_mode):
             raise ExpmanValueError(f"save_artifact: {src} is neither a file nor a folder")
         files = _snapshot_dir(src) if is_dir else None
+        self._root = root
         dst, version = self._reserve(root, name)
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -269,15 +271,15 @@ class ArtifactCopier:
         os.replace(side_tmp, side)
         import hashlib
         self._record({"kind": "artifact", "name": name, "type": "dir",
-                      "path": _rel(dst), "version": version, "source": str(src),
+                      "path": self._rel(dst), "version": version, "source": str(src),
                       "files": len(manifest), "size": sum(m["size"] for m in manifest),
-                      "manifest": _rel(side), "sha256": hashlib.sha256(body).hexdigest(),
+                      "manifest": self._rel(side), "sha256": hashlib.sha256(body).hexdigest(),
                       "method": "copy", "consistent": consistent, "time": time.time()})
 
     def _finish_file(self, src: Path, tmp: Path, dst: Path, name: str, version: int,
                      size: int, sha: str, consistent: bool, how: str) -> None:
         os.replace(tmp, dst)
-        self._record({"kind": "artifact", "name": name, "type": "file", "path": _rel(dst),
+        self._record({"kind": "artifact", "name": name, "type": "file", "path": self._rel(dst),
                       "version": version, "source": str(src), "size": size, "sha256": sha,
                       "method": how, "consistent": consistent, "time": time.time()})
 
@@ -288,6 +290,11 @@ class ArtifactCopier:
                         "msg": f"artifact {event['name']!r} changed while it was being copied; "
                                "the stored copy may mix old and new content"})
 
+    def _rel(self, dst: Path) -> str:
+        """``artifacts/...``: the stored path relative to the run folder, '/'-separated."""
+        assert self._root is not None
+        return f"{ARTIFACTS_DIR}/{dst.relative_to(self._root).as_posix()}"
+
     def close(self) -> None:
         """Wait for every pending copy. Called from the copier's own thread (a GC
         finalizer can run there), it returns at once: that thread is already
@@ -295,13 +302,6 @@ class ArtifactCopier:
         with self._lock:
             while self._thread is not None and self._thread is not threading.current_thread():
                 self._idle.wait()
-
-
-def _rel(dst: Path) -> str:
-    """``artifacts/...`` relative path of a stored artifact, '/'-separated."""
-    parts = dst.parts
-    i = len(parts) - 1 - parts[::-1].index(ARTIFACTS_DIR)
-    return "/".join(parts[i:])
 
 
 # ---- verification (the read side calls this from verify_run) ------------------------------------

@@ -36,7 +36,9 @@ def test_saving_a_name_again_keeps_every_version(make_run, tmp_path: Path) -> No
     for content in (b"first", b"second!", b"third..."):
         src.write_bytes(content)
         stored.append(exp.save_artifact(src))
+    nested = exp.save_artifact(src, "artifacts/model.pt")    # a subfolder named artifacts
     exp.close()
+    assert nested == exp.run_dir / "artifacts" / "artifacts" / "model.pt"
     assert [p.name for p in stored] == ["model.pt", "model.pt.v2", "model.pt.v3"]
     assert [p.read_bytes() for p in stored] == [b"first", b"second!", b"third..."]
     evs = artifact_events(exp.run_dir)
@@ -44,6 +46,7 @@ def test_saving_a_name_again_keeps_every_version(make_run, tmp_path: Path) -> No
         ("model.pt", "artifacts/model.pt", 1, 5, sha(b"first")),
         ("model.pt", "artifacts/model.pt.v2", 2, 7, sha(b"second!")),
         ("model.pt", "artifacts/model.pt.v3", 3, 8, sha(b"third...")),
+        ("artifacts/model.pt", "artifacts/artifacts/model.pt", 1, 8, sha(b"third...")),
     ]
     assert verify_artifacts(exp.run_dir, events_of(exp.run_dir)) == []
 
