@@ -124,7 +124,7 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     text = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
     try:
-        with open(create_exclusive(tmp), mode, **text) as f:
+        with open(create_exclusive(tmp), mode, **text) as f:  # type: ignore[call-overload]
             yield f
             f.flush()
             os.fsync(f.fileno())

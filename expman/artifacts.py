@@ -32,7 +32,8 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from expman._fsutil import create_exclusive, open_nofollow
 from expman.errors import ExpmanValueError, UnsafePathError
@@ -324,7 +325,8 @@ def verify_artifacts(run_dir: str | os.PathLike[str],
             continue
         name = ev.get("name")
 
-        def problem(kind: str, detail: str, path: object = ev.get("path")) -> None:
+        def problem(kind: str, detail: str, path: object = ev.get("path"),
+                    name: object = name) -> None:
             problems.append({"name": name, "path": path, "problem": kind, "detail": detail})
 
         rel = ev.get("path")
@@ -339,7 +341,7 @@ def verify_artifacts(run_dir: str | os.PathLike[str],
         if not isinstance(size, int) or not isinstance(sha, str):
             problem("bad_record", "the event lacks an integer size or a sha256")
             continue
-        _verify_file(target, size, sha, lambda k, d: problem(k, d))
+        _verify_file(target, size, sha, problem)
     return problems
 
 
@@ -414,8 +416,7 @@ def _verify_dir(root: Path, target: Path, ev: dict[str, Any],
         if path is None:
             problem("unsafe_path", f"manifest entry {rel!r} leaves the folder")
             continue
-        _verify_file(path, size, fsha,
-                     lambda k, d, p=path: problem(k, d, _rel_of(root, p)))
+        _verify_file(path, size, fsha, _with_path(problem, _rel_of(root, path)))
     for top, dirs, names in os.walk(target, followlinks=False):
         for n in names:
             rel = (Path(top) / n).relative_to(target).as_posix()
@@ -424,9 +425,13 @@ def _verify_dir(root: Path, target: Path, ev: dict[str, Any],
                         _rel_of(root, Path(top) / n))
 
 
+def _with_path(problem: Callable[..., None], path: str) -> Callable[[str, str], None]:
+    """problem() reporting a file inside a folder artifact under the file's own path."""
+    return lambda kind, detail: problem(kind, detail, path)
+
+
 def _rel_of(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-__all__ = ["ArtifactCopier", "verify_artifacts", "version_name", "SYNC_LIMIT",
-           "MANIFEST_SUFFIX"]
+__all__ = ["MANIFEST_SUFFIX", "SYNC_LIMIT", "ArtifactCopier", "verify_artifacts", "version_name"]

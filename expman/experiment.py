@@ -440,7 +440,7 @@ def _probe_env(run_dir: Path, meta: dict[str, Any], lock: threading.RLock, cwd: 
 def _read_fd(fd: int) -> bytes:
     """The whole file behind fd, read from its start."""
     os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = os.read(fd, 1 << 24)
         if not chunk:

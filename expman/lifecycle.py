@@ -13,7 +13,10 @@ import sys
 import threading
 import weakref
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import traceback
 
 _live: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _installed = False
@@ -28,7 +31,7 @@ MAX_MESSAGE = 4 << 10
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def _in_expman(frame: Any) -> bool:
+def _in_expman(frame: traceback.FrameSummary) -> bool:
     """A frame of expman's own code: its Python files, or the compiled core
     (Cython frames carry a relative file name and a qualified function name)."""
     filename = frame.filename.replace("\\", "/")

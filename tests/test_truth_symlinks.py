@@ -11,7 +11,13 @@ import pytest
 
 import expman
 from expman.errors import UnsafePathError
-from expman.layout import ARTIFACTS_DIR, EVENTS_FILE, METRICS_FILE, PARAMS_FILE, RUN_FILE
+from expman.layout import (
+    ARTIFACTS_DIR,
+    EVENTS_FILE,
+    METRICS_FILE,
+    PARAMS_FILE,
+    RUN_FILE,
+)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt",
                                 reason="planting links needs POSIX symlinks")
