@@ -145,7 +145,9 @@ class ArtifactCopier:
 
     def __init__(self, emit: Callable[[dict[str, Any]], None]) -> None:
         self._emit = emit
-        self._lock = threading.Lock()
+        # reentrant: a GC pass inside a locked block may run a finalizer that closes
+        # a run in this thread; that must never deadlock on this lock
+        self._lock = threading.RLock()
         self._jobs: deque[tuple[Any, ...]] = deque()
         self._thread: threading.Thread | None = None
         self._idle = threading.Condition(self._lock)

@@ -121,7 +121,7 @@ class Experiment(_core.Core):
             keys, last_step, sizes, seq_base = self._open_files(fresh=created)
             now = time.time()
             if created:
-                self._meta = {
+                self._meta: dict[str, Any] = {
                     "format": _core.FORMAT_VERSION, "experiment": self._name,
                     "run_name": run_name, "status": "RUNNING", "start_time": now,
                     "end_time": None, "duration": None, "pid": self._pid,
@@ -359,7 +359,7 @@ class Experiment(_core.Core):
             pass
         self._stop()                         # drain, fsync, join the writer
         self._close_fds()
-        error = self._pending_error()
+        error: Exception | None = self._pending_error()
         env_thread = self._env_thread
         if env_thread is not None and env_thread is not threading.current_thread():
             # a finalizer may run this close inside the probe thread itself: never join it

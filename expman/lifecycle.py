@@ -131,10 +131,10 @@ def _wrap_sys_exit() -> None:
         elif code not in (None, 0):
             exit_info = {"reason": "exit", "code": code if isinstance(code, int) else 1,
                          "message": None if isinstance(code, int) else str(code)}
-        previous(code)
+        previous(code)  # type: ignore[arg-type]
 
     exit.__doc__ = previous.__doc__
-    sys.exit = exit
+    sys.exit = exit  # type: ignore[assignment]
 
 
 def status_for_exit() -> tuple[str, dict[str, Any] | None]:
