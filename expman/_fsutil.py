@@ -111,7 +111,11 @@ def create_exclusive(path: Path | str, mode: int = 0o644) -> int:
     try:
         return open_nofollow(path, flags, mode)
     except FileExistsError:
-        os.unlink(path)
+        pass
+    except UnsafePathError:     # Windows: the lstat check saw a link before O_EXCL did
+        if not os.path.lexists(path):
+            raise
+    os.unlink(path)
     return open_nofollow(path, flags, mode)
 
 

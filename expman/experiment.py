@@ -277,9 +277,11 @@ class Experiment(_core.Core):
         """
         self._check_open()
         src = Path(os.fspath(path))
-        if not src.is_file() and not src.is_dir():
+        if not src.exists():
             raise FileNotFoundError(2, f"save_artifact: no such file or folder: {src}", str(src))
-        rel = check_relative("artifact name", name if name is not None else src.resolve().name)
+        if name is None:    # a link keeps its own name; '.' and '..' take the folder's
+            name = src.name if src.name not in ("", ".", "..") else src.resolve().name
+        rel = check_relative("artifact name", name)
         root = self._run_dir / ARTIFACTS_DIR
         dst = root / rel
         if not inside(root, dst.parent) or not inside(self._run_dir, dst.parent):

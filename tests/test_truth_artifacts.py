@@ -231,3 +231,22 @@ def test_close_from_the_copier_thread_itself_returns(tmp_path: Path) -> None:
     copier.close()
     assert [e["kind"] for e in emitted] == ["artifact"]
     assert (root / "big.bin").stat().st_size == artifacts.SYNC_LIMIT + 1
+
+
+def test_default_names_and_unusable_sources(make_run, tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "epoch_10.pt"
+    target.write_bytes(b"w")
+    (tmp_path / "latest.pt").symlink_to(target)
+    folder = make_model_dir(tmp_path)
+    exp = make_run()
+    assert exp.save_artifact(tmp_path / "latest.pt").name == "latest.pt"   # the link's name
+    monkeypatch.chdir(folder)
+    assert exp.save_artifact(".").name == "ckpt_dir"                       # the folder's
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        exp.save_artifact(tmp_path / "nope")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe")
+        with pytest.raises(ValueError, match="neither a file nor a folder"):
+            exp.save_artifact(tmp_path / "pipe")
+    exp.close()
+    assert verify_artifacts(exp.run_dir, events_of(exp.run_dir)) == []
