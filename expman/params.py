@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import enum
 import math
 import pathlib
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,7 +69,8 @@ def to_json(value: Any, where: str, depth: int = 0) -> Any:
         return sorted((to_json(v, f"{where}[...]", depth + 1) for v in value), key=repr)
     if isinstance(value, pathlib.PurePath):
         return str(value)
-    if isinstance(value, argparse.Namespace):
+    argparse = sys.modules.get("argparse")     # a Namespace exists only if it is loaded
+    if argparse is not None and isinstance(value, argparse.Namespace):
         return to_json(vars(value), where, depth + 1)
     if type(value).__module__ == "datetime" and hasattr(value, "isoformat"):
         return value.isoformat()
