@@ -60,7 +60,10 @@ def inside(root: Path, path: Path) -> bool:
     return True
 
 
-_OPEN_FLAGS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+# O_NONBLOCK: opening a FIFO planted in a run folder must not wait for a writer;
+# it is cleared again once the file is known to be regular
+_OPEN_FLAGS = (getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+               | getattr(os, "O_NONBLOCK", 0))
 
 
 def _refuse_link(path: Path | str) -> None:
@@ -100,7 +103,17 @@ def open_nofollow(path: Path | str, flags: int, mode: int = 0o644) -> int:
         os.close(fd)
         raise UnsafePathError(errno.EINVAL, "refusing to open a run file that is not a regular "
                               "file (a FIFO or a device)", str(path))
+    if getattr(os, "O_NONBLOCK", 0):
+        os.set_blocking(fd, True)
     return fd
+
+
+def read_json_nofollow(path: Path | str) -> Any:
+    """read_json for a file in a run folder that expman will write again: never
+    through a link, never from a FIFO (UnsafePathError naming the path)."""
+    import orjson
+    with open(open_nofollow(path, os.O_RDONLY), "rb") as f:
+        return orjson.loads(f.read())
 
 
 def create_exclusive(path: Path | str, mode: int = 0o644) -> int:

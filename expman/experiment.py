@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from expman import _core, environment, lifecycle
 from expman._fsutil import (
-    atomic_write_json, check_name, check_relative, inside, open_nofollow, read_json,
+    atomic_write_json, check_name, check_relative, inside, open_nofollow, read_json_nofollow,
 )
 from expman.artifacts import ArtifactCopier
 from expman.errors import (
@@ -129,12 +129,12 @@ class Experiment(_core.Core):
                     "resumed": [], "exit": None, "stats": None, "env": {},
                 }
             else:
-                self._meta = read_json(self._run_dir / RUN_FILE)
+                self._meta = read_json_nofollow(self._run_dir / RUN_FILE)
                 self._meta["resumed"] = [*self._meta.get("resumed", []), now]
                 self._meta.update(status="RUNNING", end_time=None, duration=None,
                                   pid=self._pid, exit=None)
                 if (self._run_dir / PARAMS_FILE).exists():
-                    self._params = read_json(self._run_dir / PARAMS_FILE)
+                    self._params = read_json_nofollow(self._run_dir / PARAMS_FILE)
             env = environment.quick() if capture_env else {"pid": self._pid}
             self._meta["env"] = {**self._meta.get("env", {}), **env}
             # the reader needs the host to tell a dead pid (CRASHED), env capture or not

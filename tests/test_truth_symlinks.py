@@ -56,13 +56,25 @@ def test_resume_refuses_a_symlinked_artifacts_folder(base: Path, tmp_path: Path)
     assert list(outside.iterdir()) == []
 
 
-def test_resume_refuses_a_fifo_in_place_of_metrics(base: Path) -> None:
-    if not hasattr(os, "mkfifo"):
-        pytest.skip("no FIFOs here")
+@pytest.mark.parametrize("victim", [METRICS_FILE, EVENTS_FILE, RUN_FILE, PARAMS_FILE])
+def test_resume_refuses_a_fifo_instead_of_hanging(base: Path, victim: str) -> None:
     run = closed_run(base)
-    (run / METRICS_FILE).unlink()
-    os.mkfifo(run / METRICS_FILE)
-    with pytest.raises(UnsafePathError, match="not a regular file"):
+    (run / victim).unlink(missing_ok=True)
+    os.mkfifo(run / victim)          # opening it for reading would wait for a writer forever
+    with pytest.raises(UnsafePathError, match="not a regular file") as info:
+        expman.Experiment("exp", "r", base_dir=base, resume=True, capture_env=False)
+    assert info.value.filename == str(run / victim)
+
+
+@pytest.mark.parametrize("victim", [RUN_FILE, PARAMS_FILE])
+def test_resume_refuses_symlinked_metadata(base: Path, tmp_path: Path, victim: str) -> None:
+    run = closed_run(base)
+    (run / PARAMS_FILE).write_bytes(b"{}")
+    outside = tmp_path / "outside.json"
+    outside.write_bytes((run / victim).read_bytes())
+    (run / victim).unlink()
+    (run / victim).symlink_to(outside)
+    with pytest.raises(UnsafePathError, match="symlink"):
         expman.Experiment("exp", "r", base_dir=base, resume=True, capture_env=False)
 
 
