@@ -57,8 +57,12 @@ def test_runs_collected_in_their_own_env_thread_end_finished(base: Path, monkeyp
                 exp = expman.Experiment("gc", f"r{i:03d}", base_dir=base, capture_env=True,
                                         handle_signals=False)
                 exp.log_metrics({"x": float(i)}, step=0)
-                del exp          # rebound without close: the GC closes it
+                # rebound without close: the GC closes it. Not in this thread before
+                # the probe is released, though: that close would wait for the probe
+                gc.disable()
+                del exp
                 go.set()
+                gc.enable()
                 assert done.wait(30)
             for t in threading.enumerate():
                 if t.name == "expman-env":
