@@ -87,11 +87,11 @@ def _try_reflink(src: Path, fd_dst: int) -> bool:
 
 
 def _copy_and_hash(src: Path, fd_dst: int) -> tuple[int, str]:
-    """Copy src into the open fd (closing it), fsynced; (size, sha256)."""
+    """Copy src into the open fd, fsynced; (size, sha256). Always closes fd_dst."""
     import hashlib
     digest = hashlib.sha256()
     size = 0
-    with open(src, "rb") as fs, open(fd_dst, "wb") as fd:
+    with open(fd_dst, "wb") as fd, open(src, "rb") as fs:
         while True:
             chunk = fs.read(CHUNK)
             if not chunk:
@@ -182,7 +182,9 @@ class ArtifactCopier:
                 self._finish_file(src, tmp, dst, name, version,
                                   *_copy_and_hash(src, fd), True, "copy")
             elif _try_reflink(src, fd):
-                self._submit(("hash", src, tmp, dst, name, version, fd, _signature(st)))
+                os.fsync(fd)
+                os.close(fd)        # the clone is the snapshot; it is hashed by reading tmp
+                self._submit(("hash", src, tmp, dst, name, version, None, _signature(st)))
             else:
                 self._submit(("copy", src, tmp, dst, name, version, fd, _signature(st)))
         except BaseException:
@@ -229,18 +231,13 @@ class ArtifactCopier:
             if how == "dir":
                 self._copy_dir(src, tmp, dst, name, version, job[6])
             elif how == "hash":
-                size, sha = _hash_fd(job[6])
+                size, sha = _hash_fd(open_nofollow(tmp, os.O_RDONLY))
                 self._finish_file(src, tmp, dst, name, version, size, sha, True, how)
             else:
                 size, sha = _copy_and_hash(src, job[6])
                 consistent = _signature(os.stat(src)) == job[7]
                 self._finish_file(src, tmp, dst, name, version, size, sha, consistent, how)
         except Exception as e:      # reported in events and by close()
-            if how != "dir" and isinstance(job[6], int):
-                try:
-                    os.close(job[6])
-                except OSError:
-                    pass
             self.failures.append(f"{name}: {e}")
             try:
                 self._emit({"kind": "artifact_error", "name": name, "source": str(src),
