@@ -78,6 +78,7 @@ cdef class Core:
     cdef uint32_t _cid[KEY_CACHE]
     cdef int64_t _last_step
     cdef uint64_t _accepted, _dropped_full, _events
+    cdef uint64_t _seq_base         # records of earlier sessions (resume): events' seq goes on
     cdef int _state, _on_full, _err_seen, _raise_errors
     cdef double _block_timeout
     cdef object _metrics_path
@@ -102,7 +103,8 @@ cdef class Core:
     def _start(self, int fd_metrics, uint64_t metrics_size, int fd_events,
                uint64_t events_size, *, metrics_path, uint64_t buffer_size,
                double flush_interval, double heartbeat_interval, on_full,
-               on_error, double block_timeout, dict keys=None, last_step=None):
+               on_error, double block_timeout, dict keys=None, last_step=None,
+               uint64_t seq_base=0):
         """Start the writer on already-open files (the Python side owns paths)."""
         if self._state != NEW:
             raise RunClosedError("this run was started already")
@@ -118,6 +120,7 @@ cdef class Core:
             self._keys = {str(k): int(v) for k, v in keys.items()}
         if last_step is not None:
             self._last_step = last_step
+        self._seq_base = seq_base
         self._w = exlog_new(buffer_size, <int64_t>(flush_interval * 1000),
                             <int64_t>(heartbeat_interval * 1000))
         if self._w is NULL:
@@ -287,7 +290,7 @@ cdef class Core:
             self._raise_state()
         import orjson as _orjson      # not at module import: `import expman` stays fast
         while True:
-            event["seq"] = self._accepted
+            event["seq"] = self._seq_base + self._accepted
             if self._put_blob(EXLOG_REC_EVENT, 0,
                               _orjson.dumps(event, option=_orjson.OPT_APPEND_NEWLINE)):
                 self._events += 1

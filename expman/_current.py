@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -13,10 +14,15 @@ _current: Experiment | None = None
 
 
 def init(name: str, run_name: str | None = None, **kwargs: Any) -> Experiment:
-    """Start a run and make it current (closing the previous current run)."""
+    """Start a run and make it current. A current run still open is finished
+    (FINISHED) first, with a warning: two init() calls are usually a mistake."""
     global _current
     if _current is not None and _current.status == "RUNNING":
+        previous = f"{_current.name}/{_current.run_name}"
         _current.close()
+        warnings.warn(f"expman.init({name!r}): finished the previous run {previous} first "
+                      "(call expman.close() before init() to end it yourself)",
+                      RuntimeWarning, stacklevel=2)
     _current = Experiment(name, run_name, **kwargs)
     return _current
 
@@ -32,7 +38,7 @@ def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
     current().log_metrics(metrics, step)
 
 
-def log_params(params: Mapping[str, Any]) -> None:
+def log_params(params: Mapping[str, Any] | object) -> None:
     current().log_params(params)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -13,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from expman.errors import ExpmanTypeError, ExpmanValueError
+from expman.errors import ExpmanTypeError, ExpmanValueError, UnsafePathError
 
 # Reserved on Windows whatever the extension; refused everywhere so a run folder
 # made on Linux can be copied to Windows.
@@ -59,13 +60,88 @@ def inside(root: Path, path: Path) -> bool:
     return True
 
 
+# O_NONBLOCK: opening a FIFO planted in a run folder must not wait for a writer;
+# it is cleared again once the file is known to be regular
+_OPEN_FLAGS = (getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+               | getattr(os, "O_NONBLOCK", 0))
+
+
+def _refuse_link(path: Path | str) -> None:
+    """Raise UnsafePathError if path is a symlink or (Windows) another reparse point."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    reparse = getattr(st, "st_file_attributes", 0) & getattr(stat, "FILE_ATTRIBUTE_REPARSE_POINT", 0)
+    if stat.S_ISLNK(st.st_mode) or reparse:
+        raise UnsafePathError(errno.ELOOP, "refusing to open a symlink in a run folder (expman "
+                              "never writes through a link)", str(path))
+
+
+def open_nofollow(path: Path | str, flags: int, mode: int = 0o644) -> int:
+    """os.open that never follows a symlink at ``path`` and only opens regular files.
+
+    POSIX: O_NOFOLLOW does it atomically. Windows has no O_NOFOLLOW: a reparse
+    point at the path is refused first (lstat), then the file is opened.
+    A link or a non-regular file (a FIFO, a device) raises UnsafePathError naming it.
+    """
+    if sys.platform == "win32":
+        _refuse_link(path)
+    try:
+        fd = os.open(path, flags | _OPEN_FLAGS, mode)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK) or (
+                e.errno not in (errno.ENOENT, errno.EEXIST) and os.path.islink(path)):
+            _refuse_link(path)
+        raise
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UnsafePathError(errno.EINVAL, "refusing to open a run file that is not a regular "
+                              "file (a FIFO or a device)", str(path))
+    if getattr(os, "O_NONBLOCK", 0):
+        os.set_blocking(fd, True)
+    return fd
+
+
+def read_json_nofollow(path: Path | str) -> Any:
+    """read_json for a file in a run folder that expman will write again: never
+    through a link, never from a FIFO (UnsafePathError naming the path)."""
+    import orjson
+    with open(open_nofollow(path, os.O_RDONLY), "rb") as f:
+        return orjson.loads(f.read())
+
+
+def create_exclusive(path: Path | str, mode: int = 0o644) -> int:
+    """A new file opened for writing: O_CREAT|O_EXCL|O_NOFOLLOW. A leftover at
+    ``path`` (a stale temp file, or a planted symlink) is unlinked (which removes
+    a link, never its target) and the create retried once."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        return open_nofollow(path, flags, mode)
+    except FileExistsError:
+        pass
+    except UnsafePathError:     # Windows: the lstat check saw a link before O_EXCL did
+        if not os.path.lexists(path):
+            raise
+    os.unlink(path)
+    return open_nofollow(path, flags, mode)
+
+
 @contextmanager
 def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Write a temp file beside path, fsync it, os.replace it over path: never half a file."""
+    """Write a temp file beside path, fsync it, os.replace it over path: never half a file.
+
+    The temp file is created exclusively without following links; os.replace
+    replaces a link at ``path`` itself, never its target."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     text = "b" not in mode
     try:
-        with open(tmp, mode, encoding="utf-8" if text else None,
+        with open(create_exclusive(tmp), mode, encoding="utf-8" if text else None,
                   newline="\n" if text else None) as f:
             yield f
             f.flush()

@@ -16,6 +16,7 @@ __all__ = [
     "CorruptRunError",
     "RunNotFoundError",
     "RunLockedError",
+    "UnsafePathError",
 ]
 
 
@@ -70,3 +71,8 @@ class RunLockedError(ExpmanError, RuntimeError):
         super().__init__(f"run {os.path.dirname(self.path)} is being written by {who}: one "
                          f"writer at a time. Wait for it to end, or start a new run "
                          f"(lock file: {self.path})")
+
+
+class UnsafePathError(ExpmanError, OSError):
+    """A file expman writes in a run folder is a symlink (or another non-regular
+    file): it is never written through. Carries ``errno`` and ``filename``."""

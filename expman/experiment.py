@@ -7,6 +7,7 @@ unchanged, so a call goes straight into C with no Python frame in between.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 import warnings
@@ -15,19 +16,27 @@ from types import TracebackType
 from typing import Any, Iterable, Mapping
 
 from expman import _core, environment, launcher, layout, lifecycle, runlock
-from expman._fsutil import atomic_write_json, check_name, check_relative, inside, read_json
+from expman._fsutil import (
+    atomic_write_json, check_name, check_relative, inside, open_nofollow, read_json_nofollow,
+)
 from expman.artifacts import ArtifactCopier
 from expman.errors import (
     CorruptRunError, ExpmanTypeError, ExpmanValueError, RunClosedError, RunExistsError,
+    UnsafePathError,
 )
 from expman.layout import (
-    ARTIFACTS_DIR, EVENTS_FILE, HEARTBEAT_INTERVAL, METRICS_FILE, PARAMS_FILE, RUN_FILE, STATUSES,
+    ARTIFACTS_DIR, EVENTS_FILE, HEARTBEAT_INTERVAL, METRICS_FILE, PARAMS_FILE, RUN_FILE,
+    STATUSES, parse_event_lines,
 )
-from expman.params import to_json
+from expman.layout import base_dir as _resolve_base_dir
+from expman.params import to_params
 
-__all__ = ["Experiment", "STATUSES"]
+__all__ = ["Experiment", "STATUSES", "MANY_METRIC_NAMES"]
 
 _O_BINARY = getattr(os, "O_BINARY", 0)
+# More distinct metric names than this is almost always a name built from the step
+# (f"loss_{step}"): each one becomes a series. Warned once, with the count.
+MANY_METRIC_NAMES = 10_000
 
 
 def _new_run_name() -> str:
@@ -49,14 +58,14 @@ class Experiment(_core.Core):
 
     __slots__ = ("_name", "_run_name", "_run_dir", "_base_dir", "_meta", "_meta_lock",
                  "_params", "_copier", "_env_thread", "_pid", "_fds", "_status",
-                 "_closing", "_close_lock", "_on_error",
+                 "_closing", "_close_lock", "_on_error", "_warned_keys",
                  "_rank", "_world_size", "_meta_name", "_lock", "_muted", "_sampler")
 
     def __init__(
         self,
         name: str,
         run_name: str | None = None,
-        base_dir: str | os.PathLike[str] = "./experiments",
+        base_dir: str | os.PathLike[str] | None = None,
         *,
         resume: bool = False,
         flush_interval: float = 0.2,
@@ -80,6 +89,7 @@ class Experiment(_core.Core):
         # first instead of returning before the data is durable
         self._close_lock = threading.RLock()
         self._on_error = on_error
+        self._warned_keys = False
         self._fds: list[int] = []
         self._pid = os.getpid()
         self._name = check_name("experiment name", name)
@@ -98,7 +108,8 @@ class Experiment(_core.Core):
         if run_name is not None:
             check_name("run_name", run_name)
         resume = resume or launch.restart > 0       # torchrun restarted the job: go on
-        self._base_dir = Path(os.path.abspath(os.fspath(base_dir)))
+        # one rule everywhere (expman.layout): explicit, then $EXPMAN_DIR, then ./experiments
+        self._base_dir = Path(os.path.abspath(_resolve_base_dir(base_dir)))
         if logging_ranks is not None and launch.rank not in logging_ranks:
             self._start_muted(run_name, buffer_size, flush_interval, handle_signals)
             return
@@ -147,7 +158,7 @@ class Experiment(_core.Core):
                 raise RunExistsError(
                     17, f"rank {self._rank} of run {name}/{run_name} exists; pass resume=True "
                     "to append to it", str(self._run_dir / self._meta_name))
-            keys, last_step, sizes = self._open_files(fresh=fresh)
+            keys, last_step, sizes, seq_base = self._open_files(fresh=fresh)
             now = time.time()
             if fresh:
                 self._meta: dict[str, Any] = {
@@ -162,12 +173,12 @@ class Experiment(_core.Core):
                         rank=self._rank, world_size=self._world_size, local_rank=launch.local_rank,
                         launcher=launch.source, ranks=logging_ranks)
             else:
-                self._meta = read_json(self._run_dir / self._meta_name)
+                self._meta = read_json_nofollow(self._run_dir / self._meta_name)
                 self._meta["resumed"] = [*self._meta.get("resumed", []), now]
                 self._meta.update(status="RUNNING", end_time=None, duration=None,
                                   pid=self._pid, exit=None)
                 if self._rank == 0 and (self._run_dir / PARAMS_FILE).exists():
-                    self._params = read_json(self._run_dir / PARAMS_FILE)
+                    self._params = read_json_nofollow(self._run_dir / PARAMS_FILE)
             env = environment.quick() if capture_env else {"pid": self._pid}
             self._meta["env"] = {**self._meta.get("env", {}), **env}
             # the reader needs the host to tell a dead pid (CRASHED), env capture or not
@@ -178,7 +189,7 @@ class Experiment(_core.Core):
                         buffer_size=buffer_size, flush_interval=flush_interval,
                         heartbeat_interval=HEARTBEAT_INTERVAL, on_full=on_full,
                         on_error=on_error, block_timeout=block_timeout,
-                        keys=keys, last_step=last_step)
+                        keys=keys, last_step=last_step, seq_base=seq_base)
         except BaseException:
             self._close_fds()
             if fresh and launch.joined:
@@ -235,28 +246,40 @@ class Experiment(_core.Core):
             except OSError:
                 pass
 
-    def _open_files(self, fresh: bool) -> tuple[dict[str, int] | None, int | None, tuple[int, int]]:
-        flags = os.O_WRONLY | os.O_CREAT | _O_BINARY | getattr(os, "O_CLOEXEC", 0)
-        os.makedirs(self._run_dir / ARTIFACTS_DIR, exist_ok=True)
+    def _open_files(
+            self, fresh: bool) -> tuple[dict[str, int] | None, int | None, tuple[int, int], int]:
+        """Open metrics.bin and events.jsonl without following links (a link planted
+        in the folder never makes expman write outside it); on resume, cut torn tails.
+        Returns keys, last step, sizes, and the number of records already logged
+        (events' ``seq`` goes on from it)."""
+        artifacts = self._run_dir / ARTIFACTS_DIR
+        os.makedirs(artifacts, exist_ok=True)
+        if not stat.S_ISDIR(os.lstat(artifacts).st_mode):
+            raise UnsafePathError(20, "refusing to use the artifacts folder: it is a symlink "
+                                  "(expman never writes through a link)", str(artifacts))
         metrics = self._run_dir / layout.rank_file(METRICS_FILE, self._rank)
         events = self._run_dir / layout.rank_file(EVENTS_FILE, self._rank)
         keys = last_step = None
-        if fresh:
-            fd = os.open(metrics, flags | os.O_TRUNC, 0o644)
+        seq_base = 0
+        if fresh:                           # the folder was just made by an exclusive mkdir
+            excl = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+            fd = open_nofollow(metrics, excl)
             self._fds.append(fd)
             os.write(fd, _core.file_header())
             msize = _core.HEADER_SIZE
-        else:
-            keys, last_step, msize = _prepare_resume(metrics)
-            fd = os.open(metrics, flags, 0o644)
+            fd = open_nofollow(events, excl)
             self._fds.append(fd)
-            os.lseek(fd, msize, os.SEEK_SET)
-        fd = os.open(events, flags, 0o644)
+            return keys, last_step, (msize, 0), seq_base
+        fd = open_nofollow(metrics, os.O_RDWR | os.O_CREAT)
         self._fds.append(fd)
-        esize = _events_good_size(events) if not fresh else 0
+        keys, last_step, msize, seq_base = _prepare_resume(fd, metrics)
+        os.lseek(fd, msize, os.SEEK_SET)
+        fd = open_nofollow(events, os.O_RDWR | os.O_CREAT)
+        self._fds.append(fd)
+        esize, last_seq = _events_good_size(fd)
         os.ftruncate(fd, esize)
         os.lseek(fd, esize, os.SEEK_SET)
-        return keys, last_step, (msize, esize)
+        return keys, last_step, (msize, esize), max(seq_base, last_seq)
 
     def _close_fds(self) -> None:
         for fd in self._fds:
@@ -306,12 +329,13 @@ class Experiment(_core.Core):
                 f"{self._status} at {getattr(self, '_run_dir', '?')}>")
 
     # ---- logging besides metrics ---------------------------------------------------
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        """Merge params (top-level keys replace) and rewrite params.json atomically."""
-        if not isinstance(params, Mapping):
-            raise ExpmanTypeError(f"log_params: expected a dict, got {type(params).__name__}")
+    def log_params(self, params: Mapping[str, Any] | object) -> None:
+        """Merge params (top-level keys replace) and rewrite params.json atomically.
+
+        Takes a dict, any Mapping (an OmegaConf/Hydra config), a dataclass or an
+        argparse.Namespace, and the same nested at any depth (expman.params)."""
+        converted = to_params(params)
         self._check_open()
-        converted = to_json(dict(params), "params")
         with self._meta_lock:
             self._params.update(converted)
             if self._rank == 0 and not self._muted:      # rank 0 owns params.json
@@ -330,20 +354,27 @@ class Experiment(_core.Core):
         self._message("error", msg)
 
     def _message(self, level: str, msg: object) -> None:
+        if not self._warned_keys and self._status == "RUNNING":
+            self._check_metric_names()
         self._log_event({"kind": "message", "level": level, "time": time.time(),
                          "msg": msg if isinstance(msg, str) else str(msg)})
 
     def save_artifact(self, path: str | os.PathLike[str], name: str | None = None) -> Path:
-        """Copy a file into ``artifacts/`` as it is now; returns the stored path.
+        """Copy a file or a whole folder into ``artifacts/`` as it is now; returns
+        the stored path.
 
-        Small files are copied at once; large ones without blocking (see
-        expman.artifacts for how the snapshot is guaranteed).
+        Saving a name again keeps both: the later one is stored as ``name.v2``
+        (then ``.v3``, ...). Small files are copied at once; large files and
+        folders without blocking (see expman.artifacts for how the snapshot is
+        guaranteed); ``close()`` waits for them.
         """
         self._check_open()
         src = Path(os.fspath(path))
-        if not src.is_file():
-            raise FileNotFoundError(2, f"save_artifact: no such file: {src}", str(src))
-        rel = check_relative("artifact name", name if name is not None else src.name)
+        if not src.exists():
+            raise FileNotFoundError(2, f"save_artifact: no such file or folder: {src}", str(src))
+        if name is None:    # a link keeps its own name; '.' and '..' take the folder's
+            name = src.name if src.name not in ("", ".", "..") else src.resolve().name
+        rel = check_relative("artifact name", name)
         root = self._run_dir / ARTIFACTS_DIR
         if self._rank:
             root = root / f"rank{self._rank}"   # ranks never write one file
@@ -352,8 +383,7 @@ class Experiment(_core.Core):
             return dst
         if not inside(root, dst.parent) or not inside(self._run_dir, dst.parent):
             raise ExpmanValueError(f"artifact name {rel!r} leaves the artifacts folder")
-        self._copier.save(src, dst, rel)
-        return dst
+        return self._copier.save(src, root, rel)
 
     def _emit_from_thread(self, event: dict[str, Any]) -> None:
         if self._status == "RUNNING" or self._closing:
@@ -362,6 +392,24 @@ class Experiment(_core.Core):
     def _check_open(self) -> None:
         if self._status != "RUNNING" or self._closing:
             raise RunClosedError(f"run {self._name}/{self._run_name} is {self._status.lower()}")
+        self._check_metric_names()
+
+    def _check_metric_names(self, count: int | None = None) -> None:
+        """Warn once when a run holds more than MANY_METRIC_NAMES distinct metric names.
+
+        Checked off the hot path: log_metrics is the compiled method itself, so
+        the count is looked at by the other methods and at close."""
+        if self._warned_keys:
+            return
+        if count is None:
+            count = self.stats()["keys"]
+        if count > MANY_METRIC_NAMES:
+            self._warned_keys = True
+            warnings.warn(
+                f"expman: run {self._name}/{self._run_name} has {count} distinct metric names "
+                f"(more than {MANY_METRIC_NAMES}); a name built from the step (f'loss_{{step}}') "
+                "makes one series per step: log {'loss': x} with step=step instead",
+                RuntimeWarning, stacklevel=3)
 
     # ---- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> "Experiment":
@@ -417,9 +465,12 @@ class Experiment(_core.Core):
             lifecycle.unregister(self)
             return
         error: Exception | None = self._pending_error()
-        if self._env_thread is not None:
-            self._env_thread.join(timeout=5)
+        env_thread = self._env_thread
+        if env_thread is not None and env_thread is not threading.current_thread():
+            # a finalizer may run this close inside the probe thread itself: never join it
+            env_thread.join(timeout=5)
         stats = self.stats()
+        self._check_metric_names(stats["keys"])
         now = time.time()
         with self._meta_lock:
             self._meta.update(status=status, end_time=now, exit=exit_info, stats=stats,
@@ -484,11 +535,16 @@ def _probe_env(meta_path: Path, meta: dict[str, Any], lock: threading.RLock, cwd
         extra = {"probe_error": repr(e)}
     with lock:
         meta["env"].update(extra)
-        if meta.get("status") == "RUNNING":
-            try:
+        if meta.get("status") != "RUNNING":
+            return              # the final write at close carries it
+        try:
+            atomic_write_json(meta_path, meta)
+            if meta.get("status") != "RUNNING":
+                # the GC closed the run in this very thread (the lock is reentrant)
+                # while we wrote: our RUNNING copy may have landed after the final one
                 atomic_write_json(meta_path, meta)
-            except OSError:
-                pass            # the final write at close carries it
+        except OSError:
+            pass                # the final write at close carries it
 
 
 def _check_ranks(ranks: Iterable[int] | None, world_size: int) -> list[int] | None:
@@ -509,13 +565,26 @@ def _check_ranks(ranks: Iterable[int] | None, world_size: int) -> list[int] | No
     return out
 
 
-def _prepare_resume(metrics: Path) -> tuple[dict[str, int], int | None, int]:
-    """Key table and last step of an existing metrics file; cut a torn tail first."""
-    if not metrics.exists() or metrics.stat().st_size < _core.HEADER_SIZE:
-        with open(metrics, "wb") as f:
-            f.write(_core.file_header())
-        return {}, None, _core.HEADER_SIZE
-    data = metrics.read_bytes()
+def _read_fd(fd: int) -> bytes:
+    """The whole file behind fd, read from its start."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(fd, 1 << 24)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _prepare_resume(fd: int, metrics: Path) -> tuple[dict[str, int], int | None, int, int]:
+    """Key table, last step, good size and record count of an existing metrics file
+    (opened without following links); a torn tail is cut first."""
+    data = _read_fd(fd)
+    if len(data) < _core.HEADER_SIZE:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, _core.file_header())
+        return {}, None, _core.HEADER_SIZE, 0
     columns, keys, report = _core.decode_metrics(data)
     if report["corrupt_bytes"]:
         raise CorruptRunError(
@@ -524,18 +593,26 @@ def _prepare_resume(metrics: Path) -> tuple[dict[str, int], int | None, int]:
             "`open_run(path, salvage=True)` reads what survives; start a new run to go on")
     end = report["end"]
     if end < len(data):
-        os.truncate(metrics, end)
+        os.ftruncate(fd, end)
     last = max((max(c[0]) for c in columns.values() if len(c[0])), default=None)
-    return {name: kid for kid, name in keys.items()}, last, end
+    return {name: kid for kid, name in keys.items()}, last, end, int(report["rows"])
 
 
-def _events_good_size(path: Path) -> int:
-    """Length up to the last complete line (a crash may tear the last one)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return 0
-    return data.rfind(b"\n") + 1
+def _events_good_size(fd: int) -> tuple[int, int]:
+    """Length up to the last complete line (a crash may tear the last one), and
+    the largest ``seq`` recorded so far."""
+    data = _read_fd(fd)
+    used = data.rfind(b"\n") + 1
+    end = used
+    for _ in range(64):         # seq only grows: the last readable line has the largest
+        start = data.rfind(b"\n", 0, max(end - 1, 0)) + 1
+        events, _, _ = parse_event_lines(data[start:end])
+        if events and isinstance(events[0].get("seq"), int) and events[0]["seq"] >= 0:
+            return used, events[0]["seq"]
+        if start == 0:
+            break
+        end = start
+    return used, 0
 
 
 def _makedirs(path: Path) -> list[Path]:

@@ -13,7 +13,10 @@ import sys
 import threading
 import weakref
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import traceback
 
 _live: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _installed = False
@@ -23,16 +26,63 @@ _lock = threading.Lock()
 exit_info: dict[str, Any] | None = None
 
 
+MAX_TRACEBACK = 16 << 10     # characters of formatted traceback kept in run.json
+MAX_MESSAGE = 4 << 10
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _in_expman(frame: traceback.FrameSummary) -> bool:
+    """A frame of expman's own code: its Python files, or the compiled core
+    (Cython frames carry a relative file name and a qualified function name)."""
+    filename = frame.filename.replace("\\", "/")
+    if frame.name.startswith("expman.") or filename.startswith("expman/"):
+        return True
+    path = os.path.abspath(frame.filename)
+    return path == _PACKAGE_DIR or path.startswith(_PACKAGE_DIR + os.sep)
+
+
+def _bounded(text: str, limit: int) -> str:
+    """text, or its head and tail around a note of what was cut (the tail holds
+    the innermost frames and the message, so it gets most of the room)."""
+    if len(text) <= limit:
+        return text
+    head = limit // 8
+    tail = limit - head - 64
+    return f"{text[:head]}\n... {len(text) - head - tail} characters cut ...\n{text[-tail:]}"
+
+
 def describe_exception(exc: BaseException, tb: TracebackType | None = None) -> dict[str, Any]:
-    """type, message and file:line of the innermost frame, for run.json."""
+    """type, message and file:line for run.json, plus the formatted traceback
+    (at most MAX_TRACEBACK characters).
+
+    ``location`` is the innermost frame outside expman: when expman raised the
+    error (a bad param, a closed run), that is the user's line that called it;
+    ``raised_at`` then says where inside expman it was raised."""
     import traceback
     tb = tb if tb is not None else exc.__traceback__
-    location = None
+    location = raised_at = None
     if tb is not None:
-        frame = traceback.extract_tb(tb)[-1]
-        location = f"{frame.filename}:{frame.lineno}"
-    return {"reason": "exception", "type": type(exc).__qualname__, "message": str(exc),
-            "location": location}
+        frames = traceback.extract_tb(tb)
+        innermost = frames[-1]
+        user = next((f for f in reversed(frames) if not _in_expman(f)), None)
+        chosen = user if user is not None else innermost
+        location = f"{chosen.filename}:{chosen.lineno}"
+        if chosen is not innermost:
+            raised_at = f"{innermost.filename}:{innermost.lineno}"
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception as e:          # a __str__ that raises must not lose the run's status
+        text = f"{type(exc).__qualname__} (traceback unavailable: {e!r})"
+    try:
+        message = str(exc)
+    except Exception as e:
+        message = f"<str() failed: {e!r}>"
+    info = {"reason": "exception", "type": type(exc).__qualname__,
+            "message": _bounded(message, MAX_MESSAGE), "location": location,
+            "traceback": _bounded(text, MAX_TRACEBACK)}
+    if raised_at is not None:
+        info["raised_at"] = raised_at
+    return info
 
 
 def register(exp: Any, handle_signals: bool) -> None:

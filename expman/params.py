@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import pathlib
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 from expman.errors import ExpmanTypeError, ExpmanValueError
@@ -11,8 +13,27 @@ from expman.layout import json_float
 
 
 
-def to_json(value: Any, where: str) -> Any:
-    """A JSON-ready copy of value; ``where`` names it in errors (``params['a']['b']``)."""
+MAX_DEPTH = 100        # deeper is a cycle or a mistake; named in the error
+
+
+def to_params(value: Any, where: str = "params") -> dict[str, Any]:
+    """The JSON object ``log_params`` stores for ``value``: a dict, any Mapping
+    (OmegaConf/Hydra configs), a dataclass instance or an argparse.Namespace."""
+    converted = to_json(value, where)
+    if not isinstance(converted, dict):
+        raise ExpmanTypeError(
+            f"log_params: expected a dict, a Mapping, a dataclass or an argparse.Namespace, "
+            f"got {type(value).__name__}")
+    return converted
+
+
+def to_json(value: Any, where: str, depth: int = 0) -> Any:
+    """A JSON-ready copy of value; ``where`` names it in errors (``params['a']['b']``).
+
+    Keys are kept as written: ``{"optim": {"lr": 1}}`` stays nested and
+    ``{"optim.lr": 1}`` stays one key with a dot, never merged into each other."""
+    if depth > MAX_DEPTH:
+        raise ExpmanValueError(f"{where}: nested more than {MAX_DEPTH} levels deep (a cycle?)")
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
@@ -23,29 +44,41 @@ def to_json(value: Any, where: str) -> Any:
     if isinstance(value, float):
         return json_float(float(value))      # NaN and infinities as strings (layout.py)
     if isinstance(value, enum.Enum):
-        return to_json(value.value, where)
-    if isinstance(value, dict):
+        return to_json(value.value, where, depth + 1)
+    module = type(value).__module__.split(".")[0]
+    if module == "omegaconf":
+        # DictConfig/ListConfig: resolved through OmegaConf itself (interpolations,
+        # "???" kept as written); the module is loaded already if such a value exists
+        from omegaconf import OmegaConf
+        return to_json(OmegaConf.to_container(value, resolve=True), where, depth + 1)
+    if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
                 raise ExpmanTypeError(
                     f"{where}: keys must be str, got {type(k).__name__} ({k!r})")
-            out[k] = to_json(v, f"{where}[{k!r}]")
+            out[k] = to_json(v, f"{where}[{k!r}]", depth + 1)
         return out
     if isinstance(value, (list, tuple)):
-        return [to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [to_json(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, (set, frozenset)):
-        return sorted((to_json(v, f"{where}[...]") for v in value), key=repr)
+        return sorted((to_json(v, f"{where}[...]", depth + 1) for v in value), key=repr)
     if isinstance(value, pathlib.PurePath):
         return str(value)
+    argparse = sys.modules.get("argparse")     # a Namespace exists only if it is loaded
+    if argparse is not None and isinstance(value, argparse.Namespace):
+        return to_json(vars(value), where, depth + 1)
     if type(value).__module__ == "datetime" and hasattr(value, "isoformat"):
         return value.isoformat()
     if hasattr(type(value), "__dataclass_fields__") and not isinstance(value, type):
         import dataclasses
-        return to_json({f.name: getattr(value, f.name) for f in dataclasses.fields(value)}, where)
+        return to_json({f.name: getattr(value, f.name) for f in dataclasses.fields(value)},
+                       where, depth + 1)
+    if module == "torch" and type(value).__name__ in ("device", "dtype"):
+        return str(value)           # "cuda:0", "torch.float32"; torch is never imported here
     tolist = getattr(value, "tolist", None)      # numpy scalars and arrays, 0-d tensors
-    if callable(tolist) and type(value).__module__.split(".")[0] in ("numpy", "torch", "jax"):
-        return to_json(tolist(), where)
+    if callable(tolist) and module in ("numpy", "torch", "jax"):
+        return to_json(tolist(), where, depth + 1)
     raise ExpmanTypeError(
         f"{where}: cannot store {type(value).__name__} ({value!r:.60}) as a param; "
         "use str, int, float, bool, None, lists or dicts of those")

@@ -455,6 +455,7 @@ def test_module_level_api(base, tmp_path):
 
 def test_init_closes_previous_current_run(base):
     first = expman.init("a", base_dir=base, capture_env=False)
-    second = expman.init("b", base_dir=base, capture_env=False)
+    with pytest.warns(RuntimeWarning, match="finished the previous run"):
+        second = expman.init("b", base_dir=base, capture_env=False)
     assert first.status == "FINISHED" and second.status == "RUNNING"
     expman.close()

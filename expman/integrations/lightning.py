@@ -15,7 +15,7 @@ import os
 import sys
 from argparse import Namespace
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
 from expman.experiment import Experiment
 from expman.integrations._params import flatten_params
