@@ -36,13 +36,11 @@ from collections.abc import Callable
 from typing import Any
 
 from expman._fsutil import create_exclusive, open_nofollow
-from expman.errors import ExpmanValueError, UnsafePathError
-from expman.layout import ARTIFACTS_DIR
+from expman.errors import ExpmanValueError
+from expman.layout import ARTIFACTS_DIR, MANIFEST_SUFFIX
 
 SYNC_LIMIT = 8 << 20
 CHUNK = 1 << 20
-MANIFEST_SUFFIX = ".manifest.json"
-MAX_MANIFEST_BYTES = 64 << 20       # verify refuses to read a larger (crafted) manifest
 
 Signature = tuple[int, int, int]
 
@@ -304,133 +302,4 @@ class ArtifactCopier:
                 self._idle.wait()
 
 
-# ---- verification (the read side calls this from verify_run) ------------------------------------
-
-
-def verify_artifacts(run_dir: str | os.PathLike[str],
-                     events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Check every recorded artifact against the bytes on disk: size AND sha256;
-    for folders, the manifest's own hash, then every file it lists (and no others).
-
-    Returns one dict per problem: ``{"name", "path", "problem", "detail"}`` with
-    ``problem`` one of ``missing``, ``not_regular``, ``unsafe_path``, ``size``,
-    ``sha256``, ``manifest``, ``extra_file``, ``bad_record``. Never follows a
-    link; never reads outside ``run_dir/artifacts``.
-    """
-    root = Path(os.fspath(run_dir))
-    problems: list[dict[str, Any]] = []
-    for ev in events:
-        if not isinstance(ev, dict) or ev.get("kind") != "artifact":
-            continue
-        name = ev.get("name")
-
-        def problem(kind: str, detail: str, path: object = ev.get("path"),
-                    name: object = name) -> None:
-            problems.append({"name": name, "path": path, "problem": kind, "detail": detail})
-
-        rel = ev.get("path")
-        target = _safe_target(root, rel)
-        if target is None:
-            problem("unsafe_path", f"recorded path {rel!r} is not inside {ARTIFACTS_DIR}/")
-            continue
-        if ev.get("type") == "dir":
-            _verify_dir(root, target, ev, problem)
-            continue
-        size, sha = ev.get("size"), ev.get("sha256")
-        if not isinstance(size, int) or not isinstance(sha, str):
-            problem("bad_record", "the event lacks an integer size or a sha256")
-            continue
-        _verify_file(target, size, sha, problem)
-    return problems
-
-
-def _safe_target(root: Path, rel: object) -> Path | None:
-    if not isinstance(rel, str) or "\\" in rel or "\x00" in rel:
-        return None
-    parts = rel.split("/")
-    if len(parts) < 2 or parts[0] != ARTIFACTS_DIR or any(p in ("", ".", "..") for p in parts):
-        return None
-    return root.joinpath(*parts)
-
-
-def _verify_file(path: Path, size: int, sha: str, problem: Callable[[str, str], None]) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        problem("missing", f"{path} is missing")
-        return
-    if not stat.S_ISREG(st.st_mode):
-        problem("not_regular", f"{path} is not a regular file (a link, folder or device)")
-        return
-    if st.st_size != size:
-        problem("size", f"{path} has {st.st_size} bytes, {size} recorded")
-        return
-    try:
-        found = _hash_fd(open_nofollow(path, os.O_RDONLY))[1]
-    except (UnsafePathError, OSError) as e:
-        problem("not_regular", f"{path}: {e}")
-        return
-    if found != sha:
-        problem("sha256", f"{path}: sha256 {found}, {sha} recorded")
-
-
-def _verify_dir(root: Path, target: Path, ev: dict[str, Any],
-                problem: Callable[..., None]) -> None:
-    import orjson
-    side = _safe_target(root, ev.get("manifest"))
-    sha = ev.get("sha256")
-    if side is None or not isinstance(sha, str):
-        problem("bad_record", "the event lacks a manifest path inside artifacts/ or its sha256")
-        return
-    try:
-        st = os.lstat(target)
-    except FileNotFoundError:
-        problem("missing", f"{target} is missing")
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        problem("not_regular", f"{target} is not a folder (a link or a file)")
-        return
-    try:
-        fd = open_nofollow(side, os.O_RDONLY)
-        with open(fd, "rb") as f:
-            body = f.read(MAX_MANIFEST_BYTES + 1)
-    except FileNotFoundError:
-        problem("manifest", f"the manifest {side} is missing")
-        return
-    except OSError as e:
-        problem("manifest", f"the manifest {side} cannot be read: {e}")
-        return
-    import hashlib
-    if len(body) > MAX_MANIFEST_BYTES or hashlib.sha256(body).hexdigest() != sha:
-        problem("manifest", f"the manifest {side} does not match its recorded sha256")
-        return
-    try:
-        entries = orjson.loads(body)["files"]
-        listed = {e["path"]: (int(e["size"]), str(e["sha256"])) for e in entries}
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        problem("manifest", f"the manifest {side} is not a list of files")
-        return
-    for rel, (size, fsha) in sorted(listed.items()):
-        path = _safe_target(root, f"{_rel_of(root, target)}/{rel}")
-        if path is None:
-            problem("unsafe_path", f"manifest entry {rel!r} leaves the folder")
-            continue
-        _verify_file(path, size, fsha, _with_path(problem, _rel_of(root, path)))
-    for top, dirs, names in os.walk(target, followlinks=False):
-        for n in names:
-            rel = (Path(top) / n).relative_to(target).as_posix()
-            if rel not in listed:
-                problem("extra_file", f"{target / rel} is not in the manifest",
-                        _rel_of(root, Path(top) / n))
-
-
-def _with_path(problem: Callable[..., None], path: str) -> Callable[[str, str], None]:
-    """problem() reporting a file inside a folder artifact under the file's own path."""
-    return lambda kind, detail: problem(kind, detail, path)
-
-
-def _rel_of(root: Path, path: Path) -> str:
-    return path.relative_to(root).as_posix()
-
-
-__all__ = ["MANIFEST_SUFFIX", "SYNC_LIMIT", "ArtifactCopier", "verify_artifacts", "version_name"]
+__all__ = ["SYNC_LIMIT", "ArtifactCopier", "version_name"]

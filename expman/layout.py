@@ -24,6 +24,8 @@ METRICS_FILE = "metrics.bin"     # append-only checksummed frames
 EVENTS_FILE = "events.jsonl"     # append-only JSON lines
 ARTIFACTS_DIR = "artifacts"      # saved files
 TORN_SUFFIX = ".torn"            # verify --repair keeps a cut tail beside its file
+MANIFEST_SUFFIX = ".manifest.json"   # a folder artifact's list of files and hashes, beside it
+MAX_MANIFEST_BYTES = 64 << 20    # readers refuse a larger (crafted) manifest            # verify --repair keeps a cut tail beside its file
 LOCK_FILE = "writer.lock"        # the writer's OS lock, held for the run's life (expman.runlock)
 
 

@@ -9,6 +9,8 @@ the file; it never touches damage in the middle, and never a live run.
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,11 @@ from expman import _core
 from expman._fsutil import O_BINARY, O_NOFOLLOW, read_json, read_regular, regular_stat, sha256_file
 from expman.errors import ExpmanError, ExpmanValueError
 from expman.layout import (
-    ARTIFACTS_DIR, EVENTS_FILE, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING, TORN_SUFFIX,
+    ARTIFACTS_DIR, MAX_MANIFEST_BYTES, EVENTS_FILE, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING, TORN_SUFFIX,
     effective_status, parse_event_lines, resolve_run,
 )
 
-__all__ = ["verify_run"]
+__all__ = ["verify_run", "verify_artifacts"]
 
 
 def verify_run(path: str | os.PathLike[str], repair: bool = False, *,
@@ -146,50 +148,148 @@ def _check_events(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def _check_artifacts(run_dir: Path, events: list[dict[str, Any]],
                      problems: list[str]) -> list[dict[str, Any]]:
-    """Every artifact the events record: present, of its size, with its sha256."""
+    """Every artifact the events record, with what is wrong with it (if anything)."""
+    found = verify_artifacts(run_dir, events)
     out = []
-    root = run_dir / ARTIFACTS_DIR
-    for art in (e for e in events if e.get("kind") == "artifact"):
-        rel = str(art.get("path") or "")
-        name = art.get("name")
-        problem = None
-        f = run_dir / rel
-        try:
-            if not rel or ".." in Path(rel).parts or Path(rel).is_absolute():
-                problem = "recorded path is not inside the run folder"
-            elif art.get("files") is not None:
-                problem = _check_dir_artifact(f, art)
-            else:
-                st = regular_stat(f)
-                if art.get("size") is not None and st.st_size != art["size"]:
-                    problem = f"size {st.st_size}, recorded {art['size']}"
-                elif art.get("sha256") and sha256_file(f) != art["sha256"]:
-                    problem = "contents changed (sha256 differs from the recorded one)"
-        except FileNotFoundError:
-            problem = "missing"
-        except (OSError, ValueError) as e:
-            problem = str(e)
-        if problem is None and not root.exists():
-            problem = "missing"
-        out.append({"name": name, "path": rel, "ok": problem is None, "problem": problem})
+    for ev in events:
+        if ev.get("kind") != "artifact":
+            continue
+        mine = [p for p in found if p["name"] == ev.get("name") and (
+            p["path"] == ev.get("path") or str(p["path"] or "").startswith(f"{ev.get('path')}/"))]
+        problem = "; ".join(f"{p['problem']}: {p['detail']}" for p in mine) or None
+        out.append({"name": ev.get("name"), "path": ev.get("path"), "ok": problem is None,
+                    "problem": problem})
         if problem:
-            problems.append(f"artifact {name!r}: {problem}")
+            problems.append(f"artifact {ev.get('name')!r}: {problem}")
     return out
 
 
-def _check_dir_artifact(folder: Path, art: dict[str, Any]) -> str | None:
-    """A saved folder: every file of its manifest present with its sha256."""
-    for entry in art.get("files") or []:
-        f = folder / str(entry.get("path", ""))
-        try:
-            st = regular_stat(f)
-        except FileNotFoundError:
-            return f"{entry.get('path')} missing"
-        if entry.get("size") is not None and st.st_size != entry["size"]:
-            return f"{entry.get('path')}: size {st.st_size}, recorded {entry['size']}"
-        if entry.get("sha256") and sha256_file(f) != entry["sha256"]:
-            return f"{entry.get('path')}: contents changed"
-    return None
+# ---- artifacts: sizes and sha256 against the recorded events ----------------------------------
+
+
+def verify_artifacts(run_dir: str | os.PathLike[str],
+                     events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Check every recorded artifact against the bytes on disk: size AND sha256;
+    for folders, the manifest's own hash, then every file it lists (and no others).
+
+    Returns one dict per problem: ``{"name", "path", "problem", "detail"}`` with
+    ``problem`` one of ``missing``, ``not_regular``, ``unsafe_path``, ``size``,
+    ``sha256``, ``manifest``, ``extra_file``, ``bad_record``. Never follows a
+    link; never reads outside ``run_dir/artifacts``.
+    """
+    root = Path(os.fspath(run_dir))
+    problems: list[dict[str, Any]] = []
+    for ev in events:
+        if not isinstance(ev, dict) or ev.get("kind") != "artifact":
+            continue
+        name = ev.get("name")
+
+        def problem(kind: str, detail: str, path: object = ev.get("path"),
+                    name: object = name) -> None:
+            problems.append({"name": name, "path": path, "problem": kind, "detail": detail})
+
+        rel = ev.get("path")
+        target = _safe_target(root, rel)
+        if target is None:
+            problem("unsafe_path", f"recorded path {rel!r} is not inside {ARTIFACTS_DIR}/")
+            continue
+        if ev.get("type") == "dir":
+            _verify_dir(root, target, ev, problem)
+            continue
+        size, sha = ev.get("size"), ev.get("sha256")
+        if not isinstance(size, int) or not isinstance(sha, str):
+            problem("bad_record", "the event lacks an integer size or a sha256")
+            continue
+        _verify_file(target, size, sha, problem)
+    return problems
+
+
+def _safe_target(root: Path, rel: object) -> Path | None:
+    if not isinstance(rel, str) or "\\" in rel or "\x00" in rel:
+        return None
+    parts = rel.split("/")
+    if len(parts) < 2 or parts[0] != ARTIFACTS_DIR or any(p in ("", ".", "..") for p in parts):
+        return None
+    return root.joinpath(*parts)
+
+
+def _verify_file(path: Path, size: int, sha: str, problem: Callable[[str, str], None]) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        problem("missing", f"{path} is missing")
+        return
+    if not stat.S_ISREG(st.st_mode):
+        problem("not_regular", f"{path} is not a regular file (a link, folder or device)")
+        return
+    if st.st_size != size:
+        problem("size", f"{path} has {st.st_size} bytes, {size} recorded")
+        return
+    try:
+        found = sha256_file(path)
+    except OSError as e:
+        problem("not_regular", f"{path}: {e}")
+        return
+    if found != sha:
+        problem("sha256", f"{path}: sha256 {found}, {sha} recorded")
+
+
+def _verify_dir(root: Path, target: Path, ev: dict[str, Any],
+                problem: Callable[..., None]) -> None:
+    import orjson
+    side = _safe_target(root, ev.get("manifest"))
+    sha = ev.get("sha256")
+    if side is None or not isinstance(sha, str):
+        problem("bad_record", "the event lacks a manifest path inside artifacts/ or its sha256")
+        return
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        problem("missing", f"{target} is missing")
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        problem("not_regular", f"{target} is not a folder (a link or a file)")
+        return
+    try:
+        regular_stat(side)
+        body = read_regular(side)
+    except FileNotFoundError:
+        problem("manifest", f"the manifest {side} is missing")
+        return
+    except (OSError, ValueError) as e:
+        problem("manifest", f"the manifest {side} cannot be read: {e}")
+        return
+    import hashlib
+    if len(body) > MAX_MANIFEST_BYTES or hashlib.sha256(body).hexdigest() != sha:
+        problem("manifest", f"the manifest {side} does not match its recorded sha256")
+        return
+    try:
+        entries = orjson.loads(body)["files"]
+        listed = {e["path"]: (int(e["size"]), str(e["sha256"])) for e in entries}
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        problem("manifest", f"the manifest {side} is not a list of files")
+        return
+    for rel, (size, fsha) in sorted(listed.items()):
+        path = _safe_target(root, f"{_rel_of(root, target)}/{rel}")
+        if path is None:
+            problem("unsafe_path", f"manifest entry {rel!r} leaves the folder")
+            continue
+        _verify_file(path, size, fsha, _with_path(problem, _rel_of(root, path)))
+    for top, dirs, names in os.walk(target, followlinks=False):
+        for n in names:
+            rel = (Path(top) / n).relative_to(target).as_posix()
+            if rel not in listed:
+                problem("extra_file", f"{target / rel} is not in the manifest",
+                        _rel_of(root, Path(top) / n))
+
+
+def _with_path(problem: Callable[..., None], path: str) -> Callable[[str, str], None]:
+    """problem() reporting a file inside a folder artifact under the file's own path."""
+    return lambda kind, detail: problem(kind, detail, path)
+
+
+def _rel_of(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
 
 
 def _cut(path: Path, keep: int) -> Path:

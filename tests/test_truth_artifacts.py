@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from expman import artifacts
-from expman.artifacts import ArtifactCopier, verify_artifacts
+from expman.artifacts import ArtifactCopier
+from expman.verify import verify_artifacts
 from expman.layout import EVENTS_FILE, parse_event_lines
 
 

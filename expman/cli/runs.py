@@ -40,7 +40,7 @@ def run_info(run: Run, messages: int) -> dict[str, Any]:
         "params": run.params, "env": env_summary(run.env),
         "metrics": {k: s.summary() for k, s in run.metrics.items()},
         "messages": msgs[-messages:] if messages else [], "message_count": len(msgs),
-        "artifacts": [{**a, "present": (run.path / a.get("path", "")).is_file()}
+        "artifacts": [{**a, "present": (run.path / a.get("path", "")).exists()}
                       for a in run.artifacts],
         "integrity": run.integrity,
         "write_error": run.meta.get("write_error"),
