@@ -113,7 +113,7 @@ cdef class Core:
 
     # ---- set-up (called once by Experiment) ---------------------------------
     def _start(self, int fd_metrics, uint64_t metrics_size, int fd_events,
-               uint64_t events_size, *, metrics_path, uint64_t buffer_size,
+               uint64_t events_size, *, metrics_path, buffer_size,
                double flush_interval, double heartbeat_interval, on_full,
                on_error, double block_timeout, dict keys=None, last_step=None):
         """Start the writer on already-open files (the Python side owns paths)."""
@@ -123,7 +123,7 @@ cdef class Core:
             raise ExpmanValueError(f"on_full must be 'block' or 'drop', got {on_full!r}")
         if on_error not in ("raise", "warn"):
             raise ExpmanValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
-        if buffer_size > EXLOG_MAX_CAPACITY:
+        if not isinstance(buffer_size, int) or not 0 <= buffer_size <= EXLOG_MAX_CAPACITY:
             raise ExpmanValueError(
                 f"buffer_size must be at most {EXLOG_MAX_CAPACITY} (1 GiB), got {buffer_size}")
         self._on_full = BLOCK if on_full == "block" else DROP

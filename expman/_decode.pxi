@@ -51,11 +51,13 @@ cdef inline double get_f64(const unsigned char *p) noexcept nogil:
     return d
 
 cdef inline Py_ssize_t get_varint(const unsigned char *p, Py_ssize_t n, uint64_t *out) noexcept nogil:
-    """Bytes used, or -1 if truncated or longer than 10 bytes."""
+    """Bytes used, or -1 if truncated, longer than 10 bytes or above 2**64-1."""
     cdef uint64_t v = 0
     cdef Py_ssize_t k = 0
     cdef int shift = 0
     while k < n and k < 10:
+        if k == 9 and p[k] > 1:
+            return -1                   # the 10th byte holds only bit 63
         v |= (<uint64_t>(p[k] & 0x7F)) << shift
         if p[k] < 0x80:
             out[0] = v
@@ -172,7 +174,7 @@ cdef int decode_payload(const unsigned char *p, Py_ssize_t n, Long *out, dict ke
     cdef Py_ssize_t mark_steps = out.steps.len, mark_times = out.times.len
     cdef uint64_t u, h, npts, kid, j, nrows = 0, prev_n = 0
     cdef Py_ssize_t row_start, prev_start = -1   # where the previous row's ids are in out
-    cdef bint same, bad = False
+    cdef bint same, bad = False, complete = False
     cdef int64_t step = 0, t_us = 0
     cdef double t, val
     cdef dict new_ids = {}, new_names = {}      # this frame's definitions, kept if it is whole
@@ -234,7 +236,9 @@ cdef int decode_payload(const unsigned char *p, Py_ssize_t n, Long *out, dict ke
         prev_start = row_start
         prev_n = npts
         nrows += 1
-    if bad or k != n:
+    else:
+        complete = True                         # no record broke off
+    if bad or not complete or k != n:
         out.ids.len = mark_ids
         out.steps.len = mark_steps
         out.times.len = mark_times

@@ -19,7 +19,11 @@ def read_varint(buf, i):
         value |= (b & 0x7F) << shift
         shift += 7
         if b < 0x80:
+            if value >= 2**64:
+                raise ValueError(f"varint longer than 64 bits at {i}")
             return value, i
+        if shift >= 70:
+            raise ValueError(f"varint longer than 10 bytes at {i}")
 
 
 def unzigzag(v):
@@ -60,6 +64,8 @@ def read_metrics(data):
             h, i = read_varint(payload, i)
             if h & 1:                                     # key definition
                 n, i = read_varint(payload, i)
+                if i + n > len(payload):
+                    raise ValueError(f"key name runs past its frame at {pos}")
                 define(keys, h >> 1, payload[i:i + n].decode(), pos)
                 i += n
                 continue
