@@ -82,25 +82,38 @@ uint32_t exlog_crc32(uint32_t crc, const unsigned char *p, size_t n) {
 /* ---- CRC-32 of concatenations ---------------------------------------------
  * CRC-32 is linear over GF(2): crc(A + B) = crc(A) * x^(8 len(B)) mod P xor
  * crc(B), in the reflected bit order the table uses. gf2_mul multiplies two
- * such polynomials modulo P; x^(8 * 2^k) is built by repeated squaring. */
+ * such polynomials modulo P; crc_pow[k][d] = x^(8 * d * 16^k) mod P, so a
+ * shift by any length takes one product per nonzero hex digit of it. */
+static uint32_t crc_pow[16][16];
+static volatile int crc_pow_ready = 0;
+
 static uint32_t gf2_mul(uint32_t a, uint32_t b) {
-    uint32_t prod = 0, bit;
-    for (bit = 0x80000000u; bit; bit >>= 1) {
-        if (a & bit) prod ^= b;
-        b = (b & 1u) ? (b >> 1) ^ 0xEDB88320u : b >> 1;
+    uint32_t prod = 0;
+    int i;
+    for (i = 31; i >= 0; i--) {       /* branch-free: the bits are random */
+        prod ^= b & (0u - ((a >> i) & 1u));
+        b = (b >> 1) ^ (0xEDB88320u & (0u - (b & 1u)));
     }
     return prod;
 }
 
-uint32_t exlog_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
-    uint32_t power = 0x00800000u;     /* x^8: one byte of shift, reflected */
-    uint32_t shift = 0x80000000u;     /* x^0 */
-    while (len_b) {
-        if (len_b & 1u) shift = gf2_mul(power, shift);
-        power = gf2_mul(power, power);
-        len_b >>= 1;
+static void crc_pow_init(void) {
+    uint32_t unit = 0x00800000u;      /* x^8: one byte, reflected */
+    int k, d;
+    for (k = 0; k < 16; k++) {
+        crc_pow[k][0] = 0x80000000u;  /* x^0 */
+        for (d = 1; d < 16; d++) crc_pow[k][d] = gf2_mul(crc_pow[k][d - 1], unit);
+        unit = gf2_mul(crc_pow[k][15], unit);   /* x^(8 * 16^(k+1)) */
     }
-    return gf2_mul(shift, crc_a) ^ crc_b;
+    exlog_store_int(&crc_pow_ready, 1);
+}
+
+uint32_t exlog_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
+    int k;
+    if (!exlog_load_int(&crc_pow_ready)) crc_pow_init();   /* idempotent: same table */
+    for (k = 0; len_b; len_b >>= 4, k++)
+        if (len_b & 15u) crc_a = gf2_mul(crc_pow[k][len_b & 15u], crc_a);
+    return crc_a ^ crc_b;
 }
 
 int exlog_rec_valid(const exlog_rec *r, uint64_t avail, uint64_t room_to_end, uint64_t cap) {
