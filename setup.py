@@ -6,6 +6,10 @@
 - ``EXPMAN_DEBUG=1`` builds with ``-O0 -g``, Cython bounds checks and
   assertions on (the test suite runs against this build in ``.ci/run``).
 - ``EXPMAN_WERROR=1`` turns compiler warnings into errors (CI does).
+- ``EXPMAN_SANITIZE=1`` (GCC/Clang) builds with AddressSanitizer and
+  UndefinedBehaviorSanitizer, ``-O1 -g``, bounds checks on, any UB fatal.
+  Python itself is not instrumented, so run it with libasan preloaded:
+  ``tools/sanitize.sh`` does all of it in a copy of the tree.
 - ``EXPMAN_ANNOTATE=1`` writes the ``cython -a`` HTML next to the .pyx.
 - Switching between debug and release rebuilds everything: up-to-date checks
   look at file times, not flags, so the last mode is kept in ``build/``.
@@ -20,7 +24,8 @@ from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("EXPMAN_DEBUG") == "1"
 WERROR = os.environ.get("EXPMAN_WERROR") == "1"
-MODE = "debug" if DEBUG else "release"
+SANITIZE = os.environ.get("EXPMAN_SANITIZE") == "1"
+MODE = "sanitize" if SANITIZE else "debug" if DEBUG else "release"
 MODE_FILE = os.path.join("build", "expman-build-mode")
 
 
@@ -50,17 +55,21 @@ if sys.platform == "win32":
     cflags += ["/wd4100", "/wd4127", "/wd4189", "/wd4505", "/wd4702"]
 else:
     cflags = ["-Wall", "-Wextra"]
-    cflags += ["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O3"]
+    if SANITIZE:
+        cflags += ["-O1", "-g", "-UNDEBUG", "-fno-omit-frame-pointer",
+                   "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+    else:
+        cflags += ["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O3"]
     cflags += ["-Werror"] if WERROR else []
     # Cython's generated code has unused parameters and functions by design
     cflags += ["-Wno-unused-parameter", "-Wno-unused-function"]
 
 directives = {
     "language_level": 3,
-    "boundscheck": DEBUG,
-    "wraparound": DEBUG,
-    "initializedcheck": DEBUG,
-    "cdivision": not DEBUG,
+    "boundscheck": DEBUG or SANITIZE,
+    "wraparound": DEBUG or SANITIZE,
+    "initializedcheck": DEBUG or SANITIZE,
+    "cdivision": not (DEBUG or SANITIZE),
     "embedsignature": True,
 }
 
@@ -71,6 +80,7 @@ core = Extension(
     depends=["expman/src/exlog.h", "expman/src/exlog_port.h", "expman/_exlog.pxd",
              "expman/_decode.pxi"],
     extra_compile_args=cflags,
+    extra_link_args=["-fsanitize=address,undefined"] if SANITIZE else [],
     define_macros=[("CYTHON_TRACE", "0")],
 )
 

@@ -17,6 +17,7 @@ from cpython.exc cimport PyErr_CheckSignals
 
 import errno as _errno
 import os as _os
+import time as _time
 import warnings as _warnings
 
 
@@ -56,6 +57,15 @@ cdef enum OnFull:
     BLOCK = 0
     DROP = 1
 
+cdef enum Put:            # what _put_blob did
+    PUT_RETRY = 0         # waited with the GIL released: re-derive, then retry
+    PUT_DONE = 1
+    PUT_DROPPED = 2       # no room, by on_full / block_timeout
+
+cdef enum:
+    NO_ID = 0xFFFFFFFF    # a key not (yet) in the stream
+    MAX_KEYS = 0xFFFFFFFE # ids are u32 and NO_ID is reserved
+
 
 def file_header():
     """The 16 bytes every metrics file starts with."""
@@ -77,8 +87,10 @@ cdef class Core:
     cdef PyObject *_ckey[KEY_CACHE]  # owned refs: key seen at dict position i
     cdef uint32_t _cid[KEY_CACHE]
     cdef int64_t _last_step
-    cdef uint64_t _accepted, _dropped_full, _events
+    cdef uint64_t _accepted, _dropped_full, _events, _events_dropped_full
     cdef uint64_t _seq_base         # records of earlier sessions (resume): events' seq goes on
+    cdef int64_t _next_id           # -1: derive from _keys (a resumed run's ids may have gaps)
+    cdef bint _stalled              # _stop timed out: the writer still owns its files
     cdef int _state, _on_full, _err_seen, _raise_errors
     cdef double _block_timeout
     cdef object _metrics_path
@@ -87,21 +99,22 @@ cdef class Core:
     def __cinit__(self, *args, **kwargs):
         self._keys = {}
         self._last_step = -1
+        self._next_id = -1
 
     def __dealloc__(self):
         cdef int i
         for i in range(KEY_CACHE):
             Py_XDECREF(self._ckey[i])
         if self._w is not NULL:
-            if self._state == FORKED:
-                return      # the parent's writer: its locks may be held; leak it
+            if self._state == FORKED or self._stalled:
+                return      # the parent's writer, or one stuck on a frozen disk: leak it
             with nogil:
                 exlog_free(self._w)   # drains and joins if still running
             self._w = NULL
 
     # ---- set-up (called once by Experiment) ---------------------------------
     def _start(self, int fd_metrics, uint64_t metrics_size, int fd_events,
-               uint64_t events_size, *, metrics_path, uint64_t buffer_size,
+               uint64_t events_size, *, metrics_path, buffer_size,
                double flush_interval, double heartbeat_interval, on_full,
                on_error, double block_timeout, dict keys=None, last_step=None,
                uint64_t seq_base=0):
@@ -112,6 +125,9 @@ cdef class Core:
             raise ExpmanValueError(f"on_full must be 'block' or 'drop', got {on_full!r}")
         if on_error not in ("raise", "warn"):
             raise ExpmanValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
+        if not isinstance(buffer_size, int) or not 0 <= buffer_size <= EXLOG_MAX_CAPACITY:
+            raise ExpmanValueError(
+                f"buffer_size must be at most {EXLOG_MAX_CAPACITY} (1 GiB), got {buffer_size}")
         self._on_full = BLOCK if on_full == "block" else DROP
         self._raise_errors = on_error == "raise"
         self._block_timeout = block_timeout
@@ -197,6 +213,11 @@ cdef class Core:
         if fresh is not None:
             for i in range(0, len(fresh), 2):
                 ids[<Py_ssize_t>fresh[i]] = self._define_key(fresh[i + 1])
+                if ids[<Py_ssize_t>fresh[i]] == NO_ID:    # no room for it: on_full says drop
+                    self._accepted += 1
+                    self._dropped_full += 1
+                    self._last_step = s
+                    return
 
         if self._state != OPEN:
             # validation can run Python code (a __float__) during which another
@@ -230,8 +251,7 @@ cdef class Core:
                 f"log_metrics: metric names must be str, got {type(key).__name__} ({key!r})")
         found = self._keys.get(key)
         if found is None:
-            if not key:
-                raise ExpmanValueError("log_metrics: metric names must not be empty")
+            _check_new_name(key)    # every new name of a call, before any is defined
             return 0xFFFFFFFF
         if i < KEY_CACHE and PyUnicode_CheckExact(<PyObject *>key):
             Py_XDECREF(self._ckey[i])
@@ -241,64 +261,86 @@ cdef class Core:
         return found
 
     cdef uint32_t _define_key(self, str key) except? 0xFFFFFFFE:
-        """Assign the next id and put the definition in the stream, atomically."""
-        cdef bytes name
-        try:
-            name = key.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise ExpmanValueError(f"log_metrics: metric name {key!r} is not valid UTF-8: {e}") from None
-        if len(name) > MAX_KEY_BYTES:
-            raise ExpmanValueError(
-                f"log_metrics: metric name {key[:40]!r}... is {len(name)} bytes, max {MAX_KEY_BYTES}")
+        """Assign the next id and put the definition in the stream, atomically.
+
+        Returns NO_ID when the ring had no room and on_full / block_timeout say
+        drop: the caller drops the record that needed the key."""
+        cdef bytes name = _check_new_name(key)
+        cdef int put
         while True:
             found = self._keys.get(key)
             if found is not None:       # defined by another thread while we waited
                 return found
-            new_id = len(self._keys)
-            if self._put_blob(EXLOG_REC_KEY, new_id, name):
-                self._keys[str(key)] = new_id
-                return new_id
+            if self._next_id < 0:
+                self._next_id = max(self._keys.values(), default=-1) + 1
+            if self._next_id >= MAX_KEYS:
+                raise ExpmanValueError(
+                    f"log_metrics: cannot define metric {key[:40]!r}: a run holds at most "
+                    f"{MAX_KEYS} metric names")
+            put = self._put_blob(EXLOG_REC_KEY, <uint32_t>self._next_id, name)
+            if put == PUT_DROPPED:
+                return NO_ID
+            if put == PUT_DONE:
+                self._keys[str(key)] = self._next_id
+                self._next_id += 1
+                return self._keys[key]
 
-    cdef unsigned char *_reserve_slow(self, uint64_t size, bint may_drop) except? NULL:
-        """The ring is full: wait for the writer (GIL released) or drop, by policy."""
+    cdef unsigned char *_reserve_slow(self, uint64_t size, bint is_row) except? NULL:
+        """The ring is full: wait for the writer (GIL released) or drop, by policy.
+
+        Every producer path comes here, so on_full="drop" and block_timeout hold
+        for rows, key definitions and events alike. Returns an open reservation
+        (commit or abandon it before the GIL is released again) or NULL: drop."""
         cdef unsigned char *p
-        cdef int ok
-        cdef int64_t slice_ms = 50
-        if may_drop and self._on_full == DROP:
+        cdef int64_t slice_ms
+        if self._on_full == DROP:
             return NULL
-        waited = 0.0
+        start = _time.monotonic()
         while True:
+            slice_ms = 50
+            if self._block_timeout >= 0:
+                slice_ms = max(1, min(50, <int64_t>((start + self._block_timeout
+                                                       - _time.monotonic()) * 1000) + 1))
             with nogil:
-                ok = exlog_wait_space(self._w, size, slice_ms)
+                exlog_wait_space(self._w, size, slice_ms)
             if self._state != OPEN:
                 self._raise_state()
             p = exlog_reserve(self._w, size)
             if p is not NULL:
                 return p
             PyErr_CheckSignals()
-            waited += slice_ms / 1000.0
-            if may_drop and self._block_timeout >= 0 and waited >= self._block_timeout:
+            waited = _time.monotonic() - start
+            if self._block_timeout >= 0 and waited >= self._block_timeout:
+                what = "a record" if is_row else "an event or a metric name (and its record)"
                 _warnings.warn(
-                    f"expman: the writer made no room for {waited:.1f} s; dropping a record "
-                    "(counted in stats()['dropped'])", RuntimeWarning, stacklevel=3)
+                    f"expman: the writer made no room for {waited:.1f} s (block_timeout); "
+                    f"dropping {what} (counted in stats())", RuntimeWarning, stacklevel=3)
                 return NULL
 
     # ---- events, flush, close -----------------------------------------------
     def _log_event(self, dict event not None):
-        """Append one JSON line to events.jsonl, stamped with the metrics sequence."""
+        """Append one JSON line to events.jsonl, stamped with the metrics sequence.
+
+        Honours on_full / block_timeout like a row: a dropped event is counted in
+        stats()["events_dropped"]."""
+        cdef int put
         if self._state != OPEN:
             self._raise_state()
         import orjson as _orjson      # not at module import: `import expman` stays fast
         while True:
             event["seq"] = self._seq_base + self._accepted
-            if self._put_blob(EXLOG_REC_EVENT, 0,
-                              _orjson.dumps(event, option=_orjson.OPT_APPEND_NEWLINE)):
+            put = self._put_blob(EXLOG_REC_EVENT, 0,
+                                 _orjson.dumps(event, option=_orjson.OPT_APPEND_NEWLINE))
+            if put != PUT_RETRY:
                 self._events += 1
+                if put == PUT_DROPPED:
+                    self._events_dropped_full += 1
                 return
 
-    cdef bint _put_blob(self, uint32_t kind, uint32_t n, bytes payload) except -1:
-        """Append a key or event record; False after waiting for room (with the GIL
-        released, so the caller re-derives what may have changed and retries)."""
+    cdef int _put_blob(self, uint32_t kind, uint32_t n, bytes payload) except -1:
+        """Append a key or event record. PUT_RETRY after waiting for room with the
+        GIL released (the caller re-derives what may have changed and retries),
+        PUT_DROPPED when the policy gave up."""
         cdef uint64_t size = REC_HEADER + exlog_align8(len(payload))
         cdef unsigned char *p
         cdef exlog_rec *rec
@@ -308,8 +350,12 @@ cdef class Core:
             self._raise_state()
         p = exlog_reserve(self._w, size)
         if p is NULL:
-            self._reserve_slow(size, False)
-            return False
+            if self._reserve_slow(size, False) is NULL:
+                return PUT_DROPPED
+            # the world moved while we waited (another thread may have defined
+            # this key): give the reservation back, unused (exlog.h, I3)
+            exlog_abandon(self._w)
+            return PUT_RETRY
         rec = <exlog_rec *>p
         rec.size = <uint32_t>size
         rec.kind = kind
@@ -319,7 +365,7 @@ cdef class Core:
         rec.t_ns = 0
         memcpy(p + REC_HEADER, <char *>payload, len(payload))
         exlog_commit(self._w, size)
-        return True
+        return PUT_DONE
 
     def flush(self, timeout=None):
         """Return once everything logged before the call is handed to the OS.
@@ -328,27 +374,52 @@ cdef class Core:
         False if ``timeout`` (seconds) passed first.
         """
         cdef uint64_t target
-        cdef int64_t ms = -1 if timeout is None else <int64_t>(timeout * 1000)
-        cdef int reached
+        cdef int64_t slice_ms
+        cdef int reached = 0
         if self._state != OPEN:
             self._raise_state()
         target = self._w.head
-        with nogil:
-            reached = exlog_wait_done(self._w, target, ms)
+        deadline = None if timeout is None else _time.monotonic() + timeout
+        while True:     # in slices, so Ctrl-C works while a disk stalls
+            slice_ms = 100
+            if deadline is not None:
+                slice_ms = max(0, min(100, <int64_t>((deadline - _time.monotonic()) * 1000)))
+            with nogil:
+                reached = exlog_wait_done(self._w, target, slice_ms)
+            if reached or (deadline is not None and _time.monotonic() >= deadline):
+                break
+            PyErr_CheckSignals()
         if self._err_seen != exlog_load_int(&self._w.error_seq):
             self._report_writer_error()
         return bool(reached)
 
-    def _stop(self):
+    def _stop(self, timeout=None):
         """Drain, fsync and join the writer. Idempotent; a no-op in a forked child.
 
-        Returns True when this call did the stopping.
+        Waits at most ``timeout`` seconds (default: block_timeout, at least 5 s;
+        no limit when block_timeout < 0), then raises WriterError(ETIMEDOUT): a
+        stalled disk must not hang close(). The writer then keeps its files and
+        finishes on its own; a later call waits again. Returns True when this
+        call did the stopping.
         """
-        if self._state != OPEN:
+        cdef int64_t ms
+        cdef int stopped
+        if self._state == OPEN:
+            self._state = CLOSED
+        elif not self._stalled:
             return False
-        self._state = CLOSED
+        if timeout is None:
+            timeout = max(self._block_timeout, 5.0) if self._block_timeout >= 0 else -1.0
+        ms = <int64_t>(timeout * 1000) if timeout >= 0 else -1
         with nogil:
-            exlog_stop(self._w)
+            stopped = exlog_stop_timed(self._w, ms)
+        self._stalled = not stopped
+        if self._stalled:
+            raise WriterError(
+                _errno.ETIMEDOUT,
+                f"expman writer: still writing after {timeout:.1f} s at close (a stalled disk "
+                "or frozen filesystem?); its files stay open and it finishes on its own "
+                "if the disk recovers", str(self._metrics_path))
         return True
 
     def _after_fork_child(self):
@@ -412,7 +483,7 @@ cdef class Core:
             "pending": self._accepted - st.rows_written - dropped,
             "events": self._events,
             "events_written": st.events_written,
-            "events_dropped": st.events_dropped,
+            "events_dropped": st.events_dropped + self._events_dropped_full,
             "write_errors": st.write_errors,
             "last_errno": st.last_errno,
             "bytes_written": st.bytes_written,
@@ -425,8 +496,9 @@ cdef class Core:
         """The step of the last accepted record, or None."""
         return None if self._last_step < 0 else self._last_step
 
-    def _pause_writer(self, bint paused):
-        """Test hook: stall the writer (it still drains on close)."""
+    def _pause_writer(self, int paused):
+        """Test hook: stall the writer (1: it still drains on close; 2: it ignores
+        close too, like a frozen filesystem)."""
         exlog_test_pause(self._w, paused)
 
     def _set_fault(self, uint64_t write_every=0, uint64_t fsync_every=0, int err=0):
@@ -450,6 +522,28 @@ cdef double _to_double(object key, object value) except? -1.0:
         raise ExpmanTypeError(
             f"log_metrics: value for {key!r} must be a number, got "
             f"{type(value).__name__} ({value!r:.60}): {e}") from None
+
+
+cdef bytes _check_new_name(object key):
+    """A new metric name's UTF-8 bytes, or ExpmanValueError naming it: empty,
+    not encodable, too long, or holding a control character (C0, DEL, C1), which
+    would reach terminals and CSV headers raw."""
+    cdef Py_UCS4 ch
+    if not key:
+        raise ExpmanValueError("log_metrics: metric names must not be empty")
+    for ch in key:
+        if ch < 0x20 or 0x7F <= ch <= 0x9F:
+            raise ExpmanValueError(
+                f"log_metrics: metric name {key[:60]!r} contains the control character "
+                f"U+{<int>ch:04X}")
+    try:
+        name = key.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ExpmanValueError(f"log_metrics: metric name {key[:60]!r} is not valid UTF-8: {e}") from None
+    if len(name) > MAX_KEY_BYTES:
+        raise ExpmanValueError(
+            f"log_metrics: metric name {key[:40]!r}... is {len(name)} bytes, max {MAX_KEY_BYTES}")
+    return name
 
 
 cdef int _too_large(uint64_t size, uint64_t cap) except -1:

@@ -1,4 +1,21 @@
-"""Decoding metrics files into columns (included by _core.pyx; see docs/format.md)."""
+"""Decoding metrics files into columns (included by _core.pyx; see docs/format.md).
+
+A metrics file may be damaged, crafted or written by another process, so the
+decoder promises, for any bytes (docs/durability.md, "Hostile input"):
+
+- memory: every allocation is bounded by the data's size (points need 8 bytes
+  each, key ids are mapped to dense slots, never used as array indexes);
+- time: O(n log n) for n bytes. Each byte is decoded at most once; the search
+  for the next valid frame after damage checks every offset at most once, and
+  checks a candidate's payload CRC in O(log n) from prefix CRCs (CRC-32 is
+  linear, exlog_crc32_combine) instead of re-reading the payload;
+- meaning: a key definition with an id >= 2**32, a name that is empty or not
+  UTF-8, an id already bound to another name, or a name already bound to
+  another id makes its frame corrupt (repeating an identical definition is
+  allowed). A row id with no definition is counted in ``unknown_points``.
+"""
+
+
 
 cdef struct Vec:
     char *data
@@ -34,11 +51,13 @@ cdef inline double get_f64(const unsigned char *p) noexcept nogil:
     return d
 
 cdef inline Py_ssize_t get_varint(const unsigned char *p, Py_ssize_t n, uint64_t *out) noexcept nogil:
-    """Bytes used, or -1 if truncated or longer than 10 bytes."""
+    """Bytes used, or -1 if truncated, longer than 10 bytes or above 2**64-1."""
     cdef uint64_t v = 0
     cdef Py_ssize_t k = 0
     cdef int shift = 0
     while k < n and k < 10:
+        if k == 9 and p[k] > 1:
+            return -1                   # the 10th byte holds only bit 63
         v |= (<uint64_t>(p[k] & 0x7F)) << shift
         if p[k] < 0x80:
             out[0] = v
@@ -48,12 +67,69 @@ cdef inline Py_ssize_t get_varint(const unsigned char *p, Py_ssize_t n, uint64_t
     return -1
 
 cdef inline int64_t unzigzag(uint64_t v) noexcept nogil:
-    return <int64_t>(v >> 1) ^ -<int64_t>(v & 1)
+    return <int64_t>((v >> 1) ^ (<uint64_t>0 - (v & 1)))
+
+cdef inline int64_t add_wrap(int64_t a, int64_t b) noexcept nogil:
+    """a + b modulo 2**64: the format's delta arithmetic, never signed overflow."""
+    return <int64_t>(<uint64_t>a + <uint64_t>b)
 
 
-cdef int frame_ok(const unsigned char *d, Py_ssize_t n, Py_ssize_t pos) noexcept nogil:
+# ---- finding frames ------------------------------------------------------------------
+
+cdef enum:
+    CHUNK = 64            # prefix CRCs are kept every CHUNK bytes (n / 16 bytes of memory)
+    DIRECT_CRC = 1024     # payloads up to this size are simply checksummed
+
+
+cdef struct Scan:
+    const unsigned char *d
+    Py_ssize_t n
+    uint32_t *chunk_crc   # crc32(d[0 : i*CHUNK]), built at the first damage; NULL before
+    Py_ssize_t nv_from, nv_at   # no valid frame starts in [nv_from, nv_at); nv_at is valid or n
+    Py_ssize_t last_nonzero     # index of the last nonzero byte, -1 if none
+
+
+cdef int scan_prepare(Scan *s) except -1:
+    """Prefix CRCs and the zero tail: O(n) once, so damage costs no rescans."""
+    cdef Py_ssize_t i, nchunks
+    cdef uint32_t crc = 0
+    if s.chunk_crc is not NULL:
+        return 0
+    nchunks = s.n // CHUNK + 1
+    s.chunk_crc = <uint32_t *>malloc(nchunks * sizeof(uint32_t))
+    if s.chunk_crc is NULL:
+        raise MemoryError()
+    with nogil:
+        s.chunk_crc[0] = 0
+        for i in range(1, nchunks):
+            crc = exlog_crc32(crc, s.d + (i - 1) * CHUNK, CHUNK)
+            s.chunk_crc[i] = crc
+        i = s.n - 1
+        while i >= 0 and s.d[i] == 0:
+            i -= 1
+        s.last_nonzero = i
+    return 0
+
+
+cdef inline uint32_t prefix_crc(const Scan *s, Py_ssize_t a) noexcept nogil:
+    """crc32(d[0:a]) from the nearest chunk checkpoint."""
+    cdef Py_ssize_t c = a // CHUNK
+    return exlog_crc32(s.chunk_crc[c], s.d + c * CHUNK, a - c * CHUNK)
+
+
+cdef inline uint32_t range_crc(const Scan *s, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """crc32(d[a:b]): directly when short or before any damage, else in O(log n)."""
+    if s.chunk_crc is NULL or b - a <= DIRECT_CRC:
+        return exlog_crc32(0, s.d + a, b - a)
+    # prefix(b) = combine(prefix(a), crc(a:b), b-a) = shift(prefix(a)) ^ crc(a:b)
+    return prefix_crc(s, b) ^ exlog_crc32_combine(prefix_crc(s, a), 0, b - a)
+
+
+cdef int frame_ok(const Scan *s, Py_ssize_t pos) noexcept nogil:
     """1 if a whole valid frame starts at pos, 0 if not, -1 if it may be torn (runs past EOF)."""
-    cdef uint32_t length
+    cdef const unsigned char *d = s.d
+    cdef Py_ssize_t n = s.n
+    cdef uint32_t length = 0
     if n - pos < 8:
         return -1
     length = get_u32(d + pos)
@@ -61,27 +137,47 @@ cdef int frame_ok(const unsigned char *d, Py_ssize_t n, Py_ssize_t pos) noexcept
         return 0
     if <Py_ssize_t>length > n - pos - 12:
         return -1
-    if exlog_crc32(0, d + pos + 8, length) != get_u32(d + pos + 8 + length):
+    if range_crc(s, pos + 8, pos + 8 + length) != get_u32(d + pos + 8 + length):
         return -1 if pos + 12 + <Py_ssize_t>length == n else 0
     return 1
 
+
+cdef Py_ssize_t next_valid(Scan *s, Py_ssize_t start) noexcept nogil:
+    """The first offset >= start where a whole valid frame starts, or n.
+
+    Callers ask with growing `start`; the answer is remembered, so every offset
+    is checked at most once per decode."""
+    cdef Py_ssize_t pos
+    if s.nv_from <= start <= s.nv_at:
+        return s.nv_at
+    pos = start
+    while pos <= s.n - 12 and frame_ok(s, pos) != 1:
+        pos += 1
+    if pos > s.n - 12:
+        pos = s.n
+    s.nv_from = start
+    s.nv_at = pos
+    return pos
+
+
+# ---- decoding payloads ---------------------------------------------------------------
 
 cdef struct Long:
     Vec ids, steps, times, values
 
 
 cdef int decode_payload(const unsigned char *p, Py_ssize_t n, Long *out, dict keys,
-                        uint64_t *rows) except -1:
+                        dict names, uint64_t *rows) except -1:
     """Decode one checksummed payload. Returns 1 if well formed, 0 if not
-    (then `out` is rolled back to where it was)."""
+    (then `out`, `keys` and `names` are as they were)."""
     cdef Py_ssize_t k = 0, used, mark_ids = out.ids.len, mark_vals = out.values.len
     cdef Py_ssize_t mark_steps = out.steps.len, mark_times = out.times.len
     cdef uint64_t u, h, npts, kid, j, nrows = 0, prev_n = 0
     cdef Py_ssize_t row_start, prev_start = -1   # where the previous row's ids are in out
-    cdef bint same
+    cdef bint same, bad = False, complete = False
     cdef int64_t step = 0, t_us = 0
     cdef double t, val
-    cdef list new_keys = []
+    cdef dict new_ids = {}, new_names = {}      # this frame's definitions, kept if it is whole
     cdef Py_ssize_t most = n // 8 + 1       # a point takes at least 8 payload bytes
     vec_reserve(&out.ids, 4 * most)
     vec_reserve(&out.steps, 8 * most)
@@ -95,7 +191,9 @@ cdef int decode_payload(const unsigned char *p, Py_ssize_t n, Long *out, dict ke
             used = get_varint(p + k, n - k, &u)
             if used < 0 or <uint64_t>(n - k - used) < u: break
             k += used
-            new_keys.append((h >> 1, (<const char *>p)[k:k + u].decode("utf-8", "replace")))
+            if not _define(h >> 1, p + k, <Py_ssize_t>u, keys, names, new_ids, new_names):
+                bad = True
+                break
             k += u
             continue
         npts = h >> 2
@@ -105,11 +203,11 @@ cdef int decode_payload(const unsigned char *p, Py_ssize_t n, Long *out, dict ke
         used = get_varint(p + k, n - k, &u)
         if used < 0: break
         k += used
-        step += unzigzag(u)
+        step = add_wrap(step, unzigzag(u))
         used = get_varint(p + k, n - k, &u)
         if used < 0: break
         k += used
-        t_us += unzigzag(u)
+        t_us = add_wrap(t_us, unzigzag(u))
         t = t_us / 1e6
         row_start = out.ids.len // 4
         for j in range(npts):
@@ -138,16 +236,38 @@ cdef int decode_payload(const unsigned char *p, Py_ssize_t n, Long *out, dict ke
         prev_start = row_start
         prev_n = npts
         nrows += 1
-    if k != n:
+    else:
+        complete = True                         # no record broke off
+    if bad or not complete or k != n:
         out.ids.len = mark_ids
         out.steps.len = mark_steps
         out.times.len = mark_times
         out.values.len = mark_vals
         return 0
-    for kid_obj, name in new_keys:
-        keys[kid_obj] = name
+    keys.update(new_ids)
+    names.update(new_names)
     rows[0] += nrows
     return 1
+
+
+cdef bint _define(uint64_t kid, const unsigned char *p, Py_ssize_t n, dict keys, dict names,
+                  dict new_ids, dict new_names) except -1:
+    """Stage one key definition; False if it makes the frame corrupt (docs/format.md)."""
+    if kid > <uint64_t>0xFFFFFFFFU or n == 0:
+        return False
+    try:
+        name = (<const char *>p)[:n].decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    key = <object>kid
+    bound = new_ids.get(key, keys.get(key))
+    if bound is not None:
+        return bound == name            # the same definition again is harmless
+    if name in new_names or name in names:
+        return False                    # one name, two ids: never merged
+    new_ids[key] = name
+    new_names[name] = key
+    return True
 
 
 def decode_metrics(const unsigned char[::1] data not None, Py_ssize_t offset=0,
@@ -161,16 +281,19 @@ def decode_metrics(const unsigned char[::1] data not None, Py_ssize_t offset=0,
     the offset after the last intact frame.
     """
     cdef const unsigned char *d = &data[0] if data.shape[0] else NULL
-    cdef Py_ssize_t n = data.shape[0], pos = offset, start, end_ok
+    cdef Py_ssize_t n = data.shape[0], pos = offset, start, end_ok, nxt
     cdef Long out
+    cdef Scan scan
     cdef uint64_t rows = 0, frames = 0, corrupt = 0, torn = 0, unknown = 0
-    cdef uint32_t length
+    cdef uint32_t length = 0
     cdef int ok
     cdef list corrupt_at = []
-    if keys is None:
-        keys = {}
-    else:
-        keys = dict(keys)
+    cdef dict names
+    if offset != 0 and not EXLOG_HEADER_SIZE <= offset <= n:
+        raise ExpmanValueError(
+            f"decode_metrics: offset {offset} is not 0 or within the data "
+            f"({EXLOG_HEADER_SIZE}..{n})")
+    keys, names = _checked_keys(keys)
     report = {}
     if offset == 0:
         if n < EXLOG_HEADER_SIZE:
@@ -188,18 +311,24 @@ def decode_metrics(const unsigned char[::1] data not None, Py_ssize_t offset=0,
             raise CorruptRunError(f"unsupported metrics format version {get_u32(d + 8)}")
         pos = EXLOG_HEADER_SIZE
     long_init(&out)
+    scan.d = d
+    scan.n = n
+    scan.chunk_crc = NULL
+    scan.nv_from = scan.nv_at = -1
+    scan.last_nonzero = -1
     end_ok = pos
     try:
         while pos < n:
-            ok = frame_ok(d, n, pos)
+            ok = frame_ok(&scan, pos)
             if ok == 1:
                 length = get_u32(d + pos)
-                if decode_payload(d + pos + 8, length, &out, keys, &rows):
+                if decode_payload(d + pos + 8, length, &out, keys, names, &rows):
                     frames += 1
                     pos += 12 + length
                     end_ok = pos
                     continue
-            if (ok == -1 and not _any_valid_frame_after(d, n, pos + 1)) or _all_zero(d + pos, n - pos):
+            scan_prepare(&scan)
+            if pos > scan.last_nonzero or (ok == -1 and next_valid(&scan, pos + 1) == n):
                 torn = n - pos         # the last frame was cut short by a crash
                 break
             # damaged in the middle: report, and with salvage resynchronise
@@ -207,21 +336,43 @@ def decode_metrics(const unsigned char[::1] data not None, Py_ssize_t offset=0,
             if not salvage:
                 corrupt += n - pos
                 break
-            start = pos
-            pos += 1
-            while pos < n and frame_ok(d, n, pos) != 1:
-                pos += 1
-            corrupt += pos - start
+            if ok == 1:
+                # checksums hold but the payload breaks the format: the frame is
+                # one corrupt unit (decoding inside it again could not end linearly)
+                nxt = pos + 12 + length
+            else:
+                nxt = next_valid(&scan, pos + 1)
+            corrupt += nxt - pos
+            pos = nxt
         columns = _group(&out, keys, &unknown)
     finally:
         free(out.ids.data)
         free(out.steps.data)
         free(out.times.data)
         free(out.values.data)
+        free(scan.chunk_crc)
     report.update(frames=frames, rows=rows, points=sum(len(c[0]) for c in columns.values()),
                   torn_bytes=torn, corrupt_bytes=corrupt, corrupt_at=corrupt_at,
                   unknown_points=unknown, end=end_ok)
     return columns, keys, report
+
+
+cdef tuple _checked_keys(dict keys):
+    """A copy of a caller's key table and its reverse, or ExpmanValueError."""
+    cdef dict out = {}, names = {}
+    if keys is None:
+        return out, names
+    for kid, name in keys.items():
+        if (not isinstance(kid, int) or isinstance(kid, bool) or not 0 <= kid <= 0xFFFFFFFF
+                or not isinstance(name, str)):
+            raise ExpmanValueError(
+                f"decode_metrics: keys must map ids 0..2**32-1 to names, got {kid!r}: {name!r:.60}")
+        if name in names:
+            raise ExpmanValueError(
+                f"decode_metrics: keys binds the name {name!r:.60} to two ids ({names[name]}, {kid})")
+        out[int(kid)] = name
+        names[name] = int(kid)
+    return out, names
 
 
 cdef void long_init(Long *out) noexcept:
@@ -230,77 +381,83 @@ cdef void long_init(Long *out) noexcept:
     out.ids.cap = out.steps.cap = out.times.cap = out.values.cap = 0
 
 
-cdef bint _all_zero(const unsigned char *p, Py_ssize_t n) noexcept nogil:
-    """Zeros to the end: space a crash allocated but never filled (a torn tail)."""
-    cdef Py_ssize_t i
-    for i in range(n):
-        if p[i]:
-            return False
-    return True
-
-
-cdef bint _any_valid_frame_after(const unsigned char *d, Py_ssize_t n, Py_ssize_t pos) noexcept:
-    """A torn tail has nothing valid behind it; anything valid later means damage."""
-    while pos < n - 12:
-        if frame_ok(d, n, pos) == 1:
-            return True
-        pos += 1
-    return False
+cdef inline Py_ssize_t slot_of(uint32_t kid, const Py_ssize_t *direct, Py_ssize_t ndirect,
+                               const uint32_t *sorted_ids, Py_ssize_t nkeys) noexcept nogil:
+    """The dense slot of a defined id, or -1: a table when ids are dense, else a binary search."""
+    cdef Py_ssize_t lo = 0, hi = nkeys, mid
+    if direct is not NULL:
+        return direct[kid] if kid < <uint64_t>ndirect else -1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sorted_ids[mid] < kid:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo if lo < nkeys and sorted_ids[lo] == kid else -1
 
 
 cdef dict _group(Long *out, dict keys, uint64_t *unknown):
-    """Scatter the long columns into one (steps, times, values) per key."""
-    cdef Py_ssize_t npts = out.ids.len // 4, i, nkeys = 0
+    """Scatter the long columns into one (steps, times, values) per key.
+
+    Memory is proportional to the number of keys and points, never to the
+    size of an id: ids map to dense slots."""
+    cdef Py_ssize_t npts = out.ids.len // 4, i, s, nkeys = len(keys), ndirect = 0
     cdef const uint32_t *ids = <const uint32_t *>out.ids.data
     cdef const int64_t *steps = <const int64_t *>out.steps.data
     cdef const double *times = <const double *>out.times.data
     cdef const double *values = <const double *>out.values.data
-    cdef uint32_t kid
-    cdef array tmpl_q = array("q"), tmpl_d = array("d"), col
-    cdef Py_ssize_t *counts
-    cdef int64_t **ps
-    cdef double **pt
-    cdef double **pv
+    cdef array tmpl_q = array("q"), tmpl_d = array("d")
+    cdef list order = sorted(keys)
+    cdef uint32_t *sorted_ids = <uint32_t *>malloc((nkeys + 1) * sizeof(uint32_t))
+    cdef Py_ssize_t *direct = NULL
+    cdef Py_ssize_t *counts = <Py_ssize_t *>malloc((nkeys + 1) * sizeof(Py_ssize_t))
+    cdef int64_t **ps = <int64_t **>malloc((nkeys + 1) * sizeof(void *))
+    cdef double **pt = <double **>malloc((nkeys + 1) * sizeof(void *))
+    cdef double **pv = <double **>malloc((nkeys + 1) * sizeof(void *))
     cdef dict result = {}
-    for kid in keys:
-        if kid + 1 > nkeys:
-            nkeys = kid + 1
-    counts = <Py_ssize_t *>malloc((nkeys + 1) * sizeof(Py_ssize_t))
-    ps = <int64_t **>malloc((nkeys + 1) * sizeof(void *))
-    pt = <double **>malloc((nkeys + 1) * sizeof(void *))
-    pv = <double **>malloc((nkeys + 1) * sizeof(void *))
     try:
-        if counts is NULL or ps is NULL or pt is NULL or pv is NULL:
+        if sorted_ids is NULL or counts is NULL or ps is NULL or pt is NULL or pv is NULL:
             raise MemoryError()
-        for i in range(nkeys + 1):
-            counts[i] = -1              # -1: id never defined
-        for kid in keys:
-            counts[kid] = 0
-        for i in range(npts):
-            kid = ids[i]
-            if kid < nkeys and counts[kid] >= 0:
-                counts[kid] += 1
-            else:
-                unknown[0] += 1
-        for kid in sorted(keys):
-            cols = (clone(tmpl_q, counts[kid], False), clone(tmpl_d, counts[kid], False),
-                    clone(tmpl_d, counts[kid], False))
-            result[keys[kid]] = cols
-            ps[kid] = <int64_t *>(<array>cols[0]).data.as_voidptr
-            pt[kid] = <double *>(<array>cols[1]).data.as_voidptr
-            pv[kid] = <double *>(<array>cols[2]).data.as_voidptr
-            counts[kid] = 0             # now the fill position
+        for i in range(nkeys):
+            sorted_ids[i] = <uint32_t>order[i]
+            counts[i] = 0
+        if nkeys and sorted_ids[nkeys - 1] < 4 * <uint64_t>nkeys + 1024:
+            ndirect = sorted_ids[nkeys - 1] + 1
+            direct = <Py_ssize_t *>malloc(ndirect * sizeof(Py_ssize_t))
+            if direct is NULL:
+                raise MemoryError()
+            for i in range(ndirect):
+                direct[i] = -1
+            for i in range(nkeys):
+                direct[sorted_ids[i]] = i
         with nogil:
             for i in range(npts):
-                kid = ids[i]
-                if kid >= nkeys or counts[kid] < 0:
+                s = slot_of(ids[i], direct, ndirect, sorted_ids, nkeys)
+                if s >= 0:
+                    counts[s] += 1
+                else:
+                    unknown[0] += 1
+        for i in range(nkeys):
+            cols = (clone(tmpl_q, counts[i], False), clone(tmpl_d, counts[i], False),
+                    clone(tmpl_d, counts[i], False))
+            result[keys[order[i]]] = cols     # names are unique (decode_payload, _checked_keys)
+            ps[i] = <int64_t *>(<array>cols[0]).data.as_voidptr
+            pt[i] = <double *>(<array>cols[1]).data.as_voidptr
+            pv[i] = <double *>(<array>cols[2]).data.as_voidptr
+            counts[i] = 0             # now the fill position
+        with nogil:
+            for i in range(npts):
+                s = slot_of(ids[i], direct, ndirect, sorted_ids, nkeys)
+                if s < 0:
                     continue
-                ps[kid][counts[kid]] = steps[i]
-                pt[kid][counts[kid]] = times[i]
-                pv[kid][counts[kid]] = values[i]
-                counts[kid] += 1
+                ps[s][counts[s]] = steps[i]
+                pt[s][counts[s]] = times[i]
+                pv[s][counts[s]] = values[i]
+                counts[s] += 1
         return result
     finally:
+        free(sorted_ids)
+        free(direct)
         free(counts)
         free(ps)
         free(pt)

@@ -24,19 +24,23 @@ cdef extern from "src/exlog.h" nogil:
     enum:
         EXLOG_REC_KEY, EXLOG_REC_ROW, EXLOG_REC_EVENT
         EXLOG_HEADER_SIZE, EXLOG_FORMAT_VERSION, EXLOG_KEY_DEF, EXLOG_ROW_SAME_KEYS
+    unsigned long long EXLOG_MAX_CAPACITY
     exlog *exlog_new(uint64_t capacity, int64_t flush_ms, int64_t heartbeat_ms)
     int exlog_start(exlog *w, int fd_metrics, uint64_t metrics_size, int fd_events,
                     uint64_t events_size)
     void exlog_stop(exlog *w)
+    int exlog_stop_timed(exlog *w, int64_t timeout_ms)
     void exlog_free(exlog *w)
     int exlog_wait_done(exlog *w, uint64_t target, int64_t timeout_ms)
     int exlog_wait_space(exlog *w, uint64_t size, int64_t timeout_ms)
     void exlog_get_stats(exlog *w, exlog_stats *out)
     uint32_t exlog_crc32(uint32_t crc, const unsigned char *p, size_t n)
+    uint32_t exlog_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b)
     void exlog_file_header(unsigned char *out)
     uint64_t exlog_align8(uint64_t n)
     unsigned char *exlog_reserve(exlog *w, uint64_t size)
     void exlog_commit(exlog *w, uint64_t size)
+    void exlog_abandon(exlog *w)
     int exlog_load_int(const int *p)
     void exlog_store_int(int *p, int v)
     uint64_t exlog_load_u64(const uint64_t *p)

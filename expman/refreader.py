@@ -2,7 +2,9 @@
 
 Slow and simple on purpose; the tests check the compiled reader against it.
 Returns ``{name: [(step, time_seconds, value), ...]}`` and the count of
-bytes in a torn last frame. Raises ValueError on damage before the tail.
+bytes in a torn last frame. Raises ValueError on damage before the tail, and
+on a key definition the format calls corrupt: an id >= 2**32, a name that is
+empty or not UTF-8, an id bound to another name, a name bound to another id.
 """
 
 import struct
@@ -17,11 +19,28 @@ def read_varint(buf, i):
         value |= (b & 0x7F) << shift
         shift += 7
         if b < 0x80:
+            if value >= 2**64:
+                raise ValueError(f"varint longer than 64 bits at {i}")
             return value, i
+        if shift >= 70:
+            raise ValueError(f"varint longer than 10 bytes at {i}")
 
 
 def unzigzag(v):
     return (v >> 1) ^ -(v & 1)
+
+
+def wrap64(v):
+    """Steps and times add modulo 2**64, as signed 64-bit integers."""
+    return (v + 2**63) % 2**64 - 2**63
+
+
+def define(keys, kid, name, pos):
+    """Bind id -> name; the same pair again is fine, any other clash is corrupt."""
+    if kid >= 2**32 or not name or keys.get(kid, name) != name or (
+            kid not in keys and name in keys.values()):
+        raise ValueError(f"bad key definition {kid} -> {name!r} in frame at {pos}")
+    keys[kid] = name
 
 
 def read_metrics(data):
@@ -45,15 +64,18 @@ def read_metrics(data):
             h, i = read_varint(payload, i)
             if h & 1:                                     # key definition
                 n, i = read_varint(payload, i)
-                keys[h >> 1], i = payload[i:i + n].decode(), i + n
+                if i + n > len(payload):
+                    raise ValueError(f"key name runs past its frame at {pos}")
+                define(keys, h >> 1, payload[i:i + n].decode(), pos)
+                i += n
                 continue
             n, same = h >> 2, h & 3 == 2                  # a row; same: previous row's ids
             if same and (ids is None or len(ids) != n):
                 raise ValueError(f"row repeats missing ids in frame at {pos}")
             d, i = read_varint(payload, i)
-            step += unzigzag(d)
+            step = wrap64(step + unzigzag(d))
             d, i = read_varint(payload, i)
-            t_us += unzigzag(d)
+            t_us = wrap64(t_us + unzigzag(d))
             row_ids = []
             for j in range(n):
                 if same:

@@ -9,6 +9,12 @@
 #include <stdlib.h>
 #include "exlog.h"
 
+#ifdef EPROTO
+#  define EXLOG_EBADREC EPROTO   /* a record in the ring breaks invariant I2 */
+#else
+#  define EXLOG_EBADREC EIO
+#endif
+
 /* ---- little-endian helpers ------------------------------------------------ */
 static void put_u32(unsigned char *p, uint32_t v) {
     p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8);
@@ -28,6 +34,11 @@ static size_t put_varint(unsigned char *p, uint64_t v) {
 }
 static uint64_t zigzag(int64_t v) {
     return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+}
+/* a - b modulo 2**64, as the format defines deltas: never signed overflow */
+static int64_t delta64(int64_t a, int64_t b) {
+    uint64_t d = (uint64_t)a - (uint64_t)b;
+    return d <= (uint64_t)INT64_MAX ? (int64_t)d : -(int64_t)(~d) - 1;
 }
 
 /* ---- CRC-32 (IEEE, the one zlib computes), slicing by 8 ------------------- */
@@ -68,6 +79,63 @@ uint32_t exlog_crc32(uint32_t crc, const unsigned char *p, size_t n) {
     return ~crc;
 }
 
+/* ---- CRC-32 of concatenations ---------------------------------------------
+ * CRC-32 is linear over GF(2): crc(A + B) = crc(A) * x^(8 len(B)) mod P xor
+ * crc(B), in the reflected bit order the table uses. gf2_mul multiplies two
+ * such polynomials modulo P; crc_pow[k][d] = x^(8 * d * 16^k) mod P, so a
+ * shift by any length takes one product per nonzero hex digit of it. */
+static uint32_t crc_pow[16][16];
+static volatile int crc_pow_ready = 0;
+
+static uint32_t gf2_mul(uint32_t a, uint32_t b) {
+    uint32_t prod = 0;
+    int i;
+    for (i = 31; i >= 0; i--) {       /* branch-free: the bits are random */
+        prod ^= b & (0u - ((a >> i) & 1u));
+        b = (b >> 1) ^ (0xEDB88320u & (0u - (b & 1u)));
+    }
+    return prod;
+}
+
+static void crc_pow_init(void) {
+    uint32_t unit = 0x00800000u;      /* x^8: one byte, reflected */
+    int k, d;
+    for (k = 0; k < 16; k++) {
+        crc_pow[k][0] = 0x80000000u;  /* x^0 */
+        for (d = 1; d < 16; d++) crc_pow[k][d] = gf2_mul(crc_pow[k][d - 1], unit);
+        unit = gf2_mul(crc_pow[k][15], unit);   /* x^(8 * 16^(k+1)) */
+    }
+    exlog_store_int(&crc_pow_ready, 1);
+}
+
+uint32_t exlog_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
+    int k;
+    if (!exlog_load_int(&crc_pow_ready)) crc_pow_init();   /* idempotent: same table */
+    for (k = 0; len_b; len_b >>= 4, k++)
+        if (len_b & 15u) crc_a = gf2_mul(crc_pow[k][len_b & 15u], crc_a);
+    return crc_a ^ crc_b;
+}
+
+int exlog_rec_valid(const exlog_rec *r, uint64_t avail, uint64_t room_to_end, uint64_t cap) {
+    uint64_t size, body;
+    if (avail < 8 || room_to_end < 8) return 0;
+    size = r->size;
+    if (size < 8 || (size & 7u) || size > avail || size > room_to_end) return 0;
+    if (r->kind == EXLOG_REC_SKIP) return size == room_to_end;
+    if (size < EXLOG_REC_HEADER || size > cap / 4) return 0;
+    body = size - EXLOG_REC_HEADER;
+    switch (r->kind) {
+    case EXLOG_REC_ROW:
+        return (uint64_t)r->n <= body / 8 &&
+               exlog_align8(4u * (uint64_t)r->n) + 8u * (uint64_t)r->n == body;
+    case EXLOG_REC_KEY:
+    case EXLOG_REC_EVENT:
+        return (uint64_t)r->len <= body && exlog_align8(r->len) == body;
+    default:
+        return 0;
+    }
+}
+
 void exlog_file_header(unsigned char *out) {
     memcpy(out, EXLOG_FILE_MAGIC, 8);
     put_u32(out + 8, EXLOG_FORMAT_VERSION);
@@ -77,7 +145,8 @@ void exlog_file_header(unsigned char *out) {
 /* ---- lifecycle ------------------------------------------------------------ */
 exlog *exlog_new(uint64_t capacity, int64_t flush_ms, int64_t heartbeat_ms) {
     exlog *w;
-    uint64_t cap = 4096;
+    uint64_t cap = EXLOG_MIN_CAPACITY;
+    if (capacity > EXLOG_MAX_CAPACITY) return NULL;   /* and the loop below ends */
     while (cap < capacity) cap <<= 1;
     w = (exlog *)calloc(1, sizeof(exlog));
     if (!w) return NULL;
@@ -213,8 +282,8 @@ static void encode_row(exlog *w, const exlog_rec *r, delta_state *ds) {
     size_t k = 0;
     uint32_t i;
     k += put_varint(p + k, ((uint64_t)r->n << 2) | (same ? EXLOG_ROW_SAME_KEYS : EXLOG_ROW));
-    k += put_varint(p + k, zigzag(r->step - ds->step));
-    k += put_varint(p + k, zigzag(t_us - ds->t_us));
+    k += put_varint(p + k, zigzag(delta64(r->step, ds->step)));
+    k += put_varint(p + k, zigzag(delta64(t_us, ds->t_us)));
     for (i = 0; i < r->n; i++) {
         if (!same) k += put_varint(p + k, ids[i]);
         put_f64(p + k, vals[i]);
@@ -331,6 +400,14 @@ static uint64_t drain(exlog *w) {
     delta_state ds = {0, 0, NULL, 0};
     while (tail < head) {
         const exlog_rec *r = (const exlog_rec *)(w->ring + (tail & w->mask));
+        if (!exlog_rec_valid(r, head - tail, w->cap - (tail & w->mask), w->cap)) {
+            /* a producer bug broke invariant I2: never read on through garbage
+             * (a size of 0 would spin, a bad length would copy past a buffer);
+             * drop what is published and say so */
+            record_error(w, EXLOG_EBADREC);
+            tail = head;
+            break;
+        }
         switch (r->kind) {
         case EXLOG_REC_ROW: encode_row(w, r, &ds); break;
         case EXLOG_REC_KEY: encode_key(w, r); break;
@@ -367,17 +444,43 @@ static uint64_t drain(exlog *w) {
 
 /* A run folder deleted under a running writer leaves writes succeeding into an
  * unlinked file: notice it (POSIX; Windows refuses to delete open files) and
- * report ENOENT, so the loop learns within a flush interval, not at close. */
-static void check_unlinked(exlog *w) {
+ * report ENOENT, so the loop learns within a flush interval, not at close.
+ * Returns 1 when this call noticed it. */
+static int check_unlinked(exlog *w) {
 #ifndef _WIN32
     struct stat st;
     if (!w->unlinked && fstat(w->fd_metrics, &st) == 0 && st.st_nlink == 0) {
         w->unlinked = 1;
         record_error(w, ENOENT);
+        return 1;
     }
 #else
     (void)w;
 #endif
+    return 0;
+}
+
+/* Drain, then look for a deleted file. Rows and events written by this drain
+ * may have gone into the deleted file (the check before it passed, so at
+ * least the earlier ones reached a linked file): they are in no file, so they
+ * count as dropped, not written. Later drains fail with ENOENT outright. */
+static void drain_checked(exlog *w) {
+    uint64_t rows0, events0, rows, events;
+    exlog_mutex_lock(&w->mu);
+    rows0 = w->stats.rows_written;
+    events0 = w->stats.events_written;
+    exlog_mutex_unlock(&w->mu);
+    drain(w);
+    if (check_unlinked(w)) {
+        exlog_mutex_lock(&w->mu);
+        rows = w->stats.rows_written - rows0;
+        events = w->stats.events_written - events0;
+        w->stats.rows_written -= rows;
+        w->stats.rows_dropped += rows;
+        w->stats.events_written -= events;
+        w->stats.events_dropped += events;
+        exlog_mutex_unlock(&w->mu);
+    }
 }
 
 static void writer_main(void *arg) {
@@ -394,21 +497,30 @@ static void writer_main(void *arg) {
         if (exlog_load_int(&w->paused) && !stopping) {
             continue;                       /* test hook: a stalled writer */
         } else if (exlog_load_u64(&w->head) != w->tail) {
-            drain(w);
-            check_unlinked(w);
+            drain_checked(w);
         } else if (exlog_mono_ms() - w->last_io_ms >= w->heartbeat_ms) {
             /* idle: move the metrics file's mtime so readers see we are alive */
             if (EXLOG_TOUCH(w->fd_metrics) != 0) { /* a heartbeat is best effort */ }
             w->last_io_ms = exlog_mono_ms();
         }
     }
+    /* test hook: a frozen filesystem does not thaw because we want to stop */
+    while (exlog_load_int(&w->paused) == 2) {
+        exlog_mutex_lock(&w->mu);
+        exlog_cond_wait_ms(&w->wake_cv, &w->mu, 10);
+        exlog_mutex_unlock(&w->mu);
+    }
     /* stop was requested and everything published before it is drained */
-    drain(w);
+    drain_checked(w);
     {
         int err = sync_fd(w, w->fd_metrics);
         if (!err) err = sync_fd(w, w->fd_events);
         if (err) record_error(w, err);
     }
+    exlog_mutex_lock(&w->mu);
+    w->finished = 1;
+    exlog_cond_broadcast(&w->done_cv);
+    exlog_mutex_unlock(&w->mu);
 }
 
 int exlog_start(exlog *w, int fd_metrics, uint64_t metrics_size, int fd_events,
@@ -428,15 +540,28 @@ int exlog_start(exlog *w, int fd_metrics, uint64_t metrics_size, int fd_events,
 }
 
 void exlog_stop(exlog *w) {
-    if (w->running != 1) return;
+    exlog_stop_timed(w, -1);
+}
+
+int exlog_stop_timed(exlog *w, int64_t timeout_ms) {
+    int64_t deadline = exlog_mono_ms() + timeout_ms;
+    int finished;
+    if (w->running != 1) return 1;
     exlog_mutex_lock(&w->mu);
     w->stopping = 1;
     exlog_cond_broadcast(&w->wake_cv);
+    while (!(finished = w->finished)) {
+        int64_t left = timeout_ms < 0 ? 100 : deadline - exlog_mono_ms();
+        if (left <= 0) break;
+        exlog_cond_wait_ms(&w->done_cv, &w->mu, left < 100 ? left : 100);
+    }
     exlog_mutex_unlock(&w->mu);
+    if (!finished) return 0;
     exlog_thread_join(w->thread);
     exlog_mutex_lock(&w->mu);
     w->running = 2;
     exlog_mutex_unlock(&w->mu);
+    return 1;
 }
 
 static int is_done(exlog *w, uint64_t target) {

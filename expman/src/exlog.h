@@ -8,6 +8,26 @@
  * guards only the wake/flush/stop handshake, never the hot path or I/O.
  *
  * The on-disk format is described in docs/format.md.
+ *
+ * Ring invariants (every reserve/commit/abandon path keeps them):
+ *   I1  tail <= done <= head and head - tail <= cap; head and tail only grow,
+ *       and each is written by one side only (head: producer, tail: writer).
+ *   I2  [tail, head) is a sequence of whole records; each record's size is a
+ *       multiple of 8, at least 8 (a SKIP) or EXLOG_REC_HEADER (any other
+ *       kind), and never crosses the end of the ring: a record that would is
+ *       preceded by a SKIP filling the ring to its end.
+ *   I3  At most one reservation is open at a time, and between exlog_reserve
+ *       and exlog_commit/exlog_abandon the producer never lets another
+ *       producer run (under Python: the GIL is not released). A reservation
+ *       is either committed (head moves past its SKIP and record together) or
+ *       abandoned (w->skip back to 0, head unchanged); nothing of it leaks
+ *       into a later commit.
+ *   I4  w->skip is 0 whenever no reservation is open.
+ *   I5  One record is at most a quarter of the ring, and the capacity is at
+ *       most EXLOG_MAX_CAPACITY, so frame lengths fit in a u32.
+ * The writer re-checks I2 for every record it drains (exlog_rec_valid): a
+ * record that breaks it is a producer bug, reported as an EPROTO write error,
+ * and everything published after it is dropped instead of being misread.
  */
 #ifndef EXLOG_H
 #define EXLOG_H
@@ -26,6 +46,9 @@
 #define EXLOG_FORMAT_VERSION 1u
 #define EXLOG_HEADER_SIZE 16
 #define EXLOG_FRAME_OVERHEAD 12
+#define EXLOG_REC_HEADER 32u              /* sizeof(exlog_rec) */
+#define EXLOG_MIN_CAPACITY 4096u
+#define EXLOG_MAX_CAPACITY (1ull << 30)   /* 1 GiB: frames stay far below 4 GiB */
 /* Every payload record starts with a varint h whose low bits say what follows:
  * h&1 == 1: key definition, id = h>>1;  h&3 == 0: row of n = h>>2 points with
  * their ids;  h&3 == 2: row of n = h>>2 points with the previous row's ids. */
@@ -79,6 +102,7 @@ typedef struct exlog {
     exlog_cond wake_cv;         /* writer waits here */
     exlog_cond done_cv;         /* producers waiting for space or flush */
     int kicked, stopping, running;
+    int finished;               /* the writer drained, synced and is exiting */
     exlog_thread thread;
 
     /* results, published by the writer */
@@ -92,11 +116,17 @@ typedef struct exlog {
     int unlinked;               /* writer: the metrics file was deleted under us */
 } exlog;
 
-/* Lifecycle. exlog_new returns NULL on allocation failure. */
+/* Lifecycle. exlog_new returns NULL on allocation failure or when capacity is
+ * above EXLOG_MAX_CAPACITY (it is rounded up to a power of two >= 4 KiB). */
 exlog *exlog_new(uint64_t capacity, int64_t flush_ms, int64_t heartbeat_ms);
 int exlog_start(exlog *w, int fd_metrics, uint64_t metrics_size, int fd_events,
                 uint64_t events_size);
 void exlog_stop(exlog *w);          /* drain, fsync, join; idempotent */
+/* exlog_stop with a bound: ask the writer to stop and wait at most timeout_ms
+ * (-1: forever) for it to finish. 1: stopped and joined; 0: the writer is still
+ * busy (a stalled disk); it stops on its own later, and w must then be leaked,
+ * never freed, with its files left open. */
+int exlog_stop_timed(exlog *w, int64_t timeout_ms);
 void exlog_free(exlog *w);
 void exlog_kick(exlog *w);          /* wake the writer now */
 /* Wait until everything before `target` is written or dropped, or timeout_ms
@@ -105,12 +135,19 @@ int exlog_wait_done(exlog *w, uint64_t target, int64_t timeout_ms);
 /* Wait until `size` bytes are free or timeout_ms passes. Returns 1 if free. */
 int exlog_wait_space(exlog *w, uint64_t size, int64_t timeout_ms);
 void exlog_get_stats(exlog *w, exlog_stats *out);
-/* Test hooks: stall the writer (it still drains on stop); fail every Nth
- * write / fsync with err (ENOSPC / EIO when 0). */
+/* Test hooks: stall the writer (paused=1: it still drains on stop; paused=2:
+ * it ignores stop too, like a frozen filesystem); fail every Nth write / fsync
+ * with err (ENOSPC / EIO when 0). */
 void exlog_test_pause(exlog *w, int paused);
 void exlog_test_fault(exlog *w, uint64_t write_every, uint64_t fsync_every, int err);
 
 uint32_t exlog_crc32(uint32_t crc, const unsigned char *p, size_t n);
+/* crc32(A + B) from crc32(A), crc32(B) and len(B), in O(log len(B)): lets a
+ * reader check the CRC of any byte range from prefix CRCs (linear scans). */
+uint32_t exlog_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
+/* 1 if the record at r (with `avail` bytes published behind it) keeps the
+ * ring invariants for a ring of capacity cap; 0 if it is garbage. */
+int exlog_rec_valid(const exlog_rec *r, uint64_t avail, uint64_t room_to_end, uint64_t cap);
 /* Encode a file header into out[EXLOG_HEADER_SIZE]. */
 void exlog_file_header(unsigned char *out);
 
@@ -118,7 +155,8 @@ void exlog_file_header(unsigned char *out);
 static inline uint64_t exlog_align8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
 
 /* Contiguous room for a record of `size` bytes (a multiple of 8), or NULL
- * when the ring is full. May write a SKIP record to wrap around. */
+ * when the ring is full. May write a SKIP record to wrap around; the SKIP is
+ * published by exlog_commit or forgotten by exlog_abandon (invariant I3). */
 static inline unsigned char *exlog_reserve(exlog *w, uint64_t size) {
     uint64_t head = w->head;
     uint64_t off = head & w->mask;
@@ -147,5 +185,8 @@ static inline void exlog_commit(exlog *w, uint64_t size) {
         exlog_kick(w);
     }
 }
+
+/* Give back an open reservation without publishing anything (invariant I3). */
+static inline void exlog_abandon(exlog *w) { w->skip = 0; }
 
 #endif /* EXLOG_H */

@@ -1,6 +1,6 @@
 /* producer_consumer.c: drive the C core (exlog.c) without Python.
  *
- * Usage: producer_consumer METRICS_PATH EVENTS_PATH N
+ * Usage: producer_consumer METRICS_PATH EVENTS_PATH N [rows|keys|garbage]
  *
  * One producer thread (main) pushes three KEY records, N ROW records of one
  * to three points and an EVENT every 1000 rows through a 4 KiB ring (the
@@ -8,6 +8,19 @@
  * The writer thread drains it into METRICS_PATH and EVENTS_PATH. Then it
  * flushes, stops, and prints the writer's counters as `key=value` lines for
  * tests/test_portable_c.py, which verifies every frame with zlib.crc32.
+ *
+ * Mode `keys` (issue 15 item 4): KEYS_THREADS threads, serialised by one
+ * mutex as Python threads are by the GIL, each define the same KEYS_N long
+ * names (900 bytes, nearly a quarter of the 4 KiB ring, so it wraps on almost
+ * every record) and log a row with each, N times over. A thread that finds the
+ * ring full releases the mutex, waits for space, and on return first re-checks
+ * whether another thread defined the key meanwhile: then it abandons the
+ * reservation it may hold (exlog_abandon), exactly as _core.pyx does. Every
+ * key must be defined once, every row written once (checked by the test with
+ * the reference reader), under TSan too.
+ *
+ * Mode `garbage` (item 16): a record of size 0 is published; the writer must
+ * report it and stop, never spin.
  *
  * Compiled with -Wall -Wextra -Werror natively and with MinGW for Windows, so
  * both branches of exlog_port.h are built. Exit status 0 means every record
@@ -105,14 +118,138 @@ static int put_event(exlog *w, int64_t step) {
     return 0;
 }
 
+/* ---- mode keys: concurrent definitions of the same names ----------------- */
+#define KEYS_THREADS 4
+#define KEYS_N 12
+#define KEYS_NAME_LEN 900
+
+typedef struct {
+    exlog *w;
+    exlog_mutex gil;            /* the producers' one lock, like the GIL */
+    int defined[KEYS_N];        /* guarded by gil: the key's id, or -1 */
+    int next_id;
+    long long rounds;
+    int failed;
+} keys_shared;
+
+typedef struct { keys_shared *sh; int t; } keys_arg;
+
+static void key_name(char *out, int i) {
+    memset(out, 'x', KEYS_NAME_LEN);
+    out[0] = (char)('A' + i);
+}
+
+/* With sh->gil held: reserve, waiting with the lock released while the ring is
+ * full. After every wait `*again` tells the caller the world may have changed. */
+static unsigned char *reserve_released(keys_shared *sh, uint64_t size, int *waited) {
+    unsigned char *p;
+    int tries = 0;
+    *waited = 0;
+    while ((p = exlog_reserve(sh->w, size)) == NULL) {
+        exlog_mutex_unlock(&sh->gil);
+        exlog_wait_space(sh->w, size, 1000);
+        exlog_mutex_lock(&sh->gil);
+        *waited = 1;
+        if (++tries > 10000) return NULL;
+    }
+    return p;
+}
+
+static void keys_worker(void *arg) {
+    keys_arg *a = (keys_arg *)arg;
+    keys_shared *sh = a->sh;
+    char name[KEYS_NAME_LEN];
+    long long r;
+    int i, waited;
+    for (r = 0; r < sh->rounds; r++) {
+        for (i = 0; i < KEYS_N; i++) {
+            uint64_t ksize = PC_REC_HEADER + exlog_align8(KEYS_NAME_LEN);
+            uint64_t rsize = PC_REC_HEADER + 8u + 8u;
+            unsigned char *p;
+            exlog_rec *rec;
+            uint32_t id;
+            double v = (double)a->t;
+            exlog_mutex_lock(&sh->gil);
+            while (sh->defined[i] < 0) {
+                key_name(name, i);
+                p = reserve_released(sh, ksize, &waited);
+                if (!p) { sh->failed = 1; break; }
+                if (sh->defined[i] >= 0) { exlog_abandon(sh->w); break; }   /* lost the race */
+                rec = (exlog_rec *)p;
+                rec->size = (uint32_t)ksize;
+                rec->kind = EXLOG_REC_KEY;
+                rec->n = (uint32_t)sh->next_id;
+                rec->len = KEYS_NAME_LEN;
+                rec->step = 0;
+                rec->t_ns = 0;
+                memcpy(p + PC_REC_HEADER, name, KEYS_NAME_LEN);
+                exlog_commit(sh->w, ksize);
+                sh->defined[i] = sh->next_id++;
+            }
+            id = (uint32_t)sh->defined[i];
+            p = sh->failed ? NULL : reserve_released(sh, rsize, &waited);
+            if (!p) { sh->failed = 1; exlog_mutex_unlock(&sh->gil); return; }
+            rec = (exlog_rec *)p;
+            rec->size = (uint32_t)rsize;
+            rec->kind = EXLOG_REC_ROW;
+            rec->n = 1;
+            rec->len = 0;
+            rec->step = r;
+            rec->t_ns = exlog_wall_ns();
+            memcpy(p + PC_REC_HEADER, &id, 4);
+            memcpy(p + PC_REC_HEADER + 8, &v, 8);
+            exlog_commit(sh->w, rsize);
+            exlog_mutex_unlock(&sh->gil);
+        }
+    }
+}
+
+static int run_keys(exlog *w, long long rounds) {
+    keys_shared sh;
+    keys_arg args[KEYS_THREADS];
+    exlog_thread threads[KEYS_THREADS];
+    int i;
+    memset(&sh, 0, sizeof sh);
+    sh.w = w;
+    sh.rounds = rounds;
+    for (i = 0; i < KEYS_N; i++) sh.defined[i] = -1;
+    if (exlog_mutex_init(&sh.gil) != 0) return fail("mutex");
+    for (i = 0; i < KEYS_THREADS; i++) {
+        args[i].sh = &sh;
+        args[i].t = i;
+        if (exlog_thread_start(&threads[i], keys_worker, &args[i]) != 0) return fail("thread");
+    }
+    for (i = 0; i < KEYS_THREADS; i++) exlog_thread_join(threads[i]);
+    exlog_mutex_destroy(&sh.gil);
+    if (sh.failed) return fail("keys: the writer made no room");
+    printf("keys_defined=%d\n", sh.next_id);
+    return 0;
+}
+
+/* ---- mode garbage: a record of size 0 ------------------------------------ */
+static int run_garbage(exlog *w) {
+    unsigned char *p;
+    exlog_rec *rec;
+    if (put_key(w, 0, "loss") || put_row(w, 0, 1)) return fail("garbage: no room");
+    p = reserve(w, 64);
+    if (!p) return fail("garbage: no room");
+    rec = (exlog_rec *)p;
+    memset(p, 0, 64);               /* size 0: the writer would spin on it */
+    rec->kind = EXLOG_REC_ROW;
+    exlog_commit(w, 64);
+    if (put_row(w, 1, 1)) return fail("garbage: no room");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     unsigned char header[EXLOG_HEADER_SIZE];
     exlog_stats st;
     exlog *w;
     int fd_m, fd_e, reached;
     long long i, n, n_events = 0;
+    const char *mode = argc > 4 ? argv[4] : "rows";
 
-    if (argc != 4) return fail("usage: producer_consumer METRICS EVENTS N");
+    if (argc != 4 && argc != 5) return fail("usage: producer_consumer METRICS EVENTS N [rows|keys|garbage]");
     n = atoll(argv[3]);
     if (exlog_crc32(0, (const unsigned char *)"123456789", 9) != 0xCBF43926u)
         return fail("crc32 check value is wrong");
@@ -128,13 +265,20 @@ int main(int argc, char **argv) {
     if (!w) return fail("exlog_new failed");
     if (exlog_start(w, fd_m, EXLOG_HEADER_SIZE, fd_e, 0) != 0) return fail("exlog_start failed");
 
-    if (put_key(w, 0, "loss") || put_key(w, 1, "acc") || put_key(w, 2, "lr"))
-        return fail("put_key: the writer made no room");
-    for (i = 0; i < n; i++) {
-        if (put_row(w, i, (uint32_t)(i % 3) + 1u)) return fail("put_row: the writer made no room");
-        if (i % 1000 == 0) {
-            if (put_event(w, i)) return fail("put_event: the writer made no room");
-            n_events++;
+    if (strcmp(mode, "keys") == 0) {
+        if (run_keys(w, n)) return 1;
+        n = n * KEYS_THREADS * KEYS_N;
+    } else if (strcmp(mode, "garbage") == 0) {
+        if (run_garbage(w)) return 1;
+    } else {
+        if (put_key(w, 0, "loss") || put_key(w, 1, "acc") || put_key(w, 2, "lr"))
+            return fail("put_key: the writer made no room");
+        for (i = 0; i < n; i++) {
+            if (put_row(w, i, (uint32_t)(i % 3) + 1u)) return fail("put_row: the writer made no room");
+            if (i % 1000 == 0) {
+                if (put_event(w, i)) return fail("put_event: the writer made no room");
+                n_events++;
+            }
         }
     }
 
@@ -154,6 +298,8 @@ int main(int argc, char **argv) {
     printf("bytes_written=%llu\n", (unsigned long long)st.bytes_written);
     printf("write_errors=%llu\n", (unsigned long long)st.write_errors);
     if (!reached) return fail("exlog_wait_done timed out");
+    if (strcmp(mode, "garbage") == 0)   /* the first row made it; the garbage was reported */
+        return st.write_errors >= 1 && st.rows_written >= 1 ? 0 : fail("garbage went unreported");
     if ((long long)st.rows_written != n || st.rows_dropped || st.write_errors ||
         (long long)st.events_written != n_events)
         return fail("the writer's counters do not add up");

@@ -1,0 +1,354 @@
+"""Issue 15, the C core and the decoder: no input can crash, hang or escape.
+
+One test per repro (the corpus is tests/hostile/corpus.py). Readers get crafted
+metrics files; the ring gets concurrent new keys on a small buffer; the writer
+gets stalled. Hangs are guarded by a subprocess timeout or the suite's
+watchdog, never judged by a timing assertion.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+from pathlib import Path
+
+import pytest
+
+import expman
+from expman import _core, refreader
+from expman.errors import ExpmanValueError, WriterError
+from expman.layout import METRICS_FILE
+
+from hostile import corpus
+
+SANITIZED = os.environ.get("EXPMAN_SANITIZE") == "1"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def decode(data: bytes, salvage: bool = False):
+    cols, keys, report = _core.decode_metrics(data, salvage=salvage)
+    return {k: (list(s), list(v)) for k, (s, _t, v) in cols.items()}, keys, report
+
+
+def plant(make_run, data: bytes) -> Path:
+    """A real, closed run folder whose metrics.bin is replaced by `data`."""
+    exp = make_run()
+    exp.close()
+    (exp.run_dir / METRICS_FILE).write_bytes(data)
+    return exp.run_dir
+
+
+def run_isolated(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Python in a child: a crash or a hang fails this test, not the whole suite."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+# ---- item 1: key id 0xFFFFFFFF ---------------------------------------------------------------
+
+def test_key_id_ffffffff_is_read_by_every_reader(make_run, base):
+    data = corpus.key_id_ffffffff()
+    assert len(data) < 64
+    cols, keys, report = decode(data)
+    assert cols == {"x": ([0], [1.5])} and keys == {0xFFFFFFFF: "x"}
+    assert report["corrupt_bytes"] == 0
+    assert {k: [(s, v) for s, _t, v in pts] for k, pts in refreader.read_metrics(data)[0].items()} \
+        == {"x": [(0, 1.5)]}
+    run_dir = plant(make_run, data)
+    assert list(expman.open_run(run_dir).metrics["x"].values) == [1.5]
+    assert [r.path for r in expman.list_runs(base)] == [run_dir]
+
+
+# ---- item 2 and the format decision: repeated names, conflicting ids --------------------------
+
+@pytest.mark.parametrize("name", ["same_name_two_ids", "two_invalid_utf8_names",
+                                  "one_id_two_names", "key_id_2_32", "empty_name"])
+def test_a_conflicting_or_invalid_definition_makes_its_frame_corrupt(name):
+    data = corpus.CORPUS[name]()
+    cols, _keys, report = decode(data)
+    assert report["corrupt_at"] and report["corrupt_bytes"] > 0
+    assert all(len(set(k)) for k in cols)             # and never a crash or a half-merged key
+    with pytest.raises(ValueError):                    # the reference reader agrees
+        refreader.read_metrics(data)
+
+
+def test_repeating_an_identical_definition_is_harmless():
+    cols, _keys, report = decode(corpus.same_definition_twice())
+    assert cols == {"a": ([0, 1], [1.0, 2.0])} and not report["corrupt_at"]
+
+
+def test_salvage_reads_around_a_conflicting_frame():
+    data = corpus.valid_frame_then_conflict_then_valid()
+    assert decode(data)[0] == {"a": ([0], [1.0])}
+    cols, _keys, report = decode(data, salvage=True)
+    assert cols == {"a": ([0, 2], [1.0, 3.0])} and report["corrupt_at"] == [50]
+
+
+def test_a_tail_reader_key_table_is_checked():
+    data = corpus.key_id_ffffffff()
+    with pytest.raises(ExpmanValueError, match="two ids"):
+        _core.decode_metrics(data, 16, {0: "a", 1: "a"})
+    with pytest.raises(ExpmanValueError, match="2\\*\\*32"):
+        _core.decode_metrics(data, 16, {1 << 32: "a"})
+
+
+# ---- item 11: ids from 2**28 to 2**32 --------------------------------------------------------
+
+def test_large_key_ids_decode_in_memory_bounded_by_the_file():
+    data = corpus.key_ids_2_28_to_2_32()
+    cols, _keys, _report = decode(data)
+    assert cols == {"k268435456": ([7], [0.0]), "k2147483648": ([7], [1.0]),
+                    "k4294967294": ([7], [2.0])}
+    if SANITIZED or sys.platform != "linux":
+        return      # ASan reserves terabytes of shadow: no address-space limit there
+    # 256 MiB of address space for the whole child: the old decoder needed 2-8 GiB here
+    res = run_isolated(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20))
+        from hostile import corpus
+        from expman import _core
+        for name in ("key_ids_2_28_to_2_32", "key_id_ffffffff", "many_keys"):
+            _core.decode_metrics(corpus.CORPUS[name]())
+        print("ok")
+    """)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_many_keys_decode():
+    cols, keys, _report = decode(corpus.many_keys())
+    assert len(keys) == 20_000 and len(cols) == 20_000
+    assert cols["m1000"] == ([0], [1000.0]) and cols["m1"] == ([], [])
+
+
+# ---- item 10: linear scans -------------------------------------------------------------------
+
+def test_crafted_headers_every_8_bytes_do_not_make_the_scan_quadratic():
+    """1 MiB of CRC-valid length headers: minutes before (60 s per MiB and growing
+    with its square), well under the child's timeout now. bench/ measures it."""
+    res = run_isolated("""
+        from hostile import corpus
+        from expman import _core
+        for end_exactly in (True, False):
+            data = corpus._headers_every_8_bytes(1 << 20, end_exactly)
+            for salvage in (False, True):
+                _c, _k, r = _core.decode_metrics(data, salvage=salvage)
+                print(r["frames"], r["torn_bytes"] > 0, r["corrupt_bytes"] > 0)
+    """, timeout=90)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:4] == ["1 True False"] * 2 + ["1 False True"] * 2
+
+
+def test_a_prefix_crc_finds_large_frames_after_damage():
+    """Payload CRCs after damage come from prefix CRCs (exlog_crc32_combine): the same answer."""
+    big = [corpus.row(i, corpus.T0, [(0, float(j)) for j in range(300)]) for i in range(5)]
+    head = corpus.metrics(corpus.key(0, "a") + corpus.row(0, corpus.T0, [(0, 1.0)]))
+    data = head + b"\x13" * 777 + b"".join(corpus.frame(p) for p in big)
+    cols, _keys, report = decode(data, salvage=True)
+    assert report["frames"] == 6 and report["corrupt_bytes"] == 777
+    assert cols["a"][1] == [1.0] + [float(j) for _ in range(5) for j in range(300)]
+
+
+# ---- item 16: shapes a writer never makes ----------------------------------------------------
+
+def test_deltas_wrap_modulo_2_64_like_the_reference():
+    data = corpus.step_and_time_deltas_overflow()
+    cols, _keys, _report = decode(data)
+    ref = refreader.read_metrics(data)[0]
+    assert cols["a"][0] == [s for s, _t, _v in ref["a"]] == [2**63 - 1, -2, 2**63 - 2]
+
+
+@pytest.mark.parametrize("name", ["varint_past_64_bits", "huge_point_count",
+                                  "same_keys_row_first", "name_runs_past_frame"])
+def test_malformed_payloads_are_corrupt_frames(name):
+    cols, _keys, report = decode(corpus.CORPUS[name]())
+    assert report["corrupt_at"] == [16] and report["frames"] == 0 and report["points"] == 0
+
+
+def test_offset_outside_the_data_is_a_clear_error():
+    data = corpus.key_id_ffffffff()
+    for bad in (-1, -(2**40), 3, len(data) + 1):
+        with pytest.raises(ExpmanValueError, match=f"offset {bad}"):
+            _core.decode_metrics(data, bad)
+    assert decode(data)[2]["end"] == len(data)
+    assert _core.decode_metrics(data, len(data))[2]["frames"] == 0
+
+
+@pytest.mark.parametrize("size", [2**30 + 1, 2**63, 2**64 - 1, 2**64 + 5, -1])
+def test_buffer_size_out_of_range_is_refused(base, size):
+    with pytest.raises(ExpmanValueError, match="buffer_size"):
+        expman.Experiment("exp", base_dir=base, buffer_size=size, capture_env=False)
+
+
+def test_every_corpus_file_decodes_without_error_in_both_modes(tmp_path):
+    res = subprocess.run([sys.executable, str(ROOT / "tests" / "hostile" / "corpus.py"),
+                          str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert len(list(tmp_path.glob("*.bin"))) == len(corpus.CORPUS)
+    for path in sorted(tmp_path.glob("*.bin")):
+        for salvage in (False, True):
+            _cols, _keys, report = _core.decode_metrics(path.read_bytes(), salvage=salvage)
+            assert report["end"] <= path.stat().st_size, path.name
+
+
+def test_pid_zero_negative_or_huge_is_never_a_live_process():
+    from expman.layout import pid_alive
+    assert not any(pid_alive(p) for p in (0, -1, -(2**31), 2**62))
+    assert pid_alive(os.getpid())
+
+
+# ---- names (issue 14 item 15, issue 15 item 15) ----------------------------------------------
+
+@pytest.mark.parametrize("bad", ["a\nb", "tab\there", "esc\x1b[31m", "del\x7f", "c1\x85", "\x9f"])
+def test_control_characters_in_metric_names_are_refused(make_run, bad):
+    exp = make_run()
+    with pytest.raises(ExpmanValueError, match="control character") as info:
+        exp.log_metrics({bad: 1.0})
+    assert repr(bad)[1:-1][:20] in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["bad\n", "bad\ud800", "x" * 5000, ""])
+def test_a_rejected_call_leaves_no_phantom_metric(make_run, bad):
+    exp = make_run()
+    exp.log_metrics({"kept": 1.0}, step=0)
+    with pytest.raises(ExpmanValueError):
+        exp.log_metrics({"good_new": 1.0, bad: 2.0}, step=1)
+    exp.log_metrics({"kept": 2.0}, step=2)
+    exp.close()
+    assert set(expman.open_run(exp.run_dir).metrics) == {"kept"}
+    assert exp.stats()["keys"] == 1
+
+
+def test_a_resumed_run_with_a_gap_in_its_ids_gets_a_fresh_id(make_run, base):
+    data = corpus.metrics(corpus.key(0, "a") + corpus.key(2, "c")
+                          + corpus.row(0, corpus.T0, [(0, 1.0), (2, 3.0)]))
+    run_dir = plant(make_run, data)
+    exp = make_run(run_name=run_dir.name, resume=True)
+    exp.log_metrics({"d": 4.0, "c": 5.0}, step=1)
+    exp.close()
+    cols, _keys, report = decode((run_dir / METRICS_FILE).read_bytes())
+    assert not report["corrupt_at"]
+    assert cols == {"a": ([0], [1.0]), "c": ([0, 1], [3.0, 5.0]), "d": ([1], [4.0])}
+
+
+# ---- item 4: threads defining the same new keys on a small ring -------------------------------
+
+def test_threads_defining_the_same_long_new_keys_keep_the_ring_whole(make_run):
+    """4 threads, names of about 4 KB, a 64 KiB ring: duplicated records and a hang before."""
+    n_threads, n_keys = 4, 60
+    names = [f"{i:03d}" + "x" * 4000 for i in range(n_keys)]
+    for trial in range(3):
+        exp = make_run(run_name=f"t{trial}", buffer_size=64 << 10)
+        start = threading.Barrier(n_threads)
+        errors: list[BaseException] = []
+
+        def worker(t: int) -> None:
+            try:
+                start.wait()
+                for i, name in enumerate(names):
+                    exp.log_metrics({name: float(t), f"t{t}": float(i)}, step=i)
+            except BaseException as e:      # reported below, not lost in the thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=60)
+        assert not any(th.is_alive() for th in threads), "a producer hangs"
+        assert errors == []
+        exp.close()
+        stats = exp.stats()
+        assert stats["accepted"] == stats["written"] == n_threads * n_keys, stats
+        assert stats["keys"] == n_keys + n_threads
+        cols, keys, report = decode((exp.run_dir / METRICS_FILE).read_bytes())
+        assert not report["corrupt_at"] and report["torn_bytes"] == 0
+        assert len(keys) == n_keys + n_threads
+        for name in names:
+            assert sorted(cols[name][1]) == [float(t) for t in range(n_threads)]
+        for t in range(n_threads):
+            assert cols[f"t{t}"] == (list(range(n_keys)), [float(i) for i in range(n_keys)])
+
+
+# ---- item 5: a stalled writer ----------------------------------------------------------------
+
+def _fill(exp, name: str = "v") -> None:
+    """Log until the (paused) writer's ring refuses a row."""
+    for i in range(1_000_000):
+        before = exp.stats()["dropped"]
+        exp.log_metrics({name: float(i)})
+        if exp.stats()["dropped"] > before:
+            return
+    raise AssertionError("the ring never filled")
+
+
+def test_events_and_new_keys_honour_drop_when_the_writer_stalls(make_run):
+    exp = make_run(buffer_size=64 << 10, on_full="drop")
+    exp._pause_writer(1)
+    _fill(exp)
+    exp.info("x" * 2000)                    # returns at once: dropped, counted
+    exp.log_metrics({"new_key": 1.0})       # its definition has no room: the row is dropped
+    stats = exp.stats()
+    assert stats["events_dropped"] >= 1 and stats["keys"] == 1
+    exp._pause_writer(0)
+    exp.close()
+    stats = exp.stats()
+    assert stats["accepted"] == stats["written"] + stats["dropped"]
+    assert stats["events"] == stats["events_written"] + stats["events_dropped"]
+
+
+def test_events_and_new_keys_honour_block_timeout_when_the_writer_stalls(make_run):
+    exp = make_run(buffer_size=64 << 10, block_timeout=0.2)
+    exp._pause_writer(1)
+    with pytest.warns(RuntimeWarning, match="dropping a record"):
+        _fill(exp)
+    with pytest.warns(RuntimeWarning, match="dropping an event"):
+        exp.warn("y" * 2000)
+    with pytest.warns(RuntimeWarning, match="dropping an event or a metric name"):
+        exp.log_metrics({"late_key": 1.0})
+    exp._pause_writer(0)
+    exp.close()
+    stats = exp.stats()
+    assert stats["accepted"] == stats["written"] + stats["dropped"] and stats["dropped"] >= 2
+    assert stats["events_dropped"] >= 1
+
+
+def test_close_with_a_frozen_writer_raises_instead_of_hanging(make_run):
+    exp = make_run(buffer_size=64 << 10, block_timeout=0.2)
+    exp.log_metrics({"a": 1.0}, step=0)
+    exp._pause_writer(2)                    # ignores close too, like fsfreeze
+    with pytest.raises(WriterError) as info:
+        exp._stop(timeout=0.3)
+    assert info.value.errno == errno.ETIMEDOUT and "still writing" in str(info.value)
+    with pytest.raises(WriterError):        # asked again: waits again, still bounded
+        exp._stop(timeout=0.1)
+    exp._pause_writer(0)                    # the disk thaws: the writer finishes
+    assert exp._stop(timeout=30) is True
+    assert exp._stop() is False
+    exp._close_fds()
+    assert decode((exp.run_dir / METRICS_FILE).read_bytes())[0] == {"a": ([0], [1.0])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exp._close_at_exit("FINISHED", None)
+
+
+def test_close_itself_is_bounded_by_block_timeout(make_run):
+    exp = make_run(buffer_size=64 << 10, block_timeout=0.1)
+    exp._pause_writer(2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fill(exp)
+        with pytest.raises(WriterError, match="still writing after 5.0 s"):
+            exp.close()                     # status event dropped after 0.1 s, stop after 5 s
+    assert any("dropping an event" in str(w.message) for w in caught)
+    exp._pause_writer(0)
+    assert exp._stop(timeout=30) is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exp._close_at_exit("FINISHED", None)
+    assert exp.status == "FINISHED"
