@@ -118,7 +118,8 @@ def _shadow(writer: Any, create: bool) -> Any:
         return shadow
     from expman.layout import base_dir
     from expman.tensorboard import SummaryWriter
-    log_dir = Path(os.path.abspath(writer.get_logdir()))
+    get = getattr(writer, "get_logdir", None)         # torch; tensorboardX keeps .logdir
+    log_dir = Path(os.path.abspath(get() if callable(get) else writer.logdir))
     experiment = _settings.get("experiment") or log_dir.parent.name or "tensorboard"
     root = base_dir(_settings.get("base_dir"))
     shadow = SummaryWriter(root / experiment / log_dir.name, **_settings.get("kwargs", {}))
