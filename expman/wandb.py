@@ -183,7 +183,8 @@ class Run:
             commit: bool | None = None) -> None:
         """wandb's rules: data accumulates into the current step; the step is
         written and advanced when ``commit`` (default when no step is given) or
-        when a later ``step`` arrives."""
+        when a later ``step`` arrives. A key given twice for one step is kept
+        twice (wandb keeps the last), so nothing logged is lost."""
         if not isinstance(data, Mapping):
             raise ExpmanTypeError(f"wandb.log: expected a dict, got {type(data).__name__}")
         if step is not None:
@@ -200,6 +201,8 @@ class Run:
             if isinstance(value, (Image, Histogram)):
                 self._media.append((key, value))
             else:
+                if key in self._pending:   # wandb would overwrite it in the row; expman keeps both
+                    self._commit()
                 self._pending[key] = _number(key, value)
         if commit or (commit is None and step is None):
             self._commit()
