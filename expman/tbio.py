@@ -3,8 +3,9 @@
 ``import_tensorboard`` turns each folder of event files under a logdir into an
 expman run: scalars (``simple_value`` and tensor-style) become metrics at their
 step, hparams (the hparams plugin's session start) params, text messages
-carrying tag, step and the original wall time. Other plugins (histograms,
-images, graphs, ...) are counted and named in a message, not imported.
+carrying tag, step and the original wall time; histograms (edges and counts)
+and PNG images too. Anything else (audio, graphs, PR curves, ...) is counted
+and named in a warning message of the run, not imported.
 
 ``export_tensorboard`` writes a run as an event file TensorBoard opens: metrics
 as float64 scalar tensors (exact, unlike ``simple_value``'s float32), params as
@@ -75,25 +76,32 @@ def import_tensorboard(logdir: str | os.PathLike[str], base_dir: str | os.PathLi
         raise ExpmanValueError(f"import_tensorboard: no event files (*tfevents*) under {root}")
     name = experiment or (_UNSAFE.sub("_", root.name).strip(" .") or "tensorboard")
     base = _base(base_dir)
-    return [_import_folder(folder, files, base, name, _run_name(root, folder))
+    made = [_import_folder(folder, files, base, name, _run_name(root, folder))
             for folder, files in found]
+    return [p for p in made if p is not None]
 
 
 def _import_folder(folder: Path, files: list[Path], base: Path, experiment: str,
-                   run_name: str) -> Path:
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+                   run_name: str) -> Path | None:
+    """One run from one folder's event files, or None if they hold no summaries
+    (torch's SummaryWriter leaves such files in a parent of add_hparams' runs)."""
+    # the raw events as written: EventFileLoader's compatibility pass would turn
+    # histograms into left/right/count tensors whose last edge is the max, not the limit
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
     from expman.experiment import Experiment
     from expman.media import check_step
-    exp = Experiment(experiment, run_name, base, capture_env=False, handle_signals=False)
+    exp: Experiment | None = None
     plugins: dict[str, str] = {}          # tag -> plugin; TF writes metadata on first use only
     skipped: dict[str, int] = {}
     try:
-        exp._log_event({"kind": "message", "level": "info", "time": exp._meta["start_time"],
-                        "msg": f"imported from TensorBoard event files in {folder}"})
         for path in files:
-            for event in EventFileLoader(str(path)).Load():
-                if not event.HasField("summary"):
+            for event in LegacyEventFileLoader(str(path)).Load():
+                if not event.HasField("summary") or not event.summary.value:
                     continue
+                if exp is None:
+                    exp = Experiment(experiment, run_name, base, capture_env=False,
+                                     handle_signals=False)
+                    exp.info(f"imported from TensorBoard event files in {folder}")
                 step = check_step(int(event.step), f"step of an event in {path}")
                 scalars: dict[str, float] = {}
                 for value in event.summary.value:
@@ -103,12 +111,15 @@ def _import_folder(folder: Path, files: list[Path], base: Path, experiment: str,
                                   float(event.wall_time), scalars, skipped)
                 if scalars:
                     exp.log_metrics(scalars, step)
-        if skipped:
+        if exp is not None and skipped:
             exp.warn("not imported from TensorBoard: " + ", ".join(
-                f"{n} {kind} values" for kind, n in sorted(skipped.items())))
+                f"{kind} ({n})" for kind, n in sorted(skipped.items())))
     except BaseException:
-        exp.close("FAILED")
+        if exp is not None:
+            exp.close("FAILED")
         raise
+    if exp is None:
+        return None
     exp.close()
     return exp.run_dir
 
@@ -135,6 +146,8 @@ def _import_value(exp: Any, value: Any, plugin: str, step: int, wall_time: float
                         "msg": "\n".join(texts), "tag": value.tag, "step": step})
     elif kind == "histo" and _import_histogram(exp, value.tag, value.histo, step):
         pass
+    elif kind == "image" and value.image.encoded_image_string.startswith(b"\x89PNG\r\n\x1a\n"):
+        exp.log_image(value.tag, value.image.encoded_image_string, step)
     elif plugin == "hparams":
         from tensorboard.plugins.hparams import plugin_data_pb2
         data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
@@ -146,14 +159,25 @@ def _import_value(exp: Any, value: Any, plugin: str, step: int, wall_time: float
 
 
 def _import_histogram(exp: Any, tag: str, histo: Any, step: int) -> bool:
-    """A HistogramProto as edges ``[min, *bucket_limit]`` and its counts, when that
-    is a valid histogram (as torch, tensorboardX and export_tensorboard write it)."""
+    """A HistogramProto back to edges and counts, when it is a valid histogram.
+
+    torch, tensorboardX and export_tensorboard write numpy's edges whole as
+    ``bucket_limit`` with an empty first bucket ending at the first edge (the
+    proto has right edges only): that is read back exactly. Otherwise the
+    first bucket is taken to start at ``min``.
+    """
     import math
-    edges = [float(histo.min), *map(float, histo.bucket_limit)]
-    if len(edges) != len(histo.bucket) + 1 or not all(map(math.isfinite, edges)) \
-            or any(b <= a for a, b in zip(edges, edges[1:])):
+    limits = [float(x) for x in histo.bucket_limit]
+    counts = [float(c) for c in histo.bucket]
+    if len(limits) != len(counts) or len(counts) < 2:
         return False
-    exp.log_histogram(tag, step=step, edges=edges, counts=[float(c) for c in histo.bucket])
+    if counts[0] == 0:
+        edges, counts = limits, counts[1:]
+    else:
+        edges = [float(histo.min), *limits]
+    if not all(map(math.isfinite, edges)) or any(b <= a for a, b in zip(edges, edges[1:])):
+        return False
+    exp.log_histogram(tag, step=step, edges=edges, counts=counts)
     return True
 
 
@@ -307,11 +331,11 @@ def _event_values(run: Any) -> Iterator[tuple[float, int, Any]]:
     for tag, hists in histograms(run).items():
         for h in hists:
             num = float(sum(h.counts))
+            # torch's layout: every edge as a limit, after an empty first bucket
             histo = summary_pb2.HistogramProto(
-                min=h.edges[0], max=h.edges[-1],      # import reads the edges back from these
-                num=num, sum=float(h.stats.get("sum", 0.0)),
+                min=h.edges[0], max=h.edges[-1], num=num, sum=float(h.stats.get("sum", 0.0)),
                 sum_squares=float(h.stats.get("sum_squares", 0.0)),
-                bucket_limit=h.edges[1:], bucket=[float(c) for c in h.counts])
+                bucket_limit=h.edges, bucket=[0.0, *(float(c) for c in h.counts)])
             yield float(h.time or 0.0), h.step, summary_pb2.Summary.Value(tag=tag, histo=histo)
     channels = {0: 1, 4: 2, 2: 3, 6: 4}
     for tag, imgs in images(run).items():
