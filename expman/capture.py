@@ -73,7 +73,7 @@ class OutputCapture:
         self._thread.start()
         self._tees = (_Tee(sys.stdout, self), _Tee(sys.stderr, self))
         self._saved = (sys.stdout, sys.stderr)
-        sys.stdout, sys.stderr = self._tees  # type: ignore[assignment]
+        sys.stdout, sys.stderr = self._tees
 
     def put(self, text: str) -> None:
         with self._lock:

@@ -20,7 +20,7 @@ def _base(p: argparse.ArgumentParser) -> None:
 
 
 def add_tag_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+    p: argparse.ArgumentParser = subparsers.add_parser(
         "tag", help="add (+name) or remove (-name) tags on a finished run",
         description="add (+name) or remove (-name) tags on a finished run\n\nexample:\n"
                     "  expman tag mnist/latest +baseline -draft",
@@ -65,7 +65,7 @@ def run_tag(args: argparse.Namespace) -> int:
 
 
 def add_note_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+    p: argparse.ArgumentParser = subparsers.add_parser(
         "note", help="set the notes of a finished run ('' clears them)",
         description="set the notes of a finished run ('' clears them)\n\nexample:\n"
                     "  expman note mnist/latest \"lr too high after epoch 3\"",

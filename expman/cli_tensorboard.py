@@ -12,7 +12,7 @@ __all__ = ["add_parser", "run", "export_tensorboard"]
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+    p: argparse.ArgumentParser = subparsers.add_parser(
         "import-tensorboard", help="turn TensorBoard event files (scalars, hparams, text) into runs",
         description="turn TensorBoard event files (scalars, hparams, text, histograms) into runs: "
                     "one run per folder of event files\n\nexample:\n"

@@ -72,7 +72,7 @@ class Experiment(_core.Core):
     ) -> None:
         self._status = "NEW"
         self._capture = None
-        described = {runmeta.TAGS: runmeta.check_tags(tags), runmeta.NOTES: runmeta.check_notes(notes),
+        described: dict[str, Any] = {runmeta.TAGS: runmeta.check_tags(tags), runmeta.NOTES: runmeta.check_notes(notes),
                      runmeta.GROUP: runmeta.check_group(group)}
         self._closing = False
         # held for a whole close: a second closer (another thread) waits for the

@@ -51,10 +51,11 @@ def check_step(step: object, where: str = "step") -> int | None:
         value = int(step.__index__())  # type: ignore[attr-defined]
     except (AttributeError, TypeError):
         item = getattr(step, "item", None)   # a 0-d integer tensor
-        value = item() if callable(item) else None
-        if not isinstance(value, int) or isinstance(value, bool):
+        got = item() if callable(item) else None
+        if not isinstance(got, int) or isinstance(got, bool):
             raise ExpmanTypeError(
                 f"{where} must be a non-negative int, got {type(step).__name__} ({step!r:.60})") from None
+        value = got
     if value < 0 or value >= 2**63:
         raise ExpmanValueError(f"{where} must be a non-negative 64-bit int, got {value}")
     return value

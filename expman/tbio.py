@@ -102,7 +102,8 @@ def _import_folder(folder: Path, files: list[Path], base: Path, experiment: str,
                     exp = Experiment(experiment, run_name, base, capture_env=False,
                                      handle_signals=False)
                     exp.info(f"imported from TensorBoard event files in {folder}")
-                step = check_step(int(event.step), f"step of an event in {path}")
+                step = int(event.step)
+                check_step(step, f"step of an event in {path}")
                 scalars: dict[str, float] = {}
                 for value in event.summary.value:
                     if value.HasField("metadata") and value.metadata.plugin_data.plugin_name:

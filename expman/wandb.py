@@ -232,7 +232,7 @@ class Run:
             raise ExpmanValueError(f"define_metric: name must be a non-empty str, got {name!r}")
         record = {"name": name, "step_metric": step_metric, **options}
         from expman.params import to_json
-        record = to_json(record, f"define_metric({name!r})")
+        record = dict(to_json(record, f"define_metric({name!r})"))
         self._defined[name] = record
         self._exp._log_event({"kind": "define_metric", "time": time.time(), **record})
         return record

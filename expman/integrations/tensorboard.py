@@ -36,7 +36,7 @@ _busy = threading.local()        # inside a patched call: nested calls are Tenso
 
 
 def _writer_classes() -> list[type]:
-    classes = []
+    classes: list[type] = []
     try:
         from torch.utils.tensorboard import SummaryWriter as TorchWriter
         classes.append(TorchWriter)
