@@ -155,3 +155,18 @@ def test_png_encoder_without_pil_matches_pil_decode():
     assert media.png_size(png) == (16, 16)
     assert _pixels(io.BytesIO(png)).tobytes() == data
     assert os.path.basename(media.media_relpath("a/b", 3, 2)) == "3_2.png"
+
+
+def test_media_and_integration_modules_load_no_framework(tmp_path):
+    from conftest import run_python
+    code = """
+import sys
+import expman, expman.media, expman.media_read, expman.runmeta, expman.capture
+import expman.tensorboard, expman.wandb, expman.tbio, expman.integrations.tensorboard
+import expman.cli_tag, expman.cli_tensorboard
+heavy = {"numpy", "torch", "tensorboard", "tensorboardX", "PIL", "matplotlib", "pandas"}
+print(sorted(heavy & {m.split(".")[0] for m in sys.modules}))
+"""
+    proc = run_python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
