@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from expman.errors import ExpmanValueError
+from expman.layout import FAILED, FINISHED, RUNNING
 
 __all__ = ["import_tensorboard", "export_tensorboard", "event_dirs"]
 
@@ -117,7 +118,7 @@ def _import_folder(folder: Path, files: list[Path], base: Path, experiment: str,
                 f"{kind} ({n})" for kind, n in sorted(skipped.items())))
     except BaseException:
         if exp is not None:
-            exp.close("FAILED")
+            exp.close(FAILED)
         raise
     if exp is None:
         return None
@@ -298,8 +299,8 @@ def _hparams_summaries(run: Any, start: float) -> Iterator[tuple[Any, int, float
         infos.append(api_pb2.HParamInfo(name=k, type=api_pb2.DataType.Value(dtype)))
     metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=name)) for name in run.metrics]
     exp = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
-    status = "STATUS_SUCCESS" if run.status == "FINISHED" else (
-        "STATUS_RUNNING" if run.status == "RUNNING" else "STATUS_FAILURE")
+    status = "STATUS_SUCCESS" if run.status == FINISHED else (
+        "STATUS_RUNNING" if run.status == RUNNING else "STATUS_FAILURE")
     sei = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value(status),
                                          end_time_secs=float(run.meta.get("end_time") or start))
     for tag, data in ((metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=exp)),

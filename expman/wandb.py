@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 from expman.errors import ExpmanError, ExpmanTypeError, ExpmanValueError, RunClosedError
 from expman.experiment import Experiment
+from expman.layout import FAILED
 
 __all__ = ["init", "log", "finish", "config", "summary", "run", "define_metric", "save",
            "Image", "Histogram", "Run", "Config", "Summary", "WandbFeatureMissing"]
@@ -260,7 +261,7 @@ class Run:
         finally:
             try:
                 if exit_code:
-                    self._exp._finish("FAILED", {"reason": "exit", "code": int(exit_code)},
+                    self._exp._finish(FAILED, {"reason": "exit", "code": int(exit_code)},
                                       raise_errors=True)
                 else:
                     self._exp.close()
