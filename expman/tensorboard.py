@@ -87,7 +87,15 @@ class SummaryWriter:
             self._exp, self._owned = experiment, False
         else:
             base, name, run = run_location(log_dir, comment, base_dir)
-            experiment_kwargs.setdefault("resume", (base / name / run / RUN_FILE).is_file())
+            folder = base / name / run
+            if folder.is_dir() and not (folder / RUN_FILE).is_file():
+                if any(folder.iterdir()):
+                    raise ExpmanValueError(
+                        f"SummaryWriter: log_dir {folder} holds files but no expman run (TensorBoard "
+                        "event files?); pick another log_dir, or keep TensorBoard writing there and "
+                        "use expman.integrations.tensorboard.patch()")
+                folder.rmdir()          # an empty folder made beforehand becomes the run
+            experiment_kwargs.setdefault("resume", (folder / RUN_FILE).is_file())
             self._exp, self._owned = Experiment(name, run, base, **experiment_kwargs), True
         self._closed = False
 

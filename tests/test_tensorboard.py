@@ -115,6 +115,16 @@ def test_default_log_dir_and_reopen(tmp_path, monkeypatch):
     assert list(expman.open_run(first).metrics["x"].values) == [1.0, 2.0]
 
 
+def test_log_dir_of_tensorboard_files_is_refused_an_empty_one_used(tmp_path):
+    TorchWriter(str(tmp_path / "tb" / "r")).close()
+    with pytest.raises(ValueError, match="holds files but no expman run"):
+        SummaryWriter(tmp_path / "tb" / "r")
+    (tmp_path / "tb" / "empty").mkdir()
+    with SummaryWriter(tmp_path / "tb" / "empty") as w:
+        w.add_scalar("a", 1.0, 0)
+    assert expman.open_run(tmp_path / "tb" / "empty").status == "FINISHED"
+
+
 def test_writer_into_an_open_experiment_leaves_it_open(make_run):
     exp = make_run()
     w = SummaryWriter(experiment=exp)
