@@ -321,9 +321,13 @@ class Experiment(_core.Core):
         while True:
             rel = media.media_relpath(tag, step, n)
             path = self._run_dir / rel
+            existing = path.parent
+            while not existing.exists():
+                existing = existing.parent
+            # checked before mkdir: a symlink planted in the run folder is never written through
+            if not inside(self._run_dir / ARTIFACTS_DIR, existing):
+                raise ExpmanValueError(f"log_image: {existing} resolves outside the run folder")
             path.parent.mkdir(parents=True, exist_ok=True)
-            if not inside(self._run_dir / ARTIFACTS_DIR, path.parent):
-                raise ExpmanValueError(f"log_image: {path.parent} resolves outside the run folder")
             try:    # O_EXCL: a repeated tag and step never overwrites, nor follows a symlink
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o644)
             except FileExistsError:

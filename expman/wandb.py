@@ -268,7 +268,11 @@ class Run:
             finally:
                 if run is self:
                     run = None
-                _store_summary(self._exp, dict(summary), self._defined)
+                try:
+                    _store_summary(self._exp, dict(summary), self._defined)
+                except Exception as e:     # never hides the error that stopped the close
+                    warnings.warn(f"expman.wandb: could not store the summary: {e}",
+                                  RuntimeWarning, stacklevel=2)
                 summary.clear()
                 config._bind(None)
 

@@ -137,6 +137,17 @@ def test_image_bad_input_and_tag_escaping(make_run, tmp_path):
     assert rel == "%2E%2E/%2E%2E/etc/%43ON/a%20b%2E%C3%A9/1.png"
 
 
+@pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
+def test_image_never_written_through_a_planted_symlink(make_run, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    exp = make_run()
+    (exp.run_dir / "artifacts" / "media").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ExpmanValueError, match="outside the run folder"):
+        exp.log_image("a/b", np.zeros((1, 1), dtype=np.uint8))
+    assert list(outside.iterdir()) == []
+
+
 def test_media_reader_skips_crafted_records(make_run):
     exp = make_run()
     exp._log_event({"kind": "image", "tag": "evil", "step": 0, "path": "../../../../etc/passwd",
