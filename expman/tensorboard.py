@@ -120,7 +120,9 @@ class SummaryWriter:
                    summary_description: str = "") -> None:
         """One metric point (float64, exactly as given); the display options of
         torch and tensorboardX are accepted and not used."""
-        self._exp.log_metrics({_tag(tag): _number(tag, scalar_value)}, global_step)
+        if type(scalar_value) is not float:          # the common case skips a call
+            scalar_value = _number(tag, scalar_value)
+        self._exp.log_metrics({tag: scalar_value}, global_step)     # names a non-str tag
 
     def add_scalars(self, main_tag: str, tag_scalar_dict: Mapping[str, Any],
                     global_step: int | None = None, walltime: float | None = None) -> None:
