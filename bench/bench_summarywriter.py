@@ -78,7 +78,7 @@ def main() -> int:
     base = results["expman"]
     print(f"{args.calls} add_scalar calls, {max(args.calls // 100, 1)} add_histogram calls, "
           f"best of {args.repeat}; load average {os.getloadavg()[0]:.1f}")
-    print(f"| writer | add_scalar (us) | x expman | add_histogram (us) | x expman | close (ms) |")
+    print("| writer | add_scalar (us) | x expman | add_histogram (us) | x expman | close (ms) |")
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['add_scalar_us']:.2f} | {r['add_scalar_us'] / base['add_scalar_us']:.1f} "

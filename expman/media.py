@@ -16,7 +16,7 @@ import struct
 import zlib
 from bisect import bisect_right
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from expman.errors import ExpmanTypeError, ExpmanValueError
 from expman.layout import ARTIFACTS_DIR, MEDIA_DIR

@@ -241,7 +241,7 @@ def _metric_events(run: Any) -> Iterator[tuple[float, int, list[Any]]]:
     from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
     points = []
     for name, s in run.metrics.items():
-        for i, (step, value, t) in enumerate(zip(s.steps, s.values, s.times)):
+        for step, value, t in zip(s.steps, s.values, s.times):
             points.append((float(t), int(step), name, float(value)))
     points.sort(key=lambda p: (p[0], p[1]))          # stable: same record keeps key order
     meta = _scalar_metadata()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -153,7 +154,6 @@ class SummaryWriter:
                  walltime: float | None = None) -> None:
         """A message (level info) carrying ``tag`` and ``step``."""
         from expman.media import check_step
-        import time
         step = check_step(global_step, "global_step")
         self._exp._check_open()
         self._exp._log_event({"kind": "message", "level": "info", "time": time.time(),

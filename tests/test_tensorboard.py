@@ -7,7 +7,6 @@ and against expman's (only the import differs); every value comes back exactly.
 from __future__ import annotations
 
 import inspect
-import os
 
 import numpy as np
 import pytest

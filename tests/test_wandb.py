@@ -84,14 +84,16 @@ def test_explicit_steps_follow_wandb_rules(tmp_path):
     assert wandb.run.step == 9
     wandb.finish()
     run = expman.open_run(tmp_path / "p" / "r")
-    assert list(zip(run.metrics["a"].steps, run.metrics["a"].values)) == [(5, 1.0), (7, 3.0), (7, 4.0), (8, 5.0)]
+    a = run.metrics["a"]
+    assert list(zip(a.steps, a.values)) == [(5, 1.0), (7, 3.0), (7, 4.0), (8, 5.0)]
     assert list(run.metrics["b"].steps) == [5]
 
 
 def test_config_access_and_namespace(tmp_path):
     ns = argparse.Namespace(lr=0.1, depth=3)
     wandb.init(project="p", dir=str(tmp_path), config=ns)
-    assert wandb.config.lr == 0.1 and wandb.config["depth"] == 3 and dict(wandb.config) == {"lr": 0.1, "depth": 3}
+    assert wandb.config.lr == 0.1 and wandb.config["depth"] == 3
+    assert dict(wandb.config) == {"lr": 0.1, "depth": 3}
     wandb.config.setdefaults({"lr": 9, "width": 8})
     assert wandb.config.width == 8 and wandb.config.lr == 0.1
     with pytest.raises(AttributeError, match="no key 'missing'"):
