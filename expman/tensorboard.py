@@ -34,7 +34,7 @@ __all__ = ["SummaryWriter", "UNSUPPORTED"]
 UNSUPPORTED = (
     "add_audio", "add_custom_scalars", "add_custom_scalars_marginchart",
     "add_custom_scalars_multilinechart", "add_embedding", "add_graph", "add_histogram_raw",
-    "add_image_with_boxes", "add_images", "add_mesh", "add_onnx_graph", "add_openvino_graph",
+    "add_image_with_boxes", "add_mesh", "add_onnx_graph", "add_openvino_graph",
     "add_pr_curve", "add_pr_curve_raw", "add_tensor", "add_video", "export_scalars_to_json",
     "use_metadata",
 )
@@ -189,6 +189,19 @@ class SummaryWriter:
         else:
             self._exp.log_image(_tag(tag), _to_numpy(img_tensor), global_step,
                                 dataformats=dataformats)
+
+    def add_images(self, tag: str, img_tensor: Any, global_step: int | None = None,
+                   walltime: float | None = None, dataformats: str = "NCHW") -> None:
+        """Each image of the batch as its own PNG, in batch order, under one tag and
+        step (``<step>.png``, ``<step>_1.png``, ...), where TensorBoard tiles a grid."""
+        import numpy as np
+        batch = np.asarray(_to_numpy(img_tensor))
+        fmt = dataformats.upper()
+        if len(fmt) != batch.ndim or fmt[0] != "N":
+            raise ExpmanValueError(f"add_images({tag!r}): dataformats {dataformats!r} does not fit "
+                                   f"a batch of shape {batch.shape} (use 'NCHW', 'NHWC', 'NHW')")
+        for image in batch:
+            self._exp.log_image(_tag(tag), image, global_step, dataformats=fmt[1:])
 
     def add_figure(self, tag: str, figure: Any, global_step: int | None = None,
                    close: bool = True, walltime: float | None = None) -> None:

@@ -43,6 +43,7 @@ def tensorboard_script(SummaryWriter, log_dir):
         fig = plt.figure(figsize=(2, 2), dpi=20)
         plt.plot([0, 1], [1, 0])
         writer.add_figure("curve", fig, 4)
+        writer.add_images("batch", torch.zeros(2, 1, 3, 5), 4)              # NCHW
         writer.add_text("notes", "epoch 4 done", 4)
         writer.add_hparams({"lr": 0.01, "optimizer": "adam", "layers": 3}, {"hparam/best": 0.25})
         writer.flush()
@@ -73,7 +74,9 @@ def test_same_script_both_writers_values_exact(tmp_path):
     assert (hist[1].step, hist[1].counts, hist[1].edges) == (5, counts.tolist(), edges.tolist())
     imgs = media_read.images(run)
     assert {k: [(i.step, i.width, i.height) for i in v] for k, v in imgs.items()} == {
-        "sample": [(4, 6, 8)], "sample_hwc": [(4, 5, 4)], "curve": [(4, 40, 40)]}
+        "sample": [(4, 6, 8)], "sample_hwc": [(4, 5, 4)], "curve": [(4, 40, 40)],
+        "batch": [(4, 5, 3), (4, 5, 3)]}
+    assert [i.path.name for i in imgs["batch"]] == ["4.png", "4_1.png"]
 
     # what torch's writer kept, read with TensorBoard's own reader, agrees
     from tensorboard.backend.event_processing.event_accumulator import (
@@ -90,7 +93,7 @@ def test_every_other_public_method_raises_naming_itself(tmp_path):
     public = {n for cls in (TorchWriter, tbx.SummaryWriter) for n in dir(cls) if not n.startswith("_")}
     implemented = {n for n in public if n not in UNSUPPORTED}
     assert implemented == {"add_scalar", "add_scalars", "add_hparams", "add_text", "add_histogram",
-                           "add_image", "add_figure", "flush", "close", "get_logdir"}
+                           "add_image", "add_images", "add_figure", "flush", "close", "get_logdir"}
     with SummaryWriter(tmp_path / "e" / "r") as w:
         for name in sorted(public & set(UNSUPPORTED)):
             with pytest.raises(NotImplementedError, match=f"SummaryWriter.{name} is not supported"):
@@ -156,6 +159,7 @@ def test_patch_mirrors_real_writers(tmp_path, monkeypatch, Writer):
         w.add_text("t", "hi", 1)
         w.add_histogram("h", np.arange(10.0), 2)
         w.add_image("img", np.zeros((3, 4, 4)), 2)
+        w.add_images("batch", np.zeros((2, 3, 4, 4)), 2)
         fig = plt.figure(figsize=(1, 1), dpi=10)
         w.add_figure("fig", fig, 2)
         w.add_hparams({"lr": 0.1}, {"best": 1.5})
@@ -171,7 +175,8 @@ def test_patch_mirrors_real_writers(tmp_path, monkeypatch, Writer):
     assert run.params == {"lr": 0.1}
     assert [(m["tag"], m["msg"]) for m in run.messages if "tag" in m] == [("t", "hi")]
     assert list(media_read.histograms(run)) == ["h"]
-    assert sorted(media_read.images(run)) == ["fig", "img"]             # add_figure not twice
+    imgs = media_read.images(run)
+    assert {k: len(v) for k, v in imgs.items()} == {"img": 1, "batch": 2, "fig": 1}  # figure once
     assert len(list((tmp_path / "expman").glob("*/*"))) == 1           # no run for add_hparams' child
     # TensorBoard still got everything
     files = list((tmp_path / "tb" / "runs" / "mnist").glob("events.out.tfevents*"))
