@@ -176,6 +176,26 @@ def histogram_record(tag: str, values: Any = None, bins: int = 64, edges: Any = 
     return record
 
 
+def edges_from_limits(low: float, limits: list[float], counts: list[float]
+                      ) -> tuple[list[float], list[float]] | None:
+    """TensorBoard's right-edge-only buckets as (edges, counts), or None if they
+    do not form a histogram.
+
+    torch and tensorboardX write numpy's edges whole as the limits, after an
+    empty first bucket ending at the first edge: that reads back exactly.
+    Otherwise the first bucket is taken to start at ``low`` (the minimum).
+    """
+    if len(limits) != len(counts) or not counts:
+        return None
+    if counts[0] == 0 and len(counts) >= 2:
+        edges, counts = list(limits), list(counts[1:])
+    else:
+        edges = [low, *limits]
+    if not all(map(math.isfinite, edges)) or any(b <= a for a, b in zip(edges, edges[1:])):
+        return None
+    return edges, counts
+
+
 def _span(lo: float, hi: float) -> tuple[float, float]:
     """numpy's own rule for a degenerate range: one value v bins over [v-0.5, v+0.5]."""
     return (lo - 0.5, hi + 0.5) if lo == hi else (lo, hi)

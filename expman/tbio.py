@@ -161,25 +161,13 @@ def _import_value(exp: Any, value: Any, plugin: str, step: int, wall_time: float
 
 
 def _import_histogram(exp: Any, tag: str, histo: Any, step: int) -> bool:
-    """A HistogramProto back to edges and counts, when it is a valid histogram.
-
-    torch, tensorboardX and export_tensorboard write numpy's edges whole as
-    ``bucket_limit`` with an empty first bucket ending at the first edge (the
-    proto has right edges only): that is read back exactly. Otherwise the
-    first bucket is taken to start at ``min``.
-    """
-    import math
-    limits = [float(x) for x in histo.bucket_limit]
-    counts = [float(c) for c in histo.bucket]
-    if len(limits) != len(counts) or len(counts) < 2:
+    """A HistogramProto back to edges and counts (media.edges_from_limits)."""
+    from expman.media import edges_from_limits
+    got = edges_from_limits(float(histo.min), [float(x) for x in histo.bucket_limit],
+                            [float(c) for c in histo.bucket])
+    if got is None:
         return False
-    if counts[0] == 0:
-        edges, counts = limits, counts[1:]
-    else:
-        edges = [float(histo.min), *limits]
-    if not all(map(math.isfinite, edges)) or any(b <= a for a, b in zip(edges, edges[1:])):
-        return False
-    exp.log_histogram(tag, step=step, edges=edges, counts=counts)
+    exp.log_histogram(tag, step=step, edges=got[0], counts=got[1])
     return True
 
 

@@ -33,7 +33,7 @@ __all__ = ["SummaryWriter", "UNSUPPORTED"]
 # store; each raises NotImplementedError naming itself (tests check the list is whole).
 UNSUPPORTED = (
     "add_audio", "add_custom_scalars", "add_custom_scalars_marginchart",
-    "add_custom_scalars_multilinechart", "add_embedding", "add_graph", "add_histogram_raw",
+    "add_custom_scalars_multilinechart", "add_embedding", "add_graph",
     "add_image_with_boxes", "add_mesh", "add_onnx_graph", "add_openvino_graph",
     "add_pr_curve", "add_pr_curve_raw", "add_tensor", "add_video", "export_scalars_to_json",
     "use_metadata",
@@ -180,6 +180,25 @@ class SummaryWriter:
             self._exp.log_histogram(tag, data, global_step, bins=max_bins or 64)
         else:
             self._exp.log_histogram(tag, data, global_step, edges=bins)
+
+    def add_histogram_raw(self, tag: str, min: float, max: float, num: int, sum: float,
+                          sum_squares: float, bucket_limits: Any, bucket_counts: Any,
+                          global_step: int | None = None, walltime: float | None = None) -> None:
+        """TensorBoard's bucket form (right edges only) as edges and counts: the
+        limits are the edges when the first bucket is empty (torch's layout), else
+        the first bucket starts at ``min``. Other forms raise, naming the tag."""
+        from expman.media import edges_from_limits
+        limits = [float(x) for x in _to_numpy(bucket_limits).tolist()] \
+            if hasattr(bucket_limits, "tolist") else [float(x) for x in bucket_limits]
+        counts = [float(c) for c in (_to_numpy(bucket_counts).tolist()
+                                     if hasattr(bucket_counts, "tolist") else bucket_counts)]
+        got = edges_from_limits(float(min), limits, counts)
+        if got is None:
+            raise ExpmanValueError(
+                f"add_histogram_raw({tag!r}): {len(limits)} bucket_limits and {len(counts)} "
+                "bucket_counts do not form a histogram (equal lengths, increasing finite limits, "
+                "min below the first limit or an empty first bucket)")
+        self._exp.log_histogram(_tag(tag), step=global_step, edges=got[0], counts=got[1])
 
     def add_image(self, tag: str, img_tensor: Any, global_step: int | None = None,
                   walltime: float | None = None, dataformats: str = "CHW") -> None:

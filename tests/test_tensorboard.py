@@ -43,6 +43,9 @@ def tensorboard_script(SummaryWriter, log_dir):
         fig = plt.figure(figsize=(2, 2), dpi=20)
         plt.plot([0, 1], [1, 0])
         writer.add_figure("curve", fig, 4)
+        writer.add_histogram_raw("raw", min=-1.0, max=3.0, num=6, sum=4.0, sum_squares=12.0,
+                                 bucket_limits=[0.0, 1.0, 3.0], bucket_counts=[1, 2, 3],
+                                 global_step=4)
         writer.add_images("batch", torch.zeros(2, 1, 3, 5), 4)              # NCHW
         writer.add_text("notes", "epoch 4 done", 4)
         writer.add_hparams({"lr": 0.01, "optimizer": "adam", "layers": 3}, {"hparam/best": 0.25})
@@ -72,6 +75,8 @@ def test_same_script_both_writers_values_exact(tmp_path):
     assert (hist[0].step, hist[0].counts, hist[0].edges) == (4, counts.tolist(), edges.tolist())
     counts, edges = np.histogram(weights.numpy() * 2, bins=10)
     assert (hist[1].step, hist[1].counts, hist[1].edges) == (5, counts.tolist(), edges.tolist())
+    (raw,) = media_read.histograms(run)["raw"]
+    assert (raw.step, raw.edges, raw.counts) == (4, [-1.0, 0.0, 1.0, 3.0], [1, 2, 3])
     imgs = media_read.images(run)
     assert {k: [(i.step, i.width, i.height) for i in v] for k, v in imgs.items()} == {
         "sample": [(4, 6, 8)], "sample_hwc": [(4, 5, 4)], "curve": [(4, 40, 40)],
@@ -93,7 +98,8 @@ def test_every_other_public_method_raises_naming_itself(tmp_path):
     public = {n for cls in (TorchWriter, tbx.SummaryWriter) for n in dir(cls) if not n.startswith("_")}
     implemented = {n for n in public if n not in UNSUPPORTED}
     assert implemented == {"add_scalar", "add_scalars", "add_hparams", "add_text", "add_histogram",
-                           "add_image", "add_images", "add_figure", "flush", "close", "get_logdir"}
+                           "add_image", "add_images", "add_figure", "flush", "close", "get_logdir",
+                           "add_histogram_raw"}
     with SummaryWriter(tmp_path / "e" / "r") as w:
         for name in sorted(public & set(UNSUPPORTED)):
             with pytest.raises(NotImplementedError, match=f"SummaryWriter.{name} is not supported"):

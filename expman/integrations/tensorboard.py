@@ -26,7 +26,7 @@ __all__ = ["patch", "unpatch", "MIRRORED"]
 
 # The calls mirrored into expman (the rest go to TensorBoard only).
 MIRRORED = ("add_scalar", "add_scalars", "add_hparams", "add_text", "add_histogram",
-            "add_image", "add_images", "add_figure", "flush", "close")
+            "add_histogram_raw", "add_image", "add_images", "add_figure", "flush", "close")
 _ATTR = "_expman_writer"
 
 _lock = threading.Lock()
