@@ -58,8 +58,10 @@ class Config(MutableMapping[str, Any]):
             self._data.clear()
 
     def _store(self, values: Mapping[str, Any]) -> None:
-        if self._exp is not None:
-            self._exp.log_params(values)
+        if self._exp is None:
+            raise RunClosedError("wandb.config: call wandb.init() before setting config "
+                                 "(expman.wandb stores it in the run's params.json)")
+        self._exp.log_params(values)
         self._data.update(values)
 
     def update(self, d: Any = None, allow_val_change: bool | None = None, **kw: Any) -> None:  # type: ignore[override]

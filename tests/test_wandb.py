@@ -103,6 +103,20 @@ def test_config_access_and_namespace(tmp_path):
     assert read_json(expman.open_run(path).path / "params.json") == {"lr": 0.1, "depth": 3, "width": 8}
 
 
+def test_np_histogram_second_init_and_config_before_init(tmp_path):
+    with pytest.raises(RuntimeError, match="before setting config"):
+        wandb.config.lr = 0.1
+    first = wandb.init(project="p", name="one", dir=str(tmp_path))
+    values = np.random.default_rng(3).normal(size=300)
+    counts, edges = np.histogram(values, bins=7)
+    wandb.log({"h": wandb.Histogram(np_histogram=(counts, edges))})
+    second = wandb.init(project="p", name="two", dir=str(tmp_path))     # finishes the first
+    assert first.experiment.status == "FINISHED" and wandb.run is second
+    wandb.finish()
+    (h,) = media_read.histograms(expman.open_run(tmp_path / "p" / "one"))["h"]
+    assert (h.step, h.edges, h.counts) == (0, edges.tolist(), counts.tolist())
+
+
 def test_finish_with_exit_code_and_resume(tmp_path):
     wandb.init(project="p", name="r", dir=str(tmp_path))
     wandb.log({"x": 1.0})
