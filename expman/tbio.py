@@ -227,11 +227,12 @@ def _scalar_metadata() -> Any:
 def _metric_events(run: Any) -> Iterator[tuple[float, int, list[Any]]]:
     """Points in logged order, one event per (record time, step): float64 tensors."""
     from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
-    points = []
-    for name, s in run.metrics.items():
-        for step, value, t in zip(s.steps, s.values, s.times):
-            points.append((float(t), int(step), name, float(value)))
-    points.sort(key=lambda p: (p[0], p[1]))          # stable: same record keeps key order
+    import heapq
+    # merged by time, but each metric's points stay in logged order whatever the
+    # clock did (equal stamps, a step back): heapq.merge never reorders one input
+    points = heapq.merge(*([(float(t), int(step), name, float(value))
+                            for step, value, t in zip(s.steps, s.values, s.times)]
+                           for name, s in run.metrics.items()), key=lambda p: p[0])
     meta = _scalar_metadata()
     seen: set[str] = set()
     group: list[Any] = []

@@ -138,3 +138,23 @@ def test_export_then_import_round_trip(make_run, tmp_path):
     (img,) = media_read.images(back)["img"]
     assert img.step == 3 and img.read_bytes() == (run_dir / "artifacts/media/img/3.png").read_bytes()
     assert not [m for m in back.messages if m["level"] == "warning"]      # nothing left behind
+
+
+def test_export_keeps_logged_order_when_time_stamps_tie(make_run, tmp_path):
+    """float64 seconds cannot tell records ~100 ns apart: order must not come from time."""
+    from array import array
+
+    from expman.reader import Metrics, Series
+    from expman.tbio import export_tensorboard
+    run_dir, _ = _expman_run(make_run)
+    run = expman.open_run(run_dir)
+    same = array("d", [1000.0] * 4)
+    run.metrics = Metrics({"loss": Series("loss", array("q", [0, 2, 1, 3]),
+                                          array("d", [0.5, 0.25, 9.0, 0.125]), same),
+                           "acc": Series("acc", array("q", [3, 0]), array("d", [1.0, 2.0]),
+                                         array("d", [1000.0, 1000.0]))})
+    export_tensorboard(run, tmp_path / "out")
+    acc = _accumulate(tmp_path / "out")
+    got = {tag: [(e.step, tensor_util.make_ndarray(e.tensor_proto).item()) for e in acc.Tensors(tag)]
+           for tag in ("loss", "acc")}
+    assert got == {"loss": [(0, 0.5), (2, 0.25), (1, 9.0), (3, 0.125)], "acc": [(3, 1.0), (0, 2.0)]}
