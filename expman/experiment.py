@@ -15,11 +15,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Iterable, Mapping
 
-from expman import _core, environment, launcher, layout, lifecycle, runlock
+from expman import _core, environment, launcher, layout, lifecycle, runlock, runmeta
 from expman._fsutil import (
     atomic_write_json, check_name, check_relative, inside, open_nofollow, read_json_nofollow,
 )
 from expman.artifacts import ArtifactCopier
+from expman.layout import OUTPUT_FILE
 from expman.errors import (
     CorruptRunError, ExpmanTypeError, ExpmanValueError, RunClosedError, RunExistsError,
     UnsafePathError,
@@ -59,7 +60,8 @@ class Experiment(_core.Core):
     __slots__ = ("_name", "_run_name", "_run_dir", "_base_dir", "_meta", "_meta_lock",
                  "_params", "_copier", "_env_thread", "_pid", "_fds", "_status",
                  "_closing", "_close_lock", "_on_error", "_warned_keys",
-                 "_rank", "_world_size", "_meta_name", "_lock", "_muted", "_sampler")
+                 "_rank", "_world_size", "_meta_name", "_lock", "_muted", "_sampler",
+                 "_capture", "_media_lock")
 
     def __init__(
         self,
@@ -77,13 +79,21 @@ class Experiment(_core.Core):
         handle_signals: bool = True,
         ranks: Iterable[int] | None = None,
         system_metrics: float | bool = 10.0,       # sysmetrics.DEFAULT_INTERVAL
+        tags: list[str] | None = None,
+        notes: str | None = None,
+        group: str | None = None,
+        capture_output: bool = False,
     ) -> None:
         self._status = "NEW"
         self._lock: runlock.RunLock | None = None
         self._muted = False
         self._sampler: Any = None
+        self._capture = None
         from expman import sysmetrics       # on first use: `import expman` stays lean
         sysmetrics.interval_from_option(system_metrics)     # a bad value fails before any I/O
+        described: dict[str, Any] = {runmeta.TAGS: runmeta.check_tags(tags),
+                                     runmeta.NOTES: runmeta.check_notes(notes),
+                                     runmeta.GROUP: runmeta.check_group(group)}
         self._closing = False
         # held for a whole close: a second closer (another thread) waits for the
         # first instead of returning before the data is durable
@@ -166,7 +176,7 @@ class Experiment(_core.Core):
                     "run_name": run_name, "status": "RUNNING", "start_time": now,
                     "end_time": None, "duration": None, "pid": self._pid,
                     "host": None, "heartbeat_interval": HEARTBEAT_INTERVAL,
-                    "resumed": [], "exit": None, "stats": None, "env": {},
+                    "resumed": [], "exit": None, "stats": None, "env": {}, **described,
                 }
                 if launch.joined:
                     self._meta.update(
@@ -177,6 +187,7 @@ class Experiment(_core.Core):
                 self._meta["resumed"] = [*self._meta.get("resumed", []), now]
                 self._meta.update(status="RUNNING", end_time=None, duration=None,
                                   pid=self._pid, exit=None)
+                self._meta.update({k: v for k, v in described.items() if v})
                 if self._rank == 0 and (self._run_dir / PARAMS_FILE).exists():
                     self._params = read_json_nofollow(self._run_dir / PARAMS_FILE)
             env = environment.quick() if capture_env else {"pid": self._pid}
@@ -200,6 +211,10 @@ class Experiment(_core.Core):
             _remove_empty(made)
             raise
         self._status = "RUNNING"
+        self._media_lock = threading.Lock()
+        if capture_output:
+            from expman.capture import OutputCapture
+            self._capture = OutputCapture(self._run_dir / OUTPUT_FILE)
         lifecycle.register(self, handle_signals)
         self._log_event({"kind": "status", "status": "RUNNING", "time": now,
                          "resumed": not fresh})
@@ -385,6 +400,67 @@ class Experiment(_core.Core):
             raise ExpmanValueError(f"artifact name {rel!r} leaves the artifacts folder")
         return self._copier.save(src, root, rel)
 
+    # ---- media (expman.media does the work; docs/format.md, media) ----------------------------
+    def log_histogram(self, tag: str, values: Any = None, step: int | None = None, bins: int = 64,
+                      edges: Any = None, counts: Any = None) -> None:
+        """Store a histogram exactly: bin ``values`` (``bins`` equal bins, or the given
+        ``edges``), or take ``edges`` and ``counts`` as they are. One event line;
+        ``step=None`` means the current metrics step (0 before any)."""
+        from expman import media
+        media.check_tag(tag)
+        at = media.check_step(step)
+        record = media.histogram_record(tag, values, bins, edges, counts)
+        self._log_event({"kind": "histogram", "tag": tag,
+                         "step": self._media_step(at), "time": time.time(), **record})
+
+    def log_image(self, tag: str, image: Any, step: int | None = None, *,
+                  dataformats: str | None = None) -> Path:
+        """Store an image as ``artifacts/media/<tag>/<step>.png`` and an event naming
+        tag and step. Takes PNG bytes, a path, a PIL image, a matplotlib figure or
+        an HW/HWC/CHW array (``dataformats`` says which when ambiguous)."""
+        from expman import media
+        media.check_tag(tag)
+        at = media.check_step(step)
+        self._check_open()
+        png = media.image_to_png(image, tag, dataformats)
+        width, height = media.png_size(png)
+        at = self._media_step(at)
+        with self._media_lock:
+            path, rel = self._new_media_file(tag, at, png)
+        import hashlib
+        self._log_event({"kind": "image", "tag": tag, "step": at, "path": rel, "width": width,
+                         "height": height, "size": len(png),
+                         "sha256": hashlib.sha256(png).hexdigest(), "time": time.time()})
+        return path
+
+    def _media_step(self, step: int | None) -> int:
+        if step is not None:
+            return step
+        last = self.last_step
+        return 0 if last is None else last
+
+    def _new_media_file(self, tag: str, step: int, data: bytes) -> tuple[Path, str]:
+        from expman import media
+        n = 0
+        while True:
+            rel = media.media_relpath(tag, step, n)
+            path = self._run_dir / rel
+            existing = path.parent
+            while not existing.exists():
+                existing = existing.parent
+            # checked before mkdir: a symlink planted in the run folder is never written through
+            if not inside(self._run_dir / ARTIFACTS_DIR, existing):
+                raise ExpmanValueError(f"log_image: {existing} resolves outside the run folder")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:    # O_EXCL: a repeated tag and step never overwrites, nor follows a symlink
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o644)
+            except FileExistsError:
+                n += 1
+                continue
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return path, rel
+
     def _emit_from_thread(self, event: dict[str, Any]) -> None:
         if self._status == "RUNNING" or self._closing:
             self._log_event(event)
@@ -452,6 +528,7 @@ class Experiment(_core.Core):
             self._closing = True
         if self._sampler is not None:       # before the drain: its last row is written too
             self._sampler.stop()
+        output_loss = self._capture.close() if self._capture is not None else None
         try:
             self._copier.close()
             self._log_event({"kind": "status", "status": status, "time": time.time(),
@@ -485,6 +562,8 @@ class Experiment(_core.Core):
                     "last_error": os.strerror(stats["last_errno"]) if stats["last_errno"] else None}
             if self._copier.failures:
                 self._meta["artifact_errors"] = list(self._copier.failures)
+            if output_loss:
+                self._meta["output_loss"] = output_loss
             try:
                 atomic_write_json(self._run_dir / self._meta_name, self._meta)
             except OSError as e:
@@ -519,6 +598,8 @@ class Experiment(_core.Core):
         self._env_thread = None
         if self._lock is not None:
             self._lock.forget_in_child()     # never keep a dead parent's run alive
+        if self._capture is not None:
+            self._capture.detach()
 
     def __del__(self) -> None:
         if getattr(self, "_status", None) == "RUNNING" and os.getpid() == self._pid:

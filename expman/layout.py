@@ -23,6 +23,8 @@ PARAMS_FILE = "params.json"      # merged params (atomic)
 METRICS_FILE = "metrics.bin"     # append-only checksummed frames
 EVENTS_FILE = "events.jsonl"     # append-only JSON lines
 ARTIFACTS_DIR = "artifacts"      # saved files
+OUTPUT_FILE = "output.log"       # stdout/stderr tee, with Experiment(capture_output=True)
+MEDIA_DIR = "media"              # under ARTIFACTS_DIR: log_image's PNGs (docs/format.md, media)
 TORN_SUFFIX = ".torn"            # verify --repair keeps a cut tail beside its file
 MANIFEST_SUFFIX = ".manifest.json"   # a folder artifact's list of files and hashes, beside it
 MAX_MANIFEST_BYTES = 64 << 20    # readers refuse a larger (crafted) manifest            # verify --repair keeps a cut tail beside its file

@@ -2,5 +2,6 @@
 
 Each module imports its framework inside itself, so ``import expman`` (and
 ``import expman.integrations``) never loads one: ``lightning`` (ExpmanLogger),
-``transformers`` (ExpmanCallback), ``keras`` (ExpmanCallback). docs/integrations.md.
+``transformers`` (ExpmanCallback), ``keras`` (ExpmanCallback), ``tensorboard``
+(``patch()``: existing SummaryWriter code also logs into expman). docs/integrations.md.
 """

@@ -1,0 +1,26 @@
+"""Every python example in docs/integrations-tensorboard-wandb.md runs as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import run_python
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "integrations-tensorboard-wandb.md"
+
+
+def test_examples_run_in_order(tmp_path, monkeypatch):
+    for module in ("torch", "tensorboard", "numpy", "matplotlib"):
+        pytest.importorskip(module)
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) >= 6
+    monkeypatch.delenv("EXPMAN_DIR", raising=False)
+    proc = run_python("\n".join(blocks), tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "['resnet__seed0']" in out and "[0, 1, 2]" in out and "2.png" in out
+    assert "['best'] True" in out and "epoch 1: loss 0.5\na warning\n" in out
+    assert "baseline baseline" in out

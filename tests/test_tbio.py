@@ -1,0 +1,160 @@
+"""TensorBoard import and export, checked with the tensorboard package's own reader."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+import expman
+from expman import cli_tensorboard, media_read
+from expman.errors import RunExistsError
+
+pytest.importorskip("tensorboard")
+torch = pytest.importorskip("torch")
+from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
+    HISTOGRAMS, IMAGES, SCALARS, TENSORS, EventAccumulator)
+from tensorboard.util import tensor_util  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter as TorchWriter  # noqa: E402
+
+GUIDANCE = {SCALARS: 0, TENSORS: 0, HISTOGRAMS: 0, IMAGES: 0}
+
+
+def _accumulate(folder) -> EventAccumulator:
+    acc = EventAccumulator(str(folder), size_guidance=GUIDANCE)
+    acc.Reload()
+    return acc
+
+
+def _write_tensorboard_logs(logdir):
+    with TorchWriter(str(logdir / "lr0.1")) as w:
+        for step in range(6):
+            w.add_scalar("loss", 1.0 / (step + 1), step)
+            w.add_scalar("acc", step * 0.1, step, new_style=True)     # tensor-style scalar
+        w.add_scalar("loss", 7.5, 2)                                   # a duplicate step
+        w.add_text("notes", "warmup over", 3)
+        w.add_histogram("w", np.arange(20.0), 4)
+    with TorchWriter(str(logdir / "lr0.2" / "seed1")) as w:
+        w.add_hparams({"lr": 0.2, "opt": "sgd"}, {"hp/final": 0.75}, run_name="hp")
+
+
+def test_import_equals_tensorboards_reader(tmp_path):
+    logdir = tmp_path / "tb"
+    _write_tensorboard_logs(logdir)
+    made = cli_run(["import-tensorboard", str(logdir), "--experiment", "imported",
+                    "--base-dir", str(tmp_path / "runs")])
+    assert made == 0
+    runs = {p.name: expman.open_run(p) for p in sorted((tmp_path / "runs" / "imported").iterdir())}
+    assert sorted(runs) == ["lr0.1", "lr0.2__seed1__hp"]
+    run = runs["lr0.1"]
+    acc = _accumulate(logdir / "lr0.1")
+    tb_loss = [(e.step, e.value) for e in acc.Scalars("loss")]
+    ours = list(zip(run.metrics["loss"].steps.tolist(), run.metrics["loss"].values.tolist()))
+    assert ours == [(s, float(np.float32(1.0 / (s + 1)))) for s in range(6)] + [(2, 7.5)]
+    assert ours == tb_loss                               # the duplicate step too, in file order
+    tb_acc = [(e.step, tensor_util.make_ndarray(e.tensor_proto).item()) for e in acc.Tensors("acc")]
+    assert list(zip(run.metrics["acc"].steps.tolist(), run.metrics["acc"].values.tolist())) == tb_acc
+    (note,) = [m for m in run.messages if m.get("tag") == "notes/text_summary"]
+    assert (note["msg"], note["step"]) == ("warmup over", 3)
+    (hist,) = media_read.histograms(run)["w"]
+    (tb_hist,) = acc.Histograms("w")
+    assert hist.edges == list(tb_hist.histogram_value.bucket_limit)    # torch: an empty bucket
+    assert hist.counts == list(tb_hist.histogram_value.bucket)[1:]      # first, then numpy's bins
+    counts, edges = np.histogram(np.arange(20.0), bins=hist.edges)
+    assert hist.counts == counts.tolist() and sum(hist.counts) == 20
+    hp = runs["lr0.2__seed1__hp"]
+    assert hp.params == {"lr": 0.2, "opt": "sgd"}
+    assert hp.metrics["hp/final"].values.tolist() == [0.75]
+    with pytest.raises(RunExistsError):
+        from expman.tbio import import_tensorboard
+        import_tensorboard(logdir, tmp_path / "runs", "imported")
+
+
+def cli_run(argv) -> int:
+    parser = argparse.ArgumentParser()
+    cli_tensorboard.add_parser(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _expman_run(make_run):
+    exp = make_run("src", "r1", tags=["t"])
+    exp.log_params({"lr": 0.001, "model": {"depth": 4, "act": "relu"}, "flag": True})
+    values = [0.1 + 0.2, 1e-310, -2.5, float("inf"), 3.0]
+    for step, v in enumerate(values):
+        exp.log_metrics({"loss": v, "acc": step / 3}, step=step)
+    exp.log_metrics({"loss": 9.0}, step=1)                  # out of order, kept
+    exp.info("starting")
+    exp.log_histogram("w", edges=[0.0, 0.5, 2.0], counts=[4, 6], step=2)
+    exp.log_image("img", np.full((3, 5, 3), 7, dtype=np.uint8), step=3)
+    exp.close()
+    return exp.run_dir, values
+
+
+def test_export_is_read_exactly_by_tensorboard(make_run, tmp_path):
+    from expman.tbio import export_tensorboard
+    run_dir, values = _expman_run(make_run)
+    event_file = export_tensorboard(expman.open_run(run_dir), tmp_path / "out")
+    assert event_file.parent == tmp_path / "out" and "tfevents" in event_file.name
+    acc = _accumulate(tmp_path / "out")
+    loss = [(e.step, tensor_util.make_ndarray(e.tensor_proto).item()) for e in acc.Tensors("loss")]
+    assert loss == list(enumerate(values)) + [(1, 9.0)]                  # float64, bit-exact
+    assert [tensor_util.make_ndarray(e.tensor_proto).item() for e in acc.Tensors("acc")] == [
+        s / 3 for s in range(5)]
+    assert acc.SummaryMetadata("loss").plugin_data.plugin_name == "scalars"
+    (text,) = acc.Tensors("messages/info")
+    assert tensor_util.make_ndarray(text.tensor_proto).item() == b"starting"
+    (h,) = acc.Histograms("w")
+    assert (h.step, h.histogram_value.min, list(h.histogram_value.bucket_limit),
+            list(h.histogram_value.bucket)) == (2, 0.0, [0.0, 0.5, 2.0], [0.0, 4.0, 6.0])
+    (img,) = acc.Images("img")
+    assert (img.step, img.width, img.height) == (3, 5, 3)
+    assert img.encoded_image_string == (run_dir / "artifacts/media/img/3.png").read_bytes()
+    # the hparams plugin (TensorBoard's own parser) sees the params, nested ones flattened
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    content = acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    ssi = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert {k: v.WhichOneof("kind") for k, v in ssi.hparams.items()} == {
+        "lr": "number_value", "model.depth": "number_value", "model.act": "string_value",
+        "flag": "bool_value"}
+    assert ssi.hparams["lr"].number_value == 0.001
+
+
+def test_export_then_import_round_trip(make_run, tmp_path):
+    from expman.tbio import export_tensorboard, import_tensorboard
+    run_dir, _ = _expman_run(make_run)
+    src = expman.open_run(run_dir)
+    export_tensorboard(run_dir, tmp_path / "tb" / "r1")
+    (back_dir,) = import_tensorboard(tmp_path / "tb", tmp_path / "again")
+    back = expman.open_run(back_dir)
+    for name in ("loss", "acc"):
+        assert back.metrics[name].steps.tolist() == src.metrics[name].steps.tolist()
+        assert back.metrics[name].values.tolist() == src.metrics[name].values.tolist()
+    assert back.params == {"lr": 0.001, "model.depth": 4, "model.act": "relu", "flag": True}
+    assert [(h.edges, h.counts) for h in media_read.histograms(back)["w"]] == [
+        ([0.0, 0.5, 2.0], [4, 6])]
+    assert any(m["msg"] == "starting" for m in back.messages)
+    (img,) = media_read.images(back)["img"]
+    assert img.step == 3 and img.read_bytes() == (run_dir / "artifacts/media/img/3.png").read_bytes()
+    assert not [m for m in back.messages if m["level"] == "warning"]      # nothing left behind
+
+
+def test_export_keeps_logged_order_when_time_stamps_tie(make_run, tmp_path):
+    """float64 seconds cannot tell records ~100 ns apart: order must not come from time."""
+    from array import array
+
+    from expman.reader import Metrics, Series
+    from expman.tbio import export_tensorboard
+    run_dir, _ = _expman_run(make_run)
+    run = expman.open_run(run_dir)
+    same = array("d", [1000.0] * 4)
+    run.metrics = Metrics({"loss": Series("loss", array("q", [0, 2, 1, 3]),
+                                          array("d", [0.5, 0.25, 9.0, 0.125]), same),
+                           "acc": Series("acc", array("q", [3, 0]), array("d", [1.0, 2.0]),
+                                         array("d", [1000.0, 1000.0]))})
+    export_tensorboard(run, tmp_path / "out")
+    acc = _accumulate(tmp_path / "out")
+    got = {tag: [(e.step, tensor_util.make_ndarray(e.tensor_proto).item()) for e in acc.Tensors(tag)]
+           for tag in ("loss", "acc")}
+    assert got == {"loss": [(0, 0.5), (2, 0.25), (1, 9.0), (3, 0.125)], "acc": [(3, 1.0), (0, 2.0)]}
