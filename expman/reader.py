@@ -96,6 +96,23 @@ class Run:
         return run_duration(self.meta, self.status, self.path)
 
     @property
+    def tags(self) -> list[str]:
+        tags = self.meta.get("tags")
+        return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+
+    @property
+    def histograms(self) -> dict[str, list[Any]]:
+        """tag -> histograms logged with ``log_histogram``/``add_histogram``, in order."""
+        from expman.media_read import histograms
+        return histograms(self)
+
+    @property
+    def images(self) -> dict[str, list[Any]]:
+        """tag -> images logged with ``log_image``/``add_image`` (PNG paths), in order."""
+        from expman.media_read import images
+        return images(self)
+
+    @property
     def env(self) -> dict[str, Any]:
         return self.meta.get("env") or {}
 
@@ -220,6 +237,9 @@ class RunSummary:
     exit: dict[str, Any] | None = None
     data_loss: dict[str, Any] | None = None
     damaged: str | None = None        # why this run could not be read, if it could not
+    tags: list[str] = field(default_factory=list)
+    group: str | None = None
+    notes: str | None = None
 
     @property
     def id(self) -> str:
@@ -230,7 +250,8 @@ class RunSummary:
                 "status": self.status, "start_time": self.start_time,
                 "end_time": self.end_time, "duration": self.duration, "params": self.params,
                 "last_metrics": self.last_metrics, "points": self.points, "exit": self.exit,
-                "data_loss": self.data_loss, "damaged": self.damaged, "path": str(self.path)}
+                "data_loss": self.data_loss, "damaged": self.damaged, "tags": self.tags,
+                "group": self.group, "notes": self.notes, "path": str(self.path)}
 
 
 # (path, metrics.bin size, mtime_ns) -> (last values, points): list_runs in a long-lived
@@ -279,18 +300,25 @@ def _summary_of(run_dir: Path, metrics: bool) -> RunSummary:
         end = heartbeat(run_dir)
     exit_info = meta.get("exit") if isinstance(meta.get("exit"), dict) else None
     loss = meta.get("data_loss") if isinstance(meta.get("data_loss"), dict) else None
+    tags = meta.get("tags")
+    group, notes = meta.get("group"), meta.get("notes")
     return RunSummary(str(meta.get("experiment", run_dir.parent.name)),
                       str(meta.get("run_name", run_dir.name)), st, start,
                       run_duration(meta, st, run_dir), params, last, run_dir, end, points,
-                      exit_info, data_loss=loss)
+                      exit_info, data_loss=loss,
+                      tags=[t for t in tags if isinstance(t, str)] if isinstance(tags, list) else [],
+                      group=group if isinstance(group, str) else None,
+                      notes=notes if isinstance(notes, str) else None)
 
 
 def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | None = None,
               status: str | Iterable[str] | None = None, *, metrics: bool = True,
-              limit: int | None = None) -> list[RunSummary]:
+              limit: int | None = None, tags: str | Iterable[str] | None = None,
+              group: str | None = None) -> list[RunSummary]:
     """Runs under base_dir (see ``layout.base_dir``; a URL synced by ``expman sync``
     is read through a local cache), newest first; filter by
-    experiment and status (one name or several; CRASHED included). A damaged run
+    experiment, status (one name or several; CRASHED included), ``tags`` (runs
+    having every one) and ``group``. A damaged run
     is listed with ``damaged`` saying why. ``metrics=False`` skips the last
     metric values; ``limit`` reads metrics only for the runs returned."""
     base = _base(_local(base_dir) if base_dir is not None else None)
@@ -301,6 +329,10 @@ def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | 
     out = [_summary_of(d, metrics=False) for d in iter_run_dirs(base, experiment)]
     if wanted:
         out = [r for r in out if r.status in wanted]
+    if tags or group is not None:
+        want_tags = [tags] if isinstance(tags, str) else list(tags or [])
+        out = [r for r in out if (group is None or r.group == group)
+               and all(t in r.tags for t in want_tags)]
     out.sort(key=lambda r: r.start_time or 0.0, reverse=True)
     if limit is not None:
         out = out[:max(0, limit)]

@@ -1,4 +1,4 @@
-"""Every python example in docs/integrations-tensorboard-wandb.md runs as written."""
+"""Every python example of docs/integrations.md's TensorBoard and wandb part runs as written."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ import pytest
 
 from conftest import run_python
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "integrations-tensorboard-wandb.md"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"
 
 
 def test_examples_run_in_order(tmp_path, monkeypatch):
     for module in ("torch", "tensorboard", "numpy", "matplotlib"):
         pytest.importorskip(module)
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+    part = DOC.read_text(encoding="utf-8").split("<!-- tensorboard-wandb")[1]
+    part = part.split("\n## Overhead")[0]
+    blocks = re.findall(r"```python\n(.*?)```", part, re.S)
     assert len(blocks) >= 6
     monkeypatch.delenv("EXPMAN_DIR", raising=False)
     proc = run_python("\n".join(blocks), tmp_path, timeout=120)

@@ -174,7 +174,7 @@ def test_media_and_integration_modules_load_no_framework(tmp_path):
 import sys
 import expman, expman.media, expman.media_read, expman.runmeta, expman.capture
 import expman.tensorboard, expman.wandb, expman.tbio, expman.integrations.tensorboard
-import expman.cli_tag, expman.cli_tensorboard
+import expman.cli.tags, expman.cli.tensorboard
 heavy = {"numpy", "torch", "tensorboard", "tensorboardX", "PIL", "matplotlib", "pandas"}
 print(sorted(heavy & {m.split(".")[0] for m in sys.modules}))
 """

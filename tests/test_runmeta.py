@@ -8,7 +8,8 @@ import argparse
 import pytest
 
 import expman
-from expman import cli_tag, runmeta
+from expman import runmeta
+from expman.cli import tags as cli_tag
 from expman.errors import ExpmanTypeError, ExpmanValueError, RunClosedError
 from expman.layout import RUN_FILE
 from expman._fsutil import read_json

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import expman
-from expman import cli_tensorboard, media_read
+from expman import media_read
+from expman.cli import tensorboard as cli_tensorboard
 from expman.errors import RunExistsError
 
 pytest.importorskip("tensorboard")

@@ -36,7 +36,7 @@ __all__ = ["main", "build_parser", "COMMANDS"]
 
 
 COMMANDS = ("demo", "list", "show", "export", "tail", "compare", "verify", "du", "clean",
-            "ranks", "export-lake", "sync")
+            "tag", "note", "import-tensorboard", "ranks", "export-lake", "sync")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="append", type=str.upper, choices=list(STATUSES),
                    help="only runs with this status (repeatable)")
     p.add_argument("-n", "--limit", type=int, help="at most this many runs")
+    p.add_argument("--tag", action="append", metavar="TAG",
+                   help="only runs with this tag (repeatable: all of them)")
+    p.add_argument("--group", metavar="NAME", help="only runs of this group")
 
     p = add("show", "one run: params, environment, metric summary, messages, artifacts, integrity",
             cmd_show, [based, as_json], "expman show demo/latest")
@@ -89,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("export", "a run's metrics as CSV, JSONL or Parquet (long: metric, step, time, value)",
             cmd_export, [based], "expman export demo/latest --format csv -o demo.csv")
     p.add_argument("run", metavar="RUN")
-    p.add_argument("-f", "--format", choices=list(FORMATS),
+    p.add_argument("-f", "--format", choices=[*FORMATS, "tensorboard"],
                    help="default: from the -o extension (.csv, .tsv, .jsonl, .parquet, text "
-                        "ones optionally .gz), else csv")
+                        "ones optionally .gz), else csv; tensorboard writes event files into "
+                        "the -o folder")
     p.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
     p.add_argument("--metric", action="append", metavar="NAME", help="only this metric (repeatable)")
     p.add_argument("--duplicates", "--reduce", dest="duplicates", choices=list(DUPLICATES),
@@ -139,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="always keep the newest N runs of each experiment")
     p.add_argument("--yes", action="store_true", help="remove for real (default: dry run)")
 
-    from expman.cli import lake, ranks, sync     # leaves with parsers of their own
-    for leaf in (ranks, lake, sync):
+    from expman.cli import lake, ranks, sync, tags, tensorboard   # leaves with parsers of their own
+    for leaf in (tags, tensorboard, ranks, lake, sync):
         leaf.add_parser(sub)
     return parser
 

@@ -22,6 +22,13 @@ PROGRESS_MIN_POINTS = 200_000  # smaller exports finish before a progress line h
 
 def cmd_export(args: argparse.Namespace) -> int:
     to_stdout = not args.output or args.output == "-"
+    if args.format == "tensorboard":
+        if to_stdout:
+            raise CliError("--format tensorboard writes event files: add -o DIR")
+        from expman.tbio import export_tensorboard
+        written = export_tensorboard(resolve(args, args.run), args.output)
+        note(f"wrote TensorBoard event file {written}")
+        return 0
     fmt, _gz = export_format(None if to_stdout else args.output, args.format)
     if to_stdout and fmt == "parquet" and sys.stdout.isatty():
         raise CliError("refusing to write binary Parquet to a terminal: add -o FILE")

@@ -182,12 +182,14 @@ def status_text(r: Any) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     base = need_base(base_arg(args, args.base))
-    runs = list_runs(base, args.experiment, args.status or None, limit=args.limit or None)
+    runs = list_runs(base, args.experiment, args.status or None, limit=args.limit or None,
+                     tags=args.tag, group=args.group)
     if args.json:
         emit_json([r.to_dict() for r in runs])
         return 0
     if not runs:
-        filt = " matching the filters" if (args.experiment or args.status) else ""
+        filt = " matching the filters" if (args.experiment or args.status or args.tag
+                                           or args.group) else ""
         out(f"no runs{filt} under {base}")
         return 0
     out(table(["RUN", "STATUS", "STARTED", "DURATION", "LAST METRICS"],

@@ -8,6 +8,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from expman.cli._text import out
+
 __all__ = ["add_parser", "run", "export_tensorboard"]
 
 
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from expman.tbio import import_tensorboard
     made = import_tensorboard(args.logdir, args.base_dir, args.experiment)
     for path in made:
-        print(f"{path.parent.name}/{path.name}")
+        out(f"{path.parent.name}/{path.name}")
     return 0
 
 
