@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from expman.errors import RunClosedError
+from expman.layout import FINISHED, RUNNING
 from expman.experiment import Experiment
 
 _current: Experiment | None = None
@@ -17,7 +18,7 @@ def init(name: str, run_name: str | None = None, **kwargs: Any) -> Experiment:
     """Start a run and make it current. A current run still open is finished
     (FINISHED) first, with a warning: two init() calls are usually a mistake."""
     global _current
-    if _current is not None and _current.status == "RUNNING":
+    if _current is not None and _current.status == RUNNING:
         previous = f"{_current.name}/{_current.run_name}"
         _current.close()
         warnings.warn(f"expman.init({name!r}): finished the previous run {previous} first "
@@ -58,7 +59,7 @@ def save_artifact(path: str | os.PathLike[str], name: str | None = None) -> Path
     return current().save_artifact(path, name)
 
 
-def close(status: str = "FINISHED") -> None:
+def close(status: str = FINISHED) -> None:
     """Close the current run; a no-op when there is none."""
     global _current
     if _current is not None:

@@ -40,7 +40,7 @@ from expman.errors import ExpmanValueError
 from expman.layout import ARTIFACTS_DIR, MANIFEST_SUFFIX
 
 SYNC_LIMIT = 8 << 20
-CHUNK = 1 << 20
+COPY_CHUNK_BYTES = 1 << 20
 
 Signature = tuple[int, int, int]
 
@@ -91,7 +91,7 @@ def _copy_and_hash(src: Path, fd_dst: int) -> tuple[int, str]:
     size = 0
     with open(fd_dst, "wb") as fd, open(src, "rb") as fs:
         while True:
-            chunk = fs.read(CHUNK)
+            chunk = fs.read(COPY_CHUNK_BYTES)
             if not chunk:
                 break
             digest.update(chunk)
@@ -109,7 +109,7 @@ def _hash_fd(fd: int) -> tuple[int, str]:
     size = 0
     with open(fd, "rb") as f:
         while True:
-            chunk = f.read(CHUNK)
+            chunk = f.read(COPY_CHUNK_BYTES)
             if not chunk:
                 break
             digest.update(chunk)

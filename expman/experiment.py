@@ -20,14 +20,13 @@ from expman._fsutil import (
     atomic_write_json, check_name, check_relative, inside, open_nofollow, read_json_nofollow,
 )
 from expman.artifacts import ArtifactCopier
-from expman.layout import OUTPUT_FILE
 from expman.errors import (
     CorruptRunError, ExpmanTypeError, ExpmanValueError, RunClosedError, RunExistsError,
     UnsafePathError,
 )
 from expman.layout import (
-    ARTIFACTS_DIR, EVENTS_FILE, HEARTBEAT_INTERVAL, METRICS_FILE, PARAMS_FILE, RUN_FILE,
-    STATUSES, parse_event_lines,
+    ARTIFACTS_DIR, EVENTS_FILE, FAILED, FINISHED, HEARTBEAT_INTERVAL, METRICS_FILE, OUTPUT_FILE,
+    PARAMS_FILE, RUN_FILE, RUNNING, STATUSES, parse_event_lines,
 )
 from expman.layout import base_dir as _resolve_base_dir
 from expman.params import to_params
@@ -173,7 +172,7 @@ class Experiment(_core.Core):
             if fresh:
                 self._meta: dict[str, Any] = {
                     "format": _core.FORMAT_VERSION, "experiment": self._name,
-                    "run_name": run_name, "status": "RUNNING", "start_time": now,
+                    "run_name": run_name, "status": RUNNING, "start_time": now,
                     "end_time": None, "duration": None, "pid": self._pid,
                     "host": None, "heartbeat_interval": HEARTBEAT_INTERVAL,
                     "resumed": [], "exit": None, "stats": None, "env": {}, **described,
@@ -185,7 +184,7 @@ class Experiment(_core.Core):
             else:
                 self._meta = read_json_nofollow(self._run_dir / self._meta_name)
                 self._meta["resumed"] = [*self._meta.get("resumed", []), now]
-                self._meta.update(status="RUNNING", end_time=None, duration=None,
+                self._meta.update(status=RUNNING, end_time=None, duration=None,
                                   pid=self._pid, exit=None)
                 self._meta.update({k: v for k, v in described.items() if v})
                 if self._rank == 0 and (self._run_dir / PARAMS_FILE).exists():
@@ -210,13 +209,13 @@ class Experiment(_core.Core):
                 _remove_tree(self._run_dir)
             _remove_empty(made)
             raise
-        self._status = "RUNNING"
+        self._status = RUNNING
         self._media_lock = threading.Lock()
         if capture_output:
             from expman.capture import OutputCapture
             self._capture = OutputCapture(self._run_dir / OUTPUT_FILE)
         lifecycle.register(self, handle_signals)
-        self._log_event({"kind": "status", "status": "RUNNING", "time": now,
+        self._log_event({"kind": "status", "status": RUNNING, "time": now,
                          "resumed": not fresh})
         if not self._muted:
             self._sampler = sysmetrics.start_for(self, system_metrics)
@@ -250,7 +249,7 @@ class Experiment(_core.Core):
         except BaseException:
             self._close_fds()
             raise
-        self._status = "RUNNING"
+        self._status = RUNNING
         lifecycle.register(self, handle_signals)
 
     def _remove_own_files(self) -> None:
@@ -369,7 +368,7 @@ class Experiment(_core.Core):
         self._message("error", msg)
 
     def _message(self, level: str, msg: object) -> None:
-        if not self._warned_keys and self._status == "RUNNING":
+        if not self._warned_keys and self._status == RUNNING:
             self._check_metric_names()
         self._log_event({"kind": "message", "level": level, "time": time.time(),
                          "msg": msg if isinstance(msg, str) else str(msg)})
@@ -462,11 +461,11 @@ class Experiment(_core.Core):
             return path, rel
 
     def _emit_from_thread(self, event: dict[str, Any]) -> None:
-        if self._status == "RUNNING" or self._closing:
+        if self._status == RUNNING or self._closing:
             self._log_event(event)
 
     def _check_open(self) -> None:
-        if self._status != "RUNNING" or self._closing:
+        if self._status != RUNNING or self._closing:
             raise RunClosedError(f"run {self._name}/{self._run_name} is {self._status.lower()}")
         self._check_metric_names()
 
@@ -497,18 +496,18 @@ class Experiment(_core.Core):
             self.close()
         elif isinstance(exc, SystemExit):
             code = exc.code if isinstance(exc.code, int) else 1
-            self._finish("FAILED", {"reason": "exit", "code": code}, raise_errors=False)
+            self._finish(FAILED, {"reason": "exit", "code": code}, raise_errors=False)
         else:
-            self._finish("FAILED", lifecycle.describe_exception(exc, tb), raise_errors=False)
+            self._finish(FAILED, lifecycle.describe_exception(exc, tb), raise_errors=False)
 
-    def close(self, status: str = "FINISHED") -> None:
+    def close(self, status: str = FINISHED) -> None:
         """Drain, fsync and mark the run FINISHED (or FAILED). Idempotent.
 
         Raises the writer's error, if any, after the run is finalised.
         """
-        if not isinstance(status, str) or status.upper() not in ("FINISHED", "FAILED"):
+        if not isinstance(status, str) or status.upper() not in (FINISHED, FAILED):
             raise ExpmanValueError(f"close: status must be 'FINISHED' or 'FAILED', got {status!r}")
-        self._finish(status.upper(), None if status.upper() == "FINISHED"
+        self._finish(status.upper(), None if status.upper() == FINISHED
                      else {"reason": "close(status='FAILED')"}, raise_errors=True)
 
     def _finish(self, status: str, exit_info: dict[str, Any] | None, raise_errors: bool,
@@ -523,7 +522,7 @@ class Experiment(_core.Core):
         with self._meta_lock:
             # reenter: a SIGTERM handler interrupting this thread's own close()
             # completes it (the process ends right after, the outer close never resumes)
-            if self._status != "RUNNING" or (self._closing and not reenter):
+            if self._status != RUNNING or (self._closing and not reenter):
                 return
             self._closing = True
         if self._sampler is not None:       # before the drain: its last row is written too
@@ -586,7 +585,7 @@ class Experiment(_core.Core):
 
     def _flush_quietly(self) -> None:
         try:
-            if self._status == "RUNNING":
+            if self._status == RUNNING:
                 self.flush(timeout=2.0)
         except Exception:
             pass
@@ -602,10 +601,10 @@ class Experiment(_core.Core):
             self._capture.detach()
 
     def __del__(self) -> None:
-        if getattr(self, "_status", None) == "RUNNING" and os.getpid() == self._pid:
+        if getattr(self, "_status", None) == RUNNING and os.getpid() == self._pid:
             warnings.warn(f"expman: {self!r} was not closed; closing it (FINISHED)",
                           ResourceWarning, source=self)
-            self._close_at_exit("FINISHED", None)
+            self._close_at_exit(FINISHED, None)
 
 
 def _probe_env(meta_path: Path, meta: dict[str, Any], lock: threading.RLock, cwd: str) -> None:
@@ -616,11 +615,11 @@ def _probe_env(meta_path: Path, meta: dict[str, Any], lock: threading.RLock, cwd
         extra = {"probe_error": repr(e)}
     with lock:
         meta["env"].update(extra)
-        if meta.get("status") != "RUNNING":
+        if meta.get("status") != RUNNING:
             return              # the final write at close carries it
         try:
             atomic_write_json(meta_path, meta)
-            if meta.get("status") != "RUNNING":
+            if meta.get("status") != RUNNING:
                 # the GC closed the run in this very thread (the lock is reentrant)
                 # while we wrote: our RUNNING copy may have landed after the final one
                 atomic_write_json(meta_path, meta)

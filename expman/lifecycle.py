@@ -15,6 +15,8 @@ import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from expman.layout import FAILED, FINISHED, KILLED
+
 if TYPE_CHECKING:
     import traceback
 
@@ -104,10 +106,6 @@ def unregister(exp: Any) -> None:
     _live.discard(exp)
 
 
-def live() -> list[Any]:
-    return list(_live)
-
-
 def _wrap_excepthook() -> None:
     previous = sys.excepthook
 
@@ -139,10 +137,10 @@ def _wrap_sys_exit() -> None:
 
 def status_for_exit() -> tuple[str, dict[str, Any] | None]:
     if exit_info is None:
-        return "FINISHED", None
+        return FINISHED, None
     if exit_info.get("reason") == "signal":
-        return "KILLED", exit_info
-    return "FAILED", exit_info
+        return KILLED, exit_info
+    return FAILED, exit_info
 
 
 def _at_exit() -> None:
@@ -183,7 +181,7 @@ def _install_sigterm() -> None:
             previous(signum, frame)
             return
         for exp in list(_live):
-            exp._close_at_exit("KILLED", exit_info)
+            exp._close_at_exit(KILLED, exit_info)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
 

@@ -30,7 +30,7 @@ def add_tag_parser(subparsers: Any) -> argparse.ArgumentParser:
         prefix_chars="\x00", add_help=False)
     p.add_argument("run", metavar="RUN", help="run folder or EXPERIMENT/RUN_NAME")
     p.add_argument("changes", metavar="+TAG|-TAG", nargs="*", help="tags to add or remove")
-    p.set_defaults(func=run_tag, base_dir=None)
+    p.set_defaults(func=run_tag, base_dir=None, tag_parser=p)
     return p
 
 
@@ -55,6 +55,9 @@ def parse_changes(changes: list[str]) -> tuple[list[str], list[str], str | None]
 
 
 def run_tag(args: argparse.Namespace) -> int:
+    if args.run in ("-h", "--help"):        # option parsing is off for this command
+        args.tag_parser.print_help()
+        return 0
     from expman.layout import resolve_run
     from expman.runmeta import set_tags
     add, remove, base = parse_changes(list(args.changes))
