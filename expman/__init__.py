@@ -20,7 +20,7 @@ except ImportError as e:  # pragma: no cover - only when the extension is not bu
 
 from expman.errors import (
     CorruptRunError, ExpmanError, ExpmanTypeError, ExpmanValueError, RunClosedError,
-    RunExistsError, RunLockedError, RunNotFoundError, WriterError,
+    RunExistsError, RunLockedError, RunNotFoundError, UnsafePathError, WriterError,
 )
 TYPE_CHECKING = False     # typing itself costs ~40 % of a bare import; checkers know this idiom
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ __all__ = [
     "save_artifact", "close", "open_run", "list_runs", "Run", "RunSummary", "Series",
     "Metrics", "RunTail", "verify_run", "export_run", "disk_usage", "resolve_run", "runs",
     "ExpmanError", "ExpmanTypeError", "ExpmanValueError", "RunClosedError",
-    "RunExistsError", "RunLockedError", "RunNotFoundError", "WriterError", "CorruptRunError",
+    "RunExistsError", "RunLockedError", "RunNotFoundError", "UnsafePathError", "WriterError",
+    "CorruptRunError",
     "__version__",
 ]
