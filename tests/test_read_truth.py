@@ -285,3 +285,12 @@ def test_clean_never_crosses_a_mount_point(make_run, base, tmp_path):
         assert (dataset / "big.bin").read_bytes() == b"d" * 100
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_exit_text_without_a_message_has_no_empty_colon():
+    from expman.cli.runs import exit_text
+    text = exit_text({"reason": "exception", "type": "KeyboardInterrupt", "message": "",
+                      "location": "train.py:12"})
+    assert text == "KeyboardInterrupt at train.py:12"
+    assert exit_text({"reason": "exception", "type": "ValueError", "message": "bad",
+                      "location": "t.py:3"}) == "ValueError: bad at t.py:3"
