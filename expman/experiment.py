@@ -10,16 +10,18 @@ import os
 import threading
 import time
 import warnings
+import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Mapping
 
-from expman import _core, environment, lifecycle
+from expman import _core, environment, lifecycle, summary
 from expman._fsutil import atomic_write_json, check_name, check_relative, inside, read_json
 from expman.artifacts import ArtifactCopier
 from expman.errors import (
     CorruptRunError, ExpmanTypeError, ExpmanValueError, RunClosedError, RunExistsError,
 )
+from expman.layout import SUMMARY_FILE, SUMMARY_INTERVAL
 from expman.params import to_json
 
 __all__ = ["Experiment", "STATUSES"]
@@ -48,7 +50,8 @@ class Experiment(_core.Core):
 
     __slots__ = ("_name", "_run_name", "_run_dir", "_base_dir", "_meta", "_meta_lock",
                  "_params", "_copier", "_env_thread", "_pid", "_fds", "_status",
-                 "_closing", "_close_lock", "_on_error")
+                 "_closing", "_close_lock", "_on_error", "_summary_base", "_summary_lock",
+                 "_summary_stop", "_summary_thread", "_summary_bytes")
 
     def __init__(
         self,
@@ -64,6 +67,7 @@ class Experiment(_core.Core):
         block_timeout: float = 10.0,
         capture_env: bool = True,
         handle_signals: bool = True,
+        fsync_interval: float | None = None,
     ) -> None:
         self._status = "NEW"
         self._closing = False
@@ -78,6 +82,10 @@ class Experiment(_core.Core):
             check_name("run_name", run_name)
         if not 0.001 <= flush_interval <= 60:
             raise ExpmanValueError(f"flush_interval must be in [0.001, 60] s, got {flush_interval!r}")
+        if fsync_interval is not None and not (
+                isinstance(fsync_interval, (int, float)) and 0.001 <= fsync_interval <= 86400):
+            raise ExpmanValueError(
+                f"fsync_interval must be None or seconds in [0.001, 86400], got {fsync_interval!r}")
         if buffer_size < 64 << 10:
             raise ExpmanValueError(f"buffer_size must be at least 64 KiB, got {buffer_size!r}")
         self._base_dir = Path(os.path.abspath(os.fspath(base_dir)))
@@ -111,6 +119,11 @@ class Experiment(_core.Core):
         self._params: dict[str, Any] = {}
         self._copier = ArtifactCopier(self._emit_from_thread)
         self._env_thread: threading.Thread | None = None
+        self._summary_base: dict[str, Any] = {}     # metrics already in the file at a resume
+        self._summary_lock = threading.Lock()
+        self._summary_stop = threading.Event()
+        self._summary_thread: threading.Thread | None = None
+        self._summary_bytes = -1
         try:
             keys, last_step, sizes = self._open_files(fresh=created)
             now = time.time()
@@ -139,7 +152,7 @@ class Experiment(_core.Core):
                         buffer_size=buffer_size, flush_interval=flush_interval,
                         heartbeat_interval=HEARTBEAT_INTERVAL, on_full=on_full,
                         on_error=on_error, block_timeout=block_timeout,
-                        keys=keys, last_step=last_step)
+                        keys=keys, last_step=last_step, fsync_interval=fsync_interval)
         except BaseException:
             self._close_fds()
             if created:
@@ -150,6 +163,12 @@ class Experiment(_core.Core):
         lifecycle.register(self, handle_signals)
         self._log_event({"kind": "status", "status": "RUNNING", "time": now,
                          "resumed": not created})
+        # summary.json: a timer thread of its own (the env probe ends early), which
+        # takes the GIL for a moment every SUMMARY_INTERVAL, never per call
+        self._summary_thread = threading.Thread(
+            target=_refresh_summary, args=(weakref.ref(self), self._summary_stop),
+            name="expman-summary", daemon=True)
+        self._summary_thread.start()
         if capture_env:
             self._env_thread = threading.Thread(
                 target=_probe_env, args=(self._run_dir, self._meta, self._meta_lock,
@@ -170,7 +189,7 @@ class Experiment(_core.Core):
             os.write(fd, _core.file_header())
             msize = _core.HEADER_SIZE
         else:
-            keys, last_step, msize = _prepare_resume(metrics)
+            keys, last_step, msize, self._summary_base = _prepare_resume(metrics)
             fd = os.open(metrics, flags, 0o644)
             self._fds.append(fd)
             os.lseek(fd, msize, os.SEEK_SET)
@@ -316,8 +335,12 @@ class Experiment(_core.Core):
                              **({"exit": exit_info} if exit_info else {})})
         except Exception:
             pass
+        self._summary_stop.set()
+        if self._summary_thread not in (None, threading.current_thread()):
+            self._summary_thread.join(timeout=5)    # (it may be the thread dropping the run)
         self._stop()                         # drain, fsync, join the writer
         self._close_fds()
+        self._write_summary()
         error = self._pending_error()
         if self._env_thread is not None:
             self._env_thread.join(timeout=5)
@@ -365,6 +388,23 @@ class Experiment(_core.Core):
         super()._after_fork_child()
         self._status = "FORKED"
         self._env_thread = None
+        self._summary_thread = None
+
+    def _write_summary(self) -> bool:
+        """Write summary.json from the writer's figures if the data moved since the
+        last write. Best effort: a failure leaves readers to decode (it is a cache)."""
+        with self._summary_lock:
+            snap = self._summary()
+            if snap is None or snap[0] == self._summary_bytes:
+                return False
+            nbytes, raw = snap
+            metrics = summary.merge(self._summary_base, summary.from_writer(raw))
+            try:
+                atomic_write_json(self._run_dir / SUMMARY_FILE, summary.to_json(nbytes, metrics))
+            except OSError:
+                return False
+            self._summary_bytes = nbytes
+            return True
 
     def __del__(self) -> None:
         if getattr(self, "_status", None) == "RUNNING" and os.getpid() == self._pid:
@@ -388,12 +428,26 @@ def _probe_env(run_dir: Path, meta: dict[str, Any], lock: threading.RLock, cwd: 
                 pass            # the final write at close carries it
 
 
-def _prepare_resume(metrics: Path) -> tuple[dict[str, int], int | None, int]:
-    """Key table and last step of an existing metrics file; cut a torn tail first."""
+def _refresh_summary(ref: "weakref.ref[Experiment]", stop: threading.Event) -> None:
+    """Background: rewrite summary.json every SUMMARY_INTERVAL while the run is open.
+    Holds the run only weakly, so an abandoned run is still collected and closed."""
+    while not stop.wait(SUMMARY_INTERVAL):
+        exp = ref()
+        if exp is None:
+            return
+        try:
+            exp._write_summary()
+        except Exception:
+            pass                # the write at close reports nothing either; readers decode
+        del exp
+
+
+def _prepare_resume(metrics: Path) -> tuple[dict[str, int], int | None, int, dict[str, Any]]:
+    """Key table, last step and summary of an existing metrics file; cut a torn tail first."""
     if not metrics.exists() or metrics.stat().st_size < _core.HEADER_SIZE:
         with open(metrics, "wb") as f:
             f.write(_core.file_header())
-        return {}, None, _core.HEADER_SIZE
+        return {}, None, _core.HEADER_SIZE, {}
     data = metrics.read_bytes()
     columns, keys, report = _core.decode_metrics(data)
     if report["corrupt_bytes"]:
@@ -405,7 +459,7 @@ def _prepare_resume(metrics: Path) -> tuple[dict[str, int], int | None, int]:
     if end < len(data):
         os.truncate(metrics, end)
     last = max((max(c[0]) for c in columns.values() if len(c[0])), default=None)
-    return {name: kid for kid, name in keys.items()}, last, end
+    return {name: kid for kid, name in keys.items()}, last, end, summary.from_columns(columns)
 
 
 def _events_good_size(path: Path) -> int:

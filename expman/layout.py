@@ -23,6 +23,7 @@ PARAMS_FILE = "params.json"      # merged params (atomic)
 METRICS_FILE = "metrics.bin"     # append-only checksummed frames
 EVENTS_FILE = "events.jsonl"     # append-only JSON lines
 ARTIFACTS_DIR = "artifacts"      # saved files
+SUMMARY_FILE = "summary.json"    # per-metric figures for listings (atomic; expman.summary)
 TORN_SUFFIX = ".torn"            # verify --repair keeps a cut tail beside its file
 
 # ---- statuses -------------------------------------------------------------------------------
@@ -34,6 +35,7 @@ FINAL_STATUSES = (FINISHED, FAILED, KILLED)      # what a writer may record at c
 # ---- liveness -------------------------------------------------------------------------------
 HEARTBEAT_INTERVAL = 10.0   # seconds; the writer touches metrics.bin at least this often
                             # (C keeps its own copy in exlog.c; tests check they agree)
+SUMMARY_INTERVAL = 5.0      # seconds between summary.json refreshes while a run is open
 STALE_AFTER = 6.0           # heartbeats missed before a RUNNING run on another host is CRASHED
 
 # ---- base dir -------------------------------------------------------------------------------
