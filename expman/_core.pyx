@@ -45,12 +45,29 @@ cdef extern from *:
     """
     /* The hot loop's two comparisons that Cython cannot spell cheaply. */
     static inline int excore_same_str(PyObject *a, PyObject *b) {
-        /* equal text of two exact, compact str: length, kind, then bytes (no hash) */
-        Py_ssize_t n;
-        if (!PyUnicode_IS_COMPACT(a) || !PyUnicode_IS_COMPACT(b)) return 0;
-        n = PyUnicode_GET_LENGTH(a);
-        if (PyUnicode_GET_LENGTH(b) != n || PyUnicode_KIND(a) != PyUnicode_KIND(b)) return 0;
-        return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
+        /* Equal text of two exact str, without hashing or a dict lookup: the
+         * cached hashes and lengths reject a different key at once; an equal key
+         * costs one compare of the bytes, word by word (keys are short). */
+        PyASCIIObject *x = (PyASCIIObject *)a, *y = (PyASCIIObject *)b;
+        const unsigned char *p, *q;
+        size_t n;
+        if (x->length != y->length || (x->hash != y->hash && x->hash != -1 && y->hash != -1))
+            return 0;
+        if (!PyUnicode_IS_COMPACT(a) || !PyUnicode_IS_COMPACT(b)
+                || PyUnicode_KIND(a) != PyUnicode_KIND(b))
+            return 0;
+        p = (const unsigned char *)PyUnicode_DATA(a);
+        q = (const unsigned char *)PyUnicode_DATA(b);
+        n = (size_t)x->length * PyUnicode_KIND(a);
+        for (; n >= 8; n -= 8, p += 8, q += 8) {
+            uint64_t u, v;
+            memcpy(&u, p, 8);
+            memcpy(&v, q, 8);
+            if (u != v) return 0;
+        }
+        while (n--)
+            if (*p++ != *q++) return 0;
+        return 1;
     }
     static inline PyObject *excore_nb_float(PyObject *v) {
         /* the type's own float conversion, without float()'s generic machinery */
