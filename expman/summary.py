@@ -98,33 +98,48 @@ def to_json(metrics_bytes: int, metrics: Mapping[str, dict[str, Any]]) -> dict[s
 
 
 # ---- reading ----------------------------------------------------------------------------
-def _number(v: Any, name: str, field: str) -> Any:
-    if isinstance(v, str) and v in _SPELLED:
-        return _SPELLED[v]
-    if v is None and field in ("min", "max"):
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"{name}.{field}")
-    if field in ("count", "nan_count", "first_step", "last_step"):
-        if not isinstance(v, int) or (field.endswith("count") and v < 0):
-            raise ValueError(f"{name}.{field}")
+_INTS = ("count", "nan_count", "first_step", "last_step")
+_FIELD_SET = frozenset(_FIELDS)
+
+
+def _float(v: Any) -> float:
+    """A JSON number or a NaN/infinity spelling as float; ValueError otherwise."""
+    t = type(v)
+    if t is float:
         return v
-    return float(v)
+    if t is int:
+        return float(v)
+    if t is str and v in _SPELLED:
+        return _SPELLED[v]
+    raise ValueError(v)
 
 
 def _parse(doc: Any) -> dict[str, Any] | None:
-    """The summary in memory, or None if ``doc`` is not a well-formed summary."""
-    if not isinstance(doc, dict) or doc.get("format") != SUMMARY_FORMAT:
+    """The summary in memory, or None if ``doc`` is not a well-formed summary.
+    (Written for speed: a listing parses one per run.)"""
+    if type(doc) is not dict or doc.get("format") != SUMMARY_FORMAT:
         return None
     size, metrics = doc.get("metrics_bytes"), doc.get("metrics")
-    if not isinstance(size, int) or isinstance(size, bool) or not isinstance(metrics, dict):
+    if type(size) is not int or type(metrics) is not dict:
         return None
     out = {}
     try:
         for name, e in metrics.items():
-            if not isinstance(e, dict) or set(e) != set(_FIELDS):
+            if type(e) is not dict or e.keys() != _FIELD_SET:
                 return None
-            out[name] = {f: _number(e[f], name, f) for f in _FIELDS}
+            count, nans, first, last = (e["count"], e["nan_count"], e["first_step"],
+                                        e["last_step"])
+            if (type(count) is not int or type(nans) is not int or type(first) is not int
+                    or type(last) is not int or not 0 <= nans <= count or count < 1):
+                return None
+            lo, hi = e["min"], e["max"]
+            if (lo is None) != (hi is None) or (lo is None) != (nans == count):
+                return None
+            out[name] = {"count": count, "nan_count": nans, "first_step": first,
+                         "last_step": last, "last_value": _float(e["last_value"]),
+                         "last_time": _float(e["last_time"]),
+                         "min": None if lo is None else _float(lo),
+                         "max": None if hi is None else _float(hi)}
     except ValueError:
         return None
     return {"format": SUMMARY_FORMAT, "metrics_bytes": size, "source": "summary",
@@ -135,11 +150,11 @@ def read_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The run's summary.json if it is intact and covers all of metrics.bin now;
     None when it is missing, damaged, or stale (metrics.bin has another size)."""
     import orjson
-    run = Path(os.fspath(run_dir))
+    run = os.fspath(run_dir)
     try:
-        with open(run / SUMMARY_FILE, "rb") as f:
+        with open(os.path.join(run, SUMMARY_FILE), "rb") as f:
             data = f.read(MAX_SUMMARY_BYTES + 1)
-        size = os.stat(run / METRICS_FILE).st_size
+        size = os.stat(os.path.join(run, METRICS_FILE)).st_size
     except OSError:
         return None
     if len(data) > MAX_SUMMARY_BYTES:
