@@ -124,6 +124,35 @@ def cliffs(exp, calls: int, repeats: int) -> dict[str, tuple[float, float]]:
             for label in built}
 
 
+def fsync_cost(base: str, calls: int, repeats: int) -> list[tuple[str, float, float, float]]:
+    """fsync_interval's price, side by side: per-call thread-CPU ns of a tight
+    2-key loop, wall seconds of a loop of ~20 us steps logging every step (the
+    writer fsyncs meanwhile), and close(); median of repeats, settings interleaved."""
+    settings = [None, 1.0, 0.1, 0.01]
+    got: dict = {str(x): ([], [], []) for x in settings}
+    for r in range(repeats):
+        for x in settings:
+            exp = Experiment("fsync", base_dir=base, capture_env=False, fsync_interval=x)
+            log = exp.log_metrics
+            tc = time.thread_time_ns
+            c0 = tc()
+            for i in range(calls):
+                log({"loss": 0.5, "acc": 0.25}, step=i)
+            c1 = tc()
+            t0 = time.perf_counter()
+            for i in range(calls // 20):
+                busy()
+                log({"loss": 0.5, "acc": 0.25}, step=calls + i)
+            t1 = time.perf_counter()
+            exp.close()
+            t2 = time.perf_counter()
+            got[str(x)][0].append((c1 - c0) / calls)
+            got[str(x)][1].append(t1 - t0)
+            got[str(x)][2].append((t2 - t1) * 1e3)
+    return [(k, statistics.median(a), statistics.median(b), statistics.median(c))
+            for k, (a, b, c) in got.items()]
+
+
 def busy(k: int = 150) -> int:
     s = 0
     for j in range(k):
@@ -156,6 +185,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=200_000)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--cliffs-only", action="store_true", help="only the issue-10 cliff cases")
+    ap.add_argument("--fsync", action="store_true", help="also measure fsync_interval's cost")
     args = ap.parse_args()
     gc.disable()
     rows = {}
@@ -163,6 +193,7 @@ def main() -> None:
         exp = Experiment("bench", base_dir=tmp, capture_env=False)
         noop = NoOp()
         cliff = cliffs(exp, args.calls // 10, args.repeats)
+        fsync_rows = fsync_cost(tmp, args.calls // 4, args.repeats) if args.fsync else []
         for label, fn in [] if args.cliffs_only else [
             ("2 keys, tight", lambda t: tight(t, args.calls, 2)),
             ("20 keys, tight", lambda t: tight(t, args.calls // 4, 20)),
@@ -189,6 +220,14 @@ def main() -> None:
     for label, _, _, ref in CLIFF_CASES:
         e, r = cliff[label]
         print(f"{label:26} {e:8.1f} {f'{r:.2f}x' if ref else '':>19}")
+    if fsync_rows:
+        base_loop = fsync_rows[0][2]
+        print(f"\nfsync_interval: {args.calls // 4} tight 2-key calls, then {args.calls // 80} "
+              f"~20 us steps logging each step; medians of {args.repeats}")
+        print(f"{'fsync_interval':15} {'tight ns/call':>14} {'spaced loop s':>14} {'vs off':>7} "
+              f"{'close ms':>9}")
+        for k, ns, loop_s, close_ms in fsync_rows:
+            print(f"{k:15} {ns:14.1f} {loop_s:14.3f} {loop_s / base_loop:6.3f}x {close_ms:9.2f}")
 
 
 if __name__ == "__main__":

@@ -545,7 +545,8 @@ cdef int _copy_key_events(Core self, list fresh) except -1:
     cdef Py_ssize_t j
     for j in range(1, len(fresh), 2):
         name = fresh[j]
-        self._log_event({"kind": "key", "id": self._keys[name], "name": name})
+        self._log_event({"kind": "key", "id": self._keys[name], "name": name,
+                         "time": exlog_wall_ns() / 1e9})
     return 0
 
 
