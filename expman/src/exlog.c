@@ -229,15 +229,15 @@ static int sum_grow(void **arr, size_t *cap, size_t sz, uint64_t id) {
 
 static void sum_stage(exlog *w, uint32_t id, int64_t step, int64_t t_us, double v) {
     exlog_keysum *e;
-    if (w->sum_broken) return;
+    if (w->stage_broken) return;
     if (id >= w->fsum_cap) {
         void *t = w->ftouched;
         if (sum_grow((void **)&w->fsum, &w->fsum_cap, sizeof(exlog_keysum), id)) {
-            w->sum_broken = 1;
+            w->stage_broken = 1;
             return;
         }
         t = realloc(t, w->fsum_cap * sizeof(uint32_t));
-        if (!t) { w->sum_broken = 1; return; }
+        if (!t) { w->stage_broken = 1; return; }
         w->ftouched = (uint32_t *)t;
     }
     e = &w->fsum[id];
@@ -263,6 +263,7 @@ static void sum_stage(exlog *w, uint32_t id, int64_t step, int64_t t_us, double 
 static void sum_settle(exlog *w, int ok) {
     size_t i;
     exlog_mutex_lock(&w->sum_mu);
+    if (w->stage_broken) w->sum_broken = 1;     /* published under the lock */
     for (i = 0; i < w->ntouched; i++) {
         uint32_t id = w->ftouched[i];
         exlog_keysum *s = &w->fsum[id], *m;

@@ -104,7 +104,8 @@ typedef struct exlog {
     uint32_t *ftouched;         /* ids staged in the current frame */
     size_t sum_cap, fsum_cap, ntouched;
     uint64_t sum_bytes;         /* metrics.bin size the summary covers */
-    int sum_broken;             /* an allocation failed: no summary */
+    int sum_broken;             /* an allocation failed: no summary (sum_mu) */
+    int stage_broken;           /* writer-private: staging failed, publish at settle */
     exlog_mutex sum_mu;
 
     /* fsync cadence (0: only at stop) */
