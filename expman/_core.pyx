@@ -50,15 +50,20 @@ cdef extern from *:
          * costs one compare of the bytes, word by word (keys are short). */
         PyASCIIObject *x = (PyASCIIObject *)a, *y = (PyASCIIObject *)b;
         const unsigned char *p, *q;
-        size_t n;
+        size_t n = (size_t)x->length;
         if (x->length != y->length || (x->hash != y->hash && x->hash != -1 && y->hash != -1))
             return 0;
-        if (!PyUnicode_IS_COMPACT(a) || !PyUnicode_IS_COMPACT(b)
-                || PyUnicode_KIND(a) != PyUnicode_KIND(b))
-            return 0;
-        p = (const unsigned char *)PyUnicode_DATA(a);
-        q = (const unsigned char *)PyUnicode_DATA(b);
-        n = (size_t)x->length * PyUnicode_KIND(a);
+        if (x->state.ascii && x->state.compact && y->state.ascii && y->state.compact) {
+            p = (const unsigned char *)(x + 1);      /* compact ASCII: text follows */
+            q = (const unsigned char *)(y + 1);
+        } else {
+            if (!PyUnicode_IS_COMPACT(a) || !PyUnicode_IS_COMPACT(b)
+                    || PyUnicode_KIND(a) != PyUnicode_KIND(b))
+                return 0;
+            p = (const unsigned char *)PyUnicode_DATA(a);
+            q = (const unsigned char *)PyUnicode_DATA(b);
+            n *= (size_t)PyUnicode_KIND(a);
+        }
         for (; n >= 8; n -= 8, p += 8, q += 8) {
             uint64_t u, v;
             memcpy(&u, p, 8);
