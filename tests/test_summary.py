@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import struct
 import time
 
@@ -173,6 +174,11 @@ def test_damaged_or_foreign_summary_is_ignored(make_run):
         assert s["source"] == "decode" and bits(s["metrics"]) == bits(by_decode(exp.run_dir))
     path.unlink()
     assert read_summary(exp.run_dir) is None
+    if hasattr(os, "O_NOFOLLOW"):               # a planted symlink is not followed
+        elsewhere = exp.run_dir.parent / "planted.json"
+        elsewhere.write_bytes(good)
+        path.symlink_to(elsewhere)
+        assert read_summary(exp.run_dir) is None
 
 
 def test_key_names_survive_a_destroyed_first_frame(make_run):
