@@ -12,6 +12,10 @@ peer itself. Phases:
   close    N 2-key calls, then close() timed; points read back; bytes on disk
   read     1 M points (50 k calls of 20 keys) written, closed, read back timed
   memory   peak RSS after N 20-key calls and close()
+  cliffs   what real loops pass (issue 10): keys built anew each call
+           (f-strings, 2 and 20 keys), numpy.float64/float32/int64 and Python
+           int values, each as a ratio to the literal-key float case timed
+           beside it (numpy cases need numpy in the peer's venv; else noted)
 
 Every phase is budgeted in seconds: a slow peer makes fewer calls (the count
 is reported) instead of running for an hour.
@@ -529,6 +533,82 @@ def phase_memory(peer: Peer, a: dict) -> dict:
             "rss_peak_mb": rss_mb()}
 
 
+def _cliff_builders() -> tuple[dict, list[str]]:
+    """label -> (keys, function returning a new dict per call, literal label)."""
+    prefix = "train"
+    vals = [float(i) for i in range(20)]
+    keys20 = KEYS20
+    out = {
+        "2 literal": (2, lambda: {"loss": 0.5, "acc": 0.25}, None),
+        "2 f-string": (2, lambda: {f"{prefix}/loss": 0.5, f"{prefix}/acc": 0.25}, "2 literal"),
+        "2 python int": (2, lambda: {"loss": 5, "acc": 2}, "2 literal"),
+        "20 literal": (20, lambda: dict(zip(keys20, vals)), None),
+        "20 f-string": (20, lambda: {f"{prefix}/m{j}": v for j, v in enumerate(vals)},
+                        "20 literal"),
+    }
+    notes = []
+    try:
+        import numpy as np
+    except ImportError:
+        notes.append("numpy cases skipped: numpy is not installed in this venv")
+    else:
+        for label, a, b in (("2 numpy.float64", np.float64(0.5), np.float64(0.25)),
+                            ("2 numpy.float32", np.float32(0.5), np.float32(0.25)),
+                            ("2 numpy.int64", np.int64(5), np.int64(2))):
+            out[label] = (2, (lambda a=a, b=b: {"loss": a, "acc": b}), "2 literal")
+    return out, notes
+
+
+def phase_cliffs(peer: Peer, a: dict) -> dict:
+    """Thread-CPU ns per call net of building the dict, and per case the median of
+    per-pair ratios to its literal case (timed back to back, order alternating)."""
+    cases, notes = _cliff_builders()
+    tc = time.thread_time_ns
+    log = peer.log
+    step = [0]
+    for label in list(cases):            # a peer that refuses a value type: say so
+        try:
+            log(cases[label][1](), step=0)
+        except Exception as e:
+            notes.append(f"{label}: {type(e).__name__}: {str(e)[:80]}")
+            del cases[label]
+
+    def net(build, n: int) -> float:
+        s0 = step[0]
+        c0 = tc()
+        for i in range(n):
+            log(build(), step=s0 + i)
+        c1 = tc()
+        for i in range(n):
+            build()
+        c2 = tc()
+        step[0] += n
+        return ((c1 - c0) - (c2 - c1)) / n
+
+    # size the loops from a short calibration of the literal 2-key case
+    t0 = pc()
+    net(cases["2 literal"][1], 200)
+    est = max((pc() - t0) / 400, 30.0)
+    pairs = a["pairs"]
+    n2 = clamp(a["budget"] / (len(cases) * pairs * 2) * 1e9 / est, 20, a["max_calls"])
+    per: dict[str, list[float]] = {k: [] for k in cases}
+    ratios: dict[str, list[float]] = {k: [] for k in cases if cases[k][2]}
+    for r in range(pairs):
+        for label, (nkeys, build, ref) in cases.items():
+            n = n2 if nkeys == 2 else max(n2 // 6, 10)
+            if ref is None:
+                per[label].append(net(build, n))
+                continue
+            order = [(label, build), (ref, cases[ref][1])]
+            got = {lab: net(fn, n) for lab, fn in (order if r % 2 else order[::-1])}
+            per[label].append(got[label])
+            ratios[label].append(got[label] / got[ref] if got[ref] > 0 else float("nan"))
+        peer.settle()
+    return {"ns": {k: statistics.median(v) for k, v in per.items()},
+            "ratio": {k: statistics.median(v) for k, v in ratios.items()},
+            "calls_2keys": n2, "pairs": pairs, "notes": notes}
+
+
 def main() -> None:
     name, phase = sys.argv[1], sys.argv[2]
     args = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
@@ -553,6 +633,9 @@ def main() -> None:
             out = phase_read(peer, args)
         elif phase == "memory":
             out = phase_memory(peer, args)
+        elif phase == "cliffs":
+            out = phase_cliffs(peer, args)
+            peer.close()
         else:
             raise SystemExit(f"unknown phase {phase}")
         gc.enable()

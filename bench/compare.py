@@ -230,6 +230,11 @@ def bench_peer(peer: str, cfg: dict, busy_k: int, busy_ns: float, netns: bool) -
         res["memory"] = phase("memory", dict(calls=max(n_mem, 50)))
         if peer == "expman":   # bounded: 5x the calls must not cost 5x the memory
             res["memory_5x"] = phase("memory", dict(calls=5 * n_mem))
+    if peer != "noop":
+        res["cliffs"] = phase("cliffs", dict(budget=pb, pairs=cfg["repeats"] * 2,
+                                             max_calls=50_000))
+        for note in (res["cliffs"] or {}).get("notes", []):
+            res["notes"].append(f"cliffs: {note}")
     res["wall_s"] = time.perf_counter() - t_start
     return res
 
@@ -347,8 +352,37 @@ def targets(results: list[dict]) -> list[tuple[str, str, str, bool | None]]:
         out.append(("memory bounded (peak RSS, N vs 5N 20-key calls)", "flat",
                     f"{m['rss_peak_mb']:.0f} MB ({m['calls'] // 1000}k) vs {m5['rss_peak_mb']:.0f} MB "
                     f"({m5['calls'] // 1000}k)", grow < 16))
+    cl = (r.get("cliffs") or {}).get("ratio", {})
+    for case in CLIFF_CASES:
+        if case in cl:
+            out.append((f"log_metrics {case} vs literal floats", "<= 1.3x", f"{cl[case]:.2f}x",
+                        cl[case] <= 1.3))
     out.append(("import expman", "< 30 ms", f"{r['import_s'] * 1e3:.1f} ms", r["import_s"] < 0.030))
     return out
+
+
+CLIFF_CASES = ["2 f-string", "2 numpy.float64", "2 numpy.float32", "2 numpy.int64",
+               "2 python int", "20 f-string"]
+
+
+def cliff_table(results: list[dict]) -> str:
+    """Per peer: each real-loop case as its own ratio to the literal-float case."""
+    head = ["peer", "2 literal", "20 literal"] + [f"{c} (x literal)" for c in CLIFF_CASES]
+    rows = []
+    for r in results:
+        c = r.get("cliffs")
+        if not c:
+            continue
+        row = [r["peer"], fmt_ns(c["ns"].get("2 literal")), fmt_ns(c["ns"].get("20 literal"))]
+        for case in CLIFF_CASES:
+            x = c["ratio"].get(case)
+            row.append("-" if x is None else f"{fmt_ns(c['ns'][case])} ({x:.2f}x)")
+        rows.append(row)
+    if not rows:
+        return ""
+    widths = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
+    return "\n".join("  ".join(x[i].ljust(widths[i]) for i in range(len(head)))
+                     for x in [head, ["-" * w for w in widths]] + rows)
 
 
 def machine() -> dict:
@@ -437,6 +471,12 @@ def main() -> None:
           "Python work. 'loop slowdown': a pure-Python loop of ~%.0f us steps logging 2 keys "
           "every step. close/read/B-per-point from N 2-key calls; peak RSS after N 20-key calls; "
           "read 1M extrapolated linearly where a slow peer wrote fewer." % (busy_ns / 1e3))
+    ct = cliff_table(results)
+    if ct:
+        print("\nreal-loop cases (issue 10): thread-CPU ns per call net of the dict; "
+              "(Nx) = median of per-pair ratios to the same peer's literal-float case; "
+              "target for expman <= 1.3x")
+        print(ct)
     tg = targets(results)
     if tg:
         print("\nexpman vs DESIGN.md targets")

@@ -74,3 +74,43 @@ def test_close_after_200k_calls(benchmark, tmp_path, no_gc):
         return (e,), {}
 
     benchmark.pedantic(lambda e: e.close(), setup=setup, rounds=5, iterations=1)
+
+
+# ---- the cliff cases (issue 10): what real loops pass, beside the literal case ----------
+# Keys built anew must be built inside the timed call, so each case times build + log;
+# the matching `build only` benchmark in the same group is the part to subtract.
+PREFIX = "train"
+VALS20 = [float(i) for i in range(20)]
+
+
+def _cases():
+    np = pytest.importorskip("numpy")
+    return {
+        "2 literal": lambda: {"loss": 0.5, "acc": 0.25},
+        "2 f-string": lambda: {f"{PREFIX}/loss": 0.5, f"{PREFIX}/acc": 0.25},
+        "2 numpy.float64": lambda a=np.float64(0.5): {"loss": a, "acc": a},
+        "2 numpy.float32": lambda a=np.float32(0.5): {"loss": a, "acc": a},
+        "2 numpy.int64": lambda a=np.int64(5): {"loss": a, "acc": a},
+        "2 python int": lambda: {"loss": 5, "acc": 2},
+        "20 literal": lambda: dict(zip(KEYS20, VALS20)),
+        "20 f-string": lambda: {f"{PREFIX}/m{j}": v for j, v in enumerate(VALS20)},
+    }
+
+
+CASE_NAMES = ["2 literal", "2 f-string", "2 numpy.float64", "2 numpy.float32", "2 numpy.int64",
+              "2 python int", "20 literal", "20 f-string"]
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+@pytest.mark.benchmark(group="cliffs: build + log_metrics", disable_gc=True, warmup=True)
+def test_cliff_build_and_log(benchmark, exp, no_gc, case):
+    build = _cases()[case]
+    log = exp.log_metrics
+    benchmark(lambda: log(build()))
+    assert exp.stats()["dropped"] == 0
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+@pytest.mark.benchmark(group="cliffs: build only (subtract)", disable_gc=True, warmup=True)
+def test_cliff_build_only(benchmark, no_gc, case):
+    benchmark(_cases()[case])

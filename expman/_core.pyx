@@ -36,6 +36,55 @@ cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object o, int *overflow) except? -1
     void Py_INCREF(PyObject *o)
     void Py_XDECREF(PyObject *o)
+    void Py_DECREF(PyObject *o)
+    bint PyFloat_Check(PyObject *o)
+    double PyLong_AsDouble(PyObject *o)
+    PyObject *PyErr_Occurred()
+    void PyErr_Clear()
+
+cdef extern from *:
+    """
+    /* The hot loop's two comparisons that Cython cannot spell cheaply. */
+    static inline int excore_same_str(PyObject *a, PyObject *b) {
+        /* Equal text of two exact str, without hashing or a dict lookup: the
+         * cached hashes and lengths reject a different key at once; an equal key
+         * costs one compare of the bytes, word by word (keys are short). */
+        PyASCIIObject *x = (PyASCIIObject *)a, *y = (PyASCIIObject *)b;
+        const unsigned char *p, *q;
+        size_t n = (size_t)x->length;
+        if (x->length != y->length || (x->hash != y->hash && x->hash != -1 && y->hash != -1))
+            return 0;
+        if (x->state.ascii && x->state.compact && y->state.ascii && y->state.compact) {
+            p = (const unsigned char *)(x + 1);      /* compact ASCII: text follows */
+            q = (const unsigned char *)(y + 1);
+        } else {
+            if (!PyUnicode_IS_COMPACT(a) || !PyUnicode_IS_COMPACT(b)
+                    || PyUnicode_KIND(a) != PyUnicode_KIND(b))
+                return 0;
+            p = (const unsigned char *)PyUnicode_DATA(a);
+            q = (const unsigned char *)PyUnicode_DATA(b);
+            n *= (size_t)PyUnicode_KIND(a);
+        }
+        for (; n >= 8; n -= 8, p += 8, q += 8) {
+            uint64_t u, v;
+            memcpy(&u, p, 8);
+            memcpy(&v, q, 8);
+            if (u != v) return 0;
+        }
+        while (n--)
+            if (*p++ != *q++) return 0;
+        return 1;
+    }
+    static inline PyObject *excore_nb_float(PyObject *v) {
+        /* the type's own float conversion, without float()'s generic machinery */
+        PyNumberMethods *nm = Py_TYPE(v)->tp_as_number;
+        return (nm && nm->nb_float) ? nm->nb_float(v) : NULL;
+    }
+    static inline PyObject *excore_type(PyObject *v) { return (PyObject *)Py_TYPE(v); }
+    """
+    bint excore_same_str(PyObject *a, PyObject *b)
+    PyObject *excore_nb_float(PyObject *v)
+    PyObject *excore_type(PyObject *v)
 
 from expman._exlog cimport *
 
@@ -117,7 +166,7 @@ cdef class Core:
                uint64_t events_size, *, metrics_path, buffer_size,
                double flush_interval, double heartbeat_interval, on_full,
                on_error, double block_timeout, dict keys=None, last_step=None,
-               uint64_t seq_base=0):
+               uint64_t seq_base=0, fsync_interval=None):
         """Start the writer on already-open files (the Python side owns paths)."""
         if self._state != NEW:
             raise RunClosedError("this run was started already")
@@ -141,6 +190,8 @@ cdef class Core:
                             <int64_t>(heartbeat_interval * 1000))
         if self._w is NULL:
             raise MemoryError("expman: cannot allocate the metrics buffer")
+        if fsync_interval is not None:
+            exlog_set_fsync(self._w, max(<int64_t>(fsync_interval * 1000), 1))
         if exlog_start(self._w, fd_metrics, metrics_size, fd_events, events_size) != 0:
             exlog_free(self._w)
             self._w = NULL
@@ -153,96 +204,15 @@ cdef class Core:
 
         Validates the whole call before storing anything; never waits for I/O.
         """
-        cdef Py_ssize_t pos = 0, n = PyDict_Size(metrics), i = 0
-        cdef PyObject *k
-        cdef PyObject *v
-        cdef int64_t s
-        cdef int overflow = 0
-        cdef uint32_t ids_stack[KEY_CACHE]
-        cdef double vals_stack[KEY_CACHE]
-        cdef uint32_t *ids = ids_stack
-        cdef double *vals = vals_stack
-        cdef list fresh = None
-        cdef object buf = None
-        cdef unsigned char *p
-        cdef uint64_t size, ids_bytes
-        cdef exlog_rec *rec
+        _log_row(self, metrics, step, True)
 
-        if self._state != OPEN:
-            self._raise_state()
-        if self._err_seen != exlog_load_int(&self._w.error_seq):
-            self._report_writer_error()
+    def _log_side(self, dict metrics not None, step):
+        """Log one row at an explicit step without reading or advancing the
+        ``step=None`` counter: background loggers (the system sampler) must not
+        move the user's step sequence."""
         if step is None:
-            if self._last_step == 0x7FFFFFFFFFFFFFFF:
-                raise ExpmanValueError("log_metrics: step=None after step 2**63-1 would overflow")
-            s = self._last_step + 1
-        else:
-            s = -1
-            if PyLong_CheckExact(<PyObject *>step):
-                s = PyLong_AsLongLongAndOverflow(step, &overflow)
-            if s < 0 or overflow:
-                s = _coerce_step(step)
-        if n > KEY_CACHE:
-            buf = bytearray(n * 12)
-            vals = <double *><char *>buf
-            ids = <uint32_t *>(<char *>buf + n * 8)
-
-        while PyDict_Next(metrics, &pos, &k, &v):
-            if i < KEY_CACHE and k == self._ckey[i]:
-                ids[i] = self._cid[i]
-            else:
-                ids[i] = self._lookup(<object>k, i)
-                if ids[i] == 0xFFFFFFFF:
-                    if fresh is None:
-                        fresh = []
-                    fresh.append(i)
-                    fresh.append(str(<object>k))   # a str subclass is stored as plain str
-            if PyFloat_CheckExact(v):
-                vals[i] = PyFloat_AS_DOUBLE(v)
-            else:
-                vals[i] = _to_double(<object>k, <object>v)
-            i += 1
-        if i != n:
-            raise RuntimeError("log_metrics: the dict changed size during the call")
-
-        ids_bytes = exlog_align8(4 * <uint64_t>n)
-        size = REC_HEADER + ids_bytes + 8 * <uint64_t>n
-        if 4 * size > self._w.cap:
-            _too_large(size, self._w.cap)
-        # valid: define new keys first so the stream never uses an unknown id
-        if fresh is not None:
-            for i in range(0, len(fresh), 2):
-                ids[<Py_ssize_t>fresh[i]] = self._define_key(fresh[i + 1])
-                if ids[<Py_ssize_t>fresh[i]] == NO_ID:    # no room for it: on_full says drop
-                    self._accepted += 1
-                    self._dropped_full += 1
-                    self._last_step = s
-                    return
-
-        if self._state != OPEN:
-            # validation can run Python code (a __float__) during which another
-            # thread may close the run: never commit after the writer stopped
-            self._raise_state()
-        p = exlog_reserve(self._w, size)
-        if p is NULL:
-            p = self._reserve_slow(size, True)
-            if p is NULL:
-                self._accepted += 1
-                self._dropped_full += 1
-                self._last_step = s
-                return
-        rec = <exlog_rec *>p
-        rec.size = <uint32_t>size
-        rec.kind = EXLOG_REC_ROW
-        rec.n = <uint32_t>n
-        rec.len = 0
-        rec.step = s
-        rec.t_ns = exlog_wall_ns()
-        memcpy(p + REC_HEADER, ids, 4 * n)
-        memcpy(p + REC_HEADER + ids_bytes, vals, 8 * n)
-        exlog_commit(self._w, size)
-        self._accepted += 1
-        self._last_step = s
+            raise ExpmanTypeError("_log_side: step must be an int, not None")
+        _log_row(self, metrics, step, False)
 
     cdef uint32_t _lookup(self, object key, Py_ssize_t i) except? 0xFFFFFFFE:
         """Id of a known key (caching it at dict position i), or 0xFFFFFFFF."""
@@ -496,6 +466,43 @@ cdef class Core:
         """The step of the last accepted record, or None."""
         return None if self._last_step < 0 else self._last_step
 
+    def _summary(self):
+        """What the writer has put on disk, per metric: ``(metrics_bytes, {name:
+        (count, nans, first_step, last_step, last_time_us, last, min, max)})``,
+        or None when the writer could not keep a summary. Off the hot path: one
+        copy under a lock the producer never takes."""
+        cdef int64_t n
+        cdef uint64_t nbytes = 0, cap
+        cdef exlog_keysum *out
+        cdef exlog_keysum *e
+        cdef Py_ssize_t i
+        if self._w is NULL or self._state == FORKED:
+            return None
+        while True:
+            n = exlog_summary_copy(self._w, NULL, 0, &nbytes)
+            if n < 0:
+                return None
+            cap = <uint64_t>n
+            out = <exlog_keysum *>malloc((cap + 1) * sizeof(exlog_keysum))
+            if out is NULL:
+                raise MemoryError()
+            try:
+                n = exlog_summary_copy(self._w, out, cap, &nbytes)
+                if n < 0:
+                    return None
+                if <uint64_t>n > cap:
+                    continue              # the table grew between the two calls
+                names = {kid: name for name, kid in self._keys.items()}
+                result = {}
+                for i in range(<Py_ssize_t>cap):
+                    e = &out[i]
+                    if e.count and i in names:
+                        result[names[i]] = (e.count, e.nans, e.first_step, e.last_step,
+                                            e.last_t_us, e.last, e.min, e.max)
+                return nbytes, result
+            finally:
+                free(out)
+
     def _pause_writer(self, int paused):
         """Test hook: stall the writer (1: it still drains on close; 2: it ignores
         close too, like a frozen filesystem)."""
@@ -508,20 +515,189 @@ cdef class Core:
         exlog_test_fault(self._w, write_every, fsync_every, err)
 
 
+cdef inline int _log_row(Core self, dict metrics, object step, bint advance) except -1:
+    """The body of log_metrics and _log_side; ``advance``: step=None counts and moves."""
+    cdef Py_ssize_t pos = 0, n = PyDict_Size(metrics), i = 0, j
+    cdef PyObject *k
+    cdef PyObject *v
+    cdef int64_t s
+    cdef int overflow = 0
+    cdef uint32_t ids_stack[KEY_CACHE]
+    cdef double vals_stack[KEY_CACHE]
+    cdef uint32_t *ids = ids_stack
+    cdef double *vals = vals_stack
+    cdef list fresh = None
+    cdef object buf = None
+    cdef unsigned char *p
+    cdef uint64_t size, ids_bytes
+    cdef exlog_rec *rec
+
+    if self._state != OPEN:
+        self._raise_state()
+    if self._err_seen != exlog_load_int(&self._w.error_seq):
+        self._report_writer_error()
+    if step is None:
+        if self._last_step == 0x7FFFFFFFFFFFFFFF:
+            raise ExpmanValueError("log_metrics: step=None after step 2**63-1 would overflow")
+        s = self._last_step + 1
+    else:
+        s = -1
+        if PyLong_CheckExact(<PyObject *>step):
+            s = PyLong_AsLongLongAndOverflow(step, &overflow)
+        if s < 0 or overflow:
+            s = _coerce_step(step)
+    if n > KEY_CACHE:
+        buf = bytearray(n * 12)
+        vals = <double *><char *>buf
+        ids = <uint32_t *>(<char *>buf + n * 8)
+
+    while PyDict_Next(metrics, &pos, &k, &v):
+        if i >= n:
+            # a value's __float__ added keys: stop before writing past the buffers
+            raise RuntimeError("log_metrics: the dict changed size during the call")
+        if i < KEY_CACHE and (k == self._ckey[i] or (
+                PyUnicode_CheckExact(k) and self._ckey[i] is not NULL
+                and excore_same_str(k, self._ckey[i]))):
+            ids[i] = self._cid[i]       # the same text at the same position: no lookup
+        else:
+            ids[i] = self._lookup(<object>k, i)
+            if ids[i] == 0xFFFFFFFF:
+                if fresh is None:
+                    fresh = []
+                fresh.append(i)
+                fresh.append(str(<object>k))   # a str subclass is stored as plain str
+        if PyFloat_Check(v):                    # float and its subclasses (numpy.float64)
+            vals[i] = PyFloat_AS_DOUBLE(v)
+        else:
+            vals[i] = _value_fast(<object>k, v)
+        i += 1
+    if i != n:
+        raise RuntimeError("log_metrics: the dict changed size during the call")
+
+    ids_bytes = exlog_align8(4 * <uint64_t>n)
+    size = REC_HEADER + ids_bytes + 8 * <uint64_t>n
+    if 4 * size > self._w.cap:
+        _too_large(size, self._w.cap)
+    # valid: define new keys first so the stream never uses an unknown id
+    if fresh is not None:
+        for j in range(0, len(fresh), 2):
+            ids[<Py_ssize_t>fresh[j]] = self._define_key(fresh[j + 1])
+            if ids[<Py_ssize_t>fresh[j]] == NO_ID:     # no room for it: on_full says drop
+                _copy_key_events(self, fresh[:j])
+                self._accepted += 1
+                self._dropped_full += 1
+                if advance:
+                    self._last_step = s
+                return 0
+        _copy_key_events(self, fresh)
+
+    if self._state != OPEN:
+        # validation can run Python code (a __float__) during which another
+        # thread may close the run: never commit after the writer stopped
+        self._raise_state()
+    p = exlog_reserve(self._w, size)
+    if p is NULL:
+        p = self._reserve_slow(size, True)
+        if p is NULL:
+            self._accepted += 1
+            self._dropped_full += 1
+            if advance:
+                self._last_step = s
+            return 0
+    rec = <exlog_rec *>p
+    rec.size = <uint32_t>size
+    rec.kind = EXLOG_REC_ROW
+    rec.n = <uint32_t>n
+    rec.len = 0
+    rec.step = s
+    rec.t_ns = exlog_wall_ns()
+    memcpy(p + REC_HEADER, ids, 4 * n)
+    memcpy(p + REC_HEADER + ids_bytes, vals, 8 * n)
+    exlog_commit(self._w, size)
+    self._accepted += 1
+    if advance:
+        self._last_step = s
+    return 0
+
+
+cdef int _copy_key_events(Core self, list fresh) except -1:
+    """Each key definition also goes to events.jsonl, so salvage can name the
+    points of a frame whose defining frame was destroyed (docs/format.md)."""
+    cdef Py_ssize_t j
+    for j in range(1, len(fresh), 2):
+        name = fresh[j]
+        self._log_event({"kind": "key", "id": self._keys[name], "name": name,
+                         "time": exlog_wall_ns() / 1e9})
+    return 0
+
+
+# Types whose own nb_float is safe and cheap to call directly: static (C) types
+# such as numpy's scalars, learned on first use by _to_double. Static types are
+# never freed, so the cached pointers stay valid without owning a reference.
+cdef enum:
+    NUM_TYPES = 8
+cdef PyObject *_num_types[NUM_TYPES]
+cdef int _n_num_types = 0
+
+
+cdef inline double _value_fast(object key, PyObject *v) except? -1.0:
+    """A non-float value: exact ints and known numeric C types without the
+    generic float() path; anything else (and every error) through _to_double."""
+    cdef PyObject *tp
+    cdef PyObject *f
+    cdef double d
+    cdef int j
+    if PyLong_CheckExact(v):
+        d = PyLong_AsDouble(v)
+        if d != -1.0 or PyErr_Occurred() is NULL:
+            return d
+        PyErr_Clear()                 # too large: _to_double says so, naming the key
+    else:
+        tp = excore_type(v)
+        for j in range(_n_num_types):
+            if _num_types[j] == tp:
+                f = excore_nb_float(v)
+                if f is not NULL:
+                    if PyFloat_Check(f):
+                        d = PyFloat_AS_DOUBLE(f)
+                        Py_DECREF(f)
+                        return d
+                    Py_DECREF(f)
+                else:
+                    PyErr_Clear()
+                break
+    value = <object>v                 # owned: a __float__ may drop the dict's reference
+    return _to_double(key, value)
+
+
 cdef double _to_double(object key, object value) except? -1.0:
     """float(value) for anything numeric, or a TypeError naming the key."""
+    global _n_num_types
     if isinstance(value, (str, bytes, bytearray)) or value is None:
         raise ExpmanTypeError(
             f"log_metrics: value for {key!r} must be a number, got {type(value).__name__} ({value!r:.60})")
+    tp = type(value)
+    if getattr(value, "requires_grad", False) and hasattr(value, "detach"):
+        value = value.detach()        # a torch tensor in the graph: no warning, same number
     try:
-        return float(value)
+        d = float(value)
     except OverflowError:
         raise ExpmanValueError(
             f"log_metrics: value for {key!r} is too large for a float64: {value!r:.60}") from None
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:
         raise ExpmanTypeError(
             f"log_metrics: value for {key!r} must be a number, got "
             f"{type(value).__name__} ({value!r:.60}): {e}") from None
+    if (_n_num_types < NUM_TYPES and not (tp.__flags__ & (1 << 9))   # Py_TPFLAGS_HEAPTYPE
+            and hasattr(tp, "__float__")
+            and not hasattr(tp, "detach")):
+        for j in range(_n_num_types):
+            if _num_types[j] == <PyObject *>tp:
+                break
+        else:
+            _num_types[_n_num_types] = <PyObject *>tp
+            _n_num_types += 1
+    return d
 
 
 cdef bytes _check_new_name(object key):

@@ -16,6 +16,10 @@ cdef extern from "src/exlog.h" nogil:
         uint64_t bytes_written, frames_written
         uint64_t write_errors
         int last_errno
+    ctypedef struct exlog_keysum:
+        uint64_t count, nans
+        int64_t first_step, last_step, last_t_us
+        double last, min, max
     ctypedef struct exlog:
         uint64_t cap
         uint64_t head
@@ -45,6 +49,8 @@ cdef extern from "src/exlog.h" nogil:
     void exlog_store_int(int *p, int v)
     uint64_t exlog_load_u64(const uint64_t *p)
     int64_t exlog_wall_ns()
+    void exlog_set_fsync(exlog *w, int64_t ms)
+    int64_t exlog_summary_copy(exlog *w, exlog_keysum *out, uint64_t cap, uint64_t *bytes)
     # test hooks (exlog.c): stall the writer; fail every Nth write / fsync
     void exlog_test_pause(exlog *w, int paused)
     void exlog_test_fault(exlog *w, uint64_t write_every, uint64_t fsync_every, int err)

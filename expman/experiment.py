@@ -11,11 +11,12 @@ import stat
 import threading
 import time
 import warnings
+import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Iterable, Mapping
 
-from expman import _core, environment, launcher, layout, lifecycle, runlock, runmeta
+from expman import _core, environment, launcher, layout, lifecycle, runlock, runmeta, summary
 from expman._fsutil import (
     atomic_write_json, check_name, check_relative, inside, open_nofollow, read_json_nofollow,
 )
@@ -26,7 +27,7 @@ from expman.errors import (
 )
 from expman.layout import (
     ARTIFACTS_DIR, EVENTS_FILE, FAILED, FINISHED, HEARTBEAT_INTERVAL, METRICS_FILE, OUTPUT_FILE,
-    PARAMS_FILE, RUN_FILE, RUNNING, STATUSES, parse_event_lines,
+    PARAMS_FILE, RUN_FILE, RUNNING, STATUSES, SUMMARY_FILE, SUMMARY_INTERVAL, parse_event_lines,
 )
 from expman.layout import base_dir as _resolve_base_dir
 from expman.params import to_params
@@ -60,7 +61,8 @@ class Experiment(_core.Core):
                  "_params", "_copier", "_env_thread", "_pid", "_fds", "_status",
                  "_closing", "_close_lock", "_on_error", "_warned_keys",
                  "_rank", "_world_size", "_meta_name", "_lock", "_muted", "_sampler",
-                 "_capture", "_media_lock")
+                 "_capture", "_media_lock", "_summary_base", "_summary_lock",
+                 "_summary_stop", "_summary_thread", "_summary_bytes")
 
     def __init__(
         self,
@@ -82,6 +84,7 @@ class Experiment(_core.Core):
         notes: str | None = None,
         group: str | None = None,
         capture_output: bool = False,
+        fsync_interval: float | None = None,
     ) -> None:
         self._status = "NEW"
         self._lock: runlock.RunLock | None = None
@@ -106,6 +109,10 @@ class Experiment(_core.Core):
             check_name("run_name", run_name)
         if not 0.001 <= flush_interval <= 60:
             raise ExpmanValueError(f"flush_interval must be in [0.001, 60] s, got {flush_interval!r}")
+        if fsync_interval is not None and not (
+                isinstance(fsync_interval, (int, float)) and 0.001 <= fsync_interval <= 86400):
+            raise ExpmanValueError(
+                f"fsync_interval must be None or seconds in [0.001, 86400], got {fsync_interval!r}")
         if buffer_size < 64 << 10:
             raise ExpmanValueError(f"buffer_size must be at least 64 KiB, got {buffer_size!r}")
         # ranks of one job join one run folder (expman.launcher: rank, agreed name)
@@ -152,6 +159,11 @@ class Experiment(_core.Core):
         self._params: dict[str, Any] = {}
         self._copier = ArtifactCopier(self._emit_from_thread)
         self._env_thread: threading.Thread | None = None
+        self._summary_base: dict[str, Any] = {}     # metrics already in the file at a resume
+        self._summary_lock = threading.Lock()
+        self._summary_stop = threading.Event()
+        self._summary_thread: threading.Thread | None = None
+        self._summary_bytes = -1
         try:
             # one writer per stream: locked before anything is read, cut or appended
             self._lock = runlock.acquire(self._run_dir, self._rank)
@@ -199,7 +211,8 @@ class Experiment(_core.Core):
                         buffer_size=buffer_size, flush_interval=flush_interval,
                         heartbeat_interval=HEARTBEAT_INTERVAL, on_full=on_full,
                         on_error=on_error, block_timeout=block_timeout,
-                        keys=keys, last_step=last_step, seq_base=seq_base)
+                        keys=keys, last_step=last_step, seq_base=seq_base,
+                        fsync_interval=fsync_interval)
         except BaseException:
             self._close_fds()
             if fresh and launch.joined:
@@ -219,6 +232,12 @@ class Experiment(_core.Core):
                          "resumed": not fresh})
         if not self._muted:
             self._sampler = sysmetrics.start_for(self, system_metrics)
+            # summary.json: a timer thread of its own (the env probe ends early), which
+            # takes the GIL for a moment every SUMMARY_INTERVAL, never per call
+            self._summary_thread = threading.Thread(
+                target=_refresh_summary, args=(weakref.ref(self), self._summary_stop),
+                name="expman-summary", daemon=True)
+            self._summary_thread.start()
         if capture_env:
             self._env_thread = threading.Thread(
                 target=_probe_env, args=(self._run_dir / self._meta_name, self._meta,
@@ -286,7 +305,7 @@ class Experiment(_core.Core):
             return keys, last_step, (msize, 0), seq_base
         fd = open_nofollow(metrics, os.O_RDWR | os.O_CREAT)
         self._fds.append(fd)
-        keys, last_step, msize, seq_base = _prepare_resume(fd, metrics)
+        keys, last_step, msize, seq_base, self._summary_base = _prepare_resume(fd, metrics)
         os.lseek(fd, msize, os.SEEK_SET)
         fd = open_nofollow(events, os.O_RDWR | os.O_CREAT)
         self._fds.append(fd)
@@ -534,12 +553,16 @@ class Experiment(_core.Core):
                              **({"exit": exit_info} if exit_info else {})})
         except Exception:
             pass
+        self._summary_stop.set()
+        if self._summary_thread not in (None, threading.current_thread()):
+            self._summary_thread.join(timeout=5)    # (it may be the thread dropping the run)
         self._stop()                         # drain, fsync, join the writer
         self._close_fds()
         if self._muted:
             self._status, self._closing = status, False
             lifecycle.unregister(self)
             return
+        self._write_summary()               # the writer has stopped: its final figures
         error: Exception | None = self._pending_error()
         env_thread = self._env_thread
         if env_thread is not None and env_thread is not threading.current_thread():
@@ -599,6 +622,24 @@ class Experiment(_core.Core):
             self._lock.forget_in_child()     # never keep a dead parent's run alive
         if self._capture is not None:
             self._capture.detach()
+        self._summary_thread = None
+
+    def _write_summary(self) -> bool:
+        """Write summary.json from the writer's figures if the data moved since the
+        last write. Best effort: a failure leaves readers to decode (it is a cache)."""
+        with self._summary_lock:
+            snap = self._summary()
+            if snap is None or snap[0] == self._summary_bytes:
+                return False
+            nbytes, raw = snap
+            metrics = summary.merge(self._summary_base, summary.from_writer(raw))
+            try:
+                atomic_write_json(self._run_dir / layout.rank_file(SUMMARY_FILE, self._rank),
+                                  summary.to_json(nbytes, metrics))
+            except OSError:
+                return False
+            self._summary_bytes = nbytes
+            return True
 
     def __del__(self) -> None:
         if getattr(self, "_status", None) == RUNNING and os.getpid() == self._pid:
@@ -645,6 +686,20 @@ def _check_ranks(ranks: Iterable[int] | None, world_size: int) -> list[int] | No
     return out
 
 
+def _refresh_summary(ref: "weakref.ref[Experiment]", stop: threading.Event) -> None:
+    """Background: rewrite summary.json every SUMMARY_INTERVAL while the run is open.
+    Holds the run only weakly, so an abandoned run is still collected and closed."""
+    while not stop.wait(SUMMARY_INTERVAL):
+        exp = ref()
+        if exp is None:
+            return
+        try:
+            exp._write_summary()
+        except Exception:
+            pass                # the write at close reports nothing either; readers decode
+        del exp
+
+
 def _read_fd(fd: int) -> bytes:
     """The whole file behind fd, read from its start."""
     os.lseek(fd, 0, os.SEEK_SET)
@@ -656,7 +711,8 @@ def _read_fd(fd: int) -> bytes:
         chunks.append(chunk)
 
 
-def _prepare_resume(fd: int, metrics: Path) -> tuple[dict[str, int], int | None, int, int]:
+def _prepare_resume(fd: int, metrics: Path
+                    ) -> tuple[dict[str, int], int | None, int, int, dict[str, Any]]:
     """Key table, last step, good size and record count of an existing metrics file
     (opened without following links); a torn tail is cut first."""
     data = _read_fd(fd)
@@ -664,7 +720,7 @@ def _prepare_resume(fd: int, metrics: Path) -> tuple[dict[str, int], int | None,
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, _core.file_header())
-        return {}, None, _core.HEADER_SIZE, 0
+        return {}, None, _core.HEADER_SIZE, 0, {}
     columns, keys, report = _core.decode_metrics(data)
     if report["corrupt_bytes"]:
         raise CorruptRunError(
@@ -675,7 +731,8 @@ def _prepare_resume(fd: int, metrics: Path) -> tuple[dict[str, int], int | None,
     if end < len(data):
         os.ftruncate(fd, end)
     last = max((max(c[0]) for c in columns.values() if len(c[0])), default=None)
-    return {name: kid for kid, name in keys.items()}, last, end, int(report["rows"])
+    return ({name: kid for kid, name in keys.items()}, last, end, int(report["rows"]),
+            summary.from_columns(columns))
 
 
 def _events_good_size(fd: int) -> tuple[int, int]:

@@ -25,6 +25,7 @@ EVENTS_FILE = "events.jsonl"     # append-only JSON lines
 ARTIFACTS_DIR = "artifacts"      # saved files
 OUTPUT_FILE = "output.log"       # stdout/stderr tee, with Experiment(capture_output=True)
 MEDIA_DIR = "media"              # under ARTIFACTS_DIR: log_image's PNGs (docs/format.md, media)
+SUMMARY_FILE = "summary.json"    # per-metric figures for listings (atomic; expman.summary)
 TORN_SUFFIX = ".torn"            # verify --repair keeps a cut tail beside its file
 MANIFEST_SUFFIX = ".manifest.json"   # a folder artifact's list of files and hashes, beside it
 MAX_MANIFEST_BYTES = 64 << 20    # readers refuse a larger (crafted) manifest            # verify --repair keeps a cut tail beside its file
@@ -59,6 +60,7 @@ DAMAGED = "DAMAGED"
 # ---- liveness -------------------------------------------------------------------------------
 HEARTBEAT_INTERVAL = 10.0   # seconds; the writer touches metrics.bin at least this often
                             # (C keeps its own copy in exlog.c; tests check they agree)
+SUMMARY_INTERVAL = 5.0      # seconds between summary.json refreshes while a run is open
 STALE_AFTER = 6.0           # heartbeats missed before a RUNNING run on another host is CRASHED
 
 # ---- base dir -------------------------------------------------------------------------------

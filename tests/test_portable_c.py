@@ -59,6 +59,7 @@ def _check_output(metrics: Path, events: Path, stdout: str, n: int) -> None:
     """The program's file, read by the format's reference reader, holds exactly what it logged."""
     stats = dict(line.split("=", 1) for line in stdout.split())
     assert stats["rows_written"] == str(n) and stats["rows_dropped"] == "0", stats
+    assert stats["summary_ok"] == "1"       # the writer's run summary matched (checked in C)
     data = metrics.read_bytes()
     series, torn = refreader.read_metrics(data)
     assert torn == 0

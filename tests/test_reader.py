@@ -153,7 +153,8 @@ def test_run_tail_sees_only_new_frames_and_events(make_run, columns):
     exp.flush()
     b2 = tail.poll()
     assert as_list(b2.metrics["loss"].steps) == [1] and as_list(b2.metrics["acc"].values) == [0.9]
-    assert b2.events == []
+    # the only event is the copy of the new key's definition (events.jsonl, kind "key")
+    assert [(e["kind"], e["name"]) for e in b2.events] == [("key", "acc")]
     exp.close()
     b3 = tail.poll()
     assert b3.status == "FINISHED" and b3.meta_changed
@@ -180,7 +181,7 @@ def test_refresh_appends_in_place(make_run, columns):
     exp.log_metrics({"loss": 2.0, "new": 1.0}, step=1)
     exp.log_params({"lr": 0.1})
     exp.flush()
-    assert run.refresh() == 2
+    assert run.refresh() == 3          # 2 points and the "key" event copying "new"'s name
     assert as_list(run.metrics["loss"].values) == [3.0, 2.0]
     assert as_list(run.metrics["new"].steps) == [1] and run.params == {"lr": 0.1}
     exp.close()

@@ -168,6 +168,10 @@ exlog *exlog_new(uint64_t capacity, int64_t flush_ms, int64_t heartbeat_ms) {
     if (exlog_cond_init(&w->done_cv) != 0) {
         exlog_cond_destroy(&w->wake_cv); exlog_mutex_destroy(&w->mu); exlog_free(w); return NULL;
     }
+    if (exlog_mutex_init(&w->sum_mu) != 0) {
+        exlog_cond_destroy(&w->done_cv); exlog_cond_destroy(&w->wake_cv);
+        exlog_mutex_destroy(&w->mu); exlog_free(w); return NULL;
+    }
     w->running = -1;   /* sync objects exist, thread not started */
     return w;
 }
@@ -176,6 +180,7 @@ void exlog_free(exlog *w) {
     if (!w) return;
     if (w->running == 1) exlog_stop(w);
     if (w->running != 0) {
+        exlog_mutex_destroy(&w->sum_mu);
         exlog_cond_destroy(&w->done_cv);
         exlog_cond_destroy(&w->wake_cv);
         exlog_mutex_destroy(&w->mu);
@@ -185,6 +190,9 @@ void exlog_free(exlog *w) {
     free(w->events);
     free(w->fkeys);
     free(w->lost_keys);
+    free(w->sum);
+    free(w->fsum);
+    free(w->ftouched);
     free(w);
 }
 
@@ -265,6 +273,109 @@ static void record_error(exlog *w, int err) {
     exlog_store_int(&w->error_seq, exlog_load_int(&w->error_seq) + 1);
 }
 
+/* ---- run summary ---------------------------------------------------------- */
+/* The writer sees every row: it keeps per key id what a full decode would find,
+ * so listing never has to decode (docs/format.md, summary.json). Rows are staged
+ * per frame and merged only when their frame reached the file, so a failed write
+ * (disk full) leaves the summary equal to what the file holds. */
+
+void exlog_set_fsync(exlog *w, int64_t ms) { w->fsync_ms = ms > 0 ? ms : 0; }
+
+/* Grow *arr (entries of size sz, zero-filled) to hold index id; 0 or ENOMEM. */
+static int sum_grow(void **arr, size_t *cap, size_t sz, uint64_t id) {
+    size_t c = *cap ? *cap : 16;
+    unsigned char *a;
+    if (id < *cap) return 0;
+    if (id >= ((uint64_t)1 << 26)) return ENOMEM;   /* 64 M keys: not a real run */
+    while (c <= id) c *= 2;
+    a = (unsigned char *)realloc(*arr, c * sz);
+    if (!a) return ENOMEM;
+    memset(a + *cap * sz, 0, (c - *cap) * sz);
+    *arr = a;
+    *cap = c;
+    return 0;
+}
+
+static void sum_stage(exlog *w, uint32_t id, int64_t step, int64_t t_us, double v) {
+    exlog_keysum *e;
+    if (w->stage_broken) return;
+    if (id >= w->fsum_cap) {
+        void *t = w->ftouched;
+        if (sum_grow((void **)&w->fsum, &w->fsum_cap, sizeof(exlog_keysum), id)) {
+            w->stage_broken = 1;
+            return;
+        }
+        t = realloc(t, w->fsum_cap * sizeof(uint32_t));
+        if (!t) { w->stage_broken = 1; return; }
+        w->ftouched = (uint32_t *)t;
+    }
+    e = &w->fsum[id];
+    if (!e->count) {
+        w->ftouched[w->ntouched++] = id;
+        e->first_step = step;
+    }
+    e->count += 1;
+    if (v != v) {
+        e->nans += 1;
+    } else if (e->count - e->nans == 1) {
+        e->min = e->max = v;
+    } else {
+        if (v < e->min) e->min = v;
+        if (v > e->max) e->max = v;
+    }
+    e->last_step = step;
+    e->last_t_us = t_us;
+    e->last = v;
+}
+
+/* The staged frame is on disk (ok) or dropped: merge it, or forget it. */
+static void sum_settle(exlog *w, int ok) {
+    size_t i;
+    exlog_mutex_lock(&w->sum_mu);
+    if (w->stage_broken) w->sum_broken = 1;     /* published under the lock */
+    for (i = 0; i < w->ntouched; i++) {
+        uint32_t id = w->ftouched[i];
+        exlog_keysum *s = &w->fsum[id], *m;
+        if (ok && !w->sum_broken &&
+            sum_grow((void **)&w->sum, &w->sum_cap, sizeof(exlog_keysum), id) == 0) {
+            m = &w->sum[id];
+            if (s->count > s->nans) {
+                if (m->count == m->nans) { m->min = s->min; m->max = s->max; }
+                else {
+                    if (s->min < m->min) m->min = s->min;
+                    if (s->max > m->max) m->max = s->max;
+                }
+            }
+            if (!m->count) m->first_step = s->first_step;
+            m->count += s->count;
+            m->nans += s->nans;
+            m->last_step = s->last_step;
+            m->last_t_us = s->last_t_us;
+            m->last = s->last;
+        } else if (ok) {
+            w->sum_broken = 1;
+        }
+        memset(s, 0, sizeof *s);
+    }
+    w->ntouched = 0;
+    if (ok) w->sum_bytes = w->metrics_good;
+    exlog_mutex_unlock(&w->sum_mu);
+}
+
+int64_t exlog_summary_copy(exlog *w, exlog_keysum *out, uint64_t cap, uint64_t *bytes) {
+    int64_t n;
+    exlog_mutex_lock(&w->sum_mu);
+    if (w->sum_broken) {
+        n = -1;
+    } else {
+        n = (int64_t)w->sum_cap;
+        if (out && cap) memcpy(out, w->sum, (size_t)(cap < w->sum_cap ? cap : w->sum_cap) * sizeof *out);
+        *bytes = w->sum_bytes;
+    }
+    exlog_mutex_unlock(&w->sum_mu);
+    return n;
+}
+
 /* ---- encoding ------------------------------------------------------------- */
 /* What the previous row of the current frame was; all zero at a frame start. */
 typedef struct {
@@ -288,6 +399,7 @@ static void encode_row(exlog *w, const exlog_rec *r, delta_state *ds) {
         if (!same) k += put_varint(p + k, ids[i]);
         put_f64(p + k, vals[i]);
         k += 8;
+        sum_stage(w, ids[i], r->step, t_us, vals[i]);
     }
     ds->step = r->step;
     ds->t_us = t_us;
@@ -365,6 +477,8 @@ static void emit(exlog *w) {
         if (err && w->fkeys_len &&
             buf_append(&w->lost_keys, &w->lost_len, &w->lost_cap, w->fkeys, w->fkeys_len))
             record_error(w, ENOMEM);
+        sum_settle(w, !err);
+        if (!err) w->sync_dirty = 1;
         w->fkeys_len = 0;
         exlog_mutex_lock(&w->mu);
         if (err) {
@@ -385,6 +499,7 @@ static void emit(exlog *w) {
         if (err) w->stats.events_dropped += w->frame_events;
         else w->stats.events_written += w->frame_events;
         exlog_mutex_unlock(&w->mu);
+        if (!err) w->sync_dirty = 1;
         if (err) record_error(w, err);
         w->events_len = 0;
         w->frame_events = 0;
@@ -483,10 +598,28 @@ static void drain_checked(exlog *w) {
     }
 }
 
+/* fsync_interval: make what was written survive a power loss, at most every
+ * fsync_ms. Only this thread waits for the disk; producers keep appending to
+ * the ring (they wait only if it fills, as for any slow write). */
+static int sync_due(exlog *w) {
+    return w->fsync_ms && w->sync_dirty && exlog_mono_ms() - w->last_sync_ms >= w->fsync_ms;
+}
+
+static void sync_on_cadence(exlog *w) {
+    int err;
+    if (!sync_due(w)) return;
+    w->sync_dirty = 0;
+    err = sync_fd(w, w->fd_metrics);
+    if (!err) err = sync_fd(w, w->fd_events);
+    if (err) record_error(w, err);
+    w->last_sync_ms = exlog_mono_ms();
+}
+
 static void writer_main(void *arg) {
     exlog *w = (exlog *)arg;
     int stopping = 0;
     w->last_io_ms = exlog_mono_ms();
+    w->last_sync_ms = w->last_io_ms;
     while (!stopping) {
         exlog_mutex_lock(&w->mu);
         if (!w->kicked && !w->stopping) exlog_cond_wait_ms(&w->wake_cv, &w->mu, w->flush_ms);
@@ -498,6 +631,9 @@ static void writer_main(void *arg) {
             continue;                       /* test hook: a stalled writer */
         } else if (exlog_load_u64(&w->head) != w->tail) {
             drain_checked(w);
+            sync_on_cadence(w);
+        } else if (sync_due(w)) {
+            sync_on_cadence(w);
         } else if (exlog_mono_ms() - w->last_io_ms >= w->heartbeat_ms) {
             /* idle: move the metrics file's mtime so readers see we are alive */
             if (EXLOG_TOUCH(w->fd_metrics) != 0) { /* a heartbeat is best effort */ }
@@ -529,6 +665,7 @@ int exlog_start(exlog *w, int fd_metrics, uint64_t metrics_size, int fd_events,
     w->fd_events = fd_events;
     w->metrics_good = metrics_size;
     w->events_good = events_size;
+    w->sum_bytes = metrics_size;
     exlog_mutex_lock(&w->mu);
     if (exlog_thread_start(&w->thread, writer_main, w) != 0) {
         exlog_mutex_unlock(&w->mu);

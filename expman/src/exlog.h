@@ -73,6 +73,13 @@ typedef struct {
     int last_errno;
 } exlog_stats;
 
+/* Per key id: what the rows on disk hold (the run summary, docs/format.md). */
+typedef struct {
+    uint64_t count, nans;
+    int64_t first_step, last_step, last_t_us;
+    double last, min, max;      /* min/max over non-NaN values; valid if count > nans */
+} exlog_keysum;
+
 typedef struct exlog {
     /* ring: producer writes at head, writer reads at tail; both only grow */
     unsigned char *ring;
@@ -114,6 +121,20 @@ typedef struct exlog {
     int fault_errno;
     volatile int paused;        /* test-only: the writer drains nothing while set */
     int unlinked;               /* writer: the metrics file was deleted under us */
+
+    /* run summary: rows of the frame being built are staged in fsum and merged
+     * into sum only once their frame is on disk (sum_mu; never the producer's) */
+    exlog_keysum *sum, *fsum;
+    uint32_t *ftouched;         /* ids staged in the current frame */
+    size_t sum_cap, fsum_cap, ntouched;
+    uint64_t sum_bytes;         /* metrics.bin size the summary covers */
+    int sum_broken;             /* an allocation failed: no summary (sum_mu) */
+    int stage_broken;           /* writer-private: staging failed, publish at settle */
+    exlog_mutex sum_mu;
+
+    /* fsync cadence (0: only at stop) */
+    int64_t fsync_ms, last_sync_ms;
+    int sync_dirty;
 } exlog;
 
 /* Lifecycle. exlog_new returns NULL on allocation failure or when capacity is
@@ -140,6 +161,12 @@ void exlog_get_stats(exlog *w, exlog_stats *out);
  * with err (ENOSPC / EIO when 0). */
 void exlog_test_pause(exlog *w, int paused);
 void exlog_test_fault(exlog *w, uint64_t write_every, uint64_t fsync_every, int err);
+
+/* Before exlog_start: fsync both files every ms milliseconds while data arrives. */
+void exlog_set_fsync(exlog *w, int64_t ms);
+/* Copy up to cap entries of the summary (index = key id) and the metrics size
+ * they cover. Returns the number of ids known, or -1 if the summary is broken. */
+int64_t exlog_summary_copy(exlog *w, exlog_keysum *out, uint64_t cap, uint64_t *bytes);
 
 uint32_t exlog_crc32(uint32_t crc, const unsigned char *p, size_t n);
 /* crc32(A + B) from crc32(A), crc32(B) and len(B), in O(log len(B)): lets a
