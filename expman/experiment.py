@@ -91,6 +91,11 @@ class Experiment(_core.Core):
         self._muted = False
         self._sampler: Any = None
         self._capture = None
+        self._summary_base: dict[str, Any] = {}     # metrics already in the file at a resume
+        self._summary_lock = threading.Lock()
+        self._summary_stop = threading.Event()
+        self._summary_thread: threading.Thread | None = None
+        self._summary_bytes = -1
         from expman import sysmetrics       # on first use: `import expman` stays lean
         sysmetrics.interval_from_option(system_metrics)     # a bad value fails before any I/O
         described: dict[str, Any] = {runmeta.TAGS: runmeta.check_tags(tags),
@@ -159,11 +164,6 @@ class Experiment(_core.Core):
         self._params: dict[str, Any] = {}
         self._copier = ArtifactCopier(self._emit_from_thread)
         self._env_thread: threading.Thread | None = None
-        self._summary_base: dict[str, Any] = {}     # metrics already in the file at a resume
-        self._summary_lock = threading.Lock()
-        self._summary_stop = threading.Event()
-        self._summary_thread: threading.Thread | None = None
-        self._summary_bytes = -1
         try:
             # one writer per stream: locked before anything is read, cut or appended
             self._lock = runlock.acquire(self._run_dir, self._rank)

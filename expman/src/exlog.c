@@ -369,7 +369,7 @@ int64_t exlog_summary_copy(exlog *w, exlog_keysum *out, uint64_t cap, uint64_t *
         n = -1;
     } else {
         n = (int64_t)w->sum_cap;
-        if (out && cap) memcpy(out, w->sum, (size_t)(cap < w->sum_cap ? cap : w->sum_cap) * sizeof *out);
+        if (out && cap && w->sum_cap) memcpy(out, w->sum, (size_t)(cap < w->sum_cap ? cap : w->sum_cap) * sizeof *out);
         *bytes = w->sum_bytes;
     }
     exlog_mutex_unlock(&w->sum_mu);
