@@ -45,9 +45,11 @@ def plant(make_run, data: bytes) -> Path:
 
 def run_isolated(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Python in a child: a crash or a hang fails this test, not the whole suite."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    # the expman under test (installed or in place) first, never the source tree by accident
+    pkg_root = str(Path(expman.__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([pkg_root, str(ROOT / "tests")]))
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=ROOT)
+                          text=True, timeout=timeout, env=env, cwd=ROOT / "tests")
 
 
 # ---- item 1: key id 0xFFFFFFFF ---------------------------------------------------------------

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from conftest import make_crashed_run
 
 def cli(*args: str) -> tuple[int, str, str]:
     proc = subprocess.run([sys.executable, "-m", "expman", *map(str, args)],
-                          capture_output=True, text=True, timeout=120,
+                          capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir(),
                           env={**os.environ, "PYTHONPATH": str(Path(expman.__file__).parent.parent)})
     return proc.returncode, proc.stdout, proc.stderr
 

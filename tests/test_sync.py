@@ -136,7 +136,7 @@ def test_live_run_sync_killed_midway_then_resumed_is_an_exact_copy(bucket, tmp_p
     stop, art = tmp_path / "stop", tmp_path / "config.yaml"
     art.write_text("lr: 0.1\n")
     writer = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(base), str(stop), str(art)],
-                              env=child_env())
+                              env=child_env(), cwd=tmp_path)
     try:
         metrics = base / "live" / "r1" / "metrics.bin"
         wait_for(lambda: metrics.exists() and metrics.stat().st_size > 4096, what="live data")
@@ -144,7 +144,7 @@ def test_live_run_sync_killed_midway_then_resumed_is_an_exact_copy(bucket, tmp_p
         # 1. a sync killed with SIGKILL in the middle of its uploads
         marker = tmp_path / "uploading"
         killed = subprocess.Popen([sys.executable, "-c", KILLABLE_SYNC, str(base), url,
-                                   str(marker)], env=child_env())
+                                   str(marker)], env=child_env(), cwd=tmp_path)
         wait_for(lambda: marker.exists() or killed.poll() is not None, what="first uploads")
         killed.send_signal(signal.SIGKILL)
         assert killed.wait(30) == -signal.SIGKILL, "the sync ended before it could be killed"
