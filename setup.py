@@ -69,7 +69,7 @@ core = Extension(
     sources=["expman/_core.pyx", "expman/src/exlog.c"],
     include_dirs=["expman"],
     depends=["expman/src/exlog.h", "expman/src/exlog_port.h", "expman/_exlog.pxd",
-             "expman/_decode.pxi"],
+             "expman/_decode.pxi", "expman/_decimate.pxi"],
     extra_compile_args=cflags,
     define_macros=[("CYTHON_TRACE", "0")],
 )
