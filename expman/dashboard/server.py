@@ -44,6 +44,8 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 ]
+# an artifact is shown alone (Chromium's image viewer styles itself inline); it runs nothing
+ARTIFACT_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
 INLINE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp")
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
@@ -328,7 +330,15 @@ async def api_artifact(request: Request) -> Response:
         return Response(data, media_type="text/plain; charset=utf-8")
     disposition = "inline" if ctype in INLINE_TYPES else "attachment"
     return FileResponse(f, media_type=ctype, filename=f.name,
-                        content_disposition_type=disposition)
+                        content_disposition_type=disposition,
+                        headers={"content-security-policy": ARTIFACT_CSP})
+
+
+async def favicon(request: Request) -> Response:
+    icon = STATIC_DIR / "favicon.svg"
+    if not icon.is_file():
+        raise _not_found("favicon")
+    return FileResponse(icon, media_type="image/svg+xml")
 
 
 # ---- live stream ----------------------------------------------------------------------------
@@ -460,7 +470,9 @@ class Guard:
 
         async def send_with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS + (
+                have = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [
+                    h for h in SECURITY_HEADERS if h[0] not in have] + (
                     [(b"set-cookie", set_cookie)] if set_cookie else [])
             await send(message)
 
@@ -488,6 +500,7 @@ def create_app(base_dir: str | os.PathLike[str] | None = None, token: str | None
     base = layout.base_dir(base_dir)
     routes = [
         Route("/", index),
+        Route("/favicon.ico", favicon),
         Route("/api/runs", api_runs),
         Route("/api/rows", api_live_rows),
         Route("/api/stream", api_stream),
