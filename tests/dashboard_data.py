@@ -72,3 +72,14 @@ def hostile_run(base: Path) -> Path:
     meta["run_name"] = XSS_SCRIPT                               # and so can a crafted run.json
     (target / layout.RUN_FILE).write_text(json.dumps(meta))
     return target
+
+
+def failed_run(base: Path) -> Path:
+    """A run that ended in an exception: its exit info names the type, message and place."""
+    try:
+        with expman.Experiment("demo", "failed", base_dir=base, capture_env=False) as exp:
+            exp.log_metrics({"train_loss": 3.0}, step=0)
+            raise ZeroDivisionError("loss exploded")
+    except ZeroDivisionError:
+        pass
+    return exp.run_dir

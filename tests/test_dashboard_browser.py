@@ -23,7 +23,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("numpy")
 
 from dashboard_data import (  # noqa: E402
-    CHROMIUM, CHROMIUM_ARGS, XSS_IMG, XSS_SCRIPT, demo_run, hostile_run, png_bytes,
+    CHROMIUM, CHROMIUM_ARGS, XSS_IMG, XSS_SCRIPT, demo_run, failed_run, hostile_run, png_bytes,
 )
 
 if not os.path.exists(CHROMIUM):
@@ -50,6 +50,7 @@ def site(tmp_path_factory: pytest.TempPathFactory):
     demo_run(base, "run-a", 0.01, seed=1)
     demo_run(base, "run-b", 0.03, seed=2, artifacts=False)
     hostile_run(base)
+    failed_run(base)
     with running_server(base) as url:
         yield {"url": url, "base": base}
 
@@ -133,8 +134,13 @@ def select(page: Any, *run_ids: str) -> None:
 def test_runs_view_lists_runs_with_distinct_statuses_and_filters(page: Any, site: Any) -> None:
     page.goto(site["url"])
     row(page, "demo/run-a").wait_for()
-    assert page.locator("#runs tbody tr[data-id]").count() == 3
+    assert page.locator("#runs tbody tr[data-id]").count() == 4
     assert row(page, "demo/run-a").locator(".status").inner_text() == "FINISHED"
+    badge = row(page, "demo/failed").locator(".status")
+    assert badge.inner_text() == "FAILED"
+    colors = {b.evaluate("e => getComputedStyle(e).backgroundColor")
+              for b in (badge, row(page, "demo/run-a").locator(".status"))}
+    assert len(colors) == 2, "each status looks different"
     headers = page.locator("#runs thead th").all_inner_texts()
     assert "learning_rate" in headers and "optimizer.momentum" in headers and "train_loss" in headers
     page.fill("#expr-filter", "learning_rate < 0.02")
@@ -148,6 +154,8 @@ def test_runs_view_lists_runs_with_distinct_statuses_and_filters(page: Any, site
     page.fill("#text-filter", "")
     page.select_option("#status-filter", "RUNNING")
     until(lambda: rows_shown(page) == 0)
+    page.select_option("#status-filter", "FAILED")
+    until(lambda: rows_shown(page) == 1)
     page.select_option("#status-filter", "")
     page.locator('#runs th[data-key="p:learning_rate"]').click()      # sort ascending
     ids = page.locator("#runs tr[data-id]").evaluate_all("rs => rs.map(r => r.dataset.id)")
@@ -207,6 +215,7 @@ def test_run_page_and_image_artifact(page: Any, site: Any) -> None:
     assert any("Starting training loop" in m for m in msgs)
     assert any("warning" in m and "learning rate may be too high" in m for m in msgs)
     assert "intact" in page.locator("#integrity").inner_text()
+    assert page.locator("#exit-summary").inner_text() == "closed cleanly"
     assert page.locator('#env tr[data-key="python_version"]').count() == 1
     img = page.locator("img.artifact-image")
     img.wait_for()
@@ -219,6 +228,15 @@ def test_run_page_and_image_artifact(page: Any, site: Any) -> None:
     assert resp.status == 200 and resp.headers["content-type"] == "image/png"
     assert "attachment" not in resp.headers.get("content-disposition", "")
     assert resp.body() == png_bytes()
+    page.watch.check()
+
+
+def test_failed_run_page_shows_the_exception(page: Any, site: Any) -> None:
+    page.goto(site["url"] + "#/run/demo/failed")
+    summary = page.locator("#exit-summary")
+    summary.wait_for()
+    text = summary.inner_text()
+    assert text.startswith("ZeroDivisionError: loss exploded at ") and "dashboard_data.py:" in text
     page.watch.check()
 
 

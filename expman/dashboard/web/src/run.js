@@ -31,6 +31,30 @@ function section(title, ...body) {
   return el("section", { class: "panel" }, el("h2", { text: title }), ...body);
 }
 
+function exitSummary(status, exit) {
+  if (status === "RUNNING") return "running";
+  if (status === "CRASHED") return "the process died without a word (no final status was written)";
+  if (!exit) return status === "FINISHED" ? "closed cleanly" : status;
+  const parts = [];
+  if (exit.type) parts.push(`${exit.type}: ${exit.message ?? ""}` + (exit.location ? ` at ${exit.location}` : ""));
+  if (exit.code !== undefined && exit.code !== null) parts.push(`exit code ${exit.code}`);
+  if (exit.signal) parts.push(`signal ${exit.signal}`);
+  return parts.join(", ") || String(exit.reason || status);
+}
+
+// The environment without its package list, then the packages folded away.
+function environment(env) {
+  const { packages, ...rest } = env;
+  const out = [searchable(rest, "env", "search environment")];
+  if (packages && typeof packages === "object") {
+    const n = Array.isArray(packages) ? packages.length : Object.keys(packages).length;
+    out.push(el("details", { id: "packages" }, el("summary", { text: `${n} packages` }),
+      searchable(Array.isArray(packages) ? Object.fromEntries(packages.map((p, i) => [String(i), p])) : packages,
+        "packages-table", "search packages")));
+  }
+  return out;
+}
+
 export async function showRun(root, id) {
   clear(root).append(el("p", { text: `loading ${id}…` }));
   let run;
@@ -47,7 +71,8 @@ export async function showRun(root, id) {
     el("span", { class: `status status-${run.status}`, text: run.status }),
     el("span", { class: "muted", text: ` started ${fmtTime(meta.start_time)}` +
       (typeof meta.duration === "number" ? `, ran ${fmtDuration(meta.duration)}` : "") }));
-  const exitBox = exit ? section("Exit", kvTable(exit, "exit")) : null;
+  const exitBox = section("Status and exit", el("p", { id: "exit-summary", text: exitSummary(run.status, exit) }),
+    exit && typeof exit === "object" ? kvTable(exit, "exit") : "");
 
   const metricRows = Object.entries(run.metrics).map(([name, m]) => el("tr", {},
     el("td", { text: name }), el("td", { class: "num", text: String(m.count) }),
@@ -89,7 +114,7 @@ export async function showRun(root, id) {
     section("Params", searchable(run.params, "params", "search params")),
     section("Messages", messages),
     section("Artifacts", arts, previews),
-    section("Environment", searchable(meta.env || {}, "env", "search environment")),
+    section("Environment", ...environment(meta.env || {})),
     section("Integrity", integrity));
   const panel = new ChartPanel(chartsRoot);
   panel.setRuns([id], Object.keys(run.metrics));
