@@ -15,17 +15,30 @@ cdef int _cmp_index(const void *a, const void *b) noexcept nogil:
     return (x > y) - (x < y)
 
 
-cdef Py_ssize_t _decimate_into(const double[:] x, const double[:] y, Py_ssize_t pixels,
+cdef inline void _merge(Py_ssize_t *buckets, Py_ssize_t pixels, Py_ssize_t b, Py_ssize_t first,
+                        Py_ssize_t last, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t nan,
+                        const double *y) noexcept nogil:
+    """Fold one run of points of bucket b into its slots (first, last, min, max, nan).
+    Runs come in index order, so the first run's first and the last run's last win."""
+    cdef Py_ssize_t *slot = buckets + b
+    if slot[0] < 0:
+        slot[0] = first
+    slot[pixels] = last
+    if lo >= 0 and (slot[2 * pixels] < 0 or y[lo] < y[slot[2 * pixels]]):
+        slot[2 * pixels] = lo
+    if hi >= 0 and (slot[3 * pixels] < 0 or y[hi] > y[slot[3 * pixels]]):
+        slot[3 * pixels] = hi
+    if nan >= 0 and slot[4 * pixels] < 0:
+        slot[4 * pixels] = nan
+
+
+cdef Py_ssize_t _decimate_into(const double[::1] x, const double[::1] y, Py_ssize_t pixels,
                                Py_ssize_t *buckets, Py_ssize_t *out) noexcept nogil:
     """Fill out with the kept indices, sorted and unique; returns how many.
     buckets holds 5 * pixels slots (first, last, min, max, nan), out 5 * pixels + 2."""
-    cdef Py_ssize_t n = x.shape[0], i, b, k = 0, j
-    cdef Py_ssize_t *first = buckets
-    cdef Py_ssize_t *last = buckets + pixels
-    cdef Py_ssize_t *lo = buckets + 2 * pixels
-    cdef Py_ssize_t *hi = buckets + 3 * pixels
-    cdef Py_ssize_t *nan = buckets + 4 * pixels
-    cdef double xmin = 0.0, xmax = 0.0, scale, v, xi
+    cdef Py_ssize_t n = x.shape[0], i, b = 0, k = 0, j, cur
+    cdef Py_ssize_t c_first = -1, c_last = -1, c_lo = -1, c_hi = -1, c_nan = -1
+    cdef double xmin = 0.0, xmax = 0.0, scale, v, xi, lo_v = 0.0, hi_v = 0.0
     cdef bint seen = False
     for i in range(5 * pixels):
         buckets[i] = -1
@@ -38,28 +51,40 @@ cdef Py_ssize_t _decimate_into(const double[:] x, const double[:] y, Py_ssize_t 
                 xmax = xi
             seen = True
     scale = pixels / (xmax - xmin) if xmax > xmin else 0.0
-    for i in range(n):
-        xi = x[i]
-        if xi == xi and xi - xi == 0.0:
-            b = <Py_ssize_t>((xi - xmin) * scale)
-            if b >= pixels:
-                b = pixels - 1
-            elif b < 0:
+    # Points of one bucket usually come in a row (x sorted): keep the bucket being
+    # filled in locals and merge it into the arrays when the bucket changes.
+    cur = -1
+    for i in range(n + 1):
+        if i < n:
+            xi = x[i]
+            if xi == xi and xi - xi == 0.0:
+                b = <Py_ssize_t>((xi - xmin) * scale)
+                if b >= pixels:
+                    b = pixels - 1
+                elif b < 0:
+                    b = 0
+            else:
                 b = 0
-        else:
-            b = 0
-        if first[b] < 0:
-            first[b] = i
-        last[b] = i
+        if i == n or b != cur:
+            if cur >= 0:
+                _merge(buckets, pixels, cur, c_first, c_last, c_lo, c_hi, c_nan, &y[0])
+            if i == n:
+                break
+            cur = b
+            c_first = i
+            c_lo = c_hi = c_nan = -1
+        c_last = i
         v = y[i]
         if v != v:
-            if nan[b] < 0:
-                nan[b] = i
-            continue
-        if lo[b] < 0 or v < y[lo[b]]:
-            lo[b] = i
-        if hi[b] < 0 or v > y[hi[b]]:
-            hi[b] = i
+            if c_nan < 0:
+                c_nan = i
+        else:
+            if c_lo < 0 or v < lo_v:
+                c_lo = i
+                lo_v = v
+            if c_hi < 0 or v > hi_v:
+                c_hi = i
+                hi_v = v
     out[k] = 0
     out[k + 1] = n - 1
     k = 2
@@ -76,7 +101,7 @@ cdef Py_ssize_t _decimate_into(const double[:] x, const double[:] y, Py_ssize_t 
     return j
 
 
-def decimate_minmax(const double[:] x not None, const double[:] y not None, Py_ssize_t pixels):
+def decimate_minmax(const double[::1] x not None, const double[::1] y not None, Py_ssize_t pixels):
     """Indices (an ``array('q')``, ascending) of the points to draw for a chart
     ``pixels`` wide: per x-bucket first, last, min, max and a NaN; every index
     when there are at most 4 points per pixel. x need not be sorted."""

@@ -30,8 +30,8 @@ def window(x: Any, y: Any, pixels: int, lo: float | None = None,
     """The points of (x, y) with lo <= x <= hi (plus the one just outside each
     end, so a zoomed line reaches the edges), decimated for ``pixels``."""
     import numpy as np
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
     if lo is not None or hi is not None:
         lo_v = -np.inf if lo is None else lo
         hi_v = np.inf if hi is None else hi
@@ -42,6 +42,7 @@ def window(x: Any, y: Any, pixels: int, lo: float | None = None,
         else:
             keep = (x >= lo_v) & (x <= hi_v)
             x, y = x[keep], y[keep]
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)     # a mask or slice may copy
     total = len(x)
     idx = np.frombuffer(_core.decimate_minmax(x, y, pixels), dtype=np.int64)
     if len(idx) == total:
