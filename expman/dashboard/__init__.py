@@ -70,7 +70,7 @@ def url_for(host: str, port: int, token: str | None) -> str:
 def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1",
           port: int = 8000, open_browser: bool = True, token: str | bool | None = None, *,
           out: TextIO | None = None, ready: threading.Event | None = None,
-          server_box: list[Any] | None = None) -> None:
+          server_box: list[Any] | None = None, warm: bool = True) -> None:
     """Serve the dashboard until interrupted. The first line on ``out`` (stdout) is
     ``expman dashboard: URL``. A non-loopback ``host`` gets a random token unless
     ``token=False``."""
@@ -93,11 +93,20 @@ def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1
         threading.Timer(0.5, webbrowser.open, (url.replace("0.0.0.0", "127.0.0.1"),)).start()
     if ready is not None:
         threading.Thread(target=_signal_ready, args=(server, ready), daemon=True).start()
+    if warm:       # list the runs once now, so the first page load finds the list decoded
+        threading.Thread(target=_warm, args=(app.dashboard,), daemon=True).start()
     try:
         server.run(sockets=[sock])
     finally:
         app.dashboard.stopping.set()
         sock.close()
+
+
+def _warm(dashboard: Any) -> None:
+    try:
+        dashboard.rows()
+    except Exception:          # a listing error shows on the page's own request
+        pass
 
 
 def _signal_ready(server: Any, ready: threading.Event) -> None:

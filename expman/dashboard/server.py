@@ -417,18 +417,6 @@ async def api_stream(request: Request) -> Response:
                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
-async def api_live_rows(request: Request) -> Response:
-    """Rows of the named runs, read through the cache (the runs view refreshes live
-    rows with it)."""
-    d = _dash(request)
-    rows = []
-    for rid in request.query_params.getlist("run"):
-        exp, _, name = rid.partition("/")
-        run = await anyio.to_thread.run_sync(d.cached, exp, name)
-        rows.append(d.live_row(run))
-    return JSON({"runs": rows})
-
-
 # ---- middleware -----------------------------------------------------------------------------
 
 
@@ -502,7 +490,6 @@ def create_app(base_dir: str | os.PathLike[str] | None = None, token: str | None
         Route("/", index),
         Route("/favicon.ico", favicon),
         Route("/api/runs", api_runs),
-        Route("/api/rows", api_live_rows),
         Route("/api/stream", api_stream),
         Route("/api/runs/{exp}/{run}", api_run),
         Route("/api/runs/{exp}/{run}/series", api_series),

@@ -23,7 +23,8 @@ def running_server(base_dir: str | os.PathLike[str], host: str = "127.0.0.1",
 
     def target() -> None:
         try:
-            serve(base_dir, host, 0, False, token, out=out, ready=ready, server_box=box)
+            serve(base_dir, host, 0, False, token, out=out, ready=ready, server_box=box,
+                  warm=False)
         except BaseException as e:     # surfaced to the caller below
             errors.append(e)
             ready.set()

@@ -9,6 +9,7 @@ import { el, clear, getJSON, runUrl, runColor, fmtNum } from "./dom.js";
 import { emaDebiased } from "./ema.js";
 
 const HEIGHT = 240;
+const LIVE_REDRAW_MS = 250;   // a live chart redraws at most this often (20 charts stay cheap)
 const X_LABEL = { step: "step", rel: "relative time (s)", time: "wall time" };
 
 export class ChartPanel {
@@ -152,8 +153,12 @@ class Chart {
     }
     if (d.x.length > 8 * this.width) { this.load(run); return; }   // decimate again
     this.dirty = true;
-    if (this.visible && !this.frame) {
-      this.frame = requestAnimationFrame(() => { this.frame = null; this.render(); });
+    if (this.visible && !this.timer) {
+      const wait = Math.max(0, LIVE_REDRAW_MS - (performance.now() - (this.drawnAt || 0)));
+      this.timer = setTimeout(() => requestAnimationFrame(() => {
+        this.timer = null;
+        if (this.dirty && this.visible) this.render();
+      }), wait);
     }
   }
 
@@ -164,6 +169,7 @@ class Chart {
 
   render(fresh = false) {
     this.dirty = false;
+    this.drawnAt = performance.now();
     const opts = this.panel.opts;
     const ids = this.panel.runs.filter((id) => this.data.has(id));
     const tables = ids.map((id) => sortedTable(this.data.get(id), opts.log));

@@ -158,10 +158,12 @@ function prepare(r) {
   return r;
 }
 
+const collator = new Intl.Collator(undefined, { numeric: true });
+
 function cmp(a, b) {
   if (a === b) return 0;
   if (a === undefined || a === null) return 1;
   if (b === undefined || b === null) return -1;
   if (typeof a === "number" && typeof b === "number") return a - b;
-  return String(a).localeCompare(String(b), undefined, { numeric: true });
+  return collator.compare(String(a), String(b));
 }
