@@ -201,6 +201,13 @@ def bench_live(pw: Any, base: Path, charts: int, results: dict[str, Any]) -> Non
         time.sleep(10.0)
         t1, c1 = time.perf_counter(), task_s()
         lat = sorted(page.evaluate("window.__lat"))
+        stop.touch()                      # the same page once the run has ended: the baseline
+        proc.wait(timeout=30)
+        time.sleep(2.0)
+        t2, c2 = time.perf_counter(), task_s()
+        time.sleep(5.0)
+        t3, c3 = time.perf_counter(), task_s()
+        results["live_browser_cpu_after_end_pct"] = 100 * (c3 - c2) / (t3 - t2)
         results.update(live_charts=charts, live_browser_cpu_pct=100 * (c1 - c0) / (t1 - t0),
                        live_latency_median_ms=1000 * lat[len(lat) // 2],
                        live_latency_p95_ms=1000 * lat[int(len(lat) * 0.95)], live_points=len(lat),

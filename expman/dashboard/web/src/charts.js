@@ -9,7 +9,7 @@ import { el, clear, getJSON, runUrl, runColor, fmtNum } from "./dom.js";
 import { emaDebiased } from "./ema.js";
 
 const HEIGHT = 240;
-const LIVE_REDRAW_MS = 250;   // a live chart redraws at most this often (20 charts stay cheap)
+const LIVE_REDRAW_MS = 500;   // a live chart redraws at most this often (20 charts stay cheap)
 const X_LABEL = { step: "step", rel: "relative time (s)", time: "wall time" };
 
 export class ChartPanel {
