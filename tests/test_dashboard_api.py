@@ -304,3 +304,36 @@ def test_cache_reads_a_live_run_incrementally_and_is_bounded(tmp_path: Path) -> 
     for name in ("x", "y", "z"):
         cache.get(tmp_path / "c" / name)
     assert len(cache) == 1 and cache.nbytes <= 400_000
+
+
+def test_a_run_that_dies_is_streamed_as_crashed(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    code = ("import sys, time, expman\n"
+            "exp = expman.Experiment('live', 'doomed', base_dir=sys.argv[1], capture_env=False)\n"
+            "exp.log_metrics({'loss': 1.0}, step=0); exp.flush()\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(120)\n")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        with running_server(tmp_path) as url:
+            host, port = urllib.parse.urlsplit(url).netloc.split(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            conn.request("GET", "/api/stream?run=live/doomed")
+            resp = conn.getresponse()
+            read_events(resp, lambda ev: len(ev) >= 1)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            evs = read_events(resp, lambda ev: any(n == "status" for n, _ in ev))
+            assert ("status", {"run": "live/doomed", "status": "CRASHED"}) in evs
+            conn.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
