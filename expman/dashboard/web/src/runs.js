@@ -54,10 +54,22 @@ export class RunsTable {
     this.draw();
   }
 
-  // rows from the live stream: new runs and live rows' new values
+  // rows from the live stream: new runs and live rows' new values. A known row whose
+  // columns exist already is replaced in place (a live run updates every second;
+  // redrawing 500 rows each time would not be cheap).
   update(rows) {
-    for (const r of rows) this.rows.set(r.id, prepare(r));
-    this.draw();
+    let full = false;
+    for (const r of rows) {
+      const known = this.rows.has(r.id);
+      this.rows.set(r.id, prepare(r));
+      const keys = new Set((this.cols || []).map((c) => c.key));
+      const fits = Object.keys(r.flatParams).every((k) => keys.has(`p:${k}`)) &&
+        Object.keys(r.last_metrics).every((k) => keys.has(`m:${k}`));
+      const tr = [...this.table.querySelectorAll("tr[data-id]")].find((x) => x.dataset.id === r.id);
+      if (known && fits && tr) tr.replaceWith(this.rowEl(r, this.cols));
+      else full = true;
+    }
+    if (full) this.draw();
   }
 
   visible() {
@@ -98,6 +110,7 @@ export class RunsTable {
   draw() {
     const rows = this.visible();
     const cols = this.columns(rows);
+    this.cols = cols;
     this.count.textContent = `${rows.length} of ${this.rows.size} runs`;
     const head = el("tr", {}, el("th", { class: "sel" }),
       cols.map((c) => el("th", { class: c.cls, "data-key": c.key, title: `sort by ${c.label}`,
