@@ -337,3 +337,38 @@ def test_a_run_that_dies_is_streamed_as_crashed(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+def _python(*args: str, **kw: Any) -> Any:
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_importing_expman_or_the_dashboard_package_loads_no_server() -> None:
+    code = ("import sys, expman, expman.dashboard\n"
+            "bad = [m for m in ('starlette', 'uvicorn', 'numpy', 'anyio') if m in sys.modules]\n"
+            "print(bad)")
+    proc = _python("-c", code)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.strip() == "[]"
+
+
+def test_python_m_expman_dashboard_serves_and_prints_the_url_first(tmp_path: Path) -> None:
+    demo_run(tmp_path, "r", 0.01, steps=5, artifacts=False)
+    proc = _python("-m", "expman.dashboard", str(tmp_path), "--port", "0", "--no-browser")
+    try:
+        first = proc.stdout.readline().strip()
+        assert first.startswith("expman dashboard: http://127.0.0.1:") and first.endswith("/")
+        url = first.split(": ", 1)[1]
+        assert [r["id"] for r in get_json(url + "api/runs")["runs"]] == ["demo/r"]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    bad = _python("-m", "expman.dashboard", str(tmp_path), "--token", "x", "--no-token")
+    _, err = bad.communicate(timeout=60)
+    assert bad.returncode == 2 and "--token and --no-token" in err
