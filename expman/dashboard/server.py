@@ -106,11 +106,18 @@ class Dashboard:
 
     # ---- rows of the runs view -------------------------------------------------------------
 
+    def listed_inside(self, path: Path) -> bool:
+        """A listed run (base/exp/run) is inside the base dir unless its experiment or
+        run folder is a symlink leading out; two lstat calls instead of a realpath."""
+        if not (path.is_symlink() or path.parent.is_symlink()):
+            return True
+        return _inside(path, self.root)
+
     def rows(self) -> list[dict[str, Any]]:
         from expman.reader import list_runs
         out = []
         for s in list_runs(self.base):
-            if not _inside(s.path, self.root):
+            if not self.listed_inside(s.path):
                 continue
             row = s.to_dict()
             row["id"] = f"{s.path.parent.name}/{s.path.name}"
@@ -148,7 +155,7 @@ class Dashboard:
 
     def run_ids(self) -> set[str]:
         return {f"{d.parent.name}/{d.name}" for d in layout.iter_run_dirs(self.base)
-                if _inside(d, self.root)}
+                if self.listed_inside(d)}
 
 
 # ---- handlers --------------------------------------------------------------------------------
