@@ -163,6 +163,9 @@ def test_artifacts_types_and_disposition(site) -> None:
 def test_events_of_a_hostile_run_come_back_verbatim(site) -> None:
     ev = get_json(site["url"] + f"api/runs/demo/{q(XSS_IMG)}/events?kind=message")["events"]
     assert [e["msg"] for e in ev] == [XSS_IMG, XSS_SCRIPT]
+    last = get_json(site["url"] + f"api/runs/demo/{q(XSS_IMG)}/events?kind=message&last=1")
+    assert last["total"] == 2 and [e["msg"] for e in last["events"]] == [XSS_SCRIPT]
+    assert get(site["url"] + f"api/runs/demo/{q(XSS_IMG)}/events?last=-1")[0] == 400
     d = get_json(site["url"] + f"api/runs/demo/{q(XSS_IMG)}")
     assert d["params"] == {"note": XSS_SCRIPT, "title": XSS_IMG}
 

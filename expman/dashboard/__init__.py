@@ -70,17 +70,22 @@ def url_for(host: str, port: int, token: str | None) -> str:
 def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1",
           port: int = 8000, open_browser: bool = True, token: str | bool | None = None, *,
           out: TextIO | None = None, ready: threading.Event | None = None,
-          server_box: list[Any] | None = None, warm: bool = True) -> None:
+          server_box: list[Any] | None = None, warm: bool = True,
+          cache_bytes: int | None = None) -> None:
     """Serve the dashboard until interrupted. The first line on ``out`` (stdout) is
     ``expman dashboard: URL``. A non-loopback ``host`` gets a random token unless
-    ``token=False``."""
+    ``token=False``. ``cache_bytes`` bounds the decoded runs kept in memory (1 GiB)."""
     import uvicorn
 
     from expman.dashboard.server import create_app
     tok = pick_token(host, token)
     sock = bind(host, port)
     actual = sock.getsockname()[1]
-    app = create_app(base_dir, tok, loopback=is_loopback(host) and not tok)
+    from expman.dashboard.cache import DEFAULT_MAX_BYTES
+    if cache_bytes is not None and cache_bytes < 0:
+        raise ExpmanValueError(f"cache_bytes must be 0 or more, got {cache_bytes}")
+    app = create_app(base_dir, tok, loopback=is_loopback(host) and not tok,
+                     max_bytes=DEFAULT_MAX_BYTES if cache_bytes is None else cache_bytes)
     url = url_for(host, actual, tok)
     print(f"expman dashboard: {url}", file=out or sys.stdout, flush=True)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1,

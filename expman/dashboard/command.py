@@ -24,6 +24,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="the token to require (default: a random one for a non-loopback host)")
     p.add_argument("--no-token", action="store_true",
                    help="serve a non-loopback host without a token (anyone who can reach it reads the runs)")
+    p.add_argument("--cache-mb", type=int, default=1024,
+                   help="memory for decoded runs, least recently used dropped first (default 1024)")
     p.set_defaults(func=run)
     return p
 
@@ -42,7 +44,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     token: str | bool | None = False if args.no_token else args.token
     try:
-        serve(args.base_dir, args.host, args.port, not args.no_browser, token)
+        if args.cache_mb < 0:
+            print(f"expman serve: --cache-mb must be 0 or more, got {args.cache_mb}", file=sys.stderr)
+            return 2
+        serve(args.base_dir, args.host, args.port, not args.no_browser, token,
+              cache_bytes=args.cache_mb << 20)
     except KeyboardInterrupt:
         return 130
     except OSError as e:

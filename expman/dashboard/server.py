@@ -313,7 +313,17 @@ async def api_events(request: Request) -> Response:
                                          request.path_params["run"])
     kind = request.query_params.get("kind")
     events = [e for e in list(run.events) if kind is None or e.get("kind") == kind]
-    return JSON({"events": events})
+    total = len(events)
+    raw = request.query_params.get("last")
+    if raw is not None:          # the newest N only: a run may hold millions of messages
+        try:
+            last = int(raw)
+        except ValueError:
+            raise HTTPException(400, f"last={raw!r} is not an integer") from None
+        if last < 0:
+            raise HTTPException(400, f"last={last}: use 0 or more")
+        events = events[total - last:] if last else []
+    return JSON({"total": total, "events": events})
 
 
 async def api_artifact(request: Request) -> Response:

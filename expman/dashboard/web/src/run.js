@@ -4,6 +4,8 @@
 import { el, clear, getJSON, runUrl, flatten, display, fmtNum, fmtTime, fmtBytes, fmtDuration } from "./dom.js";
 import { ChartPanel } from "./charts.js";
 
+const MAX_MESSAGES = 2000;      // the newest; the API pages through the rest
+
 function kvTable(obj, id) {
   const flat = flatten(obj || {});
   const rows = Object.entries(flat);
@@ -119,7 +121,10 @@ export async function showRun(root, id) {
   const panel = new ChartPanel(chartsRoot);
   panel.setRuns([id], Object.keys(run.metrics));
   try {
-    const { events } = await getJSON(`${runUrl(id)}/events?kind=message`);
+    const { events, total } = await getJSON(`${runUrl(id)}/events?kind=message&last=${MAX_MESSAGES}`);
+    if (total > events.length) {
+      messages.append(el("li", { class: "muted", text: `the last ${events.length} of ${total} messages` }));
+    }
     for (const ev of events) {
       messages.append(el("li", { class: `level-${String(ev.level || "info").replace(/\W/g, "")}` },
         el("time", { text: fmtTime(ev.time) }), el("span", { class: "level", text: String(ev.level || "info") }),
