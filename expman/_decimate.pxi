@@ -9,6 +9,10 @@ buckets, and the first and last point are always kept. Few points: all of them.
 
 from libc.stdlib cimport qsort
 
+ctypedef fused xcoord:       # steps (int64) are bucketed as they are, without a float copy
+    double
+    int64_t
+
 
 cdef int _cmp_index(const void *a, const void *b) noexcept nogil:
     cdef Py_ssize_t x = (<const Py_ssize_t *>a)[0], y = (<const Py_ssize_t *>b)[0]
@@ -32,7 +36,7 @@ cdef inline void _merge(Py_ssize_t *buckets, Py_ssize_t pixels, Py_ssize_t b, Py
         slot[4 * pixels] = nan
 
 
-cdef Py_ssize_t _decimate_into(const double[::1] x, const double[::1] y, Py_ssize_t pixels,
+cdef Py_ssize_t _decimate_into(const xcoord[::1] x, const double[::1] y, Py_ssize_t pixels,
                                Py_ssize_t *buckets, Py_ssize_t *out) noexcept nogil:
     """Fill out with the kept indices, sorted and unique; returns how many.
     buckets holds 5 * pixels slots (first, last, min, max, nan), out 5 * pixels + 2."""
@@ -43,7 +47,7 @@ cdef Py_ssize_t _decimate_into(const double[::1] x, const double[::1] y, Py_ssiz
     for i in range(5 * pixels):
         buckets[i] = -1
     for i in range(n):
-        xi = x[i]
+        xi = <double>x[i]
         if xi == xi and xi - xi == 0.0:         # finite
             if not seen or xi < xmin:
                 xmin = xi
@@ -56,7 +60,7 @@ cdef Py_ssize_t _decimate_into(const double[::1] x, const double[::1] y, Py_ssiz
     cur = -1
     for i in range(n + 1):
         if i < n:
-            xi = x[i]
+            xi = <double>x[i]
             if xi == xi and xi - xi == 0.0:
                 b = <Py_ssize_t>((xi - xmin) * scale)
                 if b >= pixels:
@@ -101,10 +105,10 @@ cdef Py_ssize_t _decimate_into(const double[::1] x, const double[::1] y, Py_ssiz
     return j
 
 
-def decimate_minmax(const double[::1] x not None, const double[::1] y not None, Py_ssize_t pixels):
+def decimate_minmax(const xcoord[::1] x not None, const double[::1] y not None, Py_ssize_t pixels):
     """Indices (an ``array('q')``, ascending) of the points to draw for a chart
     ``pixels`` wide: per x-bucket first, last, min, max and a NaN; every index
-    when there are at most 4 points per pixel. x need not be sorted."""
+    when there are at most 4 points per pixel. x (float64 or int64) need not be sorted."""
     cdef Py_ssize_t n = x.shape[0], k, i
     cdef Py_ssize_t *buckets
     cdef Py_ssize_t *out

@@ -88,6 +88,15 @@ def test_wall_time_axis_and_constant_x() -> None:
     check(np.full(5_000, 3.0), rng.normal(size=5_000), 10)     # one bucket holds all
 
 
+def test_int64_steps_are_bucketed_like_their_float_copy() -> None:
+    rng = np.random.default_rng(11)
+    steps = np.sort(rng.integers(0, 2**40, 100_000))
+    y = rng.normal(size=100_000)
+    assert list(_core.decimate_minmax(steps, y, 300)) == list(
+        _core.decimate_minmax(steps.astype(float), y, 300))
+    check(steps.astype(float).tolist(), y.tolist(), 300)
+
+
 def test_few_points_come_back_raw() -> None:
     assert list(_core.decimate_minmax(np.zeros(0), np.zeros(0), 10)) == []
     assert list(_core.decimate_minmax(np.arange(40.0), np.arange(40.0), 10)) == list(range(40))

@@ -12,7 +12,7 @@ from expman import _core
 
 @dataclass(frozen=True)
 class Window:
-    """The points to draw: ``x`` and ``y`` (numpy float64), ``total`` points in
+    """The points to draw: ``x`` (numpy int64 steps or float64) and ``y`` (float64), ``total`` points in
     the range before decimation, ``raw`` when nothing was left out."""
 
     x: Any
@@ -30,8 +30,10 @@ def window(x: Any, y: Any, pixels: int, lo: float | None = None,
     """The points of (x, y) with lo <= x <= hi (plus the one just outside each
     end, so a zoomed line reaches the edges), decimated for ``pixels``."""
     import numpy as np
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    y = np.ascontiguousarray(y, dtype=np.float64)
+    x = np.asarray(x)
+    if x.dtype != np.int64:          # steps stay int64: the core buckets them without a copy
+        x = x.astype(np.float64, copy=False)
+    y = np.asarray(y, dtype=np.float64)
     if lo is not None or hi is not None:
         lo_v = -np.inf if lo is None else lo
         hi_v = np.inf if hi is None else hi
