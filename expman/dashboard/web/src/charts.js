@@ -9,7 +9,22 @@ import { el, clear, getJSON, runUrl, runColor, fmtNum } from "./dom.js";
 import { emaDebiased } from "./ema.js";
 
 const HEIGHT = 240;
-const LIVE_REDRAW_MS = 500;   // a live chart redraws at most this often (20 charts stay cheap)
+const LIVE_REDRAW_MS = 500;   // live charts redraw together, at most this often
+
+// Every live chart that changed is redrawn in one animation frame: one layout and
+// paint for all of them, twice a second, however many charts are live.
+const pending = new Set();
+let redrawTimer = null;
+function scheduleRedraw(chart) {
+  pending.add(chart);
+  if (redrawTimer) return;
+  redrawTimer = setTimeout(() => requestAnimationFrame(() => {
+    redrawTimer = null;
+    const charts = [...pending];
+    pending.clear();
+    for (const c of charts) if (c.dirty && c.visible && c.plot) c.render();
+  }), LIVE_REDRAW_MS);
+}
 const X_LABEL = { step: "step", rel: "relative time (s)", time: "wall time" };
 
 export class ChartPanel {
@@ -153,13 +168,7 @@ class Chart {
     }
     if (d.x.length > 8 * this.width) { this.load(run); return; }   // decimate again
     this.dirty = true;
-    if (this.visible && !this.timer) {
-      const wait = Math.max(0, LIVE_REDRAW_MS - (performance.now() - (this.drawnAt || 0)));
-      this.timer = setTimeout(() => requestAnimationFrame(() => {
-        this.timer = null;
-        if (this.dirty && this.visible) this.render();
-      }), wait);
-    }
+    if (this.visible) scheduleRedraw(this);
   }
 
   rebuild() {
@@ -169,7 +178,6 @@ class Chart {
 
   render(fresh = false) {
     this.dirty = false;
-    this.drawnAt = performance.now();
     const opts = this.panel.opts;
     const ids = this.panel.runs.filter((id) => this.data.has(id));
     const tables = ids.map((id) => sortedTable(this.data.get(id), opts.log));
