@@ -13,6 +13,9 @@
 - ``EXPMAN_ANNOTATE=1`` writes the ``cython -a`` HTML next to the .pyx.
 - Switching between debug and release rebuilds everything: up-to-date checks
   look at file times, not flags, so the last mode is kept in ``build/``.
+- The dashboard's page (``expman/dashboard/static/``, not in git) is built by
+  ``npm ci && npm run build`` when missing (a git clone); an sdist ships it, so
+  a build from the sdist needs no Node. ``EXPMAN_SKIP_WEB=1`` skips it.
 """
 
 import os
@@ -21,6 +24,8 @@ import sys
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
 
 DEBUG = os.environ.get("EXPMAN_DEBUG") == "1"
 WERROR = os.environ.get("EXPMAN_WERROR") == "1"
@@ -46,6 +51,35 @@ class build_ext_mode(build_ext):
         os.makedirs("build", exist_ok=True)
         with open(MODE_FILE, "w") as f:
             f.write(MODE)
+
+
+def build_dashboard_page():
+    """npm ci && npm run build, unless the page is already built (an sdist) or skipped."""
+    if os.path.exists(os.path.join("expman", "dashboard", "static", "app.js")):
+        return
+    if os.environ.get("EXPMAN_SKIP_WEB") == "1":
+        return
+    import shutil
+    import subprocess
+    npm = shutil.which("npm")
+    if npm is None:
+        raise SystemExit("expman: building the dashboard page needs Node.js and npm "
+                         "(or set EXPMAN_SKIP_WEB=1 to build without it)")
+    subprocess.run([npm, "ci", "--no-audit", "--no-fund"], check=True)
+    subprocess.run([npm, "run", "build"], check=True)
+
+
+class build_py_web(build_py):
+    def run(self):
+        build_dashboard_page()
+        self.__dict__.pop("data_files", None)     # collect the page's files after building it
+        super().run()
+
+
+class sdist_web(sdist):
+    def run(self):
+        build_dashboard_page()
+        super().run()
 
 
 if sys.platform == "win32":
@@ -78,7 +112,7 @@ core = Extension(
     sources=["expman/_core.pyx", "expman/src/exlog.c"],
     include_dirs=["expman"],
     depends=["expman/src/exlog.h", "expman/src/exlog_port.h", "expman/_exlog.pxd",
-             "expman/_decode.pxi"],
+             "expman/_decode.pxi", "expman/_decimate.pxi"],
     extra_compile_args=cflags,
     extra_link_args=["-fsanitize=address,undefined"] if SANITIZE else [],
     define_macros=[("CYTHON_TRACE", "0")],
@@ -91,5 +125,5 @@ setup(
         annotate=os.environ.get("EXPMAN_ANNOTATE") == "1",
         force=last_mode() != MODE,
     ),
-    cmdclass={"build_ext": build_ext_mode},
+    cmdclass={"build_ext": build_ext_mode, "build_py": build_py_web, "sdist": sdist_web},
 )

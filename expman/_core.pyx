@@ -740,3 +740,4 @@ cdef int64_t _coerce_step(object step) except -1:
 
 
 include "_decode.pxi"
+include "_decimate.pxi"

@@ -37,6 +37,9 @@ JUNK = ("expman/_core.c", "expman/_core.html", "expman/_core.cpython-311-x86_64-
         "bench/results/run.json", "bench/.peers/x/setup.py", "tests/c/producer_consumer.o")
 
 
+WEB_BUNDLE = "expman/dashboard/static/"   # the dashboard page, built from package-lock.json
+
+
 def _tracked() -> list[str]:
     if not (ROOT / ".git").exists() or shutil.which("git") is None:
         pytest.skip("needs a git checkout and git")
@@ -87,7 +90,9 @@ def test_sdist_holds_exactly_the_tracked_files(sdist: tuple[Path, list[str]]) ->
     assert prefix.replace("-", "_").startswith("expman_logger_")   # old setuptools keeps the dash
     inside = {n[len(prefix):] for n in names}
     generated = {n for n in inside
-                 if n in ("PKG-INFO", "setup.cfg") or n.split("/", 1)[0].endswith(".egg-info")}
+                 if n in ("PKG-INFO", "setup.cfg") or n.split("/", 1)[0].endswith(".egg-info")
+                 or n.startswith(WEB_BUNDLE)}       # built by npm at sdist time, not in git
+    assert {WEB_BUNDLE + "index.html", WEB_BUNDLE + "app.js"} <= inside, "the dashboard page"
     assert "PKG-INFO" in generated
     missing = sorted(set(tracked) - inside)
     extra = sorted(inside - generated - set(tracked))
@@ -112,7 +117,9 @@ def _check_wheel_files(files: list[str]) -> None:
     pkg = [f for f in files if f.startswith("expman/")]
     assert any(f.startswith("expman/_core.") and f.endswith((".so", ".pyd")) for f in pkg), pkg
     assert "expman/py.typed" in pkg and "expman/_core.pyi" in pkg, pkg
-    bad = [f for f in pkg if f.endswith(SOURCE_SUFFIXES) or "/src/" in f]
+    bad = [f for f in pkg if (f.endswith(SOURCE_SUFFIXES) and not f.startswith(WEB_BUNDLE))
+           or "/src/" in f]
+    assert WEB_BUNDLE + "app.js" in pkg, "the dashboard page is missing from the wheel"
     assert not bad, f"sources or build junk in the wheel: {bad}"
     tops = {f.split("/", 1)[0] for f in files}
     assert not tops & {"tests", "bench", "docs", "build", "src"}, tops

@@ -1,0 +1,300 @@
+"""expman serve, measured: time to first chart for one metric of 10 M points
+(server answer and browser paint), the runs view for 5,000 runs, live update
+latency, browser CPU with 20 live charts, and server memory.
+
+    python bench/dashboard.py                    # ~3 minutes; the figures in docs/dashboard.md
+    python bench/dashboard.py --points 1000000 --runs 500 --quick
+    python bench/dashboard.py --tensorboard      # also TensorBoard on the same 10 M points
+
+The server runs as its own process (`python -m expman.dashboard`), the browser
+is Debian's headless Chromium driven by Playwright. Absolute numbers move with
+the machine's load; results also go to bench/results/dashboard.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+CHROMIUM = os.environ.get("EXPMAN_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+
+MAKE_BIG = textwrap.dedent("""
+    import sys, math, expman
+    n = int(sys.argv[2])
+    log = None
+    with expman.Experiment("big", "ten_million", base_dir=sys.argv[1], capture_env=False,
+                           buffer_size=64 << 20) as exp:
+        log = exp.log_metrics
+        for i in range(n):
+            v = math.sin(i * 1e-5) + (50.0 if i % 1_000_003 == 777 else 0.0)
+            log({"loss": v}, step=i)
+""")
+
+MAKE_MANY = textwrap.dedent("""
+    import sys, expman
+    for r in range(int(sys.argv[2])):
+        with expman.Experiment(f"sweep{r % 10}", f"run{r:05d}", base_dir=sys.argv[1],
+                               capture_env=False) as exp:
+            exp.log_params({"lr": 10 ** -(1 + r % 4), "batch": 32 * (1 + r % 3), "depth": r % 7})
+            for s in range(10):
+                exp.log_metrics({"loss": 1 / (s + 1 + r % 5), "acc": s / 10}, step=s)
+""")
+
+LIVE = textwrap.dedent("""
+    import sys, time, math
+    from pathlib import Path
+    import expman
+    stop = Path(sys.argv[2])
+    keys = [f"m{k:02d}" for k in range(int(sys.argv[3]))]
+    with expman.Experiment("live", "ticker", base_dir=sys.argv[1], capture_env=False,
+                           flush_interval=0.05) as exp:
+        step = 0
+        while not stop.exists():
+            exp.log_metrics({k: math.sin(step / 10 + i) for i, k in enumerate(keys)}, step=step)
+            step += 1
+            time.sleep(0.05)
+""")
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed_get(url: str) -> tuple[float, bytes]:
+    t = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=300) as r:
+        body = r.read()
+    return time.perf_counter() - t, body
+
+
+class Server:
+    """`python -m expman.dashboard BASE --port 0` in its own process."""
+
+    def __init__(self, base: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "expman.dashboard", str(base), "--port", "0",
+                                      "--no-browser"], env=ENV, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()           # "expman dashboard: URL"
+        self.url = line.split(": ", 1)[1].strip()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def until(check: Any, timeout: float = 120.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = check()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(str(check))
+        time.sleep(0.005)
+
+
+def bench_big(pw: Any, base: Path, points: int, results: dict[str, Any]) -> None:
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", MAKE_BIG, str(base), str(points)], env=ENV, check=True)
+    results["big_write_s"] = time.perf_counter() - t
+    size = (base / "big" / "ten_million" / "metrics.bin").stat().st_size
+    results["big_file_mb"] = size / 1e6
+    srv = Server(base)
+    try:
+        results["server_rss_idle_mb"] = rss_mb(srv.proc.pid)
+        series = f"{srv.url}api/runs/big/ten_million/series?metric=loss&points=1200"
+        cold, body = timed_get(series)
+        warm, _ = timed_get(series)
+        doc = json.loads(body)
+        results.update(series_cold_s=cold, series_warm_s=warm, series_points_sent=len(doc["x"]),
+                       series_bytes=len(body), series_max=max(doc["y"]),
+                       server_rss_loaded_mb=rss_mb(srv.proc.pid))
+        zoom, zbody = timed_get(series + "&from=5000000&to=5000500")
+        results.update(zoom_s=zoom, zoom_raw=json.loads(zbody)["raw"])
+        # the browser: from ticking the run's box to the chart drawn (data fetched and painted)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(srv.url)
+        page.locator('#runs tr[data-id="big/ten_million"] input').wait_for()
+        t = time.perf_counter()
+        page.locator('#runs tr[data-id="big/ten_million"] input').check()
+        page.wait_for_selector('section.chart[data-metric="loss"][data-series="1"] canvas')
+        page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        results["browser_first_chart_s"] = time.perf_counter() - t
+        browser.close()
+    finally:
+        srv.close()
+
+
+def bench_many(pw: Any, base: Path, runs: int, results: dict[str, Any]) -> None:
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", MAKE_MANY, str(base), str(runs)], env=ENV, check=True)
+    results["many_write_s"] = time.perf_counter() - t
+    srv = Server(base)
+    try:
+        cold, body = timed_get(srv.url + "api/runs")
+        warm, _ = timed_get(srv.url + "api/runs")
+        results.update(runs_api_cold_s=cold, runs_api_warm_s=warm, runs_listed=len(json.loads(body)["runs"]))
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        t = time.perf_counter()
+        page.goto(srv.url)
+        page.wait_for_selector("#runs tr[data-id]")
+        results["browser_runs_view_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        page.fill("#expr-filter", "lr < 0.01 and depth >= 3")
+        page.locator("#runs tr[data-id]").first.wait_for()
+        results["browser_filter_s"] = time.perf_counter() - t
+        browser.close()
+    finally:
+        srv.close()
+
+
+def bench_live(pw: Any, base: Path, charts: int, results: dict[str, Any]) -> None:
+    stop = base / "stop"
+    proc = subprocess.Popen([sys.executable, "-c", LIVE, str(base), str(stop), str(charts)], env=ENV)
+    srv = None
+    try:
+        until(lambda: (base / "live" / "ticker" / "metrics.bin").exists())
+        srv = Server(base)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(srv.url)
+        page.locator('#runs tr[data-id="live/ticker"] input').check()
+        page.wait_for_selector('section.chart[data-metric="m00"][data-series="1"]')
+        # latency: a point's logged wall time to its arrival in the page, over the stream
+        page.evaluate("""() => { window.__lat = [];
+            const es = new EventSource('/api/stream?run=live/ticker');
+            es.addEventListener('points', e => { const p = JSON.parse(e.data);
+              if (p.metric === 'm00') for (const t of p.times) window.__lat.push(Date.now() / 1000 - t); }); }""")
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Performance.enable")
+
+        def task_s() -> float:
+            m = {x["name"]: x["value"] for x in cdp.send("Performance.getMetrics")["metrics"]}
+            return m["TaskDuration"]
+        # every chart scrolled into view once, then back to the top: 20 live charts
+        for i in range(charts):
+            page.locator(f'section.chart[data-metric="m{i:02d}"]').scroll_into_view_if_needed()
+        page.set_viewport_size({"width": 1400, "height": 6000})   # all charts in view
+        time.sleep(1.0)
+        t0, c0 = time.perf_counter(), task_s()
+        time.sleep(10.0)
+        t1, c1 = time.perf_counter(), task_s()
+        lat = sorted(page.evaluate("window.__lat"))
+        stop.touch()                      # the same page once the run has ended: the baseline
+        proc.wait(timeout=30)
+        time.sleep(2.0)
+        t2, c2 = time.perf_counter(), task_s()
+        time.sleep(5.0)
+        t3, c3 = time.perf_counter(), task_s()
+        results["live_browser_cpu_after_end_pct"] = 100 * (c3 - c2) / (t3 - t2)
+        results.update(live_charts=charts, live_browser_cpu_pct=100 * (c1 - c0) / (t1 - t0),
+                       live_latency_median_ms=1000 * lat[len(lat) // 2],
+                       live_latency_p95_ms=1000 * lat[int(len(lat) * 0.95)], live_points=len(lat),
+                       live_server_rss_mb=rss_mb(srv.proc.pid))
+        browser.close()
+    finally:
+        stop.touch()
+        proc.wait(timeout=30)
+        if srv:
+            srv.close()
+
+
+def bench_tensorboard(base: Path, points: int, results: dict[str, Any]) -> None:
+    """The same series as TensorBoard event files (tensorboardX), served by `tensorboard`."""
+    import socket
+
+    logdir = base / "tb"
+    code = textwrap.dedent("""
+        import sys, math
+        from tensorboardX import SummaryWriter
+        w = SummaryWriter(sys.argv[1], max_queue=100000, flush_secs=3600)
+        for i in range(int(sys.argv[2])):
+            w.add_scalar("loss", math.sin(i * 1e-5) + (50.0 if i % 1_000_003 == 777 else 0.0), i)
+        w.close()
+    """)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, str(logdir), str(points)], check=True)
+    results["tb_write_s"] = time.perf_counter() - t
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    tb = shutil.which("tensorboard") or str(Path(sys.executable).with_name("tensorboard"))
+    t = time.perf_counter()
+    proc = subprocess.Popen([tb, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port),
+                             "--load_fast", "false"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?tag=loss&run=."
+
+        def ready() -> Any:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    data = json.loads(r.read())
+                return data if data and data[-1][1] >= points - 1 else None
+            except OSError:
+                return None
+        data = until(ready, timeout=900)
+        results.update(tb_first_full_answer_s=time.perf_counter() - t, tb_points_sent=len(data),
+                       tb_series_max=max(d[2] for d in data), tb_server_rss_mb=rss_mb(proc.pid))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--points", type=int, default=10_000_000)
+    ap.add_argument("--runs", type=int, default=5000)
+    ap.add_argument("--charts", type=int, default=20)
+    ap.add_argument("--only", choices=("big", "many", "live"), action="append",
+                    help="run only these parts (repeatable)")
+    ap.add_argument("--tensorboard", action="store_true")
+    ap.add_argument("--tb-points", type=int, default=None, help="default: --points")
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+    results: dict[str, Any] = {"points": args.points, "runs": args.runs}
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
+        for part, fn, n in (("big", bench_big, args.points), ("many", bench_many, args.runs),
+                            ("live", bench_live, args.charts)):
+            if args.only and part not in args.only:
+                continue
+            base = Path(tmp) / part
+            base.mkdir()
+            fn(pw, base, n, results)
+            shutil.rmtree(base)
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                              for k, v in results.items()}), flush=True)
+        if args.tensorboard:
+            bench_tensorboard(Path(tmp), args.tb_points or args.points, results)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    results["load_average_1min"] = os.getloadavg()[0]
+    (out / "dashboard.json").write_text(json.dumps(results, indent=2))
+    for k, v in results.items():
+        print(f"{k:28} {v:.3f}" if isinstance(v, float) else f"{k:28} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""``expman serve``: a live dashboard over a base dir, in the browser.
+
+    from expman.dashboard import serve
+    serve("./experiments")              # http://127.0.0.1:8000/
+
+Needs the ``serve`` extra (Starlette, Uvicorn, numpy); ``import expman`` never
+loads it. The server is read-only: it calls the read side only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import socket
+import sys
+import threading
+from typing import Any, TextIO
+
+from expman.errors import ExpmanValueError
+
+__all__ = ["serve", "is_loopback", "bind"]
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: a free one), so the URL is known before serving."""
+    if not 0 <= port <= 65535:
+        raise ExpmanValueError(f"port must be 0..65535, got {port}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if sys.platform != "win32":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def pick_token(host: str, token: str | bool | None) -> str | None:
+    """None: a random token for a non-loopback host, none on loopback; False: none
+    (``--no-token``); True: a random one; a str: that one."""
+    if token is False:
+        return None
+    if token is True or (token is None and not is_loopback(host)):
+        return secrets.token_urlsafe(24)
+    if token is not None and not isinstance(token, str):
+        raise ExpmanValueError(f"token must be a str, bool or None, got {type(token).__name__}")
+    return token or None
+
+
+def url_for(host: str, port: int, token: str | None) -> str:
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+
+
+def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1",
+          port: int = 8000, open_browser: bool = True, token: str | bool | None = None, *,
+          out: TextIO | None = None, ready: threading.Event | None = None,
+          server_box: list[Any] | None = None, warm: bool = True,
+          cache_bytes: int | None = None) -> None:
+    """Serve the dashboard until interrupted. The first line on ``out`` (stdout) is
+    ``expman dashboard: URL``. A non-loopback ``host`` gets a random token unless
+    ``token=False``. ``cache_bytes`` bounds the decoded runs kept in memory (1 GiB)."""
+    import uvicorn
+
+    from expman.dashboard.server import create_app
+    tok = pick_token(host, token)
+    sock = bind(host, port)
+    actual = sock.getsockname()[1]
+    from expman.dashboard.cache import DEFAULT_MAX_BYTES
+    if cache_bytes is not None and cache_bytes < 0:
+        raise ExpmanValueError(f"cache_bytes must be 0 or more, got {cache_bytes}")
+    app = create_app(base_dir, tok, loopback=is_loopback(host) and not tok,
+                     max_bytes=DEFAULT_MAX_BYTES if cache_bytes is None else cache_bytes)
+    url = url_for(host, actual, tok)
+    print(f"expman dashboard: {url}", file=out or sys.stdout, flush=True)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1,
+                            lifespan="off", access_log=False)
+    server = uvicorn.Server(config)
+    if server_box is not None:
+        server_box.append(server)
+    if open_browser:
+        import webbrowser
+        threading.Timer(0.5, webbrowser.open, (url.replace("0.0.0.0", "127.0.0.1"),)).start()
+    if ready is not None:
+        threading.Thread(target=_signal_ready, args=(server, ready), daemon=True).start()
+    if warm:       # list the runs once now, so the first page load finds the list decoded
+        threading.Thread(target=_warm, args=(app.dashboard,), daemon=True).start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        app.dashboard.stopping.set()
+        sock.close()
+
+
+def _warm(dashboard: Any) -> None:
+    try:
+        import numpy  # noqa: F401  (the first chart request would pay for it)
+        dashboard.rows()
+    except Exception:          # a listing error shows on the page's own request
+        pass
+
+
+def _signal_ready(server: Any, ready: threading.Event) -> None:
+    import time
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline and not server.should_exit:
+        time.sleep(0.01)
+    ready.set()

@@ -1,0 +1,521 @@
+"""The dashboard's HTTP side: a Starlette app serving the built page and a
+read-only JSON API over a base dir (docs/dashboard.md lists every endpoint).
+
+It only calls the read side (``expman.list_runs``, ``RunTail`` through the
+cache, ``expman.layout``); it never writes into a run folder. Every response
+carries ``Content-Security-Policy: default-src 'self'``; a path or symlink that
+leads outside the base dir is a 404; a token, when set, guards every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import mimetypes
+import os
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from expman import layout
+from expman.dashboard.cache import DEFAULT_MAX_BYTES, CachedRun, RunCache
+from expman.dashboard.decimate import window
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+X_AXES = ("step", "time", "rel")
+MAX_POINTS = 20_000                # pixels a client may ask for
+LIVE_INTERVAL = 0.25               # seconds between polls of the streamed runs
+LIST_INTERVAL = 1.0                # seconds between scans for new runs
+TOKEN_COOKIE = "expman_token"
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+# an artifact is shown alone (Chromium's image viewer styles itself inline); it runs nothing
+ARTIFACT_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
+INLINE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp")
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+                   Awaitable[None]]
+
+
+class JSON(Response):
+    """orjson, with numpy arrays; NaN and infinities become null."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _not_found(what: str) -> HTTPException:
+    return HTTPException(404, f"not found: {what}")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+        return True
+    except (ValueError, OSError, RuntimeError):
+        return False
+
+
+def _component(value: str) -> bool:
+    return bool(value) and value not in (".", "..") and not any(c in value for c in "/\\\0")
+
+
+class Dashboard:
+    """The API's state: the base dir (resolved once) and the run cache."""
+
+    def __init__(self, base: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.base = base
+        self.root = base.resolve()
+        self.cache = RunCache(max_bytes)
+        self.stopping = threading.Event()     # set on shutdown: live streams end
+
+    # ---- locating runs ---------------------------------------------------------------------
+
+    def run_dir(self, exp: str, run: str) -> Path:
+        """The folder of experiment/run, or 404 if it is not a run inside the base dir."""
+        if not (_component(exp) and _component(run)):
+            raise _not_found(f"{exp}/{run}")
+        path = self.base / exp / run
+        if not _inside(path, self.root) or not layout.is_run_dir(path):
+            raise _not_found(f"{exp}/{run}")
+        return path
+
+    def cached(self, exp: str, run: str) -> CachedRun:
+        path = self.run_dir(exp, run)
+        try:
+            return self.cache.get(path)
+        except (OSError, ValueError) as e:
+            raise HTTPException(404, f"unreadable run {exp}/{run}: {e}") from None
+
+    # ---- rows of the runs view -------------------------------------------------------------
+
+    def listed_inside(self, path: Path) -> bool:
+        """A listed run (base/exp/run) is inside the base dir unless its experiment or
+        run folder is a symlink leading out; two lstat calls instead of a realpath."""
+        if not (path.is_symlink() or path.parent.is_symlink()):
+            return True
+        return _inside(path, self.root)
+
+    def rows(self) -> list[dict[str, Any]]:
+        from expman.reader import list_runs
+        out = []
+        for s in list_runs(self.base):
+            if not self.listed_inside(s.path):
+                continue
+            row = s.to_dict()
+            row["id"] = f"{s.path.parent.name}/{s.path.name}"
+            row["last_metrics"] = {k: layout.json_float(v) for k, v in s.last_metrics.items()}
+            del row["path"]
+            out.append(row)
+        return out
+
+    def live_row(self, run: CachedRun) -> dict[str, Any]:
+        """A runs-view row from a cached run (a live run's row changes every poll)."""
+        from expman._fsutil import read_json
+        meta = run.meta
+        try:
+            params = read_json(run.path / layout.PARAMS_FILE)
+        except (OSError, ValueError):
+            params = {}
+        start = run.start_time
+        end = meta.get("end_time")
+        last = {}
+        with run.lock:
+            for name, c in run.columns.items():
+                if c.n:
+                    last[name] = layout.json_float(float(c.values[c.n - 1]))
+            points = sum(c.n for c in run.columns.values())
+        duration = meta.get("duration")
+        if duration is None and start is not None:
+            import time
+            duration = (end if isinstance(end, (int, float)) else time.time()) - start
+        return {"id": f"{run.path.parent.name}/{run.path.name}",
+                "experiment": meta.get("experiment", run.path.parent.name),
+                "run_name": meta.get("run_name", run.path.name), "status": run.status,
+                "start_time": start, "end_time": end, "duration": duration,
+                "params": params if isinstance(params, dict) else {}, "last_metrics": last,
+                "points": points, "exit": meta.get("exit")}
+
+    def run_ids(self) -> set[str]:
+        return {f"{d.parent.name}/{d.name}" for d in layout.iter_run_dirs(self.base)
+                if self.listed_inside(d)}
+
+
+# ---- handlers --------------------------------------------------------------------------------
+
+
+def _dash(request: Request) -> Dashboard:
+    return request.app.state.dashboard  # type: ignore[no-any-return]
+
+
+async def index(request: Request) -> Response:
+    page = STATIC_DIR / "index.html"
+    if not page.is_file():
+        return PlainTextResponse(
+            "expman's dashboard page is not built: run `npm ci && npm run build` in the "
+            "source tree (pip install builds it), then restart `expman serve`.", 503)
+    return FileResponse(page, headers={"cache-control": "no-cache"})
+
+
+async def api_runs(request: Request) -> Response:
+    d = _dash(request)
+    rows = await anyio.to_thread.run_sync(d.rows)
+    return JSON({"base_dir": str(d.base), "runs": rows})
+
+
+def _metric_summary(run: CachedRun) -> dict[str, Any]:
+    import numpy as np
+    out = {}
+    with run.lock:
+        cols = {k: (c.n, c.steps[:c.n], c.values[:c.n]) for k, c in run.columns.items()}
+    for name, (n, steps, values) in cols.items():
+        finite = values[np.isfinite(values)]
+        out[name] = {"count": n, "last": layout.json_float(float(values[-1])) if n else None,
+                     "last_step": int(steps[-1]) if n else None,
+                     "min": float(finite.min()) if len(finite) else None,
+                     "max": float(finite.max()) if len(finite) else None}
+    return out
+
+
+def _integrity(run: CachedRun) -> dict[str, Any]:
+    """What the decoder dropped or could not read, and artifacts that are missing or
+    of the wrong size: the checks of ``expman verify`` that need no extra read."""
+    ig = dict(run.tail.integrity)
+    problems = []
+    if ig.get("corrupt_bytes"):
+        problems.append(f"{layout.METRICS_FILE}: {ig['corrupt_bytes']} bytes unreadable "
+                        f"at offsets {ig['corrupt_at'][:5]}")
+    if ig.get("torn_bytes") and run.status != layout.RUNNING:
+        problems.append(f"{layout.METRICS_FILE}: a torn last frame of {ig['torn_bytes']} bytes")
+    if ig.get("unknown_points"):
+        problems.append(f"{layout.METRICS_FILE}: {ig['unknown_points']} points of unknown metrics")
+    if run.tail.bad_event_lines:
+        problems.append(f"{layout.EVENTS_FILE}: {run.tail.bad_event_lines} unreadable lines")
+    for art in _artifacts(run):
+        if not art["present"]:
+            problems.append(f"artifact {art['name']!r} is missing or of the wrong size")
+    return {"ok": not problems, "problems": problems,
+            "metrics": {k: ig.get(k) for k in ("frames", "rows", "points", "torn_bytes",
+                                                "corrupt_bytes", "unknown_points")},
+            "bad_event_lines": run.tail.bad_event_lines}
+
+
+def _artifacts(run: CachedRun) -> list[dict[str, Any]]:
+    out = []
+    art_root = run.path / layout.ARTIFACTS_DIR
+    for ev in list(run.events):
+        if ev.get("kind") != "artifact" or not isinstance(ev.get("name"), str):
+            continue
+        f = art_root / ev["name"]
+        try:
+            present = _inside(f, art_root.resolve()) and f.is_file() and (
+                not isinstance(ev.get("size"), int) or f.stat().st_size == ev["size"])
+        except OSError:
+            present = False
+        ctype = mimetypes.guess_type(ev["name"])[0] or "application/octet-stream"
+        out.append({"name": ev["name"], "size": ev.get("size"), "sha256": ev.get("sha256"),
+                    "time": ev.get("time"), "content_type": ctype, "present": present,
+                    "image": ctype in INLINE_TYPES,
+                    "text": ctype.startswith("text/") or ctype in (
+                        "application/json", "application/x-yaml", "application/yaml")})
+    return out
+
+
+async def api_run(request: Request) -> Response:
+    d = _dash(request)
+    exp, name = request.path_params["exp"], request.path_params["run"]
+    run = await anyio.to_thread.run_sync(d.cached, exp, name)
+    from expman._fsutil import read_json
+    try:
+        params = read_json(run.path / layout.PARAMS_FILE)
+    except (OSError, ValueError):
+        params = {}
+    meta = dict(run.meta)
+    return JSON({"id": f"{exp}/{name}", "experiment": meta.get("experiment", exp),
+                 "run_name": meta.get("run_name", name), "status": run.status,
+                 "meta": meta, "params": params, "metrics": _metric_summary(run),
+                 "artifacts": _artifacts(run), "integrity": _integrity(run)})
+
+
+def _float_arg(request: Request, key: str) -> float | None:
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise HTTPException(400, f"{key}={raw!r} is not a number") from None
+
+
+def _x_column(run: CachedRun, axis: str, steps: Any, times: Any) -> Any:
+    if axis == "step":
+        return steps
+    if axis == "time":
+        return times
+    start = run.start_time
+    if start is None:
+        start = float(times[0]) if len(times) else 0.0
+    return times - start
+
+
+async def api_series(request: Request) -> Response:
+    d = _dash(request)
+    exp, name = request.path_params["exp"], request.path_params["run"]
+    q = request.query_params
+    metric = q.get("metric")
+    if not metric:
+        raise HTTPException(400, "metric= is required (a metric name)")
+    axis = q.get("x", "step")
+    if axis not in X_AXES:
+        raise HTTPException(400, f"x={axis!r}: use one of {', '.join(X_AXES)}")
+    try:
+        pixels = int(q.get("points", "1000"))
+    except ValueError:
+        raise HTTPException(400, f"points={q.get('points')!r} is not an integer") from None
+    if not 1 <= pixels <= MAX_POINTS:
+        raise HTTPException(400, f"points={pixels}: use 1..{MAX_POINTS}")
+    lo, hi = _float_arg(request, "from"), _float_arg(request, "to")
+    run = await anyio.to_thread.run_sync(d.cached, exp, name)
+    snap = run.snapshot(metric)
+    if snap is None:
+        raise _not_found(f"metric {metric!r} in {exp}/{name}")
+    steps, times, values = snap
+
+    def compute() -> dict[str, Any]:
+        x = _x_column(run, axis, steps, times)
+        w = window(x, values, pixels, lo, hi)
+        return {"run": f"{exp}/{name}", "metric": metric, "x_axis": axis, "count": len(steps),
+                "total": w.total, "raw": w.raw, "start_time": run.start_time,
+                "x": w.x, "y": w.y, "status": run.status}
+    return JSON(await anyio.to_thread.run_sync(compute))
+
+
+async def api_events(request: Request) -> Response:
+    d = _dash(request)
+    run = await anyio.to_thread.run_sync(d.cached, request.path_params["exp"],
+                                         request.path_params["run"])
+    kind = request.query_params.get("kind")
+    events = [e for e in list(run.events) if kind is None or e.get("kind") == kind]
+    total = len(events)
+    raw = request.query_params.get("last")
+    if raw is not None:          # the newest N only: a run may hold millions of messages
+        try:
+            last = int(raw)
+        except ValueError:
+            raise HTTPException(400, f"last={raw!r} is not an integer") from None
+        if last < 0:
+            raise HTTPException(400, f"last={last}: use 0 or more")
+        events = events[total - last:] if last else []
+    return JSON({"total": total, "events": events})
+
+
+async def api_artifact(request: Request) -> Response:
+    d = _dash(request)
+    exp, name, rel = (request.path_params["exp"], request.path_params["run"],
+                      request.path_params["path"])
+    run_dir = d.run_dir(exp, name)
+    art_root = (run_dir / layout.ARTIFACTS_DIR).resolve()
+    f = run_dir / layout.ARTIFACTS_DIR / rel
+    if "\0" in rel or not _inside(f, art_root) or not f.is_file():
+        raise _not_found(f"artifact {rel!r} of {exp}/{name}")
+    ctype = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
+    head = request.query_params.get("head")
+    if head is not None:        # a text preview: the first bytes, as plain text
+        try:
+            n = max(0, min(int(head), 1 << 20))
+        except ValueError:
+            raise HTTPException(400, f"head={head!r} is not an integer") from None
+        with open(f, "rb") as fh:
+            data = fh.read(n)
+        return Response(data, media_type="text/plain; charset=utf-8")
+    disposition = "inline" if ctype in INLINE_TYPES else "attachment"
+    return FileResponse(f, media_type=ctype, filename=f.name,
+                        content_disposition_type=disposition,
+                        headers={"content-security-policy": ARTIFACT_CSP})
+
+
+async def favicon(request: Request) -> Response:
+    icon = STATIC_DIR / "favicon.svg"
+    if not icon.is_file():
+        raise _not_found("favicon")
+    return FileResponse(icon, media_type="image/svg+xml")
+
+
+# ---- live stream ----------------------------------------------------------------------------
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(
+        data, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n\n"
+
+
+async def api_stream(request: Request) -> Response:
+    """Server-Sent Events: ``points`` (only points past what was sent, with the index
+    of the first), ``status`` when a streamed run ends, ``runs`` with new runs and
+    updated rows of live runs. ``run=EXP/RUN`` (repeatable) picks the streamed runs;
+    ``watch=EXP/RUN`` (repeatable) names live rows of the runs view to keep current."""
+    d = _dash(request)
+    ids = request.query_params.getlist("run")
+    cached: dict[str, CachedRun] = {}
+    for rid in ids:
+        exp, _, name = rid.partition("/")
+        cached[rid] = await anyio.to_thread.run_sync(d.cached, exp, name)
+    known = await anyio.to_thread.run_sync(d.run_ids)
+    watch = []
+    for rid in request.query_params.getlist("watch"):
+        exp, _, name = rid.partition("/")
+        try:
+            watch.append((rid, await anyio.to_thread.run_sync(d.cached, exp, name)))
+        except HTTPException:
+            continue
+    stopping = d.stopping
+
+    async def events() -> AsyncIterator[bytes]:
+        counts = {rid: run.counts() for rid, run in cached.items()}
+        live = {rid for rid, run in cached.items() if run.status == layout.RUNNING}
+        live_rows = {rid: run for rid, run in watch if run.status == layout.RUNNING}
+        nonlocal known
+        yield b"retry: 1000\n\n" + _sse("hello", {"runs": list(cached), "counts": counts})
+        loop = asyncio.get_running_loop()
+        next_scan = loop.time() + LIST_INTERVAL
+        while not stopping.is_set():
+            for rid in sorted(live):
+                run = cached[rid]
+                await anyio.to_thread.run_sync(run.refresh)
+                for metric, (start, steps, times, values) in run.since(counts[rid]).items():
+                    counts[rid][metric] = start + len(steps)
+                    yield _sse("points", {"run": rid, "metric": metric, "start": start,
+                                          "steps": steps, "times": times, "values": values})
+                if run.status != layout.RUNNING:
+                    live.discard(rid)
+                    yield _sse("status", {"run": rid, "status": run.status})
+            if loop.time() >= next_scan:
+                next_scan = loop.time() + LIST_INTERVAL
+                now = await anyio.to_thread.run_sync(d.run_ids)
+                added = []
+                for rid in sorted(now - known):
+                    exp, _, name = rid.partition("/")
+                    try:
+                        live_rows[rid] = await anyio.to_thread.run_sync(d.cached, exp, name)
+                    except HTTPException:
+                        continue
+                    added.append(rid)
+                known = now
+                rows = []
+                for rid, run in list(live_rows.items()):
+                    await anyio.to_thread.run_sync(run.refresh)
+                    rows.append(d.live_row(run))
+                    if run.status != layout.RUNNING:
+                        del live_rows[rid]
+                if rows:
+                    yield _sse("runs", {"added": added, "rows": rows})
+                else:
+                    yield b": ping\n\n"
+            await asyncio.sleep(LIVE_INTERVAL)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+# ---- middleware -----------------------------------------------------------------------------
+
+
+class Guard:
+    """Security headers on every response; the token check when a token is set;
+    for a loopback server, a Host header check (a page on another site cannot
+    reach it by DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp, token: str | None, loopback: bool) -> None:
+        self.app, self.token, self.loopback = app, token, loopback
+        self.dashboard: Dashboard | None = None
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        set_cookie = None
+        if self.loopback and not self.token:
+            host = headers.get("host", "").rsplit(":", 1)[0]
+            if host not in ("127.0.0.1", "localhost", "[::1]", "::1", ""):
+                await _plain(send, 403, f"Host {host!r} refused: this server answers to "
+                             "127.0.0.1 and localhost only")
+                return
+        if self.token:
+            given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
+            cookie = _cookie(headers.get("cookie", ""), TOKEN_COOKIE)
+            auth = headers.get("authorization", "")
+            auth = auth[6:] if auth.lower().startswith("token ") else ""
+            ok = [hmac.compare_digest(c.encode(), self.token.encode()) for c in (given, cookie, auth)]
+            if not any(ok):
+                await _plain(send, 403, "a token is required: open the URL that `expman serve` "
+                             "printed (it ends with ?token=...)")
+                return
+            if ok[0]:
+                set_cookie = (f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; "
+                              "SameSite=Strict").encode()
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                have = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [
+                    h for h in SECURITY_HEADERS if h[0] not in have] + (
+                    [(b"set-cookie", set_cookie)] if set_cookie else [])
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _cookie(header: str, name: str) -> str:
+    for part in header.split(";"):
+        k, _, v = part.strip().partition("=")
+        if k == name:
+            return v
+    return ""
+
+
+async def _plain(send: Any, status: int, text: str) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")] + SECURITY_HEADERS})
+    await send({"type": "http.response.body", "body": text.encode()})
+
+
+def create_app(base_dir: str | os.PathLike[str] | None = None, token: str | None = None, *,
+               loopback: bool = True, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
+    """The dashboard as an ASGI app over ``base_dir`` (the layout rule: argument,
+    $EXPMAN_DIR, ./experiments). ``token``: required on every request when set."""
+    base = layout.base_dir(base_dir)
+    routes = [
+        Route("/", index),
+        Route("/favicon.ico", favicon),
+        Route("/api/runs", api_runs),
+        Route("/api/stream", api_stream),
+        Route("/api/runs/{exp}/{run}", api_run),
+        Route("/api/runs/{exp}/{run}/series", api_series),
+        Route("/api/runs/{exp}/{run}/events", api_events),
+        Route("/api/runs/{exp}/{run}/artifacts/{path:path}", api_artifact),
+        Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+    ]
+    app = Starlette(routes=routes)
+    app.state.dashboard = Dashboard(base, max_bytes)
+    guard = Guard(app, token, loopback)
+    guard.dashboard = app.state.dashboard
+    return guard

@@ -1,0 +1,284 @@
+// One chart per metric for the selected runs, overlaid. The server decimates
+// each series for the chart's width (min/max buckets: no spike is lost);
+// zooming asks again for the visible range, down to the raw points. Live points
+// arrive from the event stream and are appended; charts out of view wait.
+import uPlot from "uplot";
+import "uplot/dist/uPlot.min.css";
+import "./style.css";
+import { el, clear, getJSON, runUrl, runColor, fmtNum } from "./dom.js";
+import { emaDebiased } from "./ema.js";
+
+const HEIGHT = 240;
+const LIVE_REDRAW_MS = 500;   // live charts redraw together, at most this often
+
+// Every live chart that changed is redrawn in one animation frame: one layout and
+// paint for all of them, twice a second, however many charts are live.
+const pending = new Set();
+let redrawTimer = null;
+function scheduleRedraw(chart) {
+  pending.add(chart);
+  if (redrawTimer) return;
+  redrawTimer = setTimeout(() => requestAnimationFrame(() => {
+    redrawTimer = null;
+    const charts = [...pending];
+    pending.clear();
+    for (const c of charts) if (c.dirty && c.visible && c.plot) c.render();
+  }), LIVE_REDRAW_MS);
+}
+const X_LABEL = { step: "step", rel: "relative time (s)", time: "wall time" };
+
+export class ChartPanel {
+  constructor(root) {
+    this.root = root;
+    this.runs = [];
+    this.opts = { x: "step", log: false, smooth: 0, filter: "" };
+    this.charts = new Map();
+    this.observer = new IntersectionObserver((entries) => {
+      for (const e of entries) {
+        const chart = e.target._chart;
+        if (!chart) continue;
+        chart.visible = e.isIntersecting;
+        if (chart.visible) chart.wake();
+      }
+    }, { rootMargin: "200px" });
+    let timer = null;
+    window.addEventListener("resize", () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => this.charts.forEach((c) => c.resize()), 150);
+    });
+  }
+
+  // ids: selected run ids; metrics: the union of their metric names
+  setRuns(ids, metrics) {
+    const same = ids.length === this.runs.length && ids.every((x, i) => x === this.runs[i]);
+    this.runs = ids.slice();
+    for (const name of metrics) this.ensure(name);
+    for (const [name, chart] of this.charts) {
+      if (!metrics.includes(name)) { chart.destroy(); this.charts.delete(name); }
+      else if (!same) chart.invalidate();
+    }
+    this.order();
+  }
+
+  setOption(key, value) {
+    this.opts[key] = value;
+    if (key === "filter") { this.order(); return; }
+    if (key === "x") this.charts.forEach((c) => { c.zoom = null; c.invalidate(); });
+    else this.charts.forEach((c) => c.rebuild());
+  }
+
+  ensure(name) {
+    let chart = this.charts.get(name);
+    if (!chart) {
+      chart = new Chart(this, name);
+      this.charts.set(name, chart);
+      this.order();
+    }
+    return chart;
+  }
+
+  order() {
+    const f = this.opts.filter.trim().toLowerCase();
+    const names = [...this.charts.keys()].sort();
+    const frag = document.createDocumentFragment();
+    let shown = 0;
+    for (const name of names) {
+      const c = this.charts.get(name);
+      const hide = f && !name.toLowerCase().includes(f);
+      c.card.hidden = !!hide;
+      if (!hide) shown++;
+      frag.append(c.card);
+    }
+    this.root.append(frag);
+    this.root.dataset.charts = String(shown);
+  }
+
+  // live points from the event stream
+  append(run, metric, start, steps, times, values) {
+    if (!this.runs.includes(run)) return;
+    this.ensure(metric).append(run, start, steps, times, values);
+  }
+}
+
+class Chart {
+  constructor(panel, metric) {
+    this.panel = panel;
+    this.metric = metric;
+    this.data = new Map();       // run id -> {x, y, count, raw, total, start}
+    this.zoom = null;            // [min, max] of x while zoomed
+    this.plot = null;
+    this.visible = false;
+    this.loaded = false;         // data matches the selection and options
+    this.dirty = false;          // data changed while out of view
+    this.loading = null;
+    this.info = el("span", { class: "chart-info" });
+    this.holder = el("div", { class: "chart-plot" });
+    this.card = el("section", { class: "chart", "data-metric": metric },
+      el("h3", {}, el("span", { class: "chart-title", text: metric }), this.info), this.holder);
+    this.card._chart = this;
+    this.holder.addEventListener("dblclick", () => { if (this.zoom) { this.zoom = null; this.invalidate(); } });
+    panel.observer.observe(this.card);
+  }
+
+  get width() { return Math.max(200, this.holder.clientWidth || this.card.clientWidth - 24 || 600); }
+
+  invalidate() {
+    this.loaded = false;
+    if (this.visible) this.wake();
+  }
+
+  wake() {
+    if (!this.loaded) this.load();
+    else if (this.dirty) this.render();
+  }
+
+  async load(onlyRun) {
+    const opts = this.panel.opts;
+    const runs = onlyRun ? [onlyRun] : this.panel.runs;
+    const ticket = {};
+    this.loading = ticket;
+    const q = new URLSearchParams({ metric: this.metric, x: opts.x, points: String(this.width) });
+    if (this.zoom) { q.set("from", String(this.zoom[0])); q.set("to", String(this.zoom[1])); }
+    const results = await Promise.all(runs.map((id) =>
+      getJSON(`${runUrl(id)}/series?${q}`).then((r) => [id, r]).catch(() => [id, null])));
+    if (this.loading !== ticket && !onlyRun) return;       // a newer load won
+    if (!onlyRun) this.data.clear();
+    for (const [id, r] of results) {
+      if (!r) { this.data.delete(id); continue; }
+      this.data.set(id, { x: r.x, y: r.y, count: r.count, raw: r.raw, total: r.total,
+        start: r.start_time ?? (r.count ? null : null), fetchedWidth: this.width });
+    }
+    this.loaded = true;
+    this.render(true);
+  }
+
+  append(run, start, steps, times, values) {
+    const d = this.data.get(run);
+    if (!this.loaded || !d) { this.invalidate(); return; }
+    if (start > d.count) { this.load(run); return; }        // a gap: ask again
+    const skip = d.count - start;
+    if (skip >= steps.length) return;
+    d.count = start + steps.length;
+    if (this.zoom) return;                                  // a zoomed view stays put
+    const axis = this.panel.opts.x;
+    if (d.start == null && times.length) d.start = times[0];
+    for (let i = skip; i < steps.length; i++) {
+      d.x.push(axis === "step" ? steps[i] : axis === "time" ? times[i] : times[i] - d.start);
+      d.y.push(values[i]);
+    }
+    if (d.x.length > 8 * this.width) { this.load(run); return; }   // decimate again
+    this.dirty = true;
+    if (this.visible) scheduleRedraw(this);
+  }
+
+  rebuild() {
+    if (this.plot) { this.plot.destroy(); this.plot = null; }
+    if (this.loaded) this.render(true);
+  }
+
+  render(fresh = false) {
+    this.dirty = false;
+    const opts = this.panel.opts;
+    const ids = this.panel.runs.filter((id) => this.data.has(id));
+    const tables = ids.map((id) => sortedTable(this.data.get(id), opts.log));
+    const joined = tables.length ? uPlot.join(tables) : [[]];
+    const data = [joined[0]];
+    const series = [{ label: X_LABEL[opts.x] }];
+    let lastX = -Infinity, points = 0, hiddenLog = 0;
+    ids.forEach((id, i) => {
+      const ys = joined[i + 1];
+      const d = this.data.get(id);
+      points += d.count;
+      if (d.x.length) lastX = Math.max(lastX, d.x[d.x.length - 1]);
+      if (opts.log) hiddenLog += d.y.filter((v) => v !== null && v <= 0).length;
+      const color = runColor(id);
+      if (opts.smooth > 0) {
+        data.push(ys, smoothAligned(ys, opts.smooth));
+        series.push({ label: `${id} (raw)`, stroke: runColor(id, 0.25), width: 1, spanGaps: true },
+          { label: id, stroke: color, width: 1.5, spanGaps: true, value: fmtLegend });
+      } else {
+        data.push(ys);
+        series.push({ label: id, stroke: color, width: 1.25, spanGaps: true, value: fmtLegend });
+      }
+    });
+    this.card.dataset.series = String(ids.length);
+    this.card.dataset.lastX = lastX === -Infinity ? "" : String(lastX);
+    this.card.dataset.points = String(points);
+    this.card.dataset.drawn = String(data[0].length);
+    this.card.dataset.log = String(opts.log);
+    this.card.dataset.smooth = String(opts.smooth);
+    this.card.dataset.zoomed = this.zoom ? `${this.zoom[0]},${this.zoom[1]}` : "";
+    const raw = ids.every((id) => this.data.get(id).raw);
+    this.info.textContent = `${points.toLocaleString()} points` + (raw ? "" : ", min/max per pixel") +
+      (this.zoom ? " · zoomed (double-click to reset)" : "") +
+      (hiddenLog ? ` · ${hiddenLog} values ≤ 0 not shown on log scale` : "");
+    const sameShape = this.plot && this.plot.series.length === series.length && !fresh;
+    if (sameShape) {
+      this.plot.setData(data, !this.zoom);
+      return;
+    }
+    if (this.plot) this.plot.destroy();
+    const self = this;
+    this.plot = new uPlot({
+      width: this.width,
+      height: HEIGHT,
+      scales: {
+        x: { time: opts.x === "time", ...(this.zoom ? { min: this.zoom[0], max: this.zoom[1], auto: false } : {}) },
+        y: opts.log ? { distr: 3, log: 10 } : {},
+      },
+      axes: [{ label: X_LABEL[opts.x] }, { size: 64, values: (u, vals) => vals.map(fmtNum) }],
+      series,
+      cursor: { drag: { x: true, y: false, setScale: false }, bind: { dblclick: () => null } },
+      hooks: {
+        setSelect: [(u) => {
+          if (u.select.width < 3) return;
+          const lo = u.posToVal(u.select.left, "x");
+          const hi = u.posToVal(u.select.left + u.select.width, "x");
+          u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+          self.zoom = [lo, hi];
+          self.invalidate();
+        }],
+      },
+      legend: { live: true },
+    }, data, this.holder);
+  }
+
+  resize() {
+    if (this.plot) this.plot.setSize({ width: this.width, height: HEIGHT });
+  }
+
+  destroy() {
+    this.panel.observer.unobserve(this.card);
+    if (this.plot) this.plot.destroy();
+    this.card.remove();
+  }
+}
+
+// [x, y] sorted by x (uPlot.join needs ascending x); non-finite and, on a log
+// scale, non-positive values become gaps.
+function sortedTable(d, log) {
+  let xs = d.x, ys = d.y;
+  let sorted = true;
+  for (let i = 1; i < xs.length; i++) if (xs[i] < xs[i - 1]) { sorted = false; break; }
+  if (!sorted) {
+    const idx = xs.map((_, i) => i).sort((a, b) => xs[a] - xs[b] || a - b);
+    xs = idx.map((i) => xs[i]);
+    ys = idx.map((i) => ys[i]);
+  }
+  ys = ys.map((v) => (v === null || !isFinite(v) || (log && v <= 0) ? null : v));
+  return [xs, ys];
+}
+
+// EMA over one run's points in the joined table (gaps from other runs skipped).
+function smoothAligned(ys, w) {
+  const idx = [], vals = [];
+  ys.forEach((v, i) => { if (v !== null && v !== undefined) { idx.push(i); vals.push(v); } });
+  const sm = emaDebiased(vals, w);
+  const out = new Array(ys.length).fill(null);
+  idx.forEach((i, k) => { out[i] = sm[k]; });
+  return out;
+}
+
+function fmtLegend(u, v) {
+  return v === null || v === undefined ? "--" : fmtNum(v);
+}

@@ -1,0 +1,114 @@
+// expman serve's page. Routes (in the URL fragment): #/ the runs view with the
+// charts of the selected runs, #/run/EXP/RUN a run page, #/compare?run=..&run=..
+// Live data comes from one EventSource on /api/stream.
+import { el, clear, getJSON } from "./dom.js";
+import { RunsTable, encodeId } from "./runs.js";
+import { ChartPanel } from "./charts.js";
+import { showRun, showCompare } from "./run.js";
+
+const app = document.getElementById("app");
+const liveDot = document.getElementById("live-dot");
+let home = null;          // the runs view, kept across routes
+let stream = null;
+let runPanel = null;      // the run page's charts, fed by the stream too
+
+function buildHome() {
+  const tableRoot = el("div", { class: "runs-view" });
+  const chartsRoot = el("div", { class: "charts", id: "charts" });
+  const smoothVal = el("output", { text: "0" });
+  const compareBtn = el("button", { id: "compare-btn", disabled: true, text: "compare selected",
+    onclick: () => { location.hash = `#/compare?${new URLSearchParams(table.selected.size ? [...table.selected].map((r) => ["run", r]) : [])}`; } });
+  const controls = el("div", { class: "controls chart-controls" },
+    el("input", { id: "metric-filter", type: "search", placeholder: "filter metrics", "aria-label": "filter metrics",
+      oninput: (e) => charts.setOption("filter", e.target.value) }),
+    el("label", {}, "x ", el("select", { id: "x-axis", onchange: (e) => charts.setOption("x", e.target.value) },
+      el("option", { value: "step", text: "step" }), el("option", { value: "rel", text: "relative time" }),
+      el("option", { value: "time", text: "wall time" }))),
+    el("label", {}, el("input", { id: "log-y", type: "checkbox", onchange: (e) => charts.setOption("log", e.target.checked) }), " log y"),
+    el("label", {}, "smoothing ", el("input", { id: "smoothing", type: "range", min: "0", max: "0.99", step: "0.01", value: "0",
+      oninput: (e) => { smoothVal.textContent = e.target.value; charts.setOption("smooth", Number(e.target.value)); } }), smoothVal),
+    compareBtn);
+  const hint = el("p", { class: "muted", id: "charts-hint", text: "Select runs to see their charts." });
+  const view = el("div", {}, tableRoot, el("h2", { text: "Charts" }), controls, hint, chartsRoot);
+  const charts = new ChartPanel(chartsRoot);
+  const table = new RunsTable(tableRoot, { onSelect: (ids) => select(ids) });
+  function select(ids) {
+    const metrics = new Set();
+    for (const id of ids) Object.keys(table.rows.get(id)?.last_metrics || {}).forEach((m) => metrics.add(m));
+    charts.setRuns(ids, [...metrics]);
+    hint.hidden = ids.length > 0;
+    compareBtn.disabled = ids.length < 2;
+    table.draw();
+    connect();
+  }
+  return { view, table, charts, select };
+}
+
+async function loadRuns() {
+  const data = await getJSON("/api/runs");
+  document.getElementById("base").textContent = data.base_dir;
+  home.table.setRows(data.runs);
+}
+
+// One stream: points of the selected runs, rows of live runs, new runs.
+function connect() {
+  if (stream) stream.close();
+  const q = new URLSearchParams();
+  const streamed = new Set(home.table.selected);
+  if (runPanel) runPanel.runs.forEach((r) => streamed.add(r));
+  streamed.forEach((r) => q.append("run", r));
+  for (const r of home.table.rows.values()) if (r.status === "RUNNING") q.append("watch", r.id);
+  stream = new EventSource(`/api/stream?${q}`);
+  stream.addEventListener("open", () => { liveDot.className = "on"; });
+  stream.addEventListener("error", () => { liveDot.className = "off"; });
+  stream.addEventListener("points", (e) => {
+    const p = JSON.parse(e.data);
+    home.charts.append(p.run, p.metric, p.start, p.steps, p.times, p.values);
+    if (runPanel) runPanel.append(p.run, p.metric, p.start, p.steps, p.times, p.values);
+  });
+  stream.addEventListener("status", (e) => {
+    const s = JSON.parse(e.data);
+    const row = home.table.rows.get(s.run);
+    if (row) { row.status = s.status; home.table.draw(); }
+  });
+  stream.addEventListener("runs", (e) => {
+    const d = JSON.parse(e.data);
+    home.table.update(d.rows);
+    if (d.added.length) connect();       // watch the new live rows too
+  });
+}
+
+async function route() {
+  const hash = location.hash || "#/";
+  runPanel = null;
+  if (hash.startsWith("#/run/")) {
+    const id = hash.slice(6).split("/").map(decodeURIComponent).join("/");
+    runPanel = await showRun(app, id);
+    connect();
+    return;
+  }
+  if (hash.startsWith("#/compare")) {
+    const ids = new URLSearchParams(hash.split("?")[1] || "").getAll("run");
+    await showCompare(app, ids);
+    return;
+  }
+  clear(app).append(home.view);
+  home.table.draw();
+  home.charts.charts.forEach((c) => c.invalidate());
+}
+
+async function main() {
+  home = buildHome();
+  window.addEventListener("hashchange", route);
+  try {
+    await loadRuns();
+  } catch (e) {
+    clear(app).append(el("p", { class: "error", text: `cannot list runs: ${e.message}` }));
+    return;
+  }
+  await route();
+  connect();
+}
+
+main();
+export { encodeId };

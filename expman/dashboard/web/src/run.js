@@ -1,0 +1,166 @@
+// The run page (params, environment, exit, messages, artifacts, integrity,
+// metric summary and charts) and the compare view (params side by side, the
+// differing ones highlighted).
+import { el, clear, getJSON, runUrl, flatten, display, fmtNum, fmtTime, fmtBytes, fmtDuration } from "./dom.js";
+import { ChartPanel } from "./charts.js";
+
+const MAX_MESSAGES = 2000;      // the newest; the API pages through the rest
+
+function kvTable(obj, id) {
+  const flat = flatten(obj || {});
+  const rows = Object.entries(flat);
+  const table = el("table", { class: "kv", id });
+  const body = el("tbody", {}, rows.map(([k, v]) => el("tr", { "data-key": k },
+    el("th", { text: k }), el("td", { text: display(v) }))));
+  table.append(body);
+  if (!rows.length) body.append(el("tr", {}, el("td", { text: "none" })));
+  return table;
+}
+
+function searchable(obj, id, placeholder) {
+  const table = kvTable(obj, id);
+  const input = el("input", { type: "search", placeholder, class: "kv-search", "aria-label": placeholder,
+    oninput: (e) => {
+      const q = e.target.value.toLowerCase();
+      for (const tr of table.querySelectorAll("tr[data-key]")) {
+        tr.hidden = !!q && !tr.textContent.toLowerCase().includes(q);
+      }
+    } });
+  return el("div", {}, input, table);
+}
+
+function section(title, ...body) {
+  return el("section", { class: "panel" }, el("h2", { text: title }), ...body);
+}
+
+function exitSummary(status, exit) {
+  if (status === "RUNNING") return "running";
+  if (status === "CRASHED") return "the process died without a word (no final status was written)";
+  if (!exit) return status === "FINISHED" ? "closed cleanly" : status;
+  const parts = [];
+  if (exit.type) parts.push(`${exit.type}: ${exit.message ?? ""}` + (exit.location ? ` at ${exit.location}` : ""));
+  if (exit.code !== undefined && exit.code !== null) parts.push(`exit code ${exit.code}`);
+  if (exit.signal) parts.push(`signal ${exit.signal}`);
+  return parts.join(", ") || String(exit.reason || status);
+}
+
+// The environment without its package list, then the packages folded away.
+function environment(env) {
+  const { packages, ...rest } = env;
+  const out = [searchable(rest, "env", "search environment")];
+  if (packages && typeof packages === "object") {
+    const n = Array.isArray(packages) ? packages.length : Object.keys(packages).length;
+    out.push(el("details", { id: "packages" }, el("summary", { text: `${n} packages` }),
+      searchable(Array.isArray(packages) ? Object.fromEntries(packages.map((p, i) => [String(i), p])) : packages,
+        "packages-table", "search packages")));
+  }
+  return out;
+}
+
+export async function showRun(root, id) {
+  clear(root).append(el("p", { text: `loading ${id}…` }));
+  let run;
+  try {
+    run = await getJSON(runUrl(id));
+  } catch (e) {
+    clear(root).append(el("p", { class: "error", text: `cannot open ${id}: ${e.message}` }));
+    return;
+  }
+  const meta = run.meta || {};
+  const exit = meta.exit;
+  const head = el("div", { class: "run-head" },
+    el("h1", {}, el("span", { text: `${run.experiment} / ` }), el("span", { id: "run-title", text: run.run_name })),
+    el("span", { class: `status status-${run.status}`, text: run.status }),
+    el("span", { class: "muted", text: ` started ${fmtTime(meta.start_time)}` +
+      (typeof meta.duration === "number" ? `, ran ${fmtDuration(meta.duration)}` : "") }));
+  const exitBox = section("Status and exit", el("p", { id: "exit-summary", text: exitSummary(run.status, exit) }),
+    exit && typeof exit === "object" ? kvTable(exit, "exit") : "");
+
+  const metricRows = Object.entries(run.metrics).map(([name, m]) => el("tr", {},
+    el("td", { text: name }), el("td", { class: "num", text: String(m.count) }),
+    el("td", { class: "num", text: fmtNum(m.last) }), el("td", { class: "num", text: display(m.last_step) }),
+    el("td", { class: "num", text: fmtNum(m.min) }), el("td", { class: "num", text: fmtNum(m.max) })));
+  const metrics = el("table", { class: "grid" }, el("thead", {}, el("tr", {},
+    ["metric", "points", "last", "last step", "min", "max"].map((h) => el("th", { text: h })))), el("tbody", {}, metricRows));
+
+  const arts = el("table", { class: "grid", id: "artifacts" }, el("thead", {}, el("tr", {},
+    ["artifact", "size", "sha256", ""].map((h) => el("th", { text: h })))));
+  const artBody = el("tbody");
+  const previews = el("div", { class: "previews" });
+  for (const a of run.artifacts) {
+    const href = `${runUrl(id)}/artifacts/${a.name.split("/").map(encodeURIComponent).join("/")}`;
+    const actions = el("td", {}, el("a", { href, download: a.name.split("/").pop(), text: "download" }));
+    if (a.image) {
+      actions.append(" ", el("a", { href, target: "_blank", rel: "noopener", class: "view-image", text: "open" }));
+      previews.append(el("figure", {}, el("img", { src: href, alt: a.name, class: "artifact-image" }),
+        el("figcaption", { text: a.name })));
+    } else if (a.text) {
+      const pre = el("pre", { class: "artifact-text" });
+      previews.append(el("figure", {}, pre, el("figcaption", { text: a.name })));
+      fetch(`${href}?head=65536`).then((r) => r.text()).then((t) => { pre.textContent = t; }).catch(() => {});
+    }
+    artBody.append(el("tr", { class: a.present ? "" : "missing" }, el("td", { text: a.name }),
+      el("td", { class: "num", text: fmtBytes(a.size) }), el("td", { class: "hash", text: a.sha256 || "" }), actions));
+  }
+  arts.append(artBody);
+
+  const ig = run.integrity;
+  const integrity = el("div", {}, el("p", { class: ig.ok ? "ok" : "error", id: "integrity",
+    text: ig.ok ? "intact: every frame and event line read" : `${ig.problems.length} problem(s)` }),
+  el("ul", {}, ig.problems.map((p) => el("li", { text: p }))), kvTable(ig.metrics, "integrity-counts"));
+
+  const messages = el("ol", { class: "timeline", id: "messages" });
+  const chartsRoot = el("div", { class: "charts" });
+  clear(root).append(head, exitBox,
+    section("Metrics", metrics, chartsRoot),
+    section("Params", searchable(run.params, "params", "search params")),
+    section("Messages", messages),
+    section("Artifacts", arts, previews),
+    section("Environment", ...environment(meta.env || {})),
+    section("Integrity", integrity));
+  const panel = new ChartPanel(chartsRoot);
+  panel.setRuns([id], Object.keys(run.metrics));
+  try {
+    const { events, total } = await getJSON(`${runUrl(id)}/events?kind=message&last=${MAX_MESSAGES}`);
+    if (total > events.length) {
+      messages.append(el("li", { class: "muted", text: `the last ${events.length} of ${total} messages` }));
+    }
+    for (const ev of events) {
+      messages.append(el("li", { class: `level-${String(ev.level || "info").replace(/\W/g, "")}` },
+        el("time", { text: fmtTime(ev.time) }), el("span", { class: "level", text: String(ev.level || "info") }),
+        el("span", { class: "msg", text: String(ev.msg ?? ev.message ?? "") })));
+    }
+    if (!events.length) messages.append(el("li", { text: "no messages" }));
+  } catch (e) {
+    messages.append(el("li", { class: "error", text: e.message }));
+  }
+  return panel;
+}
+
+export async function showCompare(root, ids) {
+  clear(root).append(el("p", { text: "loading…" }));
+  const runs = await Promise.all(ids.map((id) => getJSON(runUrl(id)).catch(() => null)));
+  const ok = runs.map((r, i) => [ids[i], r]).filter(([, r]) => r);
+  const flats = ok.map(([, r]) => flatten(r.params));
+  const keys = [...new Set(flats.flatMap((f) => Object.keys(f)))].sort();
+  const onlyDiff = el("input", { type: "checkbox", id: "only-diff" });
+  const body = el("tbody");
+  for (const k of keys) {
+    const vals = flats.map((f) => (k in f ? display(f[k]) : "—"));
+    const differs = vals.some((v) => v !== vals[0]);
+    body.append(el("tr", { class: differs ? "diff" : "same", "data-key": k }, el("th", { text: k }),
+      vals.map((v) => el("td", { text: v }))));
+  }
+  onlyDiff.addEventListener("change", () => {
+    for (const tr of body.querySelectorAll("tr.same")) tr.hidden = onlyDiff.checked;
+  });
+  const head = el("tr", {}, el("th", { text: "param" }), ok.map(([id]) =>
+    el("th", {}, el("a", { href: `#/run/${id.split("/").map(encodeURIComponent).join("/")}`, text: id }))));
+  const lastRows = [...new Set(ok.flatMap(([, r]) => Object.keys(r.metrics)))].sort().map((m) =>
+    el("tr", {}, el("th", { text: m }), ok.map(([, r]) => el("td", { class: "num", text: fmtNum(r.metrics[m]?.last) }))));
+  clear(root).append(el("h1", { text: `Compare ${ok.length} runs` }),
+    el("label", {}, onlyDiff, " only differing params"),
+    el("table", { class: "grid compare", id: "compare" }, el("thead", {}, head), body),
+    el("h2", { text: "Last metric values" }),
+    el("table", { class: "grid compare" }, el("thead", {}, head.cloneNode(true)), el("tbody", {}, lastRows)));
+}

@@ -1,0 +1,327 @@
+"""expman serve in a real browser: Debian's headless Chromium driven by
+Playwright (never `playwright install`). The page must make no request outside
+the server and log no console error, in every test.
+
+Skipped only when /usr/bin/chromium is missing outside CI; in CI (CI=true) a
+missing browser fails, unless EXPMAN_SKIP_BROWSER=1 says so explicitly (the
+wheel builders' test step, which has no Chromium)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytest.importorskip("numpy")
+
+from dashboard_data import (  # noqa: E402
+    CHROMIUM, CHROMIUM_ARGS, XSS_IMG, XSS_SCRIPT, demo_run, failed_run, hostile_run, png_bytes,
+)
+
+if os.environ.get("EXPMAN_SKIP_BROWSER") == "1":
+    pytest.skip("EXPMAN_SKIP_BROWSER=1", allow_module_level=True)
+if not os.path.exists(CHROMIUM):
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI needs Chromium at {CHROMIUM} for the dashboard tests "
+                    "(apt-get install -y chromium)", pytrace=False)
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from expman.dashboard.server import STATIC_DIR  # noqa: E402
+from expman.dashboard.testing import running_server  # noqa: E402
+
+if not (STATIC_DIR / "app.js").is_file():
+    pytest.fail("the dashboard page is not built: npm ci && npm run build", pytrace=False)
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("dash") / "experiments"
+    base.mkdir()
+    demo_run(base, "run-a", 0.01, seed=1)
+    demo_run(base, "run-b", 0.03, seed=2, artifacts=False)
+    hostile_run(base)
+    failed_run(base)
+    with running_server(base) as url:
+        yield {"url": url, "base": base}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+class Watch:
+    """Console errors, page errors and requests to anything but the server."""
+
+    def __init__(self, page: Any, url: str) -> None:
+        self.origin = urllib.parse.urlsplit(url).netloc
+        self.errors: list[str] = []
+        self.outside: list[str] = []
+        self.requests: list[str] = []
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.on("request", self._request)
+
+    def _request(self, req: Any) -> None:
+        self.requests.append(req.url)
+        parts = urllib.parse.urlsplit(req.url)
+        if parts.netloc != self.origin:
+            self.outside.append(req.url)
+
+    def check(self) -> None:
+        assert not self.outside, f"requests outside the server: {self.outside}"
+        assert not self.errors, f"console errors: {self.errors}"
+
+
+@pytest.fixture
+def page(browser: Any, site: dict[str, Any]):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.watch = Watch(pg, site["url"])
+    yield pg
+    ctx.close()
+
+
+def until(check: Any, timeout: float = TIMEOUT_MS / 1000, what: str = "") -> Any:
+    """Poll ``check()`` until it returns something true (page.wait_for_function
+    evaluates strings, which the page's CSP rightly forbids)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or check}")
+        time.sleep(0.02)
+
+
+def attr(page: Any, metric: str, name: str) -> str:
+    return chart(page, metric).get_attribute(f"data-{name}") or ""
+
+
+def rows_shown(page: Any) -> int:
+    return page.locator("#runs tbody tr[data-id]").count()
+
+
+def row(page: Any, run_id: str) -> Any:
+    quoted = run_id.replace("\\", "\\\\").replace('"', '\\"')
+    return page.locator(f'#runs tr[data-id="{quoted}"]')
+
+
+def chart(page: Any, metric: str) -> Any:
+    return page.locator(f'section.chart[data-metric="{metric}"]')
+
+
+def select(page: Any, *run_ids: str) -> None:
+    for rid in run_ids:
+        row(page, rid).locator("input[type=checkbox]").check()
+
+
+def test_runs_view_lists_runs_with_distinct_statuses_and_filters(page: Any, site: Any) -> None:
+    page.goto(site["url"])
+    row(page, "demo/run-a").wait_for()
+    assert page.locator("#runs tbody tr[data-id]").count() == 4
+    assert row(page, "demo/run-a").locator(".status").inner_text() == "FINISHED"
+    badge = row(page, "demo/failed").locator(".status")
+    assert badge.inner_text() == "FAILED"
+    colors = {b.evaluate("e => getComputedStyle(e).backgroundColor")
+              for b in (badge, row(page, "demo/run-a").locator(".status"))}
+    assert len(colors) == 2, "each status looks different"
+    headers = page.locator("#runs thead th").all_inner_texts()
+    assert "learning_rate" in headers and "optimizer.momentum" in headers and "train_loss" in headers
+    page.fill("#expr-filter", "learning_rate < 0.02")
+    until(lambda: rows_shown(page) == 1)
+    assert row(page, "demo/run-a").count() == 1
+    page.fill("#expr-filter", "learning_rate <")
+    assert "cannot read" in page.locator(".expr-error").inner_text()
+    page.fill("#expr-filter", "")
+    page.fill("#text-filter", "run-b")
+    until(lambda: rows_shown(page) == 1)
+    page.fill("#text-filter", "")
+    page.select_option("#status-filter", "RUNNING")
+    until(lambda: rows_shown(page) == 0)
+    page.select_option("#status-filter", "FAILED")
+    until(lambda: rows_shown(page) == 1)
+    page.select_option("#status-filter", "")
+    page.locator('#runs th[data-key="p:learning_rate"]').click()      # sort ascending
+    ids = page.locator("#runs tr[data-id]").evaluate_all("rs => rs.map(r => r.dataset.id)")
+    assert ids.index("demo/run-a") < ids.index("demo/run-b")
+    page.check("#group-exp")
+    assert page.locator("#runs tr.group").first.inner_text() == "demo"
+    page.watch.check()
+
+
+def test_two_runs_on_train_loss_with_log_scale_smoothing_and_zoom(page: Any, site: Any) -> None:
+    page.goto(site["url"])
+    select(page, "demo/run-a", "demo/run-b")
+    c = chart(page, "train_loss")
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="2"]')
+    assert c.locator("canvas").count() == 1
+    assert c.get_attribute("data-points") == "800"
+    legend = c.locator(".u-legend .u-series")
+    assert legend.count() == 3                               # x + two runs
+    page.check("#log-y")
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-log="true"]')
+    page.fill("#smoothing", "0.8")
+    page.dispatch_event("#smoothing", "input")
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-smooth="0.8"]')
+    assert legend.count() == 5                               # raw (faint) + smoothed per run
+    page.uncheck("#log-y")
+    # drag to zoom: the server is asked again for the visible range
+    before = len([u for u in page.watch.requests if "from=" in u])
+    over = c.locator(".u-over")
+    box = over.bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.2, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.4, y, steps=5)
+    page.mouse.up()
+    until(lambda: attr(page, "train_loss", "zoomed"))
+    lo, hi = map(float, c.get_attribute("data-zoomed").split(","))
+    assert 40 < lo < hi < 200
+    assert len([u for u in page.watch.requests if "from=" in u]) > before
+    over.dblclick()
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-zoomed=""]')
+    page.select_option("#x-axis", "rel")
+    until(lambda: attr(page, "train_loss", "last-x") and float(attr(page, "train_loss", "last-x")) < 100)
+    page.fill("#metric-filter", "val_")
+    assert chart(page, "train_loss").is_hidden() and chart(page, "val_loss").is_visible()
+    page.watch.check()
+
+
+def test_run_page_and_image_artifact(page: Any, site: Any) -> None:
+    page.goto(site["url"])
+    row(page, "demo/run-a").locator("a").click()
+    page.wait_for_selector("#run-title")
+    assert page.locator("#run-title").inner_text() == "run-a"
+    assert page.locator('#params tr[data-key="optimizer.momentum"] td').inner_text() == "0.9"
+    page.fill(".kv-search >> nth=0", "momentum")
+    assert page.locator("#params tr[data-key]:visible").count() == 1
+    msgs = page.locator("#messages li").all_inner_texts()
+    assert any("Starting training loop" in m for m in msgs)
+    assert any("warning" in m and "learning rate may be too high" in m for m in msgs)
+    assert "intact" in page.locator("#integrity").inner_text()
+    assert page.locator("#exit-summary").inner_text() == "closed cleanly"
+    assert page.locator('#env tr[data-key="python_version"]').count() == 1
+    img = page.locator("img.artifact-image")
+    img.wait_for()
+    until(lambda: img.evaluate("i => i.naturalWidth") == 8)
+    until(lambda: "epoch notes" in page.locator("pre.artifact-text").first.inner_text())
+    assert "<b>not bold</b>" in page.locator("pre.artifact-text").first.inner_text()
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="1"]')
+    href = page.locator("a.view-image").get_attribute("href")
+    resp = page.goto(urllib.parse.urljoin(site["url"], href))
+    assert resp.status == 200 and resp.headers["content-type"] == "image/png"
+    assert "attachment" not in resp.headers.get("content-disposition", "")
+    assert resp.body() == png_bytes()
+    page.watch.check()
+
+
+def test_failed_run_page_shows_the_exception(page: Any, site: Any) -> None:
+    page.goto(site["url"] + "#/run/demo/failed")
+    summary = page.locator("#exit-summary")
+    summary.wait_for()
+    text = summary.inner_text()
+    assert text.startswith("ZeroDivisionError: loss exploded at ") and "dashboard_data.py:" in text
+    page.watch.check()
+
+
+def test_compare_view_highlights_differing_params(page: Any, site: Any) -> None:
+    page.goto(site["url"])
+    select(page, "demo/run-a", "demo/run-b")
+    page.click("#compare-btn")
+    page.wait_for_selector("#compare")
+    assert page.locator('#compare tr.diff[data-key="learning_rate"]').count() == 1
+    assert page.locator('#compare tr.same[data-key="batch_size"]').count() == 1
+    page.check("#only-diff")
+    assert page.locator('#compare tr[data-key="batch_size"]').is_hidden()
+    page.watch.check()
+
+
+def test_markup_in_names_params_and_messages_is_shown_as_text(page: Any, site: Any) -> None:
+    rid = f"demo/{XSS_IMG}"
+    page.goto(site["url"])
+    r = row(page, rid)
+    r.wait_for()
+    assert r.locator("a").inner_text() == XSS_SCRIPT
+    assert XSS_SCRIPT in r.inner_text() and XSS_IMG in r.inner_text()      # param cells
+    r.locator("a").click()
+    page.wait_for_selector("#run-title")
+    assert page.locator("#run-title").inner_text() == XSS_SCRIPT
+    msgs = page.locator("#messages li").all_inner_texts()
+    assert any(XSS_IMG in m for m in msgs) and any(XSS_SCRIPT in m for m in msgs)
+    assert page.locator('#params tr[data-key="title"] td').inner_text() == XSS_IMG
+    assert page.locator("img[onerror], script:not([type=module])").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    page.watch.check()
+
+
+LOGGER = textwrap.dedent("""
+    import sys, time, math
+    from pathlib import Path
+    import expman
+    stop = Path(sys.argv[2])
+    with expman.Experiment("live", "ticker", base_dir=sys.argv[1], capture_env=False,
+                           flush_interval=0.05) as exp:
+        exp.log_params({"learning_rate": 0.1})
+        step = 0
+        deadline = time.monotonic() + 60
+        while not stop.exists() and time.monotonic() < deadline:
+            exp.log_metrics({"train_loss": 1 / (1 + step) + 0.01 * math.sin(step)}, step=step)
+            step += 1
+            time.sleep(0.05)
+""")
+
+
+def test_live_run_appears_and_its_chart_grows(page: Any, site: Any, tmp_path: Path) -> None:
+    page.goto(site["url"])
+    row(page, "demo/run-a").wait_for()
+    stop = tmp_path / "stop"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", LOGGER, str(site["base"]), str(stop)], env=env)
+    try:
+        live = row(page, "live/ticker")
+        live.wait_for()                                    # a new run appears without a reload
+        assert live.locator(".status").inner_text() == "RUNNING"
+        select(page, "live/ticker")
+        c = chart(page, "train_loss")
+        page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="1"]')
+        first = float(until(lambda: c.get_attribute("data-last-x")))
+        # the chart's last step grows within 2 s, over the event stream (no reload, no refetch)
+        until(lambda: float(c.get_attribute("data-last-x")) >= first + 5, timeout=2.0,
+              what=f"the live chart's last step grows past {first + 5}")
+        # the table row's last train_loss changes too (the row is replaced in place)
+        col = page.locator("#runs thead th").evaluate_all(
+            "ths => ths.findIndex(t => t.dataset.key === 'm:train_loss')")
+        assert col > 0
+
+        def cell() -> str:
+            return row(page, "live/ticker").locator("td").nth(col).inner_text()
+        shown = until(cell)
+        until(lambda: cell() not in ("", shown), timeout=5.0, what="the live row's value changes")
+        stop.touch()
+        assert proc.wait(timeout=30) == 0
+        until(lambda: live.locator(".status").inner_text() == "FINISHED", timeout=5.0)
+    finally:
+        stop.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    page.watch.check()
