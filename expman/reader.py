@@ -200,6 +200,9 @@ def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
                          duplicates=duplicates)
     tail = RunTail(resolve_run(path, base_dir), salvage=salvage)
     p = tail.path
+    if salvage:         # names of points whose defining frame is gone: the copies in events
+        from expman.summary import read_event_keys
+        tail._keys = read_event_keys(p)
     try:
         params, params_error = read_params(p), None
     except (OSError, ValueError) as e:     # damaged params never hide the metrics
@@ -255,11 +258,15 @@ class RunSummary:
 
 
 # (path, metrics.bin size, mtime_ns) -> (last values, points): list_runs in a long-lived
-# process (a dashboard) decodes each unchanged run once.
+# process (a dashboard) reads each unchanged run once.
 _LAST_CACHE: dict[tuple[str, int, int], tuple[dict[str, float], int]] = {}
+_LAST_CACHE_MAX = 100_000
 
 
 def _last_values(run_dir: Path) -> tuple[dict[str, float], int]:
+    """Last value per metric and the point count: from summary.json when it covers
+    metrics.bin as it is now, else by decoding (after a crash, say)."""
+    from expman.summary import summarize
     mpath = run_dir / METRICS_FILE
     try:
         st = os.stat(mpath)
@@ -272,14 +279,15 @@ def _last_values(run_dir: Path) -> tuple[dict[str, float], int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            metrics, _ = read_metrics(mpath, salvage=True)
-        except (OSError, ExpmanError):
-            metrics = Metrics({})
-    result = ({k: s.last for k, s in metrics.items() if len(s)}, metrics.points)
-    if len(_LAST_CACHE) > 4096:
+            figures = summarize(run_dir)["metrics"]
+        except (OSError, ExpmanError, ValueError):
+            figures = {}
+    result = ({k: m["last_value"] for k, m in figures.items() if m.get("count")},
+              sum(int(m.get("count") or 0) for m in figures.values()))
+    if len(_LAST_CACHE) >= _LAST_CACHE_MAX:
         _LAST_CACHE.clear()
-    _LAST_CACHE[key] = result     # type: ignore[assignment]
-    return result                 # type: ignore[return-value]
+    _LAST_CACHE[key] = result
+    return result
 
 
 def _summary_of(run_dir: Path, metrics: bool) -> RunSummary:

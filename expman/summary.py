@@ -205,9 +205,10 @@ def keys_from_events(events: Iterable[Mapping[str, Any]]) -> dict[int, str]:
 
 def read_event_keys(run_dir: str | os.PathLike[str]) -> dict[int, str]:
     """keys_from_events over a run folder's events.jsonl ({} when unreadable)."""
+    from expman._fsutil import read_regular
     try:
-        data = (Path(os.fspath(run_dir)) / EVENTS_FILE).read_bytes()
-    except OSError:
+        data = read_regular(Path(os.fspath(run_dir)) / EVENTS_FILE)
+    except (OSError, ValueError):
         return {}
     events, _bad, _used = parse_event_lines(data)
     return keys_from_events(events)
@@ -221,8 +222,9 @@ def summarize(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if fresh is not None:
         return fresh
     from expman import _core
+    from expman._fsutil import read_regular
     run = Path(os.fspath(run_dir))
-    data = (run / METRICS_FILE).read_bytes()
+    data = read_regular(run / METRICS_FILE)     # never a FIFO, a device or a link
     columns, _keys, _report = _core.decode_metrics(data, 0, read_event_keys(run), True)
     return {"format": SUMMARY_FORMAT, "metrics_bytes": len(data), "source": "decode",
             "metrics": from_columns(columns)}

@@ -49,7 +49,7 @@ def _spelled(value: str) -> set[str]:
     """Contract names a string literal spells: the whole string, or a path part of it
     ("artifacts" alone is also a JSON key; as a folder it comes with a separator)."""
     found = {value} & (CONTRACT - {layout.ARTIFACTS_DIR})
-    if re.search(r"[/\\]", value):
+    if re.search(r"[/\\]", value) and not value.startswith("/api/"):     # URL routes are not paths
         found |= {part for part in re.split(r"[/\\]", value) if part in CONTRACT}
     return found
 

@@ -35,7 +35,7 @@ from expman.series import DUPLICATES
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 
-COMMANDS = ("demo", "list", "show", "export", "tail", "compare", "verify", "du", "clean",
+COMMANDS = ("demo", "serve", "list", "show", "export", "tail", "compare", "verify", "du", "clean",
             "tag", "note", "import-tensorboard", "ranks", "export-lake", "sync")
 
 
@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="always keep the newest N runs of each experiment")
     p.add_argument("--yes", action="store_true", help="remove for real (default: dry run)")
 
-    from expman.cli import lake, ranks, sync, tags, tensorboard   # leaves with parsers of their own
-    for leaf in (tags, tensorboard, ranks, lake, sync):
+    from expman.cli import lake, ranks, serve, sync, tags, tensorboard   # leaves with own parsers
+    for leaf in (serve, tags, tensorboard, ranks, lake, sync):
         leaf.add_parser(sub)
     return parser
 

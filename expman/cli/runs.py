@@ -243,6 +243,8 @@ def print_batch(metrics: Metrics, events: list[dict[str, Any]], as_json: bool,
     if last_n == 0:
         evs = []
     for ev in evs:
+        if ev.get("kind") == "key":
+            continue                 # a copy of a metric name's definition, not news
         t = ev.get("time") or 0.0
         text = (orjson.dumps(jsonable(ev)).decode() if as_json
                 else f"{clock(ev.get('time'))}  {event_text(ev)}")

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from expman.dashboard.command import add_parser
+from expman.cli.serve import add_parser
 
 parser = argparse.ArgumentParser(prog="python -m expman.dashboard")
 add_parser(parser.add_subparsers())

@@ -13,7 +13,8 @@ EXAMPLE = "expman serve --port 8000"
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "serve", help=SUMMARY, description=f"{SUMMARY}. Example: {EXAMPLE}")
+        "serve", help=SUMMARY, description=f"{SUMMARY}\n\nexample:\n  {EXAMPLE}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("base_dir", nargs="?", default=None,
                    help="the runs' base dir (default: $EXPMAN_DIR, then ./experiments)")
     p.add_argument("--host", default="127.0.0.1",
