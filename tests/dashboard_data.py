@@ -33,10 +33,10 @@ def png_bytes(width: int = 8, height: int = 8) -> bytes:
 
 
 def demo_run(base: Path, run_name: str, lr: float, steps: int = 400, seed: int = 0,
-             artifacts: bool = True) -> Path:
+             artifacts: bool = True, tags: list[str] | None = None) -> Path:
     """A finished run shaped like `expman demo`'s: train_loss/acc per step, val_* every 20."""
     rng = random.Random(seed)
-    with expman.Experiment("demo", run_name, base_dir=base, capture_env=True) as exp:
+    with expman.Experiment("demo", run_name, base_dir=base, capture_env=True, tags=tags) as exp:
         exp.log_params({"learning_rate": lr, "batch_size": 32, "model": "mlp",
                         "optimizer": {"name": "sgd", "momentum": 0.9}, "seed": seed})
         exp.info("Starting training loop")

@@ -50,7 +50,7 @@ TIMEOUT_MS = 15_000
 def site(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("dash") / "experiments"
     base.mkdir()
-    demo_run(base, "run-a", 0.01, seed=1)
+    demo_run(base, "run-a", 0.01, seed=1, tags=["baseline"])
     demo_run(base, "run-b", 0.03, seed=2, artifacts=False)
     hostile_run(base)
     failed_run(base)
@@ -154,6 +154,9 @@ def test_runs_view_lists_runs_with_distinct_statuses_and_filters(page: Any, site
     page.fill("#expr-filter", "")
     page.fill("#text-filter", "run-b")
     until(lambda: rows_shown(page) == 1)
+    page.fill("#text-filter", "tag:baseline")                        # tags: a column, and found
+    until(lambda: rows_shown(page) == 1)
+    assert "baseline" in row(page, "demo/run-a").inner_text()
     page.fill("#text-filter", "")
     page.select_option("#status-filter", "RUNNING")
     until(lambda: rows_shown(page) == 0)

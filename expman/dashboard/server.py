@@ -151,7 +151,10 @@ class Dashboard:
                 "run_name": meta.get("run_name", run.path.name), "status": run.status,
                 "start_time": start, "end_time": end, "duration": duration,
                 "params": params if isinstance(params, dict) else {}, "last_metrics": last,
-                "points": points, "exit": meta.get("exit")}
+                "points": points, "exit": meta.get("exit"),
+                "tags": [t for t in meta.get("tags") or [] if isinstance(t, str)]
+                if isinstance(meta.get("tags"), list) else [],
+                "group": meta.get("group") if isinstance(meta.get("group"), str) else None}
 
     def run_ids(self) -> set[str]:
         return {f"{d.parent.name}/{d.name}" for d in layout.iter_run_dirs(self.base)

@@ -100,6 +100,7 @@ export class RunsTable {
       { key: "status", label: "status" },
       { key: "experiment", label: "experiment" },
       { key: "run_name", label: "run" },
+      ...(rows.some((r) => r.tagText) ? [{ key: "tagText", label: "tags" }] : []),
       { key: "start_time", label: "start" },
       { key: "duration", label: "duration" },
       ...[...params].sort().map((k) => ({ key: `p:${k}`, label: k, cls: "param" })),
@@ -166,7 +167,10 @@ export function encodeId(id) {
 function prepare(r) {
   r.flatParams = flatten(r.params || {});
   r.last_metrics = r.last_metrics || {};
-  r.search = [r.id, r.experiment, r.run_name, r.status, ...Object.entries(r.flatParams).map(([k, v]) => `${k}=${display(v)}`)]
+  // tags and group: shown as "group:g tag1 tag2", found by the text filter as tag:NAME too
+  r.tagText = [...(r.group ? [`group:${r.group}`] : []), ...(r.tags || [])].join(" ");
+  r.search = [r.id, r.experiment, r.run_name, r.status, r.tagText, ...(r.tags || []).map((t) => `tag:${t}`),
+    ...Object.entries(r.flatParams).map(([k, v]) => `${k}=${display(v)}`)]
     .join(" ").toLowerCase();
   return r;
 }
