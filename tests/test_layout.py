@@ -94,9 +94,11 @@ def test_rule1_c_constants_agree_with_python():
 
 
 READ_SIDE = ["expman.reader", "expman.tail", "expman.series", "expman.verify", "expman.export",
-             "expman.disk", "expman.layout", "expman.refreader", "expman.cli"]
+             "expman.disk", "expman.layout", "expman.refreader", "expman.cli", "expman.summary",
+             "expman.ranks", "expman.table", "expman.media_read", "expman.remote", "expman.lake",
+             "expman.sync", "expman.dashboard", "expman.dashboard.server"]
 WRITE_SIDE = ["expman.experiment", "expman.lifecycle", "expman.artifacts", "expman.environment",
-              "expman._current"]
+              "expman._current", "expman.sysmetrics", "expman.capture", "expman.media"]
 
 
 @pytest.mark.parametrize("module", READ_SIDE)
