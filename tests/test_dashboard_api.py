@@ -318,7 +318,7 @@ def test_a_run_that_dies_is_streamed_as_crashed(tmp_path: Path) -> None:
             "exp.log_metrics({'loss': 1.0}, step=0); exp.flush()\n"
             "print('ready', flush=True)\n"
             "time.sleep(120)\n")
-    root = Path(__file__).resolve().parent.parent
+    root = Path(expman.__file__).resolve().parent.parent      # the expman under test
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env,
                             stdout=subprocess.PIPE, text=True)
@@ -345,7 +345,7 @@ def test_a_run_that_dies_is_streamed_as_crashed(tmp_path: Path) -> None:
 def _python(*args: str, **kw: Any) -> Any:
     import subprocess
     import sys
-    root = Path(__file__).resolve().parent.parent
+    root = Path(expman.__file__).resolve().parent.parent      # the expman under test
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)

@@ -36,6 +36,7 @@ if not os.path.exists(CHROMIUM):
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
 
+import expman  # noqa: E402
 from expman.dashboard.server import STATIC_DIR  # noqa: E402
 from expman.dashboard.testing import running_server  # noqa: E402
 
@@ -297,7 +298,8 @@ def test_live_run_appears_and_its_chart_grows(page: Any, site: Any, tmp_path: Pa
     page.goto(site["url"])
     row(page, "demo/run-a").wait_for()
     stop = tmp_path / "stop"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(expman.__file__).resolve().parent.parent),
+                                                       os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-c", LOGGER, str(site["base"]), str(stop)], env=env)
     try:
         live = row(page, "live/ticker")

@@ -87,7 +87,9 @@ def bucket(s3_server, monkeypatch, tmp_path):
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    # the expman under test (installed in CI), never the source tree ahead of it
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(expman.__file__).resolve().parent.parent),
+                                         env.get("PYTHONPATH", "")])
     return env
 
 
