@@ -279,7 +279,7 @@ def test_the_writers_own_reads_never_drop_its_lock_under_record_lock_semantics(m
             runlock._try_lock = _lockf
             print(runlock.is_locked(Path({str(exp.run_dir)!r})))
         """)], env={**os.environ, "PYTHONPATH": str(Path(expman.__file__).parent.parent)},
-        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        capture_output=True, text=True, timeout=60, cwd=exp.run_dir.parent)
     assert other.stdout.strip() == "True", other.stderr
     exp.close()
     assert not runlock.is_locked(exp.run_dir)
