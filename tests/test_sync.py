@@ -200,7 +200,7 @@ def test_only_appended_bytes_are_sent(bucket, tmp_path):
     growth = sum((run_dir / n).stat().st_size - s for n, s in sizes.items())
     again = sync(base, url)
     assert again["bytes_appended"] == growth                 # exactly the new bytes
-    metas = (run_dir / "run.json").stat().st_size
+    metas = sum((run_dir / n).stat().st_size for n in ("run.json", "summary.json"))
     assert again["bytes_whole"] == metas                     # params unchanged: not re-sent
     fs, root = remote.filesystem(url)
     chunks = fs.ls(f"{root}/done/r01/metrics.bin.chunks")
@@ -267,3 +267,32 @@ def test_cli_module(tmp_path, monkeypatch, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["runs"] == 2 and printed["objects"] > 0
     assert_exact_copy(base, tmp_path / "copy")
+
+
+def test_the_dashboard_serves_a_synced_url(bucket, tmp_path, monkeypatch):
+    """`expman serve s3://...`: the runs a sync uploaded, listed and charted, and a run
+    synced after the server started appears within the refresh interval."""
+    import json
+    import urllib.request
+    from expman import dashboard
+    from expman.dashboard.testing import running_server
+    monkeypatch.setattr(dashboard, "REMOTE_POLL", 0.2)
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    base = tmp_path / "experiments"
+    make_finished(base, 1, points=40)
+    url = f"s3://{bucket}/served"
+    sync(base, url)
+    with running_server(url) as page:
+        def runs() -> list[str]:
+            with urllib.request.urlopen(page + "api/runs", timeout=10) as r:
+                return sorted(x["id"] for x in json.load(r)["runs"])
+        assert runs() == ["done/r00"]
+        with urllib.request.urlopen(page + "api/runs/done/r00/series?metric=loss&points=100",
+                                    timeout=10) as r:
+            series = json.load(r)
+        assert series["count"] == 40 and series["raw"] and series["y"][0] == 1.0
+        with expman.Experiment("done", "r01", base_dir=base, capture_env=False,
+                               system_metrics=False) as exp:
+            exp.log_metrics({"loss": 0.5}, step=0)
+        sync(base, url)
+        wait_for(lambda: runs() == ["done/r00", "done/r01"], timeout=30, what="the new run")

@@ -73,11 +73,17 @@ def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1
           server_box: list[Any] | None = None, warm: bool = True,
           cache_bytes: int | None = None) -> None:
     """Serve the dashboard until interrupted. The first line on ``out`` (stdout) is
-    ``expman dashboard: URL``. A non-loopback ``host`` gets a random token unless
-    ``token=False``. ``cache_bytes`` bounds the decoded runs kept in memory (1 GiB)."""
+    ``expman dashboard: URL``. ``base_dir`` may be a URL that ``expman sync`` wrote
+    (``s3://bucket/runs``): it is served from a local copy refreshed every few
+    seconds. A non-loopback ``host`` gets a random token unless ``token=False``. ``cache_bytes`` bounds the decoded runs kept in memory (1 GiB)."""
     import uvicorn
 
     from expman.dashboard.server import create_app
+    from expman.remote import is_url
+    remote = os.fspath(base_dir) if base_dir is not None and is_url(base_dir) else None
+    if remote is not None:      # a synced URL (s3://...): served from a local copy kept fresh
+        from expman.remote import localize
+        base_dir = localize(remote)
     tok = pick_token(host, token)
     sock = bind(host, port)
     actual = sock.getsockname()[1]
@@ -98,6 +104,9 @@ def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1
         threading.Timer(0.5, webbrowser.open, (url.replace("0.0.0.0", "127.0.0.1"),)).start()
     if ready is not None:
         threading.Thread(target=_signal_ready, args=(server, ready), daemon=True).start()
+    if remote is not None:
+        threading.Thread(target=_follow_remote, args=(remote, app.dashboard.stopping),
+                         name="expman-remote", daemon=True).start()
     if warm:       # list the runs once now, so the first page load finds the list decoded
         threading.Thread(target=_warm, args=(app.dashboard,), daemon=True).start()
     try:
@@ -121,3 +130,17 @@ def _signal_ready(server: Any, ready: threading.Event) -> None:
     while not server.started and time.monotonic() < deadline and not server.should_exit:
         time.sleep(0.01)
     ready.set()
+
+
+REMOTE_POLL = 5.0       # seconds between fetches of what a synced URL gained
+
+
+def _follow_remote(url: str, stopping: threading.Event) -> None:
+    """Fetch what the URL gained (only new chunks) until the server stops, so runs
+    synced while they run stay live in the page."""
+    from expman.remote import localize
+    while not stopping.wait(REMOTE_POLL):
+        try:
+            localize(url)
+        except Exception:       # a network hiccup: the next round tries again
+            pass
