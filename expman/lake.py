@@ -68,8 +68,20 @@ def partition(experiment: str) -> str:
 
 
 def rank_streams(run_dir: Path) -> list[tuple[int, Path]]:
-    """The metric streams of a run and their rank. Today one stream, rank 0."""
-    return [(0, run_dir / layout.METRICS_FILE)]
+    """The metric streams of a run and their rank: rank 0's metrics.bin, and for a
+    multi-rank run every logging rank's metrics.rank<r>.bin that exists."""
+    from expman.ranks import logging_ranks
+    try:
+        meta = read_json(run_dir / layout.RUN_FILE)
+    except (OSError, ValueError):
+        meta = {}
+    ranks = logging_ranks(meta) if isinstance(meta, dict) else [0]
+    out = [(0, run_dir / layout.METRICS_FILE)]
+    for r in ranks:
+        path = run_dir / layout.rank_file(layout.METRICS_FILE, r)
+        if r and path.is_file():
+            out.append((r, path))
+    return out
 
 
 def _read_tail(path: Path, offset: int) -> tuple[bytes, int, int] | None:

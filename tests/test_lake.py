@@ -188,3 +188,30 @@ def test_cli_module(tmp_path, capsys):
     assert args.func(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["runs"] == 3 and printed["new_points"] == 3 * (2 * STEPS - 1)
+
+
+def test_every_rank_of_a_multi_rank_run_is_in_the_lake(tmp_path, monkeypatch):
+    """Two ranks of one torchrun job: both streams land in the long table, each
+    point with its rank, and a second export adds nothing."""
+    from expman.lake import export_lake
+    base, out = tmp_path / "experiments", tmp_path / "lake"
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    runs = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
+        runs.append(expman.Experiment("ddp", base_dir=base, capture_env=False,
+                                      system_metrics=False))
+    for step in range(5):
+        for rank, exp in enumerate(runs):
+            exp.log_metrics({"loss": step + rank / 10}, step=step)
+    for exp in reversed(runs):
+        exp.close()
+    export_lake(base, out)
+    rows = duckdb.sql(f"select rank, step, value from {metrics_sql(out)} "
+                      "where metric = 'loss' order by rank, step").fetchall()
+    assert rows == [(r, s, s + r / 10) for r in (0, 1) for s in range(5)]
+    assert export_lake(base, out)["new_points"] == 0
