@@ -19,7 +19,6 @@ Read side only: no dataframe library is imported until a table is asked for.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -62,32 +61,16 @@ def check_format(as_: object) -> str:
 
 
 def metric_summaries(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Per metric: count, last, min, max. From ``expman.summary`` when present
-    (kept current by the writer side), else by decoding the run."""
+    """Per metric: count, last, min, max, from the run's summary.json when it is
+    fresh, else by decoding the run (expman.summary.summarize decides)."""
+    from expman.errors import ExpmanError
+    from expman.summary import summarize
     try:
-        from expman import summary as _summary  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        _summary = None
-    if _summary is not None and hasattr(_summary, "summarize"):
-        try:
-            got = _summary.summarize(run_dir)
-            if isinstance(got, Mapping) and isinstance(got.get("metrics"), Mapping):
-                got = got["metrics"]
-            out = {str(k): {f: _field(v, f) for f in ("count", *SUMMARY_FIELDS)}
-                   for k, v in dict(got).items()}
-            if all(s["count"] is not None and (s["last"] is not None or not s["count"])
-                   for s in out.values()):
-                return out
-        except Exception:
-            pass                       # a shape or a file it cannot read: decode instead
-    from expman.reader import open_run
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")           # damage: what survives still summarises
-        try:
-            run = open_run(run_dir, salvage=True)
-        except (OSError, ValueError):
-            return {}
-    return {name: s.summary() for name, s in run.metrics.items() if len(s)}
+        figures = summarize(run_dir)["metrics"]
+    except (OSError, ValueError, ExpmanError):
+        return {}
+    return {str(k): {"count": v.get("count"), "last": v.get("last_value"), "min": v.get("min"),
+                     "max": v.get("max")} for k, v in figures.items()}
 
 
 _ALIASES = {"last": ("last", "last_value"), "count": ("count", "points"),

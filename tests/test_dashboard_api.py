@@ -320,7 +320,7 @@ def test_a_run_that_dies_is_streamed_as_crashed(tmp_path: Path) -> None:
             "time.sleep(120)\n")
     root = Path(expman.__file__).resolve().parent.parent      # the expman under test
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env,
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
@@ -347,6 +347,8 @@ def _python(*args: str, **kw: Any) -> Any:
     import sys
     root = Path(expman.__file__).resolve().parent.parent      # the expman under test
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    import tempfile
+    kw.setdefault("cwd", tempfile.gettempdir())     # never the source tree on sys.path[0]
     return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 

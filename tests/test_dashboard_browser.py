@@ -300,7 +300,8 @@ def test_live_run_appears_and_its_chart_grows(page: Any, site: Any, tmp_path: Pa
     stop = tmp_path / "stop"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(expman.__file__).resolve().parent.parent),
                                                        os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-c", LOGGER, str(site["base"]), str(stop)], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", LOGGER, str(site["base"]), str(stop)], env=env,
+                            cwd=tmp_path)
     try:
         live = row(page, "live/ticker")
         live.wait_for()                                    # a new run appears without a reload

@@ -94,22 +94,19 @@ def test_env_base_dir_and_bad_format(base, sweep, monkeypatch):
         runs(base, as_="excel")
 
 
-def test_uses_expman_summary_when_present_and_falls_back_when_unusable(base, sweep, monkeypatch):
-    """expman.summary (kept current by the writer side) saves decoding; a shape
-    this module cannot read falls back to decoding, never to empty columns."""
-    import sys
-    import types
-    calls = []
-    fake = types.ModuleType("expman.summary")
-
-    def summarize(run_dir):
-        calls.append(run_dir)
-        return {"loss": {"count": 1, "last_value": 42.0, "min": 42.0, "max": 42.0}}
-    fake.summarize = summarize
-    monkeypatch.setitem(sys.modules, "expman.summary", fake)
-    monkeypatch.setattr(expman, "summary", fake, raising=False)
+def test_uses_the_summary_when_fresh_and_decodes_when_it_is_not(base, sweep, monkeypatch):
+    """summary.json (kept current by the writer) saves decoding; a damaged or stale
+    one falls back to decoding, never to empty or wrong columns."""
+    from expman import _core, reader
+    decodes = []
+    real = _core.decode_metrics
+    monkeypatch.setattr(_core, "decode_metrics", lambda *a, **k: decodes.append(1) or real(*a, **k))
+    reader._LAST_CACHE.clear()
     df = runs(base, experiment="sweep")
-    assert len(calls) == 4 and set(df["metrics.loss.last"]) == {42.0}
-    fake.summarize = lambda run_dir: {"loss": {"something": "else"}}
+    assert decodes == [] and len(df) == 4                # every run read from its summary
+    truth = df.set_index("id").loc["sweep/r9", "metrics.loss.last"]
+    (base / "sweep" / "r9" / "summary.json").write_bytes(b"{damaged")
+    reader._LAST_CACHE.clear()
     df = runs(base, experiment="sweep")
-    assert df.set_index("id").loc["sweep/r9", "metrics.loss.last"] == 3.0     # decoded
+    assert len(decodes) >= 1                             # that run was decoded
+    assert df.set_index("id").loc["sweep/r9", "metrics.loss.last"] == truth
