@@ -146,38 +146,19 @@ def _parse(doc: Any) -> dict[str, Any] | None:
             "metrics": out}
 
 
-_O_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
-
-
-def _read_small(path: str) -> bytes:
-    """A file of at most MAX_SUMMARY_BYTES + 1 bytes, without a buffered file
-    object (a listing opens one per run). Refuses a symlink where it can."""
-    fd = os.open(path, _O_FLAGS)
-    try:
-        chunks = []
-        total = 0
-        while total <= MAX_SUMMARY_BYTES:
-            b = os.read(fd, MAX_SUMMARY_BYTES + 1 - total)
-            if not b:
-                break
-            chunks.append(b)
-            total += len(b)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
 def read_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The run's summary.json if it is intact and covers all of metrics.bin now;
     None when it is missing, damaged, or stale (metrics.bin has another size)."""
     import orjson
     run = os.fspath(run_dir)
+    from expman._fsutil import read_regular, regular_stat
+    path = Path(run) / SUMMARY_FILE
     try:
         size = os.stat(os.path.join(run, METRICS_FILE)).st_size
-        data = _read_small(os.path.join(run, SUMMARY_FILE))
-    except OSError:
-        return None
-    if len(data) > MAX_SUMMARY_BYTES:
+        if regular_stat(path).st_size > MAX_SUMMARY_BYTES:    # crafted, not ours
+            return None
+        data = read_regular(path)       # never a link, a FIFO or a device
+    except (OSError, ValueError):
         return None
     try:
         doc = _parse(orjson.loads(data))

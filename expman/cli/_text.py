@@ -97,18 +97,6 @@ def param_text(v: Any) -> str:
     return v if isinstance(v, str) else orjson.dumps(v).decode()
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested params as dotted keys: {"opt": {"lr": 1}} -> {"opt.lr": 1}."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def width(s: str) -> int:
     """Columns a string takes on a terminal: East Asian wide characters take two."""
     if s.isascii():

@@ -10,12 +10,13 @@ import orjson
 
 from expman.cli._common import base_arg, load, need_base, resolve
 from expman.cli._text import (
-    CliError, clock, count, duration, emit_json, flatten, num, out, param_text, plural, size,
+    CliError, clock, count, duration, emit_json, num, out, param_text, plural, size,
     table, when, note, safe,
 )
 from expman.layout import CRASHED, DAMAGED, PARAMS_FILE, RUNNING, jsonable
 from expman.reader import Run, list_runs
 from expman.series import Metrics
+from expman.table import flatten_params as flatten
 from expman.tail import RunTail
 
 MAX_SHOWN_METRICS = 200      # show summarises beyond this many series
