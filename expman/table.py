@@ -37,17 +37,21 @@ _NONFINITE = {layout.NAN: float("nan"), layout.POS_INF: float("inf"),
 
 
 def runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | None = None,
-         status: str | Iterable[str] | None = None, *, as_: str = "pandas") -> Any:
+         status: str | Iterable[str] | None = None, *, as_: str = "pandas",
+         tags: str | Iterable[str] | None = None, group: str | None = None,
+         limit: int | None = None) -> Any:
     """One row per run under ``base_dir`` (explicit, $EXPMAN_DIR, ./experiments;
-    or a URL that ``expman sync`` wrote), with the same filters as ``list_runs``;
-    ``as_`` is "pandas", "polars" or "arrow"."""
+    or a URL that ``expman sync`` wrote), with the same filters as ``list_runs``
+    (experiment, status, tags, group, limit); ``as_`` is "pandas", "polars" or
+    "arrow"."""
     check_format(as_)
     from expman.reader import list_runs
     from expman.remote import is_url, localize
     if base_dir is not None and is_url(base_dir):
         base_dir = localize(base_dir)          # s3://...: a synced copy, read locally
     rows = []
-    for s in list_runs(layout.base_dir(base_dir), experiment, status, metrics=False):
+    for s in list_runs(layout.base_dir(base_dir), experiment, status, metrics=False,
+                       tags=tags, group=group, limit=limit):
         summaries = metric_summaries(s.path)
         rows.append(run_row(s.to_dict(), s.params, summaries,
                             sum(int(m.get("count") or 0) for m in summaries.values())))

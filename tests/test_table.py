@@ -65,6 +65,11 @@ def test_filters_match_list_runs(base, sweep):
     assert [r.id for r in expman.list_runs(base)] == list(runs(base)["id"])
     empty = runs(base, experiment="nothing")
     assert len(empty) == 0 and "status" in empty.columns
+    from expman.runmeta import set_tags
+    set_tags(base / "sweep" / "r1", add=["best"])
+    assert list(runs(base, tags="best")["id"]) == ["sweep/r1"]
+    assert [r.id for r in expman.list_runs(base, tags=["best"])] == ["sweep/r1"]
+    assert len(runs(base, limit=2)) == 2
 
 
 def test_numeric_params_stay_numeric(base, sweep):
