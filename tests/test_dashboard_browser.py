@@ -331,3 +331,43 @@ def test_live_run_appears_and_its_chart_grows(page: Any, site: Any, tmp_path: Pa
             proc.kill()
             proc.wait()
     page.watch.check()
+
+
+def test_histograms_and_images_have_a_step_slider(browser: Any, tmp_path: Path) -> None:
+    """log_histogram and log_image records: one panel per tag on the run page, a slider
+    over the steps, the image and the bars of the chosen step."""
+    import numpy as np
+    base = tmp_path / "experiments"
+    with expman.Experiment("media", "m1", base_dir=base, capture_env=False,
+                           system_metrics=False) as exp:
+        for step in range(3):
+            exp.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+            exp.log_histogram("weights", edges=[0.0, 1.0, 2.0, 3.0], counts=[step, 1, 3 - step],
+                              step=step)
+            img = np.zeros((4, 6, 3), dtype=np.uint8)
+            img[..., step] = 255                             # red, green, blue
+            exp.log_image("samples", img, step=step)
+    with running_server(base) as url:
+        ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+        pg = ctx.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        watch = Watch(pg, url)
+        pg.goto(url + "#/run/media/m1")
+        hist = pg.locator('figure.media[data-tag="weights"]')
+        image = pg.locator('figure.media[data-tag="samples"]')
+        hist.wait_for()
+        assert hist.locator(".media-step").inner_text() == "step 2"       # the newest first
+        assert "3 buckets" in hist.locator(".media-range").inner_text()
+        slider = image.locator("input.media-slider")
+        slider.fill("0")
+        slider.dispatch_event("input")
+        until(lambda: image.locator("img").get_attribute("data-step") == "0")
+        pic = image.locator("img")
+        until(lambda: pic.evaluate("i => i.complete && i.naturalWidth") == 6)
+        red = pic.evaluate("""i => { const c = document.createElement('canvas');
+            c.width = i.naturalWidth; c.height = i.naturalHeight;
+            const x = c.getContext('2d'); x.drawImage(i, 0, 0);
+            return Array.from(x.getImageData(0, 0, 1, 1).data.slice(0, 3)); }""")
+        assert red == [255, 0, 0]
+        watch.check()
+        ctx.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import mimetypes
+import types
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -254,7 +255,26 @@ async def api_run(request: Request) -> Response:
     return JSON({"id": f"{exp}/{name}", "experiment": meta.get("experiment", exp),
                  "run_name": meta.get("run_name", name), "status": run.status,
                  "meta": meta, "params": params, "metrics": _metric_summary(run),
-                 "artifacts": _artifacts(run), "integrity": _integrity(run)})
+                 "artifacts": _artifacts(run), "integrity": _integrity(run),
+                 "media": _media(run)})
+
+
+MAX_MEDIA_PER_TAG = 1000       # the newest; a run logging a histogram every step is paged
+
+
+def _media(run: CachedRun) -> dict[str, Any]:
+    """Histograms (edges and counts per step) and images (an artifacts-relative
+    path per step) by tag, in logged order, for the run page's step sliders."""
+    from expman.media_read import histograms, images
+    view = types.SimpleNamespace(path=run.path, events=list(run.events))
+    art_root = run.path / layout.ARTIFACTS_DIR
+    hists = {tag: [{"step": h.step, "edges": [layout.json_float(e) for e in h.edges],
+                    "counts": h.counts} for h in items[-MAX_MEDIA_PER_TAG:]]
+             for tag, items in histograms(view).items()}
+    imgs = {tag: [{"step": i.step, "path": i.path.relative_to(art_root).as_posix(),
+                   "width": i.width, "height": i.height} for i in items[-MAX_MEDIA_PER_TAG:]]
+            for tag, items in images(view).items()}
+    return {"histograms": hists, "images": imgs}
 
 
 def _float_arg(request: Request, key: str) -> float | None:

@@ -57,6 +57,48 @@ function environment(env) {
   return out;
 }
 
+// A histogram as bars on a canvas: bucket i spans [edges[i], edges[i+1]).
+function drawHistogram(canvas, edges, counts) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, pad = 4;
+  ctx.clearRect(0, 0, w, h);
+  const lo = edges[0], hi = edges[edges.length - 1];
+  const top = Math.max(...counts, 0) || 1;
+  const x = (v) => pad + ((v - lo) / ((hi - lo) || 1)) * (w - 2 * pad);
+  ctx.fillStyle = "#2a9d8f";
+  counts.forEach((c, i) => {
+    const x0 = x(edges[i]), x1 = x(edges[i + 1]);
+    const bh = (c / top) * (h - 2 * pad);
+    ctx.fillRect(x0, h - pad - bh, Math.max(1, x1 - x0 - 1), bh);
+  });
+}
+
+// One tag of logged histograms or images, with a slider over its steps.
+function mediaPanel(id, tag, items, kind) {
+  const label = el("span", { class: "media-step" });
+  const view = kind === "image" ? el("img", { class: "media-image", alt: tag })
+    : el("canvas", { class: "media-hist", width: 480, height: 160 });
+  const range = el("div", { class: "muted media-range" });
+  const slider = el("input", { type: "range", min: 0, max: items.length - 1, value: items.length - 1,
+    class: "media-slider", "aria-label": `step of ${tag}` });
+  const show = () => {
+    const item = items[Number(slider.value)];
+    label.textContent = `step ${item.step}`;
+    view.dataset.step = String(item.step);
+    if (kind === "image") {
+      view.src = `${runUrl(id)}/artifacts/${item.path.split("/").map(encodeURIComponent).join("/")}`;
+    } else {
+      drawHistogram(view, item.edges.map(Number), item.counts);
+      range.textContent = `${fmtNum(Number(item.edges[0]))} … ${fmtNum(Number(item.edges[item.edges.length - 1]))}, ` +
+        `${item.counts.length} buckets`;
+    }
+  };
+  slider.addEventListener("input", show);
+  show();
+  return el("figure", { class: "media", "data-tag": tag, "data-kind": kind },
+    el("figcaption", {}, el("strong", { text: tag }), " ", label), slider, view, range);
+}
+
 export async function showRun(root, id) {
   clear(root).append(el("p", { text: `loading ${id}…` }));
   let run;
@@ -109,10 +151,17 @@ export async function showRun(root, id) {
     text: ig.ok ? "intact: every frame and event line read" : `${ig.problems.length} problem(s)` }),
   el("ul", {}, ig.problems.map((p) => el("li", { text: p }))), kvTable(ig.metrics, "integrity-counts"));
 
+  const media = el("div", { id: "media" });
+  const m = run.media || { histograms: {}, images: {} };
+  for (const [tag, items] of Object.entries(m.histograms)) media.append(mediaPanel(id, tag, items, "histogram"));
+  for (const [tag, items] of Object.entries(m.images)) media.append(mediaPanel(id, tag, items, "image"));
+  if (!media.childElementCount) media.append(el("p", { class: "muted", text: "no histograms or images logged" }));
+
   const messages = el("ol", { class: "timeline", id: "messages" });
   const chartsRoot = el("div", { class: "charts" });
   clear(root).append(head, exitBox,
     section("Metrics", metrics, chartsRoot),
+    section("Histograms and images", media),
     section("Params", searchable(run.params, "params", "search params")),
     section("Messages", messages),
     section("Artifacts", arts, previews),
