@@ -16,6 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-python3}
 case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac   # we cd below
+# the build tools pip used in isolation, here in the environment that builds in place
+"$PY" -c "import Cython, setuptools" 2>/dev/null ||
+    "$PY" -m pip install -q "Cython>=3.0.10,<3.4" "setuptools>=77"
 CC=${CC:-cc}
 LIBASAN=$("$CC" -print-file-name=libasan.so)
 if [ ! -e "$LIBASAN" ]; then
