@@ -79,7 +79,7 @@ class Experiment(_core.Core):
         capture_env: bool = True,
         handle_signals: bool = True,
         ranks: Iterable[int] | None = None,
-        system_metrics: float | bool = 10.0,       # sysmetrics.DEFAULT_INTERVAL
+        system_metrics: float | bool | None = None,    # None: every 10 s with psutil
         tags: list[str] | None = None,
         notes: str | None = None,
         group: str | None = None,

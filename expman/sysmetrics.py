@@ -228,9 +228,12 @@ class SamplerThread:
 def start_for(sink: Sink, option: object) -> SamplerThread | None:
     """Start sampling for a run per its ``system_metrics=`` option; None when off.
 
-    Without psutil the run is told once (a warning event) and nothing starts.
+    ``None`` is the default: every DEFAULT_INTERVAL seconds when psutil is
+    installed, quietly off when it is not. Asked for explicitly without psutil,
+    the run is told (a warning event) and nothing starts.
     """
-    interval = interval_from_option(option)
+    explicit = option is not None
+    interval = DEFAULT_INTERVAL if option is None else interval_from_option(option)
     if interval is None:
         return None
     if not hasattr(sink, "_log_side"):
@@ -240,7 +243,8 @@ def start_for(sink: Sink, option: object) -> SamplerThread | None:
     try:
         import psutil  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
-        sink.warn(f"system metrics are off: psutil is not installed ({INSTALL_HINT})")
+        if explicit:
+            sink.warn(f"system metrics are off: psutil is not installed ({INSTALL_HINT})")
         return None
     return SamplerThread(sink, interval, SystemSampler(psutil)).start()
 

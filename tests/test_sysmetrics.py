@@ -156,7 +156,8 @@ def test_options_off_default_and_bad_values():
     assert sysmetrics.interval_from_option(0) is None
     assert sysmetrics.interval_from_option(True) == sysmetrics.DEFAULT_INTERVAL == 10.0
     default = inspect.signature(expman.Experiment.__init__).parameters["system_metrics"].default
-    assert default == sysmetrics.DEFAULT_INTERVAL            # the documented default
+    assert default is None                  # the documented default: every 10 s with psutil
+    assert sysmetrics.interval_from_option(None) is None    # validates; start_for decides
     assert sysmetrics.interval_from_option(2) == 2.0
     assert sysmetrics.start_for(FakeRun(), False) is None
     with pytest.raises(ExpmanTypeError, match="system_metrics.*'10s'"):
@@ -179,6 +180,8 @@ def test_without_psutil_the_run_is_told_once_and_nothing_starts(monkeypatch):
     assert sysmetrics.start_for(sink, 0.01) is None
     assert len(sink.warnings) == 1
     assert "psutil" in sink.warnings[0] and "expman-logger[system]" in sink.warnings[0]
+    quiet = FakeRun()                       # the default, not asked for: nothing to say
+    assert sysmetrics.start_for(quiet, None) is None and quiet.warnings == []
 
 
 def test_a_core_without_the_side_channel_gets_no_sampler():
