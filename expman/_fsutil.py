@@ -192,11 +192,6 @@ def read_json(path: Path) -> Any:
         raise CorruptRunError(f"{path}: not valid JSON ({e})") from None
 
 
-O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-O_BINARY = getattr(os, "O_BINARY", 0)
-
-
 def regular_stat(path: Path) -> os.stat_result:
     """lstat of a regular file; CorruptRunError for a link, FIFO, device or folder
     planted where a run file belongs (reading one could hang or never end)."""
@@ -211,24 +206,17 @@ def regular_stat(path: Path) -> os.stat_result:
 
 def read_regular(path: Path, offset: int = 0) -> bytes:
     """The bytes of a regular file from offset to its size when opened: never a
-    FIFO (which would block), a device (which never ends) or a symlink."""
-    import stat as _stat
-
+    FIFO (which would block), a device (which never ends) or a symlink. Opened by
+    open_nofollow, the same guard the writer uses; a reader calls such a file
+    damage (CorruptRunError), not an unsafe write."""
     from expman.errors import CorruptRunError
-    if sys.platform == "win32":
-        regular_stat(path)       # no O_NOFOLLOW: refuse links and reparse points first
     try:
-        fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_BINARY)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise CorruptRunError(
-                f"{path}: a symlink; expman never follows links inside a run folder") from None
-        raise
+        fd = open_nofollow(path, os.O_RDONLY)
+    except UnsafePathError:
+        raise CorruptRunError(f"{path}: not a regular file (a link, a FIFO or a device); "
+                              "expman reads only regular files") from None
     try:
-        st = os.fstat(fd)
-        if not _stat.S_ISREG(st.st_mode):
-            raise CorruptRunError(f"{path}: not a regular file; expman reads only regular files")
-        want = max(0, st.st_size - offset)
+        want = max(0, os.fstat(fd).st_size - offset)
         if offset:
             os.lseek(fd, offset, os.SEEK_SET)
         chunks, got = [], 0
@@ -247,8 +235,7 @@ def sha256_file(path: Path) -> str:
     """The sha256 of a regular file, read in 1 MiB chunks (never a link)."""
     import hashlib
     h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_BINARY)
-    with os.fdopen(fd, "rb") as f:
+    with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from expman import _core
-from expman._fsutil import O_BINARY, O_NOFOLLOW, read_json, read_regular, regular_stat, sha256_file
+from expman._fsutil import open_nofollow, read_json, read_regular, regular_stat, sha256_file
 from expman.errors import ExpmanError, ExpmanValueError
 from expman.layout import (
     ARTIFACTS_DIR, MAX_MANIFEST_BYTES, EVENTS_FILE, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING, TORN_SUFFIX,
@@ -301,10 +301,9 @@ def _cut(path: Path, keep: int) -> Path:
     while os.path.lexists(dest):
         i += 1
         dest = path.with_name(f"{path.name}{TORN_SUFFIX}{i}")
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_BINARY, 0o644)
-    with os.fdopen(fd, "wb") as f:
+    with os.fdopen(open_nofollow(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as f:
         f.write(tail)
-    fd = os.open(path, os.O_WRONLY | O_NOFOLLOW | O_BINARY)
+    fd = open_nofollow(path, os.O_WRONLY)
     try:
         os.ftruncate(fd, keep)
         os.fsync(fd)

@@ -129,10 +129,10 @@ class Dashboard:
 
     def live_row(self, run: CachedRun) -> dict[str, Any]:
         """A runs-view row from a cached run (a live run's row changes every poll)."""
-        from expman._fsutil import read_json
+        from expman.reader import read_params, run_duration
         meta = run.meta
         try:
-            params = read_json(run.path / layout.PARAMS_FILE)
+            params = read_params(run.path)
         except (OSError, ValueError):
             params = {}
         start = run.start_time
@@ -143,10 +143,7 @@ class Dashboard:
                 if c.n:
                     last[name] = layout.json_float(float(c.values[c.n - 1]))
             points = sum(c.n for c in run.columns.values())
-        duration = meta.get("duration")
-        if duration is None and start is not None:
-            import time
-            duration = (end if isinstance(end, (int, float)) else time.time()) - start
+        duration = run_duration(meta, run.status, run.path)   # the one rule (reader.py)
         return {"id": f"{run.path.parent.name}/{run.path.name}",
                 "experiment": meta.get("experiment", run.path.parent.name),
                 "run_name": meta.get("run_name", run.path.name), "status": run.status,
