@@ -46,14 +46,18 @@ cdef extern from *:
     """
     /* The hot loop's two comparisons that Cython cannot spell cheaply. */
     static inline int excore_same_str(PyObject *a, PyObject *b) {
-        /* Equal text of two exact str, without hashing or a dict lookup: the
-         * cached hashes and lengths reject a different key at once; an equal key
-         * costs one compare of the bytes, word by word (keys are short). */
+        /* Equal text of two exact str, without a dict lookup. Both are dict keys,
+         * so their hashes are cached: hash and length reject a different key at
+         * once. An equal key costs one compare of its bytes in 8-byte words, the
+         * last word overlapping (keys are short: usually one or two words). */
         PyASCIIObject *x = (PyASCIIObject *)a, *y = (PyASCIIObject *)b;
         const unsigned char *p, *q;
-        size_t n = (size_t)x->length;
-        if (x->length != y->length || (x->hash != y->hash && x->hash != -1 && y->hash != -1))
-            return 0;
+        size_t n;
+        uint64_t u, v;
+        uint32_t s, t;
+        if (x->hash != y->hash || x->length != y->length)
+            return 0;                 /* an uncached hash (-1) falls to the lookup */
+        n = (size_t)x->length;
         if (x->state.ascii && x->state.compact && y->state.ascii && y->state.compact) {
             p = (const unsigned char *)(x + 1);      /* compact ASCII: text follows */
             q = (const unsigned char *)(y + 1);
@@ -65,11 +69,23 @@ cdef extern from *:
             q = (const unsigned char *)PyUnicode_DATA(b);
             n *= (size_t)PyUnicode_KIND(a);
         }
-        for (; n >= 8; n -= 8, p += 8, q += 8) {
-            uint64_t u, v;
-            memcpy(&u, p, 8);
-            memcpy(&v, q, 8);
-            if (u != v) return 0;
+        if (n >= 8) {
+            for (; n > 8; n -= 8, p += 8, q += 8) {
+                memcpy(&u, p, 8);
+                memcpy(&v, q, 8);
+                if (u != v) return 0;
+            }
+            memcpy(&u, p + n - 8, 8);
+            memcpy(&v, q + n - 8, 8);
+            return u == v;
+        }
+        if (n >= 4) {
+            memcpy(&s, p, 4);
+            memcpy(&t, q, 4);
+            if (s != t) return 0;
+            memcpy(&s, p + n - 4, 4);
+            memcpy(&t, q + n - 4, 4);
+            return s == t;
         }
         while (n--)
             if (*p++ != *q++) return 0;
@@ -81,10 +97,72 @@ cdef extern from *:
         return (nm && nm->nb_float) ? nm->nb_float(v) : NULL;
     }
     static inline PyObject *excore_type(PyObject *v) { return (PyObject *)Py_TYPE(v); }
+    static inline int excore_heap_type(PyObject *t) {
+        return PyType_HasFeature((PyTypeObject *)t, Py_TPFLAGS_HEAPTYPE);
+    }
+
+    /* numpy's scalar objects are {PyObject_HEAD; T obval;}: its public C API
+     * (PyArrayScalar_VAL). Declared here so reading one needs no numpy headers;
+     * _to_double checks name, size and value before a type may use them. */
+    #define EXCORE_SCALAR(name, T) typedef struct { PyObject_HEAD T obval; } name;
+    EXCORE_SCALAR(excore_sf4, float)
+    EXCORE_SCALAR(excore_si1, int8_t)
+    EXCORE_SCALAR(excore_si2, int16_t)
+    EXCORE_SCALAR(excore_si4, int32_t)
+    EXCORE_SCALAR(excore_si8, int64_t)
+    EXCORE_SCALAR(excore_su1, uint8_t)
+    EXCORE_SCALAR(excore_su2, uint16_t)
+    EXCORE_SCALAR(excore_su4, uint32_t)
+    EXCORE_SCALAR(excore_su8, uint64_t)
+    enum { EXCORE_NB_FLOAT = 0, EXCORE_FLOAT_SUB, EXCORE_F4, EXCORE_I1, EXCORE_I2,
+           EXCORE_I4, EXCORE_I8, EXCORE_U1, EXCORE_U2, EXCORE_U4, EXCORE_U8 };
+    static inline double excore_raw(PyObject *o, int how) {
+        switch (how) {
+        case EXCORE_FLOAT_SUB: return PyFloat_AS_DOUBLE(o);
+        case EXCORE_F4: return (double)((excore_sf4 *)o)->obval;
+        case EXCORE_I1: return (double)((excore_si1 *)o)->obval;
+        case EXCORE_I2: return (double)((excore_si2 *)o)->obval;
+        case EXCORE_I4: return (double)((excore_si4 *)o)->obval;
+        case EXCORE_I8: return (double)((excore_si8 *)o)->obval;
+        case EXCORE_U1: return (double)((excore_su1 *)o)->obval;
+        case EXCORE_U2: return (double)((excore_su2 *)o)->obval;
+        case EXCORE_U4: return (double)((excore_su4 *)o)->obval;
+        default: return (double)((excore_su8 *)o)->obval;
+        }
+    }
+    static inline Py_ssize_t excore_raw_size(int how) {
+        switch (how) {
+        case EXCORE_F4: return (Py_ssize_t)sizeof(excore_sf4);
+        case EXCORE_I1: return (Py_ssize_t)sizeof(excore_si1);
+        case EXCORE_I2: return (Py_ssize_t)sizeof(excore_si2);
+        case EXCORE_I4: return (Py_ssize_t)sizeof(excore_si4);
+        case EXCORE_I8: return (Py_ssize_t)sizeof(excore_si8);
+        case EXCORE_U1: return (Py_ssize_t)sizeof(excore_su1);
+        case EXCORE_U2: return (Py_ssize_t)sizeof(excore_su2);
+        case EXCORE_U4: return (Py_ssize_t)sizeof(excore_su4);
+        case EXCORE_U8: return (Py_ssize_t)sizeof(excore_su8);
+        default: return -1;
+        }
+    }
     """
     bint excore_same_str(PyObject *a, PyObject *b)
     PyObject *excore_nb_float(PyObject *v)
     PyObject *excore_type(PyObject *v)
+    bint excore_heap_type(PyObject *t)
+    double excore_raw(PyObject *o, int how)
+    Py_ssize_t excore_raw_size(int how)
+    enum:
+        EXCORE_NB_FLOAT
+        EXCORE_FLOAT_SUB
+        EXCORE_F4
+        EXCORE_I1
+        EXCORE_I2
+        EXCORE_I4
+        EXCORE_I8
+        EXCORE_U1
+        EXCORE_U2
+        EXCORE_U4
+        EXCORE_U8
 
 from expman._exlog cimport *
 
@@ -566,7 +644,7 @@ cdef inline int _log_row(Core self, dict metrics, object step, bint advance) exc
                     fresh = []
                 fresh.append(i)
                 fresh.append(str(<object>k))   # a str subclass is stored as plain str
-        if PyFloat_Check(v):                    # float and its subclasses (numpy.float64)
+        if PyFloat_CheckExact(v):
             vals[i] = PyFloat_AS_DOUBLE(v)
         else:
             vals[i] = _value_fast(<object>k, v)
@@ -631,18 +709,21 @@ cdef int _copy_key_events(Core self, list fresh) except -1:
     return 0
 
 
-# Types whose own nb_float is safe and cheap to call directly: static (C) types
-# such as numpy's scalars, learned on first use by _to_double. Static types are
-# never freed, so the cached pointers stay valid without owning a reference.
+# Numeric static (C) types learned on first use by _to_double, each with how to
+# read it: numpy.float64 as the float it subclasses, numpy's other scalars
+# straight from their value field, anything else through its own nb_float.
+# Static types are never freed, so the pointers stay valid without a reference.
 cdef enum:
-    NUM_TYPES = 8
+    NUM_TYPES = 16
 cdef PyObject *_num_types[NUM_TYPES]
+cdef int _num_how[NUM_TYPES]
 cdef int _n_num_types = 0
 
 
 cdef inline double _value_fast(object key, PyObject *v) except? -1.0:
-    """A non-float value: exact ints and known numeric C types without the
-    generic float() path; anything else (and every error) through _to_double."""
+    """A value other than an exact float: exact ints and learned numeric types
+    without the generic float() path; anything else (and every error) through
+    _to_double."""
     cdef PyObject *tp
     cdef PyObject *f
     cdef double d
@@ -656,6 +737,8 @@ cdef inline double _value_fast(object key, PyObject *v) except? -1.0:
         tp = excore_type(v)
         for j in range(_n_num_types):
             if _num_types[j] == tp:
+                if _num_how[j] != EXCORE_NB_FLOAT:
+                    return excore_raw(v, _num_how[j])
                 f = excore_nb_float(v)
                 if f is not NULL:
                     if PyFloat_Check(f):
@@ -666,8 +749,33 @@ cdef inline double _value_fast(object key, PyObject *v) except? -1.0:
                 else:
                     PyErr_Clear()
                 break
+        if PyFloat_Check(v) and (excore_heap_type(tp) or _n_num_types == NUM_TYPES):
+            return PyFloat_AS_DOUBLE(v)   # a float subclass defined in Python
     value = <object>v                 # owned: a __float__ may drop the dict's reference
     return _to_double(key, value)
+
+
+_NUMPY_HOW = {("f", 4): EXCORE_F4, ("i", 1): EXCORE_I1, ("i", 2): EXCORE_I2,
+              ("i", 4): EXCORE_I4, ("i", 8): EXCORE_I8, ("u", 1): EXCORE_U1,
+              ("u", 2): EXCORE_U2, ("u", 4): EXCORE_U4, ("u", 8): EXCORE_U8}
+
+
+cdef int _how_to_read(object tp, object value, double d) except -1:
+    """How _value_fast may read this static type's values: as a float, straight
+    from a numpy scalar's value field (only when its name, object size and this
+    value all agree with the declared layout), or else through nb_float."""
+    cdef int how
+    if issubclass(tp, float):
+        return EXCORE_FLOAT_SUB
+    dtype = getattr(value, "dtype", None)
+    if (tp.__module__ == "numpy" and dtype is not None
+            and type(dtype).__module__.startswith("numpy")):
+        how = _NUMPY_HOW.get((getattr(dtype, "kind", None), getattr(dtype, "itemsize", None)),
+                             EXCORE_NB_FLOAT)
+        if (how != EXCORE_NB_FLOAT and tp.__basicsize__ == excore_raw_size(how)
+                and excore_raw(<PyObject *>value, how) == d):
+            return how
+    return EXCORE_NB_FLOAT
 
 
 cdef double _to_double(object key, object value) except? -1.0:
@@ -690,11 +798,13 @@ cdef double _to_double(object key, object value) except? -1.0:
             f"{type(value).__name__} ({value!r:.60}): {e}") from None
     if (_n_num_types < NUM_TYPES and not (tp.__flags__ & (1 << 9))   # Py_TPFLAGS_HEAPTYPE
             and hasattr(tp, "__float__")
-            and not hasattr(tp, "detach")):
+            and not hasattr(tp, "detach")
+            and type(value) is tp and d == d):      # a NaN cannot check a layout: learn later
         for j in range(_n_num_types):
             if _num_types[j] == <PyObject *>tp:
                 break
         else:
+            _num_how[_n_num_types] = _how_to_read(tp, value, d)
             _num_types[_n_num_types] = <PyObject *>tp
             _n_num_types += 1
     return d
