@@ -473,7 +473,7 @@ def main() -> None:
           "read 1M extrapolated linearly where a slow peer wrote fewer." % (busy_ns / 1e3))
     ct = cliff_table(results)
     if ct:
-        print("\nreal-loop cases (issue 10): thread-CPU ns per call net of the dict; "
+        print("\nreal-loop cases (issue 10): thread-CPU ns per call on dicts built before the clock; "
               "(Nx) = median of per-pair ratios to the same peer's literal-float case; "
               "target for expman <= 1.3x")
         print(ct)
