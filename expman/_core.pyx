@@ -12,7 +12,7 @@ Everything else lives in the Python layer. The C declarations are in
 from libc.stdint cimport uint32_t, int64_t, uint64_t
 from libc.string cimport memcpy
 from libc.stdlib cimport malloc, realloc, free
-from cpython.array cimport array, clone
+from cpython.array cimport array, clone, resize
 from cpython.exc cimport PyErr_CheckSignals
 
 import errno as _errno
@@ -97,6 +97,24 @@ cdef extern from *:
         return (nm && nm->nb_float) ? nm->nb_float(v) : NULL;
     }
     static inline PyObject *excore_type(PyObject *v) { return (PyObject *)Py_TYPE(v); }
+
+    /* Ask for transparent huge pages on a large buffer the decoder is about to
+     * fill: one page fault per 2 MiB instead of per 4 KiB (as numpy does for its
+     * arrays). Linux only; a no-op elsewhere and wherever it is refused. */
+    #if defined(__linux__)
+    #include <sys/mman.h>
+    #endif
+    static inline void excore_advise_huge(void *p, size_t n) {
+    #if defined(__linux__) && defined(MADV_HUGEPAGE)
+        const uintptr_t huge = (uintptr_t)1 << 21;
+        uintptr_t a = ((uintptr_t)p + huge - 1) & ~(huge - 1);
+        uintptr_t b = ((uintptr_t)p + n) & ~(huge - 1);
+        if (n >= 4 * huge && b > a)
+            (void)madvise((void *)a, (size_t)(b - a), MADV_HUGEPAGE);
+    #else
+        (void)p; (void)n;
+    #endif
+    }
     static inline int excore_heap_type(PyObject *t) {
         return PyType_HasFeature((PyTypeObject *)t, Py_TPFLAGS_HEAPTYPE);
     }
@@ -149,6 +167,7 @@ cdef extern from *:
     PyObject *excore_nb_float(PyObject *v)
     PyObject *excore_type(PyObject *v)
     bint excore_heap_type(PyObject *t)
+    void excore_advise_huge(void *p, size_t n)
     double excore_raw(PyObject *o, int how)
     Py_ssize_t excore_raw_size(int how)
     enum:

@@ -20,21 +20,27 @@ decoder promises, for any bytes (docs/durability.md, "Hostile input"):
 cdef struct Vec:
     char *data
     Py_ssize_t len, cap      # in bytes
+    PyObject *arr            # NULL: data is malloc'd; else the array.array that owns it
 
-cdef int vec_reserve(Vec *v, Py_ssize_t extra) except -1 nogil:
+cdef int vec_reserve(Vec *v, Py_ssize_t extra) except -1:
     """Room for `extra` more bytes, so a frame's points are stored without checks."""
     cdef Py_ssize_t cap
     cdef char *d
     if v.len + extra > v.cap:
         cap = v.cap * 2 if v.cap else 4096
-        while cap < v.len + extra:
-            cap *= 2
-        d = <char *>realloc(v.data, cap)
-        if d is NULL:
-            with gil:
+        if cap < v.len + extra:
+            cap = v.len + extra
+        if v.arr is not NULL:
+            resize(<array>v.arr, cap // (<array>v.arr).ob_descr.itemsize + 1)
+            v.data = (<array>v.arr).data.as_chars
+            v.cap = cap
+        else:
+            d = <char *>realloc(v.data, cap)
+            if d is NULL:
                 raise MemoryError()
-        v.data = d
-        v.cap = cap
+            v.data = d
+            v.cap = cap
+        excore_advise_huge(v.data, <size_t>v.cap)
     return 0
 
 
@@ -311,6 +317,21 @@ def decode_metrics(const unsigned char[::1] data not None, Py_ssize_t offset=0,
             raise CorruptRunError(f"unsupported metrics format version {get_u32(d + 8)}")
         pos = EXLOG_HEADER_SIZE
     long_init(&out)
+    # room for every point the data can hold (8 bytes each at least), reserved
+    # once: pages never written are never touched, and no frame moves the columns.
+    # steps, times and values live in arrays that become a metric's columns as
+    # they are when all points are one metric's (see _group)
+    cdef array steps_a = clone(array("q"), 0, False)
+    cdef array times_a = clone(array("d"), 0, False)
+    cdef array values_a = clone(array("d"), 0, False)
+    out.steps.arr = <PyObject *>steps_a
+    out.times.arr = <PyObject *>times_a
+    out.values.arr = <PyObject *>values_a
+    if n > pos:
+        vec_reserve(&out.ids, 4 * ((n - pos) // 8 + 1))
+        vec_reserve(&out.steps, 8 * ((n - pos) // 8 + 1))
+        vec_reserve(&out.times, 8 * ((n - pos) // 8 + 1))
+        vec_reserve(&out.values, 8 * ((n - pos) // 8 + 1))
     scan.d = d
     scan.n = n
     scan.chunk_crc = NULL
@@ -346,10 +367,7 @@ def decode_metrics(const unsigned char[::1] data not None, Py_ssize_t offset=0,
             pos = nxt
         columns = _group(&out, keys, &unknown)
     finally:
-        free(out.ids.data)
-        free(out.steps.data)
-        free(out.times.data)
-        free(out.values.data)
+        free(out.ids.data)          # the other columns belong to their arrays
         free(scan.chunk_crc)
     report.update(frames=frames, rows=rows, points=sum(len(c[0]) for c in columns.values()),
                   torn_bytes=torn, corrupt_bytes=corrupt, corrupt_at=corrupt_at,
@@ -379,6 +397,7 @@ cdef void long_init(Long *out) noexcept:
     out.ids.data = out.steps.data = out.times.data = out.values.data = NULL
     out.ids.len = out.steps.len = out.times.len = out.values.len = 0
     out.ids.cap = out.steps.cap = out.times.cap = out.values.cap = 0
+    out.ids.arr = out.steps.arr = out.times.arr = out.values.arr = NULL
 
 
 cdef inline Py_ssize_t slot_of(uint32_t kid, const Py_ssize_t *direct, Py_ssize_t ndirect,
@@ -401,7 +420,7 @@ cdef dict _group(Long *out, dict keys, uint64_t *unknown):
 
     Memory is proportional to the number of keys and points, never to the
     size of an id: ids map to dense slots."""
-    cdef Py_ssize_t npts = out.ids.len // 4, i, s, nkeys = len(keys), ndirect = 0
+    cdef Py_ssize_t npts = out.ids.len // 4, i, s, nkeys = len(keys), ndirect = 0, whole = -1
     cdef const uint32_t *ids = <const uint32_t *>out.ids.data
     cdef const int64_t *steps = <const int64_t *>out.steps.data
     cdef const double *times = <const double *>out.times.data
@@ -438,6 +457,15 @@ cdef dict _group(Long *out, dict keys, uint64_t *unknown):
                 else:
                     unknown[0] += 1
         for i in range(nkeys):
+            if npts and counts[i] == npts:
+                # every point is this metric's: the long columns are its columns,
+                # trimmed, and there is nothing to scatter
+                for col in (<array>out.steps.arr, <array>out.times.arr, <array>out.values.arr):
+                    resize(<array>col, npts)
+                whole = i
+                result[keys[order[i]]] = (<array>out.steps.arr, <array>out.times.arr,
+                                          <array>out.values.arr)
+                continue
             cols = (clone(tmpl_q, counts[i], False), clone(tmpl_d, counts[i], False),
                     clone(tmpl_d, counts[i], False))
             result[keys[order[i]]] = cols     # names are unique (decode_payload, _checked_keys)
@@ -445,6 +473,8 @@ cdef dict _group(Long *out, dict keys, uint64_t *unknown):
             pt[i] = <double *>(<array>cols[1]).data.as_voidptr
             pv[i] = <double *>(<array>cols[2]).data.as_voidptr
             counts[i] = 0             # now the fill position
+        if whole >= 0:
+            return result
         with nogil:
             for i in range(npts):
                 s = slot_of(ids[i], direct, ndirect, sorted_ids, nkeys)

@@ -219,7 +219,12 @@ def read_regular(path: Path, offset: int = 0) -> bytes:
         want = max(0, os.fstat(fd).st_size - offset)
         if offset:
             os.lseek(fd, offset, os.SEEK_SET)
-        chunks, got = [], 0
+        # one read into one buffer when the OS allows it (no copy to join); a
+        # short read (another system's limit, a file cut meanwhile) goes on in chunks
+        first = os.read(fd, want) if want else b""
+        if len(first) == want or not first:
+            return first
+        chunks, got = [first], len(first)
         while got < want:
             chunk = os.read(fd, min(want - got, 1 << 24))
             if not chunk:

@@ -104,3 +104,30 @@ def test_bytes_per_point_is_small(make_run):
     exp.close()
     size = (exp.run_dir / "metrics.bin").stat().st_size
     assert size / 20_000 <= 12
+
+
+def test_one_metric_file_decodes_to_exact_trimmed_columns(make_run):
+    """A file whose points are all one metric's hands its long columns over as
+    that metric's (no scatter): they must be trimmed to the points, independent
+    between decodes, and equal to the reference reader's, torn tail included."""
+    exp = make_run(flush_interval=60)
+    for i in range(5000):
+        exp.log_metrics({"loss": 1.0 / (i + 1)}, step=i)
+        if i % 700 == 0:
+            exp.flush()
+    exp.close()
+    data = (exp.run_dir / "metrics.bin").read_bytes()
+    ref, _torn = refreader.read_metrics(data)
+    for cut in (len(data), len(data) - 5):          # whole, and a torn last frame
+        cols, _keys, report = _core.decode_metrics(data[:cut])
+        steps, times, vals = cols["loss"]
+        assert (steps.typecode, times.typecode, vals.typecode) == ("q", "d", "d")
+        n = report["points"]
+        assert len(steps) == len(times) == len(vals) == n
+        want = ref["loss"][:n]
+        assert [(s, bits(v)) for s, v in zip(steps, vals)] == as_bits(want)
+        assert list(times) == [float(t) for _s, t, _v in want]
+        assert (cut == len(data)) == (n == 5000)
+    again = _core.decode_metrics(data)[0]["loss"]
+    again[2][0] = -1.0                              # decodes never share buffers
+    assert _core.decode_metrics(data)[0]["loss"][2][0] == 1.0

@@ -36,8 +36,16 @@ class Column:
     def append(self, steps: Any, times: Any, values: Any) -> None:
         import numpy as np
         k = len(steps)
+        if self.n == 0:
+            # the first batch (a whole run, when it is first opened) is taken as it
+            # is: copying 10 M points costs as much as decoding them
+            self.steps, self.times, self.values = (np.asarray(steps, dtype=np.int64),
+                                                   np.asarray(times, dtype=np.float64),
+                                                   np.asarray(values, dtype=np.float64))
+            self.n = k
+            return
         if self.n + k > len(self.steps):
-            cap = max(self.n + k, 2 * len(self.steps), 1024) if self.n else self.n + k
+            cap = max(self.n + k, 2 * len(self.steps), 1024)
             for name in ("steps", "times", "values"):
                 old = getattr(self, name)
                 new = np.empty(cap, dtype=old.dtype)
