@@ -309,6 +309,50 @@ def test_cache_reads_a_live_run_incrementally_and_is_bounded(tmp_path: Path) -> 
     assert len(cache) == 1 and cache.nbytes <= 400_000
 
 
+
+def test_a_run_asked_for_at_once_is_decoded_once(tmp_path: Path, monkeypatch) -> None:
+    """The page asks for a run's charts and its live stream together: both wait for
+    one decode (a second would double a large run's first chart), and an error
+    reaches every asker without being cached."""
+    import threading
+
+    from expman.dashboard import cache as cache_mod
+    with expman.Experiment("c", "once", base_dir=tmp_path, capture_env=False) as e:
+        for i in range(100):
+            e.log_metrics({"v": float(i)}, step=i)
+    made, gate = [], threading.Event()
+    real = cache_mod.CachedRun
+
+    class Slow(real):
+        def __init__(self, path: Path) -> None:
+            made.append(path)
+            gate.wait(10)
+            super().__init__(path)
+
+    monkeypatch.setattr(cache_mod, "CachedRun", Slow)
+    cache = RunCache()
+    got: list[Any] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get(tmp_path / "c" / "once")))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert len(made) == 1 and len(got) == 4 and all(r is got[0] for r in got)
+    assert got[0].counts() == {"v": 100}
+
+    class Broken(real):
+        def __init__(self, path: Path) -> None:
+            raise OSError("disk gone")
+
+    monkeypatch.setattr(cache_mod, "CachedRun", Broken)
+    for _ in range(2):                          # not remembered: asked again, tried again
+        with pytest.raises(OSError, match="disk gone"):
+            cache.get(tmp_path / "c" / "missing")
+    assert len(cache) == 1
+
 def test_a_run_that_dies_is_streamed_as_crashed(tmp_path: Path) -> None:
     import signal
     import subprocess

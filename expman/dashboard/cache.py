@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -136,11 +137,14 @@ class CachedRun:
 
 class RunCache:
     """CachedRuns by folder, least recently used evicted first once the decoded
-    columns pass ``max_bytes`` (the run just asked for is always kept)."""
+    columns pass ``max_bytes`` (the run just asked for is always kept). A run is
+    decoded once however many requests ask for it at the same time (the page asks
+    for a run's charts and its live stream together)."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
         self._runs: OrderedDict[str, CachedRun] = OrderedDict()
+        self._loading: dict[str, Future[CachedRun]] = {}
         self._lock = threading.Lock()
 
     def get(self, path: Path) -> CachedRun:
@@ -149,14 +153,29 @@ class RunCache:
             run = self._runs.get(key)
             if run is not None:
                 self._runs.move_to_end(key)
-        if run is None:
-            fresh = CachedRun(path)         # decoded outside the lock: others keep going
-            with self._lock:
-                run = self._runs.setdefault(key, fresh)
-                self._runs.move_to_end(key)
-                self._evict(keep=key)
-        else:
+            else:
+                loading = self._loading.get(key)
+                mine = loading is None
+                if mine:
+                    loading = self._loading[key] = Future()
+        if run is not None:
             run.refresh()
+            return run
+        if not mine:
+            return loading.result()           # the first asker's run, or its error
+        try:
+            fresh = CachedRun(path)           # decoded outside the lock: others keep going
+        except BaseException as e:
+            with self._lock:
+                del self._loading[key]
+            loading.set_exception(e)
+            raise
+        with self._lock:
+            run = self._runs.setdefault(key, fresh)
+            self._runs.move_to_end(key)
+            self._evict(keep=key)
+            del self._loading[key]
+        loading.set_result(run)
         return run
 
     def _evict(self, keep: str) -> None:
