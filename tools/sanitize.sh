@@ -6,7 +6,8 @@
 # tree (the in-place build of the checkout is left alone), then runs there, with
 # libasan preloaded into the uninstrumented Python:
 #   - the hostile-folder corpus (tests/test_hostile.py),
-#   - the decoder fuzz tests (tests/test_fuzz.py) at their default size,
+#   - the decoder fuzz tests (tests/test_fuzz.py) at their default size, the
+#     format tests and the hot path's value paths (numpy scalars read in place),
 #   - a reduced reliability subset (tests/test_reliability.py -k ...),
 #   - tests/test_portable_c.py: the C producer/consumer natively, under TSan
 #     (rows, concurrent new-key definitions with wrap-around, a garbage record)
@@ -56,8 +57,8 @@ export ASAN_OPTIONS=detect_leaks=1:verify_asan_link_order=0:abort_on_error=0:exi
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export LSAN_OPTIONS=suppressions=$work/lsan.supp:print_suppressions=0
 run_asan() { LD_PRELOAD=$LIBASAN "$PY" -m pytest -q -p no:cacheprovider -x "$@"; }
-echo "+ hostile corpus, decoder fuzz and format tests under ASan+UBSan"
-run_asan tests/test_hostile.py tests/test_fuzz.py tests/test_format.py
+echo "+ hostile corpus, decoder fuzz, format and hot-path value tests under ASan+UBSan"
+run_asan tests/test_hostile.py tests/test_fuzz.py tests/test_format.py tests/test_hotpath_cliffs.py
 echo "+ reliability subset under ASan+UBSan"
 run_asan tests/test_reliability.py -k "vanishing or every_third_write or write_fault or \
 truncation_at_every_offset or resume_cuts or close_while_8_threads or \
