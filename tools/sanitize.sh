@@ -58,7 +58,10 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export LSAN_OPTIONS=suppressions=$work/lsan.supp:print_suppressions=0
 run_asan() { LD_PRELOAD=$LIBASAN "$PY" -m pytest -q -p no:cacheprovider -x "$@"; }
 echo "+ hostile corpus, decoder fuzz, format and hot-path value tests under ASan+UBSan"
-run_asan tests/test_hostile.py tests/test_fuzz.py tests/test_format.py tests/test_hotpath_cliffs.py
+# (torch's tensor test is left out: a C++ exception thrown in libtorch cannot be
+# intercepted by a libasan preloaded into a Python not linked with libstdc++)
+run_asan tests/test_hostile.py tests/test_fuzz.py tests/test_format.py tests/test_hotpath_cliffs.py \
+    -k "not tensor"
 echo "+ reliability subset under ASan+UBSan"
 run_asan tests/test_reliability.py -k "vanishing or every_third_write or write_fault or \
 truncation_at_every_offset or resume_cuts or close_while_8_threads or \
