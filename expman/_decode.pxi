@@ -472,6 +472,9 @@ cdef dict _group(Long *out, dict keys, uint64_t *unknown):
             ps[i] = <int64_t *>(<array>cols[0]).data.as_voidptr
             pt[i] = <double *>(<array>cols[1]).data.as_voidptr
             pv[i] = <double *>(<array>cols[2]).data.as_voidptr
+            excore_advise_huge(ps[i], 8 * <size_t>counts[i])
+            excore_advise_huge(pt[i], 8 * <size_t>counts[i])
+            excore_advise_huge(pv[i], 8 * <size_t>counts[i])
             counts[i] = 0             # now the fill position
         if whole >= 0:
             return result
