@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expman._fsutil import read_json
+from expman._fsutil import MAX_JSON_BYTES, read_regular_stat
 from expman.errors import CorruptRunError, ExpmanError, ExpmanValueError
 from expman.layout import (
-    CRASHED, DAMAGED, METRICS_FILE, PARAMS_FILE, RUNNING, STATUSES, base_dir, effective_status,
-    heartbeat, iter_run_dirs, resolve_run,
+    CRASHED, DAMAGED, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING, STATUSES,
+    base_dir, effective_status, heartbeat, resolve_run, scan_run_dirs,
 )
 from expman.series import DUPLICATES, Metrics, Series, check_duplicates, column, concat
 from expman.tail import RunTail, TailBatch, read_meta, read_metrics, warn_damage
@@ -50,13 +50,27 @@ def run_duration(meta: dict[str, Any], status: str, path: Path) -> float | None:
 
 def read_params(run_dir: Path) -> dict[str, Any]:
     """params.json as a dict ({} when absent); CorruptRunError when it is not one."""
-    p = run_dir / PARAMS_FILE
-    if not p.exists():
-        return {}
-    params = read_json(p)
+    return _params(os.path.join(run_dir, PARAMS_FILE))[0]
+
+
+def _params(path: str) -> tuple[dict[str, Any], tuple[int, ...] | None]:
+    """read_params of the file at ``path``, with its stat key (None when absent)."""
+    try:
+        data, st = read_regular_stat(path, limit=MAX_JSON_BYTES)
+    except FileNotFoundError:
+        return {}, None
+    except CorruptRunError:
+        if not os.path.exists(path):
+            return {}, None     # a link to nothing counts as absent, as it always did
+        raise
+    import orjson
+    try:
+        params = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise CorruptRunError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(params, dict):
-        raise CorruptRunError(f"{p}: not a JSON object")
-    return params
+        raise CorruptRunError(f"{path}: not a JSON object")
+    return params, _key(st)
 
 
 @dataclass
@@ -263,25 +277,30 @@ _LAST_CACHE: dict[tuple[str, int, int], tuple[dict[str, float], int]] = {}
 _LAST_CACHE_MAX = 100_000
 
 
-def _last_values(run_dir: Path) -> tuple[dict[str, float], int]:
+def _last_values(run_dir: Path | str) -> tuple[dict[str, float], int]:
     """Last value per metric and the point count: from summary.json when it covers
     metrics.bin as it is now, else by decoding (after a crash, say)."""
-    from expman.summary import summarize
-    mpath = run_dir / METRICS_FILE
     try:
-        st = os.stat(mpath)
+        st = os.stat(os.path.join(run_dir, METRICS_FILE))
     except OSError:
         return {}, 0
-    key = (str(mpath), st.st_size, st.st_mtime_ns)
+    return _last_values_at(os.fspath(run_dir), st)
+
+
+def _last_values_at(run: str, st: os.stat_result) -> tuple[dict[str, float], int]:
+    """_last_values of the run folder ``run`` whose metrics.bin stat is ``st``."""
+    key = (os.path.join(run, METRICS_FILE), st.st_size, st.st_mtime_ns)
     hit = _LAST_CACHE.get(key)
     if hit is not None:
         return hit
+    from expman.summary import summarize
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            figures = summarize(run_dir)["metrics"]
+            doc = summarize(run)    # summary.json when fresh, else a decode (quietly)
         except (OSError, ExpmanError, ValueError):
-            figures = {}
+            doc = {"metrics": {}}
+    figures = doc["metrics"]
     result = ({k: m["last_value"] for k, m in figures.items() if m.get("count")},
               sum(int(m.get("count") or 0) for m in figures.values()))
     if len(_LAST_CACHE) >= _LAST_CACHE_MAX:
@@ -290,33 +309,73 @@ def _last_values(run_dir: Path) -> tuple[dict[str, float], int]:
     return result
 
 
-def _summary_of(run_dir: Path, metrics: bool) -> RunSummary:
-    """One run's line; a damaged run is a line that says so (``damaged``), never an error."""
+def _key(st: os.stat_result) -> tuple[int, ...]:
+    """What tells a changed file from an unchanged one: a file replaced (atomic
+    rename: a new inode), rewritten in place (size, mtime) or touched back (ctime)."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _damaged(path: Path, exp: str, name: str, e: BaseException) -> RunSummary:
+    return RunSummary(exp, name, DAMAGED, None, None, {}, {}, path,
+                      damaged=str(e) or type(e).__name__)
+
+
+def _number_or_none(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _line(run: str, exp: str, name: str, metrics: bool) -> RunSummary | None:
+    """One run's line (None: ``run`` holds no run.json). A damaged run is a line
+    that says so (``damaged``), never an error. Each metadata file is read through
+    one open."""
+    import orjson
+    path = Path(run)
+    where = str(path)              # the spelling errors have always used
+    rpath = os.path.join(where, RUN_FILE)
     try:
-        meta = read_meta(run_dir)
-        st = effective_status(meta, run_dir)
-        params = read_params(run_dir)
+        data, rst = read_regular_stat(rpath, limit=MAX_JSON_BYTES)
+    except (FileNotFoundError, NotADirectoryError):
+        return None                      # not a run folder
     except (OSError, ValueError) as e:
-        return RunSummary(run_dir.parent.name, run_dir.name, DAMAGED, None, None, {}, {},
-                          run_dir, damaged=str(e) or type(e).__name__)
-    last, points = _last_values(run_dir) if metrics else ({}, 0)
-    start = meta.get("start_time")
-    start = float(start) if isinstance(start, (int, float)) and not isinstance(start, bool) else None
-    end = meta.get("end_time")
-    end = float(end) if isinstance(end, (int, float)) and not isinstance(end, bool) else None
+        if not os.path.isfile(rpath):    # a FIFO, a folder, a link to nothing: not a run
+            return None
+        return _damaged(path, exp, name, e)
+    try:
+        try:
+            meta = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            raise CorruptRunError(f"{rpath}: not valid JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise CorruptRunError(f"{rpath}: not a JSON object")
+        st = effective_status(meta, path)
+        params, pkey = _params(os.path.join(where, PARAMS_FILE))
+    except (OSError, ValueError) as e:
+        return _damaged(path, exp, name, e)
+    last: dict[str, float] = {}
+    points = 0
+    if metrics:
+        try:
+            mst = os.stat(os.path.join(where, METRICS_FILE))
+        except OSError:
+            pass
+        else:
+            last, points = _last_values_at(where, mst)
+    start = _number_or_none(meta.get("start_time"))
+    end = _number_or_none(meta.get("end_time"))
     if end is None and st == CRASHED:
-        end = heartbeat(run_dir)
-    exit_info = meta.get("exit") if isinstance(meta.get("exit"), dict) else None
-    loss = meta.get("data_loss") if isinstance(meta.get("data_loss"), dict) else None
+        end = heartbeat(path)
+    exit_info = meta.get("exit")
+    loss = meta.get("data_loss")
     tags = meta.get("tags")
     group, notes = meta.get("group"), meta.get("notes")
-    return RunSummary(str(meta.get("experiment", run_dir.parent.name)),
-                      str(meta.get("run_name", run_dir.name)), st, start,
-                      run_duration(meta, st, run_dir), params, last, run_dir, end, points,
-                      exit_info, data_loss=loss,
+    line = RunSummary(str(meta.get("experiment", exp)), str(meta.get("run_name", name)), st,
+                      start, run_duration(meta, st, path), params, last, path, end, points,
+                      exit_info if isinstance(exit_info, dict) else None,
+                      data_loss=loss if isinstance(loss, dict) else None,
                       tags=[t for t in tags if isinstance(t, str)] if isinstance(tags, list) else [],
                       group=group if isinstance(group, str) else None,
                       notes=notes if isinstance(notes, str) else None)
+    return line
 
 
 def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | None = None,
@@ -334,7 +393,12 @@ def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | 
         wanted = {status.upper()}
     else:
         wanted = {s.upper() for s in status} if status else set()
-    out = [_summary_of(d, metrics=False) for d in iter_run_dirs(base, experiment)]
+    early = metrics and limit is None       # one pass: metrics read with the metadata
+    out = []
+    for run, exp, name, _linked in scan_run_dirs(base, experiment):
+        line = _line(run, exp, name, early)
+        if line is not None:
+            out.append(line)
     if wanted:
         out = [r for r in out if r.status in wanted]
     if tags or group is not None:
@@ -344,7 +408,7 @@ def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | 
     out.sort(key=lambda r: r.start_time or 0.0, reverse=True)
     if limit is not None:
         out = out[:max(0, limit)]
-    if metrics:
+    if metrics and not early:
         out = [_with_metrics(r) for r in out]
     return out
 
