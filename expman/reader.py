@@ -20,13 +20,14 @@ from typing import Any
 from expman._fsutil import MAX_JSON_BYTES, read_regular_stat
 from expman.errors import CorruptRunError, ExpmanError, ExpmanValueError
 from expman.layout import (
-    CRASHED, DAMAGED, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING, STATUSES,
+    CRASHED, DAMAGED, FINAL_STATUSES, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING, STATUSES,
     base_dir, effective_status, heartbeat, resolve_run, scan_run_dirs,
 )
 from expman.series import DUPLICATES, Metrics, Series, check_duplicates, column, concat
 from expman.tail import RunTail, TailBatch, read_meta, read_metrics, warn_damage
 
 __all__ = ["open_run", "list_runs", "run_duration", "Run", "Series", "Metrics", "RunSummary",
+           "RunListCache",
            "RunTail", "TailBatch", "effective_status", "STATUSES", "read_metrics"]
 
 REDUCE_HOW = DUPLICATES      # the old name, kept for imports that used it
@@ -315,6 +316,9 @@ def _key(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+_SEP = os.sep
+
+
 def _damaged(path: Path, exp: str, name: str, e: BaseException) -> RunSummary:
     return RunSummary(exp, name, DAMAGED, None, None, {}, {}, path,
                       damaged=str(e) or type(e).__name__)
@@ -324,10 +328,15 @@ def _number_or_none(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def _line(run: str, exp: str, name: str, metrics: bool) -> RunSummary | None:
+def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | None = None,
+          linked: bool = False) -> RunSummary | None:
     """One run's line (None: ``run`` holds no run.json). A damaged run is a line
     that says so (``damaged``), never an error. Each metadata file is read through
-    one open."""
+    one open; with ``cache``, an unchanged finished run is not read at all."""
+    if cache is not None:
+        hit = cache._hit(run, linked)
+        if hit is not None:
+            return hit
     import orjson
     path = Path(run)
     where = str(path)              # the spelling errors have always used
@@ -352,13 +361,14 @@ def _line(run: str, exp: str, name: str, metrics: bool) -> RunSummary | None:
     except (OSError, ValueError) as e:
         return _damaged(path, exp, name, e)
     last: dict[str, float] = {}
-    points = 0
+    points, mkey = 0, None
     if metrics:
         try:
             mst = os.stat(os.path.join(where, METRICS_FILE))
         except OSError:
             pass
         else:
+            mkey = _key(mst)
             last, points = _last_values_at(where, mst)
     start = _number_or_none(meta.get("start_time"))
     end = _number_or_none(meta.get("end_time"))
@@ -375,19 +385,93 @@ def _line(run: str, exp: str, name: str, metrics: bool) -> RunSummary | None:
                       tags=[t for t in tags if isinstance(t, str)] if isinstance(tags, list) else [],
                       group=group if isinstance(group, str) else None,
                       notes=notes if isinstance(notes, str) else None)
+    if cache is not None and metrics:
+        cache._keep(run, (linked, _key(rst), pkey, mkey), line, meta)
     return line
+
+
+class RunListCache:
+    """Lines of ``list_runs`` kept between calls, for a long-lived process (a
+    dashboard): a finished run whose run.json, params.json and metrics.bin are
+    unchanged (same inode, size, mtime and ctime: three lstat calls) and whose
+    folder did not become or stop being a symlink is not read again.
+
+    Only a line that cannot change while those files do not is kept: recorded
+    FINISHED, FAILED or KILLED, one rank. A live or crashed run (its status and
+    duration come from its lock and the clock), a multi-rank run and a damaged
+    one are read every time, and so is a run changed in the last RACY seconds
+    (a second change within the filesystem's timestamp tick could keep size and
+    mtime). Used by ``list_runs(..., cache=)`` with metrics and without
+    ``limit``. Kept lines are shared between calls: treat them as read-only.
+    Memory only: it never writes a file."""
+
+    RACY = 2.0
+
+    def __init__(self) -> None:
+        self._lines: dict[str, tuple[tuple[Any, ...], RunSummary]] = {}
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def _hit(self, run: str, linked: bool) -> RunSummary | None:
+        """The kept line of ``run`` if its files are as they were (written for speed:
+        a warm listing is this, once per run)."""
+        kept = self._lines.get(run)
+        if kept is None or kept[0][0] != linked:
+            return None
+        key = kept[0]
+        try:
+            st = os.lstat(run + _SEP + RUN_FILE)
+            if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != key[1]:
+                return None
+            try:
+                st = os.lstat(run + _SEP + PARAMS_FILE)
+            except FileNotFoundError:
+                if key[2] is not None:
+                    return None
+            else:
+                if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != key[2]:
+                    return None
+            try:
+                st = os.stat(run + _SEP + METRICS_FILE)
+            except FileNotFoundError:
+                return kept[1] if key[3] is None else None
+            if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != key[3]:
+                return None
+        except OSError:
+            return None
+        return kept[1]
+
+    def _keep(self, run: str, key: tuple[Any, ...], line: RunSummary, meta: dict[str, Any]
+              ) -> None:
+        world = meta.get("world_size")
+        changed = max(k[3] for k in key[1:] if k is not None) / 1e9     # newest ctime
+        if (line.status not in FINAL_STATUSES or meta.get("status") not in FINAL_STATUSES
+                or (isinstance(world, int) and world > 1) or line.damaged
+                or time.time() - changed < self.RACY):
+            self._lines.pop(run, None)
+            return
+        self._lines[run] = (key, line)
+
+    def _prune(self, seen: set[str]) -> None:
+        """Forget the runs a full listing did not find (removed folders)."""
+        for run in list(self._lines):       # a copy: another thread may be listing too
+            if run not in seen:
+                self._lines.pop(run, None)
 
 
 def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | None = None,
               status: str | Iterable[str] | None = None, *, metrics: bool = True,
               limit: int | None = None, tags: str | Iterable[str] | None = None,
-              group: str | None = None) -> list[RunSummary]:
+              group: str | None = None, cache: RunListCache | None = None) -> list[RunSummary]:
     """Runs under base_dir (see ``layout.base_dir``; a URL synced by ``expman sync``
     is read through a local cache), newest first; filter by
     experiment, status (one name or several; CRASHED included), ``tags`` (runs
     having every one) and ``group``. A damaged run
     is listed with ``damaged`` saying why. ``metrics=False`` skips the last
-    metric values; ``limit`` reads metrics only for the runs returned."""
+    metric values; ``limit`` reads metrics only for the runs returned.
+    ``cache`` (a RunListCache kept by the caller) spares re-reading unchanged
+    finished runs on the next call (with metrics, without ``limit``)."""
     base = _base(_local(base_dir) if base_dir is not None else None)
     if isinstance(status, str):
         wanted = {status.upper()}
@@ -395,10 +479,14 @@ def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | 
         wanted = {s.upper() for s in status} if status else set()
     early = metrics and limit is None       # one pass: metrics read with the metadata
     out = []
-    for run, exp, name, _linked in scan_run_dirs(base, experiment):
-        line = _line(run, exp, name, early)
+    seen = set()
+    for run, exp, name, linked in scan_run_dirs(base, experiment):
+        line = _line(run, exp, name, early, cache if early else None, linked)
         if line is not None:
             out.append(line)
+            seen.add(run)
+    if cache is not None and early and experiment is None:
+        cache._prune(seen)
     if wanted:
         out = [r for r in out if r.status in wanted]
     if tags or group is not None:
