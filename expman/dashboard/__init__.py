@@ -118,9 +118,12 @@ def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1
 
 def _warm(dashboard: Any) -> None:
     try:
-        import numpy  # noqa: F401  (the first chart request would pay for it)
-        dashboard.rows()
+        dashboard.rows()       # first: the page's first request waits for this listing
     except Exception:          # a listing error shows on the page's own request
+        pass
+    try:
+        import numpy  # noqa: F401  (the first chart request would pay for it)
+    except Exception:
         pass
 
 
