@@ -8,11 +8,13 @@ the run-folder rules in ``expman.layout``.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,6 +339,7 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
         hit = cache._hit(run, linked)
         if hit is not None:
             return hit
+        began = time.monotonic()
     import orjson
     path = Path(run)
     where = str(path)              # the spelling errors have always used
@@ -386,7 +389,7 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
                       group=group if isinstance(group, str) else None,
                       notes=notes if isinstance(notes, str) else None)
     if cache is not None and metrics:
-        cache._keep(run, (linked, _key(rst), pkey, mkey), line, meta)
+        cache._keep(run, (linked, _key(rst), pkey, mkey), line, meta, began)
     return line
 
 
@@ -408,7 +411,20 @@ class RunListCache:
     RACY = 2.0
 
     def __init__(self) -> None:
-        self._lines: dict[str, tuple[tuple[Any, ...], RunSummary]] = {}
+        self._lines: dict[str, tuple[tuple[Any, ...], RunSummary, float]] = {}
+        self._trusted = math.inf
+
+    @contextmanager
+    def trusting(self, since: float) -> Iterator[None]:
+        """Within this block, lines whose reading began at or after ``since``
+        (``time.monotonic()``) are taken as they are, without a stat: for a
+        caller that asked at ``since`` and waited for another listing that read
+        them (a dashboard's first request during its warm-up)."""
+        self._trusted = since
+        try:
+            yield
+        finally:
+            self._trusted = math.inf
 
     def __len__(self) -> int:
         return len(self._lines)
@@ -419,6 +435,8 @@ class RunListCache:
         kept = self._lines.get(run)
         if kept is None or kept[0][0] != linked:
             return None
+        if kept[2] >= self._trusted:
+            return kept[1]          # read after the caller's request came (see trusting)
         key = kept[0]
         try:
             st = os.lstat(run + _SEP + RUN_FILE)
@@ -442,8 +460,8 @@ class RunListCache:
             return None
         return kept[1]
 
-    def _keep(self, run: str, key: tuple[Any, ...], line: RunSummary, meta: dict[str, Any]
-              ) -> None:
+    def _keep(self, run: str, key: tuple[Any, ...], line: RunSummary, meta: dict[str, Any],
+              began: float) -> None:
         world = meta.get("world_size")
         changed = max(k[3] for k in key[1:] if k is not None) / 1e9     # newest ctime
         if (line.status not in FINAL_STATUSES or meta.get("status") not in FINAL_STATUSES
@@ -451,7 +469,7 @@ class RunListCache:
                 or time.time() - changed < self.RACY):
             self._lines.pop(run, None)
             return
-        self._lines[run] = (key, line)
+        self._lines[run] = (key, line, began)
 
     def _prune(self, seen: set[str]) -> None:
         """Forget the runs a full listing did not find (removed folders)."""

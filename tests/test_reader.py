@@ -393,3 +393,24 @@ def test_list_runs_cache_keeps_unchanged_finished_runs_only(base, make_run, monk
     os.symlink(moved, d.run_dir)
     six = listed()
     assert six["e/d"] is not five["e/d"] and six["e/d"].to_dict() == five["e/d"].to_dict()
+
+
+def test_list_runs_cache_trusting_takes_lines_read_since_without_a_stat(base, make_run,
+                                                                        monkeypatch):
+    """cache.trusting(t): lines whose reading began at or after t are taken as read
+    (the caller asked at t and waited for that listing); older ones are checked."""
+    monkeypatch.setattr(reader.RunListCache, "RACY", 0.0)
+    a = make_run("e", "a")
+    a.log_params({"lr": 0.1})
+    a.close()
+    time.sleep(0.05)
+    cache = reader.RunListCache()
+    asked = time.monotonic()
+    (first,) = expman.list_runs(base, cache=cache)
+    p = a.run_dir / "params.json"
+    p.write_bytes(p.read_bytes().replace(b"0.1", b"0.2"))
+    with cache.trusting(asked):
+        assert expman.list_runs(base, cache=cache)[0] is first       # read after `asked`
+    with cache.trusting(time.monotonic()):
+        assert expman.list_runs(base, cache=cache)[0].params == {"lr": 0.2}   # checked
+    assert cache._trusted == math.inf
