@@ -15,6 +15,7 @@ import mimetypes
 import types
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,7 @@ class Dashboard:
         self._listing = False
         self._started = self._done = 0            # numbers of the last listing begun, ended
         self._last: list[dict[str, Any]] = []
+        self._waiting: list[float] = []           # when each caller of rows() came
 
     # ---- locating runs ---------------------------------------------------------------------
 
@@ -126,22 +128,30 @@ class Dashboard:
         """The runs view's rows, from a listing that started after this call did.
         Listings run one at a time and are shared: callers that arrive while one
         runs (the warm-up at start, another request) wait for it, then share the
-        next one, which finds the runs just read in ``self.lines`` instead of
-        reading every run a second time alongside the first."""
+        next one, which finds the runs just read in ``self.lines`` (and takes the
+        lines read after the earliest of them arrived without even a stat)
+        instead of reading every run a second time alongside the first."""
+        arrived = time.monotonic()
         with self._rows_cond:
             need = self._started + 1          # the first listing to start from now on
-            while self._done < need:
-                if not self._listing:
-                    self._listing = True
-                    self._started += 1
-                    mine = self._started
-                    break
-                self._rows_cond.wait()
-            else:
-                return self._last
+            self._waiting.append(arrived)
+            try:
+                while self._done < need:
+                    if not self._listing:
+                        self._listing = True
+                        self._started += 1
+                        mine = self._started
+                        since = min(self._waiting)     # every waiter shares this listing
+                        break
+                    self._rows_cond.wait()
+                else:
+                    return self._last
+            finally:
+                self._waiting.remove(arrived)
         out = None
         try:
-            out = self._list()
+            with self.lines.trusting(since):
+                out = self._list()
         finally:
             with self._rows_cond:
                 self._listing = False
@@ -149,6 +159,11 @@ class Dashboard:
                     self._done, self._last = mine, out
                 self._rows_cond.notify_all()
         return out
+
+    @property
+    def listing(self) -> bool:
+        """A listing runs or is waited for."""
+        return self._listing
 
     def _list(self) -> list[dict[str, Any]]:
         from expman.reader import list_runs
