@@ -88,8 +88,16 @@ def json_float(x: float) -> float | str:
     return x
 
 
+_PLAIN = frozenset((str, int, bool, type(None)))
+
+
 def jsonable(x: Any) -> Any:
     """A copy of x that JSON can hold: non-finite floats spelled as above, paths as str."""
+    t = type(x)
+    if t in _PLAIN:            # most of a listing: returned before the isinstance chain
+        return x
+    if t is float:
+        return json_float(x)
     if isinstance(x, float):
         return json_float(x)
     if isinstance(x, dict):
