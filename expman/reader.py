@@ -26,7 +26,7 @@ from expman.layout import (
     base_dir, effective_status, heartbeat, resolve_run, scan_run_dirs,
 )
 from expman.series import DUPLICATES, Metrics, Series, check_duplicates, column, concat
-from expman.tail import RunTail, TailBatch, read_meta, read_metrics, warn_damage
+from expman.tail import RunTail, TailBatch, read_metrics, warn_damage
 
 __all__ = ["open_run", "list_runs", "run_duration", "Run", "Series", "Metrics", "RunSummary",
            "RunListCache",
