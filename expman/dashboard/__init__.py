@@ -128,10 +128,10 @@ def _warm(dashboard: Any, server: Any = None) -> None:
         dashboard.rows()       # first: the page's first request waits for this listing
     except Exception:          # a listing error shows on the page's own request
         pass
-    # numpy next (the first chart request would pay for it), but not while a request's
-    # listing runs: the import would take the GIL from it
+    # numpy next (the first chart request would pay for it), once no listing has run for
+    # a moment: beside a request's listing the import would take the GIL from it
     while not dashboard.stopping.wait(0.05):
-        if not dashboard.listing:
+        if not dashboard.listing and time.monotonic() - dashboard.listed_at > 0.3:
             try:
                 import numpy  # noqa: F401
             except Exception:

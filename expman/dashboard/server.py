@@ -95,6 +95,7 @@ class Dashboard:
         self._started = self._done = 0            # numbers of the last listing begun, ended
         self._last: list[dict[str, Any]] = []
         self._waiting: list[float] = []           # when each caller of rows() came
+        self.listed_at = 0.0                      # time.monotonic() when the last listing ended
 
     # ---- locating runs ---------------------------------------------------------------------
 
@@ -155,6 +156,7 @@ class Dashboard:
         finally:
             with self._rows_cond:
                 self._listing = False
+                self.listed_at = time.monotonic()
                 if out is not None:
                     self._done, self._last = mine, out
                 self._rows_cond.notify_all()
@@ -162,7 +164,7 @@ class Dashboard:
 
     @property
     def listing(self) -> bool:
-        """A listing runs or is waited for."""
+        """A listing is running now."""
         return self._listing
 
     def _list(self) -> list[dict[str, Any]]:
