@@ -64,6 +64,7 @@ def inside(root: Path, path: Path) -> bool:
 # it is cleared again once the file is known to be regular
 _OPEN_FLAGS = (getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
                | getattr(os, "O_NONBLOCK", 0))
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 def _refuse_link(path: Path | str) -> None:
@@ -85,6 +86,11 @@ def open_nofollow(path: Path | str, flags: int, mode: int = 0o644) -> int:
     point at the path is refused first (lstat), then the file is opened.
     A link or a non-regular file (a FIFO, a device) raises UnsafePathError naming it.
     """
+    return _open_regular(path, flags, mode)[0]
+
+
+def _open_regular(path: Path | str, flags: int, mode: int = 0o644) -> tuple[int, os.stat_result]:
+    """open_nofollow, also returning the fstat it checked (a reader needs the size)."""
     if sys.platform == "win32":
         _refuse_link(path)
     try:
@@ -103,9 +109,9 @@ def open_nofollow(path: Path | str, flags: int, mode: int = 0o644) -> int:
         os.close(fd)
         raise UnsafePathError(errno.EINVAL, "refusing to open a run file that is not a regular "
                               "file (a FIFO or a device)", str(path))
-    if getattr(os, "O_NONBLOCK", 0):
+    if _NONBLOCK:
         os.set_blocking(fd, True)
-    return fd
+    return fd, st
 
 
 def read_json_nofollow(path: Path | str) -> Any:
@@ -179,15 +185,14 @@ def _replace(tmp: Path, path: Path) -> None:
 MAX_JSON_BYTES = 64 << 20     # run.json / params.json larger than this are damage, not data
 
 
-def read_json(path: Path) -> Any:
-    """A JSON metadata file (regular, bounded in size; ValueError when it is not)."""
+def read_json(path: Path | str) -> Any:
+    """A JSON metadata file (regular, bounded in size; ValueError when it is not).
+    One open, one fstat, one read: a listing reads two per run."""
     import orjson
 
     from expman.errors import CorruptRunError
-    if regular_stat(path).st_size > MAX_JSON_BYTES:
-        raise CorruptRunError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB")
     try:
-        return orjson.loads(read_regular(path))
+        return orjson.loads(read_regular(path, limit=MAX_JSON_BYTES))
     except orjson.JSONDecodeError as e:
         raise CorruptRunError(f"{path}: not valid JSON ({e})") from None
 
@@ -204,19 +209,30 @@ def regular_stat(path: Path) -> os.stat_result:
     return st
 
 
-def read_regular(path: Path, offset: int = 0) -> bytes:
+def read_regular(path: Path | str, offset: int = 0, limit: int | None = None) -> bytes:
+    """The bytes of a regular file (see read_regular_stat)."""
+    return read_regular_stat(path, offset, limit)[0]
+
+
+def read_regular_stat(path: Path | str, offset: int = 0, limit: int | None = None
+                      ) -> tuple[bytes, os.stat_result]:
     """The bytes of a regular file from offset to its size when opened: never a
     FIFO (which would block), a device (which never ends) or a symlink. Opened by
     open_nofollow, the same guard the writer uses; a reader calls such a file
-    damage (CorruptRunError), not an unsafe write."""
+    damage (CorruptRunError), not an unsafe write. ``limit``: a file larger than
+    this many bytes is damage too (a crafted metadata file is not read whole).
+    Also returns the fstat of the file read (before reading: a cache keyed on it
+    errs towards reading again)."""
     from expman.errors import CorruptRunError
     try:
-        fd = open_nofollow(path, os.O_RDONLY)
+        fd, st = _open_regular(path, os.O_RDONLY)
     except UnsafePathError:
-        raise CorruptRunError(f"{path}: not a regular file (a link, a FIFO or a device); "
+        raise CorruptRunError(f"{path}: not a regular file (a link, a folder, a FIFO or a device); "
                               "expman reads only regular files") from None
     try:
-        want = max(0, os.fstat(fd).st_size - offset)
+        if limit is not None and st.st_size > limit:
+            raise CorruptRunError(f"{path}: larger than {limit >> 20} MiB")
+        want = max(0, st.st_size - offset)
         if offset:
             os.lseek(fd, offset, os.SEEK_SET)
         # one read into one buffer when the OS allows it (no copy to join); a
@@ -231,7 +247,7 @@ def read_regular(path: Path, offset: int = 0) -> bytes:
                 break
             chunks.append(chunk)
             got += len(chunk)
-        return b"".join(chunks)
+        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), st
     finally:
         os.close(fd)
 

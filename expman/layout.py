@@ -88,8 +88,16 @@ def json_float(x: float) -> float | str:
     return x
 
 
+_PLAIN = frozenset((str, int, bool, type(None)))
+
+
 def jsonable(x: Any) -> Any:
     """A copy of x that JSON can hold: non-finite floats spelled as above, paths as str."""
+    t = type(x)
+    if t in _PLAIN:            # most of a listing: returned before the isinstance chain
+        return x
+    if t is float:
+        return json_float(x)
     if isinstance(x, float):
         return json_float(x)
     if isinstance(x, dict):
@@ -144,20 +152,45 @@ def is_run_dir(path: Path) -> bool:
 
 def iter_run_dirs(base: Path, experiment: str | None = None) -> Iterator[Path]:
     """``base/<experiment>/<run>`` folders holding a run.json, sorted by name."""
+    for path, _exp, _run, _linked in scan_run_dirs(base, experiment):
+        if os.path.isfile(os.path.join(path, RUN_FILE)):
+            yield Path(path)
+
+
+def _sorted_entries(path: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
+    with os.scandir(path) as it:
+        entries = list(it)
+    entries.sort(key=lambda e: os.path.normcase(e.name))     # Path's order
+    return entries
+
+
+def scan_run_dirs(base: str | os.PathLike[str], experiment: str | None = None
+                  ) -> Iterator[tuple[str, str, str, bool]]:
+    """The folders that may be runs, ``base/<experiment>/<run>``, in iter_run_dirs'
+    order, as ``(path, experiment, run, linked)`` without a system call per run
+    (the directory entries say what is a folder). ``linked``: the experiment or
+    the run folder is a symlink (it may lead outside ``base``). Whether a folder
+    holds a run.json is for the caller to find out; a listing opens it anyway."""
     try:
-        exp_dirs = sorted(base.iterdir())
+        exp_entries = _sorted_entries(base)
     except OSError:
         return
-    for exp_dir in exp_dirs:
-        if (experiment and exp_dir.name != experiment) or not exp_dir.is_dir():
-            continue
+    for exp in exp_entries:
         try:
-            runs = sorted(exp_dir.iterdir())
+            if (experiment and exp.name != experiment) or not exp.is_dir():
+                continue
+            exp_linked = exp.is_symlink()
+            runs = _sorted_entries(exp.path)
         except OSError:
             continue
-        for run_dir in runs:
-            if is_run_dir(run_dir):
-                yield run_dir
+        for run in runs:
+            try:
+                if not run.is_dir():
+                    continue
+                linked = exp_linked or run.is_symlink()
+            except OSError:
+                continue
+            yield run.path, exp.name, run.name, linked
 
 
 def _newest(dirs: list[Path]) -> Path | None:

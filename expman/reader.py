@@ -8,25 +8,28 @@ the run-folder rules in ``expman.layout``.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expman._fsutil import read_json
+from expman._fsutil import MAX_JSON_BYTES, read_regular_stat
 from expman.errors import CorruptRunError, ExpmanError, ExpmanValueError
 from expman.layout import (
-    CRASHED, DAMAGED, METRICS_FILE, PARAMS_FILE, RUNNING, STATUSES, base_dir, effective_status,
-    heartbeat, iter_run_dirs, resolve_run,
+    CRASHED, DAMAGED, FINAL_STATUSES, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING, STATUSES,
+    base_dir, effective_status, heartbeat, resolve_run, scan_run_dirs,
 )
 from expman.series import DUPLICATES, Metrics, Series, check_duplicates, column, concat
-from expman.tail import RunTail, TailBatch, read_meta, read_metrics, warn_damage
+from expman.tail import RunTail, TailBatch, read_metrics, warn_damage
 
 __all__ = ["open_run", "list_runs", "run_duration", "Run", "Series", "Metrics", "RunSummary",
+           "RunListCache",
            "RunTail", "TailBatch", "effective_status", "STATUSES", "read_metrics"]
 
 REDUCE_HOW = DUPLICATES      # the old name, kept for imports that used it
@@ -50,13 +53,27 @@ def run_duration(meta: dict[str, Any], status: str, path: Path) -> float | None:
 
 def read_params(run_dir: Path) -> dict[str, Any]:
     """params.json as a dict ({} when absent); CorruptRunError when it is not one."""
-    p = run_dir / PARAMS_FILE
-    if not p.exists():
-        return {}
-    params = read_json(p)
+    return _params(os.path.join(run_dir, PARAMS_FILE))[0]
+
+
+def _params(path: str) -> tuple[dict[str, Any], tuple[int, ...] | None]:
+    """read_params of the file at ``path``, with its stat key (None when absent)."""
+    try:
+        data, st = read_regular_stat(path, limit=MAX_JSON_BYTES)
+    except FileNotFoundError:
+        return {}, None
+    except CorruptRunError:
+        if not os.path.exists(path):
+            return {}, None     # a link to nothing counts as absent, as it always did
+        raise
+    import orjson
+    try:
+        params = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise CorruptRunError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(params, dict):
-        raise CorruptRunError(f"{p}: not a JSON object")
-    return params
+        raise CorruptRunError(f"{path}: not a JSON object")
+    return params, _key(st)
 
 
 @dataclass
@@ -263,25 +280,30 @@ _LAST_CACHE: dict[tuple[str, int, int], tuple[dict[str, float], int]] = {}
 _LAST_CACHE_MAX = 100_000
 
 
-def _last_values(run_dir: Path) -> tuple[dict[str, float], int]:
+def _last_values(run_dir: Path | str) -> tuple[dict[str, float], int]:
     """Last value per metric and the point count: from summary.json when it covers
     metrics.bin as it is now, else by decoding (after a crash, say)."""
-    from expman.summary import summarize
-    mpath = run_dir / METRICS_FILE
     try:
-        st = os.stat(mpath)
+        st = os.stat(os.path.join(run_dir, METRICS_FILE))
     except OSError:
         return {}, 0
-    key = (str(mpath), st.st_size, st.st_mtime_ns)
+    return _last_values_at(os.fspath(run_dir), st)
+
+
+def _last_values_at(run: str, st: os.stat_result) -> tuple[dict[str, float], int]:
+    """_last_values of the run folder ``run`` whose metrics.bin stat is ``st``."""
+    key = (os.path.join(run, METRICS_FILE), st.st_size, st.st_mtime_ns)
     hit = _LAST_CACHE.get(key)
     if hit is not None:
         return hit
+    from expman.summary import summarize
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            figures = summarize(run_dir)["metrics"]
+            doc = summarize(run)    # summary.json when fresh, else a decode (quietly)
         except (OSError, ExpmanError, ValueError):
-            figures = {}
+            doc = {"metrics": {}}
+    figures = doc["metrics"]
     result = ({k: m["last_value"] for k, m in figures.items() if m.get("count")},
               sum(int(m.get("count") or 0) for m in figures.values()))
     if len(_LAST_CACHE) >= _LAST_CACHE_MAX:
@@ -290,51 +312,199 @@ def _last_values(run_dir: Path) -> tuple[dict[str, float], int]:
     return result
 
 
-def _summary_of(run_dir: Path, metrics: bool) -> RunSummary:
-    """One run's line; a damaged run is a line that says so (``damaged``), never an error."""
+def _key(st: os.stat_result) -> tuple[int, ...]:
+    """What tells a changed file from an unchanged one: a file replaced (atomic
+    rename: a new inode), rewritten in place (size, mtime) or touched back (ctime)."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+_SEP = os.sep
+
+
+def _damaged(path: Path, exp: str, name: str, e: BaseException) -> RunSummary:
+    return RunSummary(exp, name, DAMAGED, None, None, {}, {}, path,
+                      damaged=str(e) or type(e).__name__)
+
+
+def _number_or_none(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | None = None,
+          linked: bool = False) -> RunSummary | None:
+    """One run's line (None: ``run`` holds no run.json). A damaged run is a line
+    that says so (``damaged``), never an error. Each metadata file is read through
+    one open; with ``cache``, an unchanged finished run is not read at all."""
+    if cache is not None:
+        hit = cache._hit(run, linked)
+        if hit is not None:
+            return hit
+        began = time.monotonic()
+    import orjson
+    path = Path(run)
+    where = str(path)              # the spelling errors have always used
+    rpath = os.path.join(where, RUN_FILE)
     try:
-        meta = read_meta(run_dir)
-        st = effective_status(meta, run_dir)
-        params = read_params(run_dir)
+        data, rst = read_regular_stat(rpath, limit=MAX_JSON_BYTES)
+    except (FileNotFoundError, NotADirectoryError):
+        return None                      # not a run folder
     except (OSError, ValueError) as e:
-        return RunSummary(run_dir.parent.name, run_dir.name, DAMAGED, None, None, {}, {},
-                          run_dir, damaged=str(e) or type(e).__name__)
-    last, points = _last_values(run_dir) if metrics else ({}, 0)
-    start = meta.get("start_time")
-    start = float(start) if isinstance(start, (int, float)) and not isinstance(start, bool) else None
-    end = meta.get("end_time")
-    end = float(end) if isinstance(end, (int, float)) and not isinstance(end, bool) else None
+        if not os.path.isfile(rpath):    # a FIFO, a folder, a link to nothing: not a run
+            return None
+        return _damaged(path, exp, name, e)
+    try:
+        try:
+            meta = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            raise CorruptRunError(f"{rpath}: not valid JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise CorruptRunError(f"{rpath}: not a JSON object")
+        st = effective_status(meta, path)
+        params, pkey = _params(os.path.join(where, PARAMS_FILE))
+    except (OSError, ValueError) as e:
+        return _damaged(path, exp, name, e)
+    last: dict[str, float] = {}
+    points, mkey = 0, None
+    if metrics:
+        try:
+            mst = os.stat(os.path.join(where, METRICS_FILE))
+        except OSError:
+            pass
+        else:
+            mkey = _key(mst)
+            last, points = _last_values_at(where, mst)
+    start = _number_or_none(meta.get("start_time"))
+    end = _number_or_none(meta.get("end_time"))
     if end is None and st == CRASHED:
-        end = heartbeat(run_dir)
-    exit_info = meta.get("exit") if isinstance(meta.get("exit"), dict) else None
-    loss = meta.get("data_loss") if isinstance(meta.get("data_loss"), dict) else None
+        end = heartbeat(path)
+    exit_info = meta.get("exit")
+    loss = meta.get("data_loss")
     tags = meta.get("tags")
     group, notes = meta.get("group"), meta.get("notes")
-    return RunSummary(str(meta.get("experiment", run_dir.parent.name)),
-                      str(meta.get("run_name", run_dir.name)), st, start,
-                      run_duration(meta, st, run_dir), params, last, run_dir, end, points,
-                      exit_info, data_loss=loss,
+    line = RunSummary(str(meta.get("experiment", exp)), str(meta.get("run_name", name)), st,
+                      start, run_duration(meta, st, path), params, last, path, end, points,
+                      exit_info if isinstance(exit_info, dict) else None,
+                      data_loss=loss if isinstance(loss, dict) else None,
                       tags=[t for t in tags if isinstance(t, str)] if isinstance(tags, list) else [],
                       group=group if isinstance(group, str) else None,
                       notes=notes if isinstance(notes, str) else None)
+    if cache is not None and metrics:
+        cache._keep(run, (linked, _key(rst), pkey, mkey), line, meta, began)
+    return line
+
+
+class RunListCache:
+    """Lines of ``list_runs`` kept between calls, for a long-lived process (a
+    dashboard): a finished run whose run.json, params.json and metrics.bin are
+    unchanged (same inode, size, mtime and ctime: three lstat calls) and whose
+    folder did not become or stop being a symlink is not read again.
+
+    Only a line that cannot change while those files do not is kept: recorded
+    FINISHED, FAILED or KILLED, one rank. A live or crashed run (its status and
+    duration come from its lock and the clock), a multi-rank run and a damaged
+    one are read every time, and so is a run changed in the last RACY seconds
+    (a second change within the filesystem's timestamp tick could keep size and
+    mtime). Used by ``list_runs(..., cache=)`` with metrics and without
+    ``limit``. Kept lines are shared between calls: treat them as read-only.
+    Memory only: it never writes a file."""
+
+    RACY = 2.0
+
+    def __init__(self) -> None:
+        self._lines: dict[str, tuple[tuple[Any, ...], RunSummary, float]] = {}
+        self._trusted = math.inf
+
+    @contextmanager
+    def trusting(self, since: float) -> Iterator[None]:
+        """Within this block, lines whose reading began at or after ``since``
+        (``time.monotonic()``) are taken as they are, without a stat: for a
+        caller that asked at ``since`` and waited for another listing that read
+        them (a dashboard's first request during its warm-up)."""
+        self._trusted = since
+        try:
+            yield
+        finally:
+            self._trusted = math.inf
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def _hit(self, run: str, linked: bool) -> RunSummary | None:
+        """The kept line of ``run`` if its files are as they were (written for speed:
+        a warm listing is this, once per run)."""
+        kept = self._lines.get(run)
+        if kept is None or kept[0][0] != linked:
+            return None
+        if kept[2] >= self._trusted:
+            return kept[1]          # read after the caller's request came (see trusting)
+        key = kept[0]
+        try:
+            st = os.lstat(run + _SEP + RUN_FILE)
+            if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != key[1]:
+                return None
+            try:
+                st = os.lstat(run + _SEP + PARAMS_FILE)
+            except FileNotFoundError:
+                if key[2] is not None:
+                    return None
+            else:
+                if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != key[2]:
+                    return None
+            try:
+                st = os.stat(run + _SEP + METRICS_FILE)
+            except FileNotFoundError:
+                return kept[1] if key[3] is None else None
+            if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != key[3]:
+                return None
+        except OSError:
+            return None
+        return kept[1]
+
+    def _keep(self, run: str, key: tuple[Any, ...], line: RunSummary, meta: dict[str, Any],
+              began: float) -> None:
+        world = meta.get("world_size")
+        changed = max(k[3] for k in key[1:] if k is not None) / 1e9     # newest ctime
+        if (line.status not in FINAL_STATUSES or meta.get("status") not in FINAL_STATUSES
+                or (isinstance(world, int) and world > 1) or line.damaged
+                or time.time() - changed < self.RACY):
+            self._lines.pop(run, None)
+            return
+        self._lines[run] = (key, line, began)
+
+    def _prune(self, seen: set[str]) -> None:
+        """Forget the runs a full listing did not find (removed folders)."""
+        for run in list(self._lines):       # a copy: another thread may be listing too
+            if run not in seen:
+                self._lines.pop(run, None)
 
 
 def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | None = None,
               status: str | Iterable[str] | None = None, *, metrics: bool = True,
               limit: int | None = None, tags: str | Iterable[str] | None = None,
-              group: str | None = None) -> list[RunSummary]:
+              group: str | None = None, cache: RunListCache | None = None) -> list[RunSummary]:
     """Runs under base_dir (see ``layout.base_dir``; a URL synced by ``expman sync``
     is read through a local cache), newest first; filter by
     experiment, status (one name or several; CRASHED included), ``tags`` (runs
     having every one) and ``group``. A damaged run
     is listed with ``damaged`` saying why. ``metrics=False`` skips the last
-    metric values; ``limit`` reads metrics only for the runs returned."""
+    metric values; ``limit`` reads metrics only for the runs returned.
+    ``cache`` (a RunListCache kept by the caller) spares re-reading unchanged
+    finished runs on the next call (with metrics, without ``limit``)."""
     base = _base(_local(base_dir) if base_dir is not None else None)
     if isinstance(status, str):
         wanted = {status.upper()}
     else:
         wanted = {s.upper() for s in status} if status else set()
-    out = [_summary_of(d, metrics=False) for d in iter_run_dirs(base, experiment)]
+    early = metrics and limit is None       # one pass: metrics read with the metadata
+    out = []
+    seen = set()
+    for run, exp, name, linked in scan_run_dirs(base, experiment):
+        line = _line(run, exp, name, early, cache if early else None, linked)
+        if line is not None:
+            out.append(line)
+            seen.add(run)
+    if cache is not None and early and experiment is None:
+        cache._prune(seen)
     if wanted:
         out = [r for r in out if r.status in wanted]
     if tags or group is not None:
@@ -344,7 +514,7 @@ def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | 
     out.sort(key=lambda r: r.start_time or 0.0, reverse=True)
     if limit is not None:
         out = out[:max(0, limit)]
-    if metrics:
+    if metrics and not early:
         out = [_with_metrics(r) for r in out]
     return out
 

@@ -150,19 +150,15 @@ def read_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The run's summary.json if it is intact and covers all of metrics.bin now;
     None when it is missing, damaged, or stale (metrics.bin has another size)."""
     import orjson
+
+    from expman._fsutil import read_regular
     run = os.fspath(run_dir)
-    from expman._fsutil import read_regular, regular_stat
-    path = Path(run) / SUMMARY_FILE
     try:
         size = os.stat(os.path.join(run, METRICS_FILE)).st_size
-        if regular_stat(path).st_size > MAX_SUMMARY_BYTES:    # crafted, not ours
-            return None
-        data = read_regular(path)       # never a link, a FIFO or a device
-    except (OSError, ValueError):
-        return None
-    try:
+        # one open: never a link, a FIFO or a device; a larger file is crafted, not ours
+        data = read_regular(os.path.join(run, SUMMARY_FILE), limit=MAX_SUMMARY_BYTES)
         doc = _parse(orjson.loads(data))
-    except orjson.JSONDecodeError:
+    except (OSError, ValueError):       # orjson.JSONDecodeError is a ValueError
         return None
     if doc is None or doc["metrics_bytes"] != size:
         return None

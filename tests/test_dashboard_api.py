@@ -278,6 +278,69 @@ def test_new_runs_appear_in_the_stream(tmp_path: Path) -> None:
         conn.close()
 
 
+def test_runs_view_follows_changes_between_requests(tmp_path: Path, monkeypatch) -> None:
+    """/api/runs keeps the rows of unchanged finished runs (reader.RunListCache), and
+    still shows a changed run's new state, drops a removed run, lists a new one."""
+    import shutil
+
+    from expman import reader
+    from expman.runmeta import set_tags
+    monkeypatch.setattr(reader.RunListCache, "RACY", 0.0)   # trust files written just now
+    a = demo_run(tmp_path, "a", 0.01, steps=5, artifacts=False)
+    b = demo_run(tmp_path, "b", 0.02, steps=5, artifacts=False)
+    time.sleep(0.05)                # past the timestamp tick of the files just written
+    with running_server(tmp_path) as url:
+        one = {r["id"]: r for r in get_json(url + "api/runs")["runs"]}
+        assert set(one) == {"demo/a", "demo/b"} and one["demo/a"]["tags"] == []
+        assert one == {r["id"]: r for r in get_json(url + "api/runs")["runs"]}
+        set_tags(a, add=["keep"])
+        shutil.rmtree(tmp_path / "demo" / "b")
+        demo_run(tmp_path, "c", 0.03, steps=5, artifacts=False)
+        two = {r["id"]: r for r in get_json(url + "api/runs")["runs"]}
+        assert set(two) == {"demo/a", "demo/c"} and two["demo/a"]["tags"] == ["keep"]
+        assert two["demo/a"]["last_metrics"] == one["demo/a"]["last_metrics"]
+        assert two["demo/c"]["status"] == "FINISHED" and two["demo/c"]["points"] > 0
+        params = a / layout.PARAMS_FILE
+        time.sleep(0.05)
+        params.write_bytes(params.read_bytes().replace(b"0.01", b"0.07"))   # in place, same size
+        three = {r["id"]: r for r in get_json(url + "api/runs")["runs"]}
+        assert three["demo/a"]["params"]["learning_rate"] == 0.07
+
+
+def test_runs_listings_are_shared_not_run_side_by_side(tmp_path: Path, monkeypatch) -> None:
+    """Dashboard.rows from many threads at once: one listing at a time, every caller
+    gets rows from a listing that began after it called, all the same rows."""
+    import threading
+
+    from expman import reader
+    from expman.dashboard.server import Dashboard
+    for i in range(3):
+        demo_run(tmp_path, f"r{i}", 0.01, steps=5, artifacts=False)
+    d = Dashboard(tmp_path)
+    calls, active, most = [], [0], [0]
+    real = reader.list_runs
+
+    def spy(*a: Any, **k: Any) -> Any:
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        time.sleep(0.1)
+        try:
+            calls.append(time.monotonic())
+            return real(*a, **k)
+        finally:
+            active[0] -= 1
+    monkeypatch.setattr(reader, "list_runs", spy)
+    got: list[Any] = []
+    threads = [threading.Thread(target=lambda: got.append(d.rows())) for _ in range(6)]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)
+    for t in threads:
+        t.join(10)
+    assert len(got) == 6 and all(g == got[0] for g in got) and len(got[0]) == 3
+    assert most[0] == 1 and len(calls) <= 3       # one at a time, shared (not six)
+
+
 def test_cache_reads_a_live_run_incrementally_and_is_bounded(tmp_path: Path) -> None:
     exp = expman.Experiment("c", "live", base_dir=tmp_path, capture_env=False)
     try:

@@ -6,6 +6,7 @@ import math
 import os
 import struct
 import sys
+import time
 from array import array
 from pathlib import Path
 
@@ -327,3 +328,89 @@ def test_empty_run_and_keys_without_points(make_run, columns):
     assert len(run.metrics) == 0 and run.integrity["frames"] == 0
     assert run.status == "FINISHED" and run.id == f"exp/{exp.run_name}"
     assert Path(run.path) == exp.run_dir
+
+
+def test_list_runs_cache_keeps_unchanged_finished_runs_only(base, make_run, monkeypatch):
+    """RunListCache: an unchanged finished run is not read again; a change to any of
+    its files, a run removed, a new run, a running or crashed run are read afresh."""
+    import shutil
+    cache = reader.RunListCache()
+    a = make_run("e", "a")
+    a.log_params({"lr": 0.1})
+    a.log_metrics({"loss": 1.0}, step=0)
+    a.close()
+    first = expman.list_runs(base, cache=cache)
+    assert len(cache) == 0          # written just now: within RACY seconds, not trusted yet
+    monkeypatch.setattr(reader.RunListCache, "RACY", 0.0)
+    b = make_run("e", "b")
+    b.log_metrics({"loss": 2.0}, step=0)
+    b.close(status="FAILED")
+    c = make_run("e", "c")                               # running, in this process
+    make_crashed_run(base, base)                         # exp/dead: RUNNING on disk, dead
+    time.sleep(0.05)                # past the timestamp tick of the files just written
+
+    def listed():
+        got = expman.list_runs(base, cache=cache)
+        plain = expman.list_runs(base)
+        assert [r.to_dict() | {"duration": None} for r in got] == [
+            r.to_dict() | {"duration": None} for r in plain]     # the cache changes nothing
+        return {r.id: r for r in got}
+    one = listed()
+    assert len(cache) == 2 and one["exp/dead"].status == "CRASHED" and one["e/c"].status == "RUNNING"
+    assert [r.to_dict() for r in first] == [one["e/a"].to_dict()]
+    two = listed()
+    assert two["e/a"] is one["e/a"] and two["e/b"] is one["e/b"]          # not read again
+    assert two["e/c"] is not one["e/c"] and two["exp/dead"] is not one["exp/dead"]
+    # params.json rewritten in place, same size (same inode): seen
+    p = a.run_dir / "params.json"
+    p.write_bytes(p.read_bytes().replace(b"0.1", b"0.2"))
+    three = listed()
+    assert three["e/a"].params == {"lr": 0.2} and three["e/b"] is one["e/b"]
+    # run.json replaced (tags), a run removed, a new run
+    from expman.runmeta import set_tags
+    set_tags(b.run_dir, add=["best"])
+    shutil.rmtree(a.run_dir)
+    d = make_run("e", "d")
+    d.close()
+    c.log_metrics({"loss": 3.0}, step=0)
+    c.close()
+    four = listed()
+    assert four["e/b"].tags == ["best"] and "e/a" not in four and four["e/d"].status == "FINISHED"
+    assert four["e/c"].status == "FINISHED" and four["e/c"].last_metrics == {"loss": 3.0}
+    assert str(a.run_dir) not in {k for k in cache._lines}     # a removed run is forgotten
+    # metrics.bin grown by a resume: points and last values follow
+    time.sleep(0.05)
+    listed()
+    with expman.Experiment("e", "b", base_dir=base, capture_env=False, resume=True) as r:
+        r.log_metrics({"loss": 4.0}, step=1)
+    five = listed()
+    assert five["e/b"].points == 2 and five["e/b"].last_metrics == {"loss": 4.0}
+    assert five["e/b"].status == "FINISHED"
+    # a run folder swapped for a symlink to the same files: read again (the dashboard
+    # checks where a linked run leads)
+    moved = base.parent / "elsewhere"
+    shutil.move(str(d.run_dir), moved)
+    os.symlink(moved, d.run_dir)
+    six = listed()
+    assert six["e/d"] is not five["e/d"] and six["e/d"].to_dict() == five["e/d"].to_dict()
+
+
+def test_list_runs_cache_trusting_takes_lines_read_since_without_a_stat(base, make_run,
+                                                                        monkeypatch):
+    """cache.trusting(t): lines whose reading began at or after t are taken as read
+    (the caller asked at t and waited for that listing); older ones are checked."""
+    monkeypatch.setattr(reader.RunListCache, "RACY", 0.0)
+    a = make_run("e", "a")
+    a.log_params({"lr": 0.1})
+    a.close()
+    time.sleep(0.05)
+    cache = reader.RunListCache()
+    asked = time.monotonic()
+    (first,) = expman.list_runs(base, cache=cache)
+    p = a.run_dir / "params.json"
+    p.write_bytes(p.read_bytes().replace(b"0.1", b"0.2"))
+    with cache.trusting(asked):
+        assert expman.list_runs(base, cache=cache)[0] is first       # read after `asked`
+    with cache.trusting(time.monotonic()):
+        assert expman.list_runs(base, cache=cache)[0].params == {"lr": 0.2}   # checked
+    assert cache._trusted == math.inf

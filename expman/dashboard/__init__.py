@@ -107,8 +107,8 @@ def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1
     if remote is not None:
         threading.Thread(target=_follow_remote, args=(remote, app.dashboard.stopping),
                          name="expman-remote", daemon=True).start()
-    if warm:       # list the runs once now, so the first page load finds the list decoded
-        threading.Thread(target=_warm, args=(app.dashboard,), daemon=True).start()
+    if warm:       # list the runs once started, so the first page load finds the list read
+        threading.Thread(target=_warm, args=(app.dashboard, server), daemon=True).start()
     try:
         server.run(sockets=[sock])
     finally:
@@ -116,12 +116,27 @@ def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1
         sock.close()
 
 
-def _warm(dashboard: Any) -> None:
+def _warm(dashboard: Any, server: Any = None) -> None:
+    # after the server's own start-up: listing beside it (both need the GIL) made the
+    # listing half as slow again, and a first request waits for it
+    import time
+    deadline = time.monotonic() + 30
+    while (server is not None and not server.started and not server.should_exit
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
     try:
-        import numpy  # noqa: F401  (the first chart request would pay for it)
-        dashboard.rows()
+        dashboard.rows()       # first: the page's first request waits for this listing
     except Exception:          # a listing error shows on the page's own request
         pass
+    # numpy next (the first chart request would pay for it), once no listing has run for
+    # a moment: beside a request's listing the import would take the GIL from it
+    while not dashboard.stopping.wait(0.05):
+        if not dashboard.listing and time.monotonic() - dashboard.listed_at > 0.3:
+            try:
+                import numpy  # noqa: F401
+            except Exception:
+                pass
+            return
 
 
 def _signal_ready(server: Any, ready: threading.Event) -> None:

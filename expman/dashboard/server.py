@@ -15,6 +15,7 @@ import mimetypes
 import types
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,19 @@ class Dashboard:
     """The API's state: the base dir (resolved once) and the run cache."""
 
     def __init__(self, base: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        from expman.reader import RunListCache
         self.base = base
         self.root = base.resolve()
         self.cache = RunCache(max_bytes)
         self.stopping = threading.Event()     # set on shutdown: live streams end
+        self.lines = RunListCache()           # list_runs' lines of unchanged finished runs
+        self._rows: dict[int, tuple[Any, dict[str, Any] | None]] = {}   # id(line) -> row
+        self._rows_cond = threading.Condition()   # listings: one at a time, shared (rows)
+        self._listing = False
+        self._started = self._done = 0            # numbers of the last listing begun, ended
+        self._last: list[dict[str, Any]] = []
+        self._waiting: list[float] = []           # when each caller of rows() came
+        self.listed_at = 0.0                      # time.monotonic() when the last listing ended
 
     # ---- locating runs ---------------------------------------------------------------------
 
@@ -110,22 +120,75 @@ class Dashboard:
     def listed_inside(self, path: Path) -> bool:
         """A listed run (base/exp/run) is inside the base dir unless its experiment or
         run folder is a symlink leading out; two lstat calls instead of a realpath."""
-        if not (path.is_symlink() or path.parent.is_symlink()):
+        where = os.fspath(path)
+        if not (os.path.islink(where) or os.path.islink(os.path.dirname(where))):
             return True
         return _inside(path, self.root)
 
     def rows(self) -> list[dict[str, Any]]:
-        from expman.reader import list_runs
-        out = []
-        for s in list_runs(self.base):
-            if not self.listed_inside(s.path):
-                continue
-            row = s.to_dict()
-            row["id"] = f"{s.path.parent.name}/{s.path.name}"
-            row["last_metrics"] = {k: layout.json_float(v) for k, v in s.last_metrics.items()}
-            del row["path"]
-            out.append(row)
+        """The runs view's rows, from a listing that started after this call did.
+        Listings run one at a time and are shared: callers that arrive while one
+        runs (the warm-up at start, another request) wait for it, then share the
+        next one, which finds the runs just read in ``self.lines`` (and takes the
+        lines read after the earliest of them arrived without even a stat)
+        instead of reading every run a second time alongside the first."""
+        arrived = time.monotonic()
+        with self._rows_cond:
+            need = self._started + 1          # the first listing to start from now on
+            self._waiting.append(arrived)
+            try:
+                while self._done < need:
+                    if not self._listing:
+                        self._listing = True
+                        self._started += 1
+                        mine = self._started
+                        since = min(self._waiting)     # every waiter shares this listing
+                        break
+                    self._rows_cond.wait()
+                else:
+                    return self._last
+            finally:
+                self._waiting.remove(arrived)
+        out = None
+        try:
+            with self.lines.trusting(since):
+                out = self._list()
+        finally:
+            with self._rows_cond:
+                self._listing = False
+                self.listed_at = time.monotonic()
+                if out is not None:
+                    self._done, self._last = mine, out
+                self._rows_cond.notify_all()
         return out
+
+    @property
+    def listing(self) -> bool:
+        """A listing is running now."""
+        return self._listing
+
+    def _list(self) -> list[dict[str, Any]]:
+        from expman.reader import list_runs
+        before, now = self._rows, {}
+        out = []
+        for s in list_runs(self.base, cache=self.lines):
+            kept = before.get(id(s))
+            row = kept[1] if kept is not None and kept[0] is s else self._row(s)
+            now[id(s)] = (s, row)     # the line is held, so its id is not reused
+            if row is not None:
+                out.append(row)
+        self._rows = now
+        return out
+
+    def _row(self, s: Any) -> dict[str, Any] | None:
+        """A line of list_runs as a row (None: it leads outside the base dir)."""
+        if not self.listed_inside(s.path):
+            return None
+        row = s.to_dict()
+        row["id"] = f"{s.path.parent.name}/{s.path.name}"
+        row["last_metrics"] = {k: layout.json_float(v) for k, v in s.last_metrics.items()}
+        del row["path"]
+        return row
 
     def live_row(self, run: CachedRun) -> dict[str, Any]:
         """A runs-view row from a cached run (a live run's row changes every poll)."""
@@ -155,8 +218,10 @@ class Dashboard:
                 "group": meta.get("group") if isinstance(meta.get("group"), str) else None}
 
     def run_ids(self) -> set[str]:
-        return {f"{d.parent.name}/{d.name}" for d in layout.iter_run_dirs(self.base)
-                if self.listed_inside(d)}
+        """The runs there are now (the live stream's scan, every LIST_INTERVAL)."""
+        return {f"{exp}/{name}" for path, exp, name, linked in layout.scan_run_dirs(self.base)
+                if os.path.isfile(os.path.join(path, layout.RUN_FILE))
+                and (not linked or _inside(Path(path), self.root))}
 
 
 # ---- handlers --------------------------------------------------------------------------------
