@@ -239,7 +239,7 @@ def read_regular_stat(path: Path | str, offset: int = 0, limit: int | None = Non
         # short read (another system's limit, a file cut meanwhile) goes on in chunks
         first = os.read(fd, want) if want else b""
         if len(first) == want or not first:
-            return first
+            return first, st
         chunks, got = [first], len(first)
         while got < want:
             chunk = os.read(fd, min(want - got, 1 << 24))
@@ -247,7 +247,7 @@ def read_regular_stat(path: Path | str, offset: int = 0, limit: int | None = Non
                 break
             chunks.append(chunk)
             got += len(chunk)
-        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), st
+        return b"".join(chunks), st
     finally:
         os.close(fd)
 
