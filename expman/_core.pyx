@@ -115,6 +115,19 @@ cdef extern from *:
         (void)p; (void)n;
     #endif
     }
+    static inline int excore_compact_int(PyObject *v, double *out) {
+        /* An exact int of one machine word, read in place where CPython says how
+         * (3.12+); elsewhere 0, and the caller asks PyLong_AsDouble. */
+    #if PY_VERSION_HEX >= 0x030C0000
+        if (PyUnstable_Long_IsCompact((PyLongObject *)v)) {
+            *out = (double)PyUnstable_Long_CompactValue((PyLongObject *)v);
+            return 1;
+        }
+    #else
+        (void)v; (void)out;
+    #endif
+        return 0;
+    }
     static inline int excore_heap_type(PyObject *t) {
         return PyType_HasFeature((PyTypeObject *)t, Py_TPFLAGS_HEAPTYPE);
     }
@@ -167,6 +180,7 @@ cdef extern from *:
     PyObject *excore_nb_float(PyObject *v)
     PyObject *excore_type(PyObject *v)
     bint excore_heap_type(PyObject *t)
+    bint excore_compact_int(PyObject *v, double *out)
     void excore_advise_huge(void *p, size_t n)
     double excore_raw(PyObject *o, int how)
     Py_ssize_t excore_raw_size(int how)
@@ -748,6 +762,8 @@ cdef inline double _value_fast(object key, PyObject *v) except? -1.0:
     cdef double d
     cdef int j
     if PyLong_CheckExact(v):
+        if excore_compact_int(v, &d):
+            return d
         d = PyLong_AsDouble(v)
         if d != -1.0 or PyErr_Occurred() is NULL:
             return d

@@ -71,7 +71,9 @@ def test_numeric_types_take_their_exact_value(make_run):
     cases = {
         "f64": np.float64(0.1), "f32": np.float32(0.1), "f16": np.float16(0.5),
         "i64": np.int64(-7), "u8": np.uint8(200), "npbool": np.bool_(True),
-        "int": 12345678901, "bool": True, "decimal": decimal.Decimal("2.5"),
+        "int": 12345678901, "small": 7, "negsmall": -3, "zero": 0, "digit_max": 2 ** 30 - 1,
+        "neg_big": -(2 ** 62) - 1, "past_2_53": 2 ** 53 + 1,
+        "bool": True, "decimal": decimal.Decimal("2.5"),
         "fraction": fractions.Fraction(1, 3), "nan": float("nan"), "neginf": -math.inf,
     }
     for step in range(3):            # the second call takes the learned type paths
