@@ -66,14 +66,19 @@ def _params(path: str) -> tuple[dict[str, Any], tuple[int, ...] | None]:
         if not os.path.exists(path):
             return {}, None     # a link to nothing counts as absent, as it always did
         raise
+    return _json_object(data, path), _key(st)
+
+
+def _json_object(data: bytes, path: str) -> dict[str, Any]:
+    """A metadata file's bytes as a JSON object, or CorruptRunError naming the file."""
     import orjson
     try:
-        params = orjson.loads(data)
+        doc = orjson.loads(data)
     except orjson.JSONDecodeError as e:
         raise CorruptRunError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(params, dict):
+    if not isinstance(doc, dict):
         raise CorruptRunError(f"{path}: not a JSON object")
-    return params, _key(st)
+    return doc
 
 
 @dataclass
@@ -340,7 +345,6 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
         if hit is not None:
             return hit
         began = time.monotonic()
-    import orjson
     path = Path(run)
     where = str(path)              # the spelling errors have always used
     rpath = os.path.join(where, RUN_FILE)
@@ -353,12 +357,7 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
             return None
         return _damaged(path, exp, name, e)
     try:
-        try:
-            meta = orjson.loads(data)
-        except orjson.JSONDecodeError as e:
-            raise CorruptRunError(f"{rpath}: not valid JSON ({e})") from None
-        if not isinstance(meta, dict):
-            raise CorruptRunError(f"{rpath}: not a JSON object")
+        meta = _json_object(data, rpath)
         st = effective_status(meta, path)
         params, pkey = _params(os.path.join(where, PARAMS_FILE))
     except (OSError, ValueError) as e:
