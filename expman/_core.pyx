@@ -134,44 +134,27 @@ cdef extern from *:
 
     /* numpy's scalar objects are {PyObject_HEAD; T obval;}: its public C API
      * (PyArrayScalar_VAL). Declared here so reading one needs no numpy headers;
-     * _to_double checks name, size and value before a type may use them. */
-    #define EXCORE_SCALAR(name, T) typedef struct { PyObject_HEAD T obval; } name;
-    EXCORE_SCALAR(excore_sf4, float)
-    EXCORE_SCALAR(excore_si1, int8_t)
-    EXCORE_SCALAR(excore_si2, int16_t)
-    EXCORE_SCALAR(excore_si4, int32_t)
-    EXCORE_SCALAR(excore_si8, int64_t)
-    EXCORE_SCALAR(excore_su1, uint8_t)
-    EXCORE_SCALAR(excore_su2, uint16_t)
-    EXCORE_SCALAR(excore_su4, uint32_t)
-    EXCORE_SCALAR(excore_su8, uint64_t)
-    enum { EXCORE_NB_FLOAT = 0, EXCORE_FLOAT_SUB, EXCORE_F4, EXCORE_I1, EXCORE_I2,
-           EXCORE_I4, EXCORE_I8, EXCORE_U1, EXCORE_U2, EXCORE_U4, EXCORE_U8 };
+     * _to_double checks name, size and value before a type may use them. One
+     * list of the widths makes the structs, the enum and both switches. */
+    #define EXCORE_SCALARS(X) X(F4, float) X(I1, int8_t) X(I2, int16_t) \
+        X(I4, int32_t) X(I8, int64_t) X(U1, uint8_t) X(U2, uint16_t) \
+        X(U4, uint32_t) X(U8, uint64_t)
+    #define EXCORE_STRUCT(k, T) typedef struct { PyObject_HEAD T obval; } excore_s##k;
+    #define EXCORE_ENUM(k, T) EXCORE_##k,
+    #define EXCORE_READ(k, T) case EXCORE_##k: return (double)((excore_s##k *)o)->obval;
+    #define EXCORE_SIZE(k, T) case EXCORE_##k: return (Py_ssize_t)sizeof(excore_s##k);
+    EXCORE_SCALARS(EXCORE_STRUCT)
+    enum { EXCORE_NB_FLOAT = 0, EXCORE_FLOAT_SUB, EXCORE_SCALARS(EXCORE_ENUM) };
     static inline double excore_raw(PyObject *o, int how) {
         switch (how) {
         case EXCORE_FLOAT_SUB: return PyFloat_AS_DOUBLE(o);
-        case EXCORE_F4: return (double)((excore_sf4 *)o)->obval;
-        case EXCORE_I1: return (double)((excore_si1 *)o)->obval;
-        case EXCORE_I2: return (double)((excore_si2 *)o)->obval;
-        case EXCORE_I4: return (double)((excore_si4 *)o)->obval;
-        case EXCORE_I8: return (double)((excore_si8 *)o)->obval;
-        case EXCORE_U1: return (double)((excore_su1 *)o)->obval;
-        case EXCORE_U2: return (double)((excore_su2 *)o)->obval;
-        case EXCORE_U4: return (double)((excore_su4 *)o)->obval;
-        default: return (double)((excore_su8 *)o)->obval;
+        EXCORE_SCALARS(EXCORE_READ)
+        default: return 0.0;          /* never: _how_to_read gives only the above */
         }
     }
     static inline Py_ssize_t excore_raw_size(int how) {
         switch (how) {
-        case EXCORE_F4: return (Py_ssize_t)sizeof(excore_sf4);
-        case EXCORE_I1: return (Py_ssize_t)sizeof(excore_si1);
-        case EXCORE_I2: return (Py_ssize_t)sizeof(excore_si2);
-        case EXCORE_I4: return (Py_ssize_t)sizeof(excore_si4);
-        case EXCORE_I8: return (Py_ssize_t)sizeof(excore_si8);
-        case EXCORE_U1: return (Py_ssize_t)sizeof(excore_su1);
-        case EXCORE_U2: return (Py_ssize_t)sizeof(excore_su2);
-        case EXCORE_U4: return (Py_ssize_t)sizeof(excore_su4);
-        case EXCORE_U8: return (Py_ssize_t)sizeof(excore_su8);
+        EXCORE_SCALARS(EXCORE_SIZE)
         default: return -1;
         }
     }
