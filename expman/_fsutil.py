@@ -188,13 +188,32 @@ MAX_JSON_BYTES = 64 << 20     # run.json / params.json larger than this are dama
 def read_json(path: Path | str) -> Any:
     """A JSON metadata file (regular, bounded in size; ValueError when it is not).
     One open, one fstat, one read: a listing reads two per run."""
+    return parse_json(read_regular(path, limit=MAX_JSON_BYTES), path)
+
+
+def read_json_object(path: Path | str) -> dict[str, Any]:
+    """read_json of a file that must hold an object (run.json, params.json)."""
+    return parse_json_object(read_regular(path, limit=MAX_JSON_BYTES), path)
+
+
+def parse_json(data: bytes, path: Path | str) -> Any:
+    """A metadata file's bytes as JSON, or CorruptRunError naming the file."""
     import orjson
 
     from expman.errors import CorruptRunError
     try:
-        return orjson.loads(read_regular(path, limit=MAX_JSON_BYTES))
+        return orjson.loads(data)
     except orjson.JSONDecodeError as e:
         raise CorruptRunError(f"{path}: not valid JSON ({e})") from None
+
+
+def parse_json_object(data: bytes, path: Path | str) -> dict[str, Any]:
+    """parse_json of a file that must hold an object: a list or a number is damage."""
+    from expman.errors import CorruptRunError
+    doc = parse_json(data, path)
+    if not isinstance(doc, dict):
+        raise CorruptRunError(f"{path}: not a JSON object")
+    return doc
 
 
 def regular_stat(path: Path) -> os.stat_result:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expman._fsutil import MAX_JSON_BYTES, read_regular_stat
+from expman._fsutil import MAX_JSON_BYTES, parse_json_object, read_regular_stat
 from expman.errors import CorruptRunError, ExpmanError, ExpmanValueError
 from expman.layout import (
     CRASHED, DAMAGED, FINAL_STATUSES, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING, STATUSES,
@@ -66,19 +66,7 @@ def _params(path: str) -> tuple[dict[str, Any], tuple[int, ...] | None]:
         if not os.path.exists(path):
             return {}, None     # a link to nothing counts as absent, as it always did
         raise
-    return _json_object(data, path), _key(st)
-
-
-def _json_object(data: bytes, path: str) -> dict[str, Any]:
-    """A metadata file's bytes as a JSON object, or CorruptRunError naming the file."""
-    import orjson
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
-        raise CorruptRunError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise CorruptRunError(f"{path}: not a JSON object")
-    return doc
+    return parse_json_object(data, path), _key(st)
 
 
 @dataclass
@@ -357,7 +345,7 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
             return None
         return _damaged(path, exp, name, e)
     try:
-        meta = _json_object(data, rpath)
+        meta = parse_json_object(data, rpath)
         st = effective_status(meta, path)
         params, pkey = _params(os.path.join(where, PARAMS_FILE))
     except (OSError, ValueError) as e:

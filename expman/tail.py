@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from expman import _core
-from expman._fsutil import read_json, read_regular
-from expman.errors import CorruptRunError, ExpmanValueError, RunNotFoundError
+from expman._fsutil import read_json_object, read_regular
+from expman.errors import ExpmanValueError, RunNotFoundError
 from expman.layout import (
     EVENTS_FILE, METRICS_FILE, RUN_FILE, RUNNING, effective_status, parse_event_lines,
 )
@@ -215,10 +215,7 @@ class RunTail:
 
 def read_meta(run_dir: Path) -> dict[str, Any]:
     """run.json as a dict, or CorruptRunError naming the file (a list, a number...)."""
-    meta = read_json(run_dir / RUN_FILE)
-    if not isinstance(meta, dict):
-        raise CorruptRunError(f"{run_dir / RUN_FILE}: not a JSON object")
-    return meta
+    return read_json_object(run_dir / RUN_FILE)
 
 
 def regular_size(path: Path) -> int:
