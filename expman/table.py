@@ -25,8 +25,9 @@ from typing import Any
 
 from expman import layout
 from expman.errors import ExpmanValueError
+from expman.readmodel import flatten_params
 
-__all__ = ["runs", "FORMATS", "flatten_params", "to_frame"]
+__all__ = ["runs", "FORMATS", "to_frame"]
 
 FORMATS = ("pandas", "polars", "arrow")
 RUN_COLUMNS = ("id", "experiment", "run_name", "status", "start_time", "end_time", "duration",
@@ -109,18 +110,6 @@ def run_row(info: Mapping[str, Any], params: Mapping[str, Any],
             v = s.get(f)
             row[f"metrics.{name}.{f}"] = None if v is None else float(v)
     return row
-
-
-def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as dotted keys: ``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``."""
-    out: dict[str, Any] = {}
-    for k, v in params.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten_params(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _column(values: list[Any]) -> list[Any]:

@@ -115,3 +115,12 @@ def test_uses_the_summary_when_fresh_and_decodes_when_it_is_not(base, sweep, mon
     df = runs(base, experiment="sweep")
     assert len(decodes) >= 1                             # that run was decoded
     assert df.set_index("id").loc["sweep/r9", "metrics.loss.last"] == truth
+
+
+def test_flatten_params_one_rule_lists_become_json_text():
+    from expman.readmodel import flatten_params
+    flat = flatten_params({"optim": {"lr": 1e-3, "betas": [0.9, 0.999]}, "empty": {},
+                           "seed": 0, "name": None, "pair": (1, 2)})
+    assert flat == {"empty": "{}", "name": None, "optim.betas": "[0.9,0.999]",
+                    "optim.lr": 1e-3, "pair": "[1,2]", "seed": 0}
+    assert all(hash(v) is not None for v in flat.values())

@@ -16,7 +16,7 @@ from expman.cli._text import (
 from expman.layout import CRASHED, DAMAGED, PARAMS_FILE, RUNNING, jsonable
 from expman.reader import Run, list_runs
 from expman.series import Metrics
-from expman.table import flatten_params as flatten
+from expman.readmodel import flatten_params as flatten
 from expman.tail import RunTail
 
 MAX_SHOWN_METRICS = 200      # show summarises beyond this many series
