@@ -268,14 +268,16 @@ def test_export_jsonl_to_file_round_trips(special_run, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_export_reduce_and_metric_filter(special_run, tmp_path):
-    out = ok(cli("export", special_run, "--reduce", "last", "--metric", "v", cwd=tmp_path))
+def test_export_duplicates_and_metric_filter(special_run, tmp_path):
+    out = ok(cli("export", special_run, "--duplicates", "last", "--metric", "v", cwd=tmp_path))
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [int(r["step"]) for r in rows] == list(range(9))
     assert float(rows[1]["value"]) == 7.0
     one_line_error(cli("export", special_run, "--metric", "nope", cwd=tmp_path), "no metric 'nope'")
     bad = cli("export", special_run, "--format", "xml", cwd=tmp_path)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    gone = cli("export", special_run, "--reduce", "last", cwd=tmp_path)   # the pre-release alias
+    assert gone.returncode == 2 and "--reduce" in gone.stderr
 
 
 def test_export_parquet(special_run, tmp_path):

@@ -20,7 +20,7 @@ def _cli(argv: list[str]) -> int:
     sub = parser.add_subparsers()
     cli_tag.add_parser(sub)
     args = parser.parse_args(argv)
-    return cli_tag.run(args)
+    return args.func(args)
 
 
 def test_tags_notes_group_stored_and_matched(make_run):

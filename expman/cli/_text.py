@@ -11,7 +11,9 @@ import math
 import sys
 import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -23,7 +25,19 @@ class CliError(Exception):
     """A failure to report as one line, exit code 1."""
 
 
-DIGITS: int | None = None        # --digits: significant digits in tables (None: exact)
+# --digits: significant digits in tables (None: exact). Per call of ``main()``
+# (``rounding``), never left set for the next one.
+_DIGITS: ContextVar[int | None] = ContextVar("expman_cli_digits", default=None)
+
+
+@contextmanager
+def rounding(digits: int | None) -> Iterator[None]:
+    """Tables print floats to ``digits`` significant digits inside this block."""
+    token = _DIGITS.set(digits)
+    try:
+        yield
+    finally:
+        _DIGITS.reset(token)
 
 
 def num(v: Any) -> str:
@@ -40,8 +54,9 @@ def num(v: Any) -> str:
         return "nan"
     if math.isinf(v):
         return "inf" if v > 0 else "-inf"
-    if DIGITS is not None:
-        return f"{v:.{DIGITS}g}"
+    digits = _DIGITS.get()
+    if digits is not None:
+        return f"{v:.{digits}g}"
     if v.is_integer() and abs(v) < 2**53:
         return str(int(v))
     return repr(v)

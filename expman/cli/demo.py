@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from expman.cli._common import base_arg
+from expman.cli._common import BASE, base_arg, command
 from expman.cli._text import CliError, Progress, out
 from expman.layout import BASE_DIR_ENV
 
@@ -47,7 +47,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise CliError("--steps must be at least 1")
-    base = base_arg(args)
+    base = base_arg(args, writes="demo")
     rng = random.Random(args.seed)
     dims, batch, lr0 = 4, 32, 0.02
     train_x, train_y = _demo_data(rng, 1024, dims)
@@ -98,8 +98,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from expman.cli.runs import print_show, run_info
     from expman.reader import open_run
     print_show(run_info(open_run(run_dir), 5))
-    default = not (getattr(args, "base_dir", None) or getattr(args, "top_base_dir", None)
-                   or os.environ.get(BASE_DIR_ENV))
+    default = not (getattr(args, "base_dir", None) or os.environ.get(BASE_DIR_ENV))
     flag = "" if default else f" --base-dir {base}"
     out()
     out("look further:")
@@ -111,3 +110,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"expman serve{'' if default else ' ' + str(base)}   # the dashboard, in a browser"):
         out(f"  {cmd}")
     return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    p = command(subparsers, "demo",
+                "run a short synthetic training loop into ./experiments and show it",
+                "expman demo --steps 300", cmd_demo, [BASE])
+    p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    p.add_argument("--delay", type=float, default=0.01,
+                   help="seconds to sleep per step, so there is time to `expman tail --follow` "
+                        "it (default 0.01)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -8,13 +8,15 @@ import math
 import sys
 from typing import Any
 
+from expman.cli._common import BASE, JSON, add_base_positional, command
 from expman.cli._common import base_arg, load, need_base, resolve
 from expman.cli._text import (
     CliError, Progress, count, emit_json, note, out, plural, size, table, when,
 )
 from expman.disk import disk_usage, remove_run, runs_to_clean, tree_size
-from expman.export import export_format, export_run
-from expman.layout import RUNNING
+from expman.export import FORMATS, export_format, export_run
+from expman.layout import CRASHED, DAMAGED, FINAL_STATUSES, RUNNING
+from expman.series import DUPLICATES
 from expman.verify import verify_run
 
 PROGRESS_MIN_POINTS = 200_000  # smaller exports finish before a progress line helps
@@ -56,7 +58,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    report = verify_run(resolve(args, args.run), repair=args.repair)
+    report = verify_run(resolve(args, args.run, writes="verify --repair" if args.repair else None),
+                        repair=args.repair)
     m, ev, arts = report["metrics"], report["events"], report["artifacts"]
     live = report["status"] == RUNNING
     problems, repaired = report["problems"], report["repaired"]
@@ -130,7 +133,7 @@ def parse_age(text: str) -> float:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    base = need_base(base_arg(args, args.base))
+    base = need_base(base_arg(args, args.base, writes="clean"))
     if not (args.status or args.older_than is not None or args.keep is not None):
         raise CliError("clean needs --status, --older-than or --keep to choose runs "
                        "(it never selects every run)")
@@ -173,3 +176,56 @@ def cmd_clean(args: argparse.Namespace) -> int:
     for row in rows:
         out("  " + "  ".join(row[:2]))
     return 0
+
+
+def _keep(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"--keep must be 0 or more, got {n}")
+    return n
+
+
+def add_parser(subparsers: Any) -> None:
+    """Registers export, verify, du and clean."""
+    p = command(subparsers, "export",
+                "a run's metrics as CSV, JSONL or Parquet (long: metric, step, time, value)",
+                "expman export demo/latest --format csv -o demo.csv", cmd_export, [BASE])
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--format", choices=[*FORMATS, "tensorboard"],
+                   help="default: from the -o extension (.csv, .tsv, .jsonl, .parquet, text "
+                        "ones optionally .gz), else csv; tensorboard writes event files into "
+                        "the -o folder")
+    p.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
+    p.add_argument("--metric", action="append", metavar="NAME",
+                   help="only this metric (repeatable)")
+    p.add_argument("--duplicates", choices=list(DUPLICATES),
+                   help="one value per step for duplicate steps (default: every record as logged)")
+    p.add_argument("--salvage", action="store_true",
+                   help="keep the frames after damage in the middle of the file")
+
+    p = command(subparsers, "verify",
+                "check a run's files (frames, torn tail, corruption); --repair cuts a torn tail",
+                "expman verify demo/latest --repair", cmd_verify, [BASE, JSON])
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--repair", action="store_true",
+                   help="cut a torn tail (the bytes cut are kept in metrics.bin.torn)")
+
+    p = command(subparsers, "du", "disk use per experiment (or per run)", "expman du --runs",
+                cmd_du, [BASE, JSON])
+    add_base_positional(p)
+    p.add_argument("-e", "--experiment", help="only this experiment")
+    p.add_argument("--runs", action="store_true", help="one line per run, largest first")
+
+    p = command(subparsers, "clean", "remove runs by status, age or count; a dry run unless --yes",
+                "expman clean --status FAILED --status CRASHED --older-than 7d --yes", cmd_clean,
+                [BASE])
+    add_base_positional(p)
+    p.add_argument("-e", "--experiment", help="only this experiment")
+    p.add_argument("--status", action="append", type=str.upper,
+                   choices=[*FINAL_STATUSES, CRASHED, DAMAGED],
+                   help="remove runs with this status (repeatable); RUNNING runs are never removed")
+    p.add_argument("--older-than", type=parse_age, metavar="AGE",
+                   help="remove runs started longer ago than AGE: 90s, 30m, 12h, 7d, 2w")
+    p.add_argument("--keep", type=_keep, metavar="N",
+                   help="always keep the newest N runs of each experiment")
+    p.add_argument("--yes", action="store_true", help="remove for real (default: dry run)")

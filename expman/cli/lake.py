@@ -1,4 +1,4 @@
-"""``expman export-lake BASE_DIR -o DIR``: the CLI face of expman.lake (wired into the CLI package)."""
+"""``expman export-lake [BASE_DIR] -o DIR``: the CLI face of expman.lake."""
 
 from __future__ import annotations
 
@@ -6,32 +6,37 @@ import argparse
 import sys
 from typing import Any
 
+from expman.cli._common import (
+    BASE,
+    JSON,
+    add_base_positional,
+    base_arg,
+    command,
+    refuse_url,
+)
+from expman.cli._text import note
+
 HELP = "export runs to a Parquet lake (runs + long metrics tables), adding only what is new"
 EXAMPLE = "expman export-lake ./experiments -o ./lake"
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "export-lake", help=HELP, description=f"{HELP}\n\nexample:\n  {EXAMPLE}",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("base", nargs="?", metavar="BASE_DIR",
-                   help="where runs live (default: $EXPMAN_DIR or ./experiments)")
-    p.add_argument("-o", "--out", required=True, metavar="DIR", help="the lake folder")
-    p.add_argument("--json", action="store_true", help="print the export's counts as JSON")
-    p.set_defaults(func=run)
-    return p
+def add_parser(subparsers: Any) -> None:
+    p = command(subparsers, "export-lake", HELP, EXAMPLE, run, [BASE, JSON])
+    add_base_positional(p)
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="the lake folder")
 
 
 def run(args: argparse.Namespace) -> int:
     from expman.lake import export_lake
-    result = export_lake(args.base, args.out)
+    refuse_url(args.output, "the lake (-o)")
+    result = export_lake(base_arg(args, args.base), args.output)
     if args.json:
         import orjson
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
     else:
         sys.stdout.write(f"{result['runs']} runs, {result['new_points']} new points, "
                          f"{len(result['parts'])} new parts in {result['seconds']:.2f} s -> "
-                         f"{args.out}\n")
+                         f"{args.output}\n")
     for rid, why in {**result["damaged"], **result["skipped"]}.items():
-        sys.stderr.write(f"warning: {rid}: {why}\n")
+        note(f"warning: {rid}: {why}")
     return 0

@@ -1,8 +1,8 @@
 """``expman ranks RUN``: each rank's writer of a run, and what decided the run's status.
 
-A leaf for the CLI package: ``add_parser(subparsers)`` registers the command,
-``run(args)`` prints and returns the exit code (0, or 1 when the run is not
-RUNNING or FINISHED, so scripts can test a multi-rank job's outcome).
+``add_parser(subparsers)`` registers the command, ``run(args)`` prints and
+returns the exit code (0, or 1 when the run is not RUNNING or FINISHED, so
+scripts can test a multi-rank job's outcome).
 """
 
 from __future__ import annotations
@@ -13,42 +13,32 @@ from typing import Any, TextIO
 
 __all__ = ["add_parser", "run"]
 
+from expman.cli._common import BASE, JSON, command, resolve
+from expman.cli._text import safe
 from expman.layout import FINISHED, RUNNING
 from expman.ranks import describe_ranks
 
 
-def _printable(text: object) -> str:
-    """Control characters read from files are escaped, never sent to the terminal."""
-    s = str(text)
-    return s if s.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "ranks", help="each rank of a run: status, pid, host; which rank decided the run's status",
-        description=f"{__doc__.splitlines()[0]}\n\nexample:\n  expman ranks ddp/latest",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="run folder, or experiment/run_name (experiment/latest)")
-    p.add_argument("--base-dir", default=None,
-                   help="where runs live (default: $EXPMAN_DIR, else ./experiments)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=run)
-    return p
+def add_parser(subparsers: Any) -> None:
+    p = command(subparsers, "ranks",
+                "each rank of a run: status, pid, host; which rank decided the run's status",
+                "expman ranks ddp/latest", run, [BASE, JSON])
+    p.add_argument("run", metavar="RUN", help="run folder, or experiment/run_name (experiment/latest)")
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout
-    info = describe_ranks(args.run, args.base_dir)
+    info = describe_ranks(resolve(args, args.run))
     if args.json:
         import orjson
         out.write(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        out.write(f"{_printable(info['path'])}  {info['status']}  "
+        out.write(f"{safe(str(info['path']))}  {info['status']}  "
                   f"({info['world_size']} rank{'s' if info['world_size'] != 1 else ''})\n")
         if info["why"]:
-            out.write(f"  because: {_printable(info['why'])}\n")
+            out.write(f"  because: {safe(str(info['why']))}\n")
         rows = [("rank", "status", "pid", "host")] + [
-            (str(r["rank"]), str(r["status"] or "-"), str(r["pid"] or "-"), _printable(r["host"] or "-"))
+            (str(r["rank"]), str(r["status"] or "-"), str(r["pid"] or "-"), safe(str(r["host"] or "-")))
             for r in info["ranks"]]
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         for row in rows:

@@ -8,12 +8,13 @@ from typing import Any
 
 import orjson
 
+from expman.cli._common import BASE, DIGITS, JSON, add_base_positional, command, remote_run
 from expman.cli._common import base_arg, load, need_base, resolve
 from expman.cli._text import (
     CliError, clock, count, duration, emit_json, num, out, param_text, plural, size,
     table, when, note, safe,
 )
-from expman.layout import CRASHED, DAMAGED, PARAMS_FILE, RUNNING, jsonable
+from expman.layout import CRASHED, DAMAGED, PARAMS_FILE, RUNNING, STATUSES, jsonable
 from expman.reader import Run, list_runs
 from expman.series import Metrics
 from expman.readmodel import flatten_params as flatten
@@ -259,6 +260,9 @@ def print_batch(metrics: Metrics, events: list[dict[str, Any]], as_json: bool,
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    if args.follow and remote_run(args, args.run):
+        raise CliError("--follow watches a local run folder as it grows; a synced URL is a "
+                       "copy: run `expman tail` again after the next `expman sync`")
     path = resolve(args, args.run)
     tail = RunTail(path)
     batch = tail.poll()
@@ -321,3 +325,40 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         out("no metrics")
     return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    """Registers list, show, compare and tail."""
+    p = command(subparsers, "list", "a table of runs, newest first", "expman list -e demo --status FINISHED",
+                cmd_list, [BASE, JSON, DIGITS])
+    add_base_positional(p)
+    p.add_argument("-e", "--experiment", help="only this experiment")
+    p.add_argument("--status", action="append", type=str.upper, choices=list(STATUSES),
+                   help="only runs with this status (repeatable)")
+    p.add_argument("-n", "--limit", type=int, help="at most this many runs")
+    p.add_argument("--tag", action="append", metavar="TAG",
+                   help="only runs with this tag (repeatable: all of them)")
+    p.add_argument("--group", metavar="NAME", help="only runs of this group")
+
+    p = command(subparsers, "show",
+                "one run: params, environment, metric summary, messages, artifacts, integrity",
+                "expman show demo/latest", cmd_show, [BASE, JSON, DIGITS])
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("-m", "--messages", type=int, default=10,
+                   help="last messages to show (default 10)")
+
+    p = command(subparsers, "compare", "params that differ and final metrics, side by side",
+                "expman compare demo/latest demo/20250101-120000-ab12cd", cmd_compare,
+                [BASE, JSON, DIGITS])
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("--all", action="store_true", help="show params that are equal too")
+
+    p = command(subparsers, "tail",
+                "the last metrics and messages of a run; --follow prints new ones as they come",
+                "expman tail demo/latest --follow", cmd_tail, [BASE, JSON, DIGITS])
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing until the run ends (Ctrl-C to stop)")
+    p.add_argument("-n", "--lines", type=int, default=10, help="lines to show first (default 10)")
+    p.add_argument("--interval", type=float, default=0.5,
+                   help="seconds between polls (default 0.5)")

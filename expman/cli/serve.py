@@ -7,6 +7,8 @@ import argparse
 import sys
 from typing import Any
 
+from expman.cli._common import BASE, add_base_positional, base_spec
+
 SUMMARY = "serve a live dashboard of the runs in the browser"
 EXAMPLE = "expman serve --port 8000"
 
@@ -14,9 +16,8 @@ EXAMPLE = "expman serve --port 8000"
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "serve", help=SUMMARY, description=f"{SUMMARY}\n\nexample:\n  {EXAMPLE}",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("base_dir", nargs="?", default=None,
-                   help="the runs' base dir (default: $EXPMAN_DIR, then ./experiments)")
+        formatter_class=argparse.RawDescriptionHelpFormatter, parents=[BASE])
+    add_base_positional(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; another address needs a token)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         if args.cache_mb < 0:
             print(f"expman serve: --cache-mb must be 0 or more, got {args.cache_mb}", file=sys.stderr)
             return 2
-        serve(args.base_dir, args.host, args.port, not args.no_browser, token,
+        serve(base_spec(args, args.base), args.host, args.port, not args.no_browser, token,
               cache_bytes=args.cache_mb << 20)
     except KeyboardInterrupt:
         return 130

@@ -1,4 +1,4 @@
-"""``expman sync BASE_DIR URL``: the CLI face of expman.sync (wired into the CLI package)."""
+"""``expman sync [BASE_DIR] URL``: the CLI face of expman.sync."""
 
 from __future__ import annotations
 
@@ -7,32 +7,32 @@ import sys
 import time
 from typing import Any
 
+from expman.cli._common import BASE, JSON, base_arg, command
+from expman.cli._text import note
+
 HELP = "copy run folders to an fsspec URL (s3://...) or a mounted path, sending only what is new"
 EXAMPLE = "AWS_ENDPOINT_URL=http://127.0.0.1:9000 expman sync ./experiments s3://bucket/experiments"
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "sync", help=HELP, description=f"{HELP}\n\nexample:\n  {EXAMPLE}",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("base", metavar="BASE_DIR", help="where runs live")
+def add_parser(subparsers: Any) -> None:
+    p = command(subparsers, "sync", HELP, EXAMPLE, run, [BASE, JSON])
+    p.add_argument("base", nargs="?", metavar="BASE_DIR",
+                   help="where runs live (default: --base-dir, $EXPMAN_DIR, else ./experiments)")
     p.add_argument("url", metavar="URL", help="s3://bucket/prefix, any fsspec URL, or a path")
     p.add_argument("--watch", type=float, metavar="SECONDS",
                    help="sync again every SECONDS until interrupted (live runs)")
     p.add_argument("--verify", action="store_true",
                    help="ignore the local state and compare every run with the target")
-    p.add_argument("--json", action="store_true", help="print each sync's counts as JSON")
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
     from expman.sync import sync
     if args.watch is not None and not args.watch > 0:
         raise ValueError(f"--watch must be a positive number of seconds, got {args.watch}")
+    base = base_arg(args, args.base, writes="sync's source")
     failed = False
     while True:
-        result = sync(args.base, args.url, verify=args.verify)
+        result = sync(base, args.url, verify=args.verify)
         if args.json:
             import orjson
             sys.stdout.write(orjson.dumps(result).decode() + "\n")
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
                              f"{result['seconds']:.2f} s -> {args.url}\n")
         sys.stdout.flush()
         for rid, why in result["errors"].items():
-            sys.stderr.write(f"warning: {rid}: {why}\n")
+            note(f"warning: {rid}: {why}")
         failed = failed or bool(result["errors"])
         if args.watch is None:
             return 1 if failed else 0
