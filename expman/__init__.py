@@ -12,11 +12,9 @@ from expman._version import __version__
 
 try:
     from expman import _core  # noqa: F401
-except ImportError as e:  # pragma: no cover - only when the extension is not built
-    raise ImportError(
-        "expman's compiled core (expman._core) is not built. Install the package with "
-        "`pip install .` (or `pip install -e .`), which compiles it; it needs a C compiler "
-        f"and Cython. Original error: {e}") from e
+except ImportError as e:  # only when the extension is not built (tests/test_source_tree.py)
+    from expman._unbuilt import core_missing
+    raise core_missing(e) from e
 
 from expman.errors import (
     CorruptRunError, ExpmanError, ExpmanTypeError, ExpmanValueError, RunClosedError,

@@ -542,7 +542,7 @@ def test_progress_only_on_a_terminal(make_run, tmp_path):
 
 def test_same_output_without_numpy(special_run, tmp_path):
     """The array.array columns (no numpy installed) give the same answers."""
-    for args in (["export", special_run, "-f", "jsonl"], ["show", special_run, "--json"],
+    for args in (["export", special_run, "--format", "jsonl"], ["show", special_run, "--json"],
                  ["tail", special_run, "-n", 50]):
         with_np = ok(cli(*args, cwd=tmp_path))
         without = ok(cli(*args, cwd=tmp_path, env={"EXPMAN_NO_NUMPY": "1"}))
