@@ -547,3 +547,221 @@ def test_same_output_without_numpy(special_run, tmp_path):
         with_np = ok(cli(*args, cwd=tmp_path))
         without = ok(cli(*args, cwd=tmp_path, env={"EXPMAN_NO_NUMPY": "1"}))
         assert with_np == without, args
+
+
+# ---- one CLI: base-dir forms, URLs, --json, per-call state --------------------------------------
+
+
+def needs(module: str):
+    """The optional module, or a skip; under CI=true a missing one fails."""
+    if os.environ.get("CI") == "true":
+        import importlib
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
+
+
+@pytest.fixture
+def two_runs(base: Path, make_run) -> Path:
+    """exp/r1 FINISHED and exp/r2 FAILED under ``base``."""
+    for name, status in (("r1", "FINISHED"), ("r2", "FAILED")):
+        exp = make_run("exp", name)
+        exp.log_params({"lr": 0.1, "betas": [0.9, 0.999]})
+        for step in range(3):
+            exp.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+        exp.close(status=status)
+        time.sleep(0.01)                 # distinct start times
+    return base
+
+
+def _tb_logdir(base: Path, where: Path) -> Path:
+    needs("tensorboard")
+    from expman.tbio import export_tensorboard
+    export_tensorboard(base / "exp" / "r1", where / "r1")
+    return where
+
+
+# argv without the base dir, a check that the base dir was used (given main()'s stdout)
+BASE_FORMS = ["after", "before", "env"]
+COMMAND_CASES = {
+    "demo": lambda base, w: (["demo", "--steps", "3", "--delay", "0"],
+                             lambda out: len(list((base / "demo").iterdir())) >= 1),
+    "serve": lambda base, w: (["serve", "--no-browser"], None),          # see the test
+    "list": lambda base, w: (["list", "--json"],
+                             lambda out: {r["id"] for r in json.loads(out)} == {"exp/r1", "exp/r2"}),
+    "show": lambda base, w: (["show", "exp/r1", "--json"],
+                             lambda out: json.loads(out)["id"] == "exp/r1"),
+    "compare": lambda base, w: (["compare", "exp/r1", "exp/r2", "--json"],
+                                lambda out: len(json.loads(out)["runs"]) == 2),
+    "tail": lambda base, w: (["tail", "exp/r1", "--json"],
+                             lambda out: all(json.loads(line) for line in out.splitlines())),
+    "export": lambda base, w: (["export", "exp/r1", "-o", w / "r1.csv"],
+                               lambda out: (w / "r1.csv").read_text().count("\n") == 4),
+    "verify": lambda base, w: (["verify", "exp/r1", "--json"], lambda out: json.loads(out)["ok"]),
+    "du": lambda base, w: (["du", "--json"], lambda out: json.loads(out)["base_dir"] == str(base)),
+    "clean": lambda base, w: (["clean", "--status", "FAILED"], lambda out: "exp/r2" in out),
+    "tag": lambda base, w: (["tag", "exp/r1", "+seen"],
+                            lambda out: "seen" in read_json(base / "exp" / "r1" / "run.json")["tags"]),
+    "note": lambda base, w: (["note", "exp/r1", "hello"],
+                             lambda out: read_json(base / "exp" / "r1" / "run.json")["notes"] == "hello"),
+    "import-tensorboard": lambda base, w: (
+        ["import-tensorboard", _tb_logdir(base, w / "tb"), "-e", f"tb_{w.name}", "--json"],
+        lambda out: [r["id"] for r in json.loads(out)] == [f"tb_{w.name}/r1"]
+        and (base / f"tb_{w.name}" / "r1").is_dir()),
+    "ranks": lambda base, w: (["ranks", "exp/r1", "--json"],
+                              lambda out: json.loads(out)["status"] == "FINISHED"),
+    "export-lake": lambda base, w: (["export-lake", "-o", w / "lake", "--json"],
+                                    lambda out: json.loads(out)["runs"] == 2),
+    "sync": lambda base, w: (["sync", w / "copy", "--json"],
+                             lambda out: json.loads(out)["runs"] == 2),
+}
+NEEDS = {"export-lake": "pyarrow", "sync": "fsspec"}
+
+
+def test_every_command_has_a_base_dir_case():
+    assert set(COMMAND_CASES) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("form", BASE_FORMS)
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_takes_every_base_dir_form(cmd, form, two_runs, tmp_path, monkeypatch, capsys):
+    """`CMD ... --base-dir X`, `expman --base-dir X CMD ...` and EXPMAN_DIR=X: the same base
+    (the current directory has no ./experiments, so the default would fail or differ)."""
+    from expman.cli import main
+    if cmd in NEEDS:
+        needs(NEEDS[cmd])
+    work = tmp_path / f"work_{form}"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("EXPMAN_DIR", raising=False)
+    argv, check = COMMAND_CASES[cmd](two_runs, work)
+    argv = [str(a) for a in argv]
+    seen: list[object] = []
+    if cmd == "serve":
+        from expman import dashboard
+        monkeypatch.setattr(dashboard, "serve", lambda base, *a, **k: seen.append(base))
+        check = lambda out: seen == [str(two_runs)] 
+    if form == "after":
+        argv = argv + ["--base-dir", str(two_runs)]
+    elif form == "before":
+        argv = ["--base-dir", str(two_runs)] + argv
+    else:
+        monkeypatch.setenv("EXPMAN_DIR", str(two_runs))
+    assert main(argv) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert check(out), out
+    assert not (work / "experiments").exists()
+
+
+DATA_COMMANDS = {"list", "show", "compare", "tail", "verify", "du", "ranks", "export-lake",
+                 "sync", "tag", "import-tensorboard"}
+
+
+def test_json_on_every_command_that_outputs_data():
+    """--json is the same shared flag on each data command (and `tag` reads it by hand)."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    having = {name for name, p in sub.choices.items()
+              if any("--json" in a.option_strings for a in p._actions)}
+    assert having | {"tag"} == DATA_COMMANDS
+    # that each one's output parses is checked in test_every_command_takes_every_base_dir_form
+
+
+def test_tag_json(two_runs, capsys):
+    from expman.cli import main
+    assert main(["tag", "exp/r1", "+a", "--json", "--base-dir", str(two_runs)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"id": "exp/r1", "tags": ["a"]}
+
+
+def test_positional_base_dir_and_conflicts(two_runs, tmp_path, monkeypatch, capsys):
+    from expman.cli import main
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EXPMAN_DIR", str(tmp_path / "elsewhere"))
+    for cmd in ("list", "du"):
+        assert main([cmd, str(two_runs), "--json"]) == 0
+        json.loads(capsys.readouterr().out)
+    assert main(["list", str(two_runs), "--base-dir", str(two_runs), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["list", str(two_runs), "--base-dir", str(tmp_path)]) == 1
+    assert "name different base dirs" in capsys.readouterr().err
+
+
+def test_commands_that_write_refuse_a_url(tmp_path, monkeypatch, capsys):
+    from expman.cli import main
+    monkeypatch.chdir(tmp_path)
+    url = "s3://bucket/runs"
+    for argv in (["demo", "--steps", "1"], ["clean", url, "--status", "FAILED"],
+                 ["tag", "exp/r1", "+a", "--base-dir", url], ["note", "exp/r1", "x"],
+                 ["import-tensorboard", str(tmp_path)], ["sync", "s3://other/x"],
+                 ["verify", "exp/r1", "--repair"]):
+        args = argv if argv[0] in ("clean", "tag") else ["--base-dir", url, *argv]
+        assert main(args) == 1, args
+        err = capsys.readouterr().err
+        assert f"{url} is a URL" in err and "local folder" in err, (args, err)
+    assert main(["export-lake", str(tmp_path), "-o", "s3://bucket/lake"]) == 1
+    assert "s3://bucket/lake is a URL" in capsys.readouterr().err
+
+
+def test_digits_is_per_call(make_run, base, capsys):
+    """--digits in one main() call is not left set for the next one in the same process."""
+    from expman.cli import main
+    exp = make_run("e", "r")
+    exp.log_metrics({"x": 0.123456789}, step=0)
+    exp.close()
+    assert main(["show", "e/r", "--digits", "3", "--base-dir", str(base)]) == 0
+    assert "0.123 " in capsys.readouterr().out
+    assert main(["show", "e/r", "--base-dir", str(base)]) == 0
+    text = capsys.readouterr().out
+    assert "0.123456789" in text and "0.123 " not in text
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch, tmp_path):
+    """A bucket on a real moto S3 server on 127.0.0.1 (credentials in the AWS_* variables)."""
+    import socket
+    import uuid
+    needs("s3fs")
+    moto_server = needs("moto.server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+        from expman import remote
+        name = "b" + uuid.uuid4().hex[:12]
+        fs, _ = remote.filesystem(f"s3://{name}")
+        fs.mkdir(name)
+        yield name
+    finally:
+        server.stop()
+
+
+def test_list_show_and_more_read_an_s3_url(two_runs, s3_bucket, tmp_path, monkeypatch, capsys):
+    """`expman list s3://...` (issue 19: "no base dir s3:/bucket/runs") gives the local rows;
+    the other reading commands take the URL as BASE_DIR, --base-dir or a run's URL."""
+    from expman.cli import main
+    from expman.sync import sync
+    monkeypatch.chdir(tmp_path)
+    url = f"s3://{s3_bucket}/runs"
+    sync(two_runs, url)
+
+    def rows(base: str) -> list[dict]:
+        assert main(["list", base, "--json"]) == 0
+        return [{k: v for k, v in r.items() if k != "path"} for r in json.loads(capsys.readouterr().out)]
+
+    local = rows(str(two_runs))
+    assert len(local) == 2 and rows(url) == local
+    assert main(["--base-dir", url, "show", "exp/r1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == {"lr": 0.1, "betas": [0.9, 0.999]}
+    assert main(["verify", f"{url}/exp/r2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"]
+    monkeypatch.setenv("EXPMAN_DIR", url)
+    assert main(["compare", "exp/r1", "exp/r2", "--json"]) == 0
+    assert [r["status"] for r in json.loads(capsys.readouterr().out)["runs"]] == ["FINISHED", "FAILED"]
+    assert main(["tail", "exp/r1", "--follow"]) == 1
+    assert "--follow watches a local run folder" in capsys.readouterr().err

@@ -25,14 +25,14 @@ def subparsers() -> dict[str, argparse.ArgumentParser]:
 
 
 def section(cmd: str) -> str:
-    m = re.search(rf"^## `expman {re.escape(cmd)}`\n(.*?)(?=^## |\Z)", DOCS, re.M | re.S)
+    m = re.search(rf"^## `expman {re.escape(cmd)}`\n(.*?)(?=^## |\Z)", DOCS, re.MULTILINE | re.DOTALL)
     assert m, f"docs/cli.md has no section for `expman {cmd}`"
     return m.group(1)
 
 
 def test_every_registered_command_has_a_section_and_no_other():
     assert set(subparsers()) == set(COMMANDS)
-    documented = set(re.findall(r"^## `expman ([\w-]+)`", DOCS, re.M))
+    documented = set(re.findall(r"^## `expman ([\w-]+)`", DOCS, re.MULTILINE))
     assert documented == set(COMMANDS)
 
 
@@ -40,7 +40,7 @@ def test_every_registered_command_has_a_section_and_no_other():
 def test_usage_line_names_every_option_and_argument(cmd):
     p = subparsers()[cmd]
     text = section(cmd)
-    m = re.search(rf"^usage: expman {re.escape(cmd)}\b(.*)$", text, re.M)
+    m = re.search(rf"^usage: expman {re.escape(cmd)}\b(.*)$", text, re.MULTILINE)
     assert m, f"the `expman {cmd}` section has no usage line"
     usage = m.group(1)
     options = {s for a in p._actions for s in a.option_strings} - SHARED

@@ -24,7 +24,7 @@ def run(script: Path, cwd: Path, pythonpath: list[Path]) -> subprocess.Completed
     env["PYTHONPATH"] = os.pathsep.join(map(str, pythonpath))
     # -S: no site-packages, so an expman installed in this venv plays no part
     return subprocess.run([sys.executable, "-S", str(script)],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture
