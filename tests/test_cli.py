@@ -462,6 +462,17 @@ def test_clean_dry_run_then_yes(base, runs):
     one_line_error(cli("clean", base, cwd=cwd), "--status")
 
 
+def test_clean_json(base, runs, capsys):
+    from expman.cli import main
+    assert main(["clean", str(base), "--status", "FAILED", "--json"]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert dry["dry_run"] and [(r["id"], r["removed"]) for r in dry["runs"]] == [("mnist/r3", False)]
+    assert dry["bytes"] == dry["runs"][0]["bytes"] > 0 and runs["r3"].exists()
+    assert main(["clean", str(base), "--status", "FAILED", "--yes", "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert not done["dry_run"] and done["runs"][0]["removed"] and not runs["r3"].exists()
+
+
 def test_clean_keep_and_older_than(base, runs, make_run):
     live = make_run("mnist", "live")                            # newest, and running: never removed
     cwd = base.parent
@@ -598,7 +609,8 @@ COMMAND_CASES = {
                                lambda out: (w / "r1.csv").read_text().count("\n") == 4),
     "verify": lambda base, w: (["verify", "exp/r1", "--json"], lambda out: json.loads(out)["ok"]),
     "du": lambda base, w: (["du", "--json"], lambda out: json.loads(out)["base_dir"] == str(base)),
-    "clean": lambda base, w: (["clean", "--status", "FAILED"], lambda out: "exp/r2" in out),
+    "clean": lambda base, w: (["clean", "--status", "FAILED", "--json"],
+                              lambda out: [r["id"] for r in json.loads(out)["runs"]] == ["exp/r2"]),
     "tag": lambda base, w: (["tag", "exp/r1", "+seen"],
                             lambda out: "seen" in read_json(base / "exp" / "r1" / "run.json")["tags"]),
     "note": lambda base, w: (["note", "exp/r1", "hello"],
@@ -652,8 +664,8 @@ def test_every_command_takes_every_base_dir_form(cmd, form, two_runs, tmp_path, 
     assert not (work / "experiments").exists()
 
 
-DATA_COMMANDS = {"list", "show", "compare", "tail", "verify", "du", "ranks", "export-lake",
-                 "sync", "tag", "import-tensorboard"}
+DATA_COMMANDS = {"list", "show", "compare", "tail", "verify", "du", "clean", "ranks",
+                 "export-lake", "sync", "tag", "import-tensorboard"}
 
 
 def test_json_on_every_command_that_outputs_data():

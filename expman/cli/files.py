@@ -143,20 +143,39 @@ def cmd_clean(args: argparse.Namespace) -> int:
     total = sum(sizes.values())
     for r, why in skipped:
         note(f"skipped {r.id}: {why}")
+    removed = _remove(chosen) if args.yes else set()
+    if args.json:
+        emit_json({"dry_run": not args.yes, "bytes": total,
+                   "runs": [{"id": r.id, "status": r.status, "start_time": r.start_time,
+                             "bytes": sizes[r.path], "removed": r.path in removed}
+                            for r in chosen],
+                   "skipped": {r.id: why for r, why in skipped}})
+        return 0
     if not chosen:
         out("nothing to remove")
         return 0
-    rows = [(r.status, r.id, when(r.start_time), size(sizes[r.path])) for r in chosen]
     if not args.yes:
         out(f"would remove {plural(len(chosen), 'run')} ({size(total)}):")
-        out(table(["STATUS", "RUN", "STARTED", "SIZE"], rows, right=[3], indent="  "))
+        out(table(["STATUS", "RUN", "STARTED", "SIZE"],
+                  [(r.status, r.id, when(r.start_time), size(sizes[r.path])) for r in chosen],
+                  right=[3], indent="  "))
         out("dry run: nothing removed; add --yes to remove them")
         return 0
+    out(f"removed {plural(len(removed), 'run')} "
+        f"({size(sum(sizes[r.path] for r in chosen if r.path in removed))})")
+    for r in chosen:
+        if r.path in removed:
+            out(f"  {r.status}  {r.id}")
+    return 0
+
+
+def _remove(chosen: list[Any]) -> set[Any]:
+    """Removes the runs, each checked again just before (the tree may have changed);
+    returns the paths removed."""
     progress = Progress(len(chosen), "clean")
-    removed = 0
+    removed = set()
     try:
         for r in chosen:
-            # checked again just before acting: the tree may have changed since
             try:
                 left = remove_run(r.path)
             except ValueError as e:
@@ -164,7 +183,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 continue
             for line in left:
                 note(f"left in place: {line}")
-            removed += 1
+            removed.add(r.path)
             progress.add(1, f" {r.id}")
             try:
                 r.path.parent.rmdir()                  # the experiment, if now empty
@@ -172,10 +191,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
                 pass
     finally:
         progress.close()
-    out(f"removed {plural(removed, 'run')} ({size(total)})")
-    for row in rows:
-        out("  " + "  ".join(row[:2]))
-    return 0
+    return removed
 
 
 def _keep(text: str) -> int:
@@ -218,7 +234,7 @@ def add_parser(subparsers: Any) -> None:
 
     p = command(subparsers, "clean", "remove runs by status, age or count; a dry run unless --yes",
                 "expman clean --status FAILED --status CRASHED --older-than 7d --yes", cmd_clean,
-                [BASE])
+                [BASE, JSON])
     add_base_positional(p)
     p.add_argument("-e", "--experiment", help="only this experiment")
     p.add_argument("--status", action="append", type=str.upper,
