@@ -144,8 +144,7 @@ def _import_value(exp: Any, value: Any, plugin: str, step: int, wall_time: float
         arr = tensor_util.make_ndarray(value.tensor)
         texts = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
                  for x in arr.ravel().tolist()]
-        exp._log_event({"kind": "message", "level": "info", "time": wall_time,
-                        "msg": "\n".join(texts), "tag": value.tag, "step": step})
+        exp.log_text(value.tag, "\n".join(texts), step, wall_time=wall_time)
     elif kind == "histo" and _import_histogram(exp, value.tag, value.histo, step):
         pass
     elif kind == "image" and value.image.encoded_image_string.startswith(b"\x89PNG\r\n\x1a\n"):
