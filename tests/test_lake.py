@@ -297,3 +297,19 @@ def test_one_failing_run_never_fails_the_export(tmp_path, monkeypatch):
     again = export_lake(base, out)
     assert sorted(again["damaged"]) == ["sweep/r0004"]           # its cursor is still crafted
     assert again["new_points"] == 2 * (2 * STEPS - 1)
+
+
+def test_cli_names_a_damaged_run_and_exports_the_rest(tmp_path, capsys):
+    from expman.cli import lake as lake_cmd
+    base = tmp_path / "experiments"
+    make_sweep(base, 0, 2)
+    link = base / "sweep" / "r0001" / "metrics.bin"
+    link.unlink()
+    link.symlink_to(base / "sweep" / "r0000" / "metrics.bin")
+    parser = argparse.ArgumentParser(prog="expman")
+    lake_cmd.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["export-lake", str(base), "-o", str(tmp_path / "lake")])
+    assert args.func(args) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"2 runs, {2 * STEPS - 1} new points")
+    assert captured.err.startswith("warning: sweep/r0001: DAMAGED: metrics.bin: ")

@@ -24,6 +24,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from expman.lake import export_lake
+    from expman.layout import DAMAGED
     result = export_lake(args.base, args.out)
     if args.json:
         import orjson
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(f"{result['runs']} runs, {result['new_points']} new points, "
                          f"{len(result['parts'])} new parts in {result['seconds']:.2f} s -> "
                          f"{args.out}\n")
-    for rid, why in {**result["damaged"], **result["skipped"]}.items():
-        sys.stderr.write(f"warning: {rid}: {why}\n")
+    for label, runs in ((DAMAGED, result["damaged"]), ("skipped", result["skipped"])):
+        for rid, why in runs.items():
+            sys.stderr.write(f"warning: {rid}: {label}: {why}\n")
     return 0
