@@ -662,6 +662,8 @@ class Experiment(_core.Core):
         and a wandb image caption are. ``step=None`` means the current metrics step
         (0 before any); ``wall_time`` (Unix seconds) keeps an imported record's own
         time instead of now."""
+        import math
+
         from expman import media
         if not isinstance(tag, str):
             raise ExpmanTypeError(f"log_text: tag must be a str, got {type(tag).__name__} "
@@ -670,7 +672,7 @@ class Experiment(_core.Core):
         if wall_time is None:
             wall_time = time.time()
         elif isinstance(wall_time, bool) or not isinstance(wall_time, (int, float)) \
-                or wall_time != wall_time or wall_time in (float("inf"), float("-inf")):
+                or not math.isfinite(wall_time):
             raise ExpmanValueError(f"log_text({tag!r}): wall_time must be finite Unix seconds, "
                                    f"got {wall_time!r}")
         self._check_open()

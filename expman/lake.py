@@ -39,6 +39,7 @@ exported.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -95,7 +96,7 @@ def _merge_summary(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str,
     s["count"] += new["count"]
     s["nan"] += new["nan"]
     for k, pick in (("min", min), ("max", max)):
-        if new[k] == new[k]:                     # NaN: the batch had no number but NaN
+        if not math.isnan(new[k]):               # NaN: the batch had no number but NaN
             was = _num(s[k])
             s[k] = layout.json_float(new[k] if was is None else pick(new[k], was))
     if new["count"]:
@@ -150,7 +151,7 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
         rid = f"{exp}/{name}"
         try:
             row = _export_run(run_dir, known.get(rid), damaged, skipped)
-        except Exception as e:            # MemoryError and RecursionError included: one run only
+        except Exception as e:  # noqa: BLE001  (MemoryError, RecursionError too: one run only)
             damaged[rid] = f"not exported: {type(e).__name__}: {e}"
             continue
         if row is None:
@@ -261,7 +262,7 @@ class _Columns:
         self.pieces.append(series)
 
     def table(self, pa: Any) -> Any:
-        def names(col: "array[int]", kind: str) -> Any:
+        def names(col: array[int], kind: str) -> Any:
             idx = _buffer_array(pa, pa.int32(), col)
             words = pa.array(list(self.names[kind]), pa.string())
             return pa.DictionaryArray.from_arrays(idx, words).dictionary_decode()

@@ -126,7 +126,7 @@ def _via_lightning(base: Path, config: dict) -> Path:
 
 
 def _via_wandb(base: Path, config: dict) -> Path:
-    import expman.wandb as wandb
+    from expman import wandb
     first = dict(list(config.items())[:2])
     run = wandb.init(project="same", name="wandb", dir=base, config=first)
     wandb.config.update({k: v for k, v in config.items() if k not in first})
@@ -206,8 +206,9 @@ def test_hugging_face_arguments_are_nested_under_args(tmp_path: Path) -> None:
 def test_list_params_never_break_runs_or_the_lake(tmp_path: Path) -> None:
     """AdamW's default betas (a list) once made runs() and export-lake raise
     ``TypeError: unhashable type: 'list'`` for the whole base dir."""
-    import expman
     from frameworks import require
+
+    import expman
     require("pyarrow")
     base = tmp_path / "experiments"
     for i, betas in enumerate(([0.9, 0.999], (0.8, 0.99))):
