@@ -226,3 +226,34 @@ def test_list_params_never_break_runs_or_the_lake(tmp_path: Path) -> None:
     runs = pq.read_table(next((tmp_path / "lake").rglob("runs.parquet"))).to_pylist()
     assert sorted(r["params.optim.betas"] for r in runs) == ["[0.8,0.99]", "[0.9,0.999]"]
     assert {r["params.layers"] for r in runs} == {'[{"w":1}]'}
+
+
+def test_the_tensorboard_export_names_params_by_the_one_rule(tmp_path: Path) -> None:
+    """``export_tensorboard``'s hparams carry the read model's names and values: nested
+    keys dotted, lists as JSON text, deep nesting included (tbio's own recursive
+    flattening is gone)."""
+    import expman
+    from frameworks import require
+    require("tensorboard")
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from expman.readmodel import flatten_params
+    from expman.tbio import export_tensorboard
+    deep: dict = {"leaf": 1}
+    for _ in range(95):                          # deep, within log_params' MAX_DEPTH
+        deep = {"d": deep}
+    params = {**CONFIG, "deep": deep}
+    with expman.Experiment("tb", "r", base_dir=tmp_path, capture_env=False,
+                           system_metrics=False) as exp:
+        exp.log_params(params)
+        exp.log_metrics({"loss": 1.0}, step=0)
+    export_tensorboard(expman.open_run(exp.run_dir), tmp_path / "tb")
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    content = acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    ssi = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    got = {k: getattr(v, v.WhichOneof("kind")) for k, v in ssi.hparams.items()}
+    expected = {k: v for k, v in flatten_params(exp.params).items() if v is not None}
+    assert got == expected
+    assert got["optim.betas"] == "[0.9,0.999]" and got["deep." + "d." * 95 + "leaf"] == 1
