@@ -519,15 +519,29 @@ class Experiment(_core.Core):
         else:
             self._finish(FAILED, lifecycle.describe_exception(exc, tb), raise_errors=False)
 
-    def close(self, status: str = FINISHED) -> None:
+    def close(self, status: str = FINISHED, *, exit: int | None = None) -> None:
         """Drain, fsync and mark the run FINISHED (or FAILED). Idempotent.
 
-        Raises the writer's error, if any, after the run is finalised.
+        ``exit``: the exit code the run ended with (``wandb.finish(exit_code=2)``),
+        recorded in run.json as ``sys.exit(2)`` inside a ``with`` block is; a
+        non-zero code needs ``status="FAILED"``. Raises the writer's error, if any,
+        after the run is finalised.
         """
         if not isinstance(status, str) or status.upper() not in (FINISHED, FAILED):
             raise ExpmanValueError(f"close: status must be 'FINISHED' or 'FAILED', got {status!r}")
-        self._finish(status.upper(), None if status.upper() == FINISHED
-                     else {"reason": "close(status='FAILED')"}, raise_errors=True)
+        status = status.upper()
+        if exit is not None and (isinstance(exit, bool) or not isinstance(exit, int)):
+            raise ExpmanTypeError(f"close: exit must be an int exit code, got {exit!r}")
+        if exit and status == FINISHED:
+            raise ExpmanValueError(f"close: exit code {exit} with status FINISHED; a non-zero "
+                                   "exit is close('FAILED', exit=...)")
+        if status == FINISHED:
+            info = None
+        elif exit is not None:
+            info = {"reason": "exit", "code": exit}
+        else:
+            info = {"reason": "close(status='FAILED')"}
+        self._finish(status, info, raise_errors=True)
 
     def _finish(self, status: str, exit_info: dict[str, Any] | None, raise_errors: bool,
                 reenter: bool = False) -> None:
@@ -640,6 +654,31 @@ class Experiment(_core.Core):
                 return False
             self._summary_bytes = nbytes
             return True
+
+    # ---- calls the surfaces need (drop-ins, importers), public so they use no private one ----
+    def log_text(self, tag: str, text: object, step: int | None = None, *,
+                 wall_time: float | None = None) -> None:
+        """A message (level info) with a tag and a step, as TensorBoard's ``add_text``
+        and a wandb image caption are. ``step=None`` means the current metrics step
+        (0 before any); ``wall_time`` (Unix seconds) keeps an imported record's own
+        time instead of now."""
+        import math
+
+        from expman import media
+        if not isinstance(tag, str):
+            raise ExpmanTypeError(f"log_text: tag must be a str, got {type(tag).__name__} "
+                                  f"({tag!r:.60})")
+        at = media.check_step(step)
+        if wall_time is None:
+            wall_time = time.time()
+        elif isinstance(wall_time, bool) or not isinstance(wall_time, (int, float)) \
+                or not math.isfinite(wall_time):
+            raise ExpmanValueError(f"log_text({tag!r}): wall_time must be finite Unix seconds, "
+                                   f"got {wall_time!r}")
+        self._check_open()
+        self._log_event({"kind": "message", "level": "info", "time": float(wall_time),
+                         "msg": text if isinstance(text, str) else str(text), "tag": tag,
+                         "step": self._media_step(at)})
 
     def __del__(self) -> None:
         if getattr(self, "_status", None) == RUNNING and os.getpid() == self._pid:

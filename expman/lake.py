@@ -12,9 +12,10 @@ as they are:
     polars.scan_parquet("out/metrics/**/*.parquet", hive_partitioning=True)
 
 Why incremental: a sweep keeps running while it is analysed. The manifest keeps,
-per run stream, the byte offset after the last exported frame and the stream's
-key table, so the next export decodes only the frames appended since (the
-``RunTail`` way) and writes them as one new part per experiment. The per-metric
+per run stream, the ``RunTail.cursor`` after the last exported frame (its byte
+offset and the stream's key table), so the next export resumes a ``RunTail``
+there, decodes only the frames appended since and writes them as one new part
+per experiment. The per-metric
 summaries (count, last, min, max) are kept in the manifest too, so the runs
 table is rebuilt from it without decoding old data; it is small and rewritten
 whole (atomically) each time, because statuses change without new data (a dead
@@ -28,10 +29,17 @@ export killed midway is redone by the next one into the same part names
 ``time`` is Unix seconds (float64), as in metrics.bin. A stream that shrank
 below its exported offset (replaced by hand) is not re-exported: it is
 reported in ``skipped``; export to a fresh folder to start over.
+
+Hostile runs: streams are read through ``RunTail``, the guarded reader (never
+through a link, never a FIFO or a device). One bad run never fails the export:
+whatever is wrong with it (unreadable metadata, a planted link, damage, even a
+MemoryError) lands in ``damaged`` with the reason, and the other runs are
+exported.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -40,9 +48,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from expman import _core, layout
-from expman._fsutil import atomic_write_json, read_json
+from expman import layout
+from expman._fsutil import atomic_write_json, read_json, read_json_object
 from expman.errors import ExpmanValueError
+from expman.series import Series
 
 __all__ = ["export_lake", "MANIFEST_FILE", "RUNS_DIR", "METRICS_DIR"]
 
@@ -50,7 +59,7 @@ MANIFEST_FILE = "_expman_lake.json"
 RUNS_DIR = "runs"
 METRICS_DIR = "metrics"
 RUNS_TABLE = "runs.parquet"
-LAKE_VERSION = 1
+LAKE_VERSION = 2           # 2: streams keep a RunTail.cursor
 
 
 def _pa() -> Any:
@@ -67,55 +76,32 @@ def partition(experiment: str) -> str:
     return "experiment=" + quote(experiment, safe=" -_.,+@()[]{}~!$&'")
 
 
-def rank_streams(run_dir: Path) -> list[tuple[int, Path]]:
+def rank_streams(run_dir: Path, meta: dict[str, Any]) -> list[tuple[int, Path]]:
     """The metric streams of a run and their rank: rank 0's metrics.bin, and for a
     multi-rank run every logging rank's metrics.rank<r>.bin that exists."""
     from expman.ranks import logging_ranks
-    try:
-        meta = read_json(run_dir / layout.RUN_FILE)
-    except (OSError, ValueError):
-        meta = {}
-    ranks = logging_ranks(meta) if isinstance(meta, dict) else [0]
     out = [(0, run_dir / layout.METRICS_FILE)]
-    for r in ranks:
+    for r in logging_ranks(meta):
         path = run_dir / layout.rank_file(layout.METRICS_FILE, r)
-        if r and path.is_file():
+        if r and os.path.lexists(path):
             out.append((r, path))
     return out
 
 
-def _read_tail(path: Path, offset: int) -> tuple[bytes, int, int] | None:
-    """(data, decode offset, file size) from ``offset``; the header's length of
-    zero padding stands in for what is already exported (decode_metrics reads
-    from ``offset``)."""
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            if offset == 0:
-                f.seek(0)
-                return f.read(), 0, size
-            f.seek(offset)
-            return bytes(_core.HEADER_SIZE) + f.read(), _core.HEADER_SIZE, size
-    except FileNotFoundError:
-        return None
-
-
-def _merge_summary(old: dict[str, Any] | None, steps: "array[int]",
-                   values: "array[float]") -> dict[str, Any]:
-    """Fold new points into a metric's count/nan/min/max/last (JSON-safe spelling)."""
+def _merge_summary(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """Fold a batch's ``Series.summary()`` into a metric's count/nan/min/max/last
+    (JSON-safe spelling)."""
     s: dict[str, Any] = dict(old) if old else {"count": 0, "nan": 0, "min": None, "max": None,
                                 "last": None, "last_step": None}
-    finite = [v for v in values if v == v]
-    s["count"] += len(values)
-    s["nan"] += len(values) - len(finite)
-    if finite:
-        lo, hi = min(finite), max(finite)
-        old_lo, old_hi = _num(s["min"]), _num(s["max"])
-        s["min"] = layout.json_float(lo if old_lo is None else min(lo, old_lo))
-        s["max"] = layout.json_float(hi if old_hi is None else max(hi, old_hi))
-    if len(values):
-        s["last"] = layout.json_float(values[-1])
-        s["last_step"] = int(steps[-1])
+    s["count"] += new["count"]
+    s["nan"] += new["nan"]
+    for k, pick in (("min", min), ("max", max)):
+        if not math.isnan(new[k]):               # NaN: the batch had no number but NaN
+            was = _num(s[k])
+            s[k] = layout.json_float(new[k] if was is None else pick(new[k], was))
+    if new["count"]:
+        s["last"] = layout.json_float(new["last"])
+        s["last_step"] = new["last_step"]
     return s
 
 
@@ -134,7 +120,8 @@ def _load_manifest(out: Path) -> dict[str, Any]:
         return {"version": LAKE_VERSION, "seq": 0, "runs": {}}
     m = read_json(path)
     if not isinstance(m, dict) or m.get("version") != LAKE_VERSION:
-        raise ExpmanValueError(f"{path} is not an expman lake manifest (version {LAKE_VERSION})")
+        raise ExpmanValueError(f"{path} is not an expman lake manifest of version {LAKE_VERSION} "
+                               "(made by another expman version?); export to a fresh folder")
     return m
 
 
@@ -159,66 +146,27 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
     damaged: dict[str, str] = {}
     skipped: dict[str, str] = {}
     new_points = 0
-    from expman.table import run_row
     for run_dir in layout.iter_run_dirs(base):
         exp, name = run_dir.parent.name, run_dir.name
         rid = f"{exp}/{name}"
         try:
-            meta = read_json(run_dir / layout.RUN_FILE)
-            params = read_json(run_dir / layout.PARAMS_FILE) \
-                if (run_dir / layout.PARAMS_FILE).is_file() else {}
-        except (OSError, ValueError) as e:
-            damaged[rid] = f"unreadable metadata: {e}"
+            row = _export_run(run_dir, known.get(rid), damaged, skipped)
+        except Exception as e:  # noqa: BLE001  (MemoryError, RecursionError too: one run only)
+            damaged[rid] = f"not exported: {type(e).__name__}: {e}"
             continue
-        if not isinstance(meta, dict) or not isinstance(params, dict):
-            damaged[rid] = "run.json or params.json is not a JSON object"
+        if row is None:
             continue
-        entry = known.setdefault(rid, {"streams": {}, "summary": {}})
-        for rank, stream in rank_streams(run_dir):
-            st = entry["streams"].setdefault(stream.name, {"rank": rank, "offset": 0, "keys": {}})
-            got = _read_tail(stream, st["offset"])
-            if got is None:
-                continue
-            data, offset, size = got
-            if size < st["offset"]:
-                skipped[rid] = (f"{stream.name} shrank to {size} bytes, below the "
-                                f"{st['offset']} already exported; export to a fresh folder")
-                continue
-            if offset == 0 and size < _core.HEADER_SIZE:
-                continue
-            keys = {int(k): v for k, v in st["keys"].items()}
-            try:
-                columns, keys, report = _core.decode_metrics(data, offset, keys)
-            except ValueError as e:           # CorruptRunError: a bad header
-                damaged[rid] = f"{stream.name}: {e}"
-                continue
-            if report["corrupt_bytes"]:
-                damaged[rid] = (f"{stream.name}: {report['corrupt_bytes']} damaged bytes at "
-                                f"{st['offset'] - offset + report['corrupt_at'][0]}; "
-                                "exported up to there")
-            base_off = st["offset"] - offset if st["offset"] else 0
-            st["offset"] = base_off + report["end"]
-            st["keys"] = {str(k): v for k, v in keys.items()}
-            for metric, (steps, times, values) in columns.items():
-                n = len(steps)
-                if not n:
-                    continue
-                new_points += n
-                if rank == 0:
-                    entry["summary"][metric] = _merge_summary(
-                        entry["summary"].get(metric), steps, values)
-                acc = chunks.get(exp)
-                if acc is None:
-                    acc = chunks[exp] = _Columns()
-                acc.add(name, rank, metric, steps, times, values)
-        summaries = {m: {k: (_num(v) if k in ("min", "max", "last") else v) for k, v in s.items()}
-                     for m, s in entry["summary"].items()}
-        info = {"id": rid, "experiment": exp, "run_name": name,
-                "status": layout.effective_status(meta, run_dir),
-                "start_time": meta.get("start_time"), "end_time": meta.get("end_time"),
-                "duration": meta.get("duration"), "exit": meta.get("exit"), "path": run_dir}
-        rows.setdefault(exp, []).append(
-            run_row(info, params, summaries, sum(s["count"] for s in entry["summary"].values())))
+        entry, run_row, new = row
+        known[rid] = entry
+        rows.setdefault(exp, []).append(run_row)
+        for rank, metrics in new:
+            for metric, series in metrics.items():
+                if len(series):
+                    new_points += len(series)
+                    acc = chunks.get(exp)
+                    if acc is None:
+                        acc = chunks[exp] = _Columns()
+                    acc.add(name, rank, metric, series)
 
     parts = []
     for exp, acc in chunks.items():
@@ -242,41 +190,96 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
             "seconds": time.perf_counter() - t0}
 
 
+def _export_run(run_dir: Path, old: dict[str, Any] | None, damaged: dict[str, str],
+                skipped: dict[str, str]
+                ) -> tuple[dict[str, Any], dict[str, Any], list[tuple[int, Any]]] | None:
+    """(its new manifest entry, its runs-table row, the new metrics of each rank) for
+    one run, or None when its metadata cannot be read (reported in ``damaged``).
+    Nothing is changed before the whole run is read: the caller commits it."""
+    from expman.table import run_row
+    from expman.tail import RunTail
+    rid = f"{run_dir.parent.name}/{run_dir.name}"
+    try:
+        meta = read_json_object(run_dir / layout.RUN_FILE)
+        params_path = run_dir / layout.PARAMS_FILE
+        params = read_json_object(params_path) if os.path.lexists(params_path) else {}
+    except (OSError, ValueError) as e:
+        damaged[rid] = f"unreadable metadata: {e}"
+        return None
+    entry: dict[str, Any] = {"streams": dict(old["streams"]) if old else {},
+                             "summary": dict(old["summary"]) if old else {}}
+    new: list[tuple[int, Any]] = []
+    for rank, stream in rank_streams(run_dir, meta):
+        known = entry["streams"].get(stream.name)
+        try:
+            tail = RunTail(run_dir, start=known["cursor"] if known else "beginning", rank=rank)
+            metrics = tail.poll_metrics()
+        except (OSError, ValueError) as e:       # a link, a FIFO, a device, a bad header...
+            damaged[rid] = f"{stream.name}: {e}"
+            continue
+        if tail.rewound:
+            skipped[rid] = (f"{stream.name} is shorter than the {known['cursor']['metrics']} "
+                            "bytes already exported (cut or replaced); export to a fresh folder")
+            continue
+        report = tail.integrity
+        if report["corrupt_bytes"]:
+            damaged[rid] = (f"{stream.name}: {report['corrupt_bytes']} damaged bytes at "
+                            f"{report['corrupt_at'][0]}; exported up to there")
+        entry["streams"][stream.name] = {"rank": rank, "cursor": tail.cursor}
+        if rank == 0:
+            for metric, series in metrics.items():
+                entry["summary"][metric] = _merge_summary(entry["summary"].get(metric),
+                                                          series.summary())
+        new.append((rank, metrics))
+    summaries = {m: {k: (_num(v) if k in ("min", "max", "last") else v) for k, v in s.items()}
+                 for m, s in entry["summary"].items()}
+    info = {"id": rid, "experiment": run_dir.parent.name, "run_name": run_dir.name,
+            "status": layout.effective_status(meta, run_dir),
+            "start_time": meta.get("start_time"), "end_time": meta.get("end_time"),
+            "duration": meta.get("duration"), "exit": meta.get("exit"), "path": run_dir}
+    row = run_row(info, params, summaries, sum(s["count"] for s in entry["summary"].values()))
+    return entry, row, new
+
+
 class _Columns:
-    """The new rows of one experiment, as flat C arrays (no object per point);
-    names are dictionary indices until the table is built."""
+    """The new rows of one experiment: each series' own step/time/value buffers
+    (no copy, no object per point); run and metric names are dictionary indices
+    until the table is built."""
 
     def __init__(self) -> None:
         self.names: dict[str, dict[str, int]] = {"run": {}, "metric": {}}
         self.run, self.rank, self.metric = array("i"), array("i"), array("i")
-        self.step, self.time, self.value = array("q"), array("d"), array("d")
+        self.pieces: list[Series] = []
 
-    def add(self, run: str, rank: int, metric: str, steps: "array[int]",
-            times: "array[float]", values: "array[float]") -> None:
-        n = len(steps)
+    def add(self, run: str, rank: int, metric: str, series: Series) -> None:
+        n = len(series)
+        if not n:
+            return
         for col, table, name in ((self.run, self.names["run"], run),
                                  (self.metric, self.names["metric"], metric)):
             col.extend(array("i", [table.setdefault(name, len(table))]) * n)
         self.rank.extend(array("i", [rank]) * n)
-        self.step.extend(steps)
-        self.time.extend(times)
-        self.value.extend(values)
+        self.pieces.append(series)
 
     def table(self, pa: Any) -> Any:
-        def names(col: "array[int]", kind: str) -> Any:
+        def names(col: array[int], kind: str) -> Any:
             idx = _buffer_array(pa, pa.int32(), col)
             words = pa.array(list(self.names[kind]), pa.string())
             return pa.DictionaryArray.from_arrays(idx, words).dictionary_decode()
+
+        def joined(field: str, typ: Any) -> Any:
+            return pa.concat_arrays([_buffer_array(pa, typ, getattr(p, field))
+                                     for p in self.pieces])
         return pa.Table.from_arrays(
             [names(self.run, "run"), _buffer_array(pa, pa.int32(), self.rank),
-             names(self.metric, "metric"), _buffer_array(pa, pa.int64(), self.step),
-             _buffer_array(pa, pa.float64(), self.time),
-             _buffer_array(pa, pa.float64(), self.value)],
+             names(self.metric, "metric"), joined("steps", pa.int64()),
+             joined("times", pa.float64()), joined("values", pa.float64())],
             names=["run", "rank", "metric", "step", "time", "value"])
 
 
-def _buffer_array(pa: Any, typ: Any, col: "array[Any]") -> Any:
-    """An Arrow array over an array.array's memory (no per-element Python objects)."""
+def _buffer_array(pa: Any, typ: Any, col: Any) -> Any:
+    """An Arrow array over an array.array's or a numpy array's memory (no per-element
+    Python objects)."""
     return pa.Array.from_buffers(typ, len(col), [None, pa.py_buffer(col)])
 
 

@@ -23,7 +23,7 @@ from expman import _core
 from expman._fsutil import read_json_object, read_regular
 from expman.errors import ExpmanValueError, RunNotFoundError
 from expman.layout import (
-    EVENTS_FILE, METRICS_FILE, RUN_FILE, RUNNING, effective_status, parse_event_lines,
+    EVENTS_FILE, METRICS_FILE, RUN_FILE, RUNNING, effective_status, parse_event_lines, rank_file,
 )
 from expman.series import Metrics, Series, column
 
@@ -87,15 +87,25 @@ class RunTail:
         for batch in tail.follow(interval=0.5):      # stops once the run has ended
             print(batch.metrics, batch.events)
 
-    ``start="end"`` skips what is already on disk. ``integrity`` accumulates the
-    decoder's report over every poll.
+    ``start="end"`` skips what is already on disk; ``start=cursor`` (a ``cursor``
+    kept from an earlier tail, even in another process: it is plain JSON) goes on
+    where that tail stopped, which is how the lake exports only what is new.
+    ``rank=r`` reads rank r's streams of a multi-rank run. ``integrity``
+    accumulates the decoder's report over every poll.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, start: str = "beginning",
-                 salvage: bool = False) -> None:
-        if start not in ("beginning", "end"):
-            raise ExpmanValueError(f"start must be 'beginning' or 'end', got {start!r}")
+    def __init__(self, path: str | os.PathLike[str], *,
+                 start: str | dict[str, Any] = "beginning", salvage: bool = False,
+                 rank: int = 0) -> None:
+        cursor = _check_cursor(start) if isinstance(start, dict) else None
+        if cursor is None and start not in ("beginning", "end"):
+            raise ExpmanValueError(f"start must be 'beginning', 'end' or a RunTail.cursor, "
+                                   f"got {start!r:.80}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise ExpmanValueError(f"rank must be a non-negative int, got {rank!r}")
         self.path = Path(os.fspath(path))
+        self.metrics_path = self.path / rank_file(METRICS_FILE, rank)
+        self.events_path = self.path / rank_file(EVENTS_FILE, rank)
         if not (self.path / RUN_FILE).is_file():
             raise RunNotFoundError(2, f"not an expman run folder (no {RUN_FILE}): {self.path}",
                                    str(self.path))
@@ -109,8 +119,19 @@ class RunTail:
         self.integrity: dict[str, Any] = empty_report()
         self._done_at: list[int] = []       # corruption behind the read position
         self._done_bytes = 0
-        if start == "end":
+        self.rewound = False       # the last poll found a stream cut below the read position
+        if cursor is not None:
+            self._moff, self._eoff, self._keys = cursor
+        elif start == "end":
             self.poll()
+
+    @property
+    def cursor(self) -> dict[str, Any]:
+        """Where the next poll starts: the byte offsets after the last intact frame and
+        the last whole event line, and the stream's key table (keys are defined once,
+        in-stream). Plain JSON; ``RunTail(path, start=cursor)`` resumes from it."""
+        return {"metrics": self._moff, "events": self._eoff,
+                "keys": {str(k): v for k, v in self._keys.items()}}
 
     def _sig(self, name: str) -> tuple[int, int] | None:
         try:
@@ -140,13 +161,18 @@ class RunTail:
             except (OSError, ValueError):
                 pass           # replaced under us: read it next time
         status = self.status
-        return TailBatch(self._poll_metrics(), self._poll_events(), status, changed)
+        return TailBatch(self.poll_metrics(), self._poll_events(), status, changed)
 
-    def _poll_metrics(self) -> Metrics:
-        path = self.path / METRICS_FILE
+    def poll_metrics(self) -> Metrics:
+        """Only the metric points appended since the last poll (``poll`` without the
+        events or the status). A stream cut below the read position (repaired or
+        replaced) is read again from its start, and ``rewound`` says so."""
+        path = self.metrics_path
+        self.rewound = False
         try:
             size = regular_size(path)
             if size < self._moff:           # cut (repair) or replaced: start over
+                self.rewound = True
                 self._moff, self._keys = 0, {}
                 self.integrity = empty_report()
                 self._done_at, self._done_bytes = [], 0
@@ -184,7 +210,7 @@ class RunTail:
         return Metrics({k: s for k, s in series.items() if len(s)})
 
     def _poll_events(self) -> list[dict[str, Any]]:
-        path = self.path / EVENTS_FILE
+        path = self.events_path
         try:
             if regular_size(path) < self._eoff:
                 self._eoff = 0
@@ -211,6 +237,24 @@ class RunTail:
             time.sleep(interval)
 
 
+
+
+def _check_cursor(cursor: dict[str, Any]) -> tuple[int, int, dict[int, str]]:
+    """(metrics offset, events offset, key table) of a ``RunTail.cursor``; a cursor
+    read back from a file may be damaged or crafted: ExpmanValueError naming it."""
+    try:
+        moff, eoff, keys = cursor["metrics"], cursor["events"], cursor["keys"]
+        ok = all(type(o) is int and o >= 0 for o in (moff, eoff)) and isinstance(keys, dict)
+        table = {int(k): v for k, v in keys.items()} if ok else {}
+        ok = ok and all(isinstance(v, str) and k >= 0 for k, v in table.items())
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ExpmanValueError(f"not a RunTail.cursor (metrics and events offsets, keys): "
+                               f"{cursor!r:.120}")
+    if moff and moff < _core.HEADER_SIZE:
+        raise ExpmanValueError(f"RunTail.cursor: metrics offset {moff} is inside the file header")
+    return moff, eoff, table
 
 
 def read_meta(run_dir: Path) -> dict[str, Any]:

@@ -144,8 +144,7 @@ def _import_value(exp: Any, value: Any, plugin: str, step: int, wall_time: float
         arr = tensor_util.make_ndarray(value.tensor)
         texts = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
                  for x in arr.ravel().tolist()]
-        exp._log_event({"kind": "message", "level": "info", "time": wall_time,
-                        "msg": "\n".join(texts), "tag": value.tag, "step": step})
+        exp.log_text(value.tag, "\n".join(texts), step, wall_time=wall_time)
     elif kind == "histo" and _import_histogram(exp, value.tag, value.histo, step):
         pass
     elif kind == "image" and value.image.encoded_image_string.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -253,37 +252,27 @@ def _metric_events(run: Any) -> Iterator[tuple[float, int, list[Any]]]:
         yield key[0], key[1], group
 
 
-def _flat(params: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for k, v in params.items():
-        if isinstance(v, dict):
-            yield from _flat(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
-
-
 def _hparams_summaries(run: Any, start: float) -> Iterator[tuple[Any, int, float]]:
     """The hparams plugin's experiment, session start and session end, as torch writes them."""
     if not run.params:
         return
-    import orjson
     from tensorboard.compat.proto import summary_pb2
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    from expman.readmodel import flatten_params
     ssi = plugin_data_pb2.SessionStartInfo(start_time_secs=start)
     infos = []
-    for k, v in _flat(run.params):
+    for k, v in flatten_params(run.params).items():     # the one naming rule: a.b, lists as JSON
+        if v is None:
+            continue
         if isinstance(v, bool):
             ssi.hparams[k].bool_value = v
             dtype = "DATA_TYPE_BOOL"
         elif isinstance(v, (int, float)):
             ssi.hparams[k].number_value = v
             dtype = "DATA_TYPE_FLOAT64"
-        elif isinstance(v, str):
+        else:
             ssi.hparams[k].string_value = v
-            dtype = "DATA_TYPE_STRING"
-        elif v is None:
-            continue
-        else:                                   # lists: their JSON text
-            ssi.hparams[k].string_value = orjson.dumps(v).decode()
             dtype = "DATA_TYPE_STRING"
         infos.append(api_pb2.HParamInfo(name=k, type=api_pb2.DataType.Value(dtype)))
     metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=name)) for name in run.metrics]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -153,12 +152,7 @@ class SummaryWriter:
     def add_text(self, tag: str, text_string: str, global_step: int | None = None,
                  walltime: float | None = None) -> None:
         """A message (level info) carrying ``tag`` and ``step``."""
-        from expman.media import check_step
-        step = check_step(global_step, "global_step")
-        self._exp._check_open()
-        self._exp._log_event({"kind": "message", "level": "info", "time": time.time(),
-                              "msg": str(text_string), "tag": _tag(tag),
-                              "step": self._exp._media_step(step)})
+        self._exp.log_text(_tag(tag), str(text_string), global_step)
 
     def add_histogram(self, tag: str, values: Any, global_step: int | None = None,
                       bins: Any = "tensorflow", walltime: float | None = None,

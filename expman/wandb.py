@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import glob as _glob
 import os
-import time
 import warnings
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
@@ -220,8 +219,7 @@ class Run:
             if isinstance(item, Image):
                 self._exp.log_image(key, item.data, self._step)
                 if item.caption:
-                    self._exp._log_event({"kind": "message", "level": "info", "time": time.time(),
-                                          "msg": item.caption, "tag": key, "step": self._step})
+                    self._exp.log_text(key, item.caption, self._step)
             elif item.np_histogram is not None:
                 counts, edges = item.np_histogram
                 self._exp.log_histogram(key, step=self._step, edges=edges, counts=counts)
@@ -230,14 +228,14 @@ class Run:
         self._media = []
 
     def define_metric(self, name: str, step_metric: str | None = None, **options: Any) -> dict[str, Any]:
-        """Recorded as a ``define_metric`` event (expman plots every metric by step)."""
+        """Recorded in run.json's ``define_metric`` at ``finish`` (expman plots every
+        metric by step)."""
         if not isinstance(name, str) or not name:
             raise ExpmanValueError(f"define_metric: name must be a non-empty str, got {name!r}")
         record = {"name": name, "step_metric": step_metric, **options}
         from expman.params import to_json
         record = dict(to_json(record, f"define_metric({name!r})"))
         self._defined[name] = record
-        self._exp._log_event({"kind": "define_metric", "time": time.time(), **record})
         return record
 
     def save(self, glob_str: str | os.PathLike[str], base_path: str | os.PathLike[str] | None = None,
@@ -263,8 +261,7 @@ class Run:
         finally:
             try:
                 if exit_code:
-                    self._exp._finish(FAILED, {"reason": "exit", "code": int(exit_code)},
-                                      raise_errors=True)
+                    self._exp.close(FAILED, exit=int(exit_code))
                 else:
                     self._exp.close()
             finally:

@@ -1,5 +1,5 @@
 """The integrations are leaves: ``import expman`` loads no framework, and the shared
-helpers (param flattening, log splitting) work without one."""
+helpers (framework params, log splitting) work without one."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from conftest import run_python
 from frameworks import require
 from expman.errors import ExpmanTypeError
 from expman.integrations._metrics import split_logs
-from expman.integrations._params import flatten_params
+from expman.params import framework_params
+from expman.readmodel import flatten_params
 
 FRAMEWORKS = ("torch", "lightning", "pytorch_lightning", "transformers", "keras",
               "tensorflow", "accelerate", "omegaconf")
@@ -25,7 +26,7 @@ def test_import_expman_loads_no_framework(tmp_path):
     proc = run_python(f"""
         import json, sys
         import expman, expman.integrations
-        from expman.integrations import _metrics, _params, _run
+        from expman.integrations import _metrics, _run
         with expman.Experiment("x", base_dir={str(tmp_path)!r}, capture_env=False) as exp:
             exp.log_metrics({{"a": 1.0}}, step=0)
         print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}})))
@@ -45,39 +46,41 @@ class Optim:
     betas: tuple = (0.9, 0.99)
 
 
-def test_flatten_params_like_lightning():
+def test_framework_params_keep_nesting_and_name_odd_values():
     def schedule():
         raise AssertionError("a callable param is named, never called")
 
-    flat = flatten_params({
+    params = framework_params({
         "optim": Optim(), "ns": Namespace(depth=2, inner={"k": None}), "path": Path("/d"),
         "color": Color.RED, "big": 2**70, "nan": float("nan"), "fn": schedule, "cls": dict,
         "layers": [{"w": 1}, {"w": 2}], "plain": [1, "a"], "empty": [], "tags": {"b", "a"},
         3: "int key"})
-    assert flat == {
-        "optim/lr": 0.1, "optim/betas": [0.9, 0.99], "ns/depth": 2, "ns/inner/k": None,
-        "path": "/d", "color": "red", "big": str(2**70), "nan": flat["nan"], "fn": "schedule",
-        "cls": "dict", "layers/0/w": 1, "layers/1/w": 2, "plain": [1, "a"], "empty": [],
+    assert params == {
+        "optim": {"lr": 0.1, "betas": [0.9, 0.99]}, "ns": {"depth": 2, "inner": {"k": None}},
+        "path": "/d", "color": "red", "big": str(2**70), "nan": "NaN", "fn": "schedule",
+        "cls": "dict", "layers": [{"w": 1}, {"w": 2}], "plain": [1, "a"], "empty": [],
         "tags": ["a", "b"], "3": "int key"}
-    assert flat["nan"] != flat["nan"]
-    assert flatten_params(None) == {}
-    assert flatten_params({"a": {"b": 1}}, delimiter=".") == {"a.b": 1}
+    # the one flattening rule (expman.readmodel) names them for tables and the lake
+    flat = flatten_params(params)
+    assert flat["optim.lr"] == 0.1 and flat["ns.inner.k"] is None
+    assert flat["optim.betas"] == "[0.9,0.99]" and flat["layers"] == '[{"w":1},{"w":2}]'
+    assert framework_params(None) == {}
 
 
-def test_flatten_params_odd_objects_become_text():
+def test_framework_params_odd_objects_become_text():
     class Thing:
         def __str__(self) -> str:
             return "<thing>"
 
-    assert flatten_params({"t": Thing()}) == {"t": "<thing>"}
+    assert framework_params({"t": Thing()}) == {"t": "<thing>"}
     with pytest.raises(ExpmanTypeError, match="got list"):
-        flatten_params([1, 2])
+        framework_params([1, 2])
 
 
-def test_flatten_params_omegaconf():
+def test_framework_params_omegaconf():
     omegaconf = require("omegaconf")
     cfg = omegaconf.OmegaConf.create({"a": {"b": 2, "c": "${a.b}"}, "l": [1, {"x": 3}]})
-    assert flatten_params(cfg) == {"a/b": 2, "a/c": 2, "l": [1, "{'x': 3}"]}
+    assert framework_params(cfg) == {"a": {"b": 2, "c": 2}, "l": [1, {"x": 3}]}
 
 
 def test_split_logs():

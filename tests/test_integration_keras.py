@@ -55,10 +55,12 @@ def test_epoch_values_equal_history(base):
     # 48 training rows / 16 = 3 batches an epoch, numbered across epochs
     assert list(run.metrics["batch/loss"].steps) == list(range(9))
     assert run.metrics["batch/loss"].values[2] == pytest.approx(history.history["loss"][0])
-    p = run.params
-    assert p["model/name"] == "tiny" and p["model/count_params"] == model.count_params() == 49
-    assert p["optimizer/name"] == "adam" and p["optimizer/learning_rate"] == pytest.approx(0.01)
-    assert p["fit/epochs"] == 3 and p["fit/steps"] == 3
+    p = run.params                                     # stored nested
+    assert p["model"] == {"name": "tiny", "count_params": model.count_params()} == {
+        "name": "tiny", "count_params": 49}
+    assert p["optimizer"]["name"] == "adam"
+    assert p["optimizer"]["learning_rate"] == pytest.approx(0.01)
+    assert p["fit"] == {"epochs": 3, "steps": 3}
 
 
 def test_run_passed_in_stays_open_and_batches_every_n(make_run):

@@ -119,11 +119,10 @@ def test_fit_values_equal_csvlogger(fitted):
     assert not any(p[0] == "epoch" and p[2] not in (0.0, 1.0) for p in points)
 
 
-def test_hyperparams_flattened_like_lightning(fitted):
+def test_hyperparams_stored_nested_as_saved(fitted):
     run = fitted[3]
     assert run.params == {"lr": 0.05, "fail_at_step": -1, "interrupt_at_step": -1,
-                          "optim/name": "sgd",
-                          "optim/nesterov": False, "optim/betas": [0.9, 0.99]}
+                          "optim": {"name": "sgd", "nesterov": False, "betas": [0.9, 0.99]}}
 
 
 def test_checkpoints_in_run_folder_and_artifacts(fitted):
@@ -225,9 +224,9 @@ def test_log_hyperparams_namespace_dataclass_omegaconf(base):
     logger.log_hyperparams(Namespace(cfg=cfg, data=Data(), act=torch.nn.ReLU, seed=3,
                                      stages=[{"lr": 0.1}, {"lr": 0.01}]))
     logger.finalize("success")
-    assert expman.open_run(logger.log_dir).params == {
-        "cfg/model/width": 8, "cfg/model/depth": 8, "data/root": "/data", "data/sizes": [1, 2],
-        "act": "ReLU", "seed": 3, "stages/0/lr": 0.1, "stages/1/lr": 0.01}
+    assert expman.open_run(logger.log_dir).params == {      # stored nested, as given
+        "cfg": {"model": {"width": 8, "depth": 8}}, "data": {"root": "/data", "sizes": [1, 2]},
+        "act": "ReLU", "seed": 3, "stages": [{"lr": 0.1}, {"lr": 0.01}]}
 
 
 def test_pickles_until_the_run_is_opened(base):

@@ -19,6 +19,7 @@ import torch  # noqa: E402
 
 import expman  # noqa: E402
 from expman.integrations.transformers import ExpmanCallback  # noqa: E402
+from expman.readmodel import flatten_params
 
 
 class TinyDataset(torch.utils.data.Dataset):
@@ -84,12 +85,15 @@ def test_values_equal_log_history(trained):
 
 def test_training_arguments_and_model_config_are_params(trained):
     trainer, _, run = trained
-    p = run.params
-    assert p["args/learning_rate"] == 1e-3 and p["args/max_steps"] == 20
-    assert p["args/report_to"] == [] and p["args/output_dir"] == trainer.args.output_dir
-    assert p["model/hidden_size"] == 32 and p["model/num_hidden_layers"] == 2
-    assert p["model/num_parameters"] == trainer.model.num_parameters()
-    assert p["model/id2label/0"] == "LABEL_0"
+    p = run.params                                     # stored nested, as given
+    assert p["args"]["learning_rate"] == 1e-3 and p["args"]["max_steps"] == 20
+    assert p["args"]["report_to"] == [] and p["args"]["output_dir"] == trainer.args.output_dir
+    assert p["model"]["hidden_size"] == 32 and p["model"]["num_hidden_layers"] == 2
+    assert p["model"]["num_parameters"] == trainer.model.num_parameters()
+    assert p["model"]["id2label"] == {"0": "LABEL_0", "1": "LABEL_1"}     # int keys as text
+    flat = flatten_params(p)                           # the names listings and the lake use
+    assert flat["args.learning_rate"] == 1e-3 and flat["model.id2label.0"] == "LABEL_0"
+    assert flat["args.report_to"] == "[]"
 
 
 def test_checkpoints_stored_as_artifacts(trained):
@@ -144,4 +148,4 @@ def test_run_name_from_training_arguments_and_reopen(base):
     run = expman.open_run(base / "hf" / "sweep-3")
     assert run.status == "FINISHED" and len(run.meta["resumed"]) == 1
     assert list(run.metrics["loss"].values) == [0.0, 1.0]
-    assert run.params == {"args/seed": 1}
+    assert run.params == {"args": {"seed": 1}}

@@ -215,3 +215,101 @@ def test_every_rank_of_a_multi_rank_run_is_in_the_lake(tmp_path, monkeypatch):
                       "where metric = 'loss' order by rank, step").fetchall()
     assert rows == [(r, s, s + r / 10) for r in (0, 1) for s in range(5)]
     assert export_lake(base, out)["new_points"] == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"),
+                    reason="POSIX: FIFOs and /dev/zero")
+def test_links_fifos_and_devices_in_a_run_never_reach_the_lake(tmp_path):
+    """Issue 20.4: a metrics.bin linked to another user's metrics, linked to /dev/zero,
+    or replaced by a FIFO is that run's damage, named in the result; the export never
+    follows the link, reads without end or waits, and the other runs are exported."""
+    from conftest import run_python
+    base, out = tmp_path / "experiments", tmp_path / "lake"
+    make_sweep(base, 0, 4)
+    other = tmp_path / "other_user"           # someone else's run, outside the base dir
+    with expman.Experiment("private", "r", base_dir=other, capture_env=False,
+                           system_metrics=False) as exp:
+        exp.log_metrics({"secret": 42.0}, step=0)
+    planted = {"r0001": other / "private" / "r" / "metrics.bin", "r0002": Path("/dev/zero")}
+    for run, target in planted.items():
+        link = base / "sweep" / run / "metrics.bin"
+        link.unlink()
+        link.symlink_to(target)
+    fifo = base / "sweep" / "r0003" / "metrics.bin"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    # in a child: /dev/zero read whole would take the machine's memory (capped here, so it
+    # fails as a MemoryError), a FIFO opened for reading waits for a writer (the timeout
+    # only turns that hang into a failure)
+    proc = run_python(f"""
+        import json, resource
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        from expman.lake import export_lake
+        print(json.dumps(export_lake({str(base)!r}, {str(out)!r}), default=str))
+    """, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert sorted(result["damaged"]) == ["sweep/r0001", "sweep/r0002", "sweep/r0003"]
+    for why in result["damaged"].values():
+        assert why.startswith("metrics.bin: ") and "not a regular file" in why, why
+    assert result["runs"] == 4 and result["new_points"] == 2 * STEPS - 1   # r0000's points
+    got = duckdb.sql(f"select distinct run, metric from {metrics_sql(out)} order by all")
+    assert got.fetchall() == [("r0000", "acc"), ("r0000", "loss")]
+    assert fifo.exists() and not (fifo.stat().st_size)        # nothing was written into it
+
+
+def test_one_failing_run_never_fails_the_export(tmp_path, monkeypatch):
+    """Per-run isolation: a MemoryError decoding one run, a RecursionError building
+    another's row and a crafted cursor in the manifest each make that run DAMAGED
+    with the reason; every other run is exported."""
+    from expman import table
+    from expman.tail import RunTail
+    base, out = tmp_path / "experiments", tmp_path / "lake"
+    make_sweep(base, 0, 5)
+    first = export_lake(base, out)
+    assert first["runs"] == 5 and not first["damaged"]
+    manifest = json.loads((out / lake.MANIFEST_FILE).read_text())
+    manifest["runs"]["sweep/r0004"]["streams"]["metrics.bin"]["cursor"]["metrics"] = -1
+    (out / lake.MANIFEST_FILE).write_text(json.dumps(manifest))
+    make_sweep(base, 5, 8)
+    poll, row = RunTail.poll_metrics, table.run_row
+
+    def poll_or_fail(self):
+        if self.path.name == "r0005":
+            raise MemoryError("a crafted stream")
+        return poll(self)
+
+    def row_or_fail(info, *args):
+        if info["run_name"] == "r0006":
+            raise RecursionError("maximum recursion depth exceeded")
+        return row(info, *args)
+    monkeypatch.setattr(RunTail, "poll_metrics", poll_or_fail)
+    monkeypatch.setattr(table, "run_row", row_or_fail)
+    result = export_lake(base, out)
+    assert sorted(result["damaged"]) == ["sweep/r0004", "sweep/r0005", "sweep/r0006"]
+    assert "MemoryError: a crafted stream" in result["damaged"]["sweep/r0005"]
+    assert "RecursionError" in result["damaged"]["sweep/r0006"]
+    assert "not a RunTail.cursor" in result["damaged"]["sweep/r0004"]
+    assert result["new_points"] == 2 * STEPS - 1                  # r0007, the only good new run
+    got = duckdb.sql(f"select distinct run from {metrics_sql(out)} order by run").fetchall()
+    assert got == [(f"r{i:04d}",) for i in (0, 1, 2, 3, 4, 7)]
+    monkeypatch.undo()                  # fixed: the next export picks the failed runs up
+    again = export_lake(base, out)
+    assert sorted(again["damaged"]) == ["sweep/r0004"]           # its cursor is still crafted
+    assert again["new_points"] == 2 * (2 * STEPS - 1)
+
+
+def test_cli_names_a_damaged_run_and_exports_the_rest(tmp_path, capsys):
+    from expman.cli import lake as lake_cmd
+    base = tmp_path / "experiments"
+    make_sweep(base, 0, 2)
+    link = base / "sweep" / "r0001" / "metrics.bin"
+    link.unlink()
+    link.symlink_to(base / "sweep" / "r0000" / "metrics.bin")
+    parser = argparse.ArgumentParser(prog="expman")
+    lake_cmd.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["export-lake", str(base), "-o", str(tmp_path / "lake")])
+    assert args.func(args) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"2 runs, {2 * STEPS - 1} new points")
+    assert captured.err.startswith("warning: sweep/r0001: DAMAGED: metrics.bin: ")

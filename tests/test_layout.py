@@ -3,8 +3,8 @@
 1. only ``expman/layout.py`` spells a run-folder file name, a status or the
    heartbeat (C keeps its own copies in exlog.h/.c; they must agree);
 2. importing the read side never imports the write side;
-3. the CLI imports no ``_core`` and no private name of another module, and
-   library modules never print or exit;
+3. the CLI and every other surface import no ``_core`` and no private name of
+   another module, nor call a private method, and library modules never print or exit;
 4. the library functions the surfaces call are public, documented and typed.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import sys
 import typing
 from pathlib import Path
 
@@ -156,6 +157,95 @@ def test_rule3_the_cli_only_calls_public_library_functions():
             offenders += [f"{path.name}: {module}.{n}" for n in names if n.startswith("_")
                           and n != "__version__"]
     assert not offenders, offenders
+
+
+SURFACES = ["cli", "integrations", "dashboard", "wandb.py", "tensorboard.py", "tbio.py",
+            "lake.py", "sync.py"]
+# the guarded file layer is shared by the library and the surfaces (issue 20: one way to
+# touch run files); the version is a constant
+SHARED_PRIVATE_MODULES = {"expman._version", "expman._fsutil"}
+# known offenders owned elsewhere, each with the change that removes it
+PENDING = {
+    "dashboard/decimate.py: imports expman._core":
+        "min/max decimation moves behind a public read-side function (issue 19.1/19.5)",
+}
+
+
+def _surface_files(surface: str) -> list[Path]:
+    path = PKG / surface
+    return sorted(path.rglob("*.py")) if path.is_dir() else [path]
+
+
+def _defined_names(trees: list[ast.AST]) -> set[str]:
+    """Every name a surface defines itself (functions, classes, assigned attributes,
+    variables, arguments): its own private names are its business."""
+    names: set[str] = set()
+    for tree in trees:
+        for n in ast.walk(tree):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(n.name)
+            elif isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store):
+                names.add(n.attr)
+            elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                names.add(n.id)
+            elif isinstance(n, ast.arg):
+                names.add(n.arg)
+    return names
+
+
+def _private_uses(surface: str) -> list[str]:
+    files = _surface_files(surface)
+    trees = {path: ast.parse(path.read_text(encoding="utf-8")) for path in files}
+    own = _defined_names(list(trees.values()))
+    package = "expman." + surface.removesuffix(".py")
+    found = []
+    for path, tree in trees.items():
+        where = path.relative_to(PKG).as_posix()
+        for node in ast.walk(tree):
+            modules: list[tuple[str, list[str]]] = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules = [(node.module, [a.name for a in node.names])]
+            elif isinstance(node, ast.Import):
+                modules = [(a.name, []) for a in node.names]
+            for module, names in modules:
+                if not module.startswith("expman") or module.startswith(package):
+                    continue                        # a surface's own helpers are its own
+                if module == "expman":
+                    names_private = [n for n in names if n.startswith("_")]
+                    found += [f"{where}: imports expman.{n}" for n in names_private]
+                    continue
+                if any(p.startswith("_") for p in module.split(".")[1:]) \
+                        and module not in SHARED_PRIVATE_MODULES:
+                    found.append(f"{where}: imports {module}")
+                found += [f"{where}: imports {module}.{n}" for n in names
+                          if n.startswith("_") and n != "__version__"]
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                    and not node.attr.endswith("__") and node.attr not in own \
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_rule3_surfaces_call_only_public_library_api():
+    """Issue 19.5: the CLI, the integrations, the dashboard, the drop-ins, the importer,
+    the lake and sync import no ``_core`` or other private module or name, and call no
+    private method of a library object (``exp._log_event``): what they need is public."""
+    offenders = [use for surface in SURFACES for use in _private_uses(surface)]
+    unexpected = [use for use in offenders if use not in PENDING]
+    assert not unexpected, "make these public library calls:\n" + "\n".join(unexpected)
+
+
+def test_rule3_the_surface_check_sees_a_private_call(tmp_path, monkeypatch):
+    """The check above is not vacuous: it names a private method call, a private
+    module and a private name imported from a library module."""
+    surface = tmp_path / "surface.py"
+    surface.write_text("from expman import _core\nfrom expman.reader import _LAST_CACHE\n"
+                       "import expman._fsutil\n"
+                       "def f(exp):\n    exp._log_event({})\n    self._mine = exp._mine\n")
+    monkeypatch.setattr(sys.modules[__name__], "PKG", tmp_path)
+    assert _private_uses("surface.py") == [
+        "surface.py: imports expman._core", "surface.py: imports expman.reader._LAST_CACHE",
+        "surface.py:5: exp._log_event"]
 
 
 def test_rule3_library_functions_never_print_or_exit():

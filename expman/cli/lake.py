@@ -28,6 +28,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from expman.lake import export_lake
+    from expman.layout import DAMAGED
     refuse_url(args.output, "the lake (-o)")
     result = export_lake(base_arg(args, args.base), args.output)
     if args.json:
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(f"{result['runs']} runs, {result['new_points']} new points, "
                          f"{len(result['parts'])} new parts in {result['seconds']:.2f} s -> "
                          f"{args.output}\n")
-    for rid, why in {**result["damaged"], **result["skipped"]}.items():
-        note(f"warning: {rid}: {why}")
+    for label, runs in ((DAMAGED, result["damaged"]), ("skipped", result["skipped"])):
+        for rid, why in runs.items():
+            note(f"warning: {rid}: {label}: {why}")
     return 0

@@ -16,9 +16,9 @@ import keras
 
 from expman.experiment import Experiment
 from expman.integrations._metrics import split_logs
-from expman.integrations._params import flatten_params
 from expman.integrations._run import RunHandle
 from expman.layout import FINISHED
+from expman.params import framework_params
 
 __all__ = ["ExpmanCallback"]
 
@@ -35,8 +35,9 @@ class ExpmanCallback(keras.callbacks.Callback):  # type: ignore[misc]
         **experiment_options: passed to ``Experiment``.
 
     Epoch metrics use Keras's names at step = epoch index (0-based), the index of
-    ``History.history[name]``. Params: the optimizer's config as ``optimizer/...``,
-    ``model/count_params``, ``model/name``, and ``fit/epochs``, ``fit/steps``.
+    ``History.history[name]``. Params, nested: the optimizer's config under
+    ``optimizer``, ``model`` (``name``, ``count_params``) and ``fit`` (``epochs``,
+    ``steps``); listings and the lake show them as ``optimizer.learning_rate``...
     """
 
     def __init__(self, name: str = "keras", run_name: str | None = None,
@@ -77,7 +78,7 @@ class ExpmanCallback(keras.callbacks.Callback):  # type: ignore[misc]
         fit = {k: v for k, v in (self.params or {}).items() if k in ("epochs", "steps")}
         if fit:
             params["fit"] = fit
-        exp.log_params(flatten_params(params))
+        exp.log_params(framework_params(params))
 
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._batches += 1

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from expman.experiment import Experiment
-from expman.integrations._params import flatten_params
 from expman.integrations._run import RunHandle, save_checkpoint
 from expman.layout import FAILED, FINISHED
+from expman.params import framework_params
 
 __all__ = ["ExpmanLogger"]
 
@@ -120,13 +120,14 @@ class ExpmanLogger(_Logger):  # type: ignore[misc, valid-type]
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any] | Namespace | Any,
                         *args: Any, **kwargs: Any) -> None:
-        """Store params flattened with ``/`` (``{"optim": {"lr": 1}}`` -> ``optim/lr``).
+        """Store params as given, nested stays nested (``expman.params.framework_params``).
 
-        Accepts dicts, ``Namespace``, dataclasses and OmegaConf configs, nested.
+        Accepts dicts, ``Namespace``, dataclasses and OmegaConf configs, nested;
+        listings and the lake show ``{"optim": {"lr": 1}}`` as ``optim.lr``.
         """
-        flat = flatten_params(params)
-        if flat:
-            self.experiment.log_params(flat)
+        converted = framework_params(params)
+        if converted:
+            self.experiment.log_params(converted)
 
     def save(self) -> None:
         """Nothing to do: expman's writer thread flushes on its own interval.

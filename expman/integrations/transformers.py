@@ -17,9 +17,9 @@ from transformers import TrainerCallback
 
 from expman.experiment import Experiment
 from expman.integrations._metrics import split_logs
-from expman.integrations._params import flatten_params
 from expman.integrations._run import RunHandle, save_checkpoint
 from expman.layout import FINISHED
+from expman.params import framework_params
 
 __all__ = ["ExpmanCallback"]
 
@@ -67,7 +67,8 @@ class ExpmanCallback(TrainerCallback):  # type: ignore[misc]
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
                        **kwargs: Any) -> None:
-        """Store ``TrainingArguments`` as ``args/...`` and the model config as ``model/...``."""
+        """Store ``TrainingArguments`` under ``args`` and the model config under ``model``
+        (nested: ``args.learning_rate`` in listings and the lake)."""
         if not state.is_world_process_zero:
             return
         exp = self._run(args)
@@ -77,7 +78,7 @@ class ExpmanCallback(TrainerCallback):  # type: ignore[misc]
             params["model"] = config.to_dict()
         if model is not None and hasattr(model, "num_parameters"):
             params.setdefault("model", {})["num_parameters"] = model.num_parameters()
-        exp.log_params(flatten_params(params))
+        exp.log_params(framework_params(params))
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None,
                **kwargs: Any) -> None:
