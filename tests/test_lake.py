@@ -312,4 +312,4 @@ def test_cli_names_a_damaged_run_and_exports_the_rest(tmp_path, capsys):
     assert args.func(args) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith(f"2 runs, {2 * STEPS - 1} new points")
-    assert captured.err.startswith("warning: sweep/r0001: DAMAGED: metrics.bin: ")
+    assert captured.err.startswith("expman: warning: sweep/r0001: DAMAGED: metrics.bin: ")
