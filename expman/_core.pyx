@@ -562,7 +562,7 @@ cdef class Core:
 
     def _summary(self):
         """What the writer has put on disk, per metric: ``(metrics_bytes, {name:
-        (count, nans, first_step, last_step, last_time_us, last, min, max)})``,
+        (count, nans, first_step, last_step, last_time_us, first, last, min, max)})``,
         or None when the writer could not keep a summary. Off the hot path: one
         copy under a lock the producer never takes."""
         cdef int64_t n
@@ -592,7 +592,7 @@ cdef class Core:
                     e = &out[i]
                     if e.count and i in names:
                         result[names[i]] = (e.count, e.nans, e.first_step, e.last_step,
-                                            e.last_t_us, e.last, e.min, e.max)
+                                            e.last_t_us, e.first, e.last, e.min, e.max)
                 return nbytes, result
             finally:
                 free(out)

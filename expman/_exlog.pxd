@@ -19,7 +19,7 @@ cdef extern from "src/exlog.h" nogil:
     ctypedef struct exlog_keysum:
         uint64_t count, nans
         int64_t first_step, last_step, last_t_us
-        double last, min, max
+        double first, last, min, max
     ctypedef struct exlog:
         uint64_t cap
         uint64_t head

@@ -635,7 +635,9 @@ class Experiment(_core.Core):
             metrics = summary.merge(self._summary_base, summary.from_writer(raw))
             try:
                 atomic_write_json(self._run_dir / layout.rank_file(SUMMARY_FILE, self._rank),
-                                  summary.to_json(nbytes, metrics))
+                                  summary.to_json(nbytes, metrics,
+                                                  self._run_dir / layout.rank_file(
+                                                      layout.METRICS_FILE, self._rank)))
             except OSError:
                 return False
             self._summary_bytes = nbytes

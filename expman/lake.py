@@ -15,7 +15,7 @@ Why incremental: a sweep keeps running while it is analysed. The manifest keeps,
 per run stream, the byte offset after the last exported frame and the stream's
 key table, so the next export decodes only the frames appended since (the
 ``RunTail`` way) and writes them as one new part per experiment. The per-metric
-summaries (count, last, min, max) are kept in the manifest too, so the runs
+summaries (the read model's MetricSummary) are kept in the manifest too, so the runs
 table is rebuilt from it without decoding old data; it is small and rewritten
 whole (atomically) each time, because statuses change without new data (a dead
 run turns CRASHED).
@@ -43,6 +43,9 @@ from urllib.parse import quote
 from expman import _core, layout
 from expman._fsutil import atomic_write_json, read_json
 from expman.errors import ExpmanValueError
+from expman.readmodel import (
+    merge_summaries, summarize_points, summary_from_json, summary_to_json,
+)
 
 __all__ = ["export_lake", "MANIFEST_FILE", "RUNS_DIR", "METRICS_DIR"]
 
@@ -50,7 +53,7 @@ MANIFEST_FILE = "_expman_lake.json"
 RUNS_DIR = "runs"
 METRICS_DIR = "metrics"
 RUNS_TABLE = "runs.parquet"
-LAKE_VERSION = 1
+LAKE_VERSION = 2     # 2: per-metric summaries as expman.readmodel writes them
 
 
 def _pa() -> Any:
@@ -98,34 +101,6 @@ def _read_tail(path: Path, offset: int) -> tuple[bytes, int, int] | None:
             return bytes(_core.HEADER_SIZE) + f.read(), _core.HEADER_SIZE, size
     except FileNotFoundError:
         return None
-
-
-def _merge_summary(old: dict[str, Any] | None, steps: "array[int]",
-                   values: "array[float]") -> dict[str, Any]:
-    """Fold new points into a metric's count/nan/min/max/last (JSON-safe spelling)."""
-    s: dict[str, Any] = dict(old) if old else {"count": 0, "nan": 0, "min": None, "max": None,
-                                "last": None, "last_step": None}
-    finite = [v for v in values if v == v]
-    s["count"] += len(values)
-    s["nan"] += len(values) - len(finite)
-    if finite:
-        lo, hi = min(finite), max(finite)
-        old_lo, old_hi = _num(s["min"]), _num(s["max"])
-        s["min"] = layout.json_float(lo if old_lo is None else min(lo, old_lo))
-        s["max"] = layout.json_float(hi if old_hi is None else max(hi, old_hi))
-    if len(values):
-        s["last"] = layout.json_float(values[-1])
-        s["last_step"] = int(steps[-1])
-    return s
-
-
-_SPELLED = {layout.NAN: float("nan"), layout.POS_INF: float("inf"), layout.NEG_INF: float("-inf")}
-
-
-def _num(v: Any) -> float | None:
-    if v is None:
-        return None
-    return _SPELLED[v] if isinstance(v, str) else float(v)
 
 
 def _load_manifest(out: Path) -> dict[str, Any]:
@@ -205,20 +180,21 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
                     continue
                 new_points += n
                 if rank == 0:
-                    entry["summary"][metric] = _merge_summary(
-                        entry["summary"].get(metric), steps, values)
+                    old = entry["summary"].get(metric)
+                    new = summarize_points(steps, times, values)
+                    entry["summary"][metric] = summary_to_json(
+                        new if old is None else merge_summaries(summary_from_json(old), new))
                 acc = chunks.get(exp)
                 if acc is None:
                     acc = chunks[exp] = _Columns()
                 acc.add(name, rank, metric, steps, times, values)
-        summaries = {m: {k: (_num(v) if k in ("min", "max", "last") else v) for k, v in s.items()}
-                     for m, s in entry["summary"].items()}
+        summaries = {m: summary_from_json(s) for m, s in entry["summary"].items()}
         info = {"id": rid, "experiment": exp, "run_name": name,
                 "status": layout.effective_status(meta, run_dir),
                 "start_time": meta.get("start_time"), "end_time": meta.get("end_time"),
                 "duration": meta.get("duration"), "exit": meta.get("exit"), "path": run_dir}
         rows.setdefault(exp, []).append(
-            run_row(info, params, summaries, sum(s["count"] for s in entry["summary"].values())))
+            run_row(info, params, summaries))
 
     parts = []
     for exp, acc in chunks.items():

@@ -32,9 +32,6 @@ __all__ = ["open_run", "list_runs", "run_duration", "Run", "Series", "Metrics", 
            "RunListCache",
            "RunTail", "TailBatch", "effective_status", "STATUSES", "read_metrics"]
 
-REDUCE_HOW = DUPLICATES      # the old name, kept for imports that used it
-
-
 def run_duration(meta: dict[str, Any], status: str, path: Path) -> float | None:
     """Seconds the run lasted: recorded at close; while running, the time so far;
     for a crash, until its last sign of life. The one place this is computed."""
@@ -267,9 +264,11 @@ class RunSummary:
                 "group": self.group, "notes": self.notes, "path": str(self.path)}
 
 
-# (path, metrics.bin size, mtime_ns) -> (last values, points): list_runs in a long-lived
-# process (a dashboard) reads each unchanged run once.
-_LAST_CACHE: dict[tuple[str, int, int], tuple[dict[str, float], int]] = {}
+# (path, metrics.bin inode, size, mtime_ns, ctime_ns) -> (last values, points):
+# list_runs in a long-lived process (a dashboard) decodes each unchanged run once.
+# A file replaced (new inode) or rewritten in place, even with its mtime set
+# back (ctime moves), is read again.
+_LAST_CACHE: dict[tuple[Any, ...], tuple[dict[str, float], int]] = {}
 _LAST_CACHE_MAX = 100_000
 
 
@@ -285,7 +284,7 @@ def _last_values(run_dir: Path | str) -> tuple[dict[str, float], int]:
 
 def _last_values_at(run: str, st: os.stat_result) -> tuple[dict[str, float], int]:
     """_last_values of the run folder ``run`` whose metrics.bin stat is ``st``."""
-    key = (os.path.join(run, METRICS_FILE), st.st_size, st.st_mtime_ns)
+    key = (os.path.join(run, METRICS_FILE), *_key(st))
     hit = _LAST_CACHE.get(key)
     if hit is not None:
         return hit
@@ -297,8 +296,8 @@ def _last_values_at(run: str, st: os.stat_result) -> tuple[dict[str, float], int
         except (OSError, ExpmanError, ValueError):
             doc = {"metrics": {}}
     figures = doc["metrics"]
-    result = ({k: m["last_value"] for k, m in figures.items() if m.get("count")},
-              sum(int(m.get("count") or 0) for m in figures.values()))
+    result = ({k: m.last_value for k, m in figures.items() if m.count},
+              sum(m.count for m in figures.values()))
     if len(_LAST_CACHE) >= _LAST_CACHE_MAX:
         _LAST_CACHE.clear()
     _LAST_CACHE[key] = result

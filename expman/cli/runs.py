@@ -39,7 +39,7 @@ def run_info(run: Run, messages: int) -> dict[str, Any]:
         "start_time": run.meta.get("start_time"), "end_time": run.meta.get("end_time"),
         "duration": run.duration, "exit": run.meta.get("exit"),
         "params": run.params, "env": env_summary(run.env),
-        "metrics": {k: s.summary() for k, s in run.metrics.items()},
+        "metrics": {k: s.summary().to_dict() for k, s in run.metrics.items()},
         "messages": msgs[-messages:] if messages else [], "message_count": len(msgs),
         "artifacts": [{**a, "present": (run.path / a.get("path", "")).exists()}
                       for a in run.artifacts],
@@ -124,11 +124,11 @@ def print_show(info: dict[str, Any]) -> None:
     out()
     out(f"metrics ({len(metrics)} series, {count(points)} points)")
     if metrics:
-        nan_col = any(m["nan"] for m in metrics.values())
+        nan_col = any(m["nan_count"] for m in metrics.values())
         headers = ["NAME", "COUNT"] + (["NAN"] if nan_col else []) + ["MIN", "MAX", "LAST", "STEP"]
         shown = list(metrics.items())[:MAX_SHOWN_METRICS]
-        rows = [[k, count(m["count"])] + ([count(m["nan"])] if nan_col else [])
-                + [num(m["min"]), num(m["max"]), num(m["last"]), num(m["last_step"])]
+        rows = [[k, count(m["count"])] + ([count(m["nan_count"])] if nan_col else [])
+                + [num(m["min"]), num(m["max"]), num(m["last_value"]), num(m["last_step"])]
                 for k, m in shown]
         out(table(headers, rows, right=range(1, len(headers)), indent="  "))
         if len(metrics) > len(shown):

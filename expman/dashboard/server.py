@@ -247,17 +247,13 @@ async def api_runs(request: Request) -> Response:
 
 
 def _metric_summary(run: CachedRun) -> dict[str, Any]:
-    import numpy as np
-    out = {}
+    """The read model's figures of every metric (expman.readmodel.MetricSummary)."""
+    from expman.readmodel import summarize_points
     with run.lock:
-        cols = {k: (c.n, c.steps[:c.n], c.values[:c.n]) for k, c in run.columns.items()}
-    for name, (n, steps, values) in cols.items():
-        finite = values[np.isfinite(values)]
-        out[name] = {"count": n, "last": layout.json_float(float(values[-1])) if n else None,
-                     "last_step": int(steps[-1]) if n else None,
-                     "min": float(finite.min()) if len(finite) else None,
-                     "max": float(finite.max()) if len(finite) else None}
-    return out
+        cols = {k: (c.steps[:c.n], c.times[:c.n], c.values[:c.n])
+                for k, c in run.columns.items()}
+    return {name: layout.jsonable(summarize_points(*col).to_dict())
+            for name, col in cols.items()}
 
 
 def _integrity(run: CachedRun) -> dict[str, Any]:

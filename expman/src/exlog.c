@@ -274,7 +274,9 @@ static void record_error(exlog *w, int err) {
 }
 
 /* ---- run summary ---------------------------------------------------------- */
-/* The writer sees every row: it keeps per key id what a full decode would find,
+/* The writer sees every row: it keeps per key id what a full decode would find
+ * (by expman.readmodel's rule: min/max over every non-NaN value, infinities
+ * included; ties keep the first value seen),
  * so listing never has to decode (docs/format.md, summary.json). Rows are staged
  * per frame and merged only when their frame reached the file, so a failed write
  * (disk full) leaves the summary equal to what the file holds. */
@@ -313,6 +315,7 @@ static void sum_stage(exlog *w, uint32_t id, int64_t step, int64_t t_us, double 
     if (!e->count) {
         w->ftouched[w->ntouched++] = id;
         e->first_step = step;
+        e->first = v;
     }
     e->count += 1;
     if (v != v) {
@@ -346,7 +349,7 @@ static void sum_settle(exlog *w, int ok) {
                     if (s->max > m->max) m->max = s->max;
                 }
             }
-            if (!m->count) m->first_step = s->first_step;
+            if (!m->count) { m->first_step = s->first_step; m->first = s->first; }
             m->count += s->count;
             m->nans += s->nans;
             m->last_step = s->last_step;

@@ -77,7 +77,8 @@ typedef struct {
 typedef struct {
     uint64_t count, nans;
     int64_t first_step, last_step, last_t_us;
-    double last, min, max;      /* min/max over non-NaN values; valid if count > nans */
+    double first, last;         /* the values logged first and last */
+    double min, max;            /* over non-NaN values, +-inf included; valid if count > nans */
 } exlog_keysum;
 
 typedef struct exlog {

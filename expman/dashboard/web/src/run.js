@@ -120,7 +120,7 @@ export async function showRun(root, id) {
 
   const metricRows = Object.entries(run.metrics).map(([name, m]) => el("tr", {},
     el("td", { text: name }), el("td", { class: "num", text: String(m.count) }),
-    el("td", { class: "num", text: fmtNum(m.last) }), el("td", { class: "num", text: display(m.last_step) }),
+    el("td", { class: "num", text: fmtNum(m.last_value) }), el("td", { class: "num", text: display(m.last_step) }),
     el("td", { class: "num", text: fmtNum(m.min) }), el("td", { class: "num", text: fmtNum(m.max) })));
   const metrics = el("table", { class: "grid" }, el("thead", {}, el("tr", {},
     ["metric", "points", "last", "last step", "min", "max"].map((h) => el("th", { text: h })))), el("tbody", {}, metricRows));
@@ -206,7 +206,7 @@ export async function showCompare(root, ids) {
   const head = el("tr", {}, el("th", { text: "param" }), ok.map(([id]) =>
     el("th", {}, el("a", { href: `#/run/${id.split("/").map(encodeURIComponent).join("/")}`, text: id }))));
   const lastRows = [...new Set(ok.flatMap(([, r]) => Object.keys(r.metrics)))].sort().map((m) =>
-    el("tr", {}, el("th", { text: m }), ok.map(([, r]) => el("td", { class: "num", text: fmtNum(r.metrics[m]?.last) }))));
+    el("tr", {}, el("th", { text: m }), ok.map(([, r]) => el("td", { class: "num", text: fmtNum(r.metrics[m]?.last_value) }))));
   clear(root).append(el("h1", { text: `Compare ${ok.length} runs` }),
     el("label", {}, onlyDiff, " only differing params"),
     el("table", { class: "grid compare", id: "compare" }, el("thead", {}, head), body),
