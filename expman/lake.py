@@ -43,6 +43,7 @@ from urllib.parse import quote
 from expman import _core, layout
 from expman._fsutil import atomic_write_json, read_json
 from expman.errors import ExpmanValueError
+from expman.liveness import effective_status
 from expman.readmodel import (
     merge_summaries, summarize_points, summary_from_json, summary_to_json,
 )
@@ -73,7 +74,7 @@ def partition(experiment: str) -> str:
 def rank_streams(run_dir: Path) -> list[tuple[int, Path]]:
     """The metric streams of a run and their rank: rank 0's metrics.bin, and for a
     multi-rank run every logging rank's metrics.rank<r>.bin that exists."""
-    from expman.ranks import logging_ranks
+    from expman.liveness import logging_ranks
     try:
         meta = read_json(run_dir / layout.RUN_FILE)
     except (OSError, ValueError):
@@ -190,7 +191,7 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
                 acc.add(name, rank, metric, steps, times, values)
         summaries = {m: summary_from_json(s) for m, s in entry["summary"].items()}
         info = {"id": rid, "experiment": exp, "run_name": name,
-                "status": layout.effective_status(meta, run_dir),
+                "status": effective_status(meta, run_dir),
                 "start_time": meta.get("start_time"), "end_time": meta.get("end_time"),
                 "duration": meta.get("duration"), "exit": meta.get("exit"), "path": run_dir}
         rows.setdefault(exp, []).append(

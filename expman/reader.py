@@ -22,14 +22,18 @@ from typing import Any
 from expman._fsutil import MAX_JSON_BYTES, parse_json_object, read_regular_stat
 from expman.errors import CorruptRunError, ExpmanError, ExpmanValueError
 from expman.layout import (
-    CRASHED, DAMAGED, FINAL_STATUSES, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING, STATUSES,
-    base_dir, effective_status, heartbeat, resolve_run, scan_run_dirs,
+    CRASHED, DAMAGED, EVENTS_FILE, FINAL_STATUSES, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING,
+    STATUSES, base_dir, rank_file, resolve_run, scan_run_dirs,
 )
-from expman.series import DUPLICATES, Metrics, Series, check_duplicates, column, concat
+from expman.liveness import (
+    RunStatus, effective_status, heartbeat, logging_ranks, run_status, stream_status,
+    world_size, world_size_error,
+)
+from expman.series import Metrics, Series, check_duplicates, column, concat
 from expman.tail import RunTail, TailBatch, read_metrics, warn_damage
 
 __all__ = ["open_run", "list_runs", "run_duration", "Run", "Series", "Metrics", "RunSummary",
-           "RunListCache",
+           "RunListCache", "RunStatus", "rank_losses",
            "RunTail", "TailBatch", "effective_status", "STATUSES", "read_metrics"]
 
 def run_duration(meta: dict[str, Any], status: str, path: Path) -> float | None:
@@ -69,7 +73,10 @@ def _params(path: str) -> tuple[dict[str, Any], tuple[int, ...] | None]:
 @dataclass
 class Run:
     """A run folder as read by ``open_run``. ``status`` includes CRASHED for dead
-    RUNNING runs. ``refresh()`` reads what the run appended since."""
+    RUNNING runs: the whole run's status when no rank was asked for, else the
+    asked rank's own (``open_run(path, rank=0)``: rank 0's, even when rank 1
+    crashed); ``run_status`` is always the whole run's, with the rank and reason
+    that decided it. ``refresh()`` reads what the run appended since."""
 
     path: Path
     meta: dict[str, Any]
@@ -80,6 +87,7 @@ class Run:
     _tail: RunTail | None = field(default=None, repr=False, compare=False)
     _duplicates: str | None = field(default=None, repr=False, compare=False)
     _raw: Metrics = field(default_factory=lambda: Metrics({}), repr=False, compare=False)
+    rank: int | None = None
 
     def __repr__(self) -> str:
         return (f"<Run {self.id} {self.status} {len(self.metrics)} metrics "
@@ -96,7 +104,21 @@ class Run:
 
     @property
     def status(self) -> str:
-        return effective_status(self.meta, self.path)
+        if self.rank is None:
+            return effective_status(self.meta, self.path)
+        return stream_status(self.meta, self.path, self.rank)
+
+    @property
+    def run_status(self) -> RunStatus:
+        """The whole run's status over its ranks, and which rank decided it and why."""
+        if not self.rank:
+            return run_status(self.meta, self.path)
+        from expman._fsutil import read_json_object
+        try:
+            meta = read_json_object(self.path / RUN_FILE)
+        except (OSError, ValueError):
+            meta = {k: v for k, v in self.meta.items() if k != "rank"}
+        return run_status(meta, self.path)
 
     @property
     def duration(self) -> float | None:
@@ -169,18 +191,49 @@ class Run:
             self.params = read_params(self.path)
         except (OSError, ValueError):
             pass
-        self.integrity = _integrity(self._tail, self.meta)
+        self.integrity = _integrity(self._tail.integrity, self._tail.bad_event_lines,
+                                    self.meta, self.path)
         return batch.metrics.points + len(batch.events)
 
 
-def _integrity(tail: RunTail, meta: dict[str, Any]) -> dict[str, Any]:
+def _integrity(report: dict[str, Any], bad_lines: int, meta: dict[str, Any], path: Path,
+               rank: int = 0) -> dict[str, Any]:
     """The decoder's report plus what the writer recorded losing (rows it could
-    not write on a full disk, events dropped): loss is never hidden."""
-    ig = dict(tail.integrity)
-    ig["bad_event_lines"] = tail.bad_event_lines
+    not write on a full disk, events dropped), this rank's and every other
+    rank's (``rank_data_loss``): loss is never hidden."""
+    ig = dict(report)
+    ig["bad_event_lines"] = bad_lines
     loss = meta.get("data_loss")
     ig["data_loss"] = loss if isinstance(loss, dict) else None
+    others = {r: v for r, v in rank_losses(meta, path).items() if r != rank}
+    ig["rank_data_loss"] = others or None
+    bad_world = world_size_error(meta)
+    if bad_world:
+        ig["meta_error"] = bad_world
     return ig
+
+
+def rank_losses(meta: dict[str, Any], path: Path) -> dict[int, dict[str, Any]]:
+    """The loss each rank's writer recorded (run.json for rank 0, run.rank<r>.json
+    for rank r), by rank; ``meta`` is run.json. Empty when no rank lost anything."""
+    from expman._fsutil import read_json_object
+    out: dict[int, dict[str, Any]] = {}
+    if not meta.get("rank"):
+        loss = meta.get("data_loss")
+        if isinstance(loss, dict) and loss:
+            out[0] = loss
+    if world_size(meta) <= 1:
+        return out
+    for r in logging_ranks(meta):
+        if not r or not os.path.lexists(path / rank_file(RUN_FILE, r)):
+            continue
+        try:
+            loss = read_json_object(path / rank_file(RUN_FILE, r)).get("data_loss")
+        except (OSError, ValueError):
+            continue
+        if isinstance(loss, dict) and loss:
+            out[r] = loss
+    return out
 
 
 def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
@@ -195,16 +248,17 @@ def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
     ``"last"``, ``"first"`` or ``"mean"`` gives one value per step, sorted by
     step. ``salvage=True`` keeps the frames after damage in the middle.
     A multi-rank run reads as rank 0, with the whole run's status, by default;
-    ``rank=r`` reads rank r's streams and status (expman.ranks).
+    ``rank=r`` reads rank r's streams, with rank r's own status (``Run.status``;
+    ``Run.run_status`` is the whole run's either way).
     """
     check_duplicates(duplicates, allow_none=True)
     path = _local(path)
+    if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 0):
+        raise ExpmanValueError(f"rank must be a non-negative int, got {rank!r}")
     if rank:
-        from expman.ranks import open_rank
         where = Path(os.fspath(path))     # a rank may open before rank 0 wrote run.json
         where = where if where.is_dir() else resolve_run(path, base_dir)
-        return open_rank(where, rank, salvage=salvage,  # type: ignore[no-any-return]
-                         duplicates=duplicates)
+        return _open_rank(where, rank, salvage, duplicates)
     tail = RunTail(resolve_run(path, base_dir), salvage=salvage)
     p = tail.path
     if salvage:         # names of points whose defining frame is gone: the copies in events
@@ -215,7 +269,7 @@ def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
     except (OSError, ValueError) as e:     # damaged params never hide the metrics
         params, params_error = {}, str(e)
     batch = tail.poll()
-    integrity = _integrity(tail, tail.meta)
+    integrity = _integrity(tail.integrity, tail.bad_event_lines, tail.meta, p)
     if params_error:
         integrity["params_error"] = params_error
         warnings.warn(f"expman: {params_error}", RuntimeWarning, stacklevel=2)
@@ -227,7 +281,49 @@ def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
         for name in (tail._keys[k] for k in sorted(tail._keys))}
     raw = Metrics(series)
     view = raw.reduce(duplicates) if duplicates is not None else raw
-    return Run(p, tail.meta, params, batch.events, view, integrity, tail, duplicates, raw)
+    return Run(p, tail.meta, params, batch.events, view, integrity, tail, duplicates, raw, rank)
+
+
+def _open_rank(p: Path, rank: int, salvage: bool, duplicates: str | None) -> Run:
+    """Rank r's view of a run (r > 0): its metrics, events and meta
+    (run.rank<r>.json over run.json), the run's params. It cannot ``refresh()``;
+    open it again instead."""
+    from expman._fsutil import read_json_object, read_regular
+    from expman.layout import parse_event_lines
+
+    def meta_of(name: str) -> dict[str, Any] | None:
+        try:
+            return read_json_object(p / name)
+        except (OSError, ValueError):
+            return None
+    run_meta = meta_of(RUN_FILE) or {}      # rank 0 may not have opened it yet
+    own = meta_of(rank_file(RUN_FILE, rank))
+    if own is None:
+        if not run_meta:
+            raise FileNotFoundError(2, f"not an expman run folder (no {RUN_FILE}, no "
+                                       f"{rank_file(RUN_FILE, rank)}): {p}", str(p))
+        raise ExpmanValueError(
+            f"rank {rank}: no {rank_file(RUN_FILE, rank)} in {p} (the run has "
+            f"{world_size(run_meta)} ranks; logging ranks {logging_ranks(run_meta)})")
+    meta = {**run_meta, **own}
+    if "data_loss" not in own:
+        meta.pop("data_loss", None)          # rank 0's loss is not this rank's
+    try:
+        params = read_params(p)
+    except (OSError, ValueError):
+        params = {}
+    metrics, report = read_metrics(p / rank_file(METRICS_FILE, rank), salvage=salvage)
+    raw = metrics
+    if duplicates is not None:
+        metrics = metrics.reduce(duplicates)
+    try:
+        events, bad, _used = parse_event_lines(read_regular(p / rank_file(EVENTS_FILE, rank)))
+    except FileNotFoundError:
+        events, bad = [], 0
+    integrity = _integrity(report, bad, run_meta, p, rank)
+    loss = own.get("data_loss")
+    integrity["data_loss"] = loss if isinstance(loss, dict) else None
+    return Run(p, meta, params, events, metrics, integrity, None, duplicates, raw, rank)
 
 
 @dataclass(frozen=True)
@@ -345,6 +441,9 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
         return _damaged(path, exp, name, e)
     try:
         meta = parse_json_object(data, rpath)
+        bad_world = world_size_error(meta)
+        if bad_world:
+            raise CorruptRunError(bad_world)
         st = effective_status(meta, path)
         params, pkey = _params(os.path.join(where, PARAMS_FILE))
     except (OSError, ValueError) as e:
@@ -365,6 +464,11 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
         end = heartbeat(path)
     exit_info = meta.get("exit")
     loss = meta.get("data_loss")
+    if world_size(meta) > 1 and not isinstance(loss, dict):
+        losses = rank_losses(meta, path)     # any rank's loss marks the run
+        if losses:
+            r = min(losses)
+            loss = {**losses[r], "rank": r}
     tags = meta.get("tags")
     group, notes = meta.get("group"), meta.get("notes")
     line = RunSummary(str(meta.get("experiment", exp)), str(meta.get("run_name", name)), st,

@@ -8,6 +8,7 @@ even when it agrees today.
 from __future__ import annotations
 
 import math
+import sys
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -91,8 +92,7 @@ def summarize_points(steps: Any, times: Any, values: Any) -> MetricSummary:
     n = len(values)
     if not n:
         return EMPTY_SUMMARY
-    from expman.series import numpy
-    np = numpy()
+    np = sys.modules.get("numpy")       # numpy columns mean numpy is loaded; else lists
     if np is not None and isinstance(values, array):
         values = np.frombuffer(values, dtype=np.float64)
     if np is not None and hasattr(values, "dtype"):

@@ -23,8 +23,9 @@ from expman import _core
 from expman._fsutil import read_json_object, read_regular
 from expman.errors import ExpmanValueError, RunNotFoundError
 from expman.layout import (
-    EVENTS_FILE, METRICS_FILE, RUN_FILE, RUNNING, effective_status, parse_event_lines,
+    EVENTS_FILE, METRICS_FILE, RUN_FILE, RUNNING, parse_event_lines,
 )
+from expman.liveness import effective_status
 from expman.series import Metrics, Series, column
 
 __all__ = ["RunTail", "TailBatch", "read_metrics", "EMPTY_REPORT"]

@@ -19,8 +19,9 @@ from expman._fsutil import open_nofollow, read_json, read_regular, regular_stat,
 from expman.errors import ExpmanError, ExpmanValueError
 from expman.layout import (
     ARTIFACTS_DIR, MAX_MANIFEST_BYTES, EVENTS_FILE, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING, TORN_SUFFIX,
-    effective_status, parse_event_lines, resolve_run,
+    parse_event_lines, resolve_run,
 )
+from expman.liveness import effective_status
 
 __all__ = ["verify_run", "verify_artifacts"]
 

@@ -200,7 +200,7 @@ def test_show_json_stats_and_nonfinite(base, make_run):
     exp.close()
     info = json.loads(ok(cli("show", exp.run_dir, "--json", cwd=base)))
     v = info["metrics"]["v"]
-    assert (v["count"], v["nan"], v["min"], v["max"], v["last"]) == (9, 1, "-Infinity", "Infinity", 2.0)
+    assert (v["count"], v["nan_count"], v["min"], v["max"], v["last_value"]) == (9, 1, "-Infinity", "Infinity", 2.0)
     assert info["status"] == "FINISHED" and info["integrity"]["points"] == 9
     assert info["path"] == str(exp.run_dir.resolve())
 

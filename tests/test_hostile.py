@@ -199,7 +199,7 @@ def test_every_corpus_file_decodes_without_error_in_both_modes(tmp_path):
 
 
 def test_pid_zero_negative_or_huge_is_never_a_live_process():
-    from expman.layout import pid_alive
+    from expman.liveness import pid_alive
     assert not any(pid_alive(p) for p in (0, -1, -(2**31), 2**62))
     assert pid_alive(os.getpid())
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import expman
-from expman import launcher, ranks, runlock
+from expman import launcher, liveness, ranks, runlock
 from expman.cli import ranks as ranks_cli
 from expman.errors import ExpmanTypeError, ExpmanValueError, RunExistsError, RunLockedError
 
@@ -115,9 +115,9 @@ def test_failed_rank_fails_the_run_and_says_which(base, as_rank):
     assert expman.open_run(r0.run_dir).status == "RUNNING"      # rank 0 still writes
     r0.close()
     run = expman.open_run(r0.run_dir)
-    out = ranks.run_outcome(run.meta, run.path)
+    out = liveness.run_status(run.meta, run.path)
     assert run.status == out.status == "FAILED" and out.rank == 1
-    assert "rank 1" in out.why and "ZeroDivisionError" in out.why
+    assert "rank 1" in out.reason and "ZeroDivisionError" in out.reason
     assert [(s.rank, s.status) for s in out.ranks] == [(0, "FINISHED"), (1, "FAILED")]
     assert run.params == {"lr": 0.1} and run.meta["world_size"] == 2
     assert list(run.metrics["loss"].values) == [1.0]
@@ -184,7 +184,7 @@ def test_ranks_option_mutes_the_other_ranks(base, as_rank):
         r0.log_metrics({"loss": 1.0}, step=0)
     run = expman.open_run(r0.run_dir)
     assert run.meta["ranks"] == [0] and run.status == "FINISHED"
-    assert [s.rank for s in ranks.run_outcome(run.meta, run.path).ranks] == [0]
+    assert [s.rank for s in liveness.run_status(run.meta, run.path).ranks] == [0]
     assert not any("rank" in name for name in os.listdir(r0.run_dir))
 
 
@@ -213,7 +213,7 @@ def test_a_sigkilled_rank_keeps_its_data_the_others_complete_and_the_run_says_so
         assert procs[1].wait(30) == -signal.SIGKILL
         run_dir = base / "job" / "slurm-4242.0"
         run = expman.open_run(run_dir)
-        out = ranks.run_outcome(run.meta, run.path)
+        out = liveness.run_status(run.meta, run.path)
         # ranks 0 and 2 still write: the run lives, rank 1 is named dead at once
         assert run.status == "RUNNING" and runlock.is_locked(run_dir)
         assert [(s.rank, s.status) for s in out.ranks] == [
@@ -230,11 +230,16 @@ def test_a_sigkilled_rank_keeps_its_data_the_others_complete_and_the_run_says_so
             for f in (p.stdin, p.stdout, p.stderr):
                 f.close()
     run = expman.open_run(run_dir)
-    out = ranks.run_outcome(run.meta, run.path)
+    out = liveness.run_status(run.meta, run.path)
     assert run.status == out.status == "CRASHED" and out.rank == 1
-    assert "rank 1 (pid" in out.why and "died without closing" in out.why
+    assert "rank 1 (pid" in out.reason and "died without closing" in out.reason
     assert [(s.rank, s.status) for s in out.ranks] == [(0, "FINISHED"), (1, "CRASHED"), (2, "FINISHED")]
     assert not runlock.is_locked(run_dir)
+    # rank 0 asked for explicitly: its own status; the whole run's is run_status
+    zero = expman.open_run(run_dir, rank=0)
+    assert zero.status == "FINISHED" and zero.run_status == out
+    assert expman.open_run(run_dir, rank=1).status == "CRASHED"
+    assert expman.open_run(run_dir, rank=2).run_status.rank == 1
     for rank in (0, 2):
         r = expman.open_run(run_dir, rank=rank)
         assert list(r.metrics["x"].steps) == list(range(300))
@@ -254,7 +259,7 @@ def _torchrun(args: list[str], base: Path, steps: int) -> subprocess.Popen:
 
 def _check_ddp_run(run_dir: Path, world: int, steps: int) -> None:
     run = expman.open_run(run_dir)
-    assert run.status == "FINISHED", ranks.run_outcome(run.meta, run.path)
+    assert run.status == "FINISHED", liveness.run_status(run.meta, run.path)
     assert run.meta["world_size"] == world and run.meta["launcher"] == "torchelastic"
     assert run.params == {"lr": 0.05, "world_size": world, "set_by_rank": 0}
     sums = set()
