@@ -29,6 +29,7 @@ from expman.liveness import (
     RunStatus, effective_status, heartbeat, logging_ranks, run_status, stream_status,
     world_size, world_size_error,
 )
+from expman.readmodel import settle_torn_tail
 from expman.series import Metrics, Series, check_duplicates, column, concat
 from expman.tail import RunTail, TailBatch, read_metrics, warn_damage
 
@@ -197,11 +198,14 @@ class Run:
 
 
 def _integrity(report: dict[str, Any], bad_lines: int, meta: dict[str, Any], path: Path,
-               rank: int = 0) -> dict[str, Any]:
+               rank: int = 0, own: dict[str, Any] | None = None) -> dict[str, Any]:
     """The decoder's report plus what the writer recorded losing (rows it could
     not write on a full disk, events dropped), this rank's and every other
-    rank's (``rank_data_loss``): loss is never hidden."""
-    ig = dict(report)
+    rank's (``rank_data_loss``): loss is never hidden. A bad last frame of a
+    stream its writer closed cleanly is damage, not a torn tail
+    (readmodel.settle_torn_tail). ``meta`` is run.json, ``own`` the rank's."""
+    closed = stream_status(own or meta, path, rank) in FINAL_STATUSES
+    ig = settle_torn_tail(report, closed)
     ig["bad_event_lines"] = bad_lines
     loss = meta.get("data_loss")
     ig["data_loss"] = loss if isinstance(loss, dict) else None
@@ -312,7 +316,9 @@ def _open_rank(p: Path, rank: int, salvage: bool, duplicates: str | None) -> Run
         params = read_params(p)
     except (OSError, ValueError):
         params = {}
-    metrics, report = read_metrics(p / rank_file(METRICS_FILE, rank), salvage=salvage)
+    with warnings.catch_warnings():        # warned below, once, with the whole report
+        warnings.simplefilter("ignore")
+        metrics, report = read_metrics(p / rank_file(METRICS_FILE, rank), salvage=salvage)
     raw = metrics
     if duplicates is not None:
         metrics = metrics.reduce(duplicates)
@@ -320,9 +326,10 @@ def _open_rank(p: Path, rank: int, salvage: bool, duplicates: str | None) -> Run
         events, bad, _used = parse_event_lines(read_regular(p / rank_file(EVENTS_FILE, rank)))
     except FileNotFoundError:
         events, bad = [], 0
-    integrity = _integrity(report, bad, run_meta, p, rank)
+    integrity = _integrity(report, bad, run_meta, p, rank, meta)
     loss = own.get("data_loss")
     integrity["data_loss"] = loss if isinstance(loss, dict) else None
+    warn_damage(p / rank_file(METRICS_FILE, rank), integrity, salvage, 3)
     return Run(p, meta, params, events, metrics, integrity, None, duplicates, raw, rank)
 
 
@@ -346,6 +353,8 @@ class RunSummary:
     tags: list[str] = field(default_factory=list)
     group: str | None = None
     notes: str | None = None
+    status_rank: int | None = None    # the rank that decided ``status`` (RunStatus.rank)
+    status_reason: str | None = None  # and why (RunStatus.reason)
 
     @property
     def id(self) -> str:
@@ -357,7 +366,8 @@ class RunSummary:
                 "end_time": self.end_time, "duration": self.duration, "params": self.params,
                 "last_metrics": self.last_metrics, "points": self.points, "exit": self.exit,
                 "data_loss": self.data_loss, "damaged": self.damaged, "tags": self.tags,
-                "group": self.group, "notes": self.notes, "path": str(self.path)}
+                "group": self.group, "notes": self.notes, "path": str(self.path),
+                "status_rank": self.status_rank, "status_reason": self.status_reason}
 
 
 # (path, metrics.bin inode, size, mtime_ns, ctime_ns) -> (last values, points):
@@ -444,7 +454,8 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
         bad_world = world_size_error(meta)
         if bad_world:
             raise CorruptRunError(bad_world)
-        st = effective_status(meta, path)
+        decided = run_status(meta, path)
+        st = decided.status
         params, pkey = _params(os.path.join(where, PARAMS_FILE))
     except (OSError, ValueError) as e:
         return _damaged(path, exp, name, e)
@@ -477,7 +488,8 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
                       data_loss=loss if isinstance(loss, dict) else None,
                       tags=[t for t in tags if isinstance(t, str)] if isinstance(tags, list) else [],
                       group=group if isinstance(group, str) else None,
-                      notes=notes if isinstance(notes, str) else None)
+                      notes=notes if isinstance(notes, str) else None,
+                      status_rank=decided.rank, status_reason=decided.reason)
     if cache is not None and metrics:
         cache._keep(run, (linked, _key(rst), pkey, mkey), line, meta, began)
     return line

@@ -8,14 +8,23 @@ even when it agrees today.
 from __future__ import annotations
 
 import math
+import os
+import stat
 import sys
 from array import array
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
+from expman.layout import ARTIFACTS_DIR, EVENTS_FILE, METRICS_FILE, PARAMS_FILE, RUNNING
+from expman.liveness import RunStatus, run_status   # the run's status: liveness decides it
+
 __all__ = ["PARAM_SEPARATOR", "flatten_params", "MetricSummary", "SUMMARY_FIELDS",
-           "summarize_points", "merge_summaries", "spell_float", "read_float"]
+           "summarize_points", "merge_summaries", "spell_float", "read_float",
+           "summary_to_json", "summary_from_json", "ArtifactState", "artifact_states",
+           "verify_artifacts", "RunStatus", "run_status", "integrity_problems",
+           "settle_torn_tail"]
 
 PARAM_SEPARATOR = "."
 """Nested params are flattened for tables, filters, columns and the lake by joining
@@ -207,3 +216,263 @@ def summary_from_json(doc: Any) -> MetricSummary:
         raise ValueError(f"a metric summary without its values: {doc!r:.200}")
     return MetricSummary(count, nans, doc["first_step"], floats[0], doc["last_step"],
                          floats[1], floats[2], floats[3], floats[4])
+
+
+# ---- artifact state ------------------------------------------------------------------------------
+# One answer to "is this artifact there, and is it what was saved?" for show,
+# verify and the dashboard. Every save is its own row: the first save of a name
+# is stored as artifacts/NAME, the next as NAME.v2 (``version`` 2), and so on.
+# A file is present when it is a regular file of the recorded size; a folder
+# when it is a real folder with its manifest beside it (``verify=False``: a few
+# lstat calls). ``verify=True`` also hashes: a file's sha256, a folder's
+# manifest and every file it lists (and no others); ``verified`` says the result.
+
+@dataclass(frozen=True)
+class ArtifactState:
+    """One saved artifact as it is on disk now."""
+
+    name: str
+    version: int
+    path: str | None            # where it is stored, relative to the run folder
+    kind: str                   # "file" or "folder"
+    size: int | None            # bytes recorded at save (a folder: all its files)
+    sha256: str | None          # a file's; a folder's manifest's
+    present: bool
+    verified: bool | None       # None: not hashed (size-only); else every check passed
+    problems: tuple[str, ...] = ()
+    consistent: bool = True     # False: the source changed while it was copied
+    time: float | None = None
+
+    @property
+    def label(self) -> str:
+        """The name a person reads: ``w``, then ``w (v2)``."""
+        return self.name if self.version <= 1 else f"{self.name} (v{self.version})"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["problems"] = list(self.problems)
+        d["label"] = self.label
+        return d
+
+
+def artifact_states(run_dir: str | os.PathLike[str], events: Iterable[Mapping[str, Any]],
+                    *, verify: bool = False) -> list[ArtifactState]:
+    """Every artifact the events record, in order, as it is on disk (see above).
+    Never follows a link; never reads outside ``run_dir/artifacts``."""
+    root = Path(os.fspath(run_dir))
+    out = []
+    for ev in events:
+        if not isinstance(ev, Mapping) or ev.get("kind") != "artifact":
+            continue
+        problems: list[dict[str, Any]] = []
+        _check_artifact(root, ev, verify, problems)
+        missing = any(p["problem"] in ("missing", "not_regular", "unsafe_path", "size",
+                                       "manifest") and p["path"] == ev.get("path")
+                      for p in problems) or any(p["problem"] == "bad_record" for p in problems)
+        size, sha, ver = ev.get("size"), ev.get("sha256"), ev.get("version")
+        out.append(ArtifactState(
+            str(ev.get("name")), ver if isinstance(ver, int) and not isinstance(ver, bool) else 1,
+            ev.get("path") if isinstance(ev.get("path"), str) else None,
+            "folder" if ev.get("type") == "dir" else "file",
+            size if isinstance(size, int) and not isinstance(size, bool) else None,
+            sha if isinstance(sha, str) else None,
+            not missing, (not problems) if verify else None,
+            tuple(f"{p['problem']}: {p['detail']}" for p in problems),
+            ev.get("consistent") is not False,
+            ev.get("time") if isinstance(ev.get("time"), (int, float)) else None))
+    return out
+
+
+def verify_artifacts(run_dir: str | os.PathLike[str],
+                      events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every problem of every recorded artifact, fully checked (sizes AND sha256;
+    a folder's manifest hash, then each file it lists, and no others): one dict
+    ``{"name", "path", "problem", "detail"}`` each, ``problem`` one of ``missing``,
+    ``not_regular``, ``unsafe_path``, ``size``, ``sha256``, ``manifest``,
+    ``extra_file``, ``bad_record``."""
+    root = Path(os.fspath(run_dir))
+    problems: list[dict[str, Any]] = []
+    for ev in events:
+        if isinstance(ev, Mapping) and ev.get("kind") == "artifact":
+            _check_artifact(root, ev, True, problems)
+    return problems
+
+
+def _check_artifact(root: Path, ev: Mapping[str, Any], full: bool,
+                    problems: list[dict[str, Any]]) -> None:
+    name, rel = ev.get("name"), ev.get("path")
+
+    def problem(kind: str, detail: str, path: object = rel) -> None:
+        problems.append({"name": name, "path": path, "problem": kind, "detail": detail})
+
+    target = _safe_target(root, rel)
+    if target is None:
+        problem("unsafe_path", f"recorded path {rel!r} is not inside {ARTIFACTS_DIR}/")
+    elif ev.get("type") == "dir":
+        _check_dir(root, target, ev, full, problem)
+    else:
+        size, sha = ev.get("size"), ev.get("sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or not isinstance(sha, str):
+            problem("bad_record", "the event lacks an integer size or a sha256")
+        else:
+            _check_file(target, size, sha, full, problem)
+
+
+def _safe_target(root: Path, rel: object) -> Path | None:
+    if not isinstance(rel, str) or "\\" in rel or "\x00" in rel:
+        return None
+    parts = rel.split("/")
+    if len(parts) < 2 or parts[0] != ARTIFACTS_DIR or any(p in ("", ".", "..") for p in parts):
+        return None
+    return root.joinpath(*parts)
+
+
+def _check_file(path: Path, size: int, sha: str, full: bool,
+                problem: Callable[[str, str], None]) -> None:
+    from expman._fsutil import sha256_file
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        problem("missing", f"{path} is missing")
+        return
+    except OSError as e:
+        problem("missing", f"{path}: {e}")
+        return
+    if not stat.S_ISREG(st.st_mode):
+        problem("not_regular", f"{path} is not a regular file (a link, folder or device)")
+        return
+    if st.st_size != size:
+        problem("size", f"{path} has {st.st_size} bytes, {size} recorded")
+        return
+    if not full:
+        return
+    try:
+        found = sha256_file(path)
+    except OSError as e:
+        problem("not_regular", f"{path}: {e}")
+        return
+    if found != sha:
+        problem("sha256", f"{path}: sha256 {found}, {sha} recorded")
+
+
+def _check_dir(root: Path, target: Path, ev: Mapping[str, Any], full: bool,
+               problem: Callable[..., None]) -> None:
+    import hashlib
+
+    import orjson
+
+    from expman._fsutil import read_regular, regular_stat
+    from expman.layout import MAX_MANIFEST_BYTES
+    side = _safe_target(root, ev.get("manifest"))
+    sha = ev.get("sha256")
+    if side is None or not isinstance(sha, str):
+        problem("bad_record", "the event lacks a manifest path inside artifacts/ or its sha256")
+        return
+    try:
+        st = os.lstat(target)
+    except OSError:
+        problem("missing", f"{target} is missing")
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        problem("not_regular", f"{target} is not a folder (a link or a file)")
+        return
+    try:
+        mst = regular_stat(side)
+    except FileNotFoundError:
+        problem("manifest", f"the manifest {side} is missing")
+        return
+    except (OSError, ValueError) as e:
+        problem("manifest", f"the manifest {side} cannot be read: {e}")
+        return
+    if mst.st_size > MAX_MANIFEST_BYTES:
+        problem("manifest", f"the manifest {side} is larger than a manifest can be")
+        return
+    if not full:
+        return
+    try:
+        body = read_regular(side, limit=MAX_MANIFEST_BYTES)
+    except (OSError, ValueError) as e:
+        problem("manifest", f"the manifest {side} cannot be read: {e}")
+        return
+    if hashlib.sha256(body).hexdigest() != sha:
+        problem("manifest", f"the manifest {side} does not match its recorded sha256")
+        return
+    try:
+        entries = orjson.loads(body)["files"]
+        listed = {e["path"]: (int(e["size"]), str(e["sha256"])) for e in entries}
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        problem("manifest", f"the manifest {side} is not a list of files")
+        return
+    base = target.relative_to(root).as_posix()
+    for rel, (size, fsha) in sorted(listed.items()):
+        path = _safe_target(root, f"{base}/{rel}")
+        if path is None:
+            problem("unsafe_path", f"manifest entry {rel!r} leaves the folder")
+            continue
+        inner = path.relative_to(root).as_posix()
+        _check_file(path, size, fsha, True,
+                    lambda kind, detail, inner=inner: problem(kind, detail, inner))
+    for top, _dirs, names in os.walk(target, followlinks=False):
+        for n in names:
+            rel = (Path(top) / n).relative_to(target).as_posix()
+            if rel not in listed:
+                problem("extra_file", f"{target / rel} is not in the manifest",
+                        (Path(top) / n).relative_to(root).as_posix())
+
+
+# ---- integrity lines -----------------------------------------------------------------------------
+
+def integrity_problems(integrity: Mapping[str, Any], status: str,
+                       artifacts: Iterable[ArtifactState] = ()) -> list[str]:
+    """One line per thing wrong with a run, from ``Run.integrity`` (the decoder's
+    report and the recorded loss) and its artifact states: what show, the
+    dashboard and verify say. Empty when the run is intact. A torn tail of a
+    RUNNING run is a frame being written, not a problem."""
+    ig = integrity
+    lines = []
+    if ig.get("meta_error"):
+        lines.append(str(ig["meta_error"]))
+    if ig.get("torn_bytes") and status != RUNNING:
+        lines.append(f"{METRICS_FILE}: torn tail: the last {ig['torn_bytes']} bytes were "
+                     "dropped (a crash cut the last frame)")
+    if ig.get("corrupt_bytes"):
+        lines.append(f"{METRICS_FILE}: {ig['corrupt_bytes']} bytes unreadable at offsets "
+                     f"{list(ig.get('corrupt_at') or [])[:5]}")
+    if ig.get("unknown_points"):
+        lines.append(f"{METRICS_FILE}: {ig['unknown_points']} points of metrics whose name "
+                     "was lost")
+    if ig.get("params_error"):
+        lines.append(f"{PARAMS_FILE}: {ig['params_error']}")
+    if ig.get("bad_event_lines"):
+        lines.append(f"{EVENTS_FILE}: {ig['bad_event_lines']} unreadable lines")
+    losses = dict(ig.get("rank_data_loss") or {})
+    if ig.get("data_loss"):
+        losses = {"": ig["data_loss"], **losses}
+    for rank, loss in losses.items():
+        who = f"rank {rank}'s writer" if rank != "" else "the writer"
+        lines.append(f"data loss recorded by {who}: {loss.get('rows_dropped') or 0} rows and "
+                     f"{loss.get('events_dropped') or 0} events dropped, "
+                     f"{loss.get('write_errors') or 0} failed writes"
+                     + (f" ({loss['last_error']})" if loss.get("last_error") else ""))
+    for a in artifacts:
+        if not a.present:
+            lines.append(f"artifact {a.label!r} ({a.path}) is missing or of the wrong size")
+        elif a.verified is False:
+            lines.append(f"artifact {a.label!r}: " + "; ".join(a.problems))
+    return lines
+
+
+def settle_torn_tail(report: Mapping[str, Any], closed: bool) -> dict[str, Any]:
+    """A decoder's report as the read model states it. A torn tail is what a
+    crash mid-write leaves, so only a stream that may still have been written
+    can have one: when its writer closed the stream cleanly (a final status
+    recorded), a bad last frame is damage, counted in ``corrupt_bytes`` (at the
+    offset where it starts) and never cut by a repair as a torn tail."""
+    out = dict(report)
+    torn = out.get("torn_bytes") or 0
+    if closed and torn:
+        out["corrupt_bytes"] = (out.get("corrupt_bytes") or 0) + torn
+        out["corrupt_at"] = [*(out.get("corrupt_at") or []), out.get("end", 0)]
+        out["torn_bytes"] = 0
+        out["closed_damage"] = True
+    return out

@@ -77,13 +77,18 @@ def _digest(doc: Mapping[str, Any]) -> str:
 
 
 def to_json(metrics_bytes: int, metrics: Mapping[str, MetricSummary],
-            metrics_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+            metrics_path: str | os.PathLike[str] | None = None,
+            last_frame: int | None = None) -> dict[str, Any]:
     """The document written to summary.json. ``metrics_path`` is the metrics.bin
-    it summarises: its CRC at ``metrics_bytes`` ties the summary to those bytes
-    (without it, ``end_crc`` is null and readers always decode)."""
+    it summarises and ``last_frame`` the offset of the last frame the figures
+    cover (the writer knows it): the frame's payload CRC, read from the file,
+    ties the summary to those bytes. Without them ``end_crc`` is null and
+    readers always decode."""
     spelled = {name: summary_to_json(e) for name, e in metrics.items()}
-    crc = None if metrics_path is None else end_crc(metrics_path, metrics_bytes)
+    crc = None if metrics_path is None or not last_frame else end_crc(metrics_path,
+                                                                        metrics_bytes)
     doc: dict[str, Any] = {"format": SUMMARY_FORMAT, "metrics_bytes": metrics_bytes,
+                           "last_frame": last_frame if crc is not None else None,
                            "end_crc": crc, "metrics": spelled}
     doc["digest"] = _digest(doc)
     return doc
@@ -118,7 +123,9 @@ def _parse(doc: Any) -> dict[str, Any] | None:
     if type(doc) is not dict or doc.get("format") != SUMMARY_FORMAT:
         return None
     size, metrics, crc = doc.get("metrics_bytes"), doc.get("metrics"), doc.get("end_crc")
-    if type(size) is not int or type(metrics) is not dict or type(crc) is not int:
+    last = doc.get("last_frame")
+    if (type(size) is not int or type(metrics) is not dict or type(crc) is not int
+            or type(last) is not int):
         return None
     if doc.get("digest") != _digest(doc):
         return None                      # edited by hand, or half of two writes
@@ -131,8 +138,8 @@ def _parse(doc: Any) -> dict[str, Any] | None:
             out[name] = m
     except ValueError:
         return None
-    return {"format": SUMMARY_FORMAT, "metrics_bytes": size, "end_crc": crc,
-            "source": "summary", "metrics": out}
+    return {"format": SUMMARY_FORMAT, "metrics_bytes": size, "last_frame": last,
+            "end_crc": crc, "source": "summary", "metrics": out}
 
 
 def check_summary(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, str | None]:
@@ -164,9 +171,44 @@ def check_summary(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any] | Non
     if doc["metrics_bytes"] != size:
         return doc, (f"{SUMMARY_FILE} covers {doc['metrics_bytes']} bytes of {METRICS_FILE}, "
                      f"which has {size}")
-    if end_crc(mpath, size) != doc["end_crc"]:
-        return doc, f"{SUMMARY_FILE} does not end where {METRICS_FILE}'s last frame ends"
+    if not _last_frame_intact(mpath, size, doc["last_frame"], doc["end_crc"]):
+        return doc, (f"{SUMMARY_FILE} names a last frame at byte {doc['last_frame']} with "
+                     f"CRC {doc['end_crc']:08x} that {METRICS_FILE} does not hold intact")
     return doc, None
+
+
+MAX_CHECKED_FRAME = 64 << 20     # a last frame larger than this is not read to check it
+
+
+def _last_frame_intact(mpath: str, size: int, offset: int, crc: int) -> bool:
+    """The frame at ``offset`` ends at ``size``, both its CRCs check, and its
+    payload CRC is ``crc``: one frame read (the last), never a decode."""
+    import struct
+    import zlib
+
+    from expman._fsutil import open_nofollow
+    if not 0 < offset <= size - 12:
+        return False
+    try:
+        fd = open_nofollow(mpath, os.O_RDONLY)
+    except (OSError, ValueError):
+        return False
+    try:
+        head = os.pread(fd, 8, offset)
+        if len(head) != 8 or zlib.crc32(head[:4]) != struct.unpack_from("<I", head, 4)[0]:
+            return False
+        length = struct.unpack_from("<I", head)[0]
+        if offset + 12 + length != size or length > MAX_CHECKED_FRAME:
+            return False
+        rest = os.pread(fd, length + 4, offset + 8)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    if len(rest) != length + 4:
+        return False
+    stored = struct.unpack_from("<I", rest, length)[0]
+    return stored == crc and zlib.crc32(rest[:length]) == crc
 
 
 def read_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

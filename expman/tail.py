@@ -48,10 +48,14 @@ def decode(data: Any, offset: int, keys: dict[int, str] | None,
 
 def warn_damage(path: Path, report: dict[str, Any], salvage: bool, stacklevel: int) -> None:
     if report["corrupt_bytes"] or report["unknown_points"]:
+        closed = report.get("closed_damage")
         warnings.warn(
             f"expman: {path} is damaged: {report['corrupt_bytes']} bytes unreadable at offsets "
-            f"{report['corrupt_at'][:5]}" + ("" if salvage else "; open_run(..., salvage=True) "
-                                              "recovers frames after the damage"),
+            f"{report['corrupt_at'][:5]}"
+            + ("; the run closed cleanly, so a bad last frame is damage, not a torn tail"
+               if closed else "")
+            + ("" if salvage or closed else "; open_run(..., salvage=True) "
+               "recovers frames after the damage"),
             RuntimeWarning, stacklevel=stacklevel)
 
 

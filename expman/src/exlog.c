@@ -361,11 +361,15 @@ static void sum_settle(exlog *w, int ok) {
         memset(s, 0, sizeof *s);
     }
     w->ntouched = 0;
-    if (ok) w->sum_bytes = w->metrics_good;
+    if (ok) {
+        w->sum_bytes = w->metrics_good;
+        w->sum_last = w->metrics_good - ((uint64_t)w->frame_len + EXLOG_FRAME_OVERHEAD);
+    }
     exlog_mutex_unlock(&w->sum_mu);
 }
 
-int64_t exlog_summary_copy(exlog *w, exlog_keysum *out, uint64_t cap, uint64_t *bytes) {
+int64_t exlog_summary_copy(exlog *w, exlog_keysum *out, uint64_t cap, uint64_t *bytes,
+                           uint64_t *last_frame) {
     int64_t n;
     exlog_mutex_lock(&w->sum_mu);
     if (w->sum_broken) {
@@ -374,6 +378,7 @@ int64_t exlog_summary_copy(exlog *w, exlog_keysum *out, uint64_t cap, uint64_t *
         n = (int64_t)w->sum_cap;
         if (out && cap && w->sum_cap) memcpy(out, w->sum, (size_t)(cap < w->sum_cap ? cap : w->sum_cap) * sizeof *out);
         *bytes = w->sum_bytes;
+        *last_frame = w->sum_last;
     }
     exlog_mutex_unlock(&w->sum_mu);
     return n;

@@ -130,7 +130,7 @@ export async function showRun(root, id) {
   const artBody = el("tbody");
   const previews = el("div", { class: "previews" });
   for (const a of run.artifacts) {
-    const href = `${runUrl(id)}/artifacts/${a.name.split("/").map(encodeURIComponent).join("/")}`;
+    const href = `${runUrl(id)}/artifacts/${a.file.split("/").map(encodeURIComponent).join("/")}`;
     const actions = el("td", {}, el("a", { href, download: a.name.split("/").pop(), text: "download" }));
     if (a.image) {
       actions.append(" ", el("a", { href, target: "_blank", rel: "noopener", class: "view-image", text: "open" }));
@@ -141,7 +141,7 @@ export async function showRun(root, id) {
       previews.append(el("figure", {}, pre, el("figcaption", { text: a.name })));
       fetch(`${href}?head=65536`).then((r) => r.text()).then((t) => { pre.textContent = t; }).catch(() => {});
     }
-    artBody.append(el("tr", { class: a.present ? "" : "missing" }, el("td", { text: a.name }),
+    artBody.append(el("tr", { class: a.present ? "" : "missing" }, el("td", { text: a.label }),
       el("td", { class: "num", text: fmtBytes(a.size) }), el("td", { class: "hash", text: a.sha256 || "" }), actions));
   }
   arts.append(artBody);
