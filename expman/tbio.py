@@ -253,14 +253,6 @@ def _metric_events(run: Any) -> Iterator[tuple[float, int, list[Any]]]:
         yield key[0], key[1], group
 
 
-def _flat(params: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for k, v in params.items():
-        if isinstance(v, dict):
-            yield from _flat(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
-
-
 def _hparams_summaries(run: Any, start: float) -> Iterator[tuple[Any, int, float]]:
     """The hparams plugin's experiment, session start and session end, as torch writes them."""
     if not run.params:
@@ -270,7 +262,8 @@ def _hparams_summaries(run: Any, start: float) -> Iterator[tuple[Any, int, float
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
     ssi = plugin_data_pb2.SessionStartInfo(start_time_secs=start)
     infos = []
-    for k, v in _flat(run.params):
+    from expman.readmodel import flatten_params
+    for k, v in flatten_params(run.params).items():
         if isinstance(v, bool):
             ssi.hparams[k].bool_value = v
             dtype = "DATA_TYPE_BOOL"
