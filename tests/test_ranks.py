@@ -301,3 +301,46 @@ def test_two_nodes_on_one_shared_folder(base):
     _check_ddp_run(run_dir, 4, 20)
     locals_ = sorted(expman.open_run(run_dir, rank=r).meta["local_rank"] for r in range(4))
     assert locals_ == [0, 0, 1, 1]
+
+
+def test_verify_integrity_and_list_cover_every_rank(base, as_rank):
+    """Issue 26 item 3: corrupted bytes in metrics.rank1.bin and a data_loss in
+    run.rank2.json are reported by verify (non-zero), by open_run(rank=r).integrity
+    and rank 0's view (rank_data_loss), and marked by list."""
+    from expman._fsutil import atomic_write_json, read_json
+    runs = []
+    for r in range(3):
+        as_rank(r, world=3, run_id="job-every")
+        runs.append(expman.Experiment("exp", base_dir=base, capture_env=False))
+    for r, e in enumerate(runs):
+        for i in range(200):
+            e.log_metrics({"x": float(i * r)}, step=i)
+            if i % 50 == 49:
+                e.flush()
+    for e in reversed(runs):
+        e.close()
+    run_dir = runs[0].run_dir
+    assert expman.verify_run(run_dir)["ok"]
+    m1 = run_dir / "metrics.rank1.bin"
+    data = bytearray(m1.read_bytes())
+    data[40:60] = b"\xff" * 20                      # inside the first frame
+    m1.write_bytes(bytes(data))
+    meta2 = read_json(run_dir / "run.rank2.json")
+    meta2["data_loss"] = {"rows_dropped": 5, "events_dropped": 0, "write_errors": 1}
+    atomic_write_json(run_dir / "run.rank2.json", meta2)
+
+    report = expman.verify_run(run_dir)
+    assert not report["ok"]
+    assert report["ranks"]["1"]["metrics"]["corrupt_bytes"] > 0
+    assert report["ranks"]["2"]["data_loss"]["rows_dropped"] == 5
+    assert any("metrics.rank1.bin" in p for p in report["problems"])
+    assert any("rank 2's writer recorded loss" in p for p in report["problems"])
+    two = expman.open_run(run_dir, rank=2)
+    assert two.integrity["data_loss"]["rows_dropped"] == 5
+    with pytest.warns(RuntimeWarning, match="metrics.rank1.bin"):
+        one = expman.open_run(run_dir, rank=1)
+    assert one.integrity["corrupt_bytes"] > 0 and one.integrity["data_loss"] is None
+    zero = expman.open_run(run_dir)
+    assert zero.integrity["data_loss"] is None and zero.integrity["rank_data_loss"][2]
+    (line,) = expman.list_runs(base)
+    assert line.data_loss["rank"] == 2 and line.data_loss["rows_dropped"] == 5
