@@ -118,8 +118,8 @@ def end_crc(metrics_path: str | os.PathLike[str], metrics_bytes: int) -> int | N
 
 # ---- reading ----------------------------------------------------------------------------
 def _parse(doc: Any) -> dict[str, Any] | None:
-    """The summary in memory, or None if ``doc`` is not a well-formed summary
-    whose digest matches. (Written for speed: a listing parses one per run.)"""
+    """The summary in memory (``digest_ok`` says whether its digest matches its
+    text), or None if ``doc`` is not a well-formed summary."""
     if type(doc) is not dict or doc.get("format") != SUMMARY_FORMAT:
         return None
     size, metrics, crc = doc.get("metrics_bytes"), doc.get("metrics"), doc.get("end_crc")
@@ -127,8 +127,7 @@ def _parse(doc: Any) -> dict[str, Any] | None:
     if (type(size) is not int or type(metrics) is not dict or type(crc) is not int
             or type(last) is not int):
         return None
-    if doc.get("digest") != _digest(doc):
-        return None                      # edited by hand, or half of two writes
+    digest_ok = doc.get("digest") == _digest(doc)     # False: edited by hand
     out = {}
     try:
         for name, e in metrics.items():
@@ -139,7 +138,7 @@ def _parse(doc: Any) -> dict[str, Any] | None:
     except ValueError:
         return None
     return {"format": SUMMARY_FORMAT, "metrics_bytes": size, "last_frame": last,
-            "end_crc": crc, "source": "summary", "metrics": out}
+            "end_crc": crc, "source": "summary", "metrics": out, "digest_ok": digest_ok}
 
 
 def check_summary(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, str | None]:
@@ -166,8 +165,9 @@ def check_summary(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any] | Non
     except ValueError:                  # orjson.JSONDecodeError is a ValueError
         doc = None
     if doc is None:
-        return None, (f"{SUMMARY_FILE} is not a summary of format {SUMMARY_FORMAT} "
-                      "whose digest matches its content")
+        return None, f"{SUMMARY_FILE} is not a summary of format {SUMMARY_FORMAT}"
+    if not doc["digest_ok"]:
+        return doc, f"{SUMMARY_FILE} was changed after it was written (its digest does not match)"
     if doc["metrics_bytes"] != size:
         return doc, (f"{SUMMARY_FILE} covers {doc['metrics_bytes']} bytes of {METRICS_FILE}, "
                      f"which has {size}")

@@ -227,7 +227,9 @@ def _check_rank_summary(run_dir: Path, rank: int, m: dict[str, Any],
         doc = _parse(orjson.loads(read_regular(run_dir / name, limit=MAX_SUMMARY_BYTES)))
     except (OSError, ValueError):
         doc = None
-    why = None if doc is not None and doc["metrics_bytes"] == m.get("bytes") else "stale"
+    why = None
+    if doc is not None and not doc["digest_ok"]:
+        why = f"{name} was changed after it was written (its digest does not match)"
     return _compare_summary(name, doc, why, m, figures, problems)
 
 
@@ -241,9 +243,7 @@ def _compare_summary(name: str, doc: dict[str, Any] | None, why: str | None,
         return {"state": "stale", "why": why}     # readers decode; not damage
     if figures is None:
         return {"state": "unchecked", "why": "the metrics could not be decoded"}
-    diffs = _differences(doc["metrics"], figures)
-    if why is not None and not diffs:
-        diffs = [str(why)]
+    diffs = _differences(doc["metrics"], figures) + ([str(why)] if why else [])
     for d in diffs:
         problems.append(f"{name}: {d}")
     return {"state": "differs" if diffs else "ok", "differences": diffs}

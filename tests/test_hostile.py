@@ -110,7 +110,7 @@ def test_large_key_ids_decode_in_memory_bounded_by_the_file():
     if SANITIZED or sys.platform != "linux":
         return      # ASan reserves terabytes of shadow: no address-space limit there
     # 256 MiB of address space for the whole child: the old decoder needed 2-8 GiB here
-    res = run_isolated(f"""
+    res = run_isolated("""
         import resource
         resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20))
         from hostile import corpus
