@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import urllib.request
 from pathlib import Path
 from typing import Any
