@@ -318,6 +318,13 @@ def _check_artifact(root: Path, ev: Mapping[str, Any], full: bool,
             _check_file(target, size, sha, full, problem)
 
 
+def _at(problem: Callable[..., None], path: str) -> Callable[[str, str], None]:
+    """problem() reporting a file inside a folder artifact under the file's own path."""
+    def report(kind: str, detail: str) -> None:
+        problem(kind, detail, path)
+    return report
+
+
 def _safe_target(root: Path, rel: object) -> Path | None:
     if not isinstance(rel, str) or "\\" in rel or "\x00" in rel:
         return None
@@ -409,9 +416,7 @@ def _check_dir(root: Path, target: Path, ev: Mapping[str, Any], full: bool,
         if path is None:
             problem("unsafe_path", f"manifest entry {rel!r} leaves the folder")
             continue
-        inner = path.relative_to(root).as_posix()
-        _check_file(path, size, fsha, True,
-                    lambda kind, detail, inner=inner: problem(kind, detail, inner))
+        _check_file(path, size, fsha, True, _at(problem, path.relative_to(root).as_posix()))
     for top, _dirs, names in os.walk(target, followlinks=False):
         for n in names:
             rel = (Path(top) / n).relative_to(target).as_posix()

@@ -104,7 +104,7 @@ def end_crc(metrics_path: str | os.PathLike[str], metrics_bytes: int) -> int | N
     if metrics_bytes < 4:
         return None
     try:
-        fd = open_nofollow(metrics_path, os.O_RDONLY)
+        fd = open_nofollow(os.fspath(metrics_path), os.O_RDONLY)
     except (OSError, ValueError):
         return None
     try:
