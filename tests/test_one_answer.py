@@ -163,6 +163,9 @@ def test_dashboard_api(corpus: Path) -> None:
             assert {k: v for k, v in d["metrics"].items() if v["count"]} == truth["figures"]
             assert d["status"] == rows[rid]["status"] == truth["status"]
             assert d["status_rank"] == truth["rank"]
+            if truth["rank"]:
+                assert "rank 1 (pid" in d["status_reason"]
+                assert [r["status"] for r in d["ranks"]] == ["FINISHED", "CRASHED", "FINISHED"]
             assert [(a["label"], a["present"]) for a in d["artifacts"]] == truth["artifacts"]
             assert rows[rid]["last_metrics"] == truth["last"]
             assert d["integrity"]["ok"], d["integrity"]

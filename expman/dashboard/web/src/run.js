@@ -33,7 +33,9 @@ function section(title, ...body) {
   return el("section", { class: "panel" }, el("h2", { text: title }), ...body);
 }
 
-function exitSummary(status, exit) {
+// When another rank decided the run's status, the read model's reason names it.
+function exitSummary(status, exit, reason, rank) {
+  if (reason && rank) return reason;
   if (status === "RUNNING") return "running";
   if (status === "CRASHED") return "the process died without a word (no final status was written)";
   if (!exit) return status === "FINISHED" ? "closed cleanly" : status;
@@ -115,7 +117,7 @@ export async function showRun(root, id) {
     el("span", { class: `status status-${run.status}`, text: run.status }),
     el("span", { class: "muted", text: ` started ${fmtTime(meta.start_time)}` +
       (typeof meta.duration === "number" ? `, ran ${fmtDuration(meta.duration)}` : "") }));
-  const exitBox = section("Status and exit", el("p", { id: "exit-summary", text: exitSummary(run.status, exit) }),
+  const exitBox = section("Status and exit", el("p", { id: "exit-summary", text: exitSummary(run.status, exit, run.status_reason, run.status_rank) }),
     exit && typeof exit === "object" ? kvTable(exit, "exit") : "");
 
   const metricRows = Object.entries(run.metrics).map(([name, m]) => el("tr", {},
