@@ -3,7 +3,7 @@
     pytest bench/test_bench_liveness.py --benchmark-only
 
 Side by side on the same live run (its writer in another process): the lock
-probe (open, non-blocking shared flock, close) that layout.effective_status
+probe (open, non-blocking shared flock, close) that liveness.effective_status
 uses now, and the pid/heartbeat rule it falls back to when a run has no lock
 file (a failed open of the lock file, the host name, kill(pid, 0), three stats).
 Only RUNNING runs pay either; finished runs return at the status check.
@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 import expman
-from expman import layout
+from expman import layout, liveness
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def live_run(tmp_path_factory):
 @pytest.mark.benchmark(group="liveness")
 def test_lock_probe(benchmark, live_run):
     run, meta = live_run
-    assert benchmark(layout.effective_status, meta, run) == "RUNNING"
+    assert benchmark(liveness.effective_status, meta, run) == "RUNNING"
 
 
 @pytest.mark.benchmark(group="liveness")
@@ -56,6 +56,6 @@ def test_pid_heartbeat_rule_without_a_lock_file(benchmark, live_run):
     lock, away = run / layout.LOCK_FILE, run / (layout.LOCK_FILE + ".away")
     os.rename(lock, away)
     try:
-        assert benchmark(layout.effective_status, meta, run) == "RUNNING"
+        assert benchmark(liveness.effective_status, meta, run) == "RUNNING"
     finally:
         os.rename(away, lock)

@@ -562,18 +562,19 @@ cdef class Core:
 
     def _summary(self):
         """What the writer has put on disk, per metric: ``(metrics_bytes, {name:
-        (count, nans, first_step, last_step, last_time_us, last, min, max)})``,
+        (count, nans, first_step, last_step, last_time_us, first, last, min, max)},
+        last_frame_offset)``,
         or None when the writer could not keep a summary. Off the hot path: one
         copy under a lock the producer never takes."""
         cdef int64_t n
-        cdef uint64_t nbytes = 0, cap
+        cdef uint64_t nbytes = 0, cap, last_frame = 0
         cdef exlog_keysum *out
         cdef exlog_keysum *e
         cdef Py_ssize_t i
         if self._w is NULL or self._state == FORKED:
             return None
         while True:
-            n = exlog_summary_copy(self._w, NULL, 0, &nbytes)
+            n = exlog_summary_copy(self._w, NULL, 0, &nbytes, &last_frame)
             if n < 0:
                 return None
             cap = <uint64_t>n
@@ -581,7 +582,7 @@ cdef class Core:
             if out is NULL:
                 raise MemoryError()
             try:
-                n = exlog_summary_copy(self._w, out, cap, &nbytes)
+                n = exlog_summary_copy(self._w, out, cap, &nbytes, &last_frame)
                 if n < 0:
                     return None
                 if <uint64_t>n > cap:
@@ -592,8 +593,8 @@ cdef class Core:
                     e = &out[i]
                     if e.count and i in names:
                         result[names[i]] = (e.count, e.nans, e.first_step, e.last_step,
-                                            e.last_t_us, e.last, e.min, e.max)
-                return nbytes, result
+                                            e.last_t_us, e.first, e.last, e.min, e.max)
+                return nbytes, result, last_frame
             finally:
                 free(out)
 

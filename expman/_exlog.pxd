@@ -19,7 +19,7 @@ cdef extern from "src/exlog.h" nogil:
     ctypedef struct exlog_keysum:
         uint64_t count, nans
         int64_t first_step, last_step, last_t_us
-        double last, min, max
+        double first, last, min, max
     ctypedef struct exlog:
         uint64_t cap
         uint64_t head
@@ -50,7 +50,8 @@ cdef extern from "src/exlog.h" nogil:
     uint64_t exlog_load_u64(const uint64_t *p)
     int64_t exlog_wall_ns()
     void exlog_set_fsync(exlog *w, int64_t ms)
-    int64_t exlog_summary_copy(exlog *w, exlog_keysum *out, uint64_t cap, uint64_t *bytes)
+    int64_t exlog_summary_copy(exlog *w, exlog_keysum *out, uint64_t cap, uint64_t *bytes,
+                               uint64_t *last_frame)
     # test hooks (exlog.c): stall the writer; fail every Nth write / fsync
     void exlog_test_pause(exlog *w, int paused)
     void exlog_test_fault(exlog *w, uint64_t write_every, uint64_t fsync_every, int err)

@@ -129,7 +129,7 @@ def runs_to_clean(base: str | os.PathLike[str] | None = None, *, experiment: str
 
 
 def _writer_alive(run_dir: Path) -> bool:
-    from expman.layout import is_locked       # any rank's writer lock held
+    from expman.liveness import is_locked     # any rank's writer lock held
     return bool(is_locked(run_dir))
 
 

@@ -645,11 +645,12 @@ class Experiment(_core.Core):
             snap = self._summary()
             if snap is None or snap[0] == self._summary_bytes:
                 return False
-            nbytes, raw = snap
+            nbytes, raw, last_frame = snap
             metrics = summary.merge(self._summary_base, summary.from_writer(raw))
+            stream = self._run_dir / layout.rank_file(layout.METRICS_FILE, self._rank)
             try:
                 atomic_write_json(self._run_dir / layout.rank_file(SUMMARY_FILE, self._rank),
-                                  summary.to_json(nbytes, metrics))
+                                  summary.to_json(nbytes, metrics, stream, last_frame))
             except OSError:
                 return False
             self._summary_bytes = nbytes

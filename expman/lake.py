@@ -16,7 +16,7 @@ per run stream, the ``RunTail.cursor`` after the last exported frame (its byte
 offset and the stream's key table), so the next export resumes a ``RunTail``
 there, decodes only the frames appended since and writes them as one new part
 per experiment. The per-metric
-summaries (count, last, min, max) are kept in the manifest too, so the runs
+summaries (the read model's MetricSummary) are kept in the manifest too, so the runs
 table is rebuilt from it without decoding old data; it is small and rewritten
 whole (atomically) each time, because statuses change without new data (a dead
 run turns CRASHED).
@@ -51,6 +51,8 @@ from urllib.parse import quote
 from expman import layout
 from expman._fsutil import atomic_write_json, read_json, read_json_object
 from expman.errors import ExpmanValueError
+from expman.liveness import effective_status
+from expman.readmodel import merge_summaries, summary_from_json, summary_to_json
 from expman.series import Series
 
 __all__ = ["export_lake", "MANIFEST_FILE", "RUNS_DIR", "METRICS_DIR"]
@@ -59,7 +61,7 @@ MANIFEST_FILE = "_expman_lake.json"
 RUNS_DIR = "runs"
 METRICS_DIR = "metrics"
 RUNS_TABLE = "runs.parquet"
-LAKE_VERSION = 2           # 2: streams keep a RunTail.cursor
+LAKE_VERSION = 2           # 2: streams keep a RunTail.cursor; summaries are readmodel's
 
 
 def _pa() -> Any:
@@ -79,39 +81,13 @@ def partition(experiment: str) -> str:
 def rank_streams(run_dir: Path, meta: dict[str, Any]) -> list[tuple[int, Path]]:
     """The metric streams of a run and their rank: rank 0's metrics.bin, and for a
     multi-rank run every logging rank's metrics.rank<r>.bin that exists."""
-    from expman.ranks import logging_ranks
+    from expman.liveness import logging_ranks
     out = [(0, run_dir / layout.METRICS_FILE)]
     for r in logging_ranks(meta):
         path = run_dir / layout.rank_file(layout.METRICS_FILE, r)
         if r and os.path.lexists(path):
             out.append((r, path))
     return out
-
-
-def _merge_summary(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
-    """Fold a batch's ``Series.summary()`` into a metric's count/nan/min/max/last
-    (JSON-safe spelling)."""
-    s: dict[str, Any] = dict(old) if old else {"count": 0, "nan": 0, "min": None, "max": None,
-                                "last": None, "last_step": None}
-    s["count"] += new["count"]
-    s["nan"] += new["nan"]
-    for k, pick in (("min", min), ("max", max)):
-        if not math.isnan(new[k]):               # NaN: the batch had no number but NaN
-            was = _num(s[k])
-            s[k] = layout.json_float(new[k] if was is None else pick(new[k], was))
-    if new["count"]:
-        s["last"] = layout.json_float(new["last"])
-        s["last_step"] = new["last_step"]
-    return s
-
-
-_SPELLED = {layout.NAN: float("nan"), layout.POS_INF: float("inf"), layout.NEG_INF: float("-inf")}
-
-
-def _num(v: Any) -> float | None:
-    if v is None:
-        return None
-    return _SPELLED[v] if isinstance(v, str) else float(v)
 
 
 def _load_manifest(out: Path) -> dict[str, Any]:
@@ -228,16 +204,17 @@ def _export_run(run_dir: Path, old: dict[str, Any] | None, damaged: dict[str, st
         entry["streams"][stream.name] = {"rank": rank, "cursor": tail.cursor}
         if rank == 0:
             for metric, series in metrics.items():
-                entry["summary"][metric] = _merge_summary(entry["summary"].get(metric),
-                                                          series.summary())
+                old = entry["summary"].get(metric)
+                now = series.summary()
+                entry["summary"][metric] = summary_to_json(
+                    now if old is None else merge_summaries(summary_from_json(old), now))
         new.append((rank, metrics))
-    summaries = {m: {k: (_num(v) if k in ("min", "max", "last") else v) for k, v in s.items()}
-                 for m, s in entry["summary"].items()}
+    summaries = {m: summary_from_json(s) for m, s in entry["summary"].items()}
     info = {"id": rid, "experiment": run_dir.parent.name, "run_name": run_dir.name,
-            "status": layout.effective_status(meta, run_dir),
+            "status": effective_status(meta, run_dir),
             "start_time": meta.get("start_time"), "end_time": meta.get("end_time"),
             "duration": meta.get("duration"), "exit": meta.get("exit"), "path": run_dir}
-    row = run_row(info, params, summaries, sum(s["count"] for s in entry["summary"].values()))
+    row = run_row(info, params, summaries)
     return entry, row, new
 
 

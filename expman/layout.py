@@ -2,15 +2,13 @@
 spelling, in one place. Both sides import it; nothing else spells them.
 
 A run folder is ``<base_dir>/<experiment>/<run_name>/`` (docs/format.md). This
-module knows how to find run folders and how to tell a live run from a dead
-one; it never decodes metrics and never imports the write side.
+module knows how to find run folders; it is a leaf (it imports no other expman
+module but ``errors``). Telling a live run from a dead one is ``expman.liveness``.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -262,7 +260,7 @@ def _names(dirs: list[Path]) -> str:
     return ", ".join(f"{d.parent.name}/{d.name}" for d in dirs[:5]) + (" ..." if len(dirs) > 5 else "")
 
 
-# ---- liveness: the CRASHED rule -------------------------------------------------------------
+# ---- the machine a run.json names ------------------------------------------------------------
 
 
 def hostname() -> str:
@@ -272,131 +270,3 @@ def hostname() -> str:
         return socket.gethostname()
     except OSError:
         return "unknown"
-
-
-def pid_alive(pid: int) -> bool:
-    """True if a process with this pid exists (pids <= 0 are never a process)."""
-    if not isinstance(pid, int) or pid <= 0 or pid > 0x7FFFFFFF:
-        return False
-    if sys.platform == "win32":
-        import ctypes
-        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
-        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return False
-        code = ctypes.c_ulong()
-        kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-        kernel32.CloseHandle(handle)
-        return code.value == 259  # STILL_ACTIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def heartbeat(path: Path, rank: int = 0) -> float | None:
-    """Last sign of life: the newest mtime of the files the writer (of ``rank``) touches."""
-    times = []
-    for name in (METRICS_FILE, EVENTS_FILE, RUN_FILE):
-        try:
-            times.append(os.stat(path / rank_file(name, rank)).st_mtime)
-        except OSError:
-            pass
-    return max(times) if times else None
-
-
-def _number(value: Any, default: float) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
-
-
-def is_locked(run_dir: str | os.PathLike[str]) -> bool:
-    """True while any writer (any rank) holds its lock in ``run_dir``: the run is
-    alive whatever its files say, and ``clean`` must never delete it."""
-    from expman.runlock import is_locked as held
-    return held(run_dir)
-
-
-def effective_status(meta: dict[str, Any], path: Path) -> str:
-    """The recorded status, except a RUNNING run whose writer is gone is CRASHED.
-
-    The witness is the writer's OS lock (expman.runlock): while it is held the run
-    is alive, however stale its heartbeat (a stopped or suspended process); once
-    released without a final status, it crashed. Only without a lock file (runs
-    written before locks, filesystems without them) or where locks are
-    unsupported: same host and dead pid, or (any host) no heartbeat for
-    STALE_AFTER intervals. ``meta`` of a multi-rank run (``world_size`` > 1 in
-    run.json) gives the whole run's status (expman.ranks.run_outcome).
-    """
-    world = meta.get("world_size")
-    if isinstance(world, int) and not isinstance(world, bool) and world > 1 and not meta.get("rank"):
-        from expman.ranks import run_outcome
-        return run_outcome(meta, path).status
-    rank = meta.get("rank")
-    return stream_status(meta, path, rank if isinstance(rank, int) and rank > 0 else 0)
-
-
-def stream_status(meta: dict[str, Any], path: Path, rank: int = 0) -> str:
-    """effective_status of one writer stream (``meta``: its run.json or run.rank<r>.json)."""
-    status = meta.get("status", RUNNING)
-    if status not in STATUSES:
-        status = RUNNING
-    if status != RUNNING:
-        return str(status)
-    from expman.runlock import probe
-    locked = probe(path, rank)
-    pid, host = meta.get("pid"), meta.get("host")
-    if locked:
-        return RUNNING
-    if locked is False and host == hostname():
-        return _confirm_crash(path, rank)
-    # a free lock of a writer on another host is trusted only with a stale heartbeat:
-    # some shared filesystems keep locks local to each client (NFS local_lock)
-    if host == hostname() and isinstance(pid, int):
-        if pid == os.getpid():
-            return RUNNING
-        if not pid_alive(pid):
-            return _confirm_crash(path, rank)
-    beat = heartbeat(path, rank)
-    interval = _number(meta.get("heartbeat_interval"), HEARTBEAT_INTERVAL)
-    if beat is not None and time.time() - beat > STALE_AFTER * max(interval, 0.001):
-        return _confirm_crash(path, rank)
-    return RUNNING
-
-
-def _confirm_crash(path: Path, rank: int = 0) -> str:
-    """``meta`` may predate a clean close: the process may have written its final
-    status and exited since it was read. Read run.json again, then the end of
-    events.jsonl (a final status event written before run.json could be replaced
-    is the truth), before saying CRASHED."""
-    from expman._fsutil import read_json
-    try:
-        fresh = read_json(path / rank_file(RUN_FILE, rank))
-        status = fresh.get("status", RUNNING) if isinstance(fresh, dict) else RUNNING
-    except (OSError, ValueError):
-        status = RUNNING
-    if status in FINAL_STATUSES:
-        return str(status)
-    return final_status_event(path, rank) or CRASHED
-
-
-def final_status_event(path: Path, rank: int = 0, window: int = 1 << 16) -> str | None:
-    """The status of a final status event at the end of a stream's events, if any."""
-    from expman._fsutil import read_regular, regular_stat
-    ev_path = path / rank_file(EVENTS_FILE, rank)
-    try:
-        size = regular_stat(ev_path).st_size
-        data = read_regular(ev_path, max(0, size - window))
-    except (OSError, ValueError):
-        return None
-    events, _bad, _used = parse_event_lines(data[data.find(b"\n") + 1:] if size > window else data)
-    for ev in reversed(events):
-        if ev.get("kind") == "status" and ev.get("status") in FINAL_STATUSES:
-            return str(ev["status"])
-        if ev.get("kind") == "status":
-            return None
-    return None

@@ -22,18 +22,20 @@ from typing import Any
 from expman._fsutil import MAX_JSON_BYTES, parse_json_object, read_regular_stat
 from expman.errors import CorruptRunError, ExpmanError, ExpmanValueError
 from expman.layout import (
-    CRASHED, DAMAGED, FINAL_STATUSES, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING, STATUSES,
-    base_dir, effective_status, heartbeat, resolve_run, scan_run_dirs,
+    CRASHED, DAMAGED, EVENTS_FILE, FINAL_STATUSES, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING,
+    STATUSES, base_dir, rank_file, resolve_run, scan_run_dirs,
 )
-from expman.series import DUPLICATES, Metrics, Series, check_duplicates, column, concat
+from expman.liveness import (
+    RunStatus, effective_status, heartbeat, logging_ranks, run_status, stream_status,
+    world_size, world_size_error,
+)
+from expman.readmodel import settle_torn_tail
+from expman.series import Metrics, Series, check_duplicates, column, concat
 from expman.tail import RunTail, TailBatch, read_metrics, warn_damage
 
 __all__ = ["open_run", "list_runs", "run_duration", "Run", "Series", "Metrics", "RunSummary",
-           "RunListCache",
+           "RunListCache", "RunStatus", "rank_losses",
            "RunTail", "TailBatch", "effective_status", "STATUSES", "read_metrics"]
-
-REDUCE_HOW = DUPLICATES      # the old name, kept for imports that used it
-
 
 def run_duration(meta: dict[str, Any], status: str, path: Path) -> float | None:
     """Seconds the run lasted: recorded at close; while running, the time so far;
@@ -72,7 +74,10 @@ def _params(path: str) -> tuple[dict[str, Any], tuple[int, ...] | None]:
 @dataclass
 class Run:
     """A run folder as read by ``open_run``. ``status`` includes CRASHED for dead
-    RUNNING runs. ``refresh()`` reads what the run appended since."""
+    RUNNING runs: the whole run's status when no rank was asked for, else the
+    asked rank's own (``open_run(path, rank=0)``: rank 0's, even when rank 1
+    crashed); ``run_status`` is always the whole run's, with the rank and reason
+    that decided it. ``refresh()`` reads what the run appended since."""
 
     path: Path
     meta: dict[str, Any]
@@ -83,6 +88,7 @@ class Run:
     _tail: RunTail | None = field(default=None, repr=False, compare=False)
     _duplicates: str | None = field(default=None, repr=False, compare=False)
     _raw: Metrics = field(default_factory=lambda: Metrics({}), repr=False, compare=False)
+    rank: int | None = None
 
     def __repr__(self) -> str:
         return (f"<Run {self.id} {self.status} {len(self.metrics)} metrics "
@@ -99,7 +105,21 @@ class Run:
 
     @property
     def status(self) -> str:
-        return effective_status(self.meta, self.path)
+        if self.rank is None:
+            return effective_status(self.meta, self.path)
+        return stream_status(self.meta, self.path, self.rank)
+
+    @property
+    def run_status(self) -> RunStatus:
+        """The whole run's status over its ranks, and which rank decided it and why."""
+        if not self.rank:
+            return run_status(self.meta, self.path)
+        from expman._fsutil import read_json_object
+        try:
+            meta = read_json_object(self.path / RUN_FILE)
+        except (OSError, ValueError):
+            meta = {k: v for k, v in self.meta.items() if k != "rank"}
+        return run_status(meta, self.path)
 
     @property
     def duration(self) -> float | None:
@@ -172,18 +192,52 @@ class Run:
             self.params = read_params(self.path)
         except (OSError, ValueError):
             pass
-        self.integrity = _integrity(self._tail, self.meta)
+        self.integrity = _integrity(self._tail.integrity, self._tail.bad_event_lines,
+                                    self.meta, self.path)
         return batch.metrics.points + len(batch.events)
 
 
-def _integrity(tail: RunTail, meta: dict[str, Any]) -> dict[str, Any]:
+def _integrity(report: dict[str, Any], bad_lines: int, meta: dict[str, Any], path: Path,
+               rank: int = 0, own: dict[str, Any] | None = None) -> dict[str, Any]:
     """The decoder's report plus what the writer recorded losing (rows it could
-    not write on a full disk, events dropped): loss is never hidden."""
-    ig = dict(tail.integrity)
-    ig["bad_event_lines"] = tail.bad_event_lines
+    not write on a full disk, events dropped), this rank's and every other
+    rank's (``rank_data_loss``): loss is never hidden. A bad last frame of a
+    stream its writer closed cleanly is damage, not a torn tail
+    (readmodel.settle_torn_tail). ``meta`` is run.json, ``own`` the rank's."""
+    closed = stream_status(own or meta, path, rank) in FINAL_STATUSES
+    ig = settle_torn_tail(report, closed)
+    ig["bad_event_lines"] = bad_lines
     loss = meta.get("data_loss")
     ig["data_loss"] = loss if isinstance(loss, dict) else None
+    others = {r: v for r, v in rank_losses(meta, path).items() if r != rank}
+    ig["rank_data_loss"] = others or None
+    bad_world = world_size_error(meta)
+    if bad_world:
+        ig["meta_error"] = bad_world
     return ig
+
+
+def rank_losses(meta: dict[str, Any], path: Path) -> dict[int, dict[str, Any]]:
+    """The loss each rank's writer recorded (run.json for rank 0, run.rank<r>.json
+    for rank r), by rank; ``meta`` is run.json. Empty when no rank lost anything."""
+    from expman._fsutil import read_json_object
+    out: dict[int, dict[str, Any]] = {}
+    if not meta.get("rank"):
+        loss = meta.get("data_loss")
+        if isinstance(loss, dict) and loss:
+            out[0] = loss
+    if world_size(meta) <= 1:
+        return out
+    for r in logging_ranks(meta):
+        if not r or not os.path.lexists(path / rank_file(RUN_FILE, r)):
+            continue
+        try:
+            loss = read_json_object(path / rank_file(RUN_FILE, r)).get("data_loss")
+        except (OSError, ValueError):
+            continue
+        if isinstance(loss, dict) and loss:
+            out[r] = loss
+    return out
 
 
 def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
@@ -198,16 +252,17 @@ def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
     ``"last"``, ``"first"`` or ``"mean"`` gives one value per step, sorted by
     step. ``salvage=True`` keeps the frames after damage in the middle.
     A multi-rank run reads as rank 0, with the whole run's status, by default;
-    ``rank=r`` reads rank r's streams and status (expman.ranks).
+    ``rank=r`` reads rank r's streams, with rank r's own status (``Run.status``;
+    ``Run.run_status`` is the whole run's either way).
     """
     check_duplicates(duplicates, allow_none=True)
     path = _local(path)
+    if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 0):
+        raise ExpmanValueError(f"rank must be a non-negative int, got {rank!r}")
     if rank:
-        from expman.ranks import open_rank
         where = Path(os.fspath(path))     # a rank may open before rank 0 wrote run.json
         where = where if where.is_dir() else resolve_run(path, base_dir)
-        return open_rank(where, rank, salvage=salvage,  # type: ignore[no-any-return]
-                         duplicates=duplicates)
+        return _open_rank(where, rank, salvage, duplicates)
     tail = RunTail(resolve_run(path, base_dir), salvage=salvage)
     p = tail.path
     if salvage:         # names of points whose defining frame is gone: the copies in events
@@ -218,7 +273,7 @@ def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
     except (OSError, ValueError) as e:     # damaged params never hide the metrics
         params, params_error = {}, str(e)
     batch = tail.poll()
-    integrity = _integrity(tail, tail.meta)
+    integrity = _integrity(tail.integrity, tail.bad_event_lines, tail.meta, p)
     if params_error:
         integrity["params_error"] = params_error
         warnings.warn(f"expman: {params_error}", RuntimeWarning, stacklevel=2)
@@ -230,7 +285,52 @@ def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
         for name in (tail._keys[k] for k in sorted(tail._keys))}
     raw = Metrics(series)
     view = raw.reduce(duplicates) if duplicates is not None else raw
-    return Run(p, tail.meta, params, batch.events, view, integrity, tail, duplicates, raw)
+    return Run(p, tail.meta, params, batch.events, view, integrity, tail, duplicates, raw, rank)
+
+
+def _open_rank(p: Path, rank: int, salvage: bool, duplicates: str | None) -> Run:
+    """Rank r's view of a run (r > 0): its metrics, events and meta
+    (run.rank<r>.json over run.json), the run's params. It cannot ``refresh()``;
+    open it again instead."""
+    from expman._fsutil import read_json_object, read_regular
+    from expman.layout import parse_event_lines
+
+    def meta_of(name: str) -> dict[str, Any] | None:
+        try:
+            return read_json_object(p / name)
+        except (OSError, ValueError):
+            return None
+    run_meta = meta_of(RUN_FILE) or {}      # rank 0 may not have opened it yet
+    own = meta_of(rank_file(RUN_FILE, rank))
+    if own is None:
+        if not run_meta:
+            raise FileNotFoundError(2, f"not an expman run folder (no {RUN_FILE}, no "
+                                       f"{rank_file(RUN_FILE, rank)}): {p}", str(p))
+        raise ExpmanValueError(
+            f"rank {rank}: no {rank_file(RUN_FILE, rank)} in {p} (the run has "
+            f"{world_size(run_meta)} ranks; logging ranks {logging_ranks(run_meta)})")
+    meta = {**run_meta, **own}
+    if "data_loss" not in own:
+        meta.pop("data_loss", None)          # rank 0's loss is not this rank's
+    try:
+        params = read_params(p)
+    except (OSError, ValueError):
+        params = {}
+    with warnings.catch_warnings():        # warned below, once, with the whole report
+        warnings.simplefilter("ignore")
+        metrics, report = read_metrics(p / rank_file(METRICS_FILE, rank), salvage=salvage)
+    raw = metrics
+    if duplicates is not None:
+        metrics = metrics.reduce(duplicates)
+    try:
+        events, bad, _used = parse_event_lines(read_regular(p / rank_file(EVENTS_FILE, rank)))
+    except FileNotFoundError:
+        events, bad = [], 0
+    integrity = _integrity(report, bad, run_meta, p, rank, meta)
+    loss = own.get("data_loss")
+    integrity["data_loss"] = loss if isinstance(loss, dict) else None
+    warn_damage(p / rank_file(METRICS_FILE, rank), integrity, salvage, 3)
+    return Run(p, meta, params, events, metrics, integrity, None, duplicates, raw, rank)
 
 
 @dataclass(frozen=True)
@@ -253,6 +353,8 @@ class RunSummary:
     tags: list[str] = field(default_factory=list)
     group: str | None = None
     notes: str | None = None
+    status_rank: int | None = None    # the rank that decided ``status`` (RunStatus.rank)
+    status_reason: str | None = None  # and why (RunStatus.reason)
 
     @property
     def id(self) -> str:
@@ -264,12 +366,15 @@ class RunSummary:
                 "end_time": self.end_time, "duration": self.duration, "params": self.params,
                 "last_metrics": self.last_metrics, "points": self.points, "exit": self.exit,
                 "data_loss": self.data_loss, "damaged": self.damaged, "tags": self.tags,
-                "group": self.group, "notes": self.notes, "path": str(self.path)}
+                "group": self.group, "notes": self.notes, "path": str(self.path),
+                "status_rank": self.status_rank, "status_reason": self.status_reason}
 
 
-# (path, metrics.bin size, mtime_ns) -> (last values, points): list_runs in a long-lived
-# process (a dashboard) reads each unchanged run once.
-_LAST_CACHE: dict[tuple[str, int, int], tuple[dict[str, float], int]] = {}
+# (path, metrics.bin inode, size, mtime_ns, ctime_ns) -> (last values, points):
+# list_runs in a long-lived process (a dashboard) decodes each unchanged run once.
+# A file replaced (new inode) or rewritten in place, even with its mtime set
+# back (ctime moves), is read again.
+_LAST_CACHE: dict[tuple[Any, ...], tuple[dict[str, float], int]] = {}
 _LAST_CACHE_MAX = 100_000
 
 
@@ -285,7 +390,7 @@ def _last_values(run_dir: Path | str) -> tuple[dict[str, float], int]:
 
 def _last_values_at(run: str, st: os.stat_result) -> tuple[dict[str, float], int]:
     """_last_values of the run folder ``run`` whose metrics.bin stat is ``st``."""
-    key = (os.path.join(run, METRICS_FILE), st.st_size, st.st_mtime_ns)
+    key = (os.path.join(run, METRICS_FILE), *_key(st))
     hit = _LAST_CACHE.get(key)
     if hit is not None:
         return hit
@@ -297,8 +402,8 @@ def _last_values_at(run: str, st: os.stat_result) -> tuple[dict[str, float], int
         except (OSError, ExpmanError, ValueError):
             doc = {"metrics": {}}
     figures = doc["metrics"]
-    result = ({k: m["last_value"] for k, m in figures.items() if m.get("count")},
-              sum(int(m.get("count") or 0) for m in figures.values()))
+    result = ({k: m.last_value for k, m in figures.items() if m.count},
+              sum(m.count for m in figures.values()))
     if len(_LAST_CACHE) >= _LAST_CACHE_MAX:
         _LAST_CACHE.clear()
     _LAST_CACHE[key] = result
@@ -346,7 +451,11 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
         return _damaged(path, exp, name, e)
     try:
         meta = parse_json_object(data, rpath)
-        st = effective_status(meta, path)
+        bad_world = world_size_error(meta)
+        if bad_world:
+            raise CorruptRunError(bad_world)
+        decided = run_status(meta, path)
+        st = decided.status
         params, pkey = _params(os.path.join(where, PARAMS_FILE))
     except (OSError, ValueError) as e:
         return _damaged(path, exp, name, e)
@@ -366,6 +475,11 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
         end = heartbeat(path)
     exit_info = meta.get("exit")
     loss = meta.get("data_loss")
+    if world_size(meta) > 1 and not isinstance(loss, dict):
+        losses = rank_losses(meta, path)     # any rank's loss marks the run
+        if losses:
+            r = min(losses)
+            loss = {**losses[r], "rank": r}
     tags = meta.get("tags")
     group, notes = meta.get("group"), meta.get("notes")
     line = RunSummary(str(meta.get("experiment", exp)), str(meta.get("run_name", name)), st,
@@ -374,7 +488,8 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
                       data_loss=loss if isinstance(loss, dict) else None,
                       tags=[t for t in tags if isinstance(t, str)] if isinstance(tags, list) else [],
                       group=group if isinstance(group, str) else None,
-                      notes=notes if isinstance(notes, str) else None)
+                      notes=notes if isinstance(notes, str) else None,
+                      status_rank=decided.rank, status_reason=decided.reason)
     if cache is not None and metrics:
         cache._keep(run, (linked, _key(rst), pkey, mkey), line, meta, began)
     return line

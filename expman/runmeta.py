@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from expman.errors import ExpmanTypeError, ExpmanValueError, RunClosedError, RunNotFoundError
-from expman.layout import RUN_FILE, RUNNING, effective_status
+from expman.layout import RUN_FILE, RUNNING
+from expman.liveness import effective_status
 
 __all__ = ["check_tags", "check_notes", "check_group", "set_tags", "set_notes", "update_closed_run",
            "matches", "TAGS", "NOTES", "GROUP"]

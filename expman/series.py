@@ -19,9 +19,12 @@ import os
 from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from expman.errors import ExpmanValueError
+
+if TYPE_CHECKING:
+    from expman.readmodel import MetricSummary
 
 __all__ = ["Series", "Metrics", "DUPLICATES", "numpy"]
 
@@ -94,33 +97,16 @@ class Series:
     def last_step(self) -> int | None:
         return int(self.steps[-1]) if len(self.steps) else None
 
-    def summary(self) -> dict[str, Any]:
-        """count, nan count, min/max (NaN ignored), first, last value and last step."""
-        n = len(self)
-        if not n:
-            return {"count": 0, "nan": 0, "min": None, "max": None, "first": None,
-                    "last": None, "last_step": None}
-        np = numpy()
-        if np is not None and not isinstance(self.values, array):
-            v = np.asarray(self.values)
-            nan_mask = np.isnan(v)
-            nans = int(nan_mask.sum())
-            finite = v[~nan_mask] if nans else v
-            lo = float(finite.min()) if len(finite) else math.nan
-            hi = float(finite.max()) if len(finite) else math.nan
-        else:
-            vals = [x for x in self.values if x == x]
-            nans = n - len(vals)
-            lo = min(vals) if vals else math.nan
-            hi = max(vals) if vals else math.nan
-        return {"count": n, "nan": nans, "min": lo, "max": hi, "first": float(self.values[0]),
-                "last": float(self.values[-1]), "last_step": int(self.steps[-1])}
+    def summary(self) -> "MetricSummary":
+        """The read model's figures (expman.readmodel.MetricSummary): count, NaN
+        count, first/last value and step, min/max over every non-NaN value."""
+        from expman.readmodel import summarize_points
+        return summarize_points(self.steps, self.times, self.values)
 
-    def reduce(self, duplicates: str = "last", *, how: str | None = None) -> "Series":
+    def reduce(self, duplicates: str = "last") -> "Series":
         """One value per step, sorted by step: the 'last', 'first' or 'mean' of the
-        records logged for that step (in logged order). Time: the step's last record.
-        (``how=`` is the old name of ``duplicates``.)"""
-        how = duplicates if how is None else how
+        records logged for that step (in logged order). Time: the step's last record."""
+        how = duplicates
         check_duplicates(how)
         np = numpy()
         if np is not None and not isinstance(self.steps, array):
@@ -182,17 +168,15 @@ class Metrics(Mapping[str, Series]):
     def points(self) -> int:
         return sum(len(s) for s in self._series.values())
 
-    def reduce(self, duplicates: str = "last", *, how: str | None = None) -> "Metrics":
+    def reduce(self, duplicates: str = "last") -> "Metrics":
         """Every series reduced to one value per step (see ``Series.reduce``)."""
-        rule = duplicates if how is None else how
-        return Metrics({k: s.reduce(rule) for k, s in self._series.items()})
+        return Metrics({k: s.reduce(duplicates) for k, s in self._series.items()})
 
-    def to_pandas(self, wide: bool = False, duplicates: str = "last", *,
-                  reduce: str | None = None) -> Any:
+    def to_pandas(self, wide: bool = False, duplicates: str = "last") -> Any:
         """Long frame (metric, step, time, value), every record as logged; or wide
         (one column per metric, indexed by step, duplicate steps reduced by the
-        ``duplicates`` rule; ``reduce=`` is its old name). Needs the [pandas] extra."""
-        rule = duplicates if reduce is None else reduce
+        ``duplicates`` rule). Needs the [pandas] extra."""
+        rule = duplicates
         check_duplicates(rule)
         pd = need("pandas", "pandas")
         if not wide:

@@ -25,14 +25,13 @@ from typing import Any
 
 from expman import layout
 from expman.errors import ExpmanValueError
-from expman.readmodel import flatten_params
+from expman.readmodel import MetricSummary, flatten_params
 
 __all__ = ["runs", "FORMATS", "to_frame"]
 
 FORMATS = ("pandas", "polars", "arrow")
 RUN_COLUMNS = ("id", "experiment", "run_name", "status", "start_time", "end_time", "duration",
                "points", "exit_reason", "path")
-SUMMARY_FIELDS = ("last", "min", "max")
 _NONFINITE = {layout.NAN: float("nan"), layout.POS_INF: float("inf"),
               layout.NEG_INF: float("-inf")}
 
@@ -53,9 +52,7 @@ def runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | None 
     rows = []
     for s in list_runs(layout.base_dir(base_dir), experiment, status, metrics=False,
                        tags=tags, group=group, limit=limit):
-        summaries = metric_summaries(s.path)
-        rows.append(run_row(s.to_dict(), s.params, summaries,
-                            sum(int(m.get("count") or 0) for m in summaries.values())))
+        rows.append(run_row(s.to_dict(), s.params, metric_summaries(s.path)))
     return to_frame(rows, as_)
 
 
@@ -65,50 +62,35 @@ def check_format(as_: object) -> str:
     return str(as_)
 
 
-def metric_summaries(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Per metric: count, last, min, max, from the run's summary.json when it is
-    fresh, else by decoding the run (expman.summary.summarize decides)."""
+def metric_summaries(run_dir: Path) -> dict[str, MetricSummary]:
+    """Per metric, the read model's figures: from the run's summary.json when it
+    is checked fresh, else by decoding the run (expman.summary.summarize decides)."""
     from expman.errors import ExpmanError
     from expman.summary import summarize
     try:
-        figures = summarize(run_dir)["metrics"]
+        return dict(summarize(run_dir)["metrics"])
     except (OSError, ValueError, ExpmanError):
         return {}
-    return {str(k): {"count": v.get("count"), "last": v.get("last_value"), "min": v.get("min"),
-                     "max": v.get("max")} for k, v in figures.items()}
-
-
-_ALIASES = {"last": ("last", "last_value"), "count": ("count", "points"),
-            "min": ("min", "min_value"), "max": ("max", "max_value")}
-
-
-def _field(summary: Any, name: str) -> Any:
-    """A summary field, by the names expman.summary may give it."""
-    for key in _ALIASES.get(name, (name,)):
-        v = summary.get(key) if isinstance(summary, Mapping) else getattr(summary, key, None)
-        if v is not None:
-            return v
-    return None
 
 
 def run_row(info: Mapping[str, Any], params: Mapping[str, Any],
-            summaries: Mapping[str, Mapping[str, Any]], points: int) -> dict[str, Any]:
-    """A table row from ``RunSummary.to_dict()``-shaped info, params and summaries."""
+            summaries: Mapping[str, MetricSummary]) -> dict[str, Any]:
+    """A table row from ``RunSummary.to_dict()``-shaped info, params and the read
+    model's metric summaries."""
     exit_info = info.get("exit")
     row: dict[str, Any] = {
         "id": info.get("id"), "experiment": info.get("experiment"),
         "run_name": info.get("run_name"), "status": info.get("status"),
         "start_time": info.get("start_time"), "end_time": info.get("end_time"),
-        "duration": info.get("duration"), "points": points,
+        "duration": info.get("duration"), "points": sum(m.count for m in summaries.values()),
         "exit_reason": exit_info.get("reason") if isinstance(exit_info, dict) else None,
         "path": str(info.get("path")) if info.get("path") is not None else None,
     }
     for k, v in flatten_params(params).items():
         row["params." + k] = v
-    for name, s in summaries.items():
-        for f in SUMMARY_FIELDS:
-            v = s.get(f)
-            row[f"metrics.{name}.{f}"] = None if v is None else float(v)
+    for name, m in summaries.items():
+        for column, v in (("last", m.last_value), ("min", m.min), ("max", m.max)):
+            row[f"metrics.{name}.{column}"] = v
     return row
 
 

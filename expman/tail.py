@@ -23,8 +23,9 @@ from expman import _core
 from expman._fsutil import read_json_object, read_regular
 from expman.errors import ExpmanValueError, RunNotFoundError
 from expman.layout import (
-    EVENTS_FILE, METRICS_FILE, RUN_FILE, RUNNING, effective_status, parse_event_lines, rank_file,
+    EVENTS_FILE, METRICS_FILE, RUN_FILE, RUNNING, parse_event_lines, rank_file,
 )
+from expman.liveness import effective_status
 from expman.series import Metrics, Series, column
 
 __all__ = ["RunTail", "TailBatch", "read_metrics", "EMPTY_REPORT"]
@@ -47,10 +48,14 @@ def decode(data: Any, offset: int, keys: dict[int, str] | None,
 
 def warn_damage(path: Path, report: dict[str, Any], salvage: bool, stacklevel: int) -> None:
     if report["corrupt_bytes"] or report["unknown_points"]:
+        closed = report.get("closed_damage")
         warnings.warn(
             f"expman: {path} is damaged: {report['corrupt_bytes']} bytes unreadable at offsets "
-            f"{report['corrupt_at'][:5]}" + ("" if salvage else "; open_run(..., salvage=True) "
-                                              "recovers frames after the damage"),
+            f"{report['corrupt_at'][:5]}"
+            + ("; the run closed cleanly, so a bad last frame is damage, not a torn tail"
+               if closed else "")
+            + ("" if salvage or closed else "; open_run(..., salvage=True) "
+               "recovers frames after the damage"),
             RuntimeWarning, stacklevel=stacklevel)
 
 

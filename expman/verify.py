@@ -1,28 +1,33 @@
 """Checking a run folder's files, and cutting a torn tail: ``verify_run``.
 
 Reports every frame, torn tail, corrupt range, unreadable event line, artifact
-whose bytes changed, and the loss the writer recorded. A repair only cuts what
-a crash can leave (a torn last frame or line) and keeps the cut bytes beside
-the file; it never touches damage in the middle, and never a live run.
+whose bytes changed, difference between summary.json and the data, and the
+loss the writer recorded, for every rank's streams and records. A repair only
+cuts what a crash can leave (a torn last frame or line of a stream whose writer
+did not close it) and keeps the cut bytes beside the file; it never touches
+damage, and never a live run.
 """
 
 from __future__ import annotations
 
 import os
-import stat
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from expman import _core
-from expman._fsutil import open_nofollow, read_json, read_regular, regular_stat, sha256_file
+from expman._fsutil import open_nofollow, read_json, read_regular
 from expman.errors import ExpmanError, ExpmanValueError
 from expman.layout import (
-    ARTIFACTS_DIR, MAX_MANIFEST_BYTES, EVENTS_FILE, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING, TORN_SUFFIX,
-    effective_status, parse_event_lines, resolve_run,
+    EVENTS_FILE, FINAL_STATUSES, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING, SUMMARY_FILE,
+    TORN_SUFFIX, parse_event_lines, rank_file, resolve_run,
+)
+from expman.liveness import effective_status, logging_ranks, stream_status, world_size_error
+from expman.readmodel import (
+    SUMMARY_FIELDS, MetricSummary, artifact_states, float_bits, settle_torn_tail,
+    verify_artifacts,
 )
 
-__all__ = ["verify_run", "verify_artifacts"]
+__all__ = ["verify_run", "verify_artifacts"]     # verify_artifacts: the read model's
 
 
 def verify_run(path: str | os.PathLike[str], repair: bool = False, *,
@@ -32,11 +37,16 @@ def verify_run(path: str | os.PathLike[str], repair: bool = False, *,
     Keys: ``path``, ``status``, ``run_json``, ``params_json``, ``metrics``
     (frames, rows, points, keys, bytes, ``torn_bytes``, ``corrupt_bytes``,
     ``corrupt_at``, ``unknown_points``, ``end``), ``events`` (events,
-    bad_lines, torn_bytes), ``artifacts`` (name, ok, problem), ``data_loss``
-    (what the writer recorded dropping), ``repaired`` (what a repair did),
-    ``problems`` (one line each) and ``ok``. ``repair=True`` cuts a torn tail
-    of metrics.bin and a torn last line of events.jsonl (the cut bytes go to
-    ``<file>.torn``); it refuses a RUNNING run with ExpmanValueError.
+    bad_lines, torn_bytes), ``summary`` (``state``: ok, stale, absent, damaged
+    or differs, with every ``differences`` line), ``artifacts`` (the read
+    model's artifact states, fully checked), ``data_loss`` (what the writer
+    recorded dropping), ``ranks`` (the same per rank r > 0 of a multi-rank
+    run: metrics, events, summary, data_loss), ``repaired`` (what a repair
+    did), ``problems`` (one line each) and ``ok``. ``repair=True`` cuts a torn
+    tail of metrics.bin and a torn last line of events.jsonl (the cut bytes go
+    to ``<file>.torn``), for every rank; it refuses a RUNNING run with
+    ExpmanValueError. A bad last frame of a stream whose writer closed it
+    cleanly is damage (``corrupt_bytes``), never cut.
     """
     run_dir = resolve_run(path, base_dir)
     problems: list[str] = []
@@ -51,11 +61,17 @@ def verify_run(path: str | os.PathLike[str], repair: bool = False, *,
     except (OSError, ValueError) as e:
         report["run_json"] = f"unreadable: {e}"
         problems.append(f"{RUN_FILE} unreadable")
+    bad_world = world_size_error(meta)
+    if bad_world:
+        problems.append(bad_world)
     status = effective_status(meta, run_dir) if meta else "?"
     report["status"] = status
     report["experiment"] = str(meta.get("experiment", run_dir.parent.name))
     report["run_name"] = str(meta.get("run_name", run_dir.name))
     live = status == RUNNING
+    if repair and live:
+        raise ExpmanValueError(f"{run_dir.name} is RUNNING (its process is alive): refusing to "
+                               "cut a file that is being written")
     if (run_dir / PARAMS_FILE).exists():
         try:
             read_json(run_dir / PARAMS_FILE)
@@ -64,72 +80,109 @@ def verify_run(path: str | os.PathLike[str], repair: bool = False, *,
             report["params_json"] = f"unreadable: {e}"
             problems.append(f"{PARAMS_FILE} unreadable")
 
-    m = _check_metrics(run_dir / METRICS_FILE, problems)
-    report["metrics"] = m
-    ev, events = _check_events(run_dir / EVENTS_FILE)
-    report["events"] = {k: v for k, v in ev.items() if k != "good_size"}
-    if ev["bad_lines"]:
-        problems.append(f"{EVENTS_FILE}: {ev['bad_lines']} unreadable lines")
-    report["artifacts"] = _check_artifacts(run_dir, events, problems)
-
-    loss = meta.get("data_loss") if isinstance(meta.get("data_loss"), dict) else None
-    report["data_loss"] = loss
-    if loss:
-        problems.append(f"the writer recorded loss: {loss.get('rows_dropped', 0)} rows and "
-                        f"{loss.get('events_dropped', 0)} events dropped, "
-                        f"{loss.get('write_errors', 0)} failed writes"
-                        + (f" ({loss['last_error']})" if loss.get("last_error") else ""))
-
-    torn_m = 0 if live else m.get("torn_bytes", 0)
-    torn_e = 0 if live else ev["torn_bytes"]
     repaired: list[str] = []
-    if repair and live:
-        raise ExpmanValueError(f"{run_dir.name} is RUNNING (its process is alive): refusing to "
-                               "cut a file that is being written")
-    if repair and torn_m:
-        kept = _cut(run_dir / METRICS_FILE, m["end"])
-        repaired.append(f"{METRICS_FILE}: cut {torn_m} torn bytes (kept in {kept.name})")
-        torn_m = 0
-    if repair and torn_e:
-        kept = _cut(run_dir / EVENTS_FILE, ev["good_size"])
-        repaired.append(f"{EVENTS_FILE}: cut a torn last line of {torn_e} bytes "
-                        f"(kept in {kept.name})")
-        torn_e = 0
-    if torn_m:
-        problems.append(f"{METRICS_FILE}: torn tail of {torn_m} bytes (--repair cuts it)")
-    if torn_e:
-        problems.append(f"{EVENTS_FILE}: torn last line of {torn_e} bytes (--repair cuts it)")
+    own, events = _check_stream(run_dir, 0, meta, repair, problems, repaired)
+    report.update(own)
+    states = artifact_states(run_dir, events, verify=True)
+    report["artifacts"] = [a.to_dict() for a in states]
+    for a in states:
+        if not a.present or a.verified is False:
+            problems.append(f"artifact {a.label!r}: " + "; ".join(a.problems))
+    ranks: dict[str, Any] = {}
+    for r in logging_ranks(meta) if meta else []:
+        rmeta_path = run_dir / rank_file(RUN_FILE, r)
+        if not r or not os.path.lexists(rmeta_path):
+            continue
+        try:
+            rmeta = read_json(rmeta_path)
+            if not isinstance(rmeta, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            problems.append(f"{rank_file(RUN_FILE, r)} unreadable: {e}")
+            ranks[str(r)] = {"run_json": f"unreadable: {e}"}
+            continue
+        ranks[str(r)], _ev = _check_stream(run_dir, r, rmeta, repair, problems, repaired)
+    if ranks:
+        report["ranks"] = ranks
     report["repaired"] = repaired
     report["problems"] = problems
     report["ok"] = not problems
     return report
 
 
-def _check_metrics(mpath: Path, problems: list[str]) -> dict[str, Any]:
+def _check_stream(run_dir: Path, rank: int, meta: dict[str, Any], repair: bool,
+                  problems: list[str], repaired: list[str]
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One writer's streams (rank 0's plain files, or rank r's): metrics, events,
+    summary and recorded loss; problems and repairs are appended."""
+    mname, ename = rank_file(METRICS_FILE, rank), rank_file(EVENTS_FILE, rank)
+    own_status = stream_status(meta, run_dir, rank) if meta else "?"
+    closed, live = own_status in FINAL_STATUSES, own_status == RUNNING
+    m, figures = _check_metrics(run_dir / mname, closed, problems)
+    ev, events = _check_events(run_dir / ename)
+    if ev["bad_lines"]:
+        problems.append(f"{ename}: {ev['bad_lines']} unreadable lines")
+    out: dict[str, Any] = {"metrics": m,
+                           "events": {k: v for k, v in ev.items() if k != "good_size"}}
+    out["summary"] = _check_summary(run_dir, rank, m, figures, problems)
+    loss = meta.get("data_loss") if isinstance(meta.get("data_loss"), dict) else None
+    out["data_loss"] = loss
+    who = "the writer" if not rank else f"rank {rank}'s writer"
+    if loss:
+        problems.append(f"{who} recorded loss: {loss.get('rows_dropped', 0)} rows and "
+                        f"{loss.get('events_dropped', 0)} events dropped, "
+                        f"{loss.get('write_errors', 0)} failed writes"
+                        + (f" ({loss['last_error']})" if loss.get("last_error") else ""))
+    torn_m = 0 if live else m.get("torn_bytes", 0)
+    torn_e = 0 if live else ev["torn_bytes"]
+    if repair and torn_m:
+        kept = _cut(run_dir / mname, m["end"])
+        repaired.append(f"{mname}: cut {torn_m} torn bytes (kept in {kept.name})")
+        torn_m = 0
+    if repair and torn_e:
+        kept = _cut(run_dir / ename, ev["good_size"])
+        repaired.append(f"{ename}: cut a torn last line of {torn_e} bytes "
+                        f"(kept in {kept.name})")
+        torn_e = 0
+    if torn_m:
+        problems.append(f"{mname}: torn tail of {torn_m} bytes (--repair cuts it)")
+    if torn_e:
+        problems.append(f"{ename}: torn last line of {torn_e} bytes (--repair cuts it)")
+    return out, events
+
+
+def _check_metrics(mpath: Path, closed: bool, problems: list[str]
+                   ) -> tuple[dict[str, Any], dict[str, MetricSummary] | None]:
+    """A stream's frames (decoded whole, salvaging past damage) and the read
+    model's figures of what it holds (None when it could not be decoded)."""
+    from expman.summary import from_columns
     m: dict[str, Any] = {"present": os.path.lexists(mpath)}
     if not m["present"]:
-        return m
+        return m, None
     try:
         data = read_regular(mpath)
     except (OSError, ExpmanError) as e:
         m["error"] = str(e)
-        problems.append(f"{METRICS_FILE}: {e}")
-        return m
+        problems.append(f"{mpath.name}: {e}")
+        return m, None
     m["bytes"] = len(data)
     try:
-        _cols, keys, rep = _core.decode_metrics(data, salvage=True)
+        cols, keys, rep = _core.decode_metrics(data, salvage=True)
     except ExpmanError as e:
         m["error"] = str(e)
-        problems.append(f"{METRICS_FILE}: {e}")
-        return m
+        problems.append(f"{mpath.name}: {e}")
+        return m, None
+    rep = settle_torn_tail(rep, closed)
     m.update({k: rep[k] for k in ("frames", "rows", "points", "torn_bytes", "corrupt_bytes",
                                   "corrupt_at", "unknown_points", "end")})
     m["keys"] = len(keys)
     if rep["corrupt_bytes"]:
-        problems.append(f"{METRICS_FILE}: {rep['corrupt_bytes']} bytes corrupt")
+        problems.append(f"{mpath.name}: {rep['corrupt_bytes']} bytes corrupt"
+                        + (" (the last frame of a run that closed cleanly: damage, not a "
+                           "torn tail)" if rep.get("closed_damage") else ""))
     if rep["unknown_points"]:
-        problems.append(f"{METRICS_FILE}: {rep['unknown_points']} points of unknown metrics")
-    return m
+        problems.append(f"{mpath.name}: {rep['unknown_points']} points of unknown metrics")
+    return m, from_columns(cols)
 
 
 def _check_events(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -146,150 +199,77 @@ def _check_events(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             "torn_bytes": len(data) - used, "good_size": used}, events
 
 
-def _check_artifacts(run_dir: Path, events: list[dict[str, Any]],
-                     problems: list[str]) -> list[dict[str, Any]]:
-    """Every artifact the events record, with what is wrong with it (if anything)."""
-    found = verify_artifacts(run_dir, events)
-    out = []
-    for ev in events:
-        if ev.get("kind") != "artifact":
-            continue
-        mine = [p for p in found if p["name"] == ev.get("name") and (
-            p["path"] == ev.get("path") or str(p["path"] or "").startswith(f"{ev.get('path')}/"))]
-        problem = "; ".join(f"{p['problem']}: {p['detail']}" for p in mine) or None
-        out.append({"name": ev.get("name"), "path": ev.get("path"), "ok": problem is None,
-                    "problem": problem})
-        if problem:
-            problems.append(f"artifact {ev.get('name')!r}: {problem}")
-    return out
+def _check_summary(run_dir: Path, rank: int, m: dict[str, Any],
+                   figures: dict[str, MetricSummary] | None,
+                   problems: list[str]) -> dict[str, Any]:
+    """summary.json against the decoded figures: ``state`` ok, absent, stale (it
+    covers another size: readers decode), damaged (not a summary whose digest
+    matches) or differs (it covers this size but says something else: every
+    difference is a problem)."""
+    from expman.summary import check_summary
+    name = rank_file(SUMMARY_FILE, rank)
+    if not os.path.lexists(run_dir / name):
+        return {"state": "absent"}
+    if rank:                 # check_summary reads the plain names: a rank's own pair
+        return _check_rank_summary(run_dir, rank, m, figures, problems)
+    doc, why = check_summary(run_dir)
+    return _compare_summary(name, doc, why, m, figures, problems)
 
 
-# ---- artifacts: sizes and sha256 against the recorded events ----------------------------------
-
-
-def verify_artifacts(run_dir: str | os.PathLike[str],
-                     events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Check every recorded artifact against the bytes on disk: size AND sha256;
-    for folders, the manifest's own hash, then every file it lists (and no others).
-
-    Returns one dict per problem: ``{"name", "path", "problem", "detail"}`` with
-    ``problem`` one of ``missing``, ``not_regular``, ``unsafe_path``, ``size``,
-    ``sha256``, ``manifest``, ``extra_file``, ``bad_record``. Never follows a
-    link; never reads outside ``run_dir/artifacts``.
-    """
-    root = Path(os.fspath(run_dir))
-    problems: list[dict[str, Any]] = []
-    for ev in events:
-        if not isinstance(ev, dict) or ev.get("kind") != "artifact":
-            continue
-        name = ev.get("name")
-
-        def problem(kind: str, detail: str, path: object = ev.get("path"),
-                    name: object = name) -> None:
-            problems.append({"name": name, "path": path, "problem": kind, "detail": detail})
-
-        rel = ev.get("path")
-        target = _safe_target(root, rel)
-        if target is None:
-            problem("unsafe_path", f"recorded path {rel!r} is not inside {ARTIFACTS_DIR}/")
-            continue
-        if ev.get("type") == "dir":
-            _verify_dir(root, target, ev, problem)
-            continue
-        size, sha = ev.get("size"), ev.get("sha256")
-        if not isinstance(size, int) or not isinstance(sha, str):
-            problem("bad_record", "the event lacks an integer size or a sha256")
-            continue
-        _verify_file(target, size, sha, problem)
-    return problems
-
-
-def _safe_target(root: Path, rel: object) -> Path | None:
-    if not isinstance(rel, str) or "\\" in rel or "\x00" in rel:
-        return None
-    parts = rel.split("/")
-    if len(parts) < 2 or parts[0] != ARTIFACTS_DIR or any(p in ("", ".", "..") for p in parts):
-        return None
-    return root.joinpath(*parts)
-
-
-def _verify_file(path: Path, size: int, sha: str, problem: Callable[[str, str], None]) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        problem("missing", f"{path} is missing")
-        return
-    if not stat.S_ISREG(st.st_mode):
-        problem("not_regular", f"{path} is not a regular file (a link, folder or device)")
-        return
-    if st.st_size != size:
-        problem("size", f"{path} has {st.st_size} bytes, {size} recorded")
-        return
-    try:
-        found = sha256_file(path)
-    except OSError as e:
-        problem("not_regular", f"{path}: {e}")
-        return
-    if found != sha:
-        problem("sha256", f"{path}: sha256 {found}, {sha} recorded")
-
-
-def _verify_dir(root: Path, target: Path, ev: dict[str, Any],
-                problem: Callable[..., None]) -> None:
+def _check_rank_summary(run_dir: Path, rank: int, m: dict[str, Any],
+                        figures: dict[str, MetricSummary] | None,
+                        problems: list[str]) -> dict[str, Any]:
     import orjson
-    side = _safe_target(root, ev.get("manifest"))
-    sha = ev.get("sha256")
-    if side is None or not isinstance(sha, str):
-        problem("bad_record", "the event lacks a manifest path inside artifacts/ or its sha256")
-        return
+
+    from expman.summary import MAX_SUMMARY_BYTES, _parse
+    name = rank_file(SUMMARY_FILE, rank)
     try:
-        st = os.lstat(target)
-    except FileNotFoundError:
-        problem("missing", f"{target} is missing")
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        problem("not_regular", f"{target} is not a folder (a link or a file)")
-        return
-    try:
-        regular_stat(side)
-        body = read_regular(side)
-    except FileNotFoundError:
-        problem("manifest", f"the manifest {side} is missing")
-        return
-    except (OSError, ValueError) as e:
-        problem("manifest", f"the manifest {side} cannot be read: {e}")
-        return
-    import hashlib
-    if len(body) > MAX_MANIFEST_BYTES or hashlib.sha256(body).hexdigest() != sha:
-        problem("manifest", f"the manifest {side} does not match its recorded sha256")
-        return
-    try:
-        entries = orjson.loads(body)["files"]
-        listed = {e["path"]: (int(e["size"]), str(e["sha256"])) for e in entries}
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        problem("manifest", f"the manifest {side} is not a list of files")
-        return
-    for rel, (size, fsha) in sorted(listed.items()):
-        path = _safe_target(root, f"{_rel_of(root, target)}/{rel}")
-        if path is None:
-            problem("unsafe_path", f"manifest entry {rel!r} leaves the folder")
-            continue
-        _verify_file(path, size, fsha, _with_path(problem, _rel_of(root, path)))
-    for top, dirs, names in os.walk(target, followlinks=False):
-        for n in names:
-            rel = (Path(top) / n).relative_to(target).as_posix()
-            if rel not in listed:
-                problem("extra_file", f"{target / rel} is not in the manifest",
-                        _rel_of(root, Path(top) / n))
+        doc = _parse(orjson.loads(read_regular(run_dir / name, limit=MAX_SUMMARY_BYTES)))
+    except (OSError, ValueError):
+        doc = None
+    why = None
+    if doc is not None and not doc["digest_ok"]:
+        why = f"{name} was changed after it was written (its digest does not match)"
+    return _compare_summary(name, doc, why, m, figures, problems)
 
 
-def _with_path(problem: Callable[..., None], path: str) -> Callable[[str, str], None]:
-    """problem() reporting a file inside a folder artifact under the file's own path."""
-    return lambda kind, detail: problem(kind, detail, path)
+def _compare_summary(name: str, doc: dict[str, Any] | None, why: str | None,
+                     m: dict[str, Any], figures: dict[str, MetricSummary] | None,
+                     problems: list[str]) -> dict[str, Any]:
+    if doc is None:
+        problems.append(f"{name}: {why}")
+        return {"state": "damaged", "why": why}
+    if doc["metrics_bytes"] != m.get("bytes"):
+        return {"state": "stale", "why": why}     # readers decode; not damage
+    if figures is None:
+        return {"state": "unchecked", "why": "the metrics could not be decoded"}
+    diffs = _differences(doc["metrics"], figures) + ([str(why)] if why else [])
+    for d in diffs:
+        problems.append(f"{name}: {d}")
+    return {"state": "differs" if diffs else "ok", "differences": diffs}
 
 
-def _rel_of(root: Path, path: Path) -> str:
-    return path.relative_to(root).as_posix()
+def _differences(claimed: dict[str, MetricSummary], found: dict[str, MetricSummary]
+                 ) -> list[str]:
+    """Every figure summary.json states that the data does not (floats by bits)."""
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, float) and isinstance(b, float):
+            return float_bits(a) == float_bits(b)
+        return bool(a == b) and type(a) is type(b)
+    out = []
+    for metric in sorted(set(claimed) | set(found)):
+        c, f = claimed.get(metric), found.get(metric)
+        if c is None:
+            out.append(f"{metric!r} is in the data ({f.count if f else 0} points) but not "
+                       "in the summary")
+        elif f is None:
+            out.append(f"{metric!r} is in the summary ({c.count} points) but not in the data")
+        else:
+            for field in SUMMARY_FIELDS:
+                a, b = getattr(c, field), getattr(f, field)
+                if not same(a, b):
+                    out.append(f"{metric!r} {field}: the summary says {a!r}, the data {b!r}")
+    return out
 
 
 def _cut(path: Path, keep: int) -> Path:

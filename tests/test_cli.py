@@ -200,7 +200,7 @@ def test_show_json_stats_and_nonfinite(base, make_run):
     exp.close()
     info = json.loads(ok(cli("show", exp.run_dir, "--json", cwd=base)))
     v = info["metrics"]["v"]
-    assert (v["count"], v["nan"], v["min"], v["max"], v["last"]) == (9, 1, "-Infinity", "Infinity", 2.0)
+    assert (v["count"], v["nan_count"], v["min"], v["max"], v["last_value"]) == (9, 1, "-Infinity", "Infinity", 2.0)
     assert info["status"] == "FINISHED" and info["integrity"]["points"] == 9
     assert info["path"] == str(exp.run_dir.resolve())
 
@@ -391,8 +391,8 @@ def test_verify_clean_run(base, make_run):
     assert data["ok"] and data["metrics"]["frames"] == 3 and data["metrics"]["torn_bytes"] == 0
 
 
-def test_verify_and_repair_torn_tail(base, make_run):
-    run_dir = _three_frames(make_run, "torn")
+def test_verify_and_repair_torn_tail(base, tmp_path):
+    run_dir = make_crashed_run(base, tmp_path)       # a torn tail needs a writer that died
     mfile, efile = run_dir / "metrics.bin", run_dir / "events.jsonl"
     good_m, good_e = mfile.read_bytes(), efile.read_bytes()
     length = struct.pack("<I", 100)
@@ -408,6 +408,29 @@ def test_verify_and_repair_torn_tail(base, make_run):
     assert (run_dir / "metrics.bin.torn").read_bytes() == torn
     assert expman.open_run(run_dir).integrity["torn_bytes"] == 0
     ok(cli("verify", run_dir, cwd=base))
+
+
+def test_a_bad_last_frame_of_a_finished_run_is_damage_not_a_torn_tail(base, make_run):
+    """Issue 26 item 2: one bit flipped in the last frame of a FINISHED run is
+    corruption: corrupt_bytes and a warning from open_run, the listing decodes
+    instead of trusting summary.json, verify exits non-zero and --repair cuts
+    nothing."""
+    run_dir = _three_frames(make_run, "rot")
+    mfile = run_dir / "metrics.bin"
+    data = bytearray(mfile.read_bytes())
+    data[-6] ^= 0x04                                           # inside the last payload
+    mfile.write_bytes(bytes(data))
+    with pytest.warns(RuntimeWarning, match="closed cleanly"):
+        run = expman.open_run(run_dir)
+    assert run.status == "FINISHED" and run.integrity["torn_bytes"] == 0
+    assert run.integrity["corrupt_bytes"] > 0 and run.metrics.points == 2
+    (line,) = expman.list_runs(base, experiment="v")
+    assert line.points == 2                                    # summary.json said 3
+    proc = cli("verify", run_dir, "--repair", cwd=base)
+    assert proc.returncode == 1 and "closed cleanly" in proc.stdout
+    assert mfile.read_bytes() == bytes(data) and not (run_dir / "metrics.bin.torn").exists()
+    report = json.loads(cli("verify", run_dir, "--json", cwd=base).stdout)
+    assert report["metrics"]["torn_bytes"] == 0 and report["metrics"]["corrupt_bytes"] > 0
 
 
 def test_verify_corruption_is_reported_not_cut(base, make_run):

@@ -11,6 +11,7 @@ A few hundred cases per property by default; EXPMAN_SLOW=1 runs thousands.
 
 from __future__ import annotations
 
+import json
 import struct
 import time
 import warnings
@@ -269,11 +270,19 @@ def test_open_run_reports_damage_with_a_warning(original, tmp_path):
     with pytest.warns(RuntimeWarning, match="damaged"):
         r = expman.open_run(run, salvage=True)
     assert len(r.metrics["loss"]) == (N_FRAMES - 1) * ROWS_PER_FRAME
-    # a torn tail alone is not damage: no warning
+    # a run that closed cleanly has no torn tail: a cut last frame is damage
     (run / "metrics.bin").write_bytes(original.data[:-5])
+    with pytest.warns(RuntimeWarning, match="closed cleanly"):
+        r = expman.open_run(run)
+    assert r.integrity["torn_bytes"] == 0 and r.integrity["corrupt_bytes"] > 0
+    # a torn tail of a writer that died (CRASHED) is not damage: no warning
+    from expman.layout import hostname
+    (run / "run.json").write_text(json.dumps({"status": "RUNNING", "pid": 0x7FFFFFFE,
+                                              "host": hostname()}))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         r = expman.open_run(run)
+    assert r.status == "CRASHED"
     assert r.integrity["torn_bytes"] == original.ends[-1] - original.ends[-2] - 5
 
 

@@ -110,7 +110,7 @@ def test_large_key_ids_decode_in_memory_bounded_by_the_file():
     if SANITIZED or sys.platform != "linux":
         return      # ASan reserves terabytes of shadow: no address-space limit there
     # 256 MiB of address space for the whole child: the old decoder needed 2-8 GiB here
-    res = run_isolated(f"""
+    res = run_isolated("""
         import resource
         resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20))
         from hostile import corpus
@@ -199,7 +199,7 @@ def test_every_corpus_file_decodes_without_error_in_both_modes(tmp_path):
 
 
 def test_pid_zero_negative_or_huge_is_never_a_live_process():
-    from expman.layout import pid_alive
+    from expman.liveness import pid_alive
     assert not any(pid_alive(p) for p in (0, -1, -(2**31), 2**62))
     assert pid_alive(os.getpid())
 
@@ -359,3 +359,47 @@ def test_close_itself_is_bounded_by_block_timeout(make_run):
         warnings.simplefilter("ignore")
         exp._close_at_exit("FINISHED", None)
     assert exp.status == "FINISHED"
+
+
+RUN_FILES = Path(__file__).parent / "hostile" / "runs"
+
+
+@pytest.mark.parametrize("name", ["world_2000000", "world_1e18"])
+def test_a_crafted_world_size_is_damaged_not_a_loop(name, tmp_path, monkeypatch):
+    """Issue 20 item 7: a small run.json claiming 2,000,000 or 10**18 ranks lists as
+    DAMAGED at once (no rank is probed), opens with the reason in integrity, and
+    verify fails naming it; nothing allocates or loops per claimed rank."""
+    from expman import liveness
+    run = tmp_path / "hostile" / "big"
+    run.mkdir(parents=True)
+    (run / "run.json").write_bytes((RUN_FILES / f"{name}.json").read_bytes())
+    probed = []
+    real = liveness.stream_status
+    monkeypatch.setattr(liveness, "stream_status",
+                        lambda meta, path, rank=0: probed.append(rank) or real(meta, path, rank))
+    (line,) = expman.list_runs(tmp_path)
+    assert line.status == "DAMAGED" and "world_size" in line.damaged
+    assert probed == []
+    opened = expman.open_run(run)
+    assert "world_size" in opened.integrity["meta_error"]
+    assert opened.status == "RUNNING"      # another host, a fresh heartbeat: one stream
+    assert len(probed) <= 3
+    report = expman.verify_run(run)
+    assert not report["ok"] and any("world_size" in p for p in report["problems"])
+
+
+def test_a_crafted_heartbeat_interval_is_bounded(tmp_path):
+    """A heartbeat interval of 1e308 would keep a dead run on another host RUNNING
+    forever: it is bounded to a day, so a heartbeat two days old is CRASHED."""
+    import time
+
+    from expman import layout, liveness
+    from expman._fsutil import read_json
+    run = tmp_path / "hostile" / "big"
+    run.mkdir(parents=True)
+    (run / "run.json").write_bytes((RUN_FILES / "heartbeat_1e308.json").read_bytes())
+    old = time.time() - 2 * 86400 * layout.STALE_AFTER
+    os.utime(run / "run.json", (old, old))
+    meta = read_json(run / "run.json")
+    assert meta["heartbeat_interval"] == 1e308
+    assert liveness.stream_status(meta, run) == "CRASHED"

@@ -301,3 +301,62 @@ def test_resolve_run_specs(tmp_path, monkeypatch):
     assert expman.list_runs()[0].run_name == "solo"
     err = pytest.raises(FileNotFoundError, expman.open_run, "a/nope").value
     assert str(err).count("a/nope") == 1, err
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """expman module -> the expman modules it imports, read with ast: every import
+    statement, function-local ones included (a deferred import is still a
+    dependency); only ``if TYPE_CHECKING:`` blocks are left out (never run)."""
+    import ast
+    root = Path(expman.__file__).parent
+
+    def name_of(p: Path) -> str:
+        parts = list(p.relative_to(root.parent).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    files = {name_of(p): p for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        found: set[str] = set()
+        todo: list[ast.AST] = [ast.parse(path.read_text(encoding="utf-8"))]
+        while todo:
+            node = todo.pop()
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                    continue
+                if isinstance(child, ast.Import):
+                    found.update(a.name for a in child.names)
+                elif isinstance(child, ast.ImportFrom) and child.module and not child.level:
+                    found.add(child.module)
+                    found.update(f"{child.module}.{a.name}" for a in child.names)
+                todo.append(child)
+        graph[mod] = {m for m in found if m in files and m not in (mod, "expman")}
+    return graph
+
+
+def test_no_import_cycle_in_the_package():
+    """Issue 19 item 4: the package's import graph is acyclic (a module may import
+    ``expman`` itself, the lazy facade, but no module reaches itself again)."""
+    graph = _import_graph()
+    assert {"expman.layout", "expman.liveness", "expman.readmodel"} <= set(graph)
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(mod: str, path: list[str]) -> None:
+        state[mod] = 1
+        for dep in sorted(graph[mod]):
+            if state.get(dep) == 1:
+                cycles.append(path[path.index(dep):] + [mod, dep])
+            elif dep not in state:
+                visit(dep, path + [mod])
+        state[mod] = 2
+
+    for mod in sorted(graph):
+        if mod not in state:
+            visit(mod, [])
+    assert not cycles, [" -> ".join(c) for c in cycles]
+
+
+def test_the_contract_module_is_a_leaf():
+    """layout.py imports nothing of expman but the errors (liveness lives above it)."""
+    assert _import_graph()["expman.layout"] <= {"expman.errors", "expman._fsutil"}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import expman
-from expman import launcher, ranks, runlock
+from expman import launcher, liveness, ranks, runlock
 from expman.cli import ranks as ranks_cli
 from expman.errors import ExpmanTypeError, ExpmanValueError, RunExistsError, RunLockedError
 
@@ -115,9 +115,9 @@ def test_failed_rank_fails_the_run_and_says_which(base, as_rank):
     assert expman.open_run(r0.run_dir).status == "RUNNING"      # rank 0 still writes
     r0.close()
     run = expman.open_run(r0.run_dir)
-    out = ranks.run_outcome(run.meta, run.path)
+    out = liveness.run_status(run.meta, run.path)
     assert run.status == out.status == "FAILED" and out.rank == 1
-    assert "rank 1" in out.why and "ZeroDivisionError" in out.why
+    assert "rank 1" in out.reason and "ZeroDivisionError" in out.reason
     assert [(s.rank, s.status) for s in out.ranks] == [(0, "FINISHED"), (1, "FAILED")]
     assert run.params == {"lr": 0.1} and run.meta["world_size"] == 2
     assert list(run.metrics["loss"].values) == [1.0]
@@ -184,7 +184,7 @@ def test_ranks_option_mutes_the_other_ranks(base, as_rank):
         r0.log_metrics({"loss": 1.0}, step=0)
     run = expman.open_run(r0.run_dir)
     assert run.meta["ranks"] == [0] and run.status == "FINISHED"
-    assert [s.rank for s in ranks.run_outcome(run.meta, run.path).ranks] == [0]
+    assert [s.rank for s in liveness.run_status(run.meta, run.path).ranks] == [0]
     assert not any("rank" in name for name in os.listdir(r0.run_dir))
 
 
@@ -213,7 +213,7 @@ def test_a_sigkilled_rank_keeps_its_data_the_others_complete_and_the_run_says_so
         assert procs[1].wait(30) == -signal.SIGKILL
         run_dir = base / "job" / "slurm-4242.0"
         run = expman.open_run(run_dir)
-        out = ranks.run_outcome(run.meta, run.path)
+        out = liveness.run_status(run.meta, run.path)
         # ranks 0 and 2 still write: the run lives, rank 1 is named dead at once
         assert run.status == "RUNNING" and runlock.is_locked(run_dir)
         assert [(s.rank, s.status) for s in out.ranks] == [
@@ -230,11 +230,16 @@ def test_a_sigkilled_rank_keeps_its_data_the_others_complete_and_the_run_says_so
             for f in (p.stdin, p.stdout, p.stderr):
                 f.close()
     run = expman.open_run(run_dir)
-    out = ranks.run_outcome(run.meta, run.path)
+    out = liveness.run_status(run.meta, run.path)
     assert run.status == out.status == "CRASHED" and out.rank == 1
-    assert "rank 1 (pid" in out.why and "died without closing" in out.why
+    assert "rank 1 (pid" in out.reason and "died without closing" in out.reason
     assert [(s.rank, s.status) for s in out.ranks] == [(0, "FINISHED"), (1, "CRASHED"), (2, "FINISHED")]
     assert not runlock.is_locked(run_dir)
+    # rank 0 asked for explicitly: its own status; the whole run's is run_status
+    zero = expman.open_run(run_dir, rank=0)
+    assert zero.status == "FINISHED" and zero.run_status == out
+    assert expman.open_run(run_dir, rank=1).status == "CRASHED"
+    assert expman.open_run(run_dir, rank=2).run_status.rank == 1
     for rank in (0, 2):
         r = expman.open_run(run_dir, rank=rank)
         assert list(r.metrics["x"].steps) == list(range(300))
@@ -254,7 +259,7 @@ def _torchrun(args: list[str], base: Path, steps: int) -> subprocess.Popen:
 
 def _check_ddp_run(run_dir: Path, world: int, steps: int) -> None:
     run = expman.open_run(run_dir)
-    assert run.status == "FINISHED", ranks.run_outcome(run.meta, run.path)
+    assert run.status == "FINISHED", liveness.run_status(run.meta, run.path)
     assert run.meta["world_size"] == world and run.meta["launcher"] == "torchelastic"
     assert run.params == {"lr": 0.05, "world_size": world, "set_by_rank": 0}
     sums = set()
@@ -296,3 +301,46 @@ def test_two_nodes_on_one_shared_folder(base):
     _check_ddp_run(run_dir, 4, 20)
     locals_ = sorted(expman.open_run(run_dir, rank=r).meta["local_rank"] for r in range(4))
     assert locals_ == [0, 0, 1, 1]
+
+
+def test_verify_integrity_and_list_cover_every_rank(base, as_rank):
+    """Issue 26 item 3: corrupted bytes in metrics.rank1.bin and a data_loss in
+    run.rank2.json are reported by verify (non-zero), by open_run(rank=r).integrity
+    and rank 0's view (rank_data_loss), and marked by list."""
+    from expman._fsutil import atomic_write_json, read_json
+    runs = []
+    for r in range(3):
+        as_rank(r, world=3, run_id="job-every")
+        runs.append(expman.Experiment("exp", base_dir=base, capture_env=False))
+    for r, e in enumerate(runs):
+        for i in range(200):
+            e.log_metrics({"x": float(i * r)}, step=i)
+            if i % 50 == 49:
+                e.flush()
+    for e in reversed(runs):
+        e.close()
+    run_dir = runs[0].run_dir
+    assert expman.verify_run(run_dir)["ok"]
+    m1 = run_dir / "metrics.rank1.bin"
+    data = bytearray(m1.read_bytes())
+    data[40:60] = b"\xff" * 20                      # inside the first frame
+    m1.write_bytes(bytes(data))
+    meta2 = read_json(run_dir / "run.rank2.json")
+    meta2["data_loss"] = {"rows_dropped": 5, "events_dropped": 0, "write_errors": 1}
+    atomic_write_json(run_dir / "run.rank2.json", meta2)
+
+    report = expman.verify_run(run_dir)
+    assert not report["ok"]
+    assert report["ranks"]["1"]["metrics"]["corrupt_bytes"] > 0
+    assert report["ranks"]["2"]["data_loss"]["rows_dropped"] == 5
+    assert any("metrics.rank1.bin" in p for p in report["problems"])
+    assert any("rank 2's writer recorded loss" in p for p in report["problems"])
+    two = expman.open_run(run_dir, rank=2)
+    assert two.integrity["data_loss"]["rows_dropped"] == 5
+    with pytest.warns(RuntimeWarning, match="metrics.rank1.bin"):
+        one = expman.open_run(run_dir, rank=1)
+    assert one.integrity["corrupt_bytes"] > 0 and one.integrity["data_loss"] is None
+    zero = expman.open_run(run_dir)
+    assert zero.integrity["data_loss"] is None and zero.integrity["rank_data_loss"][2]
+    (line,) = expman.list_runs(base)
+    assert line.data_loss["rank"] == 2 and line.data_loss["rows_dropped"] == 5

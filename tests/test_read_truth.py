@@ -123,7 +123,6 @@ def test_list_limit_reads_metrics_of_the_runs_it_returns(make_run, base, monkeyp
     calls = []
     real = summary.summarize
     monkeypatch.setattr(summary, "summarize", lambda *a, **k: calls.append(a) or real(*a, **k))
-    reader._LAST_CACHE.clear()
     runs = expman.list_runs(base, limit=1)
     assert len(runs) == 1 and len(calls) == 1 and runs[0].last_metrics == {"loss": 3.0}
 
@@ -235,22 +234,21 @@ def test_control_characters_from_files_are_escaped(make_run, base):
         assert not any(c in out for c in "\x1b\x07\r\u202e"), (args, out)
 
 
-def test_verify_repair_never_writes_through_a_planted_link(make_run, tmp_path):
-    exp = make_run("e", "r")
-    exp.log_metrics({"loss": 1.0}, step=0)
-    exp.close()
+def test_verify_repair_never_writes_through_a_planted_link(base, tmp_path):
+    from conftest import make_crashed_run
+    run_dir = make_crashed_run(base, tmp_path)       # a torn tail needs a writer that died
     import struct
     import zlib
     torn = struct.pack("<I", 100)
     torn += struct.pack("<I", zlib.crc32(torn)) + b"half a payload"   # a frame cut by a crash
-    with open(exp.run_dir / "metrics.bin", "ab") as f:
+    with open(run_dir / "metrics.bin", "ab") as f:
         f.write(torn)
     outside = tmp_path / "outside.txt"
     outside.write_bytes(b"precious")
-    os.symlink(outside, exp.run_dir / "metrics.bin.torn")
-    report = expman.verify_run(exp.run_dir, repair=True)
+    os.symlink(outside, run_dir / "metrics.bin.torn")
+    report = expman.verify_run(run_dir, repair=True)
     assert report["repaired"] and outside.read_bytes() == b"precious"
-    assert (exp.run_dir / "metrics.bin.torn2").read_bytes() == torn
+    assert (run_dir / "metrics.bin.torn2").read_bytes() == torn
 
 
 def test_clean_never_follows_a_link_inside_a_run(make_run, base, tmp_path):

@@ -79,10 +79,10 @@ def test_summary_ignores_nan(make_run, columns):
     exp.close()
     m = expman.open_run(exp.run_dir).metrics
     s = m["x"].summary()
-    assert (s["count"], s["nan"], s["min"], s["max"], s["last_step"]) == (5, 2, -math.inf, 5.0, 4)
-    assert math.isnan(s["last"]) and math.isnan(s["first"])
+    assert (s.count, s.nan_count, s.min, s.max, s.last_step) == (5, 2, -math.inf, 5.0, 4)
+    assert math.isnan(s.last_value) and math.isnan(s.first_value) and s.first_step == 0
     n = m["only_nan"].summary()
-    assert n["nan"] == 5 and math.isnan(n["min"]) and math.isnan(n["max"])
+    assert n.nan_count == 5 and n.min is None and n.max is None
 
 
 def test_list_runs_summaries_newest_first(base, make_run):
@@ -268,7 +268,7 @@ def test_to_pandas_long_and_wide(make_run):
     m = expman.open_run(exp.run_dir).metrics
     long = m.to_pandas()
     assert list(long.columns) == ["metric", "step", "time", "value"] and len(long) == 4
-    wide = m.to_pandas(wide=True, reduce="first")
+    wide = m.to_pandas(wide=True, duplicates="first")
     assert wide.loc[0, "a"] == 1.0 and math.isnan(wide.loc[1, "a"]) and math.isnan(wide.loc[1, "b"])
     assert m.to_pandas(wide=True).loc[0, "a"] == 3.0
     assert isinstance(wide, pd.DataFrame)
@@ -414,3 +414,32 @@ def test_list_runs_cache_trusting_takes_lines_read_since_without_a_stat(base, ma
     with cache.trusting(time.monotonic()):
         assert expman.list_runs(base, cache=cache)[0].params == {"lr": 0.2}   # checked
     assert cache._trusted == math.inf
+
+
+def test_list_runs_twice_never_returns_a_stale_last_value(base, make_run):
+    """Issue 26 item 5: metrics.bin rewritten in place with its size and mtime put
+    back (no summary.json): the second listing sees the new value (the in-process
+    cache is keyed on inode and ctime too)."""
+    exp = make_run("e", "r")
+    exp.log_metrics({"loss": 1.0}, step=0)
+    exp.close()
+    (exp.run_dir / "summary.json").unlink()
+    path = exp.run_dir / "metrics.bin"
+    (line,) = expman.list_runs(base)
+    assert line.last_metrics == {"loss": 1.0}
+    st = path.stat()
+    data = path.read_bytes()
+    two = data.replace(struct.pack("<d", 1.0), struct.pack("<d", 2.0))
+    import zlib
+    payload_end = len(two) - 4          # one frame: fix its payload CRC
+    length = struct.unpack_from("<I", two, 16)[0]
+    assert 16 + 12 + length == len(two)
+    two = two[:payload_end] + struct.pack("<I", zlib.crc32(two[24:payload_end]))
+    with open(path, "r+b") as f:        # in place: same inode and size
+        f.write(two)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    while path.stat().st_ctime_ns == st.st_ctime_ns:     # a coarse clock: same tick
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_size == st.st_size
+    (line,) = expman.list_runs(base)
+    assert line.last_metrics == {"loss": 2.0}

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 import expman
-from expman import layout, runlock
+from expman import layout, liveness, runlock
 from expman.errors import RunLockedError
 
 POSIX = sys.platform != "win32"
@@ -44,7 +44,7 @@ def _meta(run_dir: Path) -> dict:
 
 
 def _status(run_dir: Path) -> str:
-    return layout.effective_status(_meta(run_dir), run_dir)
+    return liveness.effective_status(_meta(run_dir), run_dir)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -144,25 +144,25 @@ def test_stopped_writer_stays_running_killed_one_is_crashed_and_resumable(base):
         os.kill(a.pid, signal.SIGSTOP)
         stale = layout.STALE_AFTER * meta["heartbeat_interval"]
         deadline = time.monotonic() + 30
-        while time.time() - layout.heartbeat(run_dir) <= 2 * stale:
+        while time.time() - liveness.heartbeat(run_dir) <= 2 * stale:
             assert time.monotonic() < deadline, "the heartbeat never went stale"
             time.sleep(0.05)
         # stale heartbeat, and the host looks foreign: only the lock can tell it lives
-        assert layout.effective_status({**meta, "host": "elsewhere"}, run_dir) == "RUNNING"
-        assert _status(run_dir) == "RUNNING" and layout.is_locked(run_dir)
+        assert liveness.effective_status({**meta, "host": "elsewhere"}, run_dir) == "RUNNING"
+        assert _status(run_dir) == "RUNNING" and liveness.is_locked(run_dir)
         (summary,) = expman.list_runs(base, metrics=False)
         assert summary.status == "RUNNING"
         os.kill(a.pid, signal.SIGKILL)
         a.wait(30)
         # recorded pid alive on this host (pid reuse, another namespace): still CRASHED
-        assert layout.effective_status({**meta, "pid": os.getppid()}, run_dir) == "CRASHED"
+        assert liveness.effective_status({**meta, "pid": os.getppid()}, run_dir) == "CRASHED"
         assert _status(run_dir) == "CRASHED" and not runlock.is_locked(run_dir)
         # a free lock of a writer on another host (locks may be client-local there)
         # counts once the heartbeat is stale too
-        assert layout.effective_status({**meta, "host": "elsewhere"}, run_dir) == "CRASHED"
+        assert liveness.effective_status({**meta, "host": "elsewhere"}, run_dir) == "CRASHED"
         for name in (layout.METRICS_FILE, layout.EVENTS_FILE, layout.RUN_FILE):
             os.utime(run_dir / name)
-        assert layout.effective_status({**meta, "host": "elsewhere"}, run_dir) == "RUNNING"
+        assert liveness.effective_status({**meta, "host": "elsewhere"}, run_dir) == "RUNNING"
         assert _status(run_dir) == "CRASHED"
     finally:
         _stop(a)

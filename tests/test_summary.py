@@ -32,7 +32,7 @@ def by_decode(run_dir) -> dict:
             continue
         finite = [v for v in values if not math.isnan(v)]
         out[name] = {"count": len(values), "nan_count": len(values) - len(finite),
-                     "first_step": steps[0], "last_step": steps[-1],
+                     "first_step": steps[0], "first_value": values[0], "last_step": steps[-1],
                      "last_value": values[-1], "last_time": times[-1],
                      "min": min(finite) if finite else None,
                      "max": max(finite) if finite else None}
@@ -43,7 +43,8 @@ def bits(metrics: dict) -> dict:
     """Comparable exactly: floats by their bit pattern (NaN payloads, signed zero)."""
     def b(v):
         return ("f", struct.pack("<d", v)) if isinstance(v, float) else v
-    return {name: {k: b(v) for k, v in e.items()} for name, e in metrics.items()}
+    return {name: {k: b(v) for k, v in (e if isinstance(e, dict) else e.to_dict()).items()}
+            for name, e in metrics.items()}
 
 
 def log_mixed(exp, start: int, n: int) -> None:
@@ -73,9 +74,9 @@ def test_summary_after_close_equals_decode(make_run):
     exp.log_metrics({f"k{j}": float(j) for j in range(80)}, step=5)     # > 64 keys per row
     exp.close()
     s = assert_fresh_and_exact(exp.run_dir)
-    assert s["metrics"]["all_nan"]["min"] is None and s["metrics"]["all_nan"]["nan_count"] == 1
-    assert s["metrics"]["edge"]["max"] == math.inf and s["metrics"]["edge"]["min"] == -math.inf
-    assert s["metrics"]["loss"]["count"] == 3000
+    assert s["metrics"]["all_nan"].min is None and s["metrics"]["all_nan"].nan_count == 1
+    assert s["metrics"]["edge"].max == math.inf and s["metrics"]["edge"].min == -math.inf
+    assert s["metrics"]["loss"].count == 3000
 
 
 def test_summary_is_refreshed_while_open_and_stale_data_is_decoded(make_run, monkeypatch):
@@ -112,8 +113,8 @@ def test_summary_after_resume_covers_both_sessions(make_run):
     second.log_metrics({"new_after_resume": 3.0})
     second.close()
     s = assert_fresh_and_exact(second.run_dir)
-    assert s["metrics"]["loss"]["count"] == 1700 and s["metrics"]["loss"]["first_step"] == 0
-    assert s["metrics"]["new_after_resume"]["count"] == 1
+    assert s["metrics"]["loss"].count == 1700 and s["metrics"]["loss"].first_step == 0
+    assert s["metrics"]["new_after_resume"].count == 1
 
 
 def test_after_kill_9_the_stale_summary_is_not_trusted(base, tmp_path):
@@ -136,7 +137,7 @@ def test_after_kill_9_the_stale_summary_is_not_trusted(base, tmp_path):
     s = summarize(run_dir)
     assert s["source"] == "decode"
     assert bits(s["metrics"]) == bits(by_decode(run_dir))
-    assert s["metrics"]["loss"]["count"] == 2500 and s["metrics"]["late"]["count"] == 500
+    assert s["metrics"]["loss"].count == 2500 and s["metrics"]["late"].count == 500
 
 
 def test_summary_after_disk_full_counts_only_what_reached_the_file(make_run):
@@ -155,7 +156,7 @@ def test_summary_after_disk_full_counts_only_what_reached_the_file(make_run):
     stats = exp.stats()
     assert stats["dropped"] > 0
     s = assert_fresh_and_exact(exp.run_dir)
-    assert s["metrics"]["loss"]["count"] == stats["written"]
+    assert s["metrics"]["loss"].count == stats["written"]
 
 
 def test_damaged_or_foreign_summary_is_ignored(make_run):
@@ -165,7 +166,7 @@ def test_damaged_or_foreign_summary_is_ignored(make_run):
     path = exp.run_dir / SUMMARY_FILE
     good = path.read_bytes()
     for bad in (b"{not json", b"[]", good.replace(b'"count"', b'"cnt"', 1),
-                good.replace(b'"format": 1', b'"format": 99', 1),
+                good.replace(b'"format": 2', b'"format": 99', 1),
                 good.replace(b'"nan_count": 0', b'"nan_count": "x"', 1)):
         assert bad != good
         path.write_bytes(bad)
@@ -207,7 +208,7 @@ def test_key_names_survive_a_destroyed_first_frame(make_run):
     # the listing's fallback uses them too (damage in place keeps the size, so the
     # summary would still be trusted: it says what was logged; drop it to decode)
     (exp.run_dir / SUMMARY_FILE).unlink()
-    assert summarize(exp.run_dir)["metrics"]["loss"]["count"] == 70
+    assert summarize(exp.run_dir)["metrics"]["loss"].count == 70
 
 
 def test_keys_from_events_ignores_malformed_entries():
@@ -242,3 +243,76 @@ def test_fsync_interval_makes_the_writer_fsync_while_the_run_is_open(make_run):
     plain._set_fault()
     exp._set_fault()
     plain.close()
+
+
+def test_writer_and_decode_share_one_rule_for_infinities_and_nan(make_run):
+    """Issue 19: [1.0, inf, 2.0] has max inf everywhere; NaN is counted, never a
+    min/max; -inf is a min. The C writer's figures (summary.json) equal the read
+    model's over the decoded points, and the pure-Python path agrees."""
+    from expman.readmodel import MetricSummary, summarize_points
+    exp = make_run()
+    series = {"up": [1.0, math.inf, 2.0], "nan": [math.nan, 3.0, math.nan],
+              "down": [0.5, -math.inf, 1.5], "all_nan": [math.nan, math.nan]}
+    for i in range(3):
+        exp.log_metrics({k: v[i] for k, v in series.items() if i < len(v)}, step=i)
+    exp.close()
+    s = assert_fresh_and_exact(exp.run_dir)["metrics"]
+    assert s["up"].max == math.inf and s["up"].min == 1.0
+    assert (s["nan"].nan_count, s["nan"].min, s["nan"].max) == (2, 3.0, 3.0)
+    assert math.isnan(s["nan"].first_value) and math.isnan(s["nan"].last_value)
+    assert s["down"].min == -math.inf and s["down"].max == 1.5
+    assert s["all_nan"].min is None and s["all_nan"].max is None
+    for name, values in series.items():     # lists, no numpy: the same figures
+        plain = summarize_points(list(range(len(values))), [0.0] * len(values), values)
+        assert isinstance(plain, MetricSummary)
+        mine, writer = bits({"x": plain})["x"], bits({"x": s[name]})["x"]
+        del mine["last_time"], writer["last_time"]
+        assert mine == writer
+
+
+def test_summary_floats_round_trip_bit_for_bit(make_run):
+    """Issue 26 item 9: a NaN payload and sign survive summary.json, so a listing
+    shows what open_run decodes."""
+    import expman
+    odd_nan = struct.unpack("<d", struct.pack("<Q", 0xFFF8000000000123))[0]
+    exp = make_run()
+    exp.log_metrics({"x": 1.0}, step=0)
+    exp.log_metrics({"x": odd_nan, "z": -0.0}, step=1)
+    exp.close()
+    text = (exp.run_dir / SUMMARY_FILE).read_text()
+    assert "NaN:0xfff8000000000123" in text
+    s = read_summary(exp.run_dir)
+    assert s is not None
+    assert struct.pack("<d", s["metrics"]["x"].last_value) == struct.pack("<d", odd_nan)
+    assert struct.pack("<d", s["metrics"]["z"].min) == struct.pack("<d", -0.0)
+    (line,) = expman.list_runs(exp.run_dir.parent.parent)
+    assert struct.pack("<d", line.last_metrics["x"]) == struct.pack("<d", odd_nan)
+
+
+def test_a_forged_or_stale_summary_is_detected_and_decoded_instead(make_run):
+    """Issue 19 item 3: a summary that keeps metrics_bytes but changes a figure
+    fails its digest; one whose digest was recomputed but that covers other bytes
+    (same size, another last frame) fails the end CRC. Either way the reader
+    decodes, and says why."""
+    import orjson
+
+    from expman.summary import _digest, check_summary
+    exp = make_run()
+    for i in range(100):
+        exp.log_metrics({"loss": float(i)}, step=i)
+    exp.close()
+    path = exp.run_dir / SUMMARY_FILE
+    doc = orjson.loads(path.read_bytes())
+    assert check_summary(exp.run_dir)[1] is None
+    doc["metrics"]["loss"]["max"] = 1e9                         # forged by hand
+    path.write_bytes(orjson.dumps(doc))
+    assert read_summary(exp.run_dir) is None
+    assert "digest" in check_summary(exp.run_dir)[1]
+    assert summarize(exp.run_dir)["metrics"]["loss"].max == 99.0
+    doc["digest"] = _digest(doc)                                # forged with care
+    doc["end_crc"] ^= 1
+    doc["digest"] = _digest(doc)
+    path.write_bytes(orjson.dumps(doc))
+    assert read_summary(exp.run_dir) is None
+    assert "last frame" in check_summary(exp.run_dir)[1]
+    assert summarize(exp.run_dir)["source"] == "decode"

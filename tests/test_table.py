@@ -45,10 +45,10 @@ def test_one_row_per_run_with_params_and_summaries(base, sweep):
         assert row["params.seed"] == run.params["seed"]
         for name, series in run.metrics.items():
             s = series.summary()
-            assert row[f"metrics.{name}.min"] == s["min"]
-            assert row[f"metrics.{name}.max"] == s["max"]
+            assert row[f"metrics.{name}.min"] == s.min
+            assert row[f"metrics.{name}.max"] == s.max
             last = row[f"metrics.{name}.last"]
-            assert (math.isnan(last) and math.isnan(s["last"])) or last == s["last"]
+            assert (math.isnan(last) and math.isnan(s.last_value)) or last == s.last_value
         assert row["points"] == run.metrics.points
     r0 = df.set_index("id").loc["sweep/r0"]
     assert r0["params.optim.name"] == "sgd" and r0["params.optim.momentum"] == 0.9
@@ -102,16 +102,14 @@ def test_env_base_dir_and_bad_format(base, sweep, monkeypatch):
 def test_uses_the_summary_when_fresh_and_decodes_when_it_is_not(base, sweep, monkeypatch):
     """summary.json (kept current by the writer) saves decoding; a damaged or stale
     one falls back to decoding, never to empty or wrong columns."""
-    from expman import _core, reader
+    from expman import _core
     decodes = []
     real = _core.decode_metrics
     monkeypatch.setattr(_core, "decode_metrics", lambda *a, **k: decodes.append(1) or real(*a, **k))
-    reader._LAST_CACHE.clear()
     df = runs(base, experiment="sweep")
     assert decodes == [] and len(df) == 4                # every run read from its summary
     truth = df.set_index("id").loc["sweep/r9", "metrics.loss.last"]
     (base / "sweep" / "r9" / "summary.json").write_bytes(b"{damaged")
-    reader._LAST_CACHE.clear()
     df = runs(base, experiment="sweep")
     assert len(decodes) >= 1                             # that run was decoded
     assert df.set_index("id").loc["sweep/r9", "metrics.loss.last"] == truth

@@ -83,7 +83,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             + (f", {ev['bad_lines']} unreadable lines" if ev["bad_lines"] else "")
             + (f", torn last line ({ev['torn_bytes']} bytes)" if ev["torn_bytes"] else ""))
         if arts:
-            bad = sum(not a["ok"] for a in arts)
+            bad = sum(not a["present"] or a["verified"] is False for a in arts)
             out(f"  artifacts     {plural(len(arts), 'file')}" + (f", {bad} missing or changed" if bad else ", ok"))
         for r in repaired:
             out(f"  repaired      {r}")

@@ -17,6 +17,7 @@ from expman.cli._text import (
 from expman.layout import CRASHED, DAMAGED, PARAMS_FILE, RUNNING, STATUSES, jsonable
 from expman.reader import Run, list_runs
 from expman.series import Metrics
+from expman.readmodel import artifact_states, integrity_problems
 from expman.readmodel import flatten_params as flatten
 from expman.tail import RunTail
 
@@ -40,10 +41,9 @@ def run_info(run: Run, messages: int) -> dict[str, Any]:
         "start_time": run.meta.get("start_time"), "end_time": run.meta.get("end_time"),
         "duration": run.duration, "exit": run.meta.get("exit"),
         "params": run.params, "env": env_summary(run.env),
-        "metrics": {k: s.summary() for k, s in run.metrics.items()},
+        "metrics": {k: s.summary().to_dict() for k, s in run.metrics.items()},
         "messages": msgs[-messages:] if messages else [], "message_count": len(msgs),
-        "artifacts": [{**a, "present": (run.path / a.get("path", "")).exists()}
-                      for a in run.artifacts],
+        "artifacts": [a.to_dict() for a in artifact_states(run.path, run.events)],
         "integrity": run.integrity,
         "write_error": run.meta.get("write_error"),
     }
@@ -65,26 +65,13 @@ def exit_text(exit: dict[str, Any] | None) -> str | None:
 
 
 def integrity_text(ig: dict[str, Any], live: bool) -> list[str]:
+    """The counts, then the read model's integrity lines (readmodel.integrity_problems)."""
     lines = [f"{plural(ig.get('frames', 0), 'frame')}, {plural(ig.get('rows', 0), 'row')}, "
              f"{plural(ig.get('points', 0), 'point')}"]
-    if ig.get("torn_bytes"):
-        lines.append(f"{ig['torn_bytes']} bytes being written" if live else
-                     f"torn tail: last {ig['torn_bytes']} bytes dropped (a crash cut the last frame)")
-    if ig.get("corrupt_bytes"):
-        lines.append(f"DAMAGED: {count(ig['corrupt_bytes'])} bytes unreadable at offsets "
-                     f"{ig['corrupt_at'][:5]}")
-    if ig.get("unknown_points"):
-        lines.append(f"{ig['unknown_points']} points of metrics whose name was lost")
-    if ig.get("params_error"):
-        lines.append(f"DAMAGED: {PARAMS_FILE}: {ig['params_error']}")
-    if ig.get("bad_event_lines"):
-        lines.append(f"DAMAGED: {ig['bad_event_lines']} unreadable lines in events.jsonl")
-    loss = ig.get("data_loss")
-    if loss:
-        lines.append(f"DATA LOSS recorded by the writer: {count(loss.get('rows_dropped') or 0)} rows "
-                     f"and {count(loss.get('events_dropped') or 0)} events dropped, "
-                     f"{count(loss.get('write_errors') or 0)} failed writes"
-                     + (f" ({loss['last_error']})" if loss.get("last_error") else ""))
+    if live and ig.get("torn_bytes"):
+        lines.append(f"{ig['torn_bytes']} bytes being written")
+    for line in integrity_problems(ig, RUNNING if live else "", []):
+        lines.append(("DATA LOSS: " if line.startswith("data loss") else "DAMAGED: ") + line)
     if len(lines) == 1:
         lines[0] = "ok: " + lines[0]
     return lines
@@ -125,11 +112,11 @@ def print_show(info: dict[str, Any]) -> None:
     out()
     out(f"metrics ({len(metrics)} series, {count(points)} points)")
     if metrics:
-        nan_col = any(m["nan"] for m in metrics.values())
+        nan_col = any(m["nan_count"] for m in metrics.values())
         headers = ["NAME", "COUNT"] + (["NAN"] if nan_col else []) + ["MIN", "MAX", "LAST", "STEP"]
         shown = list(metrics.items())[:MAX_SHOWN_METRICS]
-        rows = [[k, count(m["count"])] + ([count(m["nan"])] if nan_col else [])
-                + [num(m["min"]), num(m["max"]), num(m["last"]), num(m["last_step"])]
+        rows = [[k, count(m["count"])] + ([count(m["nan_count"])] if nan_col else [])
+                + [num(m["min"]), num(m["max"]), num(m["last_value"]), num(m["last_step"])]
                 for k, m in shown]
         out(table(headers, rows, right=range(1, len(headers)), indent="  "))
         if len(metrics) > len(shown):
@@ -148,9 +135,9 @@ def print_show(info: dict[str, Any]) -> None:
     out(f"artifacts ({len(arts)})")
     if arts:
         out(table(["NAME", "SIZE", "SHA256", "NOTE"],
-                  [(a.get("name"), size(a.get("size")), (a.get("sha256") or "")[:12],
+                  [(a["label"], size(a["size"]), (a["sha256"] or "")[:12],
                     ("missing" if not a["present"] else "")
-                    + ("" if a.get("consistent", True) else " changed while copied"))
+                    + ("" if a["consistent"] else " changed while copied"))
                    for a in arts], right=[1], indent="  "))
     out()
     out("integrity")

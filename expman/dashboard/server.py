@@ -247,36 +247,27 @@ async def api_runs(request: Request) -> Response:
 
 
 def _metric_summary(run: CachedRun) -> dict[str, Any]:
-    import numpy as np
-    out = {}
+    """The read model's figures of every metric (expman.readmodel.MetricSummary)."""
+    from expman.readmodel import summarize_points
     with run.lock:
-        cols = {k: (c.n, c.steps[:c.n], c.values[:c.n]) for k, c in run.columns.items()}
-    for name, (n, steps, values) in cols.items():
-        finite = values[np.isfinite(values)]
-        out[name] = {"count": n, "last": layout.json_float(float(values[-1])) if n else None,
-                     "last_step": int(steps[-1]) if n else None,
-                     "min": float(finite.min()) if len(finite) else None,
-                     "max": float(finite.max()) if len(finite) else None}
-    return out
+        cols = {k: (c.steps[:c.n], c.times[:c.n], c.values[:c.n])
+                for k, c in run.columns.items()}
+    return {name: layout.jsonable(summarize_points(*col).to_dict())
+            for name, col in cols.items()}
 
 
 def _integrity(run: CachedRun) -> dict[str, Any]:
-    """What the decoder dropped or could not read, and artifacts that are missing or
-    of the wrong size: the checks of ``expman verify`` that need no extra read."""
-    ig = dict(run.tail.integrity)
-    problems = []
-    if ig.get("corrupt_bytes"):
-        problems.append(f"{layout.METRICS_FILE}: {ig['corrupt_bytes']} bytes unreadable "
-                        f"at offsets {ig['corrupt_at'][:5]}")
-    if ig.get("torn_bytes") and run.status != layout.RUNNING:
-        problems.append(f"{layout.METRICS_FILE}: a torn last frame of {ig['torn_bytes']} bytes")
-    if ig.get("unknown_points"):
-        problems.append(f"{layout.METRICS_FILE}: {ig['unknown_points']} points of unknown metrics")
-    if run.tail.bad_event_lines:
-        problems.append(f"{layout.EVENTS_FILE}: {run.tail.bad_event_lines} unreadable lines")
-    for art in _artifacts(run):
-        if not art["present"]:
-            problems.append(f"artifact {art['name']!r} is missing or of the wrong size")
+    """The read model's integrity lines (``readmodel.integrity_problems``) over the
+    decoder's report and the size-checked artifact states: the checks of
+    ``expman verify`` that need no extra read."""
+    from expman.liveness import stream_status
+    from expman.readmodel import artifact_states, integrity_problems, settle_torn_tail
+    closed = stream_status(run.meta, run.path) in layout.FINAL_STATUSES
+    ig = settle_torn_tail(run.tail.integrity, closed)
+    ig["bad_event_lines"] = run.tail.bad_event_lines
+    loss = run.meta.get("data_loss")
+    ig["data_loss"] = loss if isinstance(loss, dict) else None
+    problems = integrity_problems(ig, run.status, artifact_states(run.path, list(run.events)))
     return {"ok": not problems, "problems": problems,
             "metrics": {k: ig.get(k) for k in ("frames", "rows", "points", "torn_bytes",
                                                 "corrupt_bytes", "unknown_points")},
@@ -284,20 +275,15 @@ def _integrity(run: CachedRun) -> dict[str, Any]:
 
 
 def _artifacts(run: CachedRun) -> list[dict[str, Any]]:
+    """The read model's artifact states (size-checked), with what the page needs
+    to show each: its file under artifacts/ (``file``, for the download link)."""
+    from expman.readmodel import artifact_states
     out = []
-    art_root = run.path / layout.ARTIFACTS_DIR
-    for ev in list(run.events):
-        if ev.get("kind") != "artifact" or not isinstance(ev.get("name"), str):
-            continue
-        f = art_root / ev["name"]
-        try:
-            present = _inside(f, art_root.resolve()) and f.is_file() and (
-                not isinstance(ev.get("size"), int) or f.stat().st_size == ev["size"])
-        except OSError:
-            present = False
-        ctype = mimetypes.guess_type(ev["name"])[0] or "application/octet-stream"
-        out.append({"name": ev["name"], "size": ev.get("size"), "sha256": ev.get("sha256"),
-                    "time": ev.get("time"), "content_type": ctype, "present": present,
+    for a in artifact_states(run.path, list(run.events)):
+        file = a.path.split("/", 1)[1] if a.path and "/" in a.path else a.name
+        ctype = (mimetypes.guess_type(a.name)[0] or "application/octet-stream"
+                 if a.kind == "file" else "inode/directory")
+        out.append({**a.to_dict(), "file": file, "content_type": ctype,
                     "image": ctype in INLINE_TYPES,
                     "text": ctype.startswith("text/") or ctype in (
                         "application/json", "application/x-yaml", "application/yaml")})
@@ -314,8 +300,12 @@ async def api_run(request: Request) -> Response:
     except (OSError, ValueError):
         params = {}
     meta = dict(run.meta)
+    from expman.liveness import run_status
+    decided = (await anyio.to_thread.run_sync(run_status, meta, run.path)).to_dict()
     return JSON({"id": f"{exp}/{name}", "experiment": meta.get("experiment", exp),
                  "run_name": meta.get("run_name", name), "status": run.status,
+                 "status_rank": decided["rank"], "status_reason": decided["reason"],
+                 "ranks": decided["ranks"],
                  "meta": meta, "params": params, "metrics": _metric_summary(run),
                  "artifacts": _artifacts(run), "integrity": _integrity(run),
                  "media": _media(run)})

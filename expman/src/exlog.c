@@ -274,7 +274,9 @@ static void record_error(exlog *w, int err) {
 }
 
 /* ---- run summary ---------------------------------------------------------- */
-/* The writer sees every row: it keeps per key id what a full decode would find,
+/* The writer sees every row: it keeps per key id what a full decode would find
+ * (by expman.readmodel's rule: min/max over every non-NaN value, infinities
+ * included; ties keep the first value seen),
  * so listing never has to decode (docs/format.md, summary.json). Rows are staged
  * per frame and merged only when their frame reached the file, so a failed write
  * (disk full) leaves the summary equal to what the file holds. */
@@ -313,6 +315,7 @@ static void sum_stage(exlog *w, uint32_t id, int64_t step, int64_t t_us, double 
     if (!e->count) {
         w->ftouched[w->ntouched++] = id;
         e->first_step = step;
+        e->first = v;
     }
     e->count += 1;
     if (v != v) {
@@ -346,7 +349,7 @@ static void sum_settle(exlog *w, int ok) {
                     if (s->max > m->max) m->max = s->max;
                 }
             }
-            if (!m->count) m->first_step = s->first_step;
+            if (!m->count) { m->first_step = s->first_step; m->first = s->first; }
             m->count += s->count;
             m->nans += s->nans;
             m->last_step = s->last_step;
@@ -358,11 +361,15 @@ static void sum_settle(exlog *w, int ok) {
         memset(s, 0, sizeof *s);
     }
     w->ntouched = 0;
-    if (ok) w->sum_bytes = w->metrics_good;
+    if (ok) {
+        w->sum_bytes = w->metrics_good;
+        w->sum_last = w->metrics_good - ((uint64_t)w->frame_len + EXLOG_FRAME_OVERHEAD);
+    }
     exlog_mutex_unlock(&w->sum_mu);
 }
 
-int64_t exlog_summary_copy(exlog *w, exlog_keysum *out, uint64_t cap, uint64_t *bytes) {
+int64_t exlog_summary_copy(exlog *w, exlog_keysum *out, uint64_t cap, uint64_t *bytes,
+                           uint64_t *last_frame) {
     int64_t n;
     exlog_mutex_lock(&w->sum_mu);
     if (w->sum_broken) {
@@ -371,6 +378,7 @@ int64_t exlog_summary_copy(exlog *w, exlog_keysum *out, uint64_t cap, uint64_t *
         n = (int64_t)w->sum_cap;
         if (out && cap && w->sum_cap) memcpy(out, w->sum, (size_t)(cap < w->sum_cap ? cap : w->sum_cap) * sizeof *out);
         *bytes = w->sum_bytes;
+        *last_frame = w->sum_last;
     }
     exlog_mutex_unlock(&w->sum_mu);
     return n;

@@ -77,7 +77,8 @@ typedef struct {
 typedef struct {
     uint64_t count, nans;
     int64_t first_step, last_step, last_t_us;
-    double last, min, max;      /* min/max over non-NaN values; valid if count > nans */
+    double first, last;         /* the values logged first and last */
+    double min, max;            /* over non-NaN values, +-inf included; valid if count > nans */
 } exlog_keysum;
 
 typedef struct exlog {
@@ -128,6 +129,7 @@ typedef struct exlog {
     uint32_t *ftouched;         /* ids staged in the current frame */
     size_t sum_cap, fsum_cap, ntouched;
     uint64_t sum_bytes;         /* metrics.bin size the summary covers */
+    uint64_t sum_last;          /* offset of the last frame it covers (0: none) */
     int sum_broken;             /* an allocation failed: no summary (sum_mu) */
     int stage_broken;           /* writer-private: staging failed, publish at settle */
     exlog_mutex sum_mu;
@@ -166,7 +168,8 @@ void exlog_test_fault(exlog *w, uint64_t write_every, uint64_t fsync_every, int 
 void exlog_set_fsync(exlog *w, int64_t ms);
 /* Copy up to cap entries of the summary (index = key id) and the metrics size
  * they cover. Returns the number of ids known, or -1 if the summary is broken. */
-int64_t exlog_summary_copy(exlog *w, exlog_keysum *out, uint64_t cap, uint64_t *bytes);
+int64_t exlog_summary_copy(exlog *w, exlog_keysum *out, uint64_t cap, uint64_t *bytes,
+                           uint64_t *last_frame);
 
 uint32_t exlog_crc32(uint32_t crc, const unsigned char *p, size_t n);
 /* crc32(A + B) from crc32(A), crc32(B) and len(B), in O(log len(B)): lets a

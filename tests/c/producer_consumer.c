@@ -249,7 +249,7 @@ int main(int argc, char **argv) {
     long long i, n, n_events = 0;
     const char *mode = argc > 4 ? argv[4] : "rows";
     exlog_keysum sums[3];
-    uint64_t sum_bytes = 0;
+    uint64_t sum_bytes = 0, sum_last = 0;
     int k;
 
     if (argc != 4 && argc != 5) return fail("usage: producer_consumer METRICS EVENTS N [rows|keys|garbage]");
@@ -283,7 +283,7 @@ int main(int argc, char **argv) {
                 if (put_event(w, i)) return fail("put_event: the writer made no room");
                 n_events++;
             }
-            if (i % 500 == 0 && exlog_summary_copy(w, sums, 3, &sum_bytes) < 0)
+            if (i % 500 == 0 && exlog_summary_copy(w, sums, 3, &sum_bytes, &sum_last) < 0)
                 return fail("the summary broke");   /* read while the writer updates it */
         }
     }
@@ -292,7 +292,7 @@ int main(int argc, char **argv) {
     exlog_stop(w);
     exlog_stop(w);   /* idempotent */
     exlog_get_stats(w, &st);
-    if (strcmp(mode, "rows") == 0 && exlog_summary_copy(w, sums, 3, &sum_bytes) < 3)
+    if (strcmp(mode, "rows") == 0 && exlog_summary_copy(w, sums, 3, &sum_bytes, &sum_last) < 3)
         return fail("no summary of 3 keys");
     exlog_free(w);
     PC_CLOSE(fd_m);
@@ -319,11 +319,14 @@ int main(int argc, char **argv) {
             if (i % 3 >= k) { count++; if (first < 0) first = i; last = i; }
         if ((long long)sums[k].count != count || sums[k].nans || sums[k].first_step != first ||
             sums[k].last_step != last || sums[k].min != first + k / 4.0 ||
-            sums[k].max != last + k / 4.0 || sums[k].last != last + k / 4.0)
+            sums[k].max != last + k / 4.0 || sums[k].last != last + k / 4.0 ||
+            sums[k].first != first + k / 4.0)
             return fail("the summary disagrees with what was logged");
     }
     if (sum_bytes != EXLOG_HEADER_SIZE + st.bytes_written)
         return fail("the summary does not cover the whole file");
+    if (sum_last < EXLOG_HEADER_SIZE || sum_last + EXLOG_FRAME_OVERHEAD >= sum_bytes)
+        return fail("the summary's last frame is not inside the file");
     printf("summary_ok=1\n");
     return 0;
 }

@@ -33,7 +33,9 @@ function section(title, ...body) {
   return el("section", { class: "panel" }, el("h2", { text: title }), ...body);
 }
 
-function exitSummary(status, exit) {
+// When another rank decided the run's status, the read model's reason names it.
+function exitSummary(status, exit, reason, rank) {
+  if (reason && rank) return reason;
   if (status === "RUNNING") return "running";
   if (status === "CRASHED") return "the process died without a word (no final status was written)";
   if (!exit) return status === "FINISHED" ? "closed cleanly" : status;
@@ -115,12 +117,12 @@ export async function showRun(root, id) {
     el("span", { class: `status status-${run.status}`, text: run.status }),
     el("span", { class: "muted", text: ` started ${fmtTime(meta.start_time)}` +
       (typeof meta.duration === "number" ? `, ran ${fmtDuration(meta.duration)}` : "") }));
-  const exitBox = section("Status and exit", el("p", { id: "exit-summary", text: exitSummary(run.status, exit) }),
+  const exitBox = section("Status and exit", el("p", { id: "exit-summary", text: exitSummary(run.status, exit, run.status_reason, run.status_rank) }),
     exit && typeof exit === "object" ? kvTable(exit, "exit") : "");
 
   const metricRows = Object.entries(run.metrics).map(([name, m]) => el("tr", {},
     el("td", { text: name }), el("td", { class: "num", text: String(m.count) }),
-    el("td", { class: "num", text: fmtNum(m.last) }), el("td", { class: "num", text: display(m.last_step) }),
+    el("td", { class: "num", text: fmtNum(m.last_value) }), el("td", { class: "num", text: display(m.last_step) }),
     el("td", { class: "num", text: fmtNum(m.min) }), el("td", { class: "num", text: fmtNum(m.max) })));
   const metrics = el("table", { class: "grid" }, el("thead", {}, el("tr", {},
     ["metric", "points", "last", "last step", "min", "max"].map((h) => el("th", { text: h })))), el("tbody", {}, metricRows));
@@ -130,7 +132,7 @@ export async function showRun(root, id) {
   const artBody = el("tbody");
   const previews = el("div", { class: "previews" });
   for (const a of run.artifacts) {
-    const href = `${runUrl(id)}/artifacts/${a.name.split("/").map(encodeURIComponent).join("/")}`;
+    const href = `${runUrl(id)}/artifacts/${a.file.split("/").map(encodeURIComponent).join("/")}`;
     const actions = el("td", {}, el("a", { href, download: a.name.split("/").pop(), text: "download" }));
     if (a.image) {
       actions.append(" ", el("a", { href, target: "_blank", rel: "noopener", class: "view-image", text: "open" }));
@@ -141,7 +143,7 @@ export async function showRun(root, id) {
       previews.append(el("figure", {}, pre, el("figcaption", { text: a.name })));
       fetch(`${href}?head=65536`).then((r) => r.text()).then((t) => { pre.textContent = t; }).catch(() => {});
     }
-    artBody.append(el("tr", { class: a.present ? "" : "missing" }, el("td", { text: a.name }),
+    artBody.append(el("tr", { class: a.present ? "" : "missing" }, el("td", { text: a.label }),
       el("td", { class: "num", text: fmtBytes(a.size) }), el("td", { class: "hash", text: a.sha256 || "" }), actions));
   }
   arts.append(artBody);
@@ -206,7 +208,7 @@ export async function showCompare(root, ids) {
   const head = el("tr", {}, el("th", { text: "param" }), ok.map(([id]) =>
     el("th", {}, el("a", { href: `#/run/${id.split("/").map(encodeURIComponent).join("/")}`, text: id }))));
   const lastRows = [...new Set(ok.flatMap(([, r]) => Object.keys(r.metrics)))].sort().map((m) =>
-    el("tr", {}, el("th", { text: m }), ok.map(([, r]) => el("td", { class: "num", text: fmtNum(r.metrics[m]?.last) }))));
+    el("tr", {}, el("th", { text: m }), ok.map(([, r]) => el("td", { class: "num", text: fmtNum(r.metrics[m]?.last_value) }))));
   clear(root).append(el("h1", { text: `Compare ${ok.length} runs` }),
     el("label", {}, onlyDiff, " only differing params"),
     el("table", { class: "grid compare", id: "compare" }, el("thead", {}, head), body),
