@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-pytest.importorskip("numpy")
+from conftest import missing, need
+
+need("starlette")
+need("uvicorn")
+need("numpy")
 
 from dashboard_data import (  # noqa: E402
     CHROMIUM, CHROMIUM_ARGS, XSS_IMG, XSS_SCRIPT, demo_run, failed_run, hostile_run, png_bytes,
@@ -30,11 +32,8 @@ from dashboard_data import (  # noqa: E402
 if os.environ.get("EXPMAN_SKIP_BROWSER") == "1":
     pytest.skip("EXPMAN_SKIP_BROWSER=1", allow_module_level=True)
 if not os.path.exists(CHROMIUM):
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI needs Chromium at {CHROMIUM} for the dashboard tests "
-                    "(apt-get install -y chromium)", pytrace=False)
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+    missing("chromium", f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
+sync_api = need("playwright.sync_api")
 
 import expman  # noqa: E402
 from expman.dashboard.server import STATIC_DIR  # noqa: E402

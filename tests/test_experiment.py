@@ -20,7 +20,7 @@ import expman
 from expman import (
     ExpmanTypeError, ExpmanValueError, RunClosedError, RunExistsError,
 )
-from conftest import run_python
+from conftest import missing, run_python
 
 
 # ---- the three examples, verbatim ---------------------------------------
@@ -394,7 +394,7 @@ def test_environment_git(tmp_path):
     import shutil
     import subprocess
     if shutil.which("git") is None:
-        pytest.skip("git is not installed")
+        missing("git", "git is not installed")
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=tmp_path, check=True)
     (tmp_path / "f").write_text("x")
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "f"], cwd=tmp_path, check=True)

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import run_python
-from frameworks import require
+from conftest import need
 
-require("torch")
-pl = require("lightning.pytorch")
+need("torch")
+pl = need("lightning.pytorch")
 import torch  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
@@ -213,7 +213,7 @@ def test_other_ranks_log_nothing(monkeypatch, base):
 
 
 def test_log_hyperparams_namespace_dataclass_omegaconf(base):
-    omegaconf = require("omegaconf")
+    omegaconf = need("omegaconf")
 
     @dataclasses.dataclass
     class Data:
@@ -254,7 +254,7 @@ def test_prefix_and_save_dir_from_env(monkeypatch, tmp_path):
 
 
 def test_works_with_pytorch_lightning_alone(tmp_path):
-    require("pytorch_lightning")
+    need("pytorch_lightning")
     proc = run_python(f"""
         import sys, warnings
         sys.modules["lightning"] = None          # as if only pytorch_lightning were installed

@@ -8,13 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from frameworks import require
+from conftest import need
 
 os.environ["HF_HUB_OFFLINE"] = "1"          # nothing is downloaded: the model is built here
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-require("torch")
-require("accelerate")
-transformers = require("transformers")
+need("torch")
+need("accelerate")
+transformers = need("transformers")
 import torch  # noqa: E402
 
 import expman  # noqa: E402

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need
+
 import expman
 from expman import launcher, ranks, runlock
 from expman.cli import ranks as ranks_cli
@@ -270,7 +272,7 @@ def _check_ddp_run(run_dir: Path, world: int, steps: int) -> None:
 
 @pytest.mark.skipif(not POSIX, reason="torchrun with gloo on loopback")
 def test_torchrun_ddp_three_ranks_write_one_run(base):
-    pytest.importorskip("torch")
+    need("torch")
     proc = _torchrun(["--standalone", "--nproc-per-node", "3", "--monitor-interval", "0.1"],
                      base, 40)
     out = proc.communicate(timeout=180)[0]
@@ -283,7 +285,7 @@ def test_torchrun_ddp_three_ranks_write_one_run(base):
 def test_two_nodes_on_one_shared_folder(base):
     """Two torchrun agents (two "nodes", 2 ranks each) rendezvous on 127.0.0.1 and
     share one base dir, as nodes share a filesystem."""
-    pytest.importorskip("torch")
+    need("torch")
     port, run_id = _free_port(), f"nodes-{uuid.uuid4().hex[:8]}"
     common = ["--nnodes", "2", "--nproc-per-node", "2", "--rdzv-backend", "static",
               "--master-addr", "127.0.0.1", "--master-port", str(port), "--rdzv-id", run_id,
