@@ -33,8 +33,8 @@ WITHOUT = set(os.environ.get("EXPMAN_TEST_WITHOUT", "").replace(",", " ").split(
 def missing(what: str, reason: str) -> NoReturn:
     """Skip because `what` (a package or tool) is not here; under CI=true, fail instead."""
     if CI and what not in WITHOUT:
-        pytest.fail(f"{reason}; CI=true needs it (the README's test command installs it)",
-                    pytrace=False)
+        pytest.fail(f"{reason}; CI=true needs it (.ci/run and the README's test command "
+                    "install every one)", pytrace=False)
     pytest.skip(reason, allow_module_level=True)
 
 
