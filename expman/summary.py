@@ -106,7 +106,7 @@ def _float(v: Any) -> float:
     """A JSON number or a NaN/infinity spelling as float; ValueError otherwise."""
     t = type(v)
     if t is float:
-        return v
+        return float(v)
     if t is int:
         return float(v)
     if t is str and v in _SPELLED:
