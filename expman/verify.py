@@ -275,7 +275,7 @@ def _verify_dir(root: Path, target: Path, ev: dict[str, Any],
             problem("unsafe_path", f"manifest entry {rel!r} leaves the folder")
             continue
         _verify_file(path, size, fsha, _with_path(problem, _rel_of(root, path)))
-    for top, dirs, names in os.walk(target, followlinks=False):
+    for top, _dirs, names in os.walk(target, followlinks=False):
         for n in names:
             rel = (Path(top) / n).relative_to(target).as_posix()
             if rel not in listed:

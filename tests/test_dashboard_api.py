@@ -289,7 +289,7 @@ def test_runs_view_follows_changes_between_requests(tmp_path: Path, monkeypatch)
     from expman.runmeta import set_tags
     monkeypatch.setattr(reader.RunListCache, "RACY", 0.0)   # trust files written just now
     a = demo_run(tmp_path, "a", 0.01, steps=5, artifacts=False)
-    b = demo_run(tmp_path, "b", 0.02, steps=5, artifacts=False)
+    demo_run(tmp_path, "b", 0.02, steps=5, artifacts=False)
     time.sleep(0.05)                # past the timestamp tick of the files just written
     with running_server(tmp_path) as url:
         one = {r["id"]: r for r in get_json(url + "api/runs")["runs"]}

@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
-from conftest import run_python, need
+from conftest import need, run_python
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"
 

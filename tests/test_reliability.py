@@ -28,8 +28,6 @@ from expman import RunClosedError, WriterError, open_run
 from expman import _core, refreader
 from expman.errors import CorruptRunError, ExpmanValueError
 
-from conftest import SLOW
-
 POSIX = os.name == "posix"
 LINUX = sys.platform.startswith("linux")
 posix_only = pytest.mark.skipif(not POSIX, reason="POSIX signals / fork")

@@ -144,7 +144,7 @@ def test_a_failing_sink_stops_the_thread_quietly():
 def test_thread_holds_no_strong_reference_to_the_run():
     sink = FakeRun()
     s = sysmetrics.start_for(sink, 0.01)
-    wait_for(lambda: len(sink.rows) >= 1)
+    wait_for(lambda: len(sink.rows) >= 1)  # noqa: F821 (deleted only below)
     del sink
     gc.collect()
     s.thread.join(20)                             # it notices the run is gone and ends
