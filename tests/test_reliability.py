@@ -216,28 +216,47 @@ def test_sigint_marks_failed_keyboardinterrupt(base, with_block):
 
 @posix_only
 def test_sigterm_during_close_still_finishes_the_run(base, tmp_path):
-    """SIGTERM landing inside close() (waiting for a background artifact copy)."""
+    """SIGTERM landing inside close() (waiting for a background artifact copy). The
+    child holds its copy until the main thread waits in close() and again until the
+    signal has landed, so the signal always arrives mid-close (no race with the disk)."""
     big = tmp_path / "big.bin"
     with open(big, "wb") as f:
-        f.truncate(300 << 20)           # sparse: cheap to make, slow enough to copy
+        f.truncate(300 << 20)           # sparse: cheap to make, copied in the background
     code = f"""
+    import expman.artifacts, expman.lifecycle
+    real_copy = expman.artifacts._copy_and_hash
+
+    def main_thread_in(name):
+        frame = sys._current_frames().get(threading.main_thread().ident)
+        while frame is not None and frame.f_code.co_name != name:
+            frame = frame.f_back
+        return frame is not None
+
+    def held_copy(src, fd):
+        deadline = time.monotonic() + 60
+        while not main_thread_in("close") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        print("IN_CLOSE", flush=True)
+        while expman.lifecycle.exit_info is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return real_copy(src, fd)
+
+    expman.artifacts._copy_and_hash = held_copy
     exp = expman.Experiment("sig", base_dir=BASE, capture_env=False)
     for i in range(1000):
         exp.log_metrics({{"a": i * 0.5, "b": -i}}, step=i)
     exp.save_artifact({str(big)!r})
-    print("READY", exp.run_dir, flush=True)
     exp.close()
     print("CLOSED", flush=True)
     """
     proc = spawn(code, base)
-    run_dir = wait_line(proc, "READY")
-    time.sleep(0.02)       # let it enter close(); the copy takes far longer
+    wait_line(proc, "IN_CLOSE")
     proc.send_signal(signal.SIGTERM)
     rc, out, err = finish(proc)
+    (run_dir,) = (base / "sig").iterdir()
     run = read(run_dir)
     assert check_series(run) == 1000
-    if "CLOSED" in out:
-        pytest.skip("the copy finished before SIGTERM arrived (fast disk)")
+    assert "CLOSED" not in out, out
     assert rc == -signal.SIGTERM, err
     assert run.status == "KILLED"
 
