@@ -325,7 +325,10 @@ def test_runs_listings_are_shared_not_run_side_by_side(tmp_path: Path, monkeypat
     def spy(*a: Any, **k: Any) -> Any:
         active[0] += 1
         most[0] = max(most[0], active[0])
-        time.sleep(0.1)
+        deadline = time.monotonic() + 30
+        while not calls and len(d._waiting) < 5:   # the first listing runs until the
+            assert time.monotonic() < deadline      # five others wait for the next one
+            time.sleep(0.005)
         try:
             calls.append(time.monotonic())
             return real(*a, **k)
@@ -336,11 +339,10 @@ def test_runs_listings_are_shared_not_run_side_by_side(tmp_path: Path, monkeypat
     threads = [threading.Thread(target=lambda: got.append(d.rows())) for _ in range(6)]
     for t in threads:
         t.start()
-        time.sleep(0.01)
     for t in threads:
-        t.join(10)
+        t.join(30)
     assert len(got) == 6 and all(g == got[0] for g in got) and len(got[0]) == 3
-    assert most[0] == 1 and len(calls) <= 3       # one at a time, shared (not six)
+    assert most[0] == 1 and len(calls) == 2       # one at a time, the five share the second
 
 
 def test_cache_reads_a_live_run_incrementally_and_is_bounded(tmp_path: Path) -> None:
@@ -391,17 +393,28 @@ def test_a_run_asked_for_at_once_is_decoded_once(tmp_path: Path, monkeypatch) ->
     class Slow(real):
         def __init__(self, path: Path) -> None:
             made.append(path)
-            gate.wait(10)
+            gate.wait(30)
             super().__init__(path)
 
+    waiting: list[int] = []
+
+    class Watched(cache_mod.Future):
+        def result(self, timeout: float | None = None) -> Any:
+            waiting.append(1)
+            return super().result(timeout)
+
     monkeypatch.setattr(cache_mod, "CachedRun", Slow)
+    monkeypatch.setattr(cache_mod, "Future", Watched)
     cache = RunCache()
     got: list[Any] = []
     threads = [threading.Thread(target=lambda: got.append(cache.get(tmp_path / "c" / "once")))
                for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30
+    while len(waiting) < 3:                 # the three others wait on the first one's load
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
     gate.set()
     for t in threads:
         t.join(10)
