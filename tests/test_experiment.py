@@ -11,7 +11,6 @@ import math
 import os
 import pathlib
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -417,13 +416,27 @@ def test_environment_git(tmp_path):
     assert "PATH" not in env["env_vars"] and "HOME" not in env["env_vars"]
 
 
-def test_start_is_fast_even_with_slow_probes(base):
-    t0 = time.perf_counter()
+def test_start_does_not_wait_for_the_slow_probes(base, monkeypatch):
+    """git and the package list are probed in the background: the constructor returns
+    while the probe is still running (held here until released), however slow it is."""
+    from expman import environment
+    started, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def held(cwd):
+        started.set()
+        release.wait(60)
+        done.set()
+        return {"git": {"commit": "held"}}
+
+    monkeypatch.setattr(environment, "slow", held)
     exp = expman.Experiment("fast", base_dir=base)
-    elapsed = time.perf_counter() - t0
-    exp.close()
-    # generous bound on a shared machine; the probes themselves take ~100 ms or more
-    assert elapsed < 1.0
+    try:
+        assert started.wait(60) and not done.is_set()       # returned while the probe runs
+        assert exp.status == "RUNNING"
+    finally:
+        release.set()
+        exp.close()
+    assert expman.open_run(exp.run_dir).env["git"] == {"commit": "held"}
 
 
 # ---- module-level API ------------------------------------------------------------

