@@ -77,12 +77,15 @@ def base(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_run(base: Path):
-    """Factory for Experiments under ``base``; every one is closed after the test."""
+    """Factory for Experiments under ``base``; every one is closed after the test. No
+    environment probe and no system-metrics sampler unless asked: tests count points,
+    and a sampler adds ``system/*`` ones on its own clock (every 10 s by default)."""
     made: list[expman.Experiment] = []
 
     def factory(name: str = "exp", run_name: str | None = None, **kwargs) -> expman.Experiment:
         kwargs.setdefault("base_dir", base)
         kwargs.setdefault("capture_env", False)
+        kwargs.setdefault("system_metrics", False)
         exp = expman.Experiment(name, run_name, **kwargs)
         made.append(exp)
         return exp
@@ -110,7 +113,8 @@ def make_crashed_run(base: Path, cwd: Path, exit_code: int = 0) -> Path:
     says RUNNING; readers must say CRASHED. Returns base/exp/dead."""
     proc = run_python(f"""
         import os, expman
-        exp = expman.Experiment("exp", "dead", base_dir={str(base)!r}, capture_env=False)
+        exp = expman.Experiment("exp", "dead", base_dir={str(base)!r}, capture_env=False,
+                                system_metrics=False)
         exp.log_metrics({{"loss": 0.5}}, step=0)
         exp.flush()
         os._exit({exit_code})

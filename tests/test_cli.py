@@ -319,7 +319,7 @@ def test_tail_follow_sees_a_live_run_to_its_end(base, tmp_path):
     writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time, expman
         with expman.Experiment("live", "run", base_dir={str(base)!r}, capture_env=False,
-                               flush_interval=0.05) as exp:
+                               system_metrics=False, flush_interval=0.05) as exp:
             for step in range(3):
                 exp.log_metrics({{"loss": 1.0 / (step + 1)}}, step=step)
             exp.flush()

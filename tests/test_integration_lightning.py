@@ -94,7 +94,8 @@ def expman_points(run: expman.Run) -> list[tuple[str, int, float]]:
 def fitted(tmp_path_factory):
     """One 2-epoch fit with ExpmanLogger(log_model=True) and CSVLogger, then a validate."""
     tmp = tmp_path_factory.mktemp("fit")
-    logger = ExpmanLogger("tiny", save_dir=tmp / "experiments", log_model=True, capture_env=False)
+    logger = ExpmanLogger("tiny", save_dir=tmp / "experiments", log_model=True, capture_env=False,
+                          system_metrics=False)    # compared point by point with CSVLogger
     csv_logger = CSVLogger(tmp / "csv", name="tiny")
     ckpt = ModelCheckpoint(monitor="val_loss", save_top_k=1, save_last=True)
     model = TinyRegressor(optim={"name": "sgd", "nesterov": False, "betas": [0.9, 0.99]})

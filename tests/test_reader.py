@@ -381,7 +381,8 @@ def test_list_runs_cache_keeps_unchanged_finished_runs_only(base, make_run, monk
     # metrics.bin grown by a resume: points and last values follow
     time.sleep(0.05)
     listed()
-    with expman.Experiment("e", "b", base_dir=base, capture_env=False, resume=True) as r:
+    with expman.Experiment("e", "b", base_dir=base, capture_env=False, system_metrics=False,
+                           resume=True) as r:
         r.log_metrics({"loss": 4.0}, step=1)
     five = listed()
     assert five["e/b"].points == 2 and five["e/b"].last_metrics == {"loss": 4.0}

@@ -341,7 +341,7 @@ def test_idle_writer_keeps_the_heartbeat_fresh(base, monkeypatch):
 # ---- 4. fork ---------------------------------------------------------------------------
 
 FORK_SCRIPT = """
-exp = expman.Experiment("fork", base_dir=BASE, capture_env=False)
+exp = expman.Experiment("fork", base_dir=BASE, capture_env=False, system_metrics=False)
 stop = threading.Event()
 def busy():                      # the writer is busy (its lock taken often) at fork time
     i = 0
