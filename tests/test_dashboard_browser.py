@@ -309,8 +309,9 @@ def test_live_run_appears_and_its_chart_grows(page: Any, site: Any, tmp_path: Pa
         c = chart(page, "train_loss")
         page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="1"]')
         first = float(until(lambda: c.get_attribute("data-last-x")))
-        # the chart's last step grows within 2 s, over the event stream (no reload, no refetch)
-        until(lambda: float(c.get_attribute("data-last-x")) >= first + 5, timeout=2.0,
+        # the chart's last step grows, over the event stream (no reload, no refetch); the
+        # wait is a hang guard, not a latency bound (the machine may be busy)
+        until(lambda: float(c.get_attribute("data-last-x")) >= first + 5,
               what=f"the live chart's last step grows past {first + 5}")
         # the table row's last train_loss changes too (the row is replaced in place)
         col = page.locator("#runs thead th").evaluate_all(
@@ -320,10 +321,10 @@ def test_live_run_appears_and_its_chart_grows(page: Any, site: Any, tmp_path: Pa
         def cell() -> str:
             return row(page, "live/ticker").locator("td").nth(col).inner_text()
         shown = until(cell)
-        until(lambda: cell() not in ("", shown), timeout=5.0, what="the live row's value changes")
+        until(lambda: cell() not in ("", shown), what="the live row's value changes")
         stop.touch()
         assert proc.wait(timeout=30) == 0
-        until(lambda: live.locator(".status").inner_text() == "FINISHED", timeout=5.0)
+        until(lambda: live.locator(".status").inner_text() == "FINISHED")
     finally:
         stop.touch()
         if proc.poll() is None:
