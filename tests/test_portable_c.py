@@ -89,7 +89,7 @@ def test_native_build_under_thread_sanitizer(tmp_path: Path) -> None:
     probe = subprocess.run([cc, "-fsanitize=thread", "-x", "c", "-", "-o", str(tmp_path / "p")],
                            input="int main(void){return 0;}", capture_output=True, text=True)
     if probe.returncode != 0 or subprocess.run([str(tmp_path / "p")]).returncode != 0:
-        pytest.skip("this compiler cannot build or run -fsanitize=thread programs")
+        missing("tsan", "this compiler cannot build or run -fsanitize=thread programs")
     exe = _build(cc, tmp_path / "pc_tsan", "-O1", "-g", "-fsanitize=thread")  # type: ignore[arg-type]
     env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1:exitcode=66")
     res = subprocess.run([str(exe), str(tmp_path / "m.bin"), str(tmp_path / "e.jsonl"), "5000"],
@@ -103,7 +103,7 @@ def _sanitizer_build(tmp_path: Path, name: str, flag: str) -> Path:
     probe = subprocess.run([cc, flag, "-x", "c", "-", "-o", str(tmp_path / "p")],
                            input="int main(void){return 0;}", capture_output=True, text=True)
     if probe.returncode != 0 or subprocess.run([str(tmp_path / "p")]).returncode != 0:
-        pytest.skip(f"this compiler cannot build or run {flag} programs")
+        missing(flag, f"this compiler cannot build or run {flag} programs")
     return _build(cc, tmp_path / name, "-O1", "-g", flag)  # type: ignore[arg-type]
 
 
