@@ -59,7 +59,8 @@ def site(tmp_path_factory: pytest.TempPathFactory):
     b = demo_run(base, "run-b", 0.02, seed=2, artifacts=False)
     h = hostile_run(base)
     # a spike run: 200k points, one spike up and one down
-    with expman.Experiment("big", "spiky", base_dir=base, capture_env=False) as exp:
+    with expman.Experiment("big", "spiky", base_dir=base, capture_env=False,
+                           system_metrics=False) as exp:
         for i in range(200_000):
             v = 1000.0 if i == 123_457 else (-1000.0 if i == 7 else float(i % 100))
             exp.log_metrics({"loss": v}, step=i)
@@ -384,7 +385,8 @@ def test_a_run_asked_for_at_once_is_decoded_once(tmp_path: Path, monkeypatch) ->
     import threading
 
     from expman.dashboard import cache as cache_mod
-    with expman.Experiment("c", "once", base_dir=tmp_path, capture_env=False) as e:
+    with expman.Experiment("c", "once", base_dir=tmp_path, capture_env=False,
+                           system_metrics=False) as e:
         for i in range(100):
             e.log_metrics({"v": float(i)}, step=i)
     made, gate = [], threading.Event()

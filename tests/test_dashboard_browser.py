@@ -282,7 +282,7 @@ LOGGER = textwrap.dedent("""
     import expman
     stop = Path(sys.argv[2])
     with expman.Experiment("live", "ticker", base_dir=sys.argv[1], capture_env=False,
-                           flush_interval=0.05) as exp:
+                           system_metrics=False, flush_interval=0.05) as exp:
         exp.log_params({"learning_rate": 0.1})
         step = 0
         deadline = time.monotonic() + 60

@@ -74,7 +74,8 @@ def points(columns) -> dict[str, list[tuple[int, bytes]]]:
 @pytest.fixture(scope="module")
 def original(tmp_path_factory) -> Original:
     base = tmp_path_factory.mktemp("fuzz")
-    exp = expman.Experiment("fuzz", base_dir=base, capture_env=False, flush_interval=60)
+    exp = expman.Experiment("fuzz", base_dir=base, capture_env=False, system_metrics=False,
+                            flush_interval=60)
     step = 0
     for _ in range(N_FRAMES):
         for _ in range(ROWS_PER_FRAME):

@@ -100,10 +100,10 @@ def test_ranks_without_an_agreed_name_are_refused_before_touching_disk(base, mon
 
 def test_failed_rank_fails_the_run_and_says_which(base, as_rank):
     as_rank(0)
-    r0 = expman.Experiment("exp", base_dir=base, capture_env=False)
+    r0 = expman.Experiment("exp", base_dir=base, capture_env=False, system_metrics=False)
     r0.log_params({"lr": 0.1})
     as_rank(1)
-    r1 = expman.Experiment("exp", base_dir=base, capture_env=False)
+    r1 = expman.Experiment("exp", base_dir=base, capture_env=False, system_metrics=False)
     assert r0.run_dir == r1.run_dir == base / "exp" / "job-1" and (r0.rank, r1.rank) == (0, 1)
     r1.log_params({"lr": 99.0})                       # kept by rank 1, not written
     r1.log_metrics({"loss": 2.0}, step=0)

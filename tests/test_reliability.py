@@ -123,7 +123,7 @@ def task_count() -> int:
 
 
 LOG_LOOP = """
-exp = expman.Experiment("sig", base_dir=BASE, capture_env=False{kw})
+exp = expman.Experiment("sig", base_dir=BASE, capture_env=False, system_metrics=False{kw})
 for i in range(5000):
     exp.log_metrics({{"a": i * 0.5, "b": -i}}, step=i)
 print("READY", exp.run_dir, flush=True)
@@ -196,8 +196,10 @@ def test_sigterm_chains_to_the_users_handler(base, user_exits):
 def test_sigint_marks_failed_keyboardinterrupt(base, with_block):
     body = LOG_LOOP.format(kw="")
     if with_block:
-        body = body.replace('exp = expman.Experiment("sig", base_dir=BASE, capture_env=False)',
-                            'with expman.Experiment("sig", base_dir=BASE, capture_env=False) as exp:')
+        body = body.replace('exp = expman.Experiment("sig", base_dir=BASE, capture_env=False, '
+                            'system_metrics=False)',
+                            'with expman.Experiment("sig", base_dir=BASE, capture_env=False, '
+                            'system_metrics=False) as exp:')
         head, loop = body.split("as exp:\n", 1)
         body = head + "as exp:\n" + textwrap.indent(loop, "    ")
     proc = spawn(body, base)
