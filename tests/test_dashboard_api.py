@@ -234,7 +234,7 @@ def read_events(resp: http.client.HTTPResponse, until: Any, timeout: float = 10.
 
 
 def test_live_stream_sends_only_new_points(tmp_path: Path) -> None:
-    exp = expman.Experiment("live", "r1", base_dir=tmp_path, capture_env=False)
+    exp = expman.Experiment("live", "r1", base_dir=tmp_path, capture_env=False, system_metrics=False)
     try:
         for i in range(100):
             exp.log_metrics({"loss": float(i)}, step=i)
@@ -347,7 +347,7 @@ def test_runs_listings_are_shared_not_run_side_by_side(tmp_path: Path, monkeypat
 
 
 def test_cache_reads_a_live_run_incrementally_and_is_bounded(tmp_path: Path) -> None:
-    exp = expman.Experiment("c", "live", base_dir=tmp_path, capture_env=False)
+    exp = expman.Experiment("c", "live", base_dir=tmp_path, capture_env=False, system_metrics=False)
     try:
         for i in range(1000):
             exp.log_metrics({"a": float(i)}, step=i)
@@ -368,7 +368,8 @@ def test_cache_reads_a_live_run_incrementally_and_is_bounded(tmp_path: Path) -> 
     finally:
         exp.close()
     for name in ("x", "y", "z"):
-        with expman.Experiment("c", name, base_dir=tmp_path, capture_env=False) as e:
+        with expman.Experiment("c", name, base_dir=tmp_path, capture_env=False,
+                               system_metrics=False) as e:
             for i in range(10_000):
                 e.log_metrics({"v": 1.0}, step=i)
     cache = RunCache(max_bytes=400_000)        # one run's columns (240 kB) fit, not two
@@ -438,7 +439,8 @@ def test_a_run_that_dies_is_streamed_as_crashed(tmp_path: Path) -> None:
     import subprocess
     import sys
     code = ("import sys, time, expman\n"
-            "exp = expman.Experiment('live', 'doomed', base_dir=sys.argv[1], capture_env=False)\n"
+            "exp = expman.Experiment('live', 'doomed', base_dir=sys.argv[1], capture_env=False,\n"
+            "                        system_metrics=False)\n"
             "exp.log_metrics({'loss': 1.0}, step=0); exp.flush()\n"
             "print('ready', flush=True)\n"
             "time.sleep(120)\n")
