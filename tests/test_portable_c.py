@@ -103,7 +103,8 @@ def _sanitizer_build(tmp_path: Path, name: str, flag: str) -> Path:
     probe = subprocess.run([cc, flag, "-x", "c", "-", "-o", str(tmp_path / "p")],
                            input="int main(void){return 0;}", capture_output=True, text=True)
     if probe.returncode != 0 or subprocess.run([str(tmp_path / "p")]).returncode != 0:
-        missing(flag, f"this compiler cannot build or run {flag} programs")
+        missing("tsan" if "thread" in flag else "asan",
+                f"this compiler cannot build or run {flag} programs")
     return _build(cc, tmp_path / name, "-O1", "-g", flag)  # type: ignore[arg-type]
 
 
