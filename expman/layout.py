@@ -26,7 +26,7 @@ MEDIA_DIR = "media"              # under ARTIFACTS_DIR: log_image's PNGs (docs/f
 SUMMARY_FILE = "summary.json"    # per-metric figures for listings (atomic; expman.summary)
 TORN_SUFFIX = ".torn"            # verify --repair keeps a cut tail beside its file
 MANIFEST_SUFFIX = ".manifest.json"   # a folder artifact's list of files and hashes, beside it
-MAX_MANIFEST_BYTES = 64 << 20    # readers refuse a larger (crafted) manifest            # verify --repair keeps a cut tail beside its file
+MAX_MANIFEST_BYTES = 64 << 20    # readers refuse a larger (crafted) manifest
 LOCK_FILE = "writer.lock"        # the writer's OS lock, held for the run's life (expman.runlock)
 
 

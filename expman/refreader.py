@@ -11,7 +11,7 @@ import struct
 import zlib
 
 
-def read_varint(buf, i):
+def read_varint(buf: bytes, i: int) -> tuple[int, int]:
     shift = value = 0
     while True:
         b = buf[i]
@@ -26,16 +26,16 @@ def read_varint(buf, i):
             raise ValueError(f"varint longer than 10 bytes at {i}")
 
 
-def unzigzag(v):
+def unzigzag(v: int) -> int:
     return (v >> 1) ^ -(v & 1)
 
 
-def wrap64(v):
+def wrap64(v: int) -> int:
     """Steps and times add modulo 2**64, as signed 64-bit integers."""
     return (v + 2**63) % 2**64 - 2**63
 
 
-def define(keys, kid, name, pos):
+def define(keys: dict[int, str], kid: int, name: str, pos: int) -> None:
     """Bind id -> name; the same pair again is fine, any other clash is corrupt."""
     if kid >= 2**32 or not name or keys.get(kid, name) != name or (
             kid not in keys and name in keys.values()):
@@ -43,9 +43,11 @@ def define(keys, kid, name, pos):
     keys[kid] = name
 
 
-def read_metrics(data):
+def read_metrics(data: bytes) -> tuple[dict[str, list[tuple[int, float, float]]], int]:
     if data[:8] != b"EXPMANMB" or struct.unpack_from("<I", data, 8)[0] != 1:
         raise ValueError("not an expman metrics file, version 1")
+    keys: dict[int, str]
+    series: dict[str, list[tuple[int, float, float]]]
     keys, series, pos = {}, {}, 16
     while pos < len(data):
         if len(data) - pos < 12:
@@ -59,6 +61,7 @@ def read_metrics(data):
         payload = data[pos + 8:end]
         if zlib.crc32(payload) != struct.unpack_from("<I", data, end)[0]:
             raise ValueError(f"bad frame checksum at {pos}")
+        ids: list[int] | None
         i, step, t_us, ids = 0, 0, 0, None                # deltas restart per frame
         while i < len(payload):
             h, i = read_varint(payload, i)
@@ -79,7 +82,7 @@ def read_metrics(data):
             row_ids = []
             for j in range(n):
                 if same:
-                    kid = ids[j]
+                    kid = ids[j]  # type: ignore[index]  # not None: checked above
                 else:
                     kid, i = read_varint(payload, i)
                 (value,) = struct.unpack_from("<d", payload, i)

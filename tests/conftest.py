@@ -1,13 +1,18 @@
-"""Shared fixtures: a temporary base dir, run factories that always close, a watchdog."""
+"""Shared fixtures: a temporary base dir, run factories that always close, a watchdog,
+and `need`/`missing` for optional dependencies (a skip locally, a failure in CI)."""
 
 from __future__ import annotations
 
 import faulthandler
+import importlib
+import importlib.util
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
@@ -16,6 +21,43 @@ import expman
 # A hang must fail fast instead of stalling CI: dump every thread and exit.
 WATCHDOG_SECONDS = int(os.environ.get("EXPMAN_TEST_WATCHDOG", "300"))
 SLOW = os.environ.get("EXPMAN_SLOW") == "1"
+
+# Under CI=true (.ci/run, GitHub Actions) every optional dependency and tool is installed
+# (the README's test command: the `test` extra, torch, Chromium, MinGW/wine), so a missing
+# one fails instead of skipping a test silently. EXPMAN_TEST_WITHOUT names the ones a CI
+# job leaves out on purpose (comma-separated; the wheel builders install only `test-core`).
+CI = os.environ.get("CI") == "true"
+WITHOUT = set(os.environ.get("EXPMAN_TEST_WITHOUT", "").replace(",", " ").split())
+
+
+def missing(what: str, reason: str) -> NoReturn:
+    """Skip because `what` (a package or tool) is not here; under CI=true, fail instead."""
+    if CI and what not in WITHOUT:
+        pytest.fail(f"{reason}; CI=true needs it (.ci/run and the README's test command "
+                    "install every one)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def need(module: str) -> ModuleType:
+    """Import an optional dependency, or `missing` it. Only a module that is not installed
+    counts as missing: one that fails to import is an error, never a skip."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
+            raise
+        top = module.split(".")[0]
+        missing(top, f"{module} is not installed")
+
+
+def need_installed(module: str) -> None:
+    """Like `need` without importing the module here (a subprocess will)."""
+    try:
+        if importlib.util.find_spec(module) is not None:
+            return
+    except ModuleNotFoundError:
+        pass
+    missing(module.split(".")[0], f"{module} is not installed")
 
 
 @pytest.fixture(autouse=True)
@@ -35,12 +77,15 @@ def base(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_run(base: Path):
-    """Factory for Experiments under ``base``; every one is closed after the test."""
+    """Factory for Experiments under ``base``; every one is closed after the test. No
+    environment probe and no system-metrics sampler unless asked: tests count points,
+    and a sampler adds ``system/*`` ones on its own clock (every 10 s by default)."""
     made: list[expman.Experiment] = []
 
     def factory(name: str = "exp", run_name: str | None = None, **kwargs) -> expman.Experiment:
         kwargs.setdefault("base_dir", base)
         kwargs.setdefault("capture_env", False)
+        kwargs.setdefault("system_metrics", False)
         exp = expman.Experiment(name, run_name, **kwargs)
         made.append(exp)
         return exp
@@ -68,7 +113,8 @@ def make_crashed_run(base: Path, cwd: Path, exit_code: int = 0) -> Path:
     says RUNNING; readers must say CRASHED. Returns base/exp/dead."""
     proc = run_python(f"""
         import os, expman
-        exp = expman.Experiment("exp", "dead", base_dir={str(base)!r}, capture_env=False)
+        exp = expman.Experiment("exp", "dead", base_dir={str(base)!r}, capture_env=False,
+                                system_metrics=False)
         exp.log_metrics({{"loss": 0.5}}, step=0)
         exp.flush()
         os._exit({exit_code})

@@ -36,7 +36,8 @@ def demo_run(base: Path, run_name: str, lr: float, steps: int = 400, seed: int =
              artifacts: bool = True, tags: list[str] | None = None) -> Path:
     """A finished run shaped like `expman demo`'s: train_loss/acc per step, val_* every 20."""
     rng = random.Random(seed)
-    with expman.Experiment("demo", run_name, base_dir=base, capture_env=True, tags=tags) as exp:
+    with expman.Experiment("demo", run_name, base_dir=base, capture_env=True, tags=tags,
+                           system_metrics=False) as exp:     # the tests count series and points
         exp.log_params({"learning_rate": lr, "batch_size": 32, "model": "mlp",
                         "optimizer": {"name": "sgd", "momentum": 0.9}, "seed": seed})
         exp.info("Starting training loop")
@@ -59,7 +60,8 @@ def demo_run(base: Path, run_name: str, lr: float, steps: int = 400, seed: int =
 
 def hostile_run(base: Path) -> Path:
     """A run whose folder name, recorded name, param and message are markup."""
-    with expman.Experiment("demo", "hostile", base_dir=base, capture_env=False) as exp:
+    with expman.Experiment("demo", "hostile", base_dir=base, capture_env=False,
+                           system_metrics=False) as exp:
         exp.log_params({"note": XSS_SCRIPT, "title": XSS_IMG})
         exp.info(XSS_IMG)
         exp.error(XSS_SCRIPT)
@@ -77,7 +79,8 @@ def hostile_run(base: Path) -> Path:
 def failed_run(base: Path) -> Path:
     """A run that ended in an exception: its exit info names the type, message and place."""
     try:
-        with expman.Experiment("demo", "failed", base_dir=base, capture_env=False) as exp:
+        with expman.Experiment("demo", "failed", base_dir=base, capture_env=False,
+                               system_metrics=False) as exp:
             exp.log_metrics({"train_loss": 3.0}, step=0)
             raise ZeroDivisionError("loss exploded")
     except ZeroDivisionError:

@@ -28,7 +28,7 @@ def ddp(base: str, steps: int) -> None:
     gen = torch.Generator().manual_seed(100 + rank)   # each rank its own shard
     x = torch.randn(64, 4, generator=gen)
     y = x @ torch.tensor([[1.0], [-2.0], [3.0], [0.5]])
-    with expman.Experiment("ddp", base_dir=base, capture_env=False) as exp:
+    with expman.Experiment("ddp", base_dir=base, capture_env=False, system_metrics=False) as exp:
         exp.log_params({"lr": 0.05, "world_size": world, "set_by_rank": rank})
         exp.info(f"rank {rank} of {world} starts")
         for step in range(steps):
@@ -46,7 +46,8 @@ def ddp(base: str, steps: int) -> None:
 def plain(base: str, steps: int, role: str) -> None:
     import expman
 
-    with expman.Experiment("job", base_dir=base, capture_env=False, flush_interval=0.01) as exp:
+    with expman.Experiment("job", base_dir=base, capture_env=False, system_metrics=False,
+                           flush_interval=0.01) as exp:
         if role == "die":
             step = 0
             while True:

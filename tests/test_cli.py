@@ -22,7 +22,7 @@ from expman import _core
 from expman._fsutil import atomic_write_json, read_json
 from expman.cli import COMMANDS, build_parser
 
-from conftest import make_crashed_run, run_python
+from conftest import make_crashed_run, run_python, need
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECIAL = [0.1, -0.0, 1e-300, 5e-324, 1.7976931348623157e308, math.nan, math.inf, -math.inf, 2.0]
@@ -281,7 +281,7 @@ def test_export_duplicates_and_metric_filter(special_run, tmp_path):
 
 
 def test_export_parquet(special_run, tmp_path):
-    pq = pytest.importorskip("pyarrow.parquet")
+    pq = need("pyarrow.parquet")
     dest = tmp_path / "out.parquet"
     ok(cli("export", special_run, "--format", "parquet", "-o", dest, cwd=tmp_path))
     t = pq.read_table(dest)
@@ -321,7 +321,7 @@ def test_tail_follow_sees_a_live_run_to_its_end(base, tmp_path):
     writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time, expman
         with expman.Experiment("live", "run", base_dir={str(base)!r}, capture_env=False,
-                               flush_interval=0.05) as exp:
+                               system_metrics=False, flush_interval=0.05) as exp:
             for step in range(3):
                 exp.log_metrics({{"loss": 1.0 / (step + 1)}}, step=step)
             exp.flush()

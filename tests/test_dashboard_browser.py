@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-pytest.importorskip("numpy")
+from conftest import missing, need
+
+need("starlette")
+need("uvicorn")
+need("numpy")
 
 from dashboard_data import (  # noqa: E402
     CHROMIUM, CHROMIUM_ARGS, XSS_IMG, XSS_SCRIPT, demo_run, failed_run, hostile_run, png_bytes,
@@ -30,11 +32,8 @@ from dashboard_data import (  # noqa: E402
 if os.environ.get("EXPMAN_SKIP_BROWSER") == "1":
     pytest.skip("EXPMAN_SKIP_BROWSER=1", allow_module_level=True)
 if not os.path.exists(CHROMIUM):
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI needs Chromium at {CHROMIUM} for the dashboard tests "
-                    "(apt-get install -y chromium)", pytrace=False)
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+    missing("chromium", f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
+sync_api = need("playwright.sync_api")
 
 import expman  # noqa: E402
 from expman.dashboard.server import STATIC_DIR  # noqa: E402
@@ -283,7 +282,7 @@ LOGGER = textwrap.dedent("""
     import expman
     stop = Path(sys.argv[2])
     with expman.Experiment("live", "ticker", base_dir=sys.argv[1], capture_env=False,
-                           flush_interval=0.05) as exp:
+                           system_metrics=False, flush_interval=0.05) as exp:
         exp.log_params({"learning_rate": 0.1})
         step = 0
         deadline = time.monotonic() + 60
@@ -310,8 +309,9 @@ def test_live_run_appears_and_its_chart_grows(page: Any, site: Any, tmp_path: Pa
         c = chart(page, "train_loss")
         page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="1"]')
         first = float(until(lambda: c.get_attribute("data-last-x")))
-        # the chart's last step grows within 2 s, over the event stream (no reload, no refetch)
-        until(lambda: float(c.get_attribute("data-last-x")) >= first + 5, timeout=2.0,
+        # the chart's last step grows, over the event stream (no reload, no refetch); the
+        # wait is a hang guard, not a latency bound (the machine may be busy)
+        until(lambda: float(c.get_attribute("data-last-x")) >= first + 5,
               what=f"the live chart's last step grows past {first + 5}")
         # the table row's last train_loss changes too (the row is replaced in place)
         col = page.locator("#runs thead th").evaluate_all(
@@ -321,10 +321,10 @@ def test_live_run_appears_and_its_chart_grows(page: Any, site: Any, tmp_path: Pa
         def cell() -> str:
             return row(page, "live/ticker").locator("td").nth(col).inner_text()
         shown = until(cell)
-        until(lambda: cell() not in ("", shown), timeout=5.0, what="the live row's value changes")
+        until(lambda: cell() not in ("", shown), what="the live row's value changes")
         stop.touch()
         assert proc.wait(timeout=30) == 0
-        until(lambda: live.locator(".status").inner_text() == "FINISHED", timeout=5.0)
+        until(lambda: live.locator(".status").inner_text() == "FINISHED")
     finally:
         stop.touch()
         if proc.poll() is None:

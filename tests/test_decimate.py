@@ -8,7 +8,9 @@ import math
 
 import pytest
 
-np = pytest.importorskip("numpy")
+from conftest import need
+
+np = need("numpy")
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from expman import _core  # noqa: E402

@@ -5,16 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
-from conftest import run_python
+from conftest import need, run_python
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"
 
 
 def test_examples_run_in_order(tmp_path, monkeypatch):
     for module in ("torch", "tensorboard", "numpy", "matplotlib"):
-        pytest.importorskip(module)
+        need(module)
     part = DOC.read_text(encoding="utf-8").split("<!-- tensorboard-wandb")[1]
     part = part.split("\n## Overhead")[0]
     blocks = re.findall(r"```python\n(.*?)```", part, re.S)

@@ -43,7 +43,8 @@ def test_file_header():
 @given(rows=rows, flush_every=st.integers(1, 20))
 def test_reference_and_fast_reader_agree(tmp_path_factory, rows, flush_every):
     base = tmp_path_factory.mktemp("fmt")
-    exp = expman.Experiment("fmt", base_dir=base, capture_env=False, flush_interval=60)
+    exp = expman.Experiment("fmt", base_dir=base, capture_env=False, system_metrics=False,
+                            flush_interval=60)
     expected: dict[str, list] = {}
     step = -1
     for i, (metrics, s) in enumerate(rows):

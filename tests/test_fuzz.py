@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 import warnings
 import zlib
 from collections import Counter
@@ -76,7 +75,8 @@ def points(columns) -> dict[str, list[tuple[int, bytes]]]:
 @pytest.fixture(scope="module")
 def original(tmp_path_factory) -> Original:
     base = tmp_path_factory.mktemp("fuzz")
-    exp = expman.Experiment("fuzz", base_dir=base, capture_env=False, flush_interval=60)
+    exp = expman.Experiment("fuzz", base_dir=base, capture_env=False, system_metrics=False,
+                            flush_interval=60)
     step = 0
     for _ in range(N_FRAMES):
         for _ in range(ROWS_PER_FRAME):
@@ -149,12 +149,11 @@ def valid_frame_at(data: bytes, pos: int) -> bool:
 
 
 def decode(data: bytes, salvage: bool):
-    t0 = time.perf_counter()
+    """A hang is the watchdog's to catch (conftest), not a timing assertion's."""
     try:
         columns, _keys, report = _core.decode_metrics(data, salvage=salvage)
     except CorruptRunError:
         return None, None
-    assert time.perf_counter() - t0 < 1.0, "decoding a 20 KB file took over a second"
     return points(columns), report
 
 

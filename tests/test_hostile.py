@@ -251,11 +251,11 @@ def test_threads_defining_the_same_long_new_keys_keep_the_ring_whole(make_run):
 
         def worker(t: int) -> None:
             try:
-                start.wait()
+                start.wait()  # noqa: B023 (joined in this iteration)
                 for i, name in enumerate(names):
-                    exp.log_metrics({name: float(t), f"t{t}": float(i)}, step=i)
+                    exp.log_metrics({name: float(t), f"t{t}": float(i)}, step=i)  # noqa: B023
             except BaseException as e:      # reported below, not lost in the thread
-                errors.append(e)
+                errors.append(e)  # noqa: B023
 
         threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
         for th in threads:

@@ -13,6 +13,8 @@ import math
 
 import pytest
 
+from conftest import need
+
 from expman import _core
 from expman.errors import ExpmanTypeError, ExpmanValueError
 
@@ -66,7 +68,7 @@ def test_equal_keys_built_anew_share_one_id_at_every_position(make_run):
 
 
 def test_numeric_types_take_their_exact_value(make_run):
-    np = pytest.importorskip("numpy")
+    np = need("numpy")
     exp = make_run()
     cases = {
         "f64": np.float64(0.1), "f32": np.float32(0.1), "f16": np.float16(0.5),
@@ -90,7 +92,7 @@ def test_numpy_scalars_read_from_their_value_field_keep_every_bit(make_run):
     is learned: extremes of every width, signed zero, subnormals, inf and NaN
     come out as float(value) does. The first value of a type is a NaN here, so
     the type is learned from a later one."""
-    np = pytest.importorskip("numpy")
+    np = need("numpy")
     exp = make_run()
     f32 = np.finfo(np.float32)
     columns = {
@@ -114,7 +116,7 @@ def test_numpy_scalars_read_from_their_value_field_keep_every_bit(make_run):
 
 
 def test_bad_values_name_the_key_and_log_nothing(make_run):
-    np = pytest.importorskip("numpy")
+    np = need("numpy")
     exp = make_run()
     with pytest.raises(ExpmanValueError, match="'big'"):
         exp.log_metrics({"ok": 1.0, "big": 10 ** 400})
@@ -127,7 +129,7 @@ def test_bad_values_name_the_key_and_log_nothing(make_run):
 
 
 def test_tensor_requiring_grad_is_detached_without_a_warning(make_run):
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     exp = make_run()
     w = torch.tensor(1.5, requires_grad=True)
     loss = w * 2                            # in the graph: float() alone would warn

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import expman
-from frameworks import require_installed
+from conftest import need_installed
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"
 EXAMPLE = re.compile(r"<!-- example: (\w+) -->\n```python\n(.*?)\n```", re.S)
@@ -34,8 +34,8 @@ def test_every_framework_has_an_example():
 @pytest.mark.parametrize("name", sorted(NEEDS))
 def test_example_runs_as_written(name, tmp_path):
     module, expected = NEEDS[name]
-    require_installed("torch")
-    require_installed(module)
+    need_installed("torch")
+    need_installed(module)
     env = {k: v for k, v in os.environ.items() if k not in ("EXPMAN_DIR", "KERAS_BACKEND")}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(expman.__file__).parent.parent),
                                          env.get("PYTHONPATH", "")])

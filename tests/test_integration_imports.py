@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_python
-from frameworks import require
+from conftest import need
 from expman.errors import ExpmanTypeError
 from expman.integrations._metrics import split_logs
 from expman.params import framework_params
@@ -78,13 +78,13 @@ def test_framework_params_odd_objects_become_text():
 
 
 def test_framework_params_omegaconf():
-    omegaconf = require("omegaconf")
+    omegaconf = need("omegaconf")
     cfg = omegaconf.OmegaConf.create({"a": {"b": 2, "c": "${a.b}"}, "l": [1, {"x": 3}]})
     assert framework_params(cfg) == {"a": {"b": 2, "c": 2}, "l": [1, {"x": 3}]}
 
 
 def test_split_logs():
-    np = require("numpy")
+    np = need("numpy")
     numbers, rest = split_logs({"loss": 0.5, "n": 3, "ok": True, "np": np.float32(0.25),
                                 "arr": np.zeros(2), "name": "cosine", "none": None})
     assert numbers == {"loss": 0.5, "n": 3.0, "ok": 1.0, "np": 0.25}

@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from frameworks import require
+from conftest import need
 
 os.environ["KERAS_BACKEND"] = "torch"       # before keras is first imported
-require("torch")
-keras = require("keras")
+need("torch")
+keras = need("keras")
 import numpy as np  # noqa: E402
 
 import expman  # noqa: E402

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import run_python
-from frameworks import require
+from conftest import need
 
-require("torch")
-pl = require("lightning.pytorch")
+need("torch")
+pl = need("lightning.pytorch")
 import torch  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
@@ -94,7 +94,8 @@ def expman_points(run: expman.Run) -> list[tuple[str, int, float]]:
 def fitted(tmp_path_factory):
     """One 2-epoch fit with ExpmanLogger(log_model=True) and CSVLogger, then a validate."""
     tmp = tmp_path_factory.mktemp("fit")
-    logger = ExpmanLogger("tiny", save_dir=tmp / "experiments", log_model=True, capture_env=False)
+    logger = ExpmanLogger("tiny", save_dir=tmp / "experiments", log_model=True, capture_env=False,
+                          system_metrics=False)    # compared point by point with CSVLogger
     csv_logger = CSVLogger(tmp / "csv", name="tiny")
     ckpt = ModelCheckpoint(monitor="val_loss", save_top_k=1, save_last=True)
     model = TinyRegressor(optim={"name": "sgd", "nesterov": False, "betas": [0.9, 0.99]})
@@ -212,7 +213,7 @@ def test_other_ranks_log_nothing(monkeypatch, base):
 
 
 def test_log_hyperparams_namespace_dataclass_omegaconf(base):
-    omegaconf = require("omegaconf")
+    omegaconf = need("omegaconf")
 
     @dataclasses.dataclass
     class Data:
@@ -253,7 +254,7 @@ def test_prefix_and_save_dir_from_env(monkeypatch, tmp_path):
 
 
 def test_works_with_pytorch_lightning_alone(tmp_path):
-    require("pytorch_lightning")
+    need("pytorch_lightning")
     proc = run_python(f"""
         import sys, warnings
         sys.modules["lightning"] = None          # as if only pytorch_lightning were installed

@@ -11,7 +11,6 @@ measured losses (the figures in docs/durability.md).
 
 from __future__ import annotations
 
-import mmap
 import os
 import random
 import signal

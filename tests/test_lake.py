@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need
+
 import expman
 from expman import lake
 from expman.lake import export_lake
 
-duckdb = pytest.importorskip("duckdb")
-pytest.importorskip("pyarrow")
+duckdb = need("duckdb")
+need("pyarrow")
 
 LRS = [0.1, 0.03, 0.01, 0.003, 0.001]
 N_RUNS = 1000
@@ -99,7 +101,7 @@ def test_duckdb_best_final_loss_per_lr_over_1000_runs(sweep, tmp_path):
 
 
 def test_polars_reads_the_lake(sweep, tmp_path):
-    pl = pytest.importorskip("polars")
+    pl = need("polars")
     out = tmp_path / "lake"
     export_lake(sweep, out)
     m = pl.scan_parquet(f"{out}/metrics/**/*.parquet", hive_partitioning=True)

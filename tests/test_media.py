@@ -8,11 +8,13 @@ import os
 import numpy as np
 import pytest
 
+from conftest import need
+
 import expman
 from expman import media, media_read
 from expman.errors import ExpmanTypeError, ExpmanValueError
 
-PIL = pytest.importorskip("PIL.Image")
+PIL = need("PIL.Image")
 
 
 def _pixels(path) -> np.ndarray:

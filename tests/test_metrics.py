@@ -255,7 +255,7 @@ def test_drop_policy_counts_instead_of_blocking(make_run):
 
 
 def test_memory_is_bounded(make_run):
-    resource = pytest.importorskip("resource")
+    resource = pytest.importorskip("resource")   # POSIX only
     exp = make_run(buffer_size=1 << 20)
     keys = [f"m{i}" for i in range(20)]
     vals = [0.5] * 20

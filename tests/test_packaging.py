@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import expman
+from conftest import missing
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOW = os.environ.get("EXPMAN_SLOW") == "1"
@@ -41,8 +42,10 @@ WEB_BUNDLE = "expman/dashboard/static/"   # the dashboard page, built from packa
 
 
 def _tracked() -> list[str]:
-    if not (ROOT / ".git").exists() or shutil.which("git") is None:
-        pytest.skip("needs a git checkout and git")
+    if not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout (these tests run from a copy of tests/)")
+    if shutil.which("git") is None:
+        missing("git", "git is not installed")
     out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
     return sorted(p for p in out.stdout.decode().split("\0") if p and (ROOT / p).is_file())
 
@@ -61,7 +64,7 @@ def _sdist_command(src: Path, outdir: Path) -> tuple[list[str], Path]:
         return [sys.executable, "-m", "build", "--sdist", "--outdir", str(outdir), str(src)], outdir
     if importlib.util.find_spec("Cython") and importlib.util.find_spec("setuptools"):
         return [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(outdir)], src
-    pytest.skip("neither `build` nor setuptools+Cython is installed (pip install build)")
+    missing("build", "neither `build` nor setuptools+Cython is installed (pip install build)")
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +139,7 @@ def test_installed_wheel_holds_no_sources() -> None:
 @pytest.mark.skipif(not SLOW, reason="compiles the core; set EXPMAN_SLOW=1")
 def test_wheel_built_from_the_sdist(sdist: tuple[Path, list[str]], tmp_path: Path) -> None:
     if not _has_module("build.__main__"):
-        pytest.skip("needs `build` (pip install build)")
+        missing("build", "needs `build` (pip install build)")
     res = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path),
                           str(sdist[0])], cwd=tmp_path, capture_output=True, text=True,
                          timeout=900)

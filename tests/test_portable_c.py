@@ -2,8 +2,9 @@
 (``tests/c/producer_consumer.c``) under ``-Wall -Wextra -Werror``, natively and,
 when MinGW is installed, for Windows, and check what the writer thread wrote.
 
-The native program runs here; the Windows one runs only when ``wine64`` is
-installed (Debian: ``gcc-mingw-w64-x86-64``, ``wine64``). Both write a metrics
+The native program runs here; the Windows one builds with MinGW and runs under
+``wine64`` (Debian: ``gcc-mingw-w64-x86-64``, ``wine64``): without them those tests
+skip, and fail under CI=true, where ``.ci/run`` installs them. Both write a metrics
 file that this test reads with the format's reference reader
 (``expman/refreader.py``: plain Python and ``zlib.crc32``, independent of the core).
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import missing
 from expman import refreader
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +89,7 @@ def test_native_build_under_thread_sanitizer(tmp_path: Path) -> None:
     probe = subprocess.run([cc, "-fsanitize=thread", "-x", "c", "-", "-o", str(tmp_path / "p")],
                            input="int main(void){return 0;}", capture_output=True, text=True)
     if probe.returncode != 0 or subprocess.run([str(tmp_path / "p")]).returncode != 0:
-        pytest.skip("this compiler cannot build or run -fsanitize=thread programs")
+        missing("tsan", "this compiler cannot build or run -fsanitize=thread programs")
     exe = _build(cc, tmp_path / "pc_tsan", "-O1", "-g", "-fsanitize=thread")  # type: ignore[arg-type]
     env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1:exitcode=66")
     res = subprocess.run([str(exe), str(tmp_path / "m.bin"), str(tmp_path / "e.jsonl"), "5000"],
@@ -101,7 +103,8 @@ def _sanitizer_build(tmp_path: Path, name: str, flag: str) -> Path:
     probe = subprocess.run([cc, flag, "-x", "c", "-", "-o", str(tmp_path / "p")],
                            input="int main(void){return 0;}", capture_output=True, text=True)
     if probe.returncode != 0 or subprocess.run([str(tmp_path / "p")]).returncode != 0:
-        pytest.skip(f"this compiler cannot build or run {flag} programs")
+        missing("tsan" if "thread" in flag else "asan",
+                f"this compiler cannot build or run {flag} programs")
     return _build(cc, tmp_path / name, "-O1", "-g", flag)  # type: ignore[arg-type]
 
 
@@ -156,15 +159,25 @@ def test_native_build_under_address_sanitizer_with_leak_checks(tmp_path: Path) -
     assert [(s, v) for s, _t, v in series["loss"]] == [(0, 0.0)]
 
 
-@pytest.mark.skipif(_mingw() is None,
-                    reason="x86_64-w64-mingw32-gcc not installed (Debian: gcc-mingw-w64-x86-64)")
+def _windows_exe(tmp_path: Path, *opt: str) -> Path:
+    """The producer cross-compiled for Windows; MinGW missing is a skip (a failure in CI)."""
+    mingw = _mingw()
+    if mingw is None:
+        missing("mingw", "x86_64-w64-mingw32-gcc is not installed (Debian: gcc-mingw-w64-x86-64)")
+    exe = _build(mingw, tmp_path / "pc.exe", *opt)
+    assert exe.read_bytes()[:2] == b"MZ"
+    return exe
+
+
 def test_windows_branch_cross_compiles(tmp_path: Path) -> None:
-    for opt in (["-O2"], ["-O0", "-g"]):
-        exe = _build(_mingw(), tmp_path / "pc.exe", *opt)  # type: ignore[arg-type]
-        assert exe.read_bytes()[:2] == b"MZ"
+    _windows_exe(tmp_path, "-O0", "-g")
+
+
+def test_windows_build_runs_under_wine(tmp_path: Path) -> None:
+    exe = _windows_exe(tmp_path, "-O2")
     wine = _wine()
     if wine is None:
-        return          # compiled and linked; running it needs wine64
+        missing("wine", "wine64 is not installed (Debian: wine64), so the Windows build cannot run")
     env = dict(os.environ, WINEPREFIX=str(tmp_path / "wine"), WINEDEBUG="-all")
     try:
         res = subprocess.run([wine, str(exe), "m.bin", "e.jsonl", str(N)], cwd=tmp_path,

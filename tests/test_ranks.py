@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need
+
 import expman
 from expman import launcher, liveness, ranks, runlock
 from expman.cli import ranks as ranks_cli
@@ -98,10 +100,10 @@ def test_ranks_without_an_agreed_name_are_refused_before_touching_disk(base, mon
 
 def test_failed_rank_fails_the_run_and_says_which(base, as_rank):
     as_rank(0)
-    r0 = expman.Experiment("exp", base_dir=base, capture_env=False)
+    r0 = expman.Experiment("exp", base_dir=base, capture_env=False, system_metrics=False)
     r0.log_params({"lr": 0.1})
     as_rank(1)
-    r1 = expman.Experiment("exp", base_dir=base, capture_env=False)
+    r1 = expman.Experiment("exp", base_dir=base, capture_env=False, system_metrics=False)
     assert r0.run_dir == r1.run_dir == base / "exp" / "job-1" and (r0.rank, r1.rank) == (0, 1)
     r1.log_params({"lr": 99.0})                       # kept by rank 1, not written
     r1.log_metrics({"loss": 2.0}, step=0)
@@ -275,7 +277,7 @@ def _check_ddp_run(run_dir: Path, world: int, steps: int) -> None:
 
 @pytest.mark.skipif(not POSIX, reason="torchrun with gloo on loopback")
 def test_torchrun_ddp_three_ranks_write_one_run(base):
-    pytest.importorskip("torch")
+    need("torch")
     proc = _torchrun(["--standalone", "--nproc-per-node", "3", "--monitor-interval", "0.1"],
                      base, 40)
     out = proc.communicate(timeout=180)[0]
@@ -288,7 +290,7 @@ def test_torchrun_ddp_three_ranks_write_one_run(base):
 def test_two_nodes_on_one_shared_folder(base):
     """Two torchrun agents (two "nodes", 2 ranks each) rendezvous on 127.0.0.1 and
     share one base dir, as nodes share a filesystem."""
-    pytest.importorskip("torch")
+    need("torch")
     port, run_id = _free_port(), f"nodes-{uuid.uuid4().hex[:8]}"
     common = ["--nnodes", "2", "--nproc-per-node", "2", "--rdzv-backend", "static",
               "--master-addr", "127.0.0.1", "--master-port", str(port), "--rdzv-id", run_id,

@@ -16,7 +16,7 @@ import expman
 from expman import _core, reader, series
 from expman._fsutil import atomic_write_json, read_json
 
-from conftest import make_crashed_run, run_python
+from conftest import make_crashed_run, run_python, need
 
 
 @pytest.fixture(params=["numpy", "array"])
@@ -25,7 +25,7 @@ def columns(request, monkeypatch):
     if request.param == "array":
         monkeypatch.setattr(series, "_np", None)
     else:
-        pytest.importorskip("numpy")
+        need("numpy")
         monkeypatch.setattr(series, "_np", False)
     return request.param
 
@@ -259,7 +259,7 @@ def test_damage_is_reported_not_returned(make_run):
 
 
 def test_to_pandas_long_and_wide(make_run):
-    pd = pytest.importorskip("pandas")
+    pd = need("pandas")
     exp = make_run()
     exp.log_metrics({"a": 1.0, "b": 2.0}, step=0)
     exp.log_metrics({"a": 3.0}, step=0)
@@ -275,7 +275,7 @@ def test_to_pandas_long_and_wide(make_run):
 
 
 def test_to_arrow_and_polars(make_run, columns):
-    pytest.importorskip("pyarrow")
+    need("pyarrow")
     exp = make_run()
     exp.log_metrics({"a": 1.5, "b": -math.inf}, step=7)
     exp.log_metrics({"a": math.nan}, step=8)
@@ -287,7 +287,7 @@ def test_to_arrow_and_polars(make_run, columns):
     assert t.column("step").to_pylist() == [7, 8, 7]
     v = t.column("value").to_pylist()
     assert v[0] == 1.5 and math.isnan(v[1]) and v[2] == -math.inf
-    pl = pytest.importorskip("polars")
+    pl = need("polars")
     df = m.to_polars()
     assert isinstance(df, pl.DataFrame) and df.shape == (3, 4)
     assert df["step"].to_list() == [7, 8, 7]
@@ -381,7 +381,8 @@ def test_list_runs_cache_keeps_unchanged_finished_runs_only(base, make_run, monk
     # metrics.bin grown by a resume: points and last values follow
     time.sleep(0.05)
     listed()
-    with expman.Experiment("e", "b", base_dir=base, capture_env=False, resume=True) as r:
+    with expman.Experiment("e", "b", base_dir=base, capture_env=False, system_metrics=False,
+                           resume=True) as r:
         r.log_metrics({"loss": 4.0}, step=1)
     five = listed()
     assert five["e/b"].points == 2 and five["e/b"].last_metrics == {"loss": 4.0}

@@ -57,7 +57,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 WRITER = """
 import sys, expman
-exp = expman.Experiment("exp", "r3", base_dir={base!r}, capture_env=False)
+exp = expman.Experiment("exp", "r3", base_dir={base!r}, capture_env=False, system_metrics=False)
 for i in range(100):
     exp.log_metrics({{"loss_A": 111.0, "i": float(i)}}, step=i)
 exp.info("A is here")

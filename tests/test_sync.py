@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need
+
 import expman
 from expman import remote
 from expman.sync import sync
 
-pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+need("s3fs")
+moto_server = need("moto.server")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,11 +12,11 @@ import time
 import pytest
 
 import expman
-from conftest import run_python
+from conftest import run_python, need
 from expman import sysmetrics
 from expman.errors import ExpmanTypeError, ExpmanValueError
 
-psutil = pytest.importorskip("psutil")
+psutil = need("psutil")
 
 PROC_KEYS = {"system/proc/cpu_percent", "system/proc/rss_bytes", "system/proc/threads"}
 NODE_KEYS = {"system/cpu_percent", "system/mem_used_bytes", "system/mem_percent"}
@@ -144,7 +144,7 @@ def test_a_failing_sink_stops_the_thread_quietly():
 def test_thread_holds_no_strong_reference_to_the_run():
     sink = FakeRun()
     s = sysmetrics.start_for(sink, 0.01)
-    wait_for(lambda: len(sink.rows) >= 1)
+    wait_for(lambda: len(sink.rows) >= 1)  # noqa: F821 (deleted only below)
     del sink
     gc.collect()
     s.thread.join(20)                             # it notices the run is gone and ends
@@ -191,8 +191,6 @@ def test_a_core_without_the_side_channel_gets_no_sampler():
     assert sysmetrics.start_for(NoSide(), 0.01) is None
 
 
-@pytest.mark.skipif(not hasattr(expman._core.Core, "_log_side"),
-                    reason="the core's _log_side side channel is not on this branch yet")
 def test_experiment_records_system_series_without_touching_the_step_counter(base):
     with expman.Experiment("e", base_dir=base, capture_env=False, system_metrics=0.02) as exp:
         for i in range(5):

@@ -6,11 +6,13 @@ import math
 
 import pytest
 
+from conftest import need
+
 import expman
 from expman.errors import ExpmanValueError
 from expman.table import runs
 
-pd = pytest.importorskip("pandas")
+pd = need("pandas")
 
 
 @pytest.fixture
@@ -81,8 +83,8 @@ def test_numeric_params_stay_numeric(base, sweep):
 
 
 def test_polars_and_arrow(base, sweep):
-    pl = pytest.importorskip("polars")
-    pa = pytest.importorskip("pyarrow")
+    pl = need("polars")
+    pa = need("pyarrow")
     p = runs(base, experiment="sweep", as_="polars")
     a = runs(base, experiment="sweep", as_="arrow")
     assert isinstance(p, pl.DataFrame) and isinstance(a, pa.Table)

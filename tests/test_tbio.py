@@ -7,13 +7,15 @@ import argparse
 import numpy as np
 import pytest
 
+from conftest import need
+
 import expman
 from expman import media_read
 from expman.cli import tensorboard as cli_tensorboard
 from expman.errors import RunExistsError
 
-pytest.importorskip("tensorboard")
-torch = pytest.importorskip("torch")
+need("tensorboard")
+torch = need("torch")
 from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
     HISTOGRAMS, IMAGES, SCALARS, TENSORS, EventAccumulator)
 from tensorboard.util import tensor_util  # noqa: E402

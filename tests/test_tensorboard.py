@@ -11,13 +11,15 @@ import inspect
 import numpy as np
 import pytest
 
+from conftest import need
+
 import expman
 from expman import media_read
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("tensorboard")
-tbx = pytest.importorskip("tensorboardX")
-matplotlib = pytest.importorskip("matplotlib")
+torch = need("torch")
+need("tensorboard")
+tbx = need("tensorboardX")
+matplotlib = need("matplotlib")
 matplotlib.use("Agg")
 from torch.utils.tensorboard import SummaryWriter as TorchWriter  # noqa: E402
 

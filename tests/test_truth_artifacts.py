@@ -12,6 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from conftest import need
+
 from expman import artifacts
 from expman.artifacts import ArtifactCopier
 from expman.verify import verify_artifacts
@@ -169,7 +171,7 @@ def test_a_large_folder_is_copied_without_blocking_the_call(make_run, tmp_path: 
 
 
 def test_a_real_save_pretrained_folder_round_trips(make_run, tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
+    transformers = need("transformers")
     config = transformers.BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1,
                                      num_attention_heads=2, intermediate_size=16)
     model = transformers.BertModel(config)

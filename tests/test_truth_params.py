@@ -11,6 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from conftest import need
+
 from expman.errors import ExpmanTypeError, ExpmanValueError
 from expman.layout import PARAMS_FILE
 
@@ -55,7 +57,7 @@ def test_mappings_dataclasses_and_namespaces_at_any_depth(make_run) -> None:
 
 
 def test_omegaconf_configs_go_through_to_container(make_run) -> None:
-    omegaconf = pytest.importorskip("omegaconf")
+    omegaconf = need("omegaconf")
     cfg = omegaconf.OmegaConf.create(
         {"optim": {"lr": 0.01, "warmup_lr": "${optim.lr}"}, "layers": [64, 32], "name": "run"})
     exp = make_run()
@@ -69,7 +71,7 @@ def test_omegaconf_configs_go_through_to_container(make_run) -> None:
 
 
 def test_torch_device_and_dtype_are_stored_as_strings(make_run) -> None:
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     exp = make_run()
     exp.log_params({"device": torch.device("cpu"), "dtypes": [torch.float32, torch.bfloat16],
                     "cuda": torch.device("cuda", 1)})

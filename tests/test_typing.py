@@ -1,7 +1,7 @@
 """The typed surface: ``py.typed``, ``_core.pyi`` and a typed usage file.
 
-mypy is optional (it is in the ``test`` extra); without it the mypy checks
-skip and only the usage file's run remains.
+mypy is in the ``test`` extra; without it the mypy checks skip (fail under CI=true)
+and only the usage file's run remains.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 
 import expman
+from conftest import need_installed
 
 HERE = Path(__file__).resolve().parent
 USAGE = HERE / "typing_usage.py"
 ALLOWLIST = HERE / "stubtest_allowlist.txt"
 PKG = Path(expman.__file__).resolve().parent
-HAVE_MYPY = importlib.util.find_spec("mypy") is not None
-needs_mypy = pytest.mark.skipif(not HAVE_MYPY, reason="mypy is not installed (pip install mypy)")
 
 
 def test_marker_and_stub_ship_with_the_package() -> None:
@@ -41,6 +40,7 @@ def test_usage_file_runs(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def mypy(tmp_path_factory: pytest.TempPathFactory):
     """Run mypy (or stubtest) on the expman that the tests import, with one shared cache."""
+    need_installed("mypy")
     cache = tmp_path_factory.mktemp("mypy-cache")
     env = dict(os.environ)
     env.pop("MYPYPATH", None)
@@ -55,13 +55,11 @@ def mypy(tmp_path_factory: pytest.TempPathFactory):
     return run
 
 
-@needs_mypy
 def test_mypy_strict_accepts_usage_file(mypy) -> None:
     res = mypy("--strict", "--follow-imports=silent", "--no-color-output", str(USAGE))
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-@needs_mypy
 def test_mypy_sees_the_core_types(mypy, tmp_path: Path) -> None:
     """Misuse of the compiled methods is caught, so the stub is used (not Any)."""
     bad = tmp_path / "bad_usage.py"
@@ -77,7 +75,6 @@ def test_mypy_sees_the_core_types(mypy, tmp_path: Path) -> None:
     assert [line.split(":")[1] for line in errors] == ["3", "4", "5"], res.stdout + res.stderr
 
 
-@needs_mypy
 def test_stub_matches_compiled_module(mypy) -> None:
     res = mypy("--allowlist", str(ALLOWLIST), "expman._core", module="mypy.stubtest")
     assert res.returncode == 0, res.stdout + res.stderr

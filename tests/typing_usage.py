@@ -23,7 +23,8 @@ else:
 
 
 def train(base: Path) -> Path:
-    with Experiment("typed", base_dir=base, capture_env=False, flush_interval=0.05) as exp:
+    with Experiment("typed", base_dir=base, capture_env=False, system_metrics=False,
+                    flush_interval=0.05) as exp:
         exp.log_params({"lr": 1e-3, "layers": [64, 64]})
         for step in range(3):
             metrics: dict[str, float] = {"loss": 1.0 / (step + 1), "acc": step / 3}

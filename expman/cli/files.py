@@ -28,8 +28,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if to_stdout:
             raise CliError("--format tensorboard writes event files: add -o DIR")
         from expman.tbio import export_tensorboard
-        written = export_tensorboard(resolve(args, args.run), args.output)
-        note(f"wrote TensorBoard event file {written}")
+        event_file = export_tensorboard(resolve(args, args.run), args.output)
+        note(f"wrote TensorBoard event file {event_file}")
         return 0
     fmt, _gz = export_format(None if to_stdout else args.output, args.format)
     if to_stdout and fmt == "parquet" and sys.stdout.isatty():

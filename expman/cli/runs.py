@@ -166,7 +166,7 @@ def status_text(r: Any) -> str:
     """The status, marked when the writer recorded loss or the run is damaged."""
     if getattr(r, "damaged", None):
         return DAMAGED
-    return r.status + ("*" if getattr(r, "data_loss", None) else "")
+    return str(r.status) + ("*" if getattr(r, "data_loss", None) else "")
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -75,7 +75,8 @@ def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1
     """Serve the dashboard until interrupted. The first line on ``out`` (stdout) is
     ``expman dashboard: URL``. ``base_dir`` may be a URL that ``expman sync`` wrote
     (``s3://bucket/runs``): it is served from a local copy refreshed every few
-    seconds. A non-loopback ``host`` gets a random token unless ``token=False``. ``cache_bytes`` bounds the decoded runs kept in memory (1 GiB)."""
+    seconds. A non-loopback ``host`` gets a random token unless ``token=False``.
+    ``cache_bytes`` bounds the decoded runs kept in memory (1 GiB)."""
     import uvicorn
 
     from expman.dashboard.server import create_app

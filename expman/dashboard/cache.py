@@ -161,6 +161,7 @@ class RunCache:
         if run is not None:
             run.refresh()
             return run
+        assert loading is not None
         if not mine:
             return loading.result()           # the first asker's run, or its error
         try:

@@ -184,7 +184,7 @@ class Dashboard:
         """A line of list_runs as a row (None: it leads outside the base dir)."""
         if not self.listed_inside(s.path):
             return None
-        row = s.to_dict()
+        row: dict[str, Any] = s.to_dict()
         row["id"] = f"{s.path.parent.name}/{s.path.name}"
         row["last_metrics"] = {k: layout.json_float(v) for k, v in s.last_metrics.items()}
         del row["path"]

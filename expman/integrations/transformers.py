@@ -26,7 +26,7 @@ __all__ = ["ExpmanCallback"]
 _CHECKPOINT_PREFIX = "checkpoint"     # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
 
 
-class ExpmanCallback(TrainerCallback):  # type: ignore[misc]
+class ExpmanCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
     """Log a ``Trainer``'s params, logs and (optionally) checkpoints into an expman run.
 
     Args:
