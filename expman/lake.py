@@ -39,7 +39,6 @@ exported.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import warnings

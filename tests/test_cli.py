@@ -674,7 +674,9 @@ def test_every_command_takes_every_base_dir_form(cmd, form, two_runs, tmp_path, 
     if cmd == "serve":
         from expman import dashboard
         monkeypatch.setattr(dashboard, "serve", lambda base, *a, **k: seen.append(base))
-        check = lambda out: seen == [str(two_runs)] 
+
+        def check(out):
+            return seen == [str(two_runs)]
     if form == "after":
         argv = argv + ["--base-dir", str(two_runs)]
     elif form == "before":

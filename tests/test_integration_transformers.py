@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 import expman  # noqa: E402
 from expman.integrations.transformers import ExpmanCallback  # noqa: E402
-from expman.readmodel import flatten_params
+from expman.readmodel import flatten_params  # noqa: E402
 
 
 class TinyDataset(torch.utils.data.Dataset):

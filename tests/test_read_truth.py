@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 import expman
-from expman import reader
 from expman._fsutil import atomic_write_json, read_json
 from expman.cli import main
 from expman.errors import WriterError

@@ -117,8 +117,8 @@ def _via_log_params(base: Path, config: dict) -> Path:
 
 
 def _via_lightning(base: Path, config: dict) -> Path:
-    from frameworks import require
-    require("lightning")
+    from conftest import need
+    need("lightning")
     from expman.integrations.lightning import ExpmanLogger
     logger = ExpmanLogger("same", "lightning", save_dir=base, capture_env=False,
                           system_metrics=False)
@@ -176,11 +176,11 @@ def test_hugging_face_arguments_are_nested_under_args(tmp_path: Path) -> None:
     import os
     from types import SimpleNamespace
 
-    from frameworks import require
+    from conftest import need
     os.environ["HF_HUB_OFFLINE"] = "1"
-    require("torch")
-    require("accelerate")
-    transformers = require("transformers")
+    need("torch")
+    need("accelerate")
+    transformers = need("transformers")
     from expman.integrations.transformers import ExpmanCallback
     from expman.readmodel import flatten_params
     base = tmp_path / "experiments"
@@ -208,10 +208,10 @@ def test_hugging_face_arguments_are_nested_under_args(tmp_path: Path) -> None:
 def test_list_params_never_break_runs_or_the_lake(tmp_path: Path) -> None:
     """AdamW's default betas (a list) once made runs() and export-lake raise
     ``TypeError: unhashable type: 'list'`` for the whole base dir."""
-    from frameworks import require
+    from conftest import need
 
     import expman
-    require("pyarrow")
+    need("pyarrow")
     base = tmp_path / "experiments"
     for i, betas in enumerate(([0.9, 0.999], (0.8, 0.99))):
         with expman.Experiment("adamw", f"r{i}", base_dir=base, capture_env=False,
@@ -235,8 +235,8 @@ def test_the_tensorboard_export_names_params_by_the_one_rule(tmp_path: Path) -> 
     keys dotted, lists as JSON text, deep nesting included (tbio's own recursive
     flattening is gone)."""
     import expman
-    from frameworks import require
-    require("tensorboard")
+    from conftest import need
+    need("tensorboard")
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 

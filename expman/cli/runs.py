@@ -14,7 +14,7 @@ from expman.cli._text import (
     CliError, clock, count, duration, emit_json, num, out, param_text, plural, size,
     table, when, note, safe,
 )
-from expman.layout import CRASHED, DAMAGED, PARAMS_FILE, RUNNING, STATUSES, jsonable
+from expman.layout import CRASHED, DAMAGED, RUNNING, STATUSES, jsonable
 from expman.reader import Run, list_runs
 from expman.series import Metrics
 from expman.readmodel import artifact_states, integrity_problems
