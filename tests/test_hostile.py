@@ -359,3 +359,90 @@ def test_close_itself_is_bounded_by_block_timeout(make_run):
         warnings.simplefilter("ignore")
         exp._close_at_exit("FINISHED", None)
     assert exp.status == "FINISHED"
+
+
+# ==== issue 20: the file layer ===============================================================
+
+from hostile import runfiles  # noqa: E402
+
+
+# ---- item 8: a sparse metrics.bin claims gigabytes on 4 KiB of disk ---------------------------
+
+def test_a_sparse_metrics_file_is_read_only_as_far_as_it_holds_bytes(make_run, base):
+    """1 GiB and 64 GiB sparse files under a 400 MiB address-space limit: the whole
+    apparent size was read (1.1 GB RSS; MemoryError for the whole base)."""
+    exp = make_run()
+    exp.close()
+    runfiles.sparse(exp.run_dir / METRICS_FILE, runfiles.valid_metrics(3), 1 << 30)
+    other = make_run(run_name="other")
+    other.close()
+    runfiles.sparse(other.run_dir / METRICS_FILE, runfiles.valid_metrics(2), 64 << 30)
+    if SANITIZED or sys.platform != "linux":
+        return
+    res = run_isolated(f"""
+        import resource, warnings
+        resource.setrlimit(resource.RLIMIT_AS, (400 << 20, 400 << 20))
+        warnings.simplefilter("ignore")
+        import expman
+        print(sorted(len(expman.open_run(r.path).metrics["a"].values)
+                     for r in expman.list_runs({str(base)!r})))
+    """)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[2, 3]"
+
+
+def test_without_hole_detection_a_run_of_zeros_ends_the_read(tmp_path, monkeypatch):
+    """The Windows twin: no SEEK_HOLE, so a chunk of nothing but zeros ends the read."""
+    from expman import _fsutil
+    monkeypatch.setattr(_fsutil, "_SEEK_HOLE", None)
+    monkeypatch.setattr(_fsutil, "READ_CHUNK", 1 << 16)
+    path = runfiles.sparse(tmp_path / "m.bin", runfiles.valid_metrics(3), 64 << 20)
+    data = _fsutil.read_regular(path)
+    assert data.startswith(runfiles.valid_metrics(3)) and len(data) <= 1 << 17
+    small = runfiles.sparse(tmp_path / "s.bin", b"x" * 100, 1000)     # below a chunk: as it is
+    assert _fsutil.read_regular(small) == b"x" * 100 + bytes(900)
+
+
+# ---- item 9: JSON nested past what any reader can handle ---------------------------------------
+
+@pytest.mark.parametrize("depth", [300, 1000])
+def test_deeply_nested_params_make_that_run_damaged(make_run, base, depth):
+    from expman._fsutil import MAX_JSON_DEPTH, read_json
+    from expman.errors import CorruptRunError
+    good = make_run(run_name="good")
+    good.log_params({"lr": 0.1})
+    good.close()
+    bad = make_run(run_name="bad")
+    bad.close()
+    path = bad.run_dir / "params.json"
+    path.write_bytes(runfiles.deep_json(depth))
+    with pytest.raises(CorruptRunError, match=f"params.json: JSON nested deeper than {MAX_JSON_DEPTH}"):
+        read_json(path)
+    with pytest.warns(RuntimeWarning, match="nested deeper"):
+        assert expman.open_run(bad.run_dir).params == {}       # the metrics stay readable
+    assert expman.open_run(good.run_dir).params == {"lr": 0.1}
+    listed = {r.path.name: r for r in expman.list_runs(base)}
+    assert set(listed) == {"good", "bad"}
+
+
+def test_nesting_up_to_the_limit_is_read():
+    from expman._fsutil import MAX_JSON_DEPTH, json_depth, parse_json
+    doc = parse_json(runfiles.deep_json(MAX_JSON_DEPTH), "p.json")
+    assert json_depth(doc) == MAX_JSON_DEPTH
+    assert json_depth(parse_json(b'[[1], {"a": [2, {"b": []}]}]', "p.json")) == 5
+    assert json_depth(parse_json(b'{"a": "[[[[{{{{"}', "p.json")) == 1
+
+
+# ---- item 20: names that display as other names ------------------------------------------------
+
+@pytest.mark.parametrize("char", list("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+                                      "\u200e\u200f\u061c"))
+def test_bidi_controls_are_refused_in_names(base, char):
+    from expman._fsutil import check_name
+    name = f"run{char}gpj.exe"
+    with pytest.raises(ExpmanValueError, match=f"U\\+{ord(char):04X}"):
+        check_name("run_name", name)
+    with pytest.raises(ExpmanValueError, match="bidirectional control"):
+        expman.Experiment("exp", name, base_dir=base, capture_env=False)
+    with pytest.raises(ExpmanValueError, match="bidirectional control"):
+        expman.Experiment(f"e{char}", base_dir=base, capture_env=False)
