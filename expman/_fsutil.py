@@ -172,6 +172,8 @@ def _open_dir_under(base: Path | str, parts: list[str], make_dirs: bool) -> int 
     is missing. Without dir_fd support (Windows): None, after lstat-checking
     (and creating) each component."""
     here = Path(os.fspath(base))
+    if make_dirs:
+        os.makedirs(here, exist_ok=True)       # the base is the caller's: made as it is
     if not _BY_DIR_FD:
         for part in parts:
             here = here / part

@@ -1,4 +1,7 @@
-"""Tags, notes and group: what a person says about a run, kept in run.json.
+"""Tags, notes and group: what a person says about a run, kept in run.json; and
+the run's ``uuid``, drawn once at creation (``new_uuid``), which tells two runs
+apart that were given the same id on two machines (``expman sync`` refuses to
+replace one with the other).
 
 Set at start (``Experiment(tags=..., notes=..., group=...)``) and editable once
 the run is closed (``set_tags``, ``set_notes``): a running process owns its
@@ -18,11 +21,17 @@ from expman.errors import ExpmanTypeError, ExpmanValueError, RunClosedError, Run
 from expman.layout import RUN_FILE, RUNNING, effective_status
 
 __all__ = ["check_tags", "check_notes", "check_group", "set_tags", "set_notes", "update_closed_run",
-           "matches", "TAGS", "NOTES", "GROUP"]
+           "matches", "new_uuid", "TAGS", "NOTES", "GROUP", "UUID"]
 
-TAGS, NOTES, GROUP = "tags", "notes", "group"       # run.json fields
+TAGS, NOTES, GROUP, UUID = "tags", "notes", "group", "uuid"       # run.json fields
 MAX_TAG = 128
 MAX_NOTES = 1 << 16
+
+
+def new_uuid() -> str:
+    """A run's identity, unique across machines (a random UUID4, as text)."""
+    import uuid
+    return str(uuid.uuid4())
 
 
 def check_tags(tags: Iterable[str] | None, where: str = "tags") -> list[str]:

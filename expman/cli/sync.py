@@ -22,6 +22,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="ignore the local state and compare every run with the target")
     p.add_argument("--json", action="store_true", help="print each sync's counts as JSON")
+    p.add_argument("--force", action="store_true",
+                   help="replace a run the target holds under the same id but another uuid "
+                        "(another machine's run); without it that run is left and reported")
     p.set_defaults(func=run)
     return p
 
@@ -32,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--watch must be a positive number of seconds, got {args.watch}")
     failed = False
     while True:
-        result = sync(args.base, args.url, verify=args.verify)
+        result = sync(args.base, args.url, verify=args.verify, force=args.force)
         if args.json:
             import orjson
             sys.stdout.write(orjson.dumps(result).decode() + "\n")
