@@ -446,3 +446,36 @@ def test_bidi_controls_are_refused_in_names(base, char):
         expman.Experiment("exp", name, base_dir=base, capture_env=False)
     with pytest.raises(ExpmanValueError, match="bidirectional control"):
         expman.Experiment(f"e{char}", base_dir=base, capture_env=False)
+
+
+# ---- item 5: the environment probe in someone else's repository --------------------------------
+
+def _git(cwd, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
+                   check=True, capture_output=True)
+
+
+def test_the_git_probe_never_runs_the_repositorys_commands_nor_takes_its_lock(tmp_path):
+    """`git status` ran the repository's core.fsmonitor command (any program) and
+    could take its index.lock."""
+    import shutil
+    from expman import environment
+    if shutil.which("git") is None:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("git is needed under CI")
+        pytest.skip("git is not installed")
+    repo, marker = tmp_path / "repo", tmp_path / "fsmonitor-ran"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "f").write_text("x")
+    _git(repo, "add", "f")
+    _git(repo, "commit", "-qm", "m")
+    _git(repo, "config", "core.fsmonitor", f"touch '{marker}'; false")
+    index_before = (repo / ".git" / "index").stat().st_mtime_ns
+    assert environment.slow(str(repo))["git"]["dirty"] is False
+    (repo / "f").write_text("changed")
+    git = environment.slow(str(repo))["git"]
+    assert git["dirty"] is True and len(git["commit"]) == 40
+    assert not marker.exists(), "the repository's fsmonitor command ran"
+    assert (repo / ".git" / "index").stat().st_mtime_ns == index_before
+    assert not (repo / ".git" / "index.lock").exists()
