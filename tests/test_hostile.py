@@ -479,3 +479,26 @@ def test_the_git_probe_never_runs_the_repositorys_commands_nor_takes_its_lock(tm
     assert not marker.exists(), "the repository's fsmonitor command ran"
     assert (repo / ".git" / "index").stat().st_mtime_ns == index_before
     assert not (repo / ".git" / "index.lock").exists()
+
+
+# ---- item 20: rank variables are ASCII digits, bounded ---------------------------------------
+
+@pytest.mark.parametrize("var, value, says", [
+    ("RANK", "1_0", "ASCII digits"), ("RANK", "+1", "ASCII digits"),
+    ("RANK", "\u0661", "ASCII digits"), ("RANK", "10**30", "ASCII digits"),
+    ("RANK", "-1", "ASCII digits"), ("RANK", "", "ASCII digits"),
+    ("WORLD_SIZE", "1" + "0" * 30, "larger than 65536"), ("WORLD_SIZE", "65537", "larger than"),
+    ("WORLD_SIZE", "9" * 5000, "larger than"), ("LOCAL_RANK", "0x1", "ASCII digits")])
+def test_launcher_numbers_are_ascii_digits_and_bounded(var, value, says):
+    from expman import launcher
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "TORCHELASTIC_RUN_ID": "job"}
+    env[var] = value
+    with pytest.raises(ExpmanValueError, match=f"{var}=.*{says}"):
+        launcher.detect(None, env)
+
+
+def test_launcher_accepts_plain_digits_up_to_the_bound():
+    from expman import launcher
+    got = launcher.detect(None, {"RANK": " 65535\n", "WORLD_SIZE": "65536", "LOCAL_RANK": "3",
+                                 "TORCHELASTIC_RUN_ID": "job"})
+    assert (got.rank, got.world_size, got.local_rank) == (65535, 65536, 3)
