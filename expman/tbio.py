@@ -516,7 +516,7 @@ def _event_values(run: Any) -> Iterator[tuple[float, int, Any]]:
         for im in imgs:
             try:
                 png = im.read_bytes()
-            except OSError:
+            except (OSError, ValueError):        # gone, or not a regular file
                 continue
             image = summary_pb2.Summary.Image(height=im.height, width=im.width,
                                               colorspace=channels.get(png[25], 3) if len(png) > 25 else 3,
