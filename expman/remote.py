@@ -146,7 +146,7 @@ def localize(url: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | No
             continue                         # a crafted key never leads outside the cache
         try:                                 # one bad run never fails the others
             pull_run(fs, run_root, cache / exp / name)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, MemoryError, RecursionError) as e:
             warnings.warn(f"expman: {text}: run {exp}/{name} not copied: {type(e).__name__}: {e}",
                           RuntimeWarning, stacklevel=2)
     return cache

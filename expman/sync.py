@@ -112,8 +112,8 @@ def sync(base_dir: str | os.PathLike[str] | None, url: str,
             try:
                 uid = _sync_run(run_dir, rel, target, sent, owned.get(rel), force)
                 done.append((rel, sig, uid))
-            except OSError as e:
-                errors[rel] = f"{type(e).__name__}: {e}"
+            except (OSError, ValueError, MemoryError, RecursionError) as e:
+                errors[rel] = f"{type(e).__name__}: {e}"      # that run only, never the sync
         try:
             target.flush(sent)                # the group's data, then its metadata
         except OSError as e:
@@ -163,11 +163,15 @@ def _files(run_dir: Path) -> dict[str, tuple[int, int]]:
 
 
 def run_uuid(meta: bytes | None, where: str) -> str | None:
-    """The ``uuid`` a run.json's bytes hold (None for a run made before uuids)."""
+    """The ``uuid`` a run.json's bytes hold (None for a run made before uuids, or
+    a run.json that does not parse: a damaged run is still mirrored as it is)."""
     from expman._fsutil import parse_json
     if meta is None:
         return None
-    doc = parse_json(meta, where)
+    try:
+        doc = parse_json(meta, where)
+    except ValueError:
+        return None
     uid = doc.get(UUID) if isinstance(doc, dict) else None
     return uid if isinstance(uid, str) else None
 

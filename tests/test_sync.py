@@ -481,3 +481,14 @@ def test_localize_streams_objects_and_caps_metadata(tmp_path, monkeypatch):
         local = remote.localize(f"memory://{root}", cache_dir=tmp_path / "local2")
     assert expman.open_run(local / "e" / "good").metrics["loss"].last == 4.0
     assert not (local / "e" / "bad1" / "params.json").exists()
+
+
+def test_a_damaged_run_json_is_mirrored_and_never_stops_the_sync(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    base, mirror = tmp_path / "experiments", tmp_path / "mirror"
+    bad, good = one_run(base, "bad"), one_run(base, "good")
+    (bad / "run.json").write_bytes(runfiles.deep_json(500))
+    result = sync(base, str(mirror))
+    assert result["errors"] == {}
+    assert (mirror / "e" / "bad" / "run.json").read_bytes() == runfiles.deep_json(500)
+    assert expman.open_run(mirror / "e" / "good").metrics["loss"].last == 4.0
