@@ -92,7 +92,7 @@ def read_records(path: str | os.PathLike[str], problems: list[str] | None = None
 
     from expman._fsutil import _open_regular, read_range
     problems = [] if problems is None else problems
-    fd, st = _open_regular(path, os.O_RDONLY)
+    fd, st = _open_regular(os.fspath(path), os.O_RDONLY)
     try:
         size, pos = st.st_size, 0
         while pos < size:
