@@ -258,7 +258,7 @@ def read_json_nofollow(path: Path | str) -> Any:
     try:
         if st.st_size > MAX_JSON_BYTES:
             raise UnsafePathError(errno.EFBIG, f"larger than {MAX_JSON_BYTES >> 20} MiB", str(path))
-        return parse_json(_read_fd(fd, 0, st.st_size), path)
+        return parse_json(_read_fd(fd, 0, st), path)
     finally:
         os.close(fd)
 
@@ -453,7 +453,7 @@ def read_regular_stat(path: Path | str, offset: int = 0, limit: int | None = Non
     try:
         if limit is not None and st.st_size > limit:
             raise CorruptRunError(f"{path}: larger than {limit >> 20} MiB")
-        return _read_fd(fd, offset, st.st_size), st
+        return _read_fd(fd, offset, st), st
     finally:
         os.close(fd)
 
@@ -462,34 +462,39 @@ READ_CHUNK = 16 << 20
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", None)
 
 
-def _read_fd(fd: int, offset: int, size: int) -> bytes:
-    """Bytes ``offset`` to ``size`` of an open regular file, stopping at its first
-    hole: a sparse file claims any size on 4 KiB of disk, and its holes read as
-    zeros, which no run file holds (in metrics.bin, zeros to the end are a torn
-    tail). So memory follows the bytes the file holds. Where the OS cannot tell
-    holes (no SEEK_HOLE: Windows), a file past READ_CHUNK is read in chunks and
-    reading stops at a chunk of nothing but zeros."""
-    end = size
-    if _SEEK_HOLE is not None and size > offset:
-        try:
-            end = min(size, max(offset, os.lseek(fd, offset, _SEEK_HOLE)))
-        except OSError:          # ENXIO (offset past the end), or no hole support
-            end = size
-    want = max(0, end - offset)
-    if offset or _SEEK_HOLE is not None:        # SEEK_HOLE moved the position
-        os.lseek(fd, offset, os.SEEK_SET)
-    if want <= READ_CHUNK:
+def _read_fd(fd: int, offset: int, st: os.stat_result) -> bytes:
+    """Bytes ``offset`` to the end of an open regular file (``st``: its fstat),
+    never holding more than the file has on disk: a sparse file claims any size
+    on 4 KiB, and its holes read as zeros, which no run file holds (in
+    metrics.bin, zeros to the end are a torn tail). Up to READ_CHUNK a file is
+    read whole. Past it, reading stops at the first hole (SEEK_HOLE), and if the
+    file still looks sparse (fewer blocks than half its size, or no st_blocks:
+    Windows) it is read in chunks and reading stops at a chunk of nothing but
+    zeros (a hole the OS does not report). An ordinary large file is one read:
+    memory is its size, once."""
+    size = st.st_size
+    want = max(0, size - offset)
+    chunked = False
+    if want > READ_CHUNK:
+        if _SEEK_HOLE is not None:
+            try:
+                want = max(0, min(size, os.lseek(fd, offset, _SEEK_HOLE)) - offset)
+            except OSError:          # ENXIO (offset past the end), or no hole support
+                pass
+        blocks = getattr(st, "st_blocks", None)
+        chunked = blocks is None or blocks * 512 < size // 2
+    os.lseek(fd, offset, os.SEEK_SET)
+    chunks, got = [], 0
+    if not chunked:
         # one read into one buffer when the OS allows it (no copy to join); a
         # short read (another system's limit, a file cut meanwhile) goes on in chunks
         first = os.read(fd, want) if want else b""
         if len(first) == want or not first:
             return first
         chunks, got = [first], len(first)
-    else:
-        chunks, got = [], 0
     while got < want:
         chunk = os.read(fd, min(want - got, READ_CHUNK))
-        if not chunk or (want > READ_CHUNK and chunk.count(0) == len(chunk)):
+        if not chunk or (chunked and chunk.count(0) == len(chunk)):
             break
         chunks.append(chunk)
         got += len(chunk)
@@ -504,7 +509,7 @@ def read_under(base: Path | str, rel: str | os.PathLike[str], limit: int | None 
         if limit is not None and st.st_size > limit:
             raise UnsafePathError(errno.EFBIG, f"larger than {limit} bytes",
                                   str(Path(os.fspath(base), os.fspath(rel))))
-        return _read_fd(fd, 0, st.st_size)
+        return _read_fd(fd, 0, st)
     finally:
         os.close(fd)
 

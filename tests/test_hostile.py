@@ -403,6 +403,17 @@ def test_without_hole_detection_a_run_of_zeros_ends_the_read(tmp_path, monkeypat
     assert _fsutil.read_regular(small) == b"x" * 100 + bytes(900)
 
 
+def test_large_files_on_disk_are_read_whole_and_exact(tmp_path, monkeypatch):
+    """Past a chunk, a file whose blocks are on disk is one read, zeros and all;
+    offsets and chunk boundaries change nothing."""
+    from expman import _fsutil
+    monkeypatch.setattr(_fsutil, "READ_CHUNK", 1 << 16)
+    data = os.urandom(3 << 16) + bytes(2 << 16) + os.urandom(5)   # a whole chunk of real zeros
+    (tmp_path / "big.bin").write_bytes(data)
+    for offset in (0, 1, (1 << 16) + 3, len(data) - 1, len(data)):
+        assert _fsutil.read_regular(tmp_path / "big.bin", offset) == data[offset:]
+
+
 # ---- item 9: JSON nested past what any reader can handle ---------------------------------------
 
 @pytest.mark.parametrize("depth", [300, 1000])
