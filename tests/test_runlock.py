@@ -307,3 +307,23 @@ def test_a_fifo_as_the_lock_file_never_hangs_a_listing(tmp_path):
     assert res.returncode == 0 and "dead" in res.stdout, res.stderr
     with pytest.raises(OSError, match="not a regular file"):
         runlock.acquire(run_dir)
+
+
+def test_a_fifo_as_the_lock_file_never_hangs_the_dashboard(tmp_path):
+    """/api/runs hung, and with it every later request (listings are shared)."""
+    import json
+    import urllib.request
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    from conftest import make_crashed_run
+    from hostile import runfiles
+    from expman.dashboard.testing import running_server
+    base = tmp_path / "experiments"
+    run_dir = make_crashed_run(base, tmp_path)
+    runfiles.fifo(run_dir / layout.LOCK_FILE)
+    with running_server(base) as url:
+        for _ in range(2):
+            with urllib.request.urlopen(url + "api/runs", timeout=60) as r:
+                body = json.loads(r.read())
+            runs = body if isinstance(body, list) else body.get("runs", body)
+            assert "dead" in json.dumps(runs) and "CRASHED" in json.dumps(runs)
