@@ -28,6 +28,12 @@ MAX_TAG = 128
 MAX_NOTES = 1 << 16
 
 
+def _unprintable(text: str) -> bool:
+    """Control characters, or bidirectional controls (a tag shown as another)."""
+    from expman._fsutil import BIDI_CONTROLS
+    return any(ord(c) < 32 or c in BIDI_CONTROLS for c in text)
+
+
 def new_uuid() -> str:
     """A run's identity, unique across machines (a random UUID4, as text)."""
     import uuid
@@ -45,11 +51,11 @@ def check_tags(tags: Iterable[str] | None, where: str = "tags") -> list[str]:
     for t in tags:
         if not isinstance(t, str):
             raise ExpmanTypeError(f"{where}: each tag must be a str, got {type(t).__name__} ({t!r:.60})")
-        if not t or t != t.strip() or len(t) > MAX_TAG or any(ord(c) < 32 for c in t) \
-                or t[0] in "+-":
+        if not t or t != t.strip() or len(t) > MAX_TAG or _unprintable(t) or t[0] in "+-":
             raise ExpmanValueError(
-                f"{where}: tag {t!r:.80} must be 1-{MAX_TAG} characters, without control "
-                "characters, surrounding spaces, or a leading '+'/'-' (the CLI's add/remove marks)")
+                f"{where}: tag {t!r:.80} must be 1-{MAX_TAG} characters, without control or "
+                "bidirectional control characters, surrounding spaces, or a leading '+'/'-' "
+                "(the CLI's add/remove marks)")
         if t not in out:
             out.append(t)
     return out
@@ -68,10 +74,9 @@ def check_notes(notes: object) -> str | None:
 def check_group(group: object) -> str | None:
     if group is None:
         return None
-    if not isinstance(group, str) or not group or len(group) > 256 \
-            or any(ord(c) < 32 for c in group):
+    if not isinstance(group, str) or not group or len(group) > 256 or _unprintable(group):
         raise ExpmanValueError(f"group must be a non-empty str of at most 256 printable "
-                               f"characters, got {group!r:.80}")
+                               f"characters (no bidirectional controls), got {group!r:.80}")
     return group
 
 
