@@ -90,13 +90,13 @@ def read_records(path: str | os.PathLike[str], problems: list[str] | None = None
     """
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
-    from expman._fsutil import _open_regular, read_range
+    from expman._fsutil import _open_regular
     problems = [] if problems is None else problems
     fd, st = _open_regular(os.fspath(path), os.O_RDONLY)
-    try:
+    with os.fdopen(fd, "rb", buffering=1 << 20) as f:      # sequential: few system calls
         size, pos = st.st_size, 0
         while pos < size:
-            head = read_range(fd, pos, pos + 12)
+            head = f.read(12)
             if len(head) < 12:
                 problems.append(f"{path}: torn record at offset {pos} ({size - pos} bytes)")
                 return
@@ -109,7 +109,7 @@ def read_records(path: str | os.PathLike[str], problems: list[str] | None = None
                 problems.append(f"{path}: record at offset {pos} declares {length} bytes, "
                                 f"past the end of the file (torn or crafted)")
                 return
-            body = read_range(fd, pos + 12, pos + 16 + length)
+            body = f.read(length + 4)
             if len(body) < length + 4:
                 problems.append(f"{path}: torn record at offset {pos}")
                 return
@@ -119,8 +119,6 @@ def read_records(path: str | os.PathLike[str], problems: list[str] | None = None
             else:
                 yield pos, payload
             pos += 16 + length
-    finally:
-        os.close(fd)
 
 
 def read_events(path: str | os.PathLike[str], problems: list[str] | None = None
