@@ -302,8 +302,10 @@ def test_a_fifo_as_the_lock_file_never_hangs_a_listing(tmp_path):
     assert [r.status for r in expman.list_runs(base)] == ["CRASHED"]
     chosen, _skipped = disk.runs_to_clean(base, status=["CRASHED"])
     assert [r.path.name for r in chosen] == ["dead"]
+    pkg_root = str(Path(expman.__file__).resolve().parent.parent)    # the expman under test
     res = subprocess.run([sys.executable, "-m", "expman", "list", "--base-dir", str(base)],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env=dict(os.environ, PYTHONPATH=pkg_root))
     assert res.returncode == 0 and "dead" in res.stdout, res.stderr
     with pytest.raises(OSError, match="not a regular file"):
         runlock.acquire(run_dir)
