@@ -57,9 +57,9 @@ class OutputCapture:
     """Installs the tees at construction; ``close()`` restores the streams."""
 
     def __init__(self, path: Path, max_pending: int = MAX_PENDING_CHARS) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0) \
-            | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
-        self._fd = os.open(path, flags, 0o644)
+        from expman._fsutil import open_nofollow
+        # the guarded open: never through a link, never a FIFO (which would block)
+        self._fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._max = max_pending
         self._queue: collections.deque[str] = collections.deque()
         self._pending = 0

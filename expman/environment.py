@@ -40,14 +40,30 @@ def quick() -> dict[str, Any]:
     }
 
 
-def _git(args: list[str], cwd: str) -> str | None:
+# The working directory may be a repository someone else configured: git must not
+# run its commands (core.fsmonitor is one, executed by status and diff-index alike)
+# nor write to it (a refreshed index under index.lock, which a git in the user's
+# shell would then find taken). So every call disables the fsmonitor and optional
+# locks, and the dirty check is diff-index (stat data only: no clean filters run,
+# no index written), which may call a touched but unchanged file dirty.
+_GIT_SAFE = ["-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false",
+             "--no-optional-locks"]
+
+
+def _git_run(args: list[str], cwd: str) -> tuple[int, str] | None:
     import subprocess
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0", GIT_TERMINAL_PROMPT="0")
     try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                             timeout=5, stdin=subprocess.DEVNULL)
+        out = subprocess.run(["git", *_GIT_SAFE, *args], cwd=cwd, capture_output=True, text=True,
+                             timeout=5, stdin=subprocess.DEVNULL, env=env)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return out.returncode, out.stdout.strip()
+
+
+def _git(args: list[str], cwd: str) -> str | None:
+    got = _git_run(args, cwd)
+    return got[1] if got is not None and got[0] == 0 else None
 
 
 def slow(cwd: str) -> dict[str, Any]:
@@ -55,11 +71,11 @@ def slow(cwd: str) -> dict[str, Any]:
     result: dict[str, Any] = {}
     commit = _git(["rev-parse", "HEAD"], cwd)
     if commit:
-        status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+        dirty = _git_run(["diff-index", "--quiet", "HEAD", "--"], cwd)
         result["git"] = {
             "commit": commit,
             "branch": _git(["rev-parse", "--abbrev-ref", "HEAD"], cwd),
-            "dirty": bool(status) if status is not None else None,
+            "dirty": {0: False, 1: True}.get(dirty[0]) if dirty is not None else None,
             "root": _git(["rev-parse", "--show-toplevel"], cwd),
         }
     try:

@@ -188,6 +188,7 @@ class Experiment(_core.Core):
                     "end_time": None, "duration": None, "pid": self._pid,
                     "host": None, "heartbeat_interval": HEARTBEAT_INTERVAL,
                     "resumed": [], "exit": None, "stats": None, "env": {}, **described,
+                    "uuid": runmeta.new_uuid(),
                 }
                 if launch.joined:
                     self._meta.update(
@@ -196,6 +197,7 @@ class Experiment(_core.Core):
             else:
                 self._meta = read_json_nofollow(self._run_dir / self._meta_name)
                 self._meta["resumed"] = [*self._meta.get("resumed", []), now]
+                self._meta.setdefault("uuid", runmeta.new_uuid())     # a run made before uuids
                 self._meta.update(status=RUNNING, end_time=None, duration=None,
                                   pid=self._pid, exit=None)
                 self._meta.update({k: v for k, v in described.items() if v})

@@ -20,6 +20,7 @@ accelerate, deepspeed, Lightning's launchers) or ``SLURM_PROCID``/``SLURM_NTASKS
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -45,18 +46,26 @@ class Launch:
         return self.world_size > 1
 
 
+MAX_WORLD_SIZE = 1 << 16          # ranks of one job; run.json's world_size is bounded alike
+_DIGITS = re.compile(r"[0-9]+")
+
+
 def _int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
+    """A launcher's number: ASCII digits only (int() would also take '1_0' as 10,
+    '+1', and Arabic-Indic digits), at most MAX_WORLD_SIZE."""
     raw = env.get(name)
     if raw is None:
         if default is None:
             raise ExpmanValueError(f"environment variable {name} is not set")
         return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ExpmanValueError(f"environment variable {name}={raw!r} is not an integer") from None
-    if value < 0:
-        raise ExpmanValueError(f"environment variable {name}={raw!r} is negative")
+    text = raw.strip(" \t\r\n") if isinstance(raw, str) else raw
+    if not isinstance(text, str) or not _DIGITS.fullmatch(text):
+        raise ExpmanValueError(f"environment variable {name}={raw!r:.40} is not an integer "
+                               "written in ASCII digits 0-9")
+    value = int(text) if len(text) <= 12 else MAX_WORLD_SIZE + 1
+    if value > MAX_WORLD_SIZE:
+        raise ExpmanValueError(f"environment variable {name}={text:.40} is larger than "
+                               f"{MAX_WORLD_SIZE}, the most ranks expman supports in one run")
     return value
 
 

@@ -43,7 +43,10 @@ class Image:
     sha256: str | None = None
 
     def read_bytes(self) -> bytes:
-        return self.path.read_bytes()
+        """The PNG's bytes, through the guarded layer (never a link or a FIFO:
+        CorruptRunError naming it)."""
+        from expman._fsutil import read_regular
+        return read_regular(self.path)
 
 
 def _number(x: Any) -> bool:

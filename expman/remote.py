@@ -25,14 +25,17 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
+import warnings
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from expman import layout
 from expman.errors import RunNotFoundError
 
 __all__ = ["localize", "is_url", "cache_root", "filesystem", "CHUNKS_SUFFIX", "chunk_name",
-           "parse_chunk", "is_append_only"]
+           "parse_chunk", "is_append_only", "cat_bounded"]
 
 CHUNKS_SUFFIX = ".chunks"
 CACHE_ENV = "EXPMAN_CACHE_DIR"
@@ -141,7 +144,11 @@ def localize(url: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | No
         exp, name = run_root.split("/")[-2:]
         if not (_is_name(exp) and _is_name(name)):
             continue                         # a crafted key never leads outside the cache
-        pull_run(fs, run_root, cache / exp / name)
+        try:                                 # one bad run never fails the others
+            pull_run(fs, run_root, cache / exp / name)
+        except (OSError, ValueError, MemoryError, RecursionError) as e:
+            warnings.warn(f"expman: {text}: run {exp}/{name} not copied: {type(e).__name__}: {e}",
+                          RuntimeWarning, stacklevel=2)
     return cache
 
 
@@ -155,14 +162,30 @@ def _is_name(name: str) -> bool:
 
 
 def _safe(rel: str) -> bool:
+    """A path inside a run folder: components that are usable names."""
     parts = rel.split("/")
-    return bool(parts) and all(p not in ("", ".", "..") and "\\" not in p and "\0" not in p
-                               for p in parts)
+    return bool(rel) and all(_is_name(p) for p in parts)
+
+
+def cat_bounded(fs: Any, path: str, limit: int | None = None) -> bytes:
+    """A metadata object's bytes, never more than ``limit`` (MAX_JSON_BYTES):
+    a larger object is damage (CorruptRunError naming it), not read whole."""
+    from expman._fsutil import MAX_JSON_BYTES
+    from expman.errors import CorruptRunError
+    limit = MAX_JSON_BYTES if limit is None else limit
+    data = fs.cat_file(path, start=0, end=limit + 1)
+    if len(data) > limit:
+        raise CorruptRunError(f"{path}: larger than {limit} bytes, the cap for metadata")
+    return bytes(data)
 
 
 def pull_run(fs: Any, root: str, local: Path) -> None:
-    """Copy one run from ``root`` into ``local``: metadata read first, written last."""
-    from expman._fsutil import atomic_open
+    """Copy one run from ``root`` into ``local``: metadata read first, written last.
+    Objects are streamed to disk in pieces (memory stays at PIECE bytes whatever
+    their size), metadata is capped, and every file is written through the
+    guarded layer inside ``local``. A key that cannot be a file there (a chunk
+    without a stem, a key that is also a prefix) is skipped with a warning."""
+    from expman._fsutil import atomic_open_under
     listing = fs.find(root, detail=True)
     metas: dict[str, bytes] = {}
     chunked: dict[str, dict[str, int]] = {}
@@ -173,59 +196,104 @@ def pull_run(fs: Any, root: str, local: Path) -> None:
             continue                         # nothing outside the run folder, ever
         head, _, tail = rel.rpartition("/")
         if head.endswith(CHUNKS_SUFFIX) and "/" not in head:
-            chunked.setdefault(head[:-len(CHUNKS_SUFFIX)], {})[path] = int(info["size"])
+            stem = head[:-len(CHUNKS_SUFFIX)]
+            if _safe(stem):
+                chunked.setdefault(stem, {})[path] = int(info["size"])
         elif "/" not in rel and rel.endswith(".json"):
             metas[rel] = b""
         else:
             wholes[rel] = int(info["size"])
-    for rel in metas:                        # first: what the data must already cover
-        metas[rel] = fs.cat_file(f"{root}/{rel}")
+    for rel in list(metas):                  # first: what the data must already cover
+        metas[rel] = cat_bounded(fs, f"{root}/{rel}")
     local.mkdir(parents=True, exist_ok=True)
+    skipped: list[str] = []
     for rel, chunks in chunked.items():
-        _pull_chain(fs, chain(chunks), local / rel)
+        try:
+            _pull_chain(fs, chain(chunks), local, rel)
+        except OSError as e:
+            skipped.append(f"{rel} ({e})")
     for rel, size in wholes.items():
-        dst = local / rel
-        if dst.is_file() and dst.stat().st_size == size:
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(dst) as f:
-            f.write(fs.cat_file(f"{root}/{rel}"))
+        try:
+            from expman._fsutil import lstat_under
+            try:
+                st = lstat_under(local, rel)
+                if stat.S_ISREG(st.st_mode) and st.st_size == size:
+                    continue
+            except FileNotFoundError:
+                pass
+            with atomic_open_under(local, rel) as f:
+                for piece in _pieces(fs, f"{root}/{rel}", 0, size):
+                    f.write(piece)
+        except OSError as e:
+            skipped.append(f"{rel} ({e})")
     for rel in sorted(metas, key=lambda r: r == layout.RUN_FILE):    # run.json last
-        with atomic_open(local / rel) as f:
+        with atomic_open_under(local, rel) as f:
             f.write(metas[rel])
+    if skipped:
+        warnings.warn(f"expman: {root}: not copied: " + "; ".join(skipped[:10]),
+                      RuntimeWarning, stacklevel=3)
 
 
-def _pull_chain(fs: Any, links: list[tuple[int, int, int, str]], dst: Path) -> None:
-    """Extend ``dst`` with the chunks past its length (or rebuild it if the remote
-    chain no longer starts the way the cached copy does)."""
+PIECE = 8 << 20
+
+
+def _pieces(fs: Any, path: str, start: int, end: int) -> Iterator[bytes]:
+    """An object's bytes [start, end) as ranged reads of at most PIECE bytes (one
+    request each): memory stays at two pieces whatever the object's size."""
+    pos = start
+    while pos < end:
+        piece = bytes(fs.cat_file(path, start=pos, end=min(end, pos + PIECE)))
+        if not piece:
+            return
+        pos += len(piece)
+        yield piece
+        piece = b""                 # not held while the next one is fetched
+
+
+def _pull_chain(fs: Any, links: list[tuple[int, int, int, str]], local: Path, rel: str) -> None:
+    """Extend ``local/rel`` with the chunks past its length (or rebuild it if the
+    remote chain no longer starts the way the cached copy does), each chunk
+    streamed in pieces and checked against its CRC before the next."""
     import zlib
-    have = dst.stat().st_size if dst.exists() else 0
-    total = links[-1][1] if links else 0
-    if have > total or (have and not _prefix_matches(dst, links, have)):
-        have = 0
-    mode = "r+b" if have else "wb"
-    with open(dst, mode) as f:
-        f.truncate(have)
-        f.seek(have)
+
+    from expman._fsutil import _open_under
+    fd, st = _open_under(local, rel, os.O_RDWR | os.O_CREAT, make_dirs=True)
+    try:
+        have = st.st_size
+        total = links[-1][1] if links else 0
+        if have > total or (have and not _prefix_matches(fd, links, have)):
+            have = 0
+        os.ftruncate(fd, have)
         for start, end, crc, name in links:
             if end <= have:
                 continue
-            data = fs.cat_file(name)
-            if len(data) != end - start or zlib.crc32(data) != crc:
-                break                        # replaced while we read: the next pull goes on
-            f.write(data[max(have - start, 0):])
-        f.flush()
-        os.fsync(f.fileno())
+            got, pos = 0, start
+            for piece in _pieces(fs, name, 0, end - start):
+                got = zlib.crc32(piece, got)
+                skip = max(have - pos, 0)
+                if skip < len(piece):
+                    os.lseek(fd, pos + skip, os.SEEK_SET)
+                    view = memoryview(piece)[skip:]
+                    while view:
+                        view = view[os.write(fd, view):]
+                pos += len(piece)
+            if pos != end or got != crc:
+                os.ftruncate(fd, max(have, start))   # replaced while we read: next pull goes on
+                break
+            have = end
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def _prefix_matches(dst: Path, links: list[tuple[int, int, int, str]], have: int) -> bool:
+def _prefix_matches(fd: int, links: list[tuple[int, int, int, str]], have: int) -> bool:
     """The cached bytes end on, or inside, a chunk whose CRC they still match."""
     import zlib
+
+    from expman._fsutil import read_range
     for start, end, crc, _ in links:
         if start < have <= end:
             if have < end:
                 return True                  # mid-chunk: the chunk is re-read anyway
-            with open(dst, "rb") as f:
-                f.seek(start)
-                return zlib.crc32(f.read(end - start)) == crc
+            return zlib.crc32(read_range(fd, start, end)) == crc
     return False

@@ -28,13 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from expman._fsutil import open_nofollow
 from expman.errors import RunLockedError
 from expman.layout import LOCK_FILE, rank_file
 
 __all__ = ["RunLock", "acquire", "probe", "is_locked", "holder", "lock_files"]
 
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)       # never lock through a planted symlink
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _UNSUPPORTED = {errno.ENOLCK, errno.EINVAL, errno.ENOSYS,
                 getattr(errno, "EOPNOTSUPP", -1), getattr(errno, "ENOTSUP", -1)}
 _WIN_LOCK_OFFSET = 0x7FFFFF00                   # the locked byte, past any holder text
@@ -126,8 +125,8 @@ def acquire(run_dir: Path, rank: int = 0, info: dict[str, Any] | None = None) ->
     path = run_dir / rank_file(LOCK_FILE, rank)
     if _held and _key(path) in _held:     # this very process writes it (not reopened)
         raise RunLockedError(path, {"pid": os.getpid(), "host": _hostname(), "rank": rank})
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC | getattr(os, "O_BINARY", 0),
-                 0o644)
+    # the guarded open: a link or a FIFO planted as the lock file is refused
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + _RETRY_FOR
     try:
         while True:
@@ -170,8 +169,11 @@ def holder(path: Path, wait: float = 0.0) -> dict[str, Any]:
     deadline = time.monotonic() + wait
     while True:
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_HOLDER_TEXT)
+            fd = open_nofollow(path, os.O_RDONLY)        # never a FIFO: it would block
+            try:
+                data = os.read(fd, MAX_HOLDER_TEXT)
+            finally:
+                os.close(fd)
             info = orjson.loads(data) if data.endswith(b"\n") else None
             if isinstance(info, dict):
                 return info
@@ -193,7 +195,9 @@ def _probe_file(path: Path) -> bool | None:
     if _held and _key(path) in _held:
         return True
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_BINARY", 0))
+        # guarded: a FIFO planted as the lock file would block every listing, a
+        # link would probe another file; neither is a writer's lock
+        fd = open_nofollow(path, os.O_RDONLY)
     except OSError:
         return None
     try:

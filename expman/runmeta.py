@@ -1,4 +1,7 @@
-"""Tags, notes and group: what a person says about a run, kept in run.json.
+"""Tags, notes and group: what a person says about a run, kept in run.json; and
+the run's ``uuid``, drawn once at creation (``new_uuid``), which tells two runs
+apart that were given the same id on two machines (``expman sync`` refuses to
+replace one with the other).
 
 Set at start (``Experiment(tags=..., notes=..., group=...)``) and editable once
 the run is closed (``set_tags``, ``set_notes``): a running process owns its
@@ -19,11 +22,23 @@ from expman.layout import RUN_FILE, RUNNING
 from expman.liveness import effective_status
 
 __all__ = ["check_tags", "check_notes", "check_group", "set_tags", "set_notes", "update_closed_run",
-           "matches", "TAGS", "NOTES", "GROUP"]
+           "matches", "new_uuid", "TAGS", "NOTES", "GROUP", "UUID"]
 
-TAGS, NOTES, GROUP = "tags", "notes", "group"       # run.json fields
+TAGS, NOTES, GROUP, UUID = "tags", "notes", "group", "uuid"       # run.json fields
 MAX_TAG = 128
 MAX_NOTES = 1 << 16
+
+
+def _unprintable(text: str) -> bool:
+    """Control characters, or bidirectional controls (a tag shown as another)."""
+    from expman._fsutil import BIDI_CONTROLS
+    return any(ord(c) < 32 or c in BIDI_CONTROLS for c in text)
+
+
+def new_uuid() -> str:
+    """A run's identity, unique across machines (a random UUID4, as text)."""
+    import uuid
+    return str(uuid.uuid4())
 
 
 def check_tags(tags: Iterable[str] | None, where: str = "tags") -> list[str]:
@@ -37,11 +52,11 @@ def check_tags(tags: Iterable[str] | None, where: str = "tags") -> list[str]:
     for t in tags:
         if not isinstance(t, str):
             raise ExpmanTypeError(f"{where}: each tag must be a str, got {type(t).__name__} ({t!r:.60})")
-        if not t or t != t.strip() or len(t) > MAX_TAG or any(ord(c) < 32 for c in t) \
-                or t[0] in "+-":
+        if not t or t != t.strip() or len(t) > MAX_TAG or _unprintable(t) or t[0] in "+-":
             raise ExpmanValueError(
-                f"{where}: tag {t!r:.80} must be 1-{MAX_TAG} characters, without control "
-                "characters, surrounding spaces, or a leading '+'/'-' (the CLI's add/remove marks)")
+                f"{where}: tag {t!r:.80} must be 1-{MAX_TAG} characters, without control or "
+                "bidirectional control characters, surrounding spaces, or a leading '+'/'-' "
+                "(the CLI's add/remove marks)")
         if t not in out:
             out.append(t)
     return out
@@ -60,10 +75,9 @@ def check_notes(notes: object) -> str | None:
 def check_group(group: object) -> str | None:
     if group is None:
         return None
-    if not isinstance(group, str) or not group or len(group) > 256 \
-            or any(ord(c) < 32 for c in group):
+    if not isinstance(group, str) or not group or len(group) > 256 or _unprintable(group):
         raise ExpmanValueError(f"group must be a non-empty str of at most 256 printable "
-                               f"characters, got {group!r:.80}")
+                               f"characters (no bidirectional controls), got {group!r:.80}")
     return group
 
 

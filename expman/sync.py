@@ -39,12 +39,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import time
 import zlib
 from pathlib import Path
 from typing import Any, Callable
 
 from expman import layout
+from expman.runmeta import UUID
 from expman.remote import (
     CHUNKS_SUFFIX, cache_root, chain, chunk_name, filesystem, is_append_only, is_url,
 )
@@ -60,14 +62,16 @@ STATE_VERSION = 1
 def sync(base_dir: str | os.PathLike[str] | None, url: str,
          storage_options: dict[str, Any] | None = None, *, verify: bool = False,
          progress: Callable[[str, int], None] | None = None,
-         batch: int = 16) -> dict[str, Any]:
+         batch: int = 16, force: bool = False) -> dict[str, Any]:
     """Copy every run under ``base_dir`` to ``url`` (any fsspec URL or a path),
     sending only what the target lacks. Returns counts: ``runs``, ``objects``
     written, ``bytes_appended`` (append-only files), ``bytes_whole``
     (metadata and artifacts), ``seconds``, ``errors`` (run id -> message).
     ``progress(path, nbytes)`` is called after each object written. To object
     storage, ``batch`` runs go up together (concurrent requests): all their data,
-    then all their metadata."""
+    then all their metadata. A run the target already holds under the same id
+    but another ``uuid`` (another machine's run) is an error of that run, left
+    untouched, unless ``force`` (then it is replaced)."""
     t0 = time.perf_counter()
     base = layout.base_dir(base_dir)
     if not base.is_dir():
@@ -81,7 +85,7 @@ def sync(base_dir: str | os.PathLike[str] | None, url: str,
         target = _ObjectTarget(fs, root)
     state_path = cache_root() / "sync" / (hashlib.sha1(
         f"{base.resolve()}\n{text}".encode()).hexdigest()[:16] + ".json")
-    state = {} if verify else _load_state(state_path)
+    state, owned = ({}, {}) if verify else _load_state(state_path)
     counts = {"runs": 0, "objects": 0, "bytes_appended": 0, "bytes_whole": 0}
     errors: dict[str, str] = {}
     saved = time.perf_counter()
@@ -106,21 +110,24 @@ def sync(base_dir: str | os.PathLike[str] | None, url: str,
         group, done = todo[i:i + step], []
         for run_dir, rel, sig in group:
             try:
-                _sync_run(run_dir, rel, target, sent)
-                done.append((rel, sig))
-            except OSError as e:
-                errors[rel] = f"{type(e).__name__}: {e}"
+                uid = _sync_run(run_dir, rel, target, sent, owned.get(rel), force)
+                done.append((rel, sig, uid))
+            except (OSError, ValueError, MemoryError, RecursionError) as e:
+                errors[rel] = f"{type(e).__name__}: {e}"      # that run only, never the sync
         try:
             target.flush(sent)                # the group's data, then its metadata
         except OSError as e:
-            for rel, _ in done:
+            for rel, _, _ in done:
                 errors[rel] = f"{type(e).__name__}: {e}"
             continue
-        state.update(done)
+        for rel, sig, uid in done:
+            state[rel] = sig
+            if uid:
+                owned[rel] = uid
         if time.perf_counter() - saved > 1.0:      # a shortcut only: no fsync per run
-            _save_state(state_path, state)
+            _save_state(state_path, state, owned)
             saved = time.perf_counter()
-    _save_state(state_path, state)
+    _save_state(state_path, state, owned)
     return {**counts, "seconds": time.perf_counter() - t0, "errors": errors}
 
 
@@ -129,56 +136,82 @@ def sync(base_dir: str | os.PathLike[str] | None, url: str,
 
 def _signature(run_dir: Path) -> list[Any]:
     """What changes when anything in the run folder changes (names, sizes, mtimes)."""
-    out = []
-    for path in sorted(_files(run_dir)):
-        try:
-            st = os.stat(run_dir / path)
-        except OSError:
-            continue
-        out.append([path, st.st_size, st.st_mtime_ns])
-    return out
+    return [[path, size, mtime] for path, (size, mtime) in sorted(_files(run_dir).items())]
 
 
-def _files(run_dir: Path) -> list[str]:
-    """Relative paths of the run's files; temp files (dot names), symlinks and the
-    writer locks (meaningful only on the writer's machine) skipped."""
-    found = []
+def _files(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """The run's regular files, relative path -> (size, mtime_ns). Skipped: temp
+    files (dot names), the writer locks (meaningful only on the writer's machine),
+    and whatever is not a regular file: a symlink (it may lead anywhere), a FIFO
+    (reading it would wait forever), a device or a socket."""
+    found = {}
     for dirpath, dirnames, filenames in os.walk(run_dir):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")
                        and not os.path.islink(os.path.join(dirpath, d))]
         for name in filenames:
             full = os.path.join(dirpath, name)
-            if name.startswith(".") or os.path.islink(full) or layout.is_machine_local(name):
+            if name.startswith(".") or layout.is_machine_local(name):
                 continue
-            found.append(os.path.relpath(full, run_dir).replace(os.sep, "/"))
+            try:
+                st = os.lstat(full)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found[os.path.relpath(full, run_dir).replace(os.sep, "/")] = (
+                    st.st_size, st.st_mtime_ns)
     return found
 
 
+def run_uuid(meta: bytes | None, where: str) -> str | None:
+    """The ``uuid`` a run.json's bytes hold (None for a run made before uuids, or
+    a run.json that does not parse: a damaged run is still mirrored as it is)."""
+    from expman._fsutil import parse_json
+    if meta is None:
+        return None
+    try:
+        doc = parse_json(meta, where)
+    except ValueError:
+        return None
+    uid = doc.get(UUID) if isinstance(doc, dict) else None
+    return uid if isinstance(uid, str) else None
+
+
 def _sync_run(run_dir: Path, rel: str, target: "_Target",
-              sent: Callable[[str, int, bool], None]) -> None:
+              sent: Callable[[str, int, bool], None], owned: str | None = None,
+              force: bool = False) -> str | None:
+    """Send one run; returns its uuid (what the target now holds under ``rel``)."""
+    from expman._fsutil import MAX_JSON_BYTES, read_under
     files = _files(run_dir)
     top = [f for f in files if "/" not in f]
     metas = {}
     for name in sorted(f for f in top if f.endswith(".json")):
-        try:
-            metas[name] = (run_dir / name).read_bytes()      # before the data is measured
+        try:           # before the data is measured; through the guarded layer
+            metas[name] = read_under(run_dir, name, limit=MAX_JSON_BYTES)
         except FileNotFoundError:
             pass
+    uid = run_uuid(metas.get(layout.RUN_FILE), f"{run_dir}/{layout.RUN_FILE}")
     remote = target.listing(rel)
+    if uid and owned != uid and layout.RUN_FILE in remote.whole and not force:
+        theirs = run_uuid(target.read_meta(rel, layout.RUN_FILE), f"{rel}/{layout.RUN_FILE}")
+        if theirs and theirs != uid:
+            from expman.errors import RunExistsError
+            raise RunExistsError(17, f"the target holds another run under {rel} (uuid {theirs}; "
+                                 f"this one is {uid}): two machines gave a run the same id. "
+                                 "Left as it is; rename one, or sync with --force to replace it",
+                                 rel)
     for name in sorted(f for f in top if is_append_only(f)):
-        target.append(rel, name, run_dir / name, remote, sent)
+        target.append(rel, name, run_dir, remote, sent)
     for name in sorted(f for f in files if "/" in f or not (f.endswith(".json")
                                                               or is_append_only(f))):
-        src = run_dir / name
-        try:
-            size = src.stat().st_size
-        except FileNotFoundError:
-            continue
-        if remote.whole.get(name) != size:
-            target.put_file(rel, name, src, sent)
+        if remote.whole.get(name) != files[name][0]:
+            try:
+                target.put_file(rel, name, run_dir, sent)
+            except FileNotFoundError:
+                continue
     for name in sorted(metas, key=lambda n: n == layout.RUN_FILE):      # run.json last
         if remote.whole.get(name) is None or not remote.same_meta(name, metas[name]):
             target.put_bytes(rel, name, metas[name], sent)
+    return uid
 
 
 class _Remote:
@@ -197,7 +230,8 @@ class _Remote:
 
 
 class _Target:
-    """Where a sync writes: object storage or a path."""
+    """Where a sync writes: object storage or a path. A source file is named by
+    its run folder and its path inside it, and read through the guarded layer."""
 
     def prefetch(self) -> None:
         """List everything at once (a shortcut for many runs)."""
@@ -207,18 +241,34 @@ class _Target:
 
     def listing(self, rel: str) -> _Remote:
         raise NotImplementedError
-    def append(self, rel: str, name: str, src: Path, remote: _Remote,
+    def read_meta(self, rel: str, name: str) -> bytes | None:
+        raise NotImplementedError
+    def append(self, rel: str, name: str, run_dir: Path, remote: _Remote,
                sent: Callable[[str, int, bool], None]) -> None: ...
-    def put_file(self, rel: str, name: str, src: Path,
+    def put_file(self, rel: str, name: str, run_dir: Path,
                  sent: Callable[[str, int, bool], None]) -> None: ...
     def put_bytes(self, rel: str, name: str, data: bytes,
                   sent: Callable[[str, int, bool], None]) -> None: ...
 
 
-def _read_range(src: Path, start: int, end: int) -> bytes:
-    with open(src, "rb") as f:
-        f.seek(start)
-        return f.read(end - start)
+class _Source:
+    """One run file opened once through the guarded layer (no link, regular only):
+    the size it has now, and ranges of it."""
+
+    def __init__(self, run_dir: Path, name: str) -> None:
+        from expman._fsutil import _open_under
+        self.fd, st = _open_under(run_dir, name, os.O_RDONLY)
+        self.size = st.st_size
+
+    def read(self, start: int, end: int) -> bytes:
+        from expman._fsutil import read_range
+        return read_range(self.fd, start, end)
+
+    def __enter__(self) -> "_Source":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
 
 
 class _ObjectTarget(_Target):
@@ -228,8 +278,8 @@ class _ObjectTarget(_Target):
         self.fs, self.root = fs, root
         self.listed: dict[str, _Remote] | None = None
         self.data: dict[str, bytes] = {}
-        self.files: list[tuple[str, str, int]] = []
         self.metas: dict[str, bytes] = {}
+        self.wholes: set[str] = set()               # queued artifacts (not appended data)
         self.queued = 0
 
     def prefetch(self) -> None:
@@ -255,6 +305,13 @@ class _ObjectTarget(_Target):
             found = {}
         return self._remote(rel, found)
 
+    def read_meta(self, rel: str, name: str) -> bytes | None:
+        from expman.remote import cat_bounded
+        try:
+            return cat_bounded(self.fs, f"{self.root}/{rel}/{name}")
+        except FileNotFoundError:
+            return None
+
     def _remote(self, rel: str, found: dict[str, Any]) -> _Remote:
         out = _Remote()
         run_root = f"{self.root}/{rel}"
@@ -278,14 +335,10 @@ class _ObjectTarget(_Target):
             batch, self.data, self.queued = self.data, {}, 0
             self.fs.pipe(batch)                      # concurrent PUTs, each whole or absent
             for path, data in batch.items():
-                sent(path, len(data), True)
+                sent(path, len(data), path not in self.wholes)
+                self.wholes.discard(path)
         if data_only:
             return
-        if self.files:
-            files, self.files = self.files, []
-            self.fs.put([f[0] for f in files], [f[1] for f in files])
-            for _, path, size in files:
-                sent(path, size, False)
         metas, self.metas = self.metas, {}
         for last in (False, True):                   # run.json (what lists a run) last
             part = {p: d for p, d in metas.items() if p.endswith("/" + layout.RUN_FILE) == last}
@@ -294,39 +347,58 @@ class _ObjectTarget(_Target):
                 for path, data in part.items():
                     sent(path, len(data), False)
 
-    def append(self, rel: str, name: str, src: Path, remote: _Remote,
-               sent: Callable[[str, int, bool], None]) -> None:
-        size = src.stat().st_size                    # the snapshot: bytes on disk now
-        links = chain(remote.chunks.get(name, {}))
-        # keep the chunks the local file still matches, checked from the last one
-        # back (an append-only file only ever changes at its tail); drop the rest
-        keep = len(links)
-        while keep:
-            start, end, crc, _ = links[keep - 1]
-            if end <= size and zlib.crc32(_read_range(src, start, end)) == crc:
-                break
-            keep -= 1
-        if keep < len(links) or len(links) < len(remote.chunks.get(name, {})):
-            stale = set(remote.chunks.get(name, {})) - {n for *_, n in links[:keep]}
-            if stale:
-                self.fs.rm(sorted(stale))
-        pos = links[keep - 1][1] if keep else 0
-        prefix = f"{self.root}/{rel}/{name}{CHUNKS_SUFFIX}/"
-        while pos < size:
-            end = min(size, pos + CHUNK_BYTES)
-            data = _read_range(src, pos, end)
-            end = pos + len(data)
-            if end == pos:
-                break
-            self.data[prefix + chunk_name(pos, end, zlib.crc32(data))] = data
-            self.queued += len(data)
-            if self.queued > PENDING_BYTES:
-                self.flush(sent, data_only=True)
-            pos = end
+    def _queue(self, path: str, data: bytes, sent: Callable[[str, int, bool], None]) -> None:
+        self.data[path] = data
+        self.queued += len(data)
+        if self.queued > PENDING_BYTES:
+            self.flush(sent, data_only=True)
 
-    def put_file(self, rel: str, name: str, src: Path,
+    def append(self, rel: str, name: str, run_dir: Path, remote: _Remote,
+               sent: Callable[[str, int, bool], None]) -> None:
+        with _Source(run_dir, name) as src:
+            size = src.size                          # the snapshot: bytes on disk now
+            links = chain(remote.chunks.get(name, {}))
+            # keep the chunks the local file still matches, checked from the last one
+            # back (an append-only file only ever changes at its tail); drop the rest
+            keep = len(links)
+            while keep:
+                start, end, crc, _ = links[keep - 1]
+                if end <= size and zlib.crc32(src.read(start, end)) == crc:
+                    break
+                keep -= 1
+            if keep < len(links) or len(links) < len(remote.chunks.get(name, {})):
+                stale = set(remote.chunks.get(name, {})) - {n for *_, n in links[:keep]}
+                if stale:
+                    self.fs.rm(sorted(stale))
+            pos = links[keep - 1][1] if keep else 0
+            prefix = f"{self.root}/{rel}/{name}{CHUNKS_SUFFIX}/"
+            while pos < size:
+                data = src.read(pos, min(size, pos + CHUNK_BYTES))
+                end = pos + len(data)
+                if end == pos:
+                    break
+                self._queue(prefix + chunk_name(pos, end, zlib.crc32(data)), data, sent)
+                pos = end
+
+    def put_file(self, rel: str, name: str, run_dir: Path,
                  sent: Callable[[str, int, bool], None]) -> None:
-        self.files.append((str(src), f"{self.root}/{rel}/{name}", src.stat().st_size))
+        """A small artifact joins the batch of concurrent PUTs; a large one is
+        streamed from the guarded descriptor (never re-opened by path)."""
+        dst = f"{self.root}/{rel}/{name}"
+        with _Source(run_dir, name) as src:
+            if src.size <= CHUNK_BYTES:
+                self.wholes.add(dst)
+                self._queue(dst, src.read(0, src.size), sent)
+                return
+            pos = 0
+            with self.fs.open(dst, "wb") as out:
+                while pos < src.size:
+                    data = src.read(pos, min(src.size, pos + CHUNK_BYTES))
+                    if not data:
+                        break
+                    out.write(data)
+                    pos += len(data)
+        sent(dst, pos, False)
 
     def put_bytes(self, rel: str, name: str, data: bytes,
                   sent: Callable[[str, int, bool], None]) -> None:
@@ -334,7 +406,10 @@ class _ObjectTarget(_Target):
 
 
 class _PathTarget(_Target):
-    """A local or mounted folder: a plain mirror, appended to in place."""
+    """A local or mounted folder: a plain mirror, appended to in place. Written
+    only through the guarded layer: a link planted anywhere below the target's
+    root (a run folder, an experiment folder, a file) is refused, never followed,
+    since other users may write into a shared mirror."""
 
     TAIL_CHECK = 1 << 16
 
@@ -342,81 +417,101 @@ class _PathTarget(_Target):
         self.root = root
 
     def listing(self, rel: str) -> _Remote:
+        from expman._fsutil import MAX_JSON_BYTES, lstat_under, read_under
         out = _Remote()
-        run_root = self.root / rel
-        if not run_root.is_dir():
+        try:
+            st = lstat_under(self.root, rel)         # UnsafePathError for a link
+        except FileNotFoundError:
             return out
-        for r in _files(run_root):
-            out.whole[r] = (run_root / r).stat().st_size
+        if not stat.S_ISDIR(st.st_mode):
+            from expman.errors import UnsafePathError
+            raise UnsafePathError(20, "the target's run folder is not a folder",
+                                  str(self.root / rel))
+        for r, (size, _mtime) in _files(self.root / rel).items():
+            out.whole[r] = size
             if r.endswith(".json") and "/" not in r:
-                out.meta_crc[r] = zlib.crc32((run_root / r).read_bytes())
+                out.meta_crc[r] = zlib.crc32(read_under(self.root, f"{rel}/{r}",
+                                                        limit=MAX_JSON_BYTES))
         return out
 
-    def append(self, rel: str, name: str, src: Path, remote: _Remote,
+    def read_meta(self, rel: str, name: str) -> bytes | None:
+        from expman._fsutil import MAX_JSON_BYTES, read_under
+        try:
+            return read_under(self.root, f"{rel}/{name}", limit=MAX_JSON_BYTES)
+        except FileNotFoundError:
+            return None
+
+    def append(self, rel: str, name: str, run_dir: Path, remote: _Remote,
                sent: Callable[[str, int, bool], None]) -> None:
-        size = src.stat().st_size
-        dst = self.root / rel / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        have = dst.stat().st_size if dst.exists() else 0
-        if have:
-            # the synced tail must still be the source's: else it was cut and rewritten
-            n = min(have, self.TAIL_CHECK)
-            ok = have <= size and _read_range(dst, have - n, have) == \
-                _read_range(src, have - n, have)
-            if not ok:
-                have = 0
-        if have == size and dst.exists():
-            return
-        with open(dst, "r+b" if dst.exists() else "wb") as f:
-            f.truncate(have)
-            f.seek(have)
-            pos = have
-            while pos < size:
-                data = _read_range(src, pos, min(size, pos + CHUNK_BYTES))
+        from expman._fsutil import _open_under, read_range
+        with _Source(run_dir, name) as src:
+            size = src.size
+            fd, st = _open_under(self.root, f"{rel}/{name}", os.O_RDWR | os.O_CREAT,
+                                 make_dirs=True)
+            try:
+                have = st.st_size
+                if have:
+                    # the synced tail must still be the source's: else it was cut and rewritten
+                    n = min(have, self.TAIL_CHECK)
+                    if not (have <= size and read_range(fd, have - n, have)
+                            == src.read(have - n, have)):
+                        have = 0
+                if have == size:
+                    return
+                os.ftruncate(fd, have)
+                os.lseek(fd, have, os.SEEK_SET)
+                pos = have
+                while pos < size:
+                    data = src.read(pos, min(size, pos + CHUNK_BYTES))
+                    if not data:
+                        break
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    pos += len(data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        sent(str(self.root / rel / name), pos - have, True)
+
+    def put_file(self, rel: str, name: str, run_dir: Path,
+                 sent: Callable[[str, int, bool], None]) -> None:
+        from expman._fsutil import atomic_open_under
+        pos = 0
+        with _Source(run_dir, name) as src, atomic_open_under(self.root, f"{rel}/{name}") as out:
+            while pos < src.size:
+                data = src.read(pos, min(src.size, pos + CHUNK_BYTES))
                 if not data:
                     break
-                f.write(data)
+                out.write(data)
                 pos += len(data)
-            f.flush()
-            os.fsync(f.fileno())
-        sent(str(dst), pos - have, True)
-
-    def put_file(self, rel: str, name: str, src: Path,
-                 sent: Callable[[str, int, bool], None]) -> None:
-        import shutil
-        from expman._fsutil import atomic_open
-        dst = self.root / rel / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with open(src, "rb") as fin, atomic_open(dst) as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-        sent(str(dst), dst.stat().st_size, False)
+        sent(str(self.root / rel / name), pos, False)
 
     def put_bytes(self, rel: str, name: str, data: bytes,
                   sent: Callable[[str, int, bool], None]) -> None:
-        from expman._fsutil import atomic_open
-        dst = self.root / rel / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(dst) as f:
+        from expman._fsutil import atomic_open_under
+        with atomic_open_under(self.root, f"{rel}/{name}") as f:
             f.write(data)
-        sent(str(dst), len(data), False)
+        sent(str(self.root / rel / name), len(data), False)
 
 
 # ---- local state: only a shortcut; the target is the truth ------------------------------
 
 
-def _load_state(path: Path) -> dict[str, Any]:
+def _load_state(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """(run id -> signature synced, run id -> uuid this machine put there)."""
     from expman._fsutil import read_json
     try:
         state = read_json(path)
     except (OSError, ValueError):
-        return {}
+        return {}, {}
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        return {}
-    runs = state.get("runs")
-    return runs if isinstance(runs, dict) else {}
+        return {}, {}
+    runs, owned = state.get("runs"), state.get("uuids")
+    return (runs if isinstance(runs, dict) else {}), (owned if isinstance(owned, dict) else {})
 
 
-def _save_state(path: Path, runs: dict[str, Any]) -> None:
+def _save_state(path: Path, runs: dict[str, Any], owned: dict[str, str]) -> None:
     from expman._fsutil import atomic_write_json
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, {"version": STATE_VERSION, "runs": runs})
+    atomic_write_json(path, {"version": STATE_VERSION, "runs": runs, "uuids": owned})

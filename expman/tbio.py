@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+import struct
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from expman.errors import ExpmanValueError
+from expman.errors import ExpmanError, ExpmanValueError
 from expman.layout import FAILED, FINISHED, RUNNING
 
-__all__ = ["import_tensorboard", "export_tensorboard", "event_dirs"]
+__all__ = ["import_tensorboard", "export_tensorboard", "event_dirs", "read_records", "read_events"]
 
 _EVENT_FILE = re.compile(r"tfevents")
 _UNSAFE = re.compile(r'[\x00-\x1f<>:"/\\|?*]')
@@ -41,10 +44,25 @@ def _need_tensorboard() -> None:
 
 def event_dirs(logdir: Path) -> Iterator[tuple[Path, list[Path]]]:
     """Folders under logdir (itself included) holding event files, sorted, with
-    their event files in name order (which is creation order)."""
+    their event files in name order (which is creation order). Only regular files
+    count: a FIFO named like an event file would block the import, a link may lead
+    anywhere (each is skipped with a warning)."""
     for root, dirs, files in sorted(os.walk(logdir)):
         dirs.sort()
-        events = sorted(Path(root) / f for f in files if _EVENT_FILE.search(f))
+        events = []
+        for f in sorted(files):
+            if not _EVENT_FILE.search(f):
+                continue
+            path = Path(root) / f
+            try:
+                regular = stat.S_ISREG(os.lstat(path).st_mode)
+            except OSError:
+                continue
+            if regular:
+                events.append(path)
+            else:
+                warnings.warn(f"expman: {path} is not a regular file (a link, a FIFO or a "
+                              "device): not imported", RuntimeWarning, stacklevel=3)
         if events:
             yield Path(root), events
 
@@ -56,6 +74,67 @@ def _run_name(logdir: Path, folder: Path) -> str:
     return name
 
 
+# ---- reading event files: TFRecord framing, checked ---------------------------------------------
+
+
+def read_records(path: str | os.PathLike[str], problems: list[str] | None = None
+                 ) -> Iterator[tuple[int, bytes]]:
+    """The records of a TFRecord (event) file as ``(offset, payload)``.
+
+    Opened through the guarded layer (a regular file, no link, never a FIFO). A
+    record's length must fit in what the file holds (a crafted 2**63 never
+    allocates). A record whose payload CRC fails is skipped and reading goes on
+    after it (its length had a valid CRC); a length whose CRC fails cannot be
+    trusted, so reading stops there; a record cut by the end of the file is a
+    torn tail. Each is described in ``problems`` (file and offset), never silent.
+    """
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    from expman._fsutil import _open_regular
+    problems = [] if problems is None else problems
+    fd, st = _open_regular(os.fspath(path), os.O_RDONLY)
+    with os.fdopen(fd, "rb", buffering=1 << 20) as f:      # sequential: few system calls
+        size, pos = st.st_size, 0
+        while pos < size:
+            head = f.read(12)
+            if len(head) < 12:
+                problems.append(f"{path}: torn record at offset {pos} ({size - pos} bytes)")
+                return
+            (length,), (crc,) = struct.unpack_from("<Q", head), struct.unpack_from("<I", head, 8)
+            if masked_crc32c(head[:8]) != crc:
+                problems.append(f"{path}: bad length checksum at offset {pos}; the "
+                                f"{size - pos} bytes from there were not read")
+                return
+            if length > size - pos - 16:
+                problems.append(f"{path}: record at offset {pos} declares {length} bytes, "
+                                f"past the end of the file (torn or crafted)")
+                return
+            body = f.read(length + 4)
+            if len(body) < length + 4:
+                problems.append(f"{path}: torn record at offset {pos}")
+                return
+            payload = body[:length]
+            if masked_crc32c(payload) != struct.unpack_from("<I", body, length)[0]:
+                problems.append(f"{path}: bad checksum of the record at offset {pos}: skipped")
+            else:
+                yield pos, payload
+            pos += 16 + length
+
+
+def read_events(path: str | os.PathLike[str], problems: list[str] | None = None
+                ) -> Iterator[tuple[int, Any]]:
+    """``(offset, Event)`` for each record of an event file that parses as one
+    (read_records; a record that does not parse is a problem, not an abort)."""
+    from google.protobuf.message import DecodeError
+    from tensorboard.compat.proto import event_pb2
+    problems = [] if problems is None else problems
+    for offset, payload in read_records(path, problems):
+        try:
+            yield offset, event_pb2.Event.FromString(payload)
+        except (DecodeError, RecursionError, ValueError) as e:
+            problems.append(f"{path}: record at offset {offset} is not an Event ({e})")
+
+
 # ---- import -------------------------------------------------------------------------------------
 
 
@@ -65,7 +144,11 @@ def import_tensorboard(logdir: str | os.PathLike[str], base_dir: str | os.PathLi
 
     The experiment is ``experiment`` or the logdir's name; a run is named after
     its folder relative to logdir ('a/b' -> 'a__b'). An existing run of that
-    name is an error (RunExistsError), never merged into.
+    name is an error (RunExistsError), never merged into. Damage is never
+    silent and never aborts the import: a bad record, an event with a negative
+    step, a value with an empty or unusable tag or a tensor larger than its
+    bytes is skipped, and named (file and offset) in a RuntimeWarning and in a
+    warning message of the run.
     """
     _need_tensorboard()
     from expman.layout import base_dir as _base
@@ -82,21 +165,33 @@ def import_tensorboard(logdir: str | os.PathLike[str], base_dir: str | os.PathLi
     return [p for p in made if p is not None]
 
 
+MAX_REPORTED = 20          # problems named one by one; the rest are counted
+
+
+def _decode_error() -> type[Exception]:
+    from google.protobuf.message import DecodeError
+    return DecodeError
+
+
+# what a crafted value can raise: it skips that value, never the import
+_VALUE_ERRORS: tuple[type[BaseException], ...] = (ExpmanError, ValueError, TypeError,
+                                                 OverflowError, RecursionError)
+
+
 def _import_folder(folder: Path, files: list[Path], base: Path, experiment: str,
                    run_name: str) -> Path | None:
     """One run from one folder's event files, or None if they hold no summaries
     (torch's SummaryWriter leaves such files in a parent of add_hparams' runs)."""
-    # the raw events as written: EventFileLoader's compatibility pass would turn
-    # histograms into left/right/count tensors whose last edge is the max, not the limit
-    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+    # the raw events as written (read_events): EventFileLoader's compatibility pass would
+    # turn histograms into left/right/count tensors whose last edge is the max, not the limit
     from expman.experiment import Experiment
-    from expman.media import check_step
     exp: Experiment | None = None
     plugins: dict[str, str] = {}          # tag -> plugin; TF writes metadata on first use only
     skipped: dict[str, int] = {}
+    problems: list[str] = []
     try:
         for path in files:
-            for event in LegacyEventFileLoader(str(path)).Load():
+            for offset, event in _events_of(path, problems):
                 if not event.HasField("summary") or not event.summary.value:
                     continue
                 if exp is None:
@@ -104,18 +199,30 @@ def _import_folder(folder: Path, files: list[Path], base: Path, experiment: str,
                                      handle_signals=False)
                     exp.info(f"imported from TensorBoard event files in {folder}")
                 step = int(event.step)
-                check_step(step, f"step of an event in {path}")
+                if step < 0:
+                    problems.append(f"{path}: event at offset {offset} has step {step}: "
+                                    f"its {len(event.summary.value)} values skipped")
+                    continue
                 scalars: dict[str, float] = {}
                 for value in event.summary.value:
                     if value.HasField("metadata") and value.metadata.plugin_data.plugin_name:
                         plugins[value.tag] = value.metadata.plugin_data.plugin_name
-                    _import_value(exp, value, plugins.get(value.tag, ""), step,
-                                  float(event.wall_time), scalars, skipped)
-                if scalars:
-                    exp.log_metrics(scalars, step)
+                    try:
+                        _import_value(exp, value, plugins.get(value.tag, ""), step,
+                                      float(event.wall_time), scalars, skipped)
+                    except _VALUE_ERRORS as e:
+                        problems.append(f"{path}: value {value.tag!r:.80} of the event at "
+                                        f"offset {offset} skipped: {e}")
+                _log_scalars(exp, scalars, step, f"{path}: event at offset {offset}", problems)
         if exp is not None and skipped:
             exp.warn("not imported from TensorBoard: " + ", ".join(
                 f"{kind} ({n})" for kind, n in sorted(skipped.items())))
+        if problems:
+            text = "; ".join(problems[:MAX_REPORTED]) + (
+                f"; and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else "")
+            if exp is not None:
+                exp.warn(f"TensorBoard import: {len(problems)} problems: {text}")
+            warnings.warn(f"expman: importing {folder}: {text}", RuntimeWarning, stacklevel=3)
     except BaseException:
         if exp is not None:
             exp.close(FAILED)
@@ -126,22 +233,93 @@ def _import_folder(folder: Path, files: list[Path], base: Path, experiment: str,
     return exp.run_dir
 
 
+def _events_of(path: Path, problems: list[str]) -> Iterator[tuple[int, Any]]:
+    """read_events, an error reading the file (unreadable, or swapped for a FIFO
+    or a link meanwhile) ending that file as a problem, not the import."""
+    events = read_events(path, problems)
+    while True:
+        try:
+            item = next(events)
+        except StopIteration:
+            return
+        except OSError as e:
+            problems.append(f"{path}: not read further ({e})")
+            return
+        yield item
+
+
+def _log_scalars(exp: Any, scalars: dict[str, float], step: int, where: str,
+                 problems: list[str]) -> None:
+    """Log an event's scalars together; if the call refuses one (an empty or
+    over-long tag), each alone, so only the bad ones are lost (and named)."""
+    if not scalars:
+        return
+    try:
+        exp.log_metrics(scalars, step)
+        return
+    except (ExpmanError, ValueError, TypeError):
+        pass
+    for tag, value in scalars.items():
+        try:
+            exp.log_metrics({tag: value}, step)
+        except (ExpmanError, ValueError, TypeError) as e:
+            problems.append(f"{where}: scalar {tag!r:.80} skipped: {e}")
+
+
+# A tensor declares its shape; its values are what its bytes hold. make_ndarray
+# fills the declared shape, so 60 bytes could ask for gigabytes: the shape must
+# fit the values present (a scalar: exactly one).
+_DTYPE_BYTES = {1: 4, 2: 8, 3: 4, 4: 1, 5: 2, 6: 1, 8: 8, 9: 8, 10: 1, 14: 2, 17: 2, 18: 16,
+                19: 2, 22: 4, 23: 8}
+
+
+def _tensor_elements(tensor: Any) -> int:
+    """How many elements the declared shape holds (ValueError if negative or unknown)."""
+    n = 1
+    for dim in tensor.tensor_shape.dim:
+        if dim.size < 0:
+            raise ExpmanValueError(f"tensor dimension {dim.size} is negative")
+        n *= dim.size
+        if n > 1 << 40:
+            break
+    return n
+
+
+def _checked_ndarray(tensor: Any, most: int | None = None) -> Any:
+    """tensor_util.make_ndarray, once the declared shape is known to fit the bytes
+    present (and ``most`` elements)."""
+    from tensorboard.util import tensor_util
+    n = _tensor_elements(tensor)
+    if tensor.tensor_content:
+        width = _DTYPE_BYTES.get(int(tensor.dtype))
+        present = len(tensor.tensor_content) // width if width else 0
+    else:
+        present = max(len(tensor.float_val), len(tensor.double_val), len(tensor.int_val),
+                      len(tensor.int64_val), len(tensor.bool_val), len(tensor.string_val),
+                      len(tensor.half_val), len(tensor.uint32_val), len(tensor.uint64_val))
+    if n > present or (most is not None and n > most):
+        raise ExpmanValueError(f"tensor declares {n} elements but holds {present}")
+    return tensor_util.make_ndarray(tensor)
+
+
 def _import_value(exp: Any, value: Any, plugin: str, step: int, wall_time: float,
                   scalars: dict[str, float], skipped: dict[str, int]) -> None:
-    from tensorboard.util import tensor_util
     kind = value.WhichOneof("value")
+    if kind in ("simple_value", "tensor", "histo", "image") and not value.tag:
+        raise ExpmanValueError("the tag is empty")
     if kind == "simple_value":
         if value.tag in scalars:              # a second value for a tag in one event
             exp.log_metrics(dict(scalars), step)
             scalars.clear()
         scalars[value.tag] = float(value.simple_value)
     elif kind == "tensor" and plugin == "scalars":
+        x = float(_checked_ndarray(value.tensor, most=1).item())
         if value.tag in scalars:
             exp.log_metrics(dict(scalars), step)
             scalars.clear()
-        scalars[value.tag] = float(tensor_util.make_ndarray(value.tensor).item())
+        scalars[value.tag] = x
     elif kind == "tensor" and plugin == "text":
-        arr = tensor_util.make_ndarray(value.tensor)
+        arr = _checked_ndarray(value.tensor)
         texts = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
                  for x in arr.ravel().tolist()]
         exp.log_text(value.tag, "\n".join(texts), step, wall_time=wall_time)
@@ -151,7 +329,10 @@ def _import_value(exp: Any, value: Any, plugin: str, step: int, wall_time: float
         exp.log_image(value.tag, value.image.encoded_image_string, step)
     elif plugin == "hparams":
         from tensorboard.plugins.hparams import plugin_data_pb2
-        data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        try:
+            data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        except _decode_error() as e:
+            raise ExpmanValueError(f"hparams metadata does not parse ({e})") from None
         if data.WhichOneof("data") == "session_start_info":
             exp.log_params({k: _hparam_value(v) for k, v in data.session_start_info.hparams.items()})
     else:
@@ -322,7 +503,7 @@ def _event_values(run: Any) -> Iterator[tuple[float, int, Any]]:
         for im in imgs:
             try:
                 png = im.read_bytes()
-            except OSError:
+            except (OSError, ValueError):        # gone, or not a regular file
                 continue
             image = summary_pb2.Summary.Image(height=im.height, width=im.width,
                                               colorspace=channels.get(png[25], 3) if len(png) > 25 else 3,

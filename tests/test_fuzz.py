@@ -389,3 +389,136 @@ def test_structural_mutations_of_the_hostile_corpus(seed, edits):
     if ref is not None and ref[1] == 0:
         plain = points(_core.decode_metrics(data)[0])
         assert {k: v for k, v in plain.items() if v} == {k: v for k, v in ref[0].items() if v}
+
+
+# ---- the TensorBoard reader (issue 20) --------------------------------------------------------
+# Structure-aware mutations of crafted event files (tests/hostile/runfiles.py): records are
+# split, their payloads edited (bytes, protobuf fields, tensors declaring any shape) and
+# re-checksummed, so the protobuf parser and the value checks see the damage; raw edits
+# (lengths, checksums, cuts) hit the record framing. The reader must never raise past its
+# own checks, never allocate beyond the bytes present, and yield only checksummed records.
+# tools/sanitize.sh runs these under ASan + UBSan (the protobuf parser is C).
+
+from hostile import runfiles  # noqa: E402
+
+TB_SEEDS = {name: build() for name, build in runfiles.TB_CORPUS.items()}
+TB_EXAMPLES = 2000 if SLOW else 200
+
+
+def split_records(data: bytes) -> tuple[list[bytes], bytes]:
+    pos, out = 0, []
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack_from("<Q", data, pos)
+        if length > len(data) - pos - 16:
+            break
+        out.append(data[pos + 12:pos + 12 + length])
+        pos += 16 + length
+    return out, data[pos:]
+
+
+def tb_edit():
+    pos = st.integers(0, 1 << 16)
+    dims = st.lists(st.integers(0, (1 << 63) - 1) | st.integers(0, 4), max_size=4)
+    return st.one_of(
+        st.tuples(st.just("byte"), pos, pos, st.integers(0, 255)),
+        st.tuples(st.just("cut_payload"), pos, pos),
+        st.tuples(st.just("tensor"), pos, dims, st.sampled_from([0, 1, 2, 7, 9, 99]),
+                  st.binary(max_size=24), st.sampled_from(["scalars", "text", "x"])),
+        st.tuples(st.just("event"), pos, st.integers(-(1 << 63), (1 << 63) - 1),
+                  st.binary(max_size=40)),
+        st.tuples(st.just("dup"), pos, pos),
+        st.tuples(st.just("drop"), pos),
+        st.tuples(st.just("raw_byte"), pos, st.integers(0, 255)),
+        st.tuples(st.just("raw_length"), pos, st.integers(0, (1 << 64) - 1)),
+        st.tuples(st.just("cut_file"), pos),
+    )
+
+
+def apply_tb(data: bytes, edits) -> bytes:
+    records, rest = split_records(data)
+    raw = []
+    for e in edits:
+        kind = e[0]
+        if kind in ("raw_byte", "raw_length", "cut_file"):
+            raw.append(e)
+            continue
+        if not records:
+            records.append(b"")
+        r = e[1] % len(records)
+        p = records[r]
+        if kind == "byte":
+            at = e[2] % (len(p) + 1)
+            p = p[:at] + bytes([e[3]]) + p[at + 1:]
+        elif kind == "cut_payload":
+            p = p[:e[2] % (len(p) + 1)]
+        elif kind == "tensor":
+            value = runfiles.tensor_value("t", e[2], e[3], e[4], e[5])
+            p = runfiles.event(1, [value])
+        elif kind == "event":
+            p = runfiles.event(e[2], [runfiles.scalar(e[3], 1.0)])
+        elif kind == "dup":
+            records.insert(e[2] % (len(records) + 1), p)
+            continue
+        elif kind == "drop":
+            del records[r]
+            continue
+        records[r] = p
+    out = bytearray(b"".join(runfiles.record(p) for p in records) + rest)
+    for e in raw:
+        if not out:
+            break
+        at = e[1] % len(out)
+        if e[0] == "raw_byte":
+            out[at] = e[2]
+        elif e[0] == "raw_length":
+            out[at:at + 8] = struct.pack("<Q", e[2])
+        else:
+            del out[at:]
+    return bytes(out)
+
+
+def read_all(path, size: int) -> list[str]:
+    from expman import tbio
+    problems: list[str] = []
+    last = -1
+    for offset, event in tbio.read_events(path, problems):
+        assert last < offset < size
+        last = offset
+        for value in event.summary.value:
+            if value.WhichOneof("value") == "tensor":
+                try:
+                    arr = tbio._checked_ndarray(value.tensor)
+                except tbio._VALUE_ERRORS:
+                    continue
+                assert arr.size <= max(1, size)             # never more than the bytes hold
+    return problems
+
+
+@settings(max_examples=TB_EXAMPLES, deadline=None, database=None, derandomize=not SLOW,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(seed=st.sampled_from(sorted(TB_SEEDS)), edits=st.lists(tb_edit(), min_size=1, max_size=4))
+def test_structural_mutations_of_event_files(tmp_path, seed, edits):
+    pytest.importorskip("tensorboard")
+    data = apply_tb(TB_SEEDS[seed], edits)
+    path = tmp_path / "events.out.tfevents.fuzz"
+    path.write_bytes(data)
+    read_all(path, len(data))
+
+
+@settings(max_examples=25 if not SLOW else 300, deadline=None, database=None,
+          derandomize=not SLOW, suppress_health_check=[HealthCheck.too_slow,
+                                                       HealthCheck.function_scoped_fixture])
+@given(seed=st.sampled_from(sorted(TB_SEEDS)), edits=st.lists(tb_edit(), min_size=1, max_size=3))
+def test_a_mutated_event_file_never_aborts_the_import(tmp_path_factory, seed, edits):
+    """The whole import: damage is a warning and a skipped value, never an exception."""
+    pytest.importorskip("tensorboard")
+    from expman import tbio
+    work = tmp_path_factory.mktemp("tbfuzz")
+    (work / "tb" / "r").mkdir(parents=True)
+    (work / "tb" / "r" / "events.out.tfevents.1.h").write_bytes(apply_tb(TB_SEEDS[seed], edits))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        made = tbio.import_tensorboard(work / "tb", work / "runs", "x")
+        for run_dir in made:
+            expman.open_run(run_dir)

@@ -283,3 +283,49 @@ def test_the_writers_own_reads_never_drop_its_lock_under_record_lock_semantics(m
     assert other.stdout.strip() == "True", other.stderr
     exp.close()
     assert not runlock.is_locked(exp.run_dir)
+
+
+# ---- issue 20 item 6: a FIFO planted as the lock file ------------------------------------------
+
+def test_a_fifo_as_the_lock_file_never_hangs_a_listing(tmp_path):
+    """A FIFO as writer.lock of a run marked RUNNING hung `expman list`, list_runs,
+    clean and the dashboard (each probe opened it for reading and waited)."""
+    from conftest import make_crashed_run
+    from hostile import runfiles
+    from expman import disk
+    base = tmp_path / "experiments"
+    run_dir = make_crashed_run(base, tmp_path)
+    runfiles.fifo(run_dir / layout.LOCK_FILE)
+    assert runlock.probe(run_dir) is None            # not a lock: pid and heartbeat decide
+    assert runlock.is_locked(run_dir) is False
+    assert runlock.holder(run_dir / layout.LOCK_FILE) == {}
+    assert [r.status for r in expman.list_runs(base)] == ["CRASHED"]
+    chosen, _skipped = disk.runs_to_clean(base, status=["CRASHED"])
+    assert [r.path.name for r in chosen] == ["dead"]
+    pkg_root = str(Path(expman.__file__).resolve().parent.parent)    # the expman under test
+    res = subprocess.run([sys.executable, "-m", "expman", "list", "--base-dir", str(base)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env=dict(os.environ, PYTHONPATH=pkg_root))
+    assert res.returncode == 0 and "dead" in res.stdout, res.stderr
+    with pytest.raises(OSError, match="not a regular file"):
+        runlock.acquire(run_dir)
+
+
+def test_a_fifo_as_the_lock_file_never_hangs_the_dashboard(tmp_path):
+    """/api/runs hung, and with it every later request (listings are shared)."""
+    import json
+    import urllib.request
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    from conftest import make_crashed_run
+    from hostile import runfiles
+    from expman.dashboard.testing import running_server
+    base = tmp_path / "experiments"
+    run_dir = make_crashed_run(base, tmp_path)
+    runfiles.fifo(run_dir / layout.LOCK_FILE)
+    with running_server(base) as url:
+        for _ in range(2):
+            with urllib.request.urlopen(url + "api/runs", timeout=60) as r:
+                body = json.loads(r.read())
+            runs = body if isinstance(body, list) else body.get("runs", body)
+            assert "dead" in json.dumps(runs) and "CRASHED" in json.dumps(runs)

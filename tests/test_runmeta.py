@@ -90,3 +90,15 @@ def test_resume_keeps_tags_unless_given(make_run):
     third.close()
     meta = read_json(third.run_dir / RUN_FILE)
     assert meta["tags"] == ["b"] and meta["notes"] == "n"
+
+
+def test_bidi_controls_are_refused_in_tags_and_groups():
+    """issue 20 item 20: a tag or group with U+202E displays as another."""
+    from expman import runmeta
+    from expman.errors import ExpmanValueError
+    for bad in ("a\u202eb", "\u2066x", "x\u200f"):
+        with pytest.raises(ExpmanValueError, match="bidirectional"):
+            runmeta.check_tags([bad])
+        with pytest.raises(ExpmanValueError, match="bidirectional"):
+            runmeta.check_group(bad)
+    assert runmeta.check_tags(["שלום", "مرحبا"]) == ["שלום", "مرحبا"]   # RTL text itself is fine

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -298,3 +300,219 @@ def test_the_dashboard_serves_a_synced_url(bucket, tmp_path, monkeypatch):
             exp.log_metrics({"loss": 0.5}, step=0)
         sync(base, url)
         wait_for(lambda: runs() == ["done/r00", "done/r01"], timeout=30, what="the new run")
+
+
+# ---- issue 20: a shared target others can write into, and crafted buckets -----------------------
+
+import threading  # noqa: E402
+
+from hostile import runfiles  # noqa: E402
+
+
+def one_run(base: Path, name: str = "r", exp: str = "e", points: int = 5) -> Path:
+    with expman.Experiment(exp, name, base_dir=base, capture_env=False,
+                           system_metrics=False) as run:
+        for step in range(points):
+            run.log_metrics({"loss": float(step)}, step=step)
+    return run.run_dir
+
+
+def grow(base: Path, name: str = "r", exp: str = "e") -> None:
+    with expman.Experiment(exp, name, base_dir=base, resume=True, capture_env=False,
+                           system_metrics=False) as run:
+        run.log_metrics({"loss": 99.0}, step=99)
+
+
+def test_sync_never_writes_through_a_link_planted_in_the_target(tmp_path, monkeypatch):
+    """Another user of a shared mirror replaced metrics.bin with a link to their file:
+    the next sync truncated it and wrote metrics into it."""
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    base, mirror = tmp_path / "experiments", tmp_path / "mirror"
+    one_run(base)
+    assert sync(base, str(mirror))["errors"] == {}
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"theirs")
+    (mirror / "e" / "r" / "metrics.bin").unlink()
+    (mirror / "e" / "r" / "metrics.bin").symlink_to(victim)
+    grow(base)
+    result = sync(base, str(mirror))
+    assert victim.read_bytes() == b"theirs"
+    assert "e/r" in result["errors"] and "symlink" in result["errors"]["e/r"]
+    assert (mirror / "e" / "r" / "metrics.bin").is_symlink()
+
+
+def test_a_linked_folder_in_the_target_never_sends_a_run_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    base, mirror, elsewhere = tmp_path / "experiments", tmp_path / "mirror", tmp_path / "elsewhere"
+    one_run(base, exp="e")
+    one_run(base, exp="f", name="r")
+    one_run(base, exp="g", name="ok")
+    mirror.mkdir()
+    elsewhere.mkdir()
+    (mirror / "e").symlink_to(elsewhere, target_is_directory=True)     # the experiment folder
+    (mirror / "f").mkdir()
+    (mirror / "f" / "r").symlink_to(elsewhere, target_is_directory=True)   # the run folder
+    result = sync(base, str(mirror))
+    assert list(elsewhere.iterdir()) == []
+    assert set(result["errors"]) == {"e/r", "f/r"}
+    assert all("link" in why for why in result["errors"].values())
+    assert expman.open_run(mirror / "g" / "ok").metrics["loss"].last == 4.0
+
+
+@pytest.mark.parametrize("where", ["notes.json", "artifacts/weights.bin", "output.log"])
+def test_a_fifo_in_a_run_folder_never_hangs_sync(tmp_path, monkeypatch, where):
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    base, mirror = tmp_path / "experiments", tmp_path / "mirror"
+    run_dir = one_run(base)
+    (run_dir / where).parent.mkdir(parents=True, exist_ok=True)
+    runfiles.fifo(run_dir / where)
+    out: list = []
+    th = threading.Thread(target=lambda: out.append(sync(base, str(mirror))), daemon=True)
+    th.start()
+    th.join(120)
+    assert not th.is_alive(), "sync hangs on a FIFO"
+    assert out[0]["errors"] == {}
+    assert not (mirror / "e" / "r" / where).exists()
+    assert expman.open_run(mirror / "e" / "r").metrics["loss"].last == 4.0
+
+
+def run_uuid(run_dir: Path) -> str:
+    return expman._fsutil.read_json(run_dir / "run.json")["uuid"]
+
+
+@pytest.mark.parametrize("kind", ["path", "s3"])
+def test_two_machines_never_replace_each_others_run(tmp_path, monkeypatch, request, kind):
+    """The same run id from two machines (fixed names, SLURM ids of two clusters):
+    the second sync used to replace the first's data silently."""
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    if kind == "s3":
+        url = f"s3://{request.getfixturevalue('bucket')}/team"
+    else:
+        url = str(tmp_path / "mirror")
+    a = one_run(tmp_path / "machine-a", points=5)
+    b = one_run(tmp_path / "machine-b", points=3)
+    assert run_uuid(a) != run_uuid(b)
+    assert sync(a.parent.parent, url)["errors"] == {}
+    refused = sync(b.parent.parent, url)
+    assert "another run" in refused["errors"]["e/r"] and run_uuid(a) in refused["errors"]["e/r"]
+    got = remote.localize(url, cache_dir=tmp_path / "look1") if kind == "s3" else Path(url)
+    assert run_uuid(got / "e" / "r") == run_uuid(a)
+    assert expman.open_run(got / "e" / "r").metrics["loss"].last == 4.0
+    grow(a.parent.parent)                       # the owner goes on syncing
+    assert sync(a.parent.parent, url)["errors"] == {}
+    assert sync(b.parent.parent, url, force=True)["errors"] == {}
+    got = remote.localize(url, cache_dir=tmp_path / "look2") if kind == "s3" else Path(url)
+    assert run_uuid(got / "e" / "r") == run_uuid(b)
+    assert list(expman.open_run(got / "e" / "r").metrics["loss"].values) == [0.0, 1.0, 2.0]
+
+
+def test_cli_force_replaces_another_machines_run(tmp_path, monkeypatch, capsys):
+    from expman.cli import sync as sync_cmd
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    a, b = one_run(tmp_path / "a"), one_run(tmp_path / "b", points=2)
+    parser = argparse.ArgumentParser(prog="expman")
+    sync_cmd.add_parser(parser.add_subparsers(dest="command"))
+    target = str(tmp_path / "copy")
+    for base, extra, code in ((a, [], 0), (b, [], 1), (b, ["--force"], 0)):
+        args = parser.parse_args(["sync", str(base.parent.parent), target, *extra])
+        assert args.func(args) == code
+    assert "--force" in capsys.readouterr().err
+    assert run_uuid(tmp_path / "copy" / "e" / "r") == run_uuid(b)
+
+
+def test_a_run_made_before_uuids_gets_one_on_resume(tmp_path):
+    run_dir = one_run(tmp_path / "x")
+    meta = expman._fsutil.read_json(run_dir / "run.json")
+    del meta["uuid"]
+    expman._fsutil.atomic_write_json(run_dir / "run.json", meta)
+    grow(tmp_path / "x")
+    assert len(run_uuid(run_dir)) == 36
+
+
+# ---- reading a bucket: per-run isolation, streamed objects, capped metadata ---------------------
+
+def memory_bucket(tmp_path: Path, monkeypatch) -> tuple[Any, str]:
+    import fsspec
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    fs = fsspec.filesystem("memory")
+    root = f"/b{uuid.uuid4().hex[:10]}"
+    base = tmp_path / "experiments"
+    one_run(base, "good")
+    one_run(base, "bad1")
+    one_run(base, "bad2")
+    assert sync(base, f"memory://{root}")["errors"] == {}
+    return fs, root
+
+
+def test_one_crafted_key_never_aborts_localize_for_the_base(bucket, tmp_path):
+    base, url = tmp_path / "experiments", f"s3://{bucket}/team"
+    for name in ("good", "bad1", "bad2"):
+        one_run(base, name)
+    assert sync(base, url)["errors"] == {}
+    fs, root = remote.filesystem(url)
+    fs.pipe({f"{root}/e/bad1/.chunks/{remote.chunk_name(0, 3, zlib.crc32(b'abc'))}": b"abc",
+             f"{root}/e/bad2/notes": b"a file",                 # a file, and a prefix too
+             f"{root}/e/bad2/notes/inner.txt": b"under it"})
+    with pytest.warns(RuntimeWarning, match="not copied"):
+        local = remote.localize(url, cache_dir=tmp_path / "local")
+    for name in ("good", "bad1", "bad2"):
+        assert expman.open_run(local / "e" / name).metrics["loss"].last == 4.0
+    assert (local / "e" / "bad2" / "notes").read_bytes() == b"a file"
+
+
+def test_localize_streams_objects_and_caps_metadata(tmp_path, monkeypatch):
+    """open_run('s3://...') read every object whole: a 512 MiB artifact was 2.27 GB RSS."""
+    import tracemalloc
+
+    from expman import _fsutil
+    fs, root = memory_bucket(tmp_path, monkeypatch)
+    big = os.urandom(1 << 20) * 48
+    fs.pipe({f"{root}/e/good/artifacts/model.pt": big})
+    fs.info(f"{root}/e/good/artifacts/model.pt")    # the memory fs copies it once, not us
+    tracemalloc.start()
+    try:
+        local = remote.localize(f"memory://{root}", cache_dir=tmp_path / "local")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (local / "e" / "good" / "artifacts" / "model.pt").stat().st_size == len(big)
+    assert peak < 2 * remote.PIECE + (4 << 20), peak    # pieces, never the 48 MiB object
+    monkeypatch.setattr(_fsutil, "MAX_JSON_BYTES", 1 << 10)
+    fs.pipe({f"{root}/e/bad1/params.json": b'{"x": "' + b"y" * 2000 + b'"}'})
+    with pytest.warns(RuntimeWarning, match="bad1.*larger than"):
+        local = remote.localize(f"memory://{root}", cache_dir=tmp_path / "local2")
+    assert expman.open_run(local / "e" / "good").metrics["loss"].last == 4.0
+    assert not (local / "e" / "bad1" / "params.json").exists()
+
+
+def test_a_damaged_run_json_is_mirrored_and_never_stops_the_sync(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    base, mirror = tmp_path / "experiments", tmp_path / "mirror"
+    bad, good = one_run(base, "bad"), one_run(base, "good")
+    (bad / "run.json").write_bytes(runfiles.deep_json(500))
+    result = sync(base, str(mirror))
+    assert result["errors"] == {}
+    assert (mirror / "e" / "bad" / "run.json").read_bytes() == runfiles.deep_json(500)
+    assert expman.open_run(mirror / "e" / "good").metrics["loss"].last == 4.0
+
+
+def test_a_large_artifact_is_streamed_to_object_storage(tmp_path, monkeypatch):
+    """Past CHUNK_BYTES an artifact goes up from the guarded descriptor in pieces."""
+    import fsspec
+
+    from expman import sync as sync_mod
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sync_mod, "CHUNK_BYTES", 1 << 16)
+    base = tmp_path / "experiments"
+    src = tmp_path / "model.pt"
+    src.write_bytes(os.urandom(5 << 16) + b"end")
+    with expman.Experiment("e", "r", base_dir=base, capture_env=False,
+                           system_metrics=False) as run:
+        run.save_artifact(src)
+        run.log_metrics({"loss": 1.0}, step=0)
+    root = f"/b{uuid.uuid4().hex[:10]}"
+    result = sync(base, f"memory://{root}")
+    assert result["errors"] == {}
+    fs = fsspec.filesystem("memory")
+    assert fs.cat_file(f"{root}/e/r/artifacts/model.pt") == src.read_bytes()
+    assert result["bytes_whole"] >= len(src.read_bytes())

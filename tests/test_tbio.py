@@ -10,7 +10,7 @@ import pytest
 from conftest import need
 
 import expman
-from expman import media_read
+from expman import media_read, tbio
 from expman.cli import tensorboard as cli_tensorboard
 from expman.errors import RunExistsError
 
@@ -161,3 +161,81 @@ def test_export_keeps_logged_order_when_time_stamps_tie(make_run, tmp_path):
     got = {tag: [(e.step, tensor_util.make_ndarray(e.tensor_proto).item()) for e in acc.Tensors(tag)]
            for tag in ("loss", "acc")}
     assert got == {"loss": [(0, 0.5), (2, 0.25), (1, 9.0), (3, 0.125)], "acc": [(3, 1.0), (0, 2.0)]}
+
+
+# ---- issue 20 items 6 and 18: crafted event files ------------------------------------------------
+
+import warnings  # noqa: E402
+
+from hostile import runfiles  # noqa: E402
+
+
+def import_one(tmp_path, data: bytes, name: str = "events.out.tfevents.1.host"):
+    logdir = tmp_path / "tb"
+    (logdir / "run").mkdir(parents=True)
+    (logdir / "run" / name).write_bytes(data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        made = tbio.import_tensorboard(logdir, tmp_path / "runs", "x")
+    return made, [str(w.message) for w in caught]
+
+
+def loss(run_dir):
+    s = expman.open_run(run_dir).metrics["loss"]
+    return list(zip(s.steps.tolist(), s.values.tolist()))
+
+
+def test_the_builders_write_what_tensorboard_reads(tmp_path):
+    path = tmp_path / "events.out.tfevents.1.h"
+    path.write_bytes(runfiles.tb_good())
+    acc = EventAccumulator(str(path), size_guidance=GUIDANCE)
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(i, i / 2) for i in range(4)]
+
+
+def test_a_tensor_declaring_300m_elements_is_skipped_not_allocated(tmp_path):
+    """60 bytes declaring 300 M floats: make_ndarray allocated 2.24 GiB."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        (made,), said = import_one(tmp_path, runfiles.tb_tensor_300m_elements())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
+    assert loss(made) == [(1, 1.0)]
+    assert any("declares 300000000 elements" in m and "offset" in m for m in said)
+
+
+def test_a_record_length_of_2_63_is_a_named_problem(tmp_path):
+    (made,), said = import_one(tmp_path, runfiles.tb_record_length_2_63())
+    assert loss(made) == [(i, i / 2) for i in range(4)]
+    assert any("past the end of the file" in m for m in said)
+
+
+def test_a_bad_checksum_mid_file_is_reported_and_the_rest_kept(tmp_path):
+    (made,), said = import_one(tmp_path, runfiles.tb_bad_crc_mid_file())
+    assert loss(made) == [(0, 0.0), (1, 1.0), (3, 3.0)]
+    assert any("bad checksum of the record at offset" in m and "tfevents" in m for m in said)
+    run = expman.open_run(made)
+    assert any("bad checksum" in m["msg"] for m in run.messages if m.get("level") == "warning")
+
+
+@pytest.mark.parametrize("case, kept, says", [
+    ("tb_negative_step", [(0, 0.0), (2, 2.0)], "has step -5"),
+    ("tb_empty_tag", [(0, 0.5), (1, 1.5)], "tag is empty"),
+    ("tb_long_image_tag", [(0, 0.5), (1, 1.5)], "skipped")])
+def test_one_bad_value_is_skipped_and_the_rest_imported(tmp_path, case, kept, says):
+    (made,), said = import_one(tmp_path, runfiles.TB_CORPUS[case]())
+    assert loss(made) == kept
+    assert any(says in m for m in said), said
+
+
+def test_a_fifo_named_like_an_event_file_never_hangs_the_import(tmp_path):
+    logdir = tmp_path / "tb"
+    (logdir / "a").mkdir(parents=True)
+    (logdir / "a" / "events.out.tfevents.1.h").write_bytes(runfiles.tb_good())
+    runfiles.fifo(logdir / "a" / "events.out.tfevents.2.h")
+    with pytest.warns(RuntimeWarning, match="not a regular file"):
+        (made,) = tbio.import_tensorboard(logdir, tmp_path / "runs", "x")
+    assert loss(made) == [(i, i / 2) for i in range(4)]

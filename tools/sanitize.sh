@@ -8,6 +8,8 @@
 #   - the hostile-folder corpus (tests/test_hostile.py),
 #   - the decoder fuzz tests (tests/test_fuzz.py) at their default size, the
 #     format tests and the hot path's value paths (numpy scalars read in place),
+#   - the TensorBoard event-file fuzz target (tests/test_fuzz.py -k event) and the
+#     FIFO-as-lock-file tests (tests/test_runlock.py -k fifo: issue 20),
 #   - a reduced reliability subset (tests/test_reliability.py -k ...),
 #   - tests/test_portable_c.py: the C producer/consumer natively, under TSan
 #     (rows, concurrent new-key definitions with wrap-around, a garbage record)
@@ -62,6 +64,8 @@ echo "+ hostile corpus, decoder fuzz, format and hot-path value tests under ASan
 # intercepted by a libasan preloaded into a Python not linked with libstdc++)
 run_asan tests/test_hostile.py tests/test_fuzz.py tests/test_format.py tests/test_hotpath_cliffs.py \
     -k "not tensor"
+echo "+ the file layer's hostile inputs under ASan+UBSan (issue 20)"
+run_asan tests/test_runlock.py -k fifo
 echo "+ reliability subset under ASan+UBSan"
 run_asan tests/test_reliability.py -k "vanishing or every_third_write or write_fault or \
 truncation_at_every_offset or resume_cuts or close_while_8_threads or \

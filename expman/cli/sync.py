@@ -23,6 +23,9 @@ def add_parser(subparsers: Any) -> None:
                    help="sync again every SECONDS until interrupted (live runs)")
     p.add_argument("--verify", action="store_true",
                    help="ignore the local state and compare every run with the target")
+    p.add_argument("--force", action="store_true",
+                   help="replace a run the target holds under the same id but another uuid "
+                        "(another machine's run); without it that run is left and reported")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     base = base_arg(args, args.base, writes="sync's source")
     failed = False
     while True:
-        result = sync(base, args.url, verify=args.verify)
+        result = sync(base, args.url, verify=args.verify, force=args.force)
         if args.json:
             import orjson
             sys.stdout.write(orjson.dumps(result).decode() + "\n")
