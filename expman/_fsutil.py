@@ -121,11 +121,11 @@ def open_nofollow(path: Path | str, flags: int, mode: int = 0o644) -> int:
     point at the path is refused first (lstat), then the file is opened.
     A link or a non-regular file (a FIFO, a device) raises UnsafePathError naming it.
     """
-    return _open_regular(path, flags, mode)[0]
+    return open_regular(path, flags, mode)[0]
 
 
-def _open_regular(path: Path | str, flags: int, mode: int = 0o644, dir_fd: int | None = None,
-                  shown: Path | str | None = None) -> tuple[int, os.stat_result]:
+def open_regular(path: Path | str, flags: int, mode: int = 0o644, dir_fd: int | None = None,
+                 shown: Path | str | None = None) -> tuple[int, os.stat_result]:
     """open_nofollow, also returning the fstat it checked (a reader needs the size).
     ``dir_fd``: ``path`` is a name in that folder; ``shown`` is what errors name."""
     shown = path if shown is None else shown
@@ -223,18 +223,19 @@ def open_under(base: Path | str, rel: str | os.PathLike[str], flags: int, mode: 
     """os.open of ``base/rel`` through no link at all below ``base`` (a folder or the
     file), and only of a regular file (UnsafePathError naming it otherwise).
     ``make_dirs``: create the missing folders of ``rel`` (for writing)."""
-    return _open_under(base, rel, flags, mode, make_dirs)[0]
+    return open_under_stat(base, rel, flags, mode, make_dirs)[0]
 
 
-def _open_under(base: Path | str, rel: str | os.PathLike[str], flags: int, mode: int = 0o644,
-                make_dirs: bool = False) -> tuple[int, os.stat_result]:
+def open_under_stat(base: Path | str, rel: str | os.PathLike[str], flags: int, mode: int = 0o644,
+                    make_dirs: bool = False) -> tuple[int, os.stat_result]:
+    """open_under, also returning the fstat it checked."""
     parts = _parts(rel)
     shown = Path(os.fspath(base), *parts)
     dfd = _open_dir_under(base, parts[:-1], make_dirs)
     if dfd is None:
-        return _open_regular(shown, flags, mode)
+        return open_regular(shown, flags, mode)
     try:
-        return _open_regular(parts[-1], flags, mode, dir_fd=dfd, shown=shown)
+        return open_regular(parts[-1], flags, mode, dir_fd=dfd, shown=shown)
     finally:
         os.close(dfd)
 
@@ -254,7 +255,7 @@ def lstat_under(base: Path | str, rel: str | os.PathLike[str]) -> os.stat_result
 def read_json_nofollow(path: Path | str) -> Any:
     """read_json for a file in a run folder that expman will write again: never
     through a link, never from a FIFO (UnsafePathError naming the path)."""
-    fd, st = _open_regular(path, os.O_RDONLY)
+    fd, st = open_regular(path, os.O_RDONLY)
     try:
         if st.st_size > MAX_JSON_BYTES:
             raise UnsafePathError(errno.EFBIG, f"larger than {MAX_JSON_BYTES >> 20} MiB", str(path))
@@ -269,7 +270,7 @@ def create_exclusive(path: Path | str, mode: int = 0o644, dir_fd: int | None = N
     a link, never its target) and the create retried once."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     try:
-        return _open_regular(path, flags, mode, dir_fd)[0]
+        return open_regular(path, flags, mode, dir_fd)[0]
     except FileExistsError:
         pass
     except UnsafePathError:     # Windows: the lstat check saw a link before O_EXCL did
@@ -279,7 +280,7 @@ def create_exclusive(path: Path | str, mode: int = 0o644, dir_fd: int | None = N
         os.unlink(path, dir_fd=dir_fd)
     else:
         os.unlink(path)
-    return _open_regular(path, flags, mode, dir_fd)[0]
+    return open_regular(path, flags, mode, dir_fd)[0]
 
 
 @contextmanager
@@ -446,7 +447,7 @@ def read_regular_stat(path: Path | str, offset: int = 0, limit: int | None = Non
     errs towards reading again)."""
     from expman.errors import CorruptRunError
     try:
-        fd, st = _open_regular(path, os.O_RDONLY)
+        fd, st = open_regular(path, os.O_RDONLY)
     except UnsafePathError:
         raise CorruptRunError(f"{path}: not a regular file (a link, a folder, a FIFO or a device); "
                               "expman reads only regular files") from None
@@ -504,7 +505,7 @@ def _read_fd(fd: int, offset: int, st: os.stat_result) -> bytes:
 def read_under(base: Path | str, rel: str | os.PathLike[str], limit: int | None = None) -> bytes:
     """The bytes of ``base/rel`` (see open_under): no link below ``base``, a regular
     file, at most ``limit`` bytes (UnsafePathError naming it when larger)."""
-    fd, st = _open_under(base, rel, os.O_RDONLY)
+    fd, st = open_under_stat(base, rel, os.O_RDONLY)
     try:
         if limit is not None and st.st_size > limit:
             raise UnsafePathError(errno.EFBIG, f"larger than {limit} bytes",

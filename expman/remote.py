@@ -256,8 +256,8 @@ def _pull_chain(fs: Any, links: list[tuple[int, int, int, str]], local: Path, re
     streamed in pieces and checked against its CRC before the next."""
     import zlib
 
-    from expman._fsutil import _open_under
-    fd, st = _open_under(local, rel, os.O_RDWR | os.O_CREAT, make_dirs=True)
+    from expman._fsutil import open_under_stat
+    fd, st = open_under_stat(local, rel, os.O_RDWR | os.O_CREAT, make_dirs=True)
     try:
         have = st.st_size
         total = links[-1][1] if links else 0

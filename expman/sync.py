@@ -256,8 +256,8 @@ class _Source:
     the size it has now, and ranges of it."""
 
     def __init__(self, run_dir: Path, name: str) -> None:
-        from expman._fsutil import _open_under
-        self.fd, st = _open_under(run_dir, name, os.O_RDONLY)
+        from expman._fsutil import open_under_stat
+        self.fd, st = open_under_stat(run_dir, name, os.O_RDONLY)
         self.size = st.st_size
 
     def read(self, start: int, end: int) -> bytes:
@@ -443,10 +443,10 @@ class _PathTarget(_Target):
 
     def append(self, rel: str, name: str, run_dir: Path, remote: _Remote,
                sent: Callable[[str, int, bool], None]) -> None:
-        from expman._fsutil import _open_under, read_range
+        from expman._fsutil import open_under_stat, read_range
         with _Source(run_dir, name) as src:
             size = src.size
-            fd, st = _open_under(self.root, f"{rel}/{name}", os.O_RDWR | os.O_CREAT,
+            fd, st = open_under_stat(self.root, f"{rel}/{name}", os.O_RDWR | os.O_CREAT,
                                  make_dirs=True)
             try:
                 have = st.st_size

@@ -90,9 +90,9 @@ def read_records(path: str | os.PathLike[str], problems: list[str] | None = None
     """
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
-    from expman._fsutil import _open_regular
+    from expman._fsutil import open_regular
     problems = [] if problems is None else problems
-    fd, st = _open_regular(os.fspath(path), os.O_RDONLY)
+    fd, st = open_regular(os.fspath(path), os.O_RDONLY)
     with os.fdopen(fd, "rb", buffering=1 << 20) as f:      # sequential: few system calls
         size, pos = st.st_size, 0
         while pos < size:

@@ -578,7 +578,7 @@ ALLOWED_OPENS = {
     ("media.py", "image_to_png", "Image.open"): "the user's image file being logged",
     ("sync.py", "put_file", "self.fs.open"): "an object-store upload (fsspec), not a local file",
     ("tbio.py", "_event_values", "im.read_bytes"): "media_read.Image.read_bytes (guarded)",
-    ("tbio.py", "read_records", "os.fdopen"): "a descriptor from _fsutil._open_regular",
+    ("tbio.py", "read_records", "os.fdopen"): "a descriptor from _fsutil.open_regular",
     # known gaps, owned elsewhere (issue 20): to move onto the guarded layer
     ("dashboard/server.py", "api_artifact", "open"): "dashboard: is_file() and resolved "
                                                      "inside the artifacts folder first",

@@ -488,7 +488,7 @@ def test_localize_streams_objects_and_caps_metadata(tmp_path, monkeypatch):
 def test_a_damaged_run_json_is_mirrored_and_never_stops_the_sync(tmp_path, monkeypatch):
     monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
     base, mirror = tmp_path / "experiments", tmp_path / "mirror"
-    bad, good = one_run(base, "bad"), one_run(base, "good")
+    bad, _good = one_run(base, "bad"), one_run(base, "good")
     (bad / "run.json").write_bytes(runfiles.deep_json(500))
     result = sync(base, str(mirror))
     assert result["errors"] == {}
