@@ -170,7 +170,8 @@ MAX_REPORTED = 20          # problems named one by one; the rest are counted
 
 def _decode_error() -> type[Exception]:
     from google.protobuf.message import DecodeError
-    return DecodeError
+    error: type[Exception] = DecodeError
+    return error
 
 
 # what a crafted value can raise: it skips that value, never the import
