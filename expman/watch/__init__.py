@@ -1,0 +1,19 @@
+"""Watchdogs: rules that watch a run's streams and say at once when it goes wrong
+(a NaN, a spike, a plateau, a stalled or straggling rank, lost data, a full disk).
+
+``rules`` holds the rules and their grammar, ``engine`` the pure evaluation
+(points in, Alerts out, the clock injected), ``live`` where they run: a thread in
+the training process (``Experiment.watch``) or ``expman watch`` in another one,
+both reading the run's files the way ``RunTail`` does, off the hot path.
+docs/watch.md is the guide.
+"""
+
+from expman.watch.engine import ALERT_KIND, Alert, Watcher
+from expman.watch.rules import (
+    DEFAULT_RULES, RULES, Disk, LossOfData, Nan, Plateau, Rule, Spike, Stall, Straggler,
+    WatchConfig, parse_config, parse_rule, parse_rules,
+)
+
+__all__ = ["Alert", "Watcher", "ALERT_KIND", "Rule", "Nan", "Spike", "Plateau", "Stall",
+           "Straggler", "LossOfData", "Disk", "DEFAULT_RULES", "RULES", "WatchConfig",
+           "parse_config", "parse_rule", "parse_rules"]

@@ -1,0 +1,435 @@
+"""The evaluation, pure: points in, ``Alert``s out. No files, no threads, no sleeps.
+
+A ``Watcher`` is fed each rank's new points (``feed``) and asked, now and then,
+about what only the clock can tell (``check``: stall, straggler, disk). Its clock
+and its disk probe are arguments, so a test plays time forward by hand.
+
+An alert's ``id`` is derived from the run, the rule and where it fired (metric,
+rank, step), never from when it was seen: the same fault seen again (a watcher
+restarted, a second watcher) has the same id, which is how records and webhook
+deliveries are kept to one per alert.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from expman.layout import json_float
+from expman.watch.rules import (
+    Disk, LossOfData, Nan, Plateau, Rule, Spike, Stall, Straggler, parse_rules,
+)
+
+__all__ = ["Alert", "Watcher", "ALERT_KIND"]
+
+ALERT_KIND = "alert"          # the ``kind`` of an alert event (docs/format.md)
+_MAD_SIGMA = 1.4826           # MAD of a normal sample times this is its standard deviation
+_CHUNK = 8192                 # points judged at once by spike (bounds memory on a replay)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One fired rule. ``rule`` is the rule's spec (``spike:train/loss,k=6``)."""
+
+    id: str
+    rule: str
+    metric: str | None
+    step: int | None
+    value: float | None
+    rank: int
+    message: str
+    time: float
+    action: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """The rule's name (``spike``)."""
+        return self.rule.partition(":")[0]
+
+    def to_event(self) -> dict[str, Any]:
+        """The alert as an event line (JSON-safe: NaN spelled "NaN")."""
+        ev: dict[str, Any] = {"kind": ALERT_KIND, "id": self.id, "rule": self.rule,
+                              "metric": self.metric, "step": self.step,
+                              "value": None if self.value is None else json_float(self.value),
+                              "rank": self.rank, "message": self.message, "time": self.time}
+        if self.action:
+            ev["action"] = self.action
+        return ev
+
+    @classmethod
+    def from_event(cls, ev: Mapping[str, Any]) -> "Alert | None":
+        """An alert from an event read from a file, or None when it is not one (or
+        is malformed: files are not trusted)."""
+        if ev.get("kind") != ALERT_KIND or not isinstance(ev.get("id"), str):
+            return None
+        value = ev.get("value")
+        if isinstance(value, str):
+            value = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}.get(value)
+        step, rank, t = ev.get("step"), ev.get("rank"), ev.get("time")
+        return cls(
+            id=ev["id"][:64], rule=str(ev.get("rule", "?"))[:200],
+            metric=ev["metric"] if isinstance(ev.get("metric"), str) else None,
+            step=step if isinstance(step, int) and not isinstance(step, bool) else None,
+            value=float(value) if isinstance(value, (int, float)) and not isinstance(value, bool)
+            else None,
+            rank=rank if isinstance(rank, int) and not isinstance(rank, bool) else 0,
+            message=str(ev.get("message", ""))[:4000],
+            time=float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0.0,
+            action=ev.get("action") if ev.get("action") == "stop" else None)
+
+
+@dataclass
+class _Progress:
+    """One rank's steps: the newest, when it came, and the recent new steps."""
+
+    last_step: int = -1
+    last_time: float = 0.0
+    started: float = 0.0
+    recent: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=512))
+    ended: bool = False
+
+
+@dataclass
+class _Series:
+    """What a rule remembers of one series of one rank."""
+
+    hist: deque[float] = field(default_factory=deque)
+    armed: bool = True
+    quiet_until: int = 0          # spike: points left before it judges again
+    best: float = math.nan
+    best_step: int = 0
+    seen: int = 0
+
+
+class Watcher:
+    """Evaluates rules over a run's points. Feed it, check it, collect Alerts.
+
+        w = Watcher(["nan", "spike:train/loss"], run_id="mnist/run1", clock=fake.now)
+        alerts = w.feed("train/loss", steps, values, times, rank=0)
+        alerts += w.check()                       # stall, straggler, disk
+
+    ``disk_usage(path) -> (total, used, free)`` is shutil.disk_usage unless given;
+    ``path`` is the run folder (only the disk rule needs it).
+    """
+
+    def __init__(self, rules: Iterable[Rule | str] | Rule | str | None = None, *,
+                 run_id: str = "", path: Any = None,
+                 clock: Callable[[], float] = time.time,
+                 disk_usage: Callable[[Any], Any] | None = None) -> None:
+        self.rules = parse_rules(rules)
+        self.run_id = run_id
+        self.path = path
+        self.clock = clock
+        self.disk_usage = disk_usage or shutil.disk_usage
+        self._created = clock()
+        self._series: dict[tuple[int, str, int], _Series] = {}
+        self._ranks: dict[int, _Progress] = {}
+        self._fired: dict[tuple[Any, ...], float] = {}     # rule-level memory (stall, disk...)
+        self._losses: dict[int, tuple[int, int, int]] = {}
+
+    # ---- ids --------------------------------------------------------------------
+    def _alert(self, rule: Rule, key: tuple[Any, ...], metric: str | None, step: int | None,
+               value: float | None, rank: int, message: str) -> Alert:
+        raw = "\x00".join(map(str, (self.run_id, rule.spec, metric, rank, step, *key)))
+        aid = hashlib.blake2b(raw.encode("utf-8", "replace"), digest_size=8).hexdigest()
+        return Alert(aid, rule.spec, metric, step, value, rank, message, self.clock(),
+                     rule.action)
+
+    # ---- ranks --------------------------------------------------------------------
+    def _rank(self, rank: int) -> _Progress:
+        p = self._ranks.get(rank)
+        if p is None:
+            p = self._ranks[rank] = _Progress(started=self._created)
+        return p
+
+    def start_rank(self, rank: int, when: float) -> None:
+        """The rank's stream (re)started at ``when``: silence counts from then at the earliest."""
+        p = self._rank(rank)
+        p.started, p.ended = when, False
+
+    def end_rank(self, rank: int) -> None:
+        """The rank closed its stream: time-based rules stop judging it."""
+        self._rank(rank).ended = True
+
+    # ---- points -------------------------------------------------------------------
+    def feed(self, metric: str, steps: Any, values: Any, times: Any, rank: int = 0) -> list[Alert]:
+        """New points of one series of one rank, in the order logged."""
+        st = np.asarray(steps, dtype=np.int64).ravel()
+        va = np.asarray(values, dtype=np.float64).ravel()
+        ti = np.asarray(times, dtype=np.float64).ravel()
+        if not (len(st) == len(va) == len(ti)):
+            raise ValueError(f"feed({metric!r}): steps, values and times differ in length "
+                             f"({len(st)}, {len(va)}, {len(ti)})")
+        if not len(st):
+            return []
+        self._progress(rank, st, ti)
+        alerts: list[Alert] = []
+        for i, rule in enumerate(self.rules):
+            if not isinstance(rule, (Nan, Spike, Plateau)) or not rule.matches(metric):
+                continue
+            s = self._series.get((i, metric, rank))
+            if s is None:
+                s = self._series[(i, metric, rank)] = _Series()
+            if isinstance(rule, Nan):
+                alerts += self._nan(rule, s, metric, st, va, rank)
+            elif isinstance(rule, Spike):
+                alerts += self._spike(rule, s, metric, st, va, rank)
+            else:
+                alerts += self._plateau(rule, s, metric, st, va, rank)
+        return alerts
+
+    def feed_metrics(self, metrics: Mapping[str, Any], rank: int = 0) -> list[Alert]:
+        """Every series of a batch (``expman.Metrics`` or name -> Series)."""
+        alerts: list[Alert] = []
+        for name, s in metrics.items():
+            alerts += self.feed(name, s.steps, s.values, s.times, rank)
+        return alerts
+
+    def _progress(self, rank: int, steps: np.ndarray, times: np.ndarray) -> None:
+        p = self._rank(rank)
+        newer = steps > p.last_step
+        if not newer.any():
+            return
+        order = np.argsort(times[newer], kind="stable")
+        for s, t in zip(steps[newer][order].tolist(), times[newer][order].tolist()):
+            if s > p.last_step:
+                p.last_step, p.last_time = s, t
+                p.recent.append((s, t))
+
+    def _nan(self, rule: Nan, s: _Series, metric: str, st: np.ndarray, va: np.ndarray,
+             rank: int) -> list[Alert]:
+        bad = ~np.isfinite(va)
+        if not bad.any():
+            s.armed = True
+            return []
+        before = np.concatenate(([not s.armed], bad[:-1]))
+        out = []
+        for i in np.flatnonzero(bad & ~before).tolist():
+            v, step = float(va[i]), int(st[i])
+            what = "NaN" if v != v else ("+inf" if v > 0 else "-inf")
+            out.append(self._alert(rule, (), metric, step, v, rank,
+                                   f"{metric} is {what} at step {step} (rank {rank})"))
+        s.armed = not bool(bad[-1])
+        return out
+
+    def _spike(self, rule: Spike, s: _Series, metric: str, st: np.ndarray, va: np.ndarray,
+               rank: int) -> list[Alert]:
+        fin = np.isfinite(va)
+        vals, steps = va[fin], st[fin]
+        if not len(vals):
+            return []
+        w = rule.window
+        hist = np.fromiter(s.hist, dtype=np.float64, count=len(s.hist))
+        arr = np.concatenate((hist, vals))
+        n0 = len(hist)
+        flagged: list[tuple[int, float, float, float]] = []     # (index, median, scale, dev)
+        # the first points, while the window is still filling: one at a time
+        i = n0
+        while i < len(arr) and i < w:
+            if i >= rule.min_points:
+                flagged += _judge(arr[:i][None, :], arr[i:i + 1], rule, i)
+            i += 1
+        # then full windows, vectorised in chunks
+        while i < len(arr):
+            j = min(len(arr), i + _CHUNK)
+            windows = np.lib.stride_tricks.sliding_window_view(arr[i - w:j - 1], w)
+            flagged += _judge(windows, arr[i:j], rule, i)
+            i = j
+        out = []
+        for idx, med, scale, dev in flagged:
+            k = idx - n0                      # index into this batch's finite points
+            if s.quiet_until > k + s.seen:
+                continue
+            s.quiet_until = k + s.seen + w
+            v, step = float(vals[k]), int(steps[k])
+            out.append(self._alert(
+                rule, (), metric, step, v, rank,
+                f"{metric} spiked to {v:.6g} at step {step} (rank {rank}): {dev:+.1f} robust "
+                f"deviations from the median {med:.6g} of the last {w} points (limit {rule.k:g})"))
+        s.seen += len(vals)
+        s.hist = deque(arr[-w:].tolist())
+        return out
+
+    def _plateau(self, rule: Plateau, s: _Series, metric: str, st: np.ndarray, va: np.ndarray,
+                 rank: int) -> list[Alert]:
+        out = []
+        better = (lambda v, b: v < b - rule.delta) if rule.mode == "min" else \
+            (lambda v, b: v > b + rule.delta)
+        for step, v in zip(st.tolist(), va.tolist()):
+            if v != v or v in (math.inf, -math.inf):
+                continue
+            if s.best != s.best or better(v, s.best):
+                s.best, s.best_step, s.armed = v, step, True
+            elif s.armed and step - s.best_step >= rule.patience:
+                s.armed = False
+                out.append(self._alert(
+                    rule, (s.best_step,), metric, step, v, rank,
+                    f"{metric} has not improved by {rule.delta:g} or more for {step - s.best_step} "
+                    f"steps (rank {rank}): best {s.best:.6g} at step {s.best_step} ({rule.mode})"))
+        return out
+
+    # ---- what only the clock tells -------------------------------------------------------
+    def check(self) -> list[Alert]:
+        """Stall, straggler and disk, as of ``clock()``."""
+        now = self.clock()
+        alerts: list[Alert] = []
+        for rule in self.rules:
+            if isinstance(rule, Stall):
+                alerts += self._stall(rule, now)
+            elif isinstance(rule, Straggler):
+                alerts += self._straggler(rule, now)
+            elif isinstance(rule, Disk):
+                alerts += self._disk(rule)
+        return alerts
+
+    def _stall(self, rule: Stall, now: float) -> list[Alert]:
+        out = []
+        for rank, p in sorted(self._ranks.items()):
+            if p.ended or len(p.recent) < rule.min_steps:
+                continue
+            interval = _median_interval(p.recent)
+            limit = max(rule.k * interval, rule.floor)
+            since = max(p.last_time, p.started)
+            key = (rule.spec, "stall", rank, p.last_step)
+            if now - since <= limit or key in self._fired:
+                continue
+            self._fired[key] = now
+            out.append(self._alert(
+                rule, (), None, p.last_step, None, rank,
+                f"rank {rank} logged no new step for {now - since:.0f} s (last step "
+                f"{p.last_step}; limit {limit:.0f} s = max({rule.k:g} x median step interval "
+                f"{interval:.3g} s, floor {rule.floor:g} s)"))
+        return out
+
+    def _straggler(self, rule: Straggler, now: float) -> list[Alert]:
+        rates = {}
+        for rank, p in self._ranks.items():
+            if p.ended or len(p.recent) < 2:
+                continue
+            window = list(p.recent)[-rule.window:]
+            s0, t0 = window[0]
+            if now > t0:
+                rates[rank] = (p.last_step - s0) / (now - t0)
+        out = []
+        if len(rates) < 2:
+            return out
+        for rank, rate in sorted(rates.items()):
+            others = float(np.median([r for k, r in rates.items() if k != rank]))
+            slow_key = (rule.spec, "slow", rank)
+            if not (others > 0 and rate < rule.ratio * others):
+                self._fired.pop(slow_key, None)
+                self._fired.pop((rule.spec, "straggler", rank), None)
+                continue
+            since = self._fired.setdefault(slow_key, now)
+            key = (rule.spec, "straggler", rank)
+            if now - since < rule.sustain or key in self._fired:
+                continue
+            self._fired[key] = now
+            step = self._ranks[rank].last_step
+            out.append(self._alert(
+                rule, (since,), None, step, rate, rank,
+                f"rank {rank} is a straggler: {rate:.3g} steps/s against a median of "
+                f"{others:.3g} for the other ranks (below {rule.ratio:g}x for "
+                f"{now - since:.0f} s; at step {step})"))
+        return out
+
+    def _disk(self, rule: Disk) -> list[Alert]:
+        if self.path is None:
+            return []
+        try:
+            total, _used, free = self.disk_usage(self.path)
+        except OSError:
+            return []
+        limit = rule.threshold(total)
+        key = (rule.spec, "disk")
+        if free >= limit:
+            self._fired.pop(key, None)        # above the limit again: re-armed
+            return []
+        if key in self._fired:
+            return []
+        self._fired[key] = free
+        step = max((p.last_step for p in self._ranks.values()), default=-1)
+        return [self._alert(rule, (), None, step if step >= 0 else None, float(free), 0,
+                            f"only {_size(free)} free on the run folder's disk (limit "
+                            f"{_size(limit)}, rule {rule.spec})")]
+
+    # ---- what the writer lost -------------------------------------------------------------
+    def data_loss(self, rank: int, record: Mapping[str, Any] | None) -> list[Alert]:
+        """A writer's loss record (run.json ``data_loss``, a loss file, or live
+        stats with ``dropped``/``events_dropped``/``write_errors``)."""
+        if not isinstance(record, Mapping):
+            return []
+        rows = _int(record.get("rows_dropped", record.get("dropped")))
+        events = _int(record.get("events_dropped"))
+        errors = _int(record.get("write_errors"))
+        if not (rows or events or errors):
+            return []
+        counts = (rows, events, errors)
+        if self._losses.get(rank) == counts:
+            return []
+        self._losses[rank] = counts
+        last = record.get("last_error")
+        out = []
+        for rule in self.rules:
+            if isinstance(rule, LossOfData):
+                out.append(self._alert(
+                    rule, counts, None, None, float(rows), rank,
+                    f"rank {rank}: the writer lost data: {rows} rows and {events} events "
+                    f"dropped, {errors} failed writes"
+                    + (f" ({str(last)[:200]})" if isinstance(last, str) and last else "")))
+        return out
+
+    @property
+    def watches_loss(self) -> bool:
+        return any(isinstance(r, LossOfData) for r in self.rules)
+
+    @property
+    def ranks(self) -> dict[int, int]:
+        """Each rank's last step seen."""
+        return {r: p.last_step for r, p in self._ranks.items()}
+
+
+def _judge(windows: np.ndarray, points: np.ndarray, rule: Spike,
+           first: int) -> list[tuple[int, float, float, float]]:
+    med = np.median(windows, axis=1)
+    mad = np.median(np.abs(windows - med[:, None]), axis=1)
+    scale = _MAD_SIGMA * mad
+    # a constant window (MAD 0, or float noise around a constant) is not judged
+    ok = scale > 1e-12 * np.maximum(np.abs(med), 1e-300)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dev = np.where(ok, (points - med) / np.where(ok, scale, 1.0), 0.0)
+    if rule.direction == "up":
+        hit = dev > rule.k
+    elif rule.direction == "down":
+        hit = dev < -rule.k
+    else:
+        hit = np.abs(dev) > rule.k
+    return [(first + int(i), float(med[i]), float(scale[i]), float(dev[i]))
+            for i in np.flatnonzero(hit)]
+
+
+def _median_interval(recent: deque[tuple[int, float]]) -> float:
+    times = [t for _s, t in list(recent)[-101:]]
+    diffs = [b - a for a, b in zip(times, times[1:])]
+    return float(np.median(diffs)) if diffs else 0.0
+
+
+def _int(v: Any) -> int:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 \
+        and v == v and v != math.inf else 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
