@@ -9,6 +9,9 @@ docs/watch.md is the guide.
 """
 
 from expman.watch.engine import ALERT_KIND, Alert, Watcher
+from expman.watch.live import (
+    AlertLog, AlertTail, RunWatch, WatchStop, Webhook, has_alerts, read_alerts, stop_loop,
+)
 from expman.watch.rules import (
     DEFAULT_RULES, RULES, Disk, LossOfData, Nan, Plateau, Rule, Spike, Stall, Straggler,
     WatchConfig, parse_config, parse_rule, parse_rules,
@@ -16,4 +19,5 @@ from expman.watch.rules import (
 
 __all__ = ["Alert", "Watcher", "ALERT_KIND", "Rule", "Nan", "Spike", "Plateau", "Stall",
            "Straggler", "LossOfData", "Disk", "DEFAULT_RULES", "RULES", "WatchConfig",
-           "parse_config", "parse_rule", "parse_rules"]
+           "parse_config", "parse_rule", "parse_rules", "RunWatch", "Webhook", "AlertLog",
+           "AlertTail", "WatchStop", "read_alerts", "has_alerts", "stop_loop"]

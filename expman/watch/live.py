@@ -548,3 +548,20 @@ def stop(exp: Any, timeout: float = 5.0) -> None:
     except Exception:
         pass
     _round(rw)
+
+
+def record_alert(exp: Any, message: str, *, rule: str = "user", metric: str | None = None,
+                 step: int | None = None, value: float | None = None,
+                 extra: Mapping[str, Any] | None = None) -> Alert:
+    """Record an alert raised by code (``expman.wandb.alert``, a framework bridge) in
+    the run's events, the way a watchdog does: a watcher of the run acts on it
+    (callback, webhook, ``stop``) like on its own."""
+    if not isinstance(message, str):
+        raise ExpmanValueError(f"alert: message must be a string, got {type(message).__name__}")
+    now = time.time()
+    raw = "\x00".join(map(str, (exp.name, exp.run_name, exp.rank, rule, message, step, now,
+                                os.urandom(4).hex())))
+    aid = hashlib.blake2b(raw.encode("utf-8", "replace"), digest_size=8).hexdigest()
+    alert = Alert(aid, rule, metric, step, value, exp.rank, message, now)
+    exp._log_event({**alert.to_event(), **dict(extra or {})})
+    return alert
