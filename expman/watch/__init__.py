@@ -10,7 +10,8 @@ docs/watch.md is the guide.
 
 from expman.watch.engine import ALERT_KIND, Alert, Watcher
 from expman.watch.live import (
-    AlertLog, AlertTail, RunWatch, WatchStop, Webhook, has_alerts, read_alerts, stop_loop,
+    AlertLog, AlertTail, RunWatch, WatchLockedError, WatchStop, Webhook, has_alerts, read_alerts,
+    record_alert, stop_loop,
 )
 from expman.watch.rules import (
     DEFAULT_RULES, RULES, Disk, LossOfData, Nan, Plateau, Rule, Spike, Stall, Straggler,
@@ -20,4 +21,4 @@ from expman.watch.rules import (
 __all__ = ["Alert", "Watcher", "ALERT_KIND", "Rule", "Nan", "Spike", "Plateau", "Stall",
            "Straggler", "LossOfData", "Disk", "DEFAULT_RULES", "RULES", "WatchConfig",
            "parse_config", "parse_rule", "parse_rules", "RunWatch", "Webhook", "AlertLog",
-           "AlertTail", "WatchStop", "read_alerts", "has_alerts", "stop_loop"]
+           "AlertTail", "WatchStop", "WatchLockedError", "record_alert", "read_alerts", "has_alerts", "stop_loop"]

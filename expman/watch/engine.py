@@ -231,12 +231,14 @@ class Watcher:
         arr = np.concatenate((hist, vals))
         n0 = len(hist)
         flagged: list[tuple[int, float, float, float]] = []     # (index, median, scale, dev)
-        # the first points, while the window is still filling: one at a time
-        i = n0
-        while i < len(arr) and i < w:
-            if i >= rule.min_points:
-                flagged += _judge(arr[:i][None, :], arr[i:i + 1], rule, i)
-            i += 1
+        # the first points, while the window is still filling: NaN-padded windows
+        i = max(n0, rule.min_points)
+        if i < min(len(arr), w):
+            j = min(len(arr), w)
+            padded = np.concatenate((np.full(w, np.nan), arr[:j - 1]))
+            windows = np.lib.stride_tricks.sliding_window_view(padded, w)[i:j]
+            flagged += _judge(windows, arr[i:j], rule, i, filling=True)
+        i = max(i, min(len(arr), w), n0)
         # then full windows, vectorised in chunks
         while i < len(arr):
             j = min(len(arr), i + _CHUNK)
@@ -397,10 +399,11 @@ class Watcher:
         return {r: p.last_step for r, p in self._ranks.items()}
 
 
-def _judge(windows: np.ndarray, points: np.ndarray, rule: Spike,
-           first: int) -> list[tuple[int, float, float, float]]:
-    med = np.median(windows, axis=1)
-    mad = np.median(np.abs(windows - med[:, None]), axis=1)
+def _judge(windows: np.ndarray, points: np.ndarray, rule: Spike, first: int,
+           filling: bool = False) -> list[tuple[int, float, float, float]]:
+    median = _padded_median if filling else _median         # NaN pads a filling window
+    med = median(windows)
+    mad = median(np.abs(windows - med[:, None]))
     scale = _MAD_SIGMA * mad
     # a constant window (MAD 0, or float noise around a constant) is not judged
     ok = scale > 1e-12 * np.maximum(np.abs(med), 1e-300)
@@ -414,6 +417,19 @@ def _judge(windows: np.ndarray, points: np.ndarray, rule: Spike,
         hit = np.abs(dev) > rule.k
     return [(first + int(i), float(med[i]), float(scale[i]), float(dev[i]))
             for i in np.flatnonzero(hit)]
+
+
+def _median(rows: np.ndarray) -> np.ndarray:
+    return np.median(rows, axis=1)
+
+
+def _padded_median(rows: np.ndarray) -> np.ndarray:
+    """Median of each row's non-NaN values (the NaNs pad a short window): sorting
+    puts them last, so the middle of the first ``count`` values is the median."""
+    ordered = np.sort(rows, axis=1)
+    count = np.sum(~np.isnan(rows), axis=1)
+    r = np.arange(len(rows))
+    return (ordered[r, (count - 1) // 2] + ordered[r, count // 2]) / 2
 
 
 def _median_interval(recent: deque[tuple[int, float]]) -> float:

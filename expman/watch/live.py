@@ -34,7 +34,7 @@ import orjson
 
 from expman import _core
 from expman._fsutil import open_nofollow, read_json_object, read_regular, regular_stat
-from expman.errors import ExpmanError, ExpmanValueError, RunLockedError
+from expman.errors import ExpmanError, ExpmanValueError
 from expman.layout import (
     ALERTS_FILE, EVENTS_FILE, FINAL_STATUSES, LOSS_FILE, METRICS_FILE, RUN_FILE, RUNNING,
     effective_status, jsonable, parse_event_lines, rank_file,
@@ -42,11 +42,15 @@ from expman.layout import (
 from expman.watch.engine import ALERT_KIND, Alert, Watcher
 from expman.watch.rules import SYSTEM_PREFIX, Rule
 
-__all__ = ["RunWatch", "Webhook", "AlertLog", "WatchStop", "read_alerts", "has_alerts",
+__all__ = ["RunWatch", "Webhook", "AlertLog", "WatchStop", "WatchLockedError", "record_alert", "read_alerts", "has_alerts",
            "AlertTail", "stop_loop", "DELIVERED_KIND", "MAX_RANKS"]
 
 DELIVERED_KIND = "alert_delivered"     # a webhook delivery, recorded beside the alerts
 MAX_RANKS = 4096                       # run.json's world_size is bounded before use
+
+
+class WatchLockedError(ExpmanError, RuntimeError):
+    """Another watcher process records alerts for this run (``alerts.jsonl`` is locked)."""
 
 
 class WatchStop(ExpmanError, RuntimeError):
@@ -216,7 +220,7 @@ class AlertLog:
             _lock(self._fd)
         except OSError:
             os.close(self._fd)
-            raise RunLockedError(f"another watcher is recording alerts in {self.path}: one "
+            raise WatchLockedError(f"another watcher is recording alerts in {self.path}: one "
                                  "`expman watch` per run at a time") from None
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -351,8 +355,9 @@ class RunWatch:
                                disk_usage=disk_usage)
         self.record, self.on_alert, self.stop = record, on_alert, stop
         if isinstance(webhook, str):
-            webhook = Webhook(webhook, run={"run": self.run_id, "run_dir": str(self.path)},
-                              clock=clock)
+            webhook = Webhook(webhook, clock=clock)
+        if webhook is not None and not webhook.run:
+            webhook.run = {"run": self.run_id, "run_dir": str(self.path)}
         self.webhook = webhook
         self.live_loss = live_loss
         self._fixed_ranks = None if ranks is None else sorted(set(ranks))
