@@ -173,6 +173,13 @@ def test_spike_fires_at_the_planted_jump_only():
                              values[lo:lo + 37], 0, 1)
     assert [a.step for a in alerts] == [300]
     assert "robust deviations" in alerts[0].message
+    whole = Watcher(["spike:loss,k=6"], run_id="e/r")
+    assert [a.id for a in feed_steps(whole, "loss", range(400), values, 0, 1)] == \
+        [a.id for a in alerts]                 # batching never changes what fires
+    early = Watcher(["spike:loss,k=6"])      # in the first, still filling window
+    assert [a.step for a in feed_steps(early, "loss", range(40),
+                                       np.r_[noisy_loss(rng, 30), 99, noisy_loss(rng, 9)],
+                                       0, 1)] == [30]
 
 
 def test_plateau_fires_after_patience_steps_without_improvement():
@@ -180,9 +187,13 @@ def test_plateau_fires_after_patience_steps_without_improvement():
     values = np.concatenate((np.linspace(1.0, 0.5, 100), np.full(100, 0.4999)))
     alerts = feed_steps(w, "val/loss", range(200), values, 0, 1)
     assert [(a.step, a.rule) for a in alerts] == [(149, "plateau:val/loss,delta=0.001,patience=50")]
-    assert "best 0.5 at step 99" in alerts[0].message
+    assert "best 0.4999 at step 100" in alerts[0].message
     w = Watcher(["plateau:acc,mode=max,patience=10"])
     assert feed_steps(w, "acc", range(30), np.linspace(0, 1, 30), 0, 1) == []
+    # flat for 10 steps: fires; improves: re-armed; flat again: fires again
+    acc = np.concatenate((np.full(15, 1.0), np.linspace(1.1, 2, 10), np.full(15, 2.0)))
+    got = feed_steps(w, "acc", range(30, 70), acc, 0, 1)
+    assert [a.step for a in got] == [39, 64] and "best 2 at step 54" in got[1].message
 
 
 def test_stall_names_the_silent_rank_by_the_injected_clock():

@@ -25,14 +25,14 @@ import numpy as np
 
 from expman.layout import json_float
 from expman.watch.rules import (
-    Disk, LossOfData, Nan, Plateau, Rule, Spike, Stall, Straggler, parse_rules,
+    SYSTEM_PREFIX, Disk, LossOfData, Nan, Plateau, Rule, Spike, Stall, Straggler, parse_rules,
 )
 
 __all__ = ["Alert", "Watcher", "ALERT_KIND"]
 
 ALERT_KIND = "alert"          # the ``kind`` of an alert event (docs/format.md)
 _MAD_SIGMA = 1.4826           # MAD of a normal sample times this is its standard deviation
-_CHUNK = 8192                 # points judged at once by spike (bounds memory on a replay)
+_CHUNK = 4096                 # spike windows judged at once (bounds memory on a replay)
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,9 @@ class _Series:
     hist: deque[float] = field(default_factory=deque)
     armed: bool = True
     quiet_until: int = 0          # spike: points left before it judges again
-    best: float = math.nan
-    best_step: int = 0
+    best: float = math.inf           # plateau: the best so far (negated for mode max)
+    hist_steps: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    hist_best: np.ndarray = field(default_factory=lambda: np.empty(0))   # best as of each improvement
     seen: int = 0
 
 
@@ -170,7 +171,8 @@ class Watcher:
                              f"({len(st)}, {len(va)}, {len(ti)})")
         if not len(st):
             return []
-        self._progress(rank, st, ti)
+        if not metric.startswith(SYSTEM_PREFIX):       # the sampler counts its own steps
+            self._progress(rank, st, ti)
         alerts: list[Alert] = []
         for i, rule in enumerate(self.rules):
             if not isinstance(rule, (Nan, Spike, Plateau)) or not rule.matches(metric):
@@ -198,11 +200,11 @@ class Watcher:
         newer = steps > p.last_step
         if not newer.any():
             return
-        order = np.argsort(times[newer], kind="stable")
-        for s, t in zip(steps[newer][order].tolist(), times[newer][order].tolist()):
-            if s > p.last_step:
-                p.last_step, p.last_time = s, t
-                p.recent.append((s, t))
+        before = np.maximum.accumulate(np.concatenate(([p.last_step], steps[:-1])))
+        new = steps > before
+        keep = p.recent.maxlen or 0
+        p.recent.extend(zip(steps[new][-keep:].tolist(), times[new][-keep:].tolist()))
+        p.last_step, p.last_time = p.recent[-1]
 
     def _nan(self, rule: Nan, s: _Series, metric: str, st: np.ndarray, va: np.ndarray,
              rank: int) -> list[Alert]:
@@ -227,24 +229,25 @@ class Watcher:
         if not len(vals):
             return []
         w = rule.window
+        block = max(1, w // 4)
         hist = np.fromiter(s.hist, dtype=np.float64, count=len(s.hist))
         arr = np.concatenate((hist, vals))
         n0 = len(hist)
+        g0 = s.seen - n0                      # the series index of arr[0]
+        g = np.arange(s.seen, s.seen + len(vals))
+        starts = g - g % block                # points of a block share the window before it
+        judged = starts >= rule.min_points
         flagged: list[tuple[int, float, float, float]] = []     # (index, median, scale, dev)
-        # the first points, while the window is still filling: NaN-padded windows
-        i = max(n0, rule.min_points)
-        if i < min(len(arr), w):
-            j = min(len(arr), w)
-            padded = np.concatenate((np.full(w, np.nan), arr[:j - 1]))
-            windows = np.lib.stride_tricks.sliding_window_view(padded, w)[i:j]
-            flagged += _judge(windows, arr[i:j], rule, i, filling=True)
-        i = max(i, min(len(arr), w), n0)
-        # then full windows, vectorised in chunks
-        while i < len(arr):
-            j = min(len(arr), i + _CHUNK)
-            windows = np.lib.stride_tricks.sliding_window_view(arr[i - w:j - 1], w)
-            flagged += _judge(windows, arr[i:j], rule, i)
-            i = j
+        if judged.any():
+            g, starts = g[judged], starts[judged]
+            blocks, which = np.unique(starts, return_inverse=True)
+            padded = np.concatenate((np.full(w, np.nan), arr))
+            windows = np.lib.stride_tricks.sliding_window_view(padded, w)
+            for lo in range(0, len(blocks), _CHUNK):
+                med, scale = _reference(windows[blocks[lo:lo + _CHUNK] - g0])
+                mask = (which >= lo) & (which < lo + len(med))
+                flagged += _judge(arr[g[mask] - g0], med[which[mask] - lo],
+                                  scale[which[mask] - lo], g[mask] - g0, rule)
         out = []
         for idx, med, scale, dev in flagged:
             k = idx - n0                      # index into this batch's finite points
@@ -257,25 +260,44 @@ class Watcher:
                 f"{metric} spiked to {v:.6g} at step {step} (rank {rank}): {dev:+.1f} robust "
                 f"deviations from the median {med:.6g} of the last {w} points (limit {rule.k:g})"))
         s.seen += len(vals)
-        s.hist = deque(arr[-w:].tolist())
+        s.hist = deque(arr[-(w + block):].tolist())
         return out
 
     def _plateau(self, rule: Plateau, s: _Series, metric: str, st: np.ndarray, va: np.ndarray,
                  rank: int) -> list[Alert]:
+        """At each point of step x: the best value now against the best as of step
+        x - patience; no better by ``delta`` is a plateau. Vectorised: the best
+        only changes at improvements, which are kept (those within reach) with
+        their steps."""
+        fin = np.isfinite(va)
+        steps, vals = st[fin], (va[fin] if rule.mode == "min" else -va[fin])
+        if not len(vals):
+            return []
+        best = np.minimum.accumulate(np.concatenate(([s.best], vals)))
+        improved = best[1:] < best[:-1]
+        best = best[1:]
+        s.hist_steps = np.concatenate((s.hist_steps, steps[improved]))
+        s.hist_best = np.concatenate((s.hist_best, best[improved]))
+        s.best = float(best[-1])
+        k = np.searchsorted(s.hist_steps, steps - rule.patience, side="right") - 1
+        known = k >= 0
+        cond = np.zeros(len(vals), dtype=bool)
+        cond[known] = best[known] >= s.hist_best[k[known]] - rule.delta
+        before = np.concatenate(([not s.armed], cond[:-1]))
         out = []
-        better = (lambda v, b: v < b - rule.delta) if rule.mode == "min" else \
-            (lambda v, b: v > b + rule.delta)
-        for step, v in zip(st.tolist(), va.tolist()):
-            if v != v or v in (math.inf, -math.inf):
-                continue
-            if s.best != s.best or better(v, s.best):
-                s.best, s.best_step, s.armed = v, step, True
-            elif s.armed and step - s.best_step >= rule.patience:
-                s.armed = False
-                out.append(self._alert(
-                    rule, (s.best_step,), metric, step, v, rank,
-                    f"{metric} has not improved by {rule.delta:g} or more for {step - s.best_step} "
-                    f"steps (rank {rank}): best {s.best:.6g} at step {s.best_step} ({rule.mode})"))
+        for i in np.flatnonzero(cond & ~before).tolist():
+            j = int(np.searchsorted(s.hist_steps, steps[i], side="right")) - 1
+            best_step, step = int(s.hist_steps[j]), int(steps[i])
+            value = float(best[i]) if rule.mode == "min" else -float(best[i])
+            out.append(self._alert(
+                rule, (best_step,), metric, step, float(va[fin][i]), rank,
+                f"{metric} has not improved by {rule.delta:g} or more over the last "
+                f"{rule.patience} steps (rank {rank}): best {value:.6g} at step {best_step} "
+                f"({rule.mode}), now step {step}"))
+        s.armed = not bool(cond[-1])
+        # keep the improvements still in reach, and the last one before them
+        cut = max(int(np.searchsorted(s.hist_steps, steps.max() - rule.patience, side="right")) - 1, 0)
+        s.hist_steps, s.hist_best = s.hist_steps[cut:], s.hist_best[cut:]
         return out
 
     # ---- what only the clock tells -------------------------------------------------------
@@ -399,12 +421,14 @@ class Watcher:
         return {r: p.last_step for r, p in self._ranks.items()}
 
 
-def _judge(windows: np.ndarray, points: np.ndarray, rule: Spike, first: int,
-           filling: bool = False) -> list[tuple[int, float, float, float]]:
-    median = _padded_median if filling else _median         # NaN pads a filling window
-    med = median(windows)
-    mad = median(np.abs(windows - med[:, None]))
-    scale = _MAD_SIGMA * mad
+def _reference(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and robust scale (1.4826 x MAD) of each window (NaN pads a short one)."""
+    med = _padded_median(windows)
+    return med, _MAD_SIGMA * _padded_median(np.abs(windows - med[:, None]))
+
+
+def _judge(points: np.ndarray, med: np.ndarray, scale: np.ndarray, index: np.ndarray,
+           rule: Spike) -> list[tuple[int, float, float, float]]:
     # a constant window (MAD 0, or float noise around a constant) is not judged
     ok = scale > 1e-12 * np.maximum(np.abs(med), 1e-300)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -415,12 +439,8 @@ def _judge(windows: np.ndarray, points: np.ndarray, rule: Spike, first: int,
         hit = dev < -rule.k
     else:
         hit = np.abs(dev) > rule.k
-    return [(first + int(i), float(med[i]), float(scale[i]), float(dev[i]))
+    return [(int(index[i]), float(med[i]), float(scale[i]), float(dev[i]))
             for i in np.flatnonzero(hit)]
-
-
-def _median(rows: np.ndarray) -> np.ndarray:
-    return np.median(rows, axis=1)
 
 
 def _padded_median(rows: np.ndarray) -> np.ndarray:

@@ -85,7 +85,10 @@ class Nan(Rule):
 @dataclass(frozen=True)
 class Spike(Rule):
     """A point more than ``k`` robust deviations (1.4826 × MAD) from the median of
-    the ``window`` finite points before it; judged once ``min_points`` are there.
+    the ``window`` finite points before it (before its block: the points of a
+    block of window/4 share one reference, which makes it cheap; blocks are
+    counted from the series' first point, so batching never changes the result);
+    judged once ``min_points`` are there.
     ``direction``: up, down or both. Without a metric it watches every series but
     the sampler's ``system/...``. A series that has been constant (MAD 0) is not
     judged. After a spike the series is quiet for ``window`` points."""
