@@ -1,12 +1,14 @@
 """Loop slowdown with the watchdogs on (all rules, a watcher thread) vs off.
 
-    python bench/watch.py [--steps N] [--repeats R] [--interval S]
+    python bench/watch.py [--steps N] [--repeats R] [--interval S] [--work K]
 
 A CPU-bound Python loop logs 2 metrics every step into a run; the same loop runs
 with no watcher and with ``exp.watch(every rule)``, interleaved in pairs, R times
 each, in this one process. The watcher polls every ``--interval`` seconds (default
 0.1: five times more often than the default 0.5 s, so its cost shows at all).
-Printed: the median ns per step of each side, the off-runs' own spread, the ratio
+``--work K`` sets the pure-Python work per step (default 60: ~3 us, a loop far
+tighter than training; the watcher's work grows with the points logged per
+second). Printed: the median ns per step of each side, the off-runs' own spread, the ratio
 of medians (on/off; the target is <= 1.02), and the median of the per-pair ratios.
 """
 
@@ -34,14 +36,14 @@ def work(k: int = 60) -> int:
     return s
 
 
-def loop(base: str, steps: int, interval: float | None) -> tuple[float, int]:
+def loop(base: str, steps: int, interval: float | None, k: int = 60) -> tuple[float, int]:
     with expman.Experiment("bench", base_dir=base, capture_env=False, handle_signals=False,
                            system_metrics=False) as exp:
         rw = exp.watch(RULES, interval=interval) if interval else None
         log = exp.log_metrics
         t0 = time.perf_counter()
         for i in range(steps):
-            log({"loss": work() * 1e-9, "acc": 0.5}, step=i)
+            log({"loss": work(k) * 1e-9, "acc": 0.5}, step=i)
         elapsed = time.perf_counter() - t0
     return elapsed, rw.rounds if rw is not None else 0
 
@@ -51,22 +53,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200_000)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--interval", type=float, default=0.1)
+    ap.add_argument("--work", type=int, default=60)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as base:
-        loop(base, args.steps // 10, None)                      # warm up
-        loop(base, args.steps // 10, args.interval)
+        loop(base, args.steps // 10, None, args.work)           # warm up
+        loop(base, args.steps // 10, args.interval, args.work)
         off, on, rounds = [], [], []
         for r in range(args.repeats):
             pair = [(None, off), (args.interval, on)]
             for interval, out in pair if r % 2 == 0 else pair[::-1]:
-                t, n = loop(base, args.steps, interval)
+                t, n = loop(base, args.steps, interval, args.work)
                 out.append(t)
                 if interval:
                     rounds.append(n)
     m_off, m_on = statistics.median(off), statistics.median(on)
     spread = (max(off) - min(off)) / m_off
     print(f"{args.steps} steps x {args.repeats} pairs, watcher every {args.interval} s, "
-          f"rules: {', '.join(RULES)}")
+          f"work {args.work}, rules: {', '.join(RULES)}")
     print(f"off: median {m_off * 1e9 / args.steps:7.1f} ns/step  (spread {spread:.1%})")
     print(f"on:  median {m_on * 1e9 / args.steps:7.1f} ns/step  "
           f"({statistics.median(rounds):.0f} watcher rounds per loop)")

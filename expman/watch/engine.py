@@ -101,7 +101,7 @@ class _Progress:
 class _Series:
     """What a rule remembers of one series of one rank."""
 
-    hist: deque[float] = field(default_factory=deque)
+    hist: np.ndarray = field(default_factory=lambda: np.empty(0))   # spike: the last points
     armed: bool = True
     quiet_until: int = 0          # spike: points left before it judges again
     best: float = math.inf           # plateau: the best so far (negated for mode max)
@@ -230,9 +230,8 @@ class Watcher:
             return []
         w = rule.window
         block = max(1, w // 4)
-        hist = np.fromiter(s.hist, dtype=np.float64, count=len(s.hist))
-        arr = np.concatenate((hist, vals))
-        n0 = len(hist)
+        arr = np.concatenate((s.hist, vals))
+        n0 = len(s.hist)
         g0 = s.seen - n0                      # the series index of arr[0]
         g = np.arange(s.seen, s.seen + len(vals))
         starts = g - g % block                # points of a block share the window before it
@@ -240,7 +239,8 @@ class Watcher:
         flagged: list[tuple[int, float, float, float]] = []     # (index, median, scale, dev)
         if judged.any():
             g, starts = g[judged], starts[judged]
-            blocks, which = np.unique(starts, return_inverse=True)
+            blocks = np.arange(starts[0], starts[-1] + 1, block)
+            which = (starts - starts[0]) // block
             padded = np.concatenate((np.full(w, np.nan), arr))
             windows = np.lib.stride_tricks.sliding_window_view(padded, w)
             for lo in range(0, len(blocks), _CHUNK):
@@ -260,7 +260,7 @@ class Watcher:
                 f"{metric} spiked to {v:.6g} at step {step} (rank {rank}): {dev:+.1f} robust "
                 f"deviations from the median {med:.6g} of the last {w} points (limit {rule.k:g})"))
         s.seen += len(vals)
-        s.hist = deque(arr[-(w + block):].tolist())
+        s.hist = arr[-(w + block):].copy()
         return out
 
     def _plateau(self, rule: Plateau, s: _Series, metric: str, st: np.ndarray, va: np.ndarray,
