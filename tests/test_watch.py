@@ -406,6 +406,62 @@ def test_alert_log_never_writes_through_a_planted_link(tmp_path):
     assert target.read_text() == ""
 
 
+RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID",
+             "TORCHELASTIC_RESTART_COUNT", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_JOB_ID")
+
+
+def test_run_watch_reads_every_rank_and_names_the_silent_one(tmp_path, monkeypatch):
+    """Three ranks of one job in one folder: a NaN of rank 2 is rank 2's alert; ranks
+    0 and 1 closed their streams, rank 2 did not: only rank 2 stalls."""
+    for var in RANK_VARS:
+        monkeypatch.delenv(var, raising=False)
+    runs = []
+    for rank in range(3):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
+        runs.append(expman.Experiment("e", base_dir=tmp_path, capture_env=False,
+                                      system_metrics=False, handle_signals=False))
+    try:
+        for step in range(10):
+            for rank, exp in enumerate(runs):
+                exp.log_metrics({"loss": math.nan if (rank, step) == (2, 7) else 1.0}, step=step)
+        for exp in runs:
+            exp.flush()
+        runs[0].close()
+        runs[1].close()
+        run = runs[0].run_dir
+        last = max(json.loads(line).get("time", 0)
+                   for r in range(3) for line in (run / rank_file(EVENTS_FILE, r)).read_text().splitlines())
+        clock = Clock(last + 10_000)
+        recorded = []
+        rw = RunWatch(run, ["nan", "stall:floor=60"], record=recorded.append, clock=clock)
+        got = sorted((a.kind, a.rank, a.step) for a in rw.poll())
+        assert got == [("nan", 2, 7), ("stall", 2, 9)]
+        assert {e["rank"] for e in recorded} == {2}
+    finally:
+        for exp in runs:
+            if exp.status == "RUNNING":
+                exp.close()
+
+
+def test_a_stop_recorded_by_another_watcher_stops_a_watching_run(tmp_path):
+    with expman.Experiment("e", "r", base_dir=tmp_path, capture_env=False,
+                           system_metrics=False) as exp:
+        rw = exp.watch(["loss_of_data"], interval=3600)      # the run's own, quiet watcher
+        wait_for(lambda: rw.rounds >= 1, "the watcher's first round")
+        exp.log_metrics({"loss": math.nan})
+        exp.flush()
+        log = AlertLog(exp.run_dir)                          # `expman watch --rule nan,action=stop`
+        assert [a.action for a in RunWatch(exp.run_dir, ["nan,action=stop"], record=log).poll()] \
+            == ["stop"]
+        log.close()
+        rw.poll()                                            # the run's watcher reads it
+        with pytest.raises(WatchStop, match="loss is NaN"):
+            exp.log_metrics({"loss": 1.0})
+
+
 # ---- the webhook -------------------------------------------------------------------------------------------
 
 
@@ -608,6 +664,7 @@ def test_wandb_alert_is_an_alert_event_a_watching_run_acts_on(tmp_path):
     run = wandb.init(project="p", name="w", dir=str(tmp_path), config={})
     try:
         rw = run.experiment.watch(["nan"], on_alert=seen.append, interval=3600)
+        wait_for(lambda: rw.rounds >= 1, "the watcher's first round")
         wandb.log({"loss": 1.0})
         wandb.alert(title="low accuracy", text="acc 0.1 < 0.5", level="WARN")
         wandb.alert(title="low accuracy", text="again", wait_duration=300)   # skipped

@@ -366,6 +366,7 @@ class RunWatch:
         self._meta_sig: dict[Path, tuple[int, int] | None] = {}
         self.known: set[str] = set()
         self.rounds = 0
+        self._lock = threading.Lock()
         self.status = RUNNING
         self.errors: list[str] = []
 
@@ -373,9 +374,14 @@ class RunWatch:
         return self._fixed_ranks if self._fixed_ranks is not None else watched_ranks(self.path)
 
     def poll(self) -> list[Alert]:
-        """One round; never raises for what it reads (a damaged file is skipped)."""
-        first = self.rounds == 0
-        self.rounds += 1
+        """One round; never raises for what it reads (a damaged file is skipped).
+        Rounds never overlap (the thread's and the last one at close)."""
+        with self._lock:
+            new = self._poll(first=self.rounds == 0)
+            self.rounds += 1
+            return new
+
+    def _poll(self, first: bool) -> list[Alert]:
         meta = _read_meta(self.path / RUN_FILE) or {}
         self.status = effective_status(meta, self.path) if meta else RUNNING
         ranks = self._ranks()
@@ -468,8 +474,10 @@ class RunWatch:
         return out
 
     def _error(self, text: str) -> None:
-        self.errors.append(text)
-        warnings.warn(f"expman watch: {text}", RuntimeWarning, stacklevel=2)
+        """Warn once per distinct problem (a watcher polls forever)."""
+        if text not in self.errors:
+            self.errors.append(text)
+            warnings.warn(f"expman watch: {text}", RuntimeWarning, stacklevel=2)
 
 
 # ---- in the training process ----------------------------------------------------------------------
@@ -532,9 +540,7 @@ def _round(rw: RunWatch) -> None:
     try:
         rw.poll()
     except Exception as e:             # the watch never takes the run down with it
-        text = f"{type(e).__name__}: {e}"
-        if text not in rw.errors:
-            rw._error(text)
+        rw._error(f"{type(e).__name__}: {e}")
 
 
 def stop(exp: Any, timeout: float = 5.0) -> None:
