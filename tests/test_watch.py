@@ -9,7 +9,6 @@ import http.server
 import json
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -393,6 +392,20 @@ def test_alert_log_is_one_writer_and_hostile_lines_never_break_readers(tmp_path)
     assert RunWatch(run, ["nan"], record=log).poll() == []
     log.close()
     assert (run / ALERTS_FILE).read_bytes().count(b'"rule":"nan"') == 1
+
+
+def test_a_crafted_run_json_never_breaks_a_watcher(tmp_path):
+    run = make_closed_run(tmp_path)
+    meta = json.loads((run / RUN_FILE).read_text())
+    meta.update(world_size=5000, ranks="all", resumed=5, start_time="yesterday", status=7,
+                data_loss="lots")
+    (run / RUN_FILE).write_text(json.dumps(meta))
+    (run / rank_file(EVENTS_FILE, 3)).mkdir()           # a folder where a stream belongs
+    (run / rank_file(RUN_FILE, 2)).write_text('{"resumed": {"a": 1}, "data_loss": [1]}')
+    rw = RunWatch(run, None, record=lambda ev: None)
+    assert [a.kind for a in rw.poll()] == ["nan"]
+    assert len(rw._tails) == 4096                        # the world read from a file is bounded
+    assert [a.step for a in read_alerts(run)] == [] and not has_alerts(run)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="symlinks need privileges on Windows")

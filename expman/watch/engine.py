@@ -249,7 +249,7 @@ class Watcher:
                 flagged += _judge(arr[g[mask] - g0], med[which[mask] - lo],
                                   scale[which[mask] - lo], g[mask] - g0, rule)
         out = []
-        for idx, med, scale, dev in flagged:
+        for idx, ref, _scale, dev in flagged:
             k = idx - n0                      # index into this batch's finite points
             if s.quiet_until > k + s.seen:
                 continue
@@ -258,7 +258,7 @@ class Watcher:
             out.append(self._alert(
                 rule, (), metric, step, v, rank,
                 f"{metric} spiked to {v:.6g} at step {step} (rank {rank}): {dev:+.1f} robust "
-                f"deviations from the median {med:.6g} of the last {w} points (limit {rule.k:g})"))
+                f"deviations from the median {ref:.6g} of the last {w} points (limit {rule.k:g})"))
         s.seen += len(vals)
         s.hist = arr[-(w + block):].copy()
         return out
@@ -342,7 +342,7 @@ class Watcher:
             s0, t0 = window[0]
             if now > t0:
                 rates[rank] = (p.last_step - s0) / (now - t0)
-        out = []
+        out: list[Alert] = []
         if len(rates) < 2:
             return out
         for rank, rate in sorted(rates.items()):
@@ -449,7 +449,8 @@ def _padded_median(rows: np.ndarray) -> np.ndarray:
     ordered = np.sort(rows, axis=1)
     count = np.sum(~np.isnan(rows), axis=1)
     r = np.arange(len(rows))
-    return (ordered[r, (count - 1) // 2] + ordered[r, count // 2]) / 2
+    middle: np.ndarray = (ordered[r, (count - 1) // 2] + ordered[r, count // 2]) / 2
+    return middle
 
 
 def _median_interval(recent: deque[tuple[int, float]]) -> float:

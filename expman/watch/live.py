@@ -40,7 +40,7 @@ from expman.layout import (
     effective_status, jsonable, parse_event_lines, rank_file,
 )
 from expman.watch.engine import ALERT_KIND, Alert, Watcher
-from expman.watch.rules import SYSTEM_PREFIX, Rule
+from expman.watch.rules import Rule
 
 __all__ = ["RunWatch", "Webhook", "AlertLog", "WatchStop", "WatchLockedError", "record_alert", "read_alerts", "has_alerts",
            "AlertTail", "stop_loop", "DELIVERED_KIND", "MAX_RANKS"]
@@ -316,7 +316,7 @@ class Webhook:
         req = urllib.request.Request(self.url, data=body, method="POST", headers={
             "Content-Type": "application/json", "Idempotency-Key": alert.id,
             "User-Agent": "expman-watch"})
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:     # noqa: S310
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:   
             if not 200 <= resp.status < 300:
                 raise OSError(f"HTTP {resp.status}")
 
@@ -464,10 +464,12 @@ class RunWatch:
             if name == LOSS_FILE:
                 out += self.watcher.data_loss(rank, data)
                 continue
-            starts = [data.get("start_time")] + list(data.get("resumed") or [])[-1:]
-            starts = [t for t in starts if isinstance(t, (int, float)) and not isinstance(t, bool)]
-            if starts:
-                self.watcher.start_rank(rank, float(max(starts)))
+            resumed = data.get("resumed")
+            starts = [data.get("start_time")] + (resumed[-1:] if isinstance(resumed, list) else [])
+            times = [float(t) for t in starts
+                     if isinstance(t, (int, float)) and not isinstance(t, bool) and t == t]
+            if times:
+                self.watcher.start_rank(rank, max(times))
             if data.get("status") in FINAL_STATUSES:
                 self.watcher.end_rank(rank)
             out += self.watcher.data_loss(rank, data.get("data_loss"))

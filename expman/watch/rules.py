@@ -65,7 +65,7 @@ class Rule:
             return True
         if any(c in pattern for c in "*?["):
             return fnmatch.fnmatchcase(metric, pattern)
-        return metric == pattern
+        return bool(metric == pattern)
 
 
 def _fmt(v: Any) -> str:
