@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.server
 import json
 import math
+import signal
 import os
 import socket
 import subprocess
@@ -457,6 +458,69 @@ def test_run_watch_reads_every_rank_and_names_the_silent_one(tmp_path, monkeypat
         for exp in runs:
             if exp.status == "RUNNING":
                 exp.close()
+
+
+def last_record_time(run: Path, rank: int) -> float:
+    """The wall time of a rank's newest point (0 before any)."""
+    from expman.ranks import open_rank
+    try:
+        metrics = open_rank(run, rank).metrics
+    except (OSError, ValueError):
+        return 0.0
+    return max((float(s.times[-1]) for s in metrics.values() if len(s)), default=0.0)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP is POSIX")
+def test_stall_names_a_sigstopped_rank_of_a_real_two_rank_job(tmp_path):
+    """Two real processes of one job; rank 1 stops itself (SIGSTOP) after 10 steps while
+    rank 0 goes on. A watcher whose clock is 61 s past rank 1's last point (and less
+    than 60 s past rank 0's) names rank 1, and only it."""
+    base, flag = tmp_path / "runs", tmp_path / "done"
+    procs = []
+    for rank in (0, 1):
+        env = {k: v for k, v in os.environ.items() if k not in RANK_VARS}
+        env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                   TORCHELASTIC_RUN_ID="job-7",
+                   PYTHONPATH=str(Path(expman.__file__).parent.parent))
+        procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import os, signal, time, expman
+            with expman.Experiment("e", base_dir={str(base)!r}, capture_env=False,
+                                   system_metrics=False) as exp:
+                step = 0
+                while not os.path.exists({str(flag)!r}):
+                    exp.log_metrics({{"loss": 1.0 / (step + 1)}}, step=step)
+                    step += 1
+                    if {rank} == 1 and step == 10:
+                        exp.flush()
+                        os.kill(os.getpid(), signal.SIGSTOP)
+                    time.sleep(0.01)
+        """)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    run = base / "e" / "job-7"
+    try:
+        stopped = wait_for(lambda: last_record_time(run, 1) if (run / rank_file(RUN_FILE, 1)).exists()
+                           and len(open_steps(run, 1)) >= 10 else 0.0, "rank 1's 10 steps")
+        wait_for(lambda: last_record_time(run, 0) > stopped + 2, "rank 0 to go on")
+        rw = RunWatch(run, ["stall:floor=60"], record=lambda ev: None,
+                      clock=lambda: stopped + 61)
+        alerts = rw.poll()
+        assert [(a.kind, a.rank, a.step) for a in alerts] == [("stall", 1, 9)]
+        assert "rank 1 logged no new step for 61 s" in alerts[0].message
+        assert rw.status == "RUNNING"          # a stopped process still holds its lock
+    finally:
+        flag.touch()
+        os.kill(procs[1].pid, signal.SIGCONT)
+        for p in procs:
+            p.communicate(timeout=DEADLINE)
+    assert [p.returncode for p in procs] == [0, 0]
+
+
+def open_steps(run: Path, rank: int) -> list[int]:
+    from expman.ranks import open_rank
+    try:
+        s = open_rank(run, rank).metrics.get("loss")
+    except (OSError, ValueError):
+        return []
+    return [] if s is None else s.steps.tolist()
 
 
 def test_a_stop_recorded_by_another_watcher_stops_a_watching_run(tmp_path):
