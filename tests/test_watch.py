@@ -636,6 +636,19 @@ def test_webhook_down_then_up_delivers_every_alert_exactly_once_across_restarts(
         rx.down()
 
 
+def test_an_alert_that_cannot_be_recorded_still_reaches_the_callback(tmp_path):
+    run = make_closed_run(tmp_path)
+    seen = []
+
+    def full_disk(event):
+        raise OSError(28, "No space left on device")
+
+    rw = RunWatch(run, ["nan"], record=full_disk, on_alert=seen.append)
+    with pytest.warns(RuntimeWarning, match="cannot record the alert line.*No space left"):
+        assert [a.step for a in rw.poll()] == [30]
+    assert [a.step for a in seen] == [30]
+
+
 def test_webhook_url_must_be_http():
     with pytest.raises(ExpmanValueError, match="http"):
         Webhook("file:///etc/passwd")

@@ -421,7 +421,7 @@ class RunWatch:
             if a.id in self.known:
                 continue
             self.known.add(a.id)
-            self.record(a.to_event())
+            self._record(a.to_event())
             new.append(a)
         for a in foreign:
             if self.webhook is not None:
@@ -442,7 +442,15 @@ class RunWatch:
 
     def pump(self) -> None:
         if self.webhook is not None:
-            self.webhook.pump(self.record)
+            self.webhook.pump(self._record)
+
+    def _record(self, event: dict[str, Any]) -> None:
+        """Record a line; a failure (a full disk: the very thing a rule may be saying)
+        is warned about, and the alert still reaches the callback and the webhook."""
+        try:
+            self.record(event)
+        except Exception as e:
+            self._error(f"cannot record the {event.get('kind')} line: {type(e).__name__}: {e}")
 
     def _rank_meta(self, rank: int, meta: dict[str, Any] | None) -> list[Alert]:
         """A rank's run file and loss record, when they changed: its (re)start time,
