@@ -192,16 +192,26 @@ _MARK = b'"kind":"alert"'
 
 
 def has_alerts(run_dir: str | os.PathLike[str]) -> bool:
-    """True when the run recorded an alert: ``alerts.jsonl`` holds a line, or an
-    events file holds an alert event (a byte search, no JSON parsing)."""
-    path = Path(os.fspath(run_dir))
-    for f in _event_files(path):
+    """True when the run recorded an alert: ``alerts.jsonl`` is not empty, or an
+    events file (any rank's, found by one directory scan) holds an alert event
+    (a byte search, no JSON parsing). Cheap enough for a listing."""
+    stem, _, suffix = EVENTS_FILE.rpartition(".")
+    try:
+        with os.scandir(run_dir) as it:
+            names = [e.name for e in it]
+    except OSError:
+        return False
+    for name in names:
+        path = Path(os.fspath(run_dir)) / name
         try:
-            data = read_regular(f)
+            if name == ALERTS_FILE:
+                if regular_stat(path).st_size:
+                    return True
+            elif name == EVENTS_FILE or (name.startswith(stem + ".rank") and name.endswith("." + suffix)):
+                if _MARK in read_regular(path):
+                    return True
         except (OSError, ValueError):
             continue
-        if _MARK in data:
-            return True
     return False
 
 
