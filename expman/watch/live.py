@@ -42,8 +42,9 @@ from expman.layout import (
 from expman.watch.engine import ALERT_KIND, Alert, Watcher
 from expman.watch.rules import Rule
 
-__all__ = ["RunWatch", "Webhook", "AlertLog", "WatchStop", "WatchLockedError", "record_alert", "read_alerts", "has_alerts",
-           "AlertTail", "stop_loop", "DELIVERED_KIND", "MAX_RANKS"]
+__all__ = ["RunWatch", "Webhook", "AlertLog", "AlertTail", "WatchStop", "WatchLockedError",
+           "record_alert", "read_alerts", "has_alerts", "stop_loop", "start", "stop",
+           "DELIVERED_KIND", "MAX_RANKS"]
 
 DELIVERED_KIND = "alert_delivered"     # a webhook delivery, recorded beside the alerts
 MAX_RANKS = 4096                       # run.json's world_size is bounded before use
