@@ -814,6 +814,43 @@ def test_cli_watch_on_a_live_run_then_show_list_and_tail_mark_it(tmp_path, capsy
     assert [a["step"] for a in info["alerts"]] == [25]
 
 
+def test_tail_follow_prints_an_alert_of_another_watcher_while_the_run_is_silent(tmp_path):
+    """A live run that logs nothing more (as a stalled one): an alert appended to
+    alerts.jsonl still shows in `expman tail --follow` at once."""
+    base, flag, ready = tmp_path / "runs", tmp_path / "end", tmp_path / "ready"
+    env = {**os.environ, "PYTHONPATH": str(Path(expman.__file__).parent.parent)}
+    run_proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, time, expman
+        with expman.Experiment("e", "quiet", base_dir={str(base)!r}, capture_env=False,
+                               system_metrics=False) as exp:
+            exp.log_metrics({{"loss": 1.0}})
+            exp.flush()
+            open({str(ready)!r}, "w").close()
+            while not os.path.exists({str(flag)!r}):
+                time.sleep(0.01)
+    """)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail = None
+    try:
+        wait_for(ready.exists, "the run to start")
+        tail = subprocess.Popen([sys.executable, "-m", "expman", "tail", "e/quiet", "--follow",
+                                 "--interval", "0.05", "--base-dir", str(base)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = [tail.stdout.readline() for _ in range(2)]      # what was there
+        assert any("loss=1" in x for x in first) and any("RUNNING" in x for x in first)
+        log = AlertLog(base / "e" / "quiet")
+        alert = Watcher(["nan"], run_id="e/quiet").feed("loss", [0], [math.nan], [0.0])
+        log(alert[0].to_event())
+        log.close()
+        line = tail.stdout.readline()                      # blocks until printed
+        assert "ALERT    [nan] loss is NaN at step 0 (rank 0)" in line, line
+    finally:
+        flag.touch()
+        run_proc.communicate(timeout=DEADLINE)
+        if tail is not None:
+            out, err = tail.communicate(timeout=DEADLINE)   # ends with the run
+            assert tail.returncode == 0, err
+
+
 def test_cli_watch_follow_ends_with_the_run_and_reads_a_config(tmp_path, capsys):
     run = make_closed_run(tmp_path / "runs", nan_at=None, n=200)
     cfg = tmp_path / "w.toml"
