@@ -253,7 +253,8 @@ def test_loss_of_data_from_run_json_and_loss_records(tmp_path):
     assert len(a) == 1 and a[0].rank == 1 and "12 rows" in a[0].message \
         and "No space left" in a[0].message
     assert w.data_loss(1, {"rows_dropped": 12, "events_dropped": 1, "write_errors": 3}) == []
-    assert len(w.data_loss(1, {"dropped": 20})) == 1          # live stats() spelling, grown
+    assert w.data_loss(1, {"dropped": 20, "events_dropped": 1, "write_errors": 3}) == []
+    assert len(w.data_loss(1, {"dropped": 24})) == 1          # live stats() spelling, doubled
 
     # crafted run folders: run.json's data_loss (rank 0) and a loss record of rank 1
     with expman.Experiment("e", "r", base_dir=tmp_path, capture_env=False,

@@ -388,7 +388,8 @@ class Watcher:
     # ---- what the writer lost -------------------------------------------------------------
     def data_loss(self, rank: int, record: Mapping[str, Any] | None) -> list[Alert]:
         """A writer's loss record (run.json ``data_loss``, a loss file, or live
-        stats with ``dropped``/``events_dropped``/``write_errors``)."""
+        stats with ``dropped``/``events_dropped``/``write_errors``). Fires at the
+        first loss of a rank, then when a count has at least doubled."""
         if not isinstance(record, Mapping):
             return []
         rows = _int(record.get("rows_dropped", record.get("dropped")))
@@ -397,7 +398,10 @@ class Watcher:
         if not (rows or events or errors):
             return []
         counts = (rows, events, errors)
-        if self._losses.get(rank) == counts:
+        before = self._losses.get(rank)
+        # said again only when a count at least doubles: a writer dropping rows for a
+        # minute would otherwise fire every round
+        if before is not None and not any(c >= 2 * b and c > b for c, b in zip(counts, before)):
             return []
         self._losses[rank] = counts
         last = record.get("last_error")

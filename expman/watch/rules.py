@@ -179,7 +179,8 @@ class Straggler(Rule):
 @dataclass(frozen=True)
 class LossOfData(Rule):
     """The writer recorded dropped rows or events or a failed write (run.json's
-    ``data_loss``, a loss record file, or the live writer's counters)."""
+    ``data_loss``, a loss record file, or the live writer's counters); said again
+    when a count has at least doubled."""
 
     name: ClassVar[str] = "loss_of_data"
 
