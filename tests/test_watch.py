@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.server
 import json
 import math
+import re
 import signal
 import os
 import socket
@@ -16,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from collections import namedtuple
 from pathlib import Path
 
@@ -273,6 +275,27 @@ def test_loss_of_data_from_run_json_and_loss_records(tmp_path):
     assert sorted((a.rank, a.value) for a in got) == [(0, 5.0), (1, 7.0)]
     assert [e["kind"] for e in recorded] == ["alert", "alert"]
     assert rw.poll() == []
+
+
+def test_loss_of_data_from_the_live_writer_of_a_failing_disk(make_run):
+    """Every write fails (the core's fault hook): the in-process watcher reads the
+    writer's live counters and says so; the alert cannot be written with the rest,
+    the callback still has it."""
+    import errno
+    seen = []
+    exp = make_run(system_metrics=False, on_error="warn")
+    rw = exp.watch(["loss_of_data"], on_alert=seen.append, interval=3600)
+    wait_for(lambda: rw.rounds >= 1, "the watcher's first round")
+    exp._set_fault(write_every=1, err=errno.ENOSPC)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # the writer's error (on_error="warn")
+        for i in range(10):
+            exp.log_metrics({"loss": 1.0}, step=i)
+        exp.flush()
+    assert exp.stats()["write_errors"] > 0
+    rw.poll()
+    assert [a.kind for a in seen] == ["loss_of_data"]
+    assert re.search(r"rank 0: the writer lost data: .* [1-9][0-9]* failed writes", seen[0].message)
 
 
 def test_disk_by_injected_free_space_and_re_armed_above_the_limit(tmp_path):
