@@ -39,7 +39,7 @@ from expman.layout import (
     ALERTS_FILE, EVENTS_FILE, FINAL_STATUSES, LOSS_FILE, METRICS_FILE, RUN_FILE, RUNNING,
     effective_status, jsonable, parse_event_lines, rank_file,
 )
-from expman.watch.engine import ALERT_KIND, Alert, Watcher
+from expman.watch.alert import ALERT_KIND, Alert
 from expman.watch.rules import Rule
 
 __all__ = ["RunWatch", "Webhook", "AlertLog", "AlertTail", "WatchStop", "WatchLockedError",
@@ -358,6 +358,7 @@ class RunWatch:
                  live_loss: Callable[[], tuple[int, Mapping[str, Any]] | None] | None = None,
                  clock: Callable[[], float] = time.time,
                  disk_usage: Callable[[Any], Any] | None = None) -> None:
+        from expman.watch.engine import Watcher      # numpy: loaded when a watch starts
         self.path = Path(os.fspath(run_dir))
         meta = _read_meta(self.path / RUN_FILE) or {}
         self.run_id = f"{meta.get('experiment', self.path.parent.name)}/" \
