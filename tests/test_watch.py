@@ -228,6 +228,37 @@ def test_stall_counts_from_a_restart_not_from_old_records():
     assert len(w.check()) == 1
 
 
+def test_a_run_resumed_from_an_earlier_step_is_not_stalled():
+    """Preempted at step 99, resumed from a checkpoint at step 50: logging steps 50..60
+    again is progress (a stall judged by 'a step above every step before' would fire)."""
+    clock = Clock(0.0)
+    w = Watcher(["stall:floor=60"], clock=clock)
+    w.start_rank(0, 0.0)
+    feed_steps(w, "loss", range(100), np.ones(100), 0.0, 1.0)
+    w.start_rank(0, 200.0)                                  # the resumed process
+    feed_steps(w, "loss", range(50, 61), np.ones(11), 150.0, 1.0)   # times 200..210
+    clock.t = 265.0
+    assert w.check() == []
+    clock.t = 271.0
+    assert [(a.kind, a.step) for a in w.check()] == [("stall", 60)]
+
+
+def test_progress_is_read_from_rows_in_the_order_logged():
+    """Two series of the same rows: the second one's steps are not new steps again."""
+    clock = Clock(0.0)
+    w = Watcher(["stall:k=10,floor=0"], clock=clock)
+    steps = np.arange(20)
+    series = namedtuple("series", "steps values times")
+    w.feed_metrics({"loss": series(steps, np.ones(20), steps * 1.0),
+                    "acc": series(steps, np.ones(20), steps * 1.0),
+                    "system/cpu_percent": series(np.arange(3), np.ones(3), np.array([30.0] * 3))})
+    assert w.ranks == {0: 19}
+    clock.t = 19 + 9.5
+    assert w.check() == []                                  # 9.5 s < 10 x 1 s
+    clock.t = 19 + 10.5
+    assert len(w.check()) == 1
+
+
 def test_straggler_is_the_rank_slower_than_the_others_for_long_enough():
     clock = Clock(0.0)
     w = Watcher(["straggler:ratio=0.5,window=20,sustain=30"], clock=clock)

@@ -108,8 +108,10 @@ class Watcher:
         self._rank(rank).ended = True
 
     # ---- points -------------------------------------------------------------------
-    def feed(self, metric: str, steps: Any, values: Any, times: Any, rank: int = 0) -> list[Alert]:
-        """New points of one series of one rank, in the order logged."""
+    def feed(self, metric: str, steps: Any, values: Any, times: Any, rank: int = 0, *,
+             progress: bool = True) -> list[Alert]:
+        """New points of one series of one rank, in the order logged. ``progress``:
+        its steps also tell the rank's progress (stall, straggler)."""
         st = np.asarray(steps, dtype=np.int64).ravel()
         va = np.asarray(values, dtype=np.float64).ravel()
         ti = np.asarray(times, dtype=np.float64).ravel()
@@ -118,7 +120,7 @@ class Watcher:
                              f"({len(st)}, {len(va)}, {len(ti)})")
         if not len(st):
             return []
-        if not metric.startswith(SYSTEM_PREFIX):       # the sampler counts its own steps
+        if progress and not metric.startswith(SYSTEM_PREFIX):   # the sampler counts its own
             self._progress(rank, st, ti)
         alerts: list[Alert] = []
         for i, rule in enumerate(self.rules):
@@ -136,21 +138,29 @@ class Watcher:
         return alerts
 
     def feed_metrics(self, metrics: Mapping[str, Any], rank: int = 0) -> list[Alert]:
-        """Every series of a batch (``expman.Metrics`` or name -> Series)."""
+        """Every series of a batch (``expman.Metrics`` or name -> Series). The rank's
+        progress is read from all of them merged back into the order logged (by time)."""
+        rows = [(np.asarray(s.steps, np.int64), np.asarray(s.times, np.float64))
+                for name, s in metrics.items() if len(s) and not name.startswith(SYSTEM_PREFIX)]
+        if rows:
+            st = np.concatenate([r[0] for r in rows])
+            ti = np.concatenate([r[1] for r in rows])
+            order = np.lexsort((st, ti))
+            self._progress(rank, st[order], ti[order])
         alerts: list[Alert] = []
         for name, s in metrics.items():
-            alerts += self.feed(name, s.steps, s.values, s.times, rank)
+            alerts += self.feed(name, s.steps, s.values, s.times, rank, progress=False)
         return alerts
 
     def _progress(self, rank: int, steps: np.ndarray, times: np.ndarray) -> None:
+        """Each change of step, in the order logged, is progress: a run resumed from
+        a checkpoint that logs earlier steps again is moving as much as one going on."""
         p = self._rank(rank)
-        newer = steps > p.last_step
-        if not newer.any():
+        change = steps != np.concatenate(([p.last_step], steps[:-1]))
+        if not change.any():
             return
-        before = np.maximum.accumulate(np.concatenate(([p.last_step], steps[:-1])))
-        new = steps > before
         keep = p.recent.maxlen or 0
-        p.recent.extend(zip(steps[new][-keep:].tolist(), times[new][-keep:].tolist()))
+        p.recent.extend(zip(steps[change][-keep:].tolist(), times[change][-keep:].tolist()))
         p.last_step, p.last_time = p.recent[-1]
 
     def _nan(self, rule: Nan, s: _Series, metric: str, st: np.ndarray, va: np.ndarray,
@@ -286,9 +296,9 @@ class Watcher:
             if p.ended or len(p.recent) < 2:
                 continue
             window = list(p.recent)[-rule.window:]
-            s0, t0 = window[0]
-            if now > t0:
-                rates[rank] = (p.last_step - s0) / (now - t0)
+            t0 = window[0][1]
+            if now > t0:                            # step changes per second, up to now
+                rates[rank] = (len(window) - 1) / (now - t0)
         out: list[Alert] = []
         if len(rates) < 2:
             return out

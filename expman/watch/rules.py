@@ -141,8 +141,10 @@ class Plateau(Rule):
 @dataclass(frozen=True)
 class Stall(Rule):
     """A rank logs no new step for max(``k`` × its median step interval, ``floor``
-    seconds); judged once the rank has logged ``min_steps`` distinct steps. Silence
-    counts from the last new step or the stream's (re)start, whichever is later."""
+    seconds); judged once the rank has logged ``min_steps`` distinct steps. A new
+    step is any change of step in the order logged (a run resumed from a checkpoint
+    logs earlier steps again: that is progress too). Silence counts from the last
+    new step or the stream's (re)start, whichever is later."""
 
     name: ClassVar[str] = "stall"
     k: float = 10.0
@@ -159,8 +161,9 @@ class Stall(Rule):
 
 @dataclass(frozen=True)
 class Straggler(Rule):
-    """One rank's step rate over its last ``window`` new steps (up to now) is below
-    ``ratio`` × the median rate of the other ranks for ``sustain`` seconds."""
+    """One rank's step rate (new steps per second over its last ``window`` new
+    steps, up to now) is below ``ratio`` × the median rate of the other ranks for
+    ``sustain`` seconds."""
 
     name: ClassVar[str] = "straggler"
     ratio: float = 0.5
