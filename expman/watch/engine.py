@@ -143,10 +143,14 @@ class Watcher:
         rows = [(np.asarray(s.steps, np.int64), np.asarray(s.times, np.float64))
                 for name, s in metrics.items() if len(s) and not name.startswith(SYSTEM_PREFIX)]
         if rows:
-            st = np.concatenate([r[0] for r in rows])
-            ti = np.concatenate([r[1] for r in rows])
-            order = np.lexsort((st, ti))
-            self._progress(rank, st[order], ti[order])
+            st, ti = rows[0]
+            if not all(np.array_equal(t, ti) for _s, t in rows[1:]):
+                # series of different rows: merge them back into the order logged
+                st = np.concatenate([r[0] for r in rows])
+                ti = np.concatenate([r[1] for r in rows])
+                order = np.argsort(ti, kind="stable")
+                st, ti = st[order], ti[order]
+            self._progress(rank, st, ti)                # (the usual case: the same rows)
         alerts: list[Alert] = []
         for name, s in metrics.items():
             alerts += self.feed(name, s.steps, s.values, s.times, rank, progress=False)
