@@ -562,6 +562,7 @@ class Experiment(_core.Core):
             self._closing = True
         if self._sampler is not None:       # before the drain: its last row is written too
             self._sampler.stop()
+        _stop_watch(self)                   # expman.watch: a last round, its alerts drained too
         output_loss = self._capture.close() if self._capture is not None else None
         try:
             self._copier.close()
@@ -683,11 +684,35 @@ class Experiment(_core.Core):
                          "msg": text if isinstance(text, str) else str(text), "tag": tag,
                          "step": self._media_step(at)})
 
+    # ---- watchdogs (expman.watch, docs/watch.md) --------------------------------------
+    def watch(self, rules: Any = None, on_alert: Any = None, webhook: str | None = None, *,
+              interval: float = 0.5) -> Any:
+        """Start watchdogs: a daemon thread reads this run's own files every
+        ``interval`` seconds (never the hot path) and records an ``alert`` event
+        when a rule fires. ``rules``: strings (``"nan"``, ``"spike:train/loss,k=6"``)
+        or expman.watch rules, None for the defaults; ``on_alert(alert)`` is called
+        for each; ``webhook``: a URL each alert is POSTed to once; a rule with
+        ``action=stop`` makes the next ``log_metrics`` raise expman.watch.WatchStop.
+        Returns the expman.watch.RunWatch (None on a rank left out by ``ranks=``)."""
+        self._check_open()
+        if self._muted:
+            return None
+        from expman.watch import live
+        return live.start(self, rules, on_alert=on_alert, webhook=webhook, interval=interval)
+
     def __del__(self) -> None:
         if getattr(self, "_status", None) == RUNNING and os.getpid() == self._pid:
             warnings.warn(f"expman: {self!r} was not closed; closing it (FINISHED)",
                           ResourceWarning, source=self)
             self._close_at_exit(FINISHED, None)
+
+
+def _stop_watch(exp: Experiment) -> None:
+    """End the run's watch thread, if expman.watch was ever loaded (no import otherwise)."""
+    import sys
+    live = sys.modules.get("expman.watch.live")
+    if live is not None:
+        live.stop(exp)
 
 
 def _probe_env(meta_path: Path, meta: dict[str, Any], lock: threading.RLock, cwd: str) -> None:

@@ -25,7 +25,7 @@ from expman.errors import ExpmanError, ExpmanTypeError, ExpmanValueError, RunClo
 from expman.experiment import Experiment
 from expman.layout import FAILED
 
-__all__ = ["init", "log", "finish", "config", "summary", "run", "define_metric", "save",
+__all__ = ["init", "log", "finish", "config", "summary", "run", "define_metric", "save", "alert",
            "Image", "Histogram", "Run", "Config", "Summary", "WandbFeatureMissing"]
 
 DEFAULT_PROJECT = "uncategorized"       # wandb's own default project name
@@ -391,6 +391,26 @@ def define_metric(name: str, step_metric: str | None = None, **options: Any) -> 
 def save(glob_str: str | os.PathLike[str], base_path: str | os.PathLike[str] | None = None,
          policy: str = "live") -> list[str]:
     return _current().save(glob_str, base_path, policy)
+
+
+_alerted: dict[str, float] = {}         # title -> when it was last recorded (wait_duration)
+
+
+def alert(title: str, text: str = "", level: Any = "INFO", wait_duration: Any = None) -> None:
+    """``wandb.alert``: recorded as an ``alert`` event of the run, the way expman's
+    watchdogs record theirs (expman.watch: shown by show/list/tail, delivered by a
+    watching run's webhook). Nothing is sent from here. A title alerted again
+    within ``wait_duration`` seconds (a number or a timedelta) is skipped, as in wandb."""
+    from expman.watch.live import record_alert
+    current = _current()
+    level = str(getattr(level, "value", level)).upper()
+    wait = getattr(wait_duration, "total_seconds", lambda: wait_duration)()
+    now = time.time()
+    if wait is not None and now - _alerted.get(title, -float("inf")) < float(wait):
+        return
+    _alerted[title] = now
+    record_alert(current.experiment, f"{title}: {text}" if text else str(title),
+                 rule="wandb.alert", step=current.step, extra={"level": level, "title": title})
 
 
 def __getattr__(name: str) -> Any:

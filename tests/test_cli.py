@@ -21,6 +21,7 @@ import expman
 from expman import _core
 from expman._fsutil import atomic_write_json, read_json
 from expman.cli import COMMANDS, build_parser
+from expman.layout import ALERTS_FILE
 
 from conftest import make_crashed_run, run_python, need
 
@@ -648,6 +649,9 @@ COMMAND_CASES = {
                                     lambda out: json.loads(out)["runs"] == 2),
     "sync": lambda base, w: (["sync", w / "copy", "--json"],
                              lambda out: json.loads(out)["runs"] == 2),
+    "watch": lambda base, w: (["watch", "exp/r1", "--rule", "nan", "--json"],
+                              lambda out: all(json.loads(line) for line in out.splitlines())
+                              and (base / "exp" / "r1" / ALERTS_FILE).is_file()),
 }
 NEEDS = {"export-lake": "pyarrow", "sync": "fsspec"}
 
@@ -690,7 +694,7 @@ def test_every_command_takes_every_base_dir_form(cmd, form, two_runs, tmp_path, 
 
 
 DATA_COMMANDS = {"list", "show", "compare", "tail", "verify", "du", "clean", "ranks",
-                 "export-lake", "sync", "tag", "import-tensorboard"}
+                 "export-lake", "sync", "tag", "import-tensorboard", "watch"}
 
 
 def test_json_on_every_command_that_outputs_data():
@@ -728,7 +732,7 @@ def test_commands_that_write_refuse_a_url(tmp_path, monkeypatch, capsys):
     for argv in (["demo", "--steps", "1"], ["clean", url, "--status", "FAILED"],
                  ["tag", "exp/r1", "+a", "--base-dir", url], ["note", "exp/r1", "x"],
                  ["import-tensorboard", str(tmp_path)], ["sync", "s3://other/x"],
-                 ["verify", "exp/r1", "--repair"]):
+                 ["verify", "exp/r1", "--repair"], ["watch", "exp/r1"]):
         args = argv if argv[0] in ("clean", "tag") else ["--base-dir", url, *argv]
         assert main(args) == 1, args
         err = capsys.readouterr().err

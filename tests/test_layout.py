@@ -29,7 +29,7 @@ SOURCES = sorted(p for p in PKG.rglob("*.py") if "static" not in p.parts)
 
 CONTRACT = {layout.RUN_FILE, layout.PARAMS_FILE, layout.METRICS_FILE, layout.EVENTS_FILE,
             layout.ARTIFACTS_DIR, *layout.STATUSES, layout.DAMAGED}
-for _name in ("SUMMARY_FILE", "OUTPUT_FILE", "LOCK_FILE"):
+for _name in ("SUMMARY_FILE", "OUTPUT_FILE", "LOCK_FILE", "ALERTS_FILE"):
     if hasattr(layout, _name):
         CONTRACT.add(getattr(layout, _name))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from expman.series import Metrics
 from expman.readmodel import artifact_states, integrity_problems
 from expman.readmodel import flatten_params as flatten
 from expman.tail import RunTail
+from expman.watch import AlertTail, has_alerts, read_alerts
 
 MAX_SHOWN_METRICS = 200      # show summarises beyond this many series
 
@@ -46,6 +48,7 @@ def run_info(run: Run, messages: int) -> dict[str, Any]:
         "artifacts": [a.to_dict() for a in artifact_states(run.path, run.events)],
         "integrity": run.integrity,
         "write_error": run.meta.get("write_error"),
+        "alerts": [a.to_event() for a in read_alerts(run.path)],
     }
 
 
@@ -130,6 +133,13 @@ def print_show(info: dict[str, Any]) -> None:
     for m in msgs:
         out(f"  {clock(m.get('time'))}  {m.get('level', 'info'):<7}  {m.get('msg', '')}")
 
+    alerts = info.get("alerts") or []
+    if alerts:
+        out()
+        out(f"alerts ({len(alerts)})")
+        for a in alerts:
+            out(f"  {clock(a.get('time'))}  {alert_text(a)}")
+
     arts = info["artifacts"]
     out()
     out(f"artifacts ({len(arts)})")
@@ -162,11 +172,12 @@ def metrics_text(last: dict[str, float], limit: int = 4) -> str:
     return text + (f"  (+{len(items) - limit})" if len(items) > limit else "")
 
 
-def status_text(r: Any) -> str:
-    """The status, marked when the writer recorded loss or the run is damaged."""
+def status_text(r: Any, alerted: bool = False) -> str:
+    """The status, marked when the writer recorded loss (*), a watchdog fired (!),
+    or the run is damaged."""
     if getattr(r, "damaged", None):
         return DAMAGED
-    return str(r.status) + ("*" if getattr(r, "data_loss", None) else "")
+    return str(r.status) + ("*" if getattr(r, "data_loss", None) else "") + ("!" if alerted else "")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -181,12 +192,15 @@ def cmd_list(args: argparse.Namespace) -> int:
                                            or args.group) else ""
         out(f"no runs{filt} under {base}")
         return 0
+    alerted = {r.id for r in runs if not r.damaged and has_alerts(r.path)}
     out(table(["RUN", "STATUS", "STARTED", "DURATION", "LAST METRICS"],
-              [(r.id, status_text(r), when(r.start_time), duration(r.duration),
+              [(r.id, status_text(r, r.id in alerted), when(r.start_time), duration(r.duration),
                 metrics_text(r.last_metrics) if not r.damaged else f"damaged: {r.damaged}")
                for r in runs], right=[3]))
     if any(r.data_loss for r in runs):
         out("* the writer recorded data loss (rows or events dropped): `expman verify RUN`")
+    if alerted:
+        out("! a watchdog fired (docs/watch.md): `expman show RUN` lists the alerts")
     return 0
 
 
@@ -205,8 +219,16 @@ def metric_rows(metrics: Metrics, last_n: int | None = None) -> list[tuple[float
     return [(t, st, vals) for (t, st), vals in rows]
 
 
+def alert_text(ev: dict[str, Any]) -> str:
+    rank = ev.get("rank")
+    return f"{'ALERT':<8} [{ev.get('rule')}]" + (f" rank {rank}" if rank else "") + \
+        f" {ev.get('message', '')}"
+
+
 def event_text(ev: dict[str, Any]) -> str:
     kind = ev.get("kind", "?")
+    if kind == "alert":
+        return alert_text(ev)
     if kind == "message":
         return f"{ev.get('level', 'info'):<8} {ev.get('msg', '')}"
     if kind == "status":
@@ -232,8 +254,8 @@ def print_batch(metrics: Metrics, events: list[dict[str, Any]], as_json: bool,
     if last_n == 0:
         evs = []
     for ev in evs:
-        if ev.get("kind") == "key":
-            continue                 # a copy of a metric name's definition, not news
+        if ev.get("kind") in ("key", "alert_delivered"):
+            continue                 # a metric name's definition, a webhook's ledger: not news
         t = ev.get("time") or 0.0
         text = (orjson.dumps(jsonable(ev)).decode() if as_json
                 else f"{clock(ev.get('time'))}  {event_text(ev)}")
@@ -252,13 +274,17 @@ def cmd_tail(args: argparse.Namespace) -> int:
                        "copy: run `expman tail` again after the next `expman sync`")
     path = resolve(args, args.run)
     tail = RunTail(path)
+    alerts = AlertTail(path)        # alerts.jsonl: those of an `expman watch` beside the run
     batch = tail.poll()
-    print_batch(batch.metrics, batch.events, args.json, args.lines)
+    print_batch(batch.metrics, batch.events + alerts.poll(), args.json, args.lines)
     status = batch.status
-    if args.follow and status == RUNNING:
-        for batch in tail.follow(interval=args.interval):
-            print_batch(batch.metrics, batch.events, args.json)
-            status = batch.status
+    while args.follow and status == RUNNING:
+        # polled by hand, not tail.follow(): a stalled run writes nothing, yet its
+        # alert (in alerts.jsonl) must show at once
+        time.sleep(args.interval)
+        batch = tail.poll()
+        print_batch(batch.metrics, batch.events + alerts.poll(), args.json)
+        status = batch.status
     if status == CRASHED:
         note(f"{path.name}: the process stopped without closing the run (CRASHED)")
     return 0
