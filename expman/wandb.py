@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob as _glob
 import os
+import time
 import warnings
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path

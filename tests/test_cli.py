@@ -587,14 +587,6 @@ def test_same_output_without_numpy(special_run, tmp_path):
 # ---- one CLI: base-dir forms, URLs, --json, per-call state --------------------------------------
 
 
-def needs(module: str):
-    """The optional module, or a skip; under CI=true a missing one fails."""
-    if os.environ.get("CI") == "true":
-        import importlib
-        return importlib.import_module(module)
-    return pytest.importorskip(module)
-
-
 @pytest.fixture
 def two_runs(base: Path, make_run) -> Path:
     """exp/r1 FINISHED and exp/r2 FAILED under ``base``."""
@@ -609,7 +601,7 @@ def two_runs(base: Path, make_run) -> Path:
 
 
 def _tb_logdir(base: Path, where: Path) -> Path:
-    needs("tensorboard")
+    need("tensorboard")
     from expman.tbio import export_tensorboard
     export_tensorboard(base / "exp" / "r1", where / "r1")
     return where
@@ -667,7 +659,7 @@ def test_every_command_takes_every_base_dir_form(cmd, form, two_runs, tmp_path, 
     (the current directory has no ./experiments, so the default would fail or differ)."""
     from expman.cli import main
     if cmd in NEEDS:
-        needs(NEEDS[cmd])
+        need(NEEDS[cmd])
     work = tmp_path / f"work_{form}"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -759,8 +751,8 @@ def s3_bucket(monkeypatch, tmp_path):
     """A bucket on a real moto S3 server on 127.0.0.1 (credentials in the AWS_* variables)."""
     import socket
     import uuid
-    needs("s3fs")
-    moto_server = needs("moto.server")
+    need("s3fs")
+    moto_server = need("moto.server")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -25,7 +25,7 @@ import expman
 from expman import _core, refreader
 from expman.errors import CorruptRunError
 
-from conftest import SLOW
+from conftest import SLOW, need
 
 N_FRAMES = 60
 ROWS_PER_FRAME = 8
@@ -499,7 +499,7 @@ def read_all(path, size: int) -> list[str]:
                                  HealthCheck.function_scoped_fixture])
 @given(seed=st.sampled_from(sorted(TB_SEEDS)), edits=st.lists(tb_edit(), min_size=1, max_size=4))
 def test_structural_mutations_of_event_files(tmp_path, seed, edits):
-    pytest.importorskip("tensorboard")
+    need("tensorboard")
     data = apply_tb(TB_SEEDS[seed], edits)
     path = tmp_path / "events.out.tfevents.fuzz"
     path.write_bytes(data)
@@ -512,7 +512,7 @@ def test_structural_mutations_of_event_files(tmp_path, seed, edits):
 @given(seed=st.sampled_from(sorted(TB_SEEDS)), edits=st.lists(tb_edit(), min_size=1, max_size=3))
 def test_a_mutated_event_file_never_aborts_the_import(tmp_path_factory, seed, edits):
     """The whole import: damage is a warning and a skipped value, never an exception."""
-    pytest.importorskip("tensorboard")
+    need("tensorboard")
     from expman import tbio
     work = tmp_path_factory.mktemp("tbfuzz")
     (work / "tb" / "r").mkdir(parents=True)

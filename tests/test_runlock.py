@@ -15,6 +15,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from conftest import need
+
 import expman
 from expman import layout, liveness, runlock
 from expman.errors import RunLockedError
@@ -315,8 +317,8 @@ def test_a_fifo_as_the_lock_file_never_hangs_the_dashboard(tmp_path):
     """/api/runs hung, and with it every later request (listings are shared)."""
     import json
     import urllib.request
-    pytest.importorskip("starlette")
-    pytest.importorskip("uvicorn")
+    need("starlette")
+    need("uvicorn")
     from conftest import make_crashed_run
     from hostile import runfiles
     from expman.dashboard.testing import running_server

@@ -327,7 +327,7 @@ class Webhook:
         req = urllib.request.Request(self.url, data=body, method="POST", headers={
             "Content-Type": "application/json", "Idempotency-Key": alert.id,
             "User-Agent": "expman-watch"})
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:   
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
             if not 200 <= resp.status < 300:
                 raise OSError(f"HTTP {resp.status}")
 
