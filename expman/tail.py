@@ -166,7 +166,7 @@ class RunTail:
             except (OSError, ValueError):
                 pass           # replaced under us: read it next time
         status = self.status
-        return TailBatch(self.poll_metrics(), self._poll_events(), status, changed)
+        return TailBatch(self.poll_metrics(), self.poll_events(), status, changed)
 
     def poll_metrics(self) -> Metrics:
         """Only the metric points appended since the last poll (``poll`` without the
@@ -214,7 +214,8 @@ class RunTail:
         self._moff = end
         return Metrics({k: s for k, s in series.items() if len(s)})
 
-    def _poll_events(self) -> list[dict[str, Any]]:
+    def poll_events(self) -> list[dict[str, Any]]:
+        """Only the event lines appended since the last poll (whole lines)."""
         path = self.events_path
         try:
             if regular_size(path) < self._eoff:

@@ -517,9 +517,8 @@ def test_run_watch_reads_every_rank_and_names_the_silent_one(tmp_path, monkeypat
 
 def last_record_time(run: Path, rank: int) -> float:
     """The wall time of a rank's newest point (0 before any)."""
-    from expman.ranks import open_rank
     try:
-        metrics = open_rank(run, rank).metrics
+        metrics = expman.open_run(run, rank=rank).metrics
     except (OSError, ValueError):
         return 0.0
     return max((float(s.times[-1]) for s in metrics.values() if len(s)), default=0.0)
@@ -570,9 +569,9 @@ def test_stall_names_a_sigstopped_rank_of_a_real_two_rank_job(tmp_path):
 
 
 def open_steps(run: Path, rank: int) -> list[int]:
-    from expman.ranks import open_rank
+    from expman.reader import open_run as _open_run
     try:
-        s = open_rank(run, rank).metrics.get("loss")
+        s = _open_run(run, rank=rank).metrics.get("loss")
     except (OSError, ValueError):
         return []
     return [] if s is None else s.steps.tolist()

@@ -32,13 +32,14 @@ from typing import Any
 
 import orjson
 
-from expman import _core
 from expman._fsutil import open_nofollow, read_json_object, read_regular, regular_stat
 from expman.errors import ExpmanError, ExpmanValueError
 from expman.layout import (
-    ALERTS_FILE, EVENTS_FILE, FINAL_STATUSES, LOSS_FILE, METRICS_FILE, RUN_FILE, RUNNING,
-    effective_status, jsonable, parse_event_lines, rank_file,
+    ALERTS_FILE, EVENTS_FILE, FINAL_STATUSES, LOSS_FILE, RUN_FILE, RUNNING,
+    jsonable, parse_event_lines, rank_file,
 )
+from expman.liveness import effective_status
+from expman.tail import RunTail
 from expman.watch.alert import ALERT_KIND, Alert
 from expman.watch.rules import Rule
 
@@ -85,43 +86,6 @@ def stop_loop(exp: Any, alert: Alert) -> None:
 
 
 # ---- reading -----------------------------------------------------------------------------------
-
-
-class StreamTail:
-    """One rank's metrics and events, decoded only from where the last poll ended
-    (the RunTail technique, for any rank's files; a torn tail waits)."""
-
-    def __init__(self, run_dir: Path, rank: int) -> None:
-        self.metrics = run_dir / rank_file(METRICS_FILE, rank)
-        self.events = run_dir / rank_file(EVENTS_FILE, rank)
-        self._keys: dict[int, str] = {}
-        self._moff = 0
-        self._eoff = 0
-
-    def poll(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        return self._poll_metrics(), _poll_lines(self.events, self)
-
-    def _poll_metrics(self) -> dict[str, Any]:
-        from expman.tail import decode
-        try:
-            size = regular_stat(self.metrics).st_size
-            if size < self._moff:               # cut or replaced: start over
-                self._moff, self._keys = 0, {}
-            if self._moff == 0:
-                data, offset = read_regular(self.metrics), 0
-                if len(data) < _core.HEADER_SIZE:
-                    return {}
-            else:
-                data = bytes(_core.HEADER_SIZE) + read_regular(self.metrics, self._moff)
-                offset = _core.HEADER_SIZE
-        except (OSError, ValueError):
-            return {}
-        if len(data) == offset:
-            return {}
-        base = self._moff - offset if self._moff else 0
-        series, self._keys, report = decode(data, offset, self._keys, False)
-        self._moff = base + report["end"]
-        return {k: s for k, s in series.items() if len(s)}
 
 
 class AlertTail:
@@ -373,7 +337,7 @@ class RunWatch:
         self.webhook = webhook
         self.live_loss = live_loss
         self._fixed_ranks = None if ranks is None else sorted(set(ranks))
-        self._tails: dict[int, StreamTail] = {}
+        self._tails: dict[int, RunTail] = {}
         self._alerts_tail = AlertTail(self.path)
         self._meta_sig: dict[Path, tuple[int, int] | None] = {}
         self.known: set[str] = set()
@@ -403,8 +367,14 @@ class RunWatch:
         for r in ranks:
             tail = self._tails.get(r)
             if tail is None:
-                tail = self._tails[r] = StreamTail(self.path, r)
-            metrics, events = tail.poll()
+                try:
+                    tail = self._tails[r] = RunTail(self.path, rank=r)
+                except (OSError, ValueError, ExpmanError):
+                    continue                    # no run.json yet: the next round
+            try:
+                metrics, events = dict(tail.poll_metrics()), tail.poll_events()
+            except (OSError, ValueError, ExpmanError):
+                metrics, events = {}, []        # a damaged stream: nothing to watch there
             batches.append((r, metrics))
             seen_events += events
             fresh += self._rank_meta(r, meta if r == 0 else None)
