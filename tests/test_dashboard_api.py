@@ -192,10 +192,11 @@ def test_token_guards_every_request(tmp_path: Path) -> None:
         status, _, body = get(root + "api/runs")
         assert status == 403 and b"token" in body
         assert get(root + "api/runs?token=wrong")[0] == 403
-        status, h, _ = get(url)
-        assert status == 200 and "expman_token=s3cret-token" in h["set-cookie"]
+        cookie = f"expman_token_{urllib.parse.urlsplit(url).port}=s3cret-token"
+        status, h, _ = get(root + "api/runs?token=s3cret-token")
+        assert status == 200 and h["set-cookie"].startswith(cookie + ";")
         assert "HttpOnly" in h["set-cookie"]
-        assert get(root + "api/runs", {"Cookie": "expman_token=s3cret-token"})[0] == 200
+        assert get(root + "api/runs", {"Cookie": cookie})[0] == 200
         assert get(root + "api/runs", {"Authorization": "token s3cret-token"})[0] == 200
 
 

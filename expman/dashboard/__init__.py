@@ -19,7 +19,9 @@ from typing import Any, TextIO
 
 from expman.errors import ExpmanValueError
 
-__all__ = ["serve", "is_loopback", "bind"]
+__all__ = ["serve", "is_loopback", "bind", "pick_token", "read_token", "cookie_name"]
+
+TOKEN_ENV = "EXPMAN_TOKEN"     # a token kept out of the command line (/proc/PID/cmdline)
 
 
 def is_loopback(host: str) -> bool:
@@ -52,19 +54,56 @@ def bind(host: str, port: int) -> socket.socket:
 
 def pick_token(host: str, token: str | bool | None) -> str | None:
     """None: a random token for a non-loopback host, none on loopback; False: none
-    (``--no-token``); True: a random one; a str: that one."""
+    (``--no-token``, the only way to turn auth off); True: a random one; a str: that
+    one. An empty or blank str is refused: it is what ``--token "$TOK"`` gives when
+    the variable is unset, and must never mean "no auth"."""
     if token is False:
         return None
     if token is True or (token is None and not is_loopback(host)):
         return secrets.token_urlsafe(24)
-    if token is not None and not isinstance(token, str):
+    if token is None:
+        return None
+    if not isinstance(token, str):
         raise ExpmanValueError(f"token must be a str, bool or None, got {type(token).__name__}")
-    return token or None
+    if not token.strip():
+        raise ExpmanValueError("the token is empty: give a non-empty token, or --no-token to "
+                               "serve without one")
+    if any(c.isspace() or not c.isprintable() or c in ';,"\\' for c in token):
+        raise ExpmanValueError("the token holds spaces, control characters or ;,\"\\ "
+                               "(it travels in a cookie and a URL): pick another")
+    return token
+
+
+def read_token(token: str | None, token_file: str | None,
+               environ: dict[str, str] | None = None) -> str | None:
+    """The token given by ``--token``, ``--token-file PATH`` (its first line) or
+    $EXPMAN_TOKEN, in that order; None when none is given. The file and the
+    variable keep the token out of ``/proc/PID/cmdline``. An empty one is
+    returned as it is (``pick_token`` refuses it)."""
+    if token is not None and token_file is not None:
+        raise ExpmanValueError("--token and --token-file: give one of them")
+    if token_file is not None:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                return f.readline().strip()
+        except OSError as e:
+            raise ExpmanValueError(f"--token-file {token_file}: {e.strerror or e}") from None
+    if token is not None:
+        return token
+    env = os.environ if environ is None else environ
+    return env.get(TOKEN_ENV)
+
+
+def cookie_name(port: int) -> str:
+    """The token cookie of the server on ``port``: cookies are per host, not per
+    port, so two servers on one host (or another service) never share one."""
+    return f"expman_token_{port}"
 
 
 def url_for(host: str, port: int, token: str | None) -> str:
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    from urllib.parse import quote
+    return f"http://{shown}:{port}/" + (f"?token={quote(token, safe='')}" if token else "")
 
 
 def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1",
@@ -85,12 +124,17 @@ def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1
         from expman.remote import localize
         base_dir = localize(remote)
     tok = pick_token(host, token)
+    loopback = is_loopback(host)
+    if tok is None and not loopback:
+        print(f"expman serve: WARNING: serving {host} WITHOUT A TOKEN (--no-token): anyone "
+              "who can reach this address reads every run, its params, messages and "
+              "artifacts", file=sys.stderr, flush=True)
     sock = bind(host, port)
     actual = sock.getsockname()[1]
     from expman.dashboard.cache import DEFAULT_MAX_BYTES
     if cache_bytes is not None and cache_bytes < 0:
         raise ExpmanValueError(f"cache_bytes must be 0 or more, got {cache_bytes}")
-    app = create_app(base_dir, tok, loopback=is_loopback(host) and not tok,
+    app = create_app(base_dir, tok, loopback=loopback,
                      max_bytes=DEFAULT_MAX_BYTES if cache_bytes is None else cache_bytes)
     url = url_for(host, actual, tok)
     print(f"expman dashboard: {url}", file=out or sys.stdout, flush=True)

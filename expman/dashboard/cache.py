@@ -62,17 +62,48 @@ class Column:
         return self.steps.nbytes + self.times.nbytes + self.values.nbytes
 
 
+FileSig = tuple[int, int, int, int]
+WATCHED = (layout.RUN_FILE, layout.PARAMS_FILE, layout.METRICS_FILE, layout.EVENTS_FILE)
+
+
+def file_sigs(path: Path) -> tuple[FileSig | None, ...]:
+    """(inode, size, mtime_ns, ctime_ns) of the files that make a run's page: any
+    change (a resume appending, an edit in place, a tag written by rename) shows."""
+    out: list[FileSig | None] = []
+    for name in WATCHED:
+        try:
+            st = os.lstat(path / name)
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(out)
+
+
+def _appended(old: FileSig | None, new: FileSig | None) -> bool:
+    """The file only grew (or is unchanged): reading on from the offset is right."""
+    if old is None or new is None:
+        return old is None
+    return new[0] == old[0] and (new[1] > old[1] or new[1:] == old[1:])
+
+
 class CachedRun:
     """A run folder decoded into Columns, kept current by ``refresh()``."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lock = threading.Lock()
-        self.tail = RunTail(path)
+        self._polled = 0.0
+        self._reset_locked()
+
+    def _reset_locked(self) -> None:
+        """Read the run from the start (first open, or its streams were rewritten)."""
+        self.sigs = file_sigs(self.path)     # before the read: a change meanwhile reads again
+        self.tail = RunTail(self.path)
         self.columns: dict[str, Column] = {}
         self.events: list[dict[str, Any]] = []
         self.status = layout.RUNNING
-        self._polled = 0.0
+        self.generation = getattr(self, "generation", -1) + 1   # streams restart on a change
         self._refresh_locked()
 
     @property
@@ -85,11 +116,25 @@ class CachedRun:
         return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
 
     def refresh(self, force: bool = False) -> None:
-        """Read what the run appended since the last refresh (cheap when nothing was)."""
+        """Read what the run appended since the last refresh (cheap when nothing was).
+        A live run is polled (at most every REFRESH_EVERY); an ended one is read again
+        when its files changed, whatever its status (a resume, an edit, a tag): from
+        its offsets when its streams only grew, from the start otherwise."""
         with self.lock:
-            if force or (self.status == layout.RUNNING
-                         and time.monotonic() - self._polled >= REFRESH_EVERY):
+            if self.status == layout.RUNNING and not force:
+                if time.monotonic() - self._polled >= REFRESH_EVERY:
+                    self.sigs = file_sigs(self.path)
+                    self._refresh_locked()
+                return
+            sigs = file_sigs(self.path)
+            if sigs == self.sigs and not force:
+                return
+            streams = (WATCHED.index(layout.METRICS_FILE), WATCHED.index(layout.EVENTS_FILE))
+            if all(_appended(self.sigs[i], sigs[i]) for i in streams):
+                self.sigs = sigs
                 self._refresh_locked()
+            else:
+                self._reset_locked()
 
     def _refresh_locked(self) -> None:
         import warnings
@@ -119,8 +164,12 @@ class CachedRun:
             n = c.n
             return c.steps[:n], c.times[:n], c.values[:n]
 
-    def since(self, counts: dict[str, int]) -> dict[str, tuple[int, Any, Any, Any]]:
-        """Points past ``counts`` per metric: {name: (start, steps, times, values)}."""
+    def since(self, counts: dict[str, int]) -> tuple[str, dict[str, tuple[int, Any, Any, Any]]]:
+        """The status and the points past ``counts`` per metric, {name: (start, steps,
+        times, values)}, taken together: a status other than RUNNING comes with every
+        point there is (the tail reads the status before the data), so a stream that
+        sends these points and then this status never ends short, whatever other
+        requests refresh the run in between."""
         out = {}
         with self.lock:
             for name, c in self.columns.items():
@@ -128,7 +177,7 @@ class CachedRun:
                 if c.n > start:
                     out[name] = (start, c.steps[start:c.n], c.times[start:c.n],
                                  c.values[start:c.n])
-        return out
+            return self.status, out
 
     @property
     def nbytes(self) -> int:

@@ -39,7 +39,6 @@ X_AXES = ("step", "time", "rel")
 MAX_POINTS = 20_000                # pixels a client may ask for
 LIVE_INTERVAL = 0.25               # seconds between polls of the streamed runs
 LIST_INTERVAL = 1.0                # seconds between scans for new runs
-TOKEN_COOKIE = "expman_token"
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'"),
     (b"x-content-type-options", b"nosniff"),
@@ -333,9 +332,20 @@ def _media(run: CachedRun) -> dict[str, Any]:
     hists = {tag: [{"step": h.step, "edges": [layout.json_float(e) for e in h.edges],
                     "counts": h.counts} for h in items[-MAX_MEDIA_PER_TAG:]]
              for tag, items in histograms(view).items()}
-    imgs = {tag: [{"step": i.step, "path": i.path.relative_to(art_root).as_posix(),
-                   "width": i.width, "height": i.height} for i in items[-MAX_MEDIA_PER_TAG:]]
-            for tag, items in images(view).items()}
+    real_root = os.path.realpath(art_root)
+    imgs = {}
+    for tag, items in images(view).items():
+        shown = []
+        for i in items[-MAX_MEDIA_PER_TAG:]:
+            # the file images() checked is inside media; a path spelled with ".." is
+            # served by the name it resolves to (never a 500)
+            rel = os.path.relpath(os.path.realpath(i.path), real_root)
+            if rel.startswith(".."):
+                continue
+            shown.append({"step": i.step, "path": Path(rel).as_posix(),
+                          "width": i.width, "height": i.height})
+        if shown:
+            imgs[tag] = shown
     return {"histograms": hists, "images": imgs}
 
 
@@ -407,7 +417,7 @@ async def api_events(request: Request) -> Response:
             raise HTTPException(400, f"last={raw!r} is not an integer") from None
         if last < 0:
             raise HTTPException(400, f"last={last}: use 0 or more")
-        events = events[total - last:] if last else []
+        events = events[max(0, total - last):] if last else []
     return JSON({"total": total, "events": events})
 
 
@@ -484,13 +494,14 @@ async def api_stream(request: Request) -> Response:
             for rid in sorted(live):
                 run = cached[rid]
                 await anyio.to_thread.run_sync(run.refresh)
-                for metric, (start, steps, times, values) in run.since(counts[rid]).items():
+                status, new = run.since(counts[rid])      # together: see CachedRun.since
+                for metric, (start, steps, times, values) in new.items():
                     counts[rid][metric] = start + len(steps)
                     yield _sse("points", {"run": rid, "metric": metric, "start": start,
                                           "steps": steps, "times": times, "values": values})
-                if run.status != layout.RUNNING:
+                if status != layout.RUNNING:
                     live.discard(rid)
-                    yield _sse("status", {"run": rid, "status": run.status})
+                    yield _sse("status", {"run": rid, "status": status})
             if loop.time() >= next_scan:
                 next_scan = loop.time() + LIST_INTERVAL
                 now = await anyio.to_thread.run_sync(d.run_ids)
@@ -524,8 +535,15 @@ async def api_stream(request: Request) -> Response:
 
 class Guard:
     """Security headers on every response; the token check when a token is set;
-    for a loopback server, a Host header check (a page on another site cannot
-    reach it by DNS rebinding)."""
+    for a loopback server, a Host header check whether or not there is a token (a
+    page on another site cannot reach it by DNS rebinding).
+
+    The token is accepted as ``?token=``, as the cookie ``expman_token_<port>``
+    (one per port: cookies are scoped per host, so a per-host name would go to
+    every other service on the host, and two servers would overwrite each
+    other's), or as ``Authorization: token T``. A page opened with ``?token=``
+    is redirected to the same address without it, the cookie set: the token
+    does not stay in the address bar or the history."""
 
     def __init__(self, app: ASGIApp, token: str | None, loopback: bool) -> None:
         self.app, self.token, self.loopback = app, token, loopback
@@ -538,15 +556,19 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
         set_cookie = None
-        if self.loopback and not self.token:
+        if self.loopback:
             host = headers.get("host", "").rsplit(":", 1)[0]
             if host not in ("127.0.0.1", "localhost", "[::1]", "::1", ""):
                 await _plain(send, 403, f"Host {host!r} refused: this server answers to "
                              "127.0.0.1 and localhost only")
                 return
         if self.token:
-            given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
-            cookie = _cookie(headers.get("cookie", ""), TOKEN_COOKIE)
+            from expman.dashboard import cookie_name
+            name = cookie_name(_port(scope))
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"),
+                             keep_blank_values=True)
+            given = query.get("token", [""])[0]
+            cookie = _cookie(headers.get("cookie", ""), name)
             auth = headers.get("authorization", "")
             auth = auth[6:] if auth.lower().startswith("token ") else ""
             ok = [hmac.compare_digest(c.encode(), self.token.encode()) for c in (given, cookie, auth)]
@@ -555,8 +577,11 @@ class Guard:
                              "printed (it ends with ?token=...)")
                 return
             if ok[0]:
-                set_cookie = (f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; "
+                set_cookie = (f"{name}={self.token}; Path=/; HttpOnly; "
                               "SameSite=Strict").encode()
+                if scope.get("method") in ("GET", "HEAD") and not scope["path"].startswith("/api/"):
+                    await _redirect_without_token(send, scope, query, set_cookie)
+                    return
 
         async def send_with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -567,6 +592,23 @@ class Guard:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _port(scope: Scope) -> int:
+    server = scope.get("server")
+    return int(server[1]) if server and server[1] is not None else 0
+
+
+async def _redirect_without_token(send: Any, scope: Scope, query: dict[str, list[str]],
+                                  set_cookie: bytes) -> None:
+    from urllib.parse import quote, urlencode
+    rest = urlencode([(k, v) for k, vs in query.items() if k != "token" for v in vs])
+    where = quote(scope.get("root_path", "") + scope["path"]) + (f"?{rest}" if rest else "")
+    await send({"type": "http.response.start", "status": 303,
+                "headers": [(b"location", where.encode("latin-1")), (b"set-cookie", set_cookie),
+                            (b"cache-control", b"no-store"),
+                            (b"content-length", b"0")] + SECURITY_HEADERS})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def _cookie(header: str, name: str) -> str:

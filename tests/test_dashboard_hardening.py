@@ -1,0 +1,323 @@
+"""The dashboard server under abuse and at its edges (issues 20 and 26): who may
+reach it (empty tokens, port-scoped cookies, the token out of the URL and the
+command line), wrong answers at the edges (message paging, image paths), and
+live views that are complete and current (a stream never ends short, a changed
+run is read again whatever its status)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+np = pytest.importorskip("numpy")
+
+import expman  # noqa: E402
+from expman import layout  # noqa: E402
+from expman.dashboard import cookie_name, pick_token, read_token  # noqa: E402
+from expman.dashboard.cache import RunCache  # noqa: E402
+from expman.dashboard.testing import running_server  # noqa: E402
+from expman.errors import ExpmanValueError  # noqa: E402
+
+from dashboard_data import demo_run, png_bytes  # noqa: E402
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *a: Any, **k: Any) -> None:
+        return None
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    opener = urllib.request.build_opener(NoRedirect)
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with opener.open(req, timeout=30) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def get_json(url: str, headers: dict[str, str] | None = None) -> Any:
+    status, _, body = get(url, headers)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def _env() -> dict[str, str]:
+    root = Path(expman.__file__).resolve().parent.parent      # the expman under test
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+
+
+# ---- access (issue 20, items 1 and 2) -------------------------------------------------------
+
+
+def test_an_empty_token_is_refused_never_no_auth(tmp_path: Path) -> None:
+    for bad in ("", "   "):
+        with pytest.raises(ExpmanValueError, match="empty.*--no-token"):
+            pick_token("0.0.0.0", bad)
+        with pytest.raises(ExpmanValueError, match="empty"):
+            pick_token("127.0.0.1", bad)
+    assert pick_token("0.0.0.0", False) is None          # only --no-token turns auth off
+    # `expman serve --host 0.0.0.0 --token "$UNSET"`: a clear error, nothing served
+    proc = subprocess.run([sys.executable, "-m", "expman.dashboard", str(tmp_path), "--host",
+                           "0.0.0.0", "--port", "0", "--no-browser", "--token", ""],
+                          env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc
+    assert "token is empty" in proc.stderr and "--no-token" in proc.stderr
+    assert "expman dashboard:" not in proc.stdout
+    # the same through the variable and the file
+    (tmp_path / "tok").write_text("\n")
+    proc = subprocess.run([sys.executable, "-m", "expman.dashboard", str(tmp_path), "--host",
+                           "0.0.0.0", "--port", "0", "--no-browser", "--token-file",
+                           str(tmp_path / "tok")],
+                          env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "token is empty" in proc.stderr
+
+
+def test_serving_off_loopback_without_a_token_says_so_loudly(tmp_path: Path, capsys) -> None:
+    demo_run(tmp_path, "r", 0.01, steps=5, artifacts=False)
+    with running_server(tmp_path, host="0.0.0.0", token=False) as url:
+        port = urllib.parse.urlsplit(url).port
+        assert get_json(f"http://127.0.0.1:{port}/api/runs")["runs"]
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "WITHOUT A TOKEN" in err and "0.0.0.0" in err
+
+
+def test_the_host_check_stays_on_loopback_even_with_a_token(tmp_path: Path) -> None:
+    demo_run(tmp_path, "r", 0.01, steps=5, artifacts=False)
+    with running_server(tmp_path, token="tok-1") as url:
+        root = url.split("?")[0]
+        auth = {"Authorization": "token tok-1"}
+        assert get(root + "api/runs", auth)[0] == 200
+        status, _, body = get(root + "api/runs", {**auth, "Host": "evil.example"})
+        assert status == 403 and b"evil.example" in body
+
+
+def test_the_token_cookie_is_per_port_and_the_token_leaves_the_address(tmp_path: Path) -> None:
+    demo_run(tmp_path, "r", 0.01, steps=5, artifacts=False)
+    with running_server(tmp_path, token="tok-A") as url_a, \
+            running_server(tmp_path, token="tok-B") as url_b:
+        port_a, port_b = urllib.parse.urlsplit(url_a).port, urllib.parse.urlsplit(url_b).port
+        assert port_a != port_b
+        # the page opened with ?token= is sent to the same address without it, the cookie set
+        status, h, _ = get(url_a.replace("/?", "/?x=1&") + "#/run/a")
+        assert status == 303 and h["location"] == "/?x=1", h
+        assert h["set-cookie"].startswith(f"{cookie_name(port_a)}=tok-A;")
+        assert "HttpOnly" in h["set-cookie"] and "SameSite=Strict" in h["set-cookie"]
+        status, h, _ = get(url_b)
+        assert status == 303 and h["location"] == "/"
+        assert h["set-cookie"].startswith(f"expman_token_{port_b}=tok-B;")
+        # a browser holds both cookies (one host): each server takes its own
+        both = f"{cookie_name(port_a)}=tok-A; {cookie_name(port_b)}=tok-B"
+        for url in (url_a, url_b):
+            assert get(url.split("?")[0] + "api/runs", {"Cookie": both})[0] == 200
+        # a cookie of another port is no key here; the old per-host name neither
+        root_a = url_a.split("?")[0]
+        assert get(root_a + "api/runs", {"Cookie": f"{cookie_name(port_b)}=tok-A"})[0] == 403
+        assert get(root_a + "api/runs", {"Cookie": "expman_token=tok-A"})[0] == 403
+        # scripts keep ?token= on the API (no redirect to follow)
+        assert get(root_a + "api/runs?token=tok-A")[0] == 200
+
+
+def test_the_token_can_come_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    f = tmp_path / "token"
+    f.write_text("from-file\n")
+    assert read_token(None, str(f), {}) == "from-file"
+    assert read_token(None, None, {"EXPMAN_TOKEN": "from-env"}) == "from-env"
+    assert read_token("given", None, {"EXPMAN_TOKEN": "from-env"}) == "given"
+    assert read_token(None, None, {}) is None
+    with pytest.raises(ExpmanValueError, match="one of them"):
+        read_token("given", str(f), {})
+    with pytest.raises(ExpmanValueError, match="--token-file .*missing"):
+        read_token(None, str(tmp_path / "missing"), {})
+    # the CLI takes it from the environment, and it is not on the command line
+    demo_run(tmp_path, "r", 0.01, steps=5, artifacts=False)
+    proc = subprocess.Popen([sys.executable, "-m", "expman.dashboard", str(tmp_path), "--port", "0",
+                             "--no-browser"], env={**_env(), "EXPMAN_TOKEN": "env-secret"},
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("expman dashboard: ") and line.rstrip().endswith("?token=env-secret")
+        with open(f"/proc/{proc.pid}/cmdline", "rb") if sys.platform == "linux" else open(os.devnull, "rb") as c:
+            assert b"env-secret" not in c.read()
+        url = line.split(": ", 1)[1].strip()
+        root = url.split("?")[0]
+        assert get(root + "api/runs")[0] == 403
+        assert get(root + "api/runs", {"Authorization": "token env-secret"})[0] == 200
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+# ---- wrong answers (issue 20, items 16 and 17) ----------------------------------------------
+
+
+def test_the_newest_messages_are_all_there_when_fewer_than_asked(tmp_path: Path) -> None:
+    for n in (1500, 1999):
+        with expman.Experiment("m", f"n{n}", base_dir=tmp_path, capture_env=False) as exp:
+            for i in range(n):
+                exp.info(f"message {i}")
+    with running_server(tmp_path) as url:
+        for n in (1500, 1999):
+            got = get_json(url + f"api/runs/m/n{n}/events?kind=message&last=2000")
+            assert got["total"] == n and len(got["events"]) == n
+            assert got["events"][-1]["msg"] == f"message {n - 1}"
+            got = get_json(url + f"api/runs/m/n{n}/events?kind=message&last=10")
+            assert [e["msg"] for e in got["events"]] == [f"message {i}" for i in range(n - 10, n)]
+
+
+def test_an_image_path_with_dotdot_inside_media_is_served_not_a_500(tmp_path: Path) -> None:
+    with expman.Experiment("m", "img", base_dir=tmp_path, capture_env=False) as exp:
+        exp.log_metrics({"x": 1.0}, step=0)
+        run = exp.run_dir
+    media = run / layout.ARTIFACTS_DIR / layout.MEDIA_DIR
+    media.mkdir(parents=True, exist_ok=True)
+    (media / "pic.png").write_bytes(png_bytes())
+    events = [{"kind": "image", "tag": "pic", "step": 0, "width": 8, "height": 8,
+               "path": f"{layout.ARTIFACTS_DIR}/{layout.MEDIA_DIR}/../{layout.MEDIA_DIR}/pic.png"},
+              {"kind": "image", "tag": "out", "step": 0, "width": 8, "height": 8,
+               "path": f"{layout.ARTIFACTS_DIR}/{layout.MEDIA_DIR}/../../run.json"}]
+    with open(run / layout.EVENTS_FILE, "ab") as f:
+        for ev in events:
+            f.write(json.dumps(ev).encode() + b"\n")
+    with running_server(tmp_path) as url:
+        d = get_json(url + "api/runs/m/img")
+        assert d["media"]["images"] == {"pic": [{"step": 0, "path": "media/pic.png",
+                                                 "width": 8, "height": 8}]}
+        status, _, body = get(url + "api/runs/m/img/artifacts/media/pic.png")
+        assert status == 200 and body == png_bytes()
+
+
+# ---- live views (issue 26, items 4 and 5) ---------------------------------------------------
+
+
+def _stream(app: Any, query: str) -> Any:
+    """The body of /api/stream?query as an async iterator of SSE chunks, driven by hand."""
+    from starlette.requests import Request
+
+    from expman.dashboard.server import api_stream
+    scope = {"type": "http", "method": "GET", "path": "/api/stream", "headers": [],
+             "query_string": query.encode(), "app": app.app}
+    return api_stream(Request(scope))
+
+
+def _parse(chunk: bytes) -> list[tuple[str, Any]]:
+    out = []
+    for block in chunk.split(b"\n\n"):
+        lines = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line)
+        if b"event" in lines:
+            out.append((lines[b"event"].decode(), json.loads(lines[b"data"])))
+    return out
+
+
+def test_the_stream_sends_every_point_before_the_final_status(tmp_path: Path) -> None:
+    """Another client's request refreshes the run between the stream's points and
+    its status check (interleaved by hand, no timing): the points the refresh read
+    are still sent before FINISHED."""
+    from expman.dashboard.server import create_app
+    exp = expman.Experiment("live", "r", base_dir=tmp_path, capture_env=False,
+                            system_metrics=False)
+    try:
+        for i in range(100):
+            exp.log_metrics({"loss": float(i)}, step=i)
+        exp.flush()
+        app = create_app(tmp_path)
+
+        async def drive() -> list[tuple[str, Any]]:
+            resp = await _stream(app, "run=live/r")
+            it = resp.body_iterator
+            got = _parse(await it.__anext__())
+            assert got[0] == ("hello", {"runs": ["live/r"], "counts": {"live/r": {"loss": 100}}})
+            for i in range(100, 200):
+                exp.log_metrics({"loss": float(i)}, step=i)
+            exp.flush()
+            while not any(n == "points" for n, _ in got):
+                got += _parse(await it.__anext__())    # the stream is paused at this yield
+            for i in range(200, 300):                  # meanwhile the run ends ...
+                exp.log_metrics({"loss": float(i)}, step=i)
+            exp.close()
+            app.app.state.dashboard.cache.get(tmp_path / "live" / "r").refresh(force=True)
+            while not any(n == "status" for n, _ in got):     # ... and another page read it
+                got += _parse(await it.__anext__())
+            await it.aclose()
+            return got
+
+        got = asyncio.run(drive())
+        steps = [s for n, d in got if n == "points" for s in d["steps"]]
+        assert steps == list(range(100, 300))
+        assert got[-1] == ("status", {"run": "live/r", "status": "FINISHED"})
+    finally:
+        if exp.status == "RUNNING":
+            exp.close()
+
+
+def test_a_cached_run_is_read_again_when_its_files_change(tmp_path: Path, monkeypatch) -> None:
+    """Resume, tag, edit: the cache shows the run as it is now, whatever its status."""
+    from expman.dashboard import cache as cache_mod
+    from expman.runmeta import set_tags
+    monkeypatch.setattr(cache_mod, "REFRESH_EVERY", 0.0)     # every get polls a live run
+    with expman.Experiment("c", "r", base_dir=tmp_path, capture_env=False) as exp:
+        for i in range(10):
+            exp.log_metrics({"a": float(i)}, step=i)
+        run_dir = exp.run_dir
+    cache = RunCache()
+    run = cache.get(run_dir)
+    assert run.status == "FINISHED" and run.counts() == {"a": 10}
+    set_tags(run_dir, add=["best"])
+    assert cache.get(run_dir).meta.get("tags") == ["best"]
+    with expman.Experiment("c", "r", base_dir=tmp_path, capture_env=False, resume=True) as exp:
+        for i in range(10, 25):
+            exp.log_metrics({"a": float(i)}, step=i)
+        exp.flush()
+        live = cache.get(run_dir)
+        live.refresh(force=True)
+        assert live.status == "RUNNING" and live.counts() == {"a": 25}
+    again = cache.get(run_dir)
+    assert again.status == "FINISHED" and again.counts() == {"a": 25}
+    assert list(again.snapshot("a")[0]) == list(range(25))
+    # metrics.bin rewritten (a repair cut it, a sync replaced it): read from the start
+    with expman.Experiment("c", "other", base_dir=tmp_path, capture_env=False) as exp:
+        for i in range(5):
+            exp.log_metrics({"b": float(i)}, step=i)
+        other = exp.run_dir
+    os.replace(other / layout.METRICS_FILE, run_dir / layout.METRICS_FILE)
+    assert cache.get(run_dir).counts() == {"b": 5}
+
+
+def test_a_crashed_run_that_is_resumed_is_not_shown_crashed(tmp_path: Path, monkeypatch) -> None:
+    import signal
+    from expman.dashboard import cache as cache_mod
+    monkeypatch.setattr(cache_mod, "REFRESH_EVERY", 0.0)
+    code = ("import sys, time, expman\n"
+            "exp = expman.Experiment('c', 'k', base_dir=sys.argv[1], capture_env=False)\n"
+            "exp.log_metrics({'a': 1.0}, step=0); exp.flush()\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=_env(), cwd=tmp_path,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    run_dir = tmp_path / "c" / "k"
+    cache = RunCache()
+    assert cache.get(run_dir).status == "CRASHED"
+    with expman.Experiment("c", "k", base_dir=tmp_path, capture_env=False, resume=True) as e2:
+        e2.log_metrics({"a": 2.0}, step=1)
+        e2.flush()
+        assert cache.get(run_dir).status == "RUNNING"
+    shown = cache.get(run_dir)
+    assert shown.status == "FINISHED" and shown.counts() == {"a": 2}
