@@ -26,7 +26,7 @@ np = pytest.importorskip("numpy")
 import expman  # noqa: E402
 from expman import layout  # noqa: E402
 from expman.dashboard import cookie_name, pick_token, read_token  # noqa: E402
-from expman.dashboard.cache import RunCache  # noqa: E402
+from expman.dashboard.cache import CachedRun, RunCache  # noqa: E402
 from expman.dashboard.testing import running_server  # noqa: E402
 from expman.errors import ExpmanValueError  # noqa: E402
 
@@ -72,7 +72,7 @@ def test_an_empty_token_is_refused_never_no_auth(tmp_path: Path) -> None:
     # `expman serve --host 0.0.0.0 --token "$UNSET"`: a clear error, nothing served
     proc = subprocess.run([sys.executable, "-m", "expman.dashboard", str(tmp_path), "--host",
                            "0.0.0.0", "--port", "0", "--no-browser", "--token", ""],
-                          env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+                          env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2, proc
     assert "token is empty" in proc.stderr and "--no-token" in proc.stderr
     assert "expman dashboard:" not in proc.stdout
@@ -81,7 +81,7 @@ def test_an_empty_token_is_refused_never_no_auth(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "expman.dashboard", str(tmp_path), "--host",
                            "0.0.0.0", "--port", "0", "--no-browser", "--token-file",
                            str(tmp_path / "tok")],
-                          env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+                          env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "token is empty" in proc.stderr
 
 
@@ -189,8 +189,7 @@ def test_an_image_path_with_dotdot_inside_media_is_served_not_a_500(tmp_path: Pa
               {"kind": "image", "tag": "out", "step": 0, "width": 8, "height": 8,
                "path": f"{layout.ARTIFACTS_DIR}/{layout.MEDIA_DIR}/../../run.json"}]
     with open(run / layout.EVENTS_FILE, "ab") as f:
-        for ev in events:
-            f.write(json.dumps(ev).encode() + b"\n")
+        f.writelines(json.dumps(ev).encode() + b"\n" for ev in events)
     with running_server(tmp_path) as url:
         d = get_json(url + "api/runs/m/img")
         assert d["media"]["images"] == {"pic": [{"step": 0, "path": "media/pic.png",
@@ -297,6 +296,7 @@ def test_a_cached_run_is_read_again_when_its_files_change(tmp_path: Path, monkey
 
 def test_a_crashed_run_that_is_resumed_is_not_shown_crashed(tmp_path: Path, monkeypatch) -> None:
     import signal
+
     from expman.dashboard import cache as cache_mod
     monkeypatch.setattr(cache_mod, "REFRESH_EVERY", 0.0)
     code = ("import sys, time, expman\n"
@@ -321,3 +321,132 @@ def test_a_crashed_run_that_is_resumed_is_not_shown_crashed(tmp_path: Path, monk
         assert cache.get(run_dir).status == "RUNNING"
     shown = cache.get(run_dir)
     assert shown.status == "FINISHED" and shown.counts() == {"a": 2}
+
+
+# ---- the server's own resources (issue 20, items 13 and 14) ---------------------------------
+
+
+def test_an_unterminated_events_line_is_never_read_again_from_its_start(tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """A run that stays RUNNING with an events.jsonl line that never ends: each poll
+    reads only the bytes appended since the last one."""
+    from expman import tail as tail_mod
+    from expman.tail import RunTail
+    run = tmp_path / "e" / "r"
+    run.mkdir(parents=True)
+    (run / layout.RUN_FILE).write_text(json.dumps({"status": "RUNNING"}))
+    events = run / layout.EVENTS_FILE
+    events.write_bytes(b'{"kind": "message", "msg": "first"}\n' + b'{"x": "' + b"a" * (3 << 20))
+    read: list[int] = []
+    real = tail_mod.read_regular
+
+    def counting(path: Any, offset: int = 0, limit: Any = None) -> bytes:
+        data = real(path, offset, limit)
+        if Path(path).name == layout.EVENTS_FILE:
+            read.append(len(data))
+        return data
+
+    monkeypatch.setattr(tail_mod, "read_regular", counting)
+    tail = RunTail(run)
+    assert [e["msg"] for e in tail.poll().events] == ["first"]
+    for _ in range(20):                      # the line grows by 256 KiB a poll, unterminated
+        with open(events, "ab") as f:
+            f.write(b"a" * (256 << 10))
+        assert tail.poll().events == []
+    with open(events, "ab") as f:
+        f.write(b'"}\n{"kind": "message", "msg": "after"}\n')
+    assert [e["msg"] for e in tail.poll().events] == ["after"]
+    assert tail.bad_event_lines == 1                 # the over-long line, counted once
+    size = events.stat().st_size
+    assert sum(read) <= size + (1 << 20) + 4096, (sum(read), size)   # not 20 x 3 MiB
+
+
+def test_every_stream_shares_one_scanner_and_one_poller(tmp_path: Path, monkeypatch) -> None:
+    """40 open streams: the base dir is scanned once per round of the shared poller,
+    not once per stream."""
+    from expman.dashboard.server import Dashboard, create_app
+    demo_run(tmp_path, "r", 0.01, steps=5, artifacts=False)
+    scans: list[int] = []
+    real = Dashboard.run_ids
+    monkeypatch.setattr(Dashboard, "run_ids", lambda self: scans.append(1) or real(self))
+    app = create_app(tmp_path)
+    live = app.app.state.dashboard.live
+
+    async def drive() -> None:
+        streams = [(await _stream(app, "watch=demo/r")).body_iterator for _ in range(40)]
+        for it in streams:
+            assert _parse(await it.__anext__())[0][0] == "hello"
+        while live.scans < 3:                       # rounds of the one poller
+            await asyncio.gather(*(it.__anext__() for it in streams))
+        for it in streams:
+            await it.aclose()
+
+    asyncio.run(drive())
+    assert live.streams == 0
+    assert len(scans) == live.scans, (len(scans), live.scans)     # not 40 per round
+
+
+def _histogram_run(base: Path, name: str, n: int = 40, buckets: int = 5000) -> Path:
+    with expman.Experiment("h", name, base_dir=base, capture_env=False) as exp:
+        exp.log_metrics({"x": 1.0}, step=0)
+        run = exp.run_dir
+    edges = [float(i) for i in range(buckets + 1)]
+    with open(run / layout.EVENTS_FILE, "ab") as f:
+        for step in range(n):
+            ev = {"kind": "histogram", "tag": "w", "step": step, "edges": edges,
+                  "counts": [step] * buckets}
+            f.write(json.dumps(ev).encode() + b"\n")
+    return run
+
+
+def test_the_cache_counts_the_bytes_events_really_hold(tmp_path: Path) -> None:
+    import tracemalloc
+    run_dir = _histogram_run(tmp_path, "a")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        run = CachedRun(run_dir)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held > 4 << 20                    # 40 events of 10,000 numbers each
+    assert run.nbytes >= held // 2, (run.nbytes, held)     # was 512 B an event: 20 kB
+    cache = RunCache(max_bytes=16 << 20)
+    for name in "bcd":
+        cache.get(_histogram_run(tmp_path, name))
+    assert cache.nbytes <= 16 << 20 and len(cache) == 1
+
+
+def test_runs_followed_by_streams_count_against_the_bound(tmp_path: Path) -> None:
+    """A live run sent by a stream stays bounded: past the bound it is trimmed to the
+    points its streams have not sent, and still streams every new point."""
+    exp = expman.Experiment("c", "live", base_dir=tmp_path, capture_env=False)
+    try:
+        for i in range(20_000):
+            exp.log_metrics({"a": float(i)}, step=i)
+        exp.flush()
+        cache = RunCache(max_bytes=300_000)      # the live run's columns: 480 kB and more
+        run = cache.get(exp.run_dir)
+        counts = run.counts()
+        cache.follow(run, counts)
+        for i in range(20_000, 20_100):
+            exp.log_metrics({"a": float(i)}, step=i)
+        exp.flush()
+        run.refresh(force=True)
+        cache.shrink()
+        assert cache.nbytes <= 300_000 and len(cache) == 0 and run.partial
+        status, new = run.since(counts)
+        start, steps, _, values = new["a"]
+        assert status == "RUNNING" and start == 20_000 and list(steps) == list(range(20_000, 20_100))
+        counts["a"] = 20_100
+        cache.shrink()
+        assert cache.nbytes < 10_000                # what was sent is let go
+        # a chart request meanwhile decodes the run afresh, whole
+        whole = cache.get(exp.run_dir)
+        assert whole is not run and whole.counts() == {"a": 20_100}
+        assert len(whole.snapshot("a")[0]) == 20_100
+        assert cache.nbytes > 300_000         # the run just asked for is kept for its answer
+        cache.unfollow(run, counts)            # ... and the bound holds again after it
+        assert cache.nbytes == 0 and len(cache) == 0
+    finally:
+        exp.close()

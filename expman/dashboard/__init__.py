@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from expman.errors import ExpmanValueError
 
-__all__ = ["serve", "is_loopback", "bind", "pick_token", "read_token", "cookie_name"]
+__all__ = ["bind", "cookie_name", "is_loopback", "pick_token", "read_token", "serve"]
 
 TOKEN_ENV = "EXPMAN_TOKEN"     # a token kept out of the command line (/proc/PID/cmdline)
 

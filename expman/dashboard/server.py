@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import mimetypes
-import types
 import os
 import threading
 import time
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,12 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import (
+    FileResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -37,8 +42,6 @@ from expman.dashboard.decimate import window
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 X_AXES = ("step", "time", "rel")
 MAX_POINTS = 20_000                # pixels a client may ask for
-LIVE_INTERVAL = 0.25               # seconds between polls of the streamed runs
-LIST_INTERVAL = 1.0                # seconds between scans for new runs
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'"),
     (b"x-content-type-options", b"nosniff"),
@@ -86,6 +89,8 @@ class Dashboard:
         self.base = base
         self.root = base.resolve()
         self.cache = RunCache(max_bytes)
+        from expman.dashboard.live import Live
+        self.live = Live(self)                # the one poller of every live stream
         self.stopping = threading.Event()     # set on shutdown: live streams end
         self.lines = RunListCache()           # list_runs' lines of unchanged finished runs
         self._rows: dict[int, tuple[Any, dict[str, Any] | None]] = {}   # id(line) -> row
@@ -199,12 +204,8 @@ class Dashboard:
             params = {}
         start = run.start_time
         end = meta.get("end_time")
-        last = {}
-        with run.lock:
-            for name, c in run.columns.items():
-                if c.n:
-                    last[name] = layout.json_float(float(c.values[c.n - 1]))
-            points = sum(c.n for c in run.columns.values())
+        values, points = run.last_values()
+        last = {k: layout.json_float(v) for k, v in values.items() if v is not None}
         duration = run_duration(meta, run.status, run.path)   # the one rule (reader.py)
         return {"id": f"{run.path.parent.name}/{run.path.name}",
                 "experiment": meta.get("experiment", run.path.parent.name),
@@ -465,66 +466,62 @@ async def api_stream(request: Request) -> Response:
     """Server-Sent Events: ``points`` (only points past what was sent, with the index
     of the first), ``status`` when a streamed run ends, ``runs`` with new runs and
     updated rows of live runs. ``run=EXP/RUN`` (repeatable) picks the streamed runs;
-    ``watch=EXP/RUN`` (repeatable) names live rows of the runs view to keep current."""
+    ``watch=EXP/RUN`` (repeatable) names live rows of the runs view to keep current.
+    Every stream is fed by the Dashboard's one poller (``live.Live``)."""
     d = _dash(request)
     ids = request.query_params.getlist("run")
     cached: dict[str, CachedRun] = {}
     for rid in ids:
         exp, _, name = rid.partition("/")
         cached[rid] = await anyio.to_thread.run_sync(d.cached, exp, name)
-    known = await anyio.to_thread.run_sync(d.run_ids)
-    watch = []
+    watch: dict[str, CachedRun] = {}
     for rid in request.query_params.getlist("watch"):
         exp, _, name = rid.partition("/")
         try:
-            watch.append((rid, await anyio.to_thread.run_sync(d.cached, exp, name)))
+            run = await anyio.to_thread.run_sync(d.cached, exp, name)
         except HTTPException:
             continue
-    stopping = d.stopping
+        if run.status == layout.RUNNING:
+            watch[rid] = run
+    stopping, live = d.stopping, d.live
 
     async def events() -> AsyncIterator[bytes]:
         counts = {rid: run.counts() for rid, run in cached.items()}
-        live = {rid for rid, run in cached.items() if run.status == layout.RUNNING}
-        live_rows = {rid: run for rid, run in watch if run.status == layout.RUNNING}
-        nonlocal known
-        yield b"retry: 1000\n\n" + _sse("hello", {"runs": list(cached), "counts": counts})
-        loop = asyncio.get_running_loop()
-        next_scan = loop.time() + LIST_INTERVAL
-        while not stopping.is_set():
-            for rid in sorted(live):
-                run = cached[rid]
-                await anyio.to_thread.run_sync(run.refresh)
-                status, new = run.since(counts[rid])      # together: see CachedRun.since
-                for metric, (start, steps, times, values) in new.items():
-                    counts[rid][metric] = start + len(steps)
-                    yield _sse("points", {"run": rid, "metric": metric, "start": start,
-                                          "steps": steps, "times": times, "values": values})
-                if status != layout.RUNNING:
-                    live.discard(rid)
-                    yield _sse("status", {"run": rid, "status": status})
-            if loop.time() >= next_scan:
-                next_scan = loop.time() + LIST_INTERVAL
-                now = await anyio.to_thread.run_sync(d.run_ids)
-                added = []
-                for rid in sorted(now - known):
-                    exp, _, name = rid.partition("/")
-                    try:
-                        live_rows[rid] = await anyio.to_thread.run_sync(d.cached, exp, name)
-                    except HTTPException:
-                        continue
-                    added.append(rid)
-                known = now
-                rows = []
-                for rid, run in list(live_rows.items()):
-                    await anyio.to_thread.run_sync(run.refresh)
-                    rows.append(d.live_row(run))
-                    if run.status != layout.RUNNING:
-                        del live_rows[rid]
-                if rows:
-                    yield _sse("runs", {"added": added, "rows": rows})
-                else:
-                    yield b": ping\n\n"
-            await asyncio.sleep(LIVE_INTERVAL)
+        streamed = {rid for rid, run in cached.items() if run.status == layout.RUNNING}
+        pinned = sorted(streamed)
+        followed = [cached[rid] for rid in pinned]
+        for rid in pinned:          # the cache counts them, and keeps what is still to send
+            d.cache.follow(cached[rid], counts[rid])
+        await live.subscribe(followed, watch)
+        known_scan = live.scans
+        rows_of = set(watch)
+        try:
+            yield b"retry: 1000\n\n" + _sse("hello", {"runs": list(cached), "counts": counts})
+            while not stopping.is_set():
+                await live.next_round()
+                for rid in sorted(streamed):
+                    status, new = cached[rid].since(counts[rid])   # together: see since()
+                    for metric, (start, steps, times, values) in new.items():
+                        counts[rid][metric] = start + len(steps)
+                        yield _sse("points", {"run": rid, "metric": metric, "start": start,
+                                              "steps": steps, "times": times, "values": values})
+                    if status != layout.RUNNING:
+                        streamed.discard(rid)
+                        yield _sse("status", {"run": rid, "status": status})
+                if live.scans != known_scan:
+                    added = [rid for scan, rid in live.added if scan > known_scan]
+                    known_scan = live.scans
+                    rows_of.update(added)
+                    rows = [live.rows[rid] for rid in sorted(rows_of) if rid in live.rows]
+                    rows_of -= {r["id"] for r in rows if r["status"] != layout.RUNNING}
+                    if rows or added:
+                        yield _sse("runs", {"added": added, "rows": rows})
+                    else:
+                        yield b": ping\n\n"
+        finally:
+            live.unsubscribe(followed, watch)
+            for rid in pinned:
+                d.cache.unfollow(cached[rid], counts[rid])
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
