@@ -450,3 +450,93 @@ def test_runs_followed_by_streams_count_against_the_bound(tmp_path: Path) -> Non
         assert cache.nbytes == 0 and len(cache) == 0
     finally:
         exp.close()
+
+
+def test_json_answers_are_built_off_the_event_loop(tmp_path: Path, monkeypatch) -> None:
+    """Serializing a big run happens in a worker thread, never on the loop that
+    serves every other request."""
+    import threading
+
+    from expman.dashboard import server
+    demo_run(tmp_path, "r", 0.01, steps=5, artifacts=False)
+    where: list[str] = []
+    real = server.orjson.dumps
+
+    def spy(*a: Any, **k: Any) -> bytes:
+        where.append(threading.current_thread().name)
+        return real(*a, **k)
+
+    with running_server(tmp_path) as url:
+        monkeypatch.setattr(server.orjson, "dumps", spy)
+        for path in ("api/runs", "api/runs/demo/r", "api/runs/demo/r/events",
+                     "api/runs/demo/r/series?metric=train_loss"):
+            get_json(url + path)
+    assert len(where) == 4 and "expman-dashboard" not in where, where   # the loop's thread
+
+
+# ---- what is exposed, paging (issue 20, item 15) --------------------------------------------
+
+
+def test_runs_are_paged_and_sorted_on_the_server(tmp_path: Path) -> None:
+    for i, lr in enumerate((0.3, 0.1, 0.2, 0.5, 0.4)):
+        demo_run(tmp_path, f"r{i}", lr, steps=5 + i, artifacts=False)
+    with running_server(tmp_path) as url:
+        page = get_json(url + "api/runs?offset=0&limit=2&sort=param:learning_rate&order=asc")
+        assert page["total"] == 5 and page["offset"] == 0 and page["limit"] == 2
+        assert [r["params"]["learning_rate"] for r in page["runs"]] == [0.1, 0.2]
+        page = get_json(url + "api/runs?offset=2&limit=2&sort=param:learning_rate&order=asc")
+        assert [r["params"]["learning_rate"] for r in page["runs"]] == [0.3, 0.4]
+        page = get_json(url + "api/runs?sort=points&order=desc&limit=3")
+        assert [r["run_name"] for r in page["runs"]] == ["r4", "r3", "r2"]
+        page = get_json(url + "api/runs?sort=metric:train_loss&order=desc&offset=4")
+        assert len(page["runs"]) == 1 and page["total"] == 5
+        # the newest first by default; no absolute path anywhere in the answer
+        page = get_json(url + "api/runs")
+        assert [r["run_name"] for r in page["runs"]] == ["r4", "r3", "r2", "r1", "r0"]
+        assert page["base"] == tmp_path.name and "base_dir" not in page
+        assert str(tmp_path) not in json.dumps(page)
+        for bad, word in (("limit=-1", "limit"), ("limit=100000", "limit"),
+                          ("offset=x", "offset"), ("sort=nope", "sort"), ("order=up", "order")):
+            status, _, body = get(url + "api/runs?" + bad)
+            assert status == 400 and word.encode() in body, (bad, body)
+
+
+def test_the_run_page_does_not_expose_secrets_in_argv_or_env(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["train.py", "--lr", "0.1", "--api-key", "sk-AAA",
+                                      "--token=tok-BBB", "WANDB_API_KEY=CCC", "--epochs", "3"])
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("SLURM_AUTH_TOKEN", "DDD")
+    with expman.Experiment("s", "r", base_dir=tmp_path, capture_env=True) as exp:
+        exp.log_metrics({"x": 1.0}, step=0)
+    raw = (tmp_path / "s" / "r" / layout.RUN_FILE).read_text()
+    assert "sk-AAA" in raw and "DDD" in raw              # the writer records them as they were
+    with running_server(tmp_path) as url:
+        status, _, body = get(url + "api/runs/s/r")
+    assert status == 200
+    for secret in (b"sk-AAA", b"tok-BBB", b"CCC", b"DDD"):
+        assert secret not in body
+    env = json.loads(body)["meta"]["env"]
+    assert env["argv"] == ["train.py", "--lr", "0.1", "--api-key", "[redacted]",
+                           "--token=[redacted]", "WANDB_API_KEY=[redacted]", "--epochs", "3"]
+    assert env["env_vars"]["SLURM_JOB_ID"] == "42"
+    assert env["env_vars"]["SLURM_AUTH_TOKEN"] == "[redacted]"
+    assert env["python_version"] and env["hostname"]
+
+
+# ---- loss is shown (issue 26) ---------------------------------------------------------------
+
+
+def test_the_run_page_shows_what_every_rank_lost(tmp_path: Path) -> None:
+    with expman.Experiment("l", "r", base_dir=tmp_path, capture_env=False) as exp:
+        exp.log_metrics({"x": 1.0}, step=0)
+        run = exp.run_dir
+    meta = json.loads((run / layout.RUN_FILE).read_text())
+    rank2 = dict(meta, rank=2, data_loss={"rows_dropped": 4146, "events_dropped": 0,
+                                          "write_errors": 3, "last_error": "No space left on device"})
+    (run / layout.rank_file(layout.RUN_FILE, 2)).write_text(json.dumps(rank2))
+    with running_server(tmp_path) as url:
+        ig = get_json(url + "api/runs/l/r")["integrity"]
+    assert not ig["ok"]
+    assert ig["data_loss"] == {"2": rank2["data_loss"]}
+    assert any("rank 2" in p and "4146 rows dropped" in p and "No space left" in p
+               for p in ig["problems"]), ig["problems"]

@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import mimetypes
 import os
+import re
 import threading
 import time
 import types
@@ -56,13 +57,12 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitab
                    Awaitable[None]]
 
 
-class JSON(Response):
-    """orjson, with numpy arrays; NaN and infinities become null."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+async def _answer(compute: Callable[[], Any]) -> Response:
+    """Build and serialize an answer in a worker thread: a run holding 100 MB of
+    events takes seconds to turn into JSON, and no other request waits for it."""
+    def work() -> bytes:
+        return orjson.dumps(compute(), option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(await anyio.to_thread.run_sync(work), media_type="application/json")
 
 
 def _not_found(what: str) -> HTTPException:
@@ -215,7 +215,9 @@ class Dashboard:
                 "points": points, "exit": meta.get("exit"),
                 "tags": [t for t in meta.get("tags") or [] if isinstance(t, str)]
                 if isinstance(meta.get("tags"), list) else [],
-                "group": meta.get("group") if isinstance(meta.get("group"), str) else None}
+                "group": meta.get("group") if isinstance(meta.get("group"), str) else None,
+                "data_loss": meta.get("data_loss") if isinstance(meta.get("data_loss"), dict)
+                else None, "damaged": None}
 
     def run_ids(self) -> set[str]:
         """The runs there are now (the live stream's scan, every LIST_INTERVAL)."""
@@ -240,10 +242,79 @@ async def index(request: Request) -> Response:
     return FileResponse(page, headers={"cache-control": "no-cache"})
 
 
+RUNS_PAGE = 1000                  # rows per /api/runs answer unless limit= says otherwise
+MAX_RUNS_PAGE = 10_000
+ROW_SORTS = ("start_time", "end_time", "duration", "status", "experiment", "run_name", "id",
+             "points")
+
+
+def _int_arg(request: Request, key: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HTTPException(400, f"{key}={raw!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise HTTPException(400, f"{key}={value}: use {lo}..{hi}")
+    return value
+
+
+def _sort_key(sort: str) -> Callable[[dict[str, Any]], Any]:
+    """A row's value for ``sort``: a row field, ``param:NAME`` (a flattened param,
+    dotted) or ``metric:NAME`` (its last value)."""
+    if sort.startswith("param:"):
+        path = sort[6:].split(".")
+
+        def param(row: dict[str, Any]) -> Any:
+            v: Any = row.get("params")
+            for part in path:
+                v = v.get(part) if isinstance(v, dict) else None
+            return v
+        return param
+    if sort.startswith("metric:"):
+        name = sort[7:]
+        return lambda row: (row.get("last_metrics") or {}).get(name)
+    if sort not in ROW_SORTS:
+        raise HTTPException(400, f"sort={sort!r}: use one of {', '.join(ROW_SORTS)}, "
+                                 "param:NAME or metric:NAME")
+    return lambda row: row.get(sort)
+
+
+def sort_rows(rows: list[dict[str, Any]], sort: str, descending: bool) -> list[dict[str, Any]]:
+    """Rows ordered by ``sort``; rows without a value (or with NaN) come last either
+    way; numbers before text when both occur."""
+    key = _sort_key(sort)
+    have, missing = [], []
+    for row in rows:
+        v = key(row)
+        if v is None or isinstance(v, bool) or (isinstance(v, float) and v != v):
+            missing.append(row)
+        else:
+            have.append(((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)), row))
+    have.sort(key=lambda kv: kv[0], reverse=descending)
+    return [row for _, row in have] + missing
+
+
 async def api_runs(request: Request) -> Response:
+    """One page of the runs view, sorted on the server: ``offset``, ``limit``
+    (default 1,000, at most 10,000), ``sort`` (default start_time) and ``order``
+    (desc by default); ``total`` counts every run."""
     d = _dash(request)
-    rows = await anyio.to_thread.run_sync(d.rows)
-    return JSON({"base_dir": str(d.base), "runs": rows})
+    offset = _int_arg(request, "offset", 0, 0, 1 << 62)
+    limit = _int_arg(request, "limit", RUNS_PAGE, 0, MAX_RUNS_PAGE)
+    sort = request.query_params.get("sort") or "start_time"
+    order = request.query_params.get("order") or "desc"
+    if order not in ("asc", "desc"):
+        raise HTTPException(400, f"order={order!r}: use asc or desc")
+    _sort_key(sort)                       # a bad sort= is a 400 before any listing
+
+    def page() -> dict[str, Any]:
+        rows = sort_rows(d.rows(), sort, order == "desc")
+        return {"base": d.base.name, "total": len(rows), "offset": offset, "limit": limit,
+                "sort": sort, "order": order, "runs": rows[offset:offset + limit]}
+    return await _answer(page)
 
 
 def _metric_summary(run: CachedRun) -> dict[str, Any]:
@@ -277,7 +348,9 @@ def _integrity(run: CachedRun) -> dict[str, Any]:
     for art in _artifacts(run):
         if not art["present"]:
             problems.append(f"artifact {art['name']!r} is missing or of the wrong size")
-    return {"ok": not problems, "problems": problems,
+    losses = rank_losses(run)
+    problems += [_loss_line(rank, loss) for rank, loss in losses.items()]
+    return {"ok": not problems, "problems": problems, "data_loss": losses or None,
             "metrics": {k: ig.get(k) for k in ("frames", "rows", "points", "torn_bytes",
                                                 "corrupt_bytes", "unknown_points")},
             "bad_event_lines": run.tail.bad_event_lines}
@@ -308,17 +381,97 @@ async def api_run(request: Request) -> Response:
     d = _dash(request)
     exp, name = request.path_params["exp"], request.path_params["run"]
     run = await anyio.to_thread.run_sync(d.cached, exp, name)
+
+    def detail() -> dict[str, Any]:
+        from expman._fsutil import read_json
+        try:
+            params = read_json(run.path / layout.PARAMS_FILE)
+        except (OSError, ValueError):
+            params = {}
+        meta = public_meta(run.meta)
+        return {"id": f"{exp}/{name}", "experiment": meta.get("experiment", exp),
+                "run_name": meta.get("run_name", name), "status": run.status,
+                "meta": meta, "params": params, "metrics": _metric_summary(run),
+                "artifacts": _artifacts(run), "integrity": _integrity(run),
+                "media": _media(run)}
+    return await _answer(detail)
+
+
+SECRET_NAME = re.compile(r"(?i)(token|secret|passw|pwd|key|auth|cred|cookie|session|signature)")
+REDACTED = "[redacted]"
+
+
+def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """run.json as the run page shows it: the environment without what may hold
+    secrets. Command-line values after (or joined to) a secret-looking option, and
+    environment variables with secret-looking names, are redacted; what a person
+    needs (Python, host, platform, git commit, packages) stays."""
+    out = dict(meta)
+    env = out.get("env")
+    if not isinstance(env, dict):
+        return out
+    env = dict(env)
+    argv = env.get("argv")
+    if isinstance(argv, list):
+        shown: list[Any] = []
+        hide_next = False
+        for arg in argv:
+            if hide_next and isinstance(arg, str) and not arg.startswith("-"):
+                shown.append(REDACTED)
+                hide_next = False
+                continue
+            hide_next = False
+            if isinstance(arg, str) and SECRET_NAME.search(arg.split("=", 1)[0]):
+                if "=" in arg:
+                    arg = arg.split("=", 1)[0] + "=" + REDACTED
+                elif arg.startswith("-"):
+                    hide_next = True
+            shown.append(arg)
+        env["argv"] = shown
+    env_vars = env.get("env_vars")
+    if isinstance(env_vars, dict):
+        env["env_vars"] = {k: (REDACTED if SECRET_NAME.search(str(k)) else v)
+                           for k, v in env_vars.items()}
+    out["env"] = env
+    return out
+
+
+def rank_losses(run: CachedRun) -> dict[str, dict[str, Any]]:
+    """What each rank's writer recorded losing (``data_loss`` in run.json and every
+    run.rank<r>.json present), by rank. Only files in the folder are read: a
+    world size read from a file is never trusted to size a loop."""
+    out: dict[str, dict[str, Any]] = {}
+    loss = run.meta.get("data_loss")
+    if isinstance(loss, dict):
+        out["0"] = loss
     from expman._fsutil import read_json
+    stem, _, suffix = layout.RUN_FILE.rpartition(".")
+    pattern = re.compile(re.escape(stem) + r"\.rank([1-9][0-9]{0,6})\." + re.escape(suffix))
     try:
-        params = read_json(run.path / layout.PARAMS_FILE)
-    except (OSError, ValueError):
-        params = {}
-    meta = dict(run.meta)
-    return JSON({"id": f"{exp}/{name}", "experiment": meta.get("experiment", exp),
-                 "run_name": meta.get("run_name", name), "status": run.status,
-                 "meta": meta, "params": params, "metrics": _metric_summary(run),
-                 "artifacts": _artifacts(run), "integrity": _integrity(run),
-                 "media": _media(run)})
+        names = [e.name for e in os.scandir(run.path)]
+    except OSError:
+        return out
+    for fname in sorted(names):
+        m = pattern.fullmatch(fname)
+        if not m:
+            continue
+        try:
+            meta = read_json(run.path / fname)
+        except (OSError, ValueError):
+            continue
+        loss = meta.get("data_loss") if isinstance(meta, dict) else None
+        if isinstance(loss, dict):
+            out[m.group(1)] = loss
+    return out
+
+
+def _loss_line(rank: str, loss: dict[str, Any]) -> str:
+    parts = [f"{loss[k]} {label}" for k, label in (
+        ("rows_dropped", "rows dropped"), ("events_dropped", "events dropped"),
+        ("write_errors", "write errors")) if isinstance(loss.get(k), int) and loss[k]]
+    if loss.get("last_error"):
+        parts.append(f"last error: {loss['last_error']}")
+    return f"rank {rank}: the writer lost data: " + (", ".join(parts) or "see run.json")
 
 
 MAX_MEDIA_PER_TAG = 1000       # the newest; a run logging a histogram every step is paged
@@ -400,7 +553,7 @@ async def api_series(request: Request) -> Response:
         return {"run": f"{exp}/{name}", "metric": metric, "x_axis": axis, "count": len(steps),
                 "total": w.total, "raw": w.raw, "start_time": run.start_time,
                 "x": w.x, "y": w.y, "status": run.status}
-    return JSON(await anyio.to_thread.run_sync(compute))
+    return await _answer(compute)
 
 
 async def api_events(request: Request) -> Response:
@@ -408,7 +561,8 @@ async def api_events(request: Request) -> Response:
     run = await anyio.to_thread.run_sync(d.cached, request.path_params["exp"],
                                          request.path_params["run"])
     kind = request.query_params.get("kind")
-    events = [e for e in list(run.events) if kind is None or e.get("kind") == kind]
+    events = await anyio.to_thread.run_sync(
+        lambda: [e for e in list(run.events) if kind is None or e.get("kind") == kind])
     total = len(events)
     raw = request.query_params.get("last")
     if raw is not None:          # the newest N only: a run may hold millions of messages
@@ -419,7 +573,7 @@ async def api_events(request: Request) -> Response:
         if last < 0:
             raise HTTPException(400, f"last={last}: use 0 or more")
         events = events[max(0, total - last):] if last else []
-    return JSON({"total": total, "events": events})
+    return await _answer(lambda: {"total": total, "events": events})
 
 
 async def api_artifact(request: Request) -> Response:
