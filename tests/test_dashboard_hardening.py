@@ -540,3 +540,68 @@ def test_the_run_page_shows_what_every_rank_lost(tmp_path: Path) -> None:
     assert ig["data_loss"] == {"2": rank2["data_loss"]}
     assert any("rank 2" in p and "4146 rows dropped" in p and "No space left" in p
                for p in ig["problems"]), ig["problems"]
+
+
+# ---- slow and flooding clients (issue 20, item 12) ------------------------------------------
+
+
+def _half_sent(port: int) -> Any:
+    """A connection that sends the start of a request and never finishes its headers."""
+    import socket
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    s.sendall(b"GET /api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    return s
+
+
+def _closed_by_server(s: Any) -> bool:
+    """Blocks until the server closes the connection (True) or sends something."""
+    try:
+        return s.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_half_sent_requests_are_closed_after_the_header_timeout(tmp_path: Path) -> None:
+    demo_run(tmp_path, "r", 0.01, steps=5, artifacts=False)
+    with running_server(tmp_path, max_connections=5, header_timeout=0.5) as url:
+        port = urllib.parse.urlsplit(url).port
+        slow = [_half_sent(port) for _ in range(5)]
+        try:
+            assert all(_closed_by_server(s) for s in slow)   # never answered, closed
+        finally:
+            for s in slow:
+                s.close()
+        assert get_json(url + "api/runs")["runs"]          # their places are free again
+
+
+def test_connections_past_the_cap_are_closed_at_once(tmp_path: Path) -> None:
+    demo_run(tmp_path, "r", 0.01, steps=5, artifacts=False)
+    with running_server(tmp_path, max_connections=4, header_timeout=60) as url:
+        port = urllib.parse.urlsplit(url).port
+        slow = [_half_sent(port) for _ in range(4)]
+        try:
+            extra = _half_sent(port)             # accepted after the four (one queue)
+            assert _closed_by_server(extra)       # closed without waiting for the timeout
+            extra.close()
+        finally:
+            for s in slow:
+                s.close()
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    if sys.platform == "win32":
+        pytest.skip("no RLIMIT_NOFILE on Windows")
+    import resource
+
+    from expman.dashboard.limits import connection_cap, raise_nofile
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        lowered = min(256, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+        now = raise_nofile()
+        want = hard if hard != resource.RLIM_INFINITY else max(lowered, 1 << 16)
+        assert now == resource.getrlimit(resource.RLIMIT_NOFILE)[0] == want
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert connection_cap(None, 1024) == 1024 - 64          # room kept for run files
+    assert connection_cap(None, 1 << 20) == 1000 and connection_cap(50, 1 << 20) == 50

@@ -110,13 +110,19 @@ def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1
           port: int = 8000, open_browser: bool = True, token: str | bool | None = None, *,
           out: TextIO | None = None, ready: threading.Event | None = None,
           server_box: list[Any] | None = None, warm: bool = True,
-          cache_bytes: int | None = None) -> None:
+          cache_bytes: int | None = None, max_connections: int | None = None,
+          header_timeout: float | None = None) -> None:
     """Serve the dashboard until interrupted. The first line on ``out`` (stdout) is
     ``expman dashboard: URL``. ``base_dir`` may be a URL that ``expman sync`` wrote
     (``s3://bucket/runs``): it is served from a local copy refreshed every few
-    seconds. A non-loopback ``host`` gets a random token unless ``token=False``. ``cache_bytes`` bounds the decoded runs kept in memory (1 GiB)."""
+    seconds. A non-loopback ``host`` gets a random token unless ``token=False``. ``cache_bytes`` bounds the decoded runs kept in memory (1 GiB).
+    ``max_connections`` (1,000, and what the open-file limit allows) and
+    ``header_timeout`` (10 s) hold off slow or flooding clients (``limits``)."""
     import uvicorn
 
+    from expman.dashboard.limits import (
+        HEADER_TIMEOUT, connection_cap, guarded_protocol, raise_nofile,
+    )
     from expman.dashboard.server import create_app
     from expman.remote import is_url
     remote = os.fspath(base_dir) if base_dir is not None and is_url(base_dir) else None
@@ -138,8 +144,11 @@ def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1
                      max_bytes=DEFAULT_MAX_BYTES if cache_bytes is None else cache_bytes)
     url = url_for(host, actual, tok)
     print(f"expman dashboard: {url}", file=out or sys.stdout, flush=True)
+    cap = connection_cap(max_connections, raise_nofile())
+    protocol = guarded_protocol(cap, HEADER_TIMEOUT if header_timeout is None else header_timeout)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1,
-                            lifespan="off", access_log=False)
+                            lifespan="off", access_log=False, http=protocol,
+                            timeout_keep_alive=5, h11_max_incomplete_event_size=16 << 10)
     server = uvicorn.Server(config)
     if server_box is not None:
         server_box.append(server)
