@@ -363,7 +363,9 @@ def test_an_unterminated_events_line_is_never_read_again_from_its_start(tmp_path
 
 def test_every_stream_shares_one_scanner_and_one_poller(tmp_path: Path, monkeypatch) -> None:
     """40 open streams: the base dir is scanned once per round of the shared poller,
-    not once per stream."""
+    not once per stream; streams that close leave the others waiting for rounds
+    (not spinning on a round that already ended)."""
+    from expman.dashboard.live import Live
     from expman.dashboard.server import Dashboard, create_app
     demo_run(tmp_path, "r", 0.01, steps=5, artifacts=False)
     scans: list[int] = []
@@ -371,11 +373,24 @@ def test_every_stream_shares_one_scanner_and_one_poller(tmp_path: Path, monkeypa
     monkeypatch.setattr(Dashboard, "run_ids", lambda self: scans.append(1) or real(self))
     app = create_app(tmp_path)
     live = app.app.state.dashboard.live
+    waits = [0]
+    real_wait = Live.next_round
+
+    async def counted(self: Live) -> None:
+        waits[0] += 1           # each stream waits once a round; a spin waits without end
+        if waits[0] > 40 * (self.rounds + 2):
+            raise AssertionError(f"{waits[0]} waits in {self.rounds} rounds: a stream spins")
+        await real_wait(self)
+
+    monkeypatch.setattr(Live, "next_round", counted)
 
     async def drive() -> None:
         streams = [(await _stream(app, "watch=demo/r")).body_iterator for _ in range(40)]
         for it in streams:
             assert _parse(await it.__anext__())[0][0] == "hello"
+        for it in streams[20:]:                     # half the pages close
+            await it.aclose()
+        streams = streams[:20]
         while live.scans < 3:                       # rounds of the one poller
             await asyncio.gather(*(it.__anext__() for it in streams))
         for it in streams:

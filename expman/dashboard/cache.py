@@ -289,10 +289,11 @@ class RunCache:
             if run is not None:
                 self._runs.move_to_end(key)
             else:
-                loading = self._loading.get(key)
-                mine = loading is None
+                existing = self._loading.get(key)
+                mine = existing is None
+                loading: Future[CachedRun] = Future() if existing is None else existing
                 if mine:
-                    loading = self._loading[key] = Future()
+                    self._loading[key] = loading
         if run is not None:
             run.refresh()
             return run
@@ -317,9 +318,8 @@ class RunCache:
 
     def follow(self, run: CachedRun, counts: dict[str, int]) -> None:
         """A live stream sends ``run`` from ``counts`` (a dict it keeps current)."""
-        with self._lock:
-            with run.lock:
-                run.followers.append(counts)
+        with self._lock, run.lock:
+            run.followers.append(counts)
 
     def unfollow(self, run: CachedRun, counts: dict[str, int]) -> None:
         with self._lock:

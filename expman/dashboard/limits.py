@@ -58,10 +58,10 @@ def guarded_protocol(max_connections: int, header_timeout: float) -> type:
     """Uvicorn's HTTP protocol class with the connection cap and the header
     timeout (module doc); pass it as ``uvicorn.Config(http=...)``."""
     try:
-        import httptools  # noqa: F401
+        import httptools  # type: ignore[import-not-found]  # noqa: F401
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
     except ImportError:
-        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base  # type: ignore[assignment]
 
     class GuardedProtocol(Base):  # type: ignore[misc, valid-type]
         _header_timer: Any = None

@@ -69,11 +69,13 @@ class Live:
             if not self._watchers[rid]:
                 del self._watchers[rid]
                 self.watched.pop(rid, None)
-        if self._wake is not None:
-            self._wake.set()        # the task ends once no stream is left
+        # the task ends by itself once no stream is left; waking the others here would
+        # leave the round's event set, and their next wait would return at once (a spin)
 
     async def next_round(self) -> None:
-        """Wait for the next round (a poll of the live runs; a scan every second)."""
+        """Wait for the next round (a poll of the live runs; a scan every second).
+        The poller sets a round's event and puts a fresh one in its place in one
+        step, so a wait always suspends until a round ends."""
         assert self._wake is not None
         await self._wake.wait()
 
