@@ -620,3 +620,28 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert connection_cap(None, 1024) == 1024 - 64          # room kept for run files
     assert connection_cap(None, 1 << 20) == 1000 and connection_cap(50, 1 << 20) == 50
+
+
+def test_a_run_that_ends_gives_back_its_room_to_grow(tmp_path: Path) -> None:
+    """Columns of a live run grow by doubling; once it ends they hold just its points
+    (the 26.6 soak: memory returns when runs end)."""
+    exp = expman.Experiment("c", "grow", base_dir=tmp_path, capture_env=False)
+    try:
+        exp.log_metrics({"a": 0.0}, step=0)
+        exp.flush()
+        run = CachedRun(exp.run_dir)
+        for i in range(1, 3000):
+            exp.log_metrics({"a": float(i)}, step=i)
+            if i % 500 == 0:
+                exp.flush()
+                run.refresh(force=True)
+        exp.flush()
+        run.refresh(force=True)
+        assert run.status == "RUNNING" and run.counts() == {"a": 3000}
+        assert run.columns["a"].nbytes > 3000 * 24            # room to grow
+    finally:
+        exp.close()
+    run.refresh(force=True)
+    assert run.status == "FINISHED" and run.counts() == {"a": 3000}
+    assert run.columns["a"].nbytes == 3000 * 24
+    assert list(run.snapshot("a")[0]) == list(range(3000))
