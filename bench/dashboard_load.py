@@ -94,9 +94,10 @@ async def hold_stream(port: int, query: str, opened: list[int], stop: asyncio.Ev
     writer.close()
 
 
-def page_latencies(url: str, ids: list[str], seconds: float) -> list[float]:
-    """Run pages (the detail JSON), one after another, for ``seconds``."""
-    rng = random.Random(1)
+def page_latencies(url: str, ids: list[str], seconds: float, seed: int) -> list[float]:
+    """Run pages (the detail JSON) of random runs, one after another, for ``seconds``
+    (a seed per phase: each phase meets runs not decoded yet as the other does)."""
+    rng = random.Random(seed)
     out = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -107,9 +108,10 @@ def page_latencies(url: str, ids: list[str], seconds: float) -> list[float]:
     return out
 
 
-def phase(name: str, url: str, pid: int, ids: list[str], seconds: float) -> dict[str, float]:
+def phase(name: str, url: str, pid: int, ids: list[str], seconds: float,
+          seed: int) -> dict[str, float]:
     c0, t0 = cpu_seconds(pid), time.monotonic()
-    lat = page_latencies(url, ids, seconds)
+    lat = page_latencies(url, ids, seconds, seed)
     cpu = (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
     lat.sort()
     p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))]
@@ -158,7 +160,7 @@ def main() -> None:
             print(f"# /api/runs first answer ({len(ids):,} runs, the start-up listing shared): "
                   f"{time.monotonic() - t:.2f} s", flush=True)
             print(f"{'phase':<34} {'pages':>6} {'median ms':>10} {'p95 ms':>9} {'server CPU':>11}")
-            results = {"no streams": phase("no streams", url, server.pid, ids, args.seconds)}
+            results = {"no streams": phase("no streams", url, server.pid, ids, args.seconds, 1)}
 
             async def with_streams() -> None:
                 stop, opened = asyncio.Event(), [0]
@@ -172,7 +174,7 @@ def main() -> None:
                       f"{'':>9} {100 * cpu:>9.0f} %", flush=True)
                 results["streams idle"] = {"cpu": cpu}
                 results["streams"] = await asyncio.to_thread(
-                    phase, f"{args.streams} streams open", url, server.pid, ids, args.seconds)
+                    phase, f"{args.streams} streams open", url, server.pid, ids, args.seconds, 2)
                 stop.set()
                 await asyncio.gather(*tasks, return_exceptions=True)
 

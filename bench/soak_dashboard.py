@@ -116,11 +116,11 @@ def main() -> None:
         try:
             while writer.poll() is None:
                 now = time.monotonic()
-                if now >= next_page:           # the run page, as a person would reload it
-                    urllib.request.urlopen(url + "api/runs/soak/live", timeout=60).read()
-                    next_page = now + 5
                 rows.append((now - t0, rss_mb(server.pid), got[0]))
                 print(f"{rows[-1][0]:7.0f} {rows[-1][1]:16.1f} {rows[-1][2]:16,}", flush=True)
+                if now >= next_page:           # the run page, as a person would reload it
+                    urllib.request.urlopen(url + "api/runs/soak/live", timeout=60).read()
+                    next_page = now + 5        # (after the sample: its own decode is transient)
                 time.sleep(args.every)
             written = int(writer.stdout.readline() or 0) * args.metrics
             reader.join(30)

@@ -9,8 +9,8 @@ leads outside the base dir is a 404; a token, when set, guards every request.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
+import math
 import mimetypes
 import os
 import re
@@ -27,18 +27,14 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import (
-    FileResponse,
-    PlainTextResponse,
-    Response,
-    StreamingResponse,
-)
+from starlette.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from expman import layout
 from expman.dashboard.cache import DEFAULT_MAX_BYTES, CachedRun, RunCache
 from expman.dashboard.decimate import window
+from expman.dashboard.live import Live
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 X_AXES = ("step", "time", "rel")
@@ -89,7 +85,6 @@ class Dashboard:
         self.base = base
         self.root = base.resolve()
         self.cache = RunCache(max_bytes)
-        from expman.dashboard.live import Live
         self.live = Live(self)                # the one poller of every live stream
         self.stopping = threading.Event()     # set on shutdown: live streams end
         self.lines = RunListCache()           # list_runs' lines of unchanged finished runs
@@ -284,12 +279,12 @@ def _sort_key(sort: str) -> Callable[[dict[str, Any]], Any]:
 
 def sort_rows(rows: list[dict[str, Any]], sort: str, descending: bool) -> list[dict[str, Any]]:
     """Rows ordered by ``sort``; rows without a value (or with NaN) come last either
-    way; numbers before text when both occur."""
+    way; numbers and text are sorted apart (numbers first in ascending order)."""
     key = _sort_key(sort)
     have, missing = [], []
     for row in rows:
         v = key(row)
-        if v is None or isinstance(v, bool) or (isinstance(v, float) and v != v):
+        if v is None or isinstance(v, bool) or (isinstance(v, float) and math.isnan(v)):
             missing.append(row)
         else:
             have.append(((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)), row))
