@@ -403,6 +403,9 @@ def test_loss_is_shown_in_the_runs_view_and_on_the_run_page(browser: Any, tmp_pa
         assert badge.inner_text() == "data lost"
         assert "4146 rows dropped" in badge.get_attribute("title")
         assert row(pg, "l/fine").locator(".loss").count() == 0
+        ranked_badge = row(pg, "l/ranked").locator(".loss")                # rank 2's loss
+        assert "rank 2: 4146 rows dropped" in ranked_badge.get_attribute("title")
+        pg.screenshot(path=str(tmp_path / "runs.png"))
         pg.goto(url + "#/run/l/ranked")
         pg.wait_for_selector("#run-title")
         assert pg.locator("#data-loss-badge").inner_text() == "data lost"

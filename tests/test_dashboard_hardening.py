@@ -551,6 +551,8 @@ def test_the_run_page_shows_what_every_rank_lost(tmp_path: Path) -> None:
     (run / layout.rank_file(layout.RUN_FILE, 2)).write_text(json.dumps(rank2))
     with running_server(tmp_path) as url:
         ig = get_json(url + "api/runs/l/r")["integrity"]
+        row = get_json(url + "api/runs")["runs"][0]
+    assert row["rank_loss"] == {"2": rank2["data_loss"]}      # the runs view's row too
     assert not ig["ok"]
     assert ig["data_loss"] == {"2": rank2["data_loss"]}
     assert any("rank 2" in p and "4146 rows dropped" in p and "No space left" in p

@@ -186,6 +186,7 @@ class Dashboard:
         row = s.to_dict()
         row["id"] = f"{s.path.parent.name}/{s.path.name}"
         row["last_metrics"] = {k: layout.json_float(v) for k, v in s.last_metrics.items()}
+        row["rank_loss"] = rank_losses(s.path, s.data_loss) or None    # every rank's
         del row["path"]
         return row
 
@@ -212,7 +213,8 @@ class Dashboard:
                 if isinstance(meta.get("tags"), list) else [],
                 "group": meta.get("group") if isinstance(meta.get("group"), str) else None,
                 "data_loss": meta.get("data_loss") if isinstance(meta.get("data_loss"), dict)
-                else None, "damaged": None}
+                else None, "damaged": None,
+                "rank_loss": rank_losses(run.path, meta.get("data_loss")) or None}
 
     def run_ids(self) -> set[str]:
         """The runs there are now (the live stream's scan, every LIST_INTERVAL)."""
@@ -343,7 +345,7 @@ def _integrity(run: CachedRun) -> dict[str, Any]:
     for art in _artifacts(run):
         if not art["present"]:
             problems.append(f"artifact {art['name']!r} is missing or of the wrong size")
-    losses = rank_losses(run)
+    losses = rank_losses(run.path, run.meta.get("data_loss"))
     problems += [_loss_line(rank, loss) for rank, loss in losses.items()]
     return {"ok": not problems, "problems": problems, "data_loss": losses or None,
             "metrics": {k: ig.get(k) for k in ("frames", "rows", "points", "torn_bytes",
@@ -431,19 +433,22 @@ def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def rank_losses(run: CachedRun) -> dict[str, dict[str, Any]]:
-    """What each rank's writer recorded losing (``data_loss`` in run.json and every
-    run.rank<r>.json present), by rank. Only files in the folder are read: a
-    world size read from a file is never trusted to size a loop."""
+RANK_META = re.compile(re.escape(layout.RUN_FILE.rpartition(".")[0]) + r"\.rank([1-9][0-9]{0,6})\."
+                       + re.escape(layout.RUN_FILE.rpartition(".")[2]))
+
+
+def rank_losses(path: Path, loss0: Any) -> dict[str, dict[str, Any]]:
+    """What each rank's writer recorded losing, by rank: ``loss0`` (rank 0's
+    ``data_loss``, from run.json) and ``data_loss`` of every run.rank<r>.json
+    present. Only files in the folder are read: a world size read from a file is
+    never trusted to size a loop."""
     out: dict[str, dict[str, Any]] = {}
-    loss = run.meta.get("data_loss")
-    if isinstance(loss, dict):
-        out["0"] = loss
+    if isinstance(loss0, dict):
+        out["0"] = loss0
     from expman._fsutil import read_json
-    stem, _, suffix = layout.RUN_FILE.rpartition(".")
-    pattern = re.compile(re.escape(stem) + r"\.rank([1-9][0-9]{0,6})\." + re.escape(suffix))
+    pattern = RANK_META
     try:
-        names = [e.name for e in os.scandir(run.path)]
+        names = [e.name for e in os.scandir(path)]
     except OSError:
         return out
     for fname in sorted(names):
@@ -451,7 +456,7 @@ def rank_losses(run: CachedRun) -> dict[str, dict[str, Any]]:
         if not m:
             continue
         try:
-            meta = read_json(run.path / fname)
+            meta = read_json(path / fname)
         except (OSError, ValueError):
             continue
         loss = meta.get("data_loss") if isinstance(meta, dict) else None

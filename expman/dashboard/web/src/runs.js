@@ -186,7 +186,9 @@ export function lossText(loss) {
 
 function prepare(r) {
   r.flatParams = flatten(r.params || {});
-  r.lossText = lossText(r.data_loss);
+  // every rank's recorded loss (rank_loss), else rank 0's (data_loss)
+  const losses = r.rank_loss ? Object.entries(r.rank_loss) : (r.data_loss ? [["0", r.data_loss]] : []);
+  r.lossText = losses.map(([rank, l]) => `rank ${rank}: ${lossText(l)}`).join("; ");
   r.last_metrics = r.last_metrics || {};
   // tags and group: shown as "group:g tag1 tag2", found by the text filter as tag:NAME too
   r.tagText = [...(r.group ? [`group:${r.group}`] : []), ...(r.tags || [])].join(" ");
