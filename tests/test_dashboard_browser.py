@@ -218,6 +218,7 @@ def test_run_page_and_image_artifact(page: Any, site: Any) -> None:
     assert page.locator('#params tr[data-key="optimizer.momentum"] td').inner_text() == "0.9"
     page.fill(".kv-search >> nth=0", "momentum")
     assert page.locator("#params tr[data-key]:visible").count() == 1
+    until(lambda: page.locator("#messages li").count(), what="the messages, fetched after the page")
     msgs = page.locator("#messages li").all_inner_texts()
     assert any("Starting training loop" in m for m in msgs)
     assert any("warning" in m and "learning rate may be too high" in m for m in msgs)
@@ -269,6 +270,7 @@ def test_markup_in_names_params_and_messages_is_shown_as_text(page: Any, site: A
     r.locator("a").click()
     page.wait_for_selector("#run-title")
     assert page.locator("#run-title").inner_text() == XSS_SCRIPT
+    until(lambda: page.locator("#messages li").count(), what="the messages, fetched after the page")
     msgs = page.locator("#messages li").all_inner_texts()
     assert any(XSS_IMG in m for m in msgs) and any(XSS_SCRIPT in m for m in msgs)
     assert page.locator('#params tr[data-key="title"] td').inner_text() == XSS_IMG

@@ -136,7 +136,6 @@ class CachedRun:
         self.events: list[dict[str, Any]] = []
         self.event_bytes = 0        # what the parsed events hold in memory
         self.status = layout.RUNNING
-        self.generation = getattr(self, "generation", -1) + 1   # streams restart on a change
         self._refresh_locked()
 
     @property

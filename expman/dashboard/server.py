@@ -646,10 +646,10 @@ async def api_stream(request: Request) -> Response:
         followed = [cached[rid] for rid in pinned]
         for rid in pinned:          # the cache counts them, and keeps what is still to send
             d.cache.follow(cached[rid], counts[rid])
-        await live.subscribe(followed, watch)
-        known_scan = live.scans
-        rows_of = set(watch)
         try:
+            await live.subscribe(followed, watch)    # counted before its first await
+            known_scan = live.scans
+            rows_of = set(watch)
             yield b"retry: 1000\n\n" + _sse("hello", {"runs": list(cached), "counts": counts})
             while not stopping.is_set():
                 await live.next_round()
