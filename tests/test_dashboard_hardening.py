@@ -25,7 +25,7 @@ np = pytest.importorskip("numpy")
 
 import expman  # noqa: E402
 from expman import layout  # noqa: E402
-from expman.dashboard import cookie_name, pick_token, read_token  # noqa: E402
+from expman.dashboard import cookie_name, cookie_value, pick_token, read_token  # noqa: E402
 from expman.dashboard.cache import CachedRun, RunCache  # noqa: E402
 from expman.dashboard.testing import running_server  # noqa: E402
 from expman.errors import ExpmanValueError  # noqa: E402
@@ -113,18 +113,25 @@ def test_the_token_cookie_is_per_port_and_the_token_leaves_the_address(tmp_path:
         # the page opened with ?token= is sent to the same address without it, the cookie set
         status, h, _ = get(url_a.replace("/?", "/?x=1&") + "#/run/a")
         assert status == 303 and h["location"] == "/?x=1", h
-        assert h["set-cookie"].startswith(f"{cookie_name(port_a)}=tok-A;")
+        value_a = cookie_value("tok-A", port_a)
+        assert h["set-cookie"].startswith(f"{cookie_name(port_a)}={value_a};")
+        assert "tok-A" not in h["set-cookie"]                  # never the token itself
         assert "HttpOnly" in h["set-cookie"] and "SameSite=Strict" in h["set-cookie"]
         status, h, _ = get(url_b)
+        value_b = cookie_value("tok-B", port_b)
         assert status == 303 and h["location"] == "/"
-        assert h["set-cookie"].startswith(f"expman_token_{port_b}=tok-B;")
+        assert h["set-cookie"].startswith(f"expman_token_{port_b}={value_b};")
         # a browser holds both cookies (one host): each server takes its own
-        both = f"{cookie_name(port_a)}=tok-A; {cookie_name(port_b)}=tok-B"
+        both = f"{cookie_name(port_a)}={value_a}; {cookie_name(port_b)}={value_b}"
         for url in (url_a, url_b):
             assert get(url.split("?")[0] + "api/runs", {"Cookie": both})[0] == 200
-        # a cookie of another port is no key here; the old per-host name neither
+        # another port's cookie is no key here (even with the same token), nor is the
+        # token itself as a cookie, nor the old per-host name
         root_a = url_a.split("?")[0]
-        assert get(root_a + "api/runs", {"Cookie": f"{cookie_name(port_b)}=tok-A"})[0] == 403
+        assert get(root_a + "api/runs", {"Cookie": f"{cookie_name(port_a)}={value_b}"})[0] == 403
+        assert get(root_a + "api/runs", {"Cookie": f"{cookie_name(port_a)}="
+                                         f"{cookie_value('tok-A', port_b)}"})[0] == 403
+        assert get(root_a + "api/runs", {"Cookie": f"{cookie_name(port_a)}=tok-A"})[0] == 403
         assert get(root_a + "api/runs", {"Cookie": "expman_token=tok-A"})[0] == 403
         # scripts keep ?token= on the API (no redirect to follow)
         assert get(root_a + "api/runs?token=tok-A")[0] == 200

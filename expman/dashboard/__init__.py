@@ -19,7 +19,8 @@ from typing import Any, TextIO
 
 from expman.errors import ExpmanValueError
 
-__all__ = ["bind", "cookie_name", "is_loopback", "pick_token", "read_token", "serve"]
+__all__ = ["bind", "cookie_name", "cookie_value", "is_loopback", "pick_token", "read_token",
+           "serve"]
 
 TOKEN_ENV = "EXPMAN_TOKEN"     # a token kept out of the command line (/proc/PID/cmdline)
 
@@ -98,6 +99,16 @@ def cookie_name(port: int) -> str:
     """The token cookie of the server on ``port``: cookies are per host, not per
     port, so two servers on one host (or another service) never share one."""
     return f"expman_token_{port}"
+
+
+def cookie_value(token: str, port: int) -> str:
+    """What the cookie holds: a MAC of the port under the token, not the token. The
+    browser sends it to every port of the host; another service there learns
+    nothing it can use elsewhere (not the token, not a key to another server
+    sharing the token)."""
+    import hashlib
+    import hmac
+    return hmac.new(token.encode(), f"expman-cookie:{port}".encode(), hashlib.sha256).hexdigest()
 
 
 def url_for(host: str, port: int, token: str | None) -> str:

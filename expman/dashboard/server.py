@@ -692,7 +692,8 @@ class Guard:
     The token is accepted as ``?token=``, as the cookie ``expman_token_<port>``
     (one per port: cookies are scoped per host, so a per-host name would go to
     every other service on the host, and two servers would overwrite each
-    other's), or as ``Authorization: token T``. A page opened with ``?token=``
+    other's; it holds ``cookie_value``, not the token), or as
+    ``Authorization: token T``. A page opened with ``?token=``
     is redirected to the same address without it, the cookie set: the token
     does not stay in the address bar or the history."""
 
@@ -714,22 +715,24 @@ class Guard:
                              "127.0.0.1 and localhost only")
                 return
         if self.token:
-            from expman.dashboard import cookie_name
-            name = cookie_name(_port(scope))
+            from expman.dashboard import cookie_name, cookie_value
+            port = _port(scope)
+            name, value = cookie_name(port), cookie_value(self.token, port)
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"),
                              keep_blank_values=True)
             given = query.get("token", [""])[0]
             cookie = _cookie(headers.get("cookie", ""), name)
             auth = headers.get("authorization", "")
             auth = auth[6:] if auth.lower().startswith("token ") else ""
-            ok = [hmac.compare_digest(c.encode(), self.token.encode()) for c in (given, cookie, auth)]
+            ok = [hmac.compare_digest(given.encode(), self.token.encode()),
+                  hmac.compare_digest(cookie.encode(), value.encode()),
+                  hmac.compare_digest(auth.encode(), self.token.encode())]
             if not any(ok):
                 await _plain(send, 403, "a token is required: open the URL that `expman serve` "
                              "printed (it ends with ?token=...)")
                 return
             if ok[0]:
-                set_cookie = (f"{name}={self.token}; Path=/; HttpOnly; "
-                              "SameSite=Strict").encode()
+                set_cookie = f"{name}={value}; Path=/; HttpOnly; SameSite=Strict".encode()
                 if scope.get("method") in ("GET", "HEAD") and not scope["path"].startswith("/api/"):
                     await _redirect_without_token(send, scope, query, set_cookie)
                     return
