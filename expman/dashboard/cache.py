@@ -331,7 +331,7 @@ class RunCache:
 
     def shrink(self) -> None:
         """Hold the bound now (runs grow without being asked for: live streams call
-        this after each poll)."""
+        this every second)."""
         with self._lock:
             for run in self._followed_out:    # keep only what is still to send
                 run.trim()

@@ -103,7 +103,7 @@ class Live:
                 run.refresh()
         if scan:
             self._scan()
-        self.d.cache.shrink()          # live runs grew: the bound holds while streaming
+            self.d.cache.shrink()      # live runs grew: the bound holds while streaming
         self.rounds += 1
 
     def _scan(self) -> None:
