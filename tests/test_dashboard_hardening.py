@@ -654,3 +654,25 @@ def test_a_run_that_ends_gives_back_its_room_to_grow(tmp_path: Path) -> None:
     assert run.status == "FINISHED" and run.counts() == {"a": 3000}
     assert run.columns["a"].nbytes == 3000 * 24
     assert list(run.snapshot("a")[0]) == list(range(3000))
+
+
+def test_a_stream_sends_a_rewritten_run_again_from_the_start(tmp_path: Path) -> None:
+    """A run whose metrics.bin was replaced by a shorter one (a repair cut it, a sync
+    replaced it): a stream that had sent more points gets the run again from 0."""
+    with expman.Experiment("c", "r", base_dir=tmp_path, capture_env=False) as exp:
+        for i in range(50):
+            exp.log_metrics({"a": float(i)}, step=i)
+        run_dir = exp.run_dir
+    with expman.Experiment("c", "short", base_dir=tmp_path, capture_env=False) as exp:
+        for i in range(5):
+            exp.log_metrics({"a": 100.0 + i}, step=i)
+        short = exp.run_dir
+    cache = RunCache()
+    run = cache.get(run_dir)
+    counts = run.counts()
+    assert counts == {"a": 50} and run.since(counts)[1] == {}
+    os.replace(short / layout.METRICS_FILE, run_dir / layout.METRICS_FILE)
+    run = cache.get(run_dir)
+    status, new = run.since(counts)
+    start, steps, _, values = new["a"]
+    assert start == 0 and list(steps) == list(range(5)) and values[0] == 100.0

@@ -221,11 +221,15 @@ class CachedRun:
         times, values)}, taken together: a status other than RUNNING comes with every
         point there is (the tail reads the status before the data), so a stream that
         sends these points and then this status never ends short, whatever other
-        requests refresh the run in between."""
+        requests refresh the run in between. A metric that now has fewer points than
+        ``counts`` says (its stream was cut or replaced) is sent again from index 0."""
         out = {}
         with self.lock:
             for name, c in self.columns.items():
-                start = max(counts.get(name, 0), c.offset)
+                start = counts.get(name, 0)
+                if start > c.n:        # fewer points than sent: rewritten, sent again from 0
+                    start = 0
+                start = max(start, c.offset)
                 if c.n > start:
                     out[name] = (start, *c.tail(start))
             return self.status, out
