@@ -23,7 +23,7 @@ from expman import _core
 from expman._fsutil import read_json_object, read_regular
 from expman.errors import ExpmanValueError, RunNotFoundError
 from expman.layout import (
-    EVENTS_FILE, METRICS_FILE, RUN_FILE, RUNNING, parse_event_lines, rank_file,
+    EVENTS_FILE, MAX_EVENT_LINE, METRICS_FILE, RUN_FILE, RUNNING, parse_event_lines, rank_file,
 )
 from expman.liveness import effective_status
 from expman.series import Metrics, Series, column
@@ -115,11 +115,12 @@ class RunTail:
             raise RunNotFoundError(2, f"not an expman run folder (no {RUN_FILE}): {self.path}",
                                    str(self.path))
         self.salvage = salvage
-        self._meta_sig: tuple[int, int] | None = self._sig(RUN_FILE)   # before the read
+        self._meta_sig: tuple[int, int, int, int] | None = self._sig(RUN_FILE)   # before the read
         self.meta: dict[str, Any] = read_meta(self.path)
         self._keys: dict[int, str] = {}
         self._moff = 0             # offset in metrics.bin after the last intact frame
         self._eoff = 0             # offset in events.jsonl after the last whole line
+        self._escan = 0            # offset up to which it was read (a line in progress)
         self.bad_event_lines = 0
         self.integrity: dict[str, Any] = empty_report()
         self._done_at: list[int] = []       # corruption behind the read position
@@ -138,12 +139,12 @@ class RunTail:
         return {"metrics": self._moff, "events": self._eoff,
                 "keys": {str(k): v for k, v in self._keys.items()}}
 
-    def _sig(self, name: str) -> tuple[int, int] | None:
+    def _sig(self, name: str) -> tuple[int, int, int, int] | None:
         try:
             st = os.stat(self.path / name)
         except OSError:
             return None
-        return (st.st_size, st.st_mtime_ns)
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     @property
     def status(self) -> str:
@@ -215,15 +216,31 @@ class RunTail:
         return Metrics({k: s for k, s in series.items() if len(s)})
 
     def poll_events(self) -> list[dict[str, Any]]:
-        """Only the event lines appended since the last poll (whole lines)."""
+        """Only the whole event lines appended since the last poll. A line still being written is read again
+        next time, but only up to MAX_EVENT_LINE bytes: past that it is skipped to
+        its newline, reading only bytes not read before (an unterminated line that
+        grows forever is never re-read from its start)."""
         path = self.events_path
         try:
-            if regular_size(path) < self._eoff:
-                self._eoff = 0
-            data = read_regular(path, self._eoff)
+            size = regular_size(path)
+            if size < self._eoff:
+                self._eoff = self._escan = 0
+            elif size < self._escan:
+                self._escan = self._eoff
+            skipping = self._escan - self._eoff > MAX_EVENT_LINE
+            start = self._escan if skipping else self._eoff
+            data = read_regular(path, start)
         except FileNotFoundError:
             return []
+        if skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self._escan += len(data)
+                return []
+            self.bad_event_lines += 1              # the over-long line, never kept
+            self._eoff, data = start + nl + 1, data[nl + 1:]
         events, bad, used = parse_event_lines(data)   # a line still being written waits
+        self._escan = self._eoff + len(data)
         self._eoff += used
         self.bad_event_lines += bad
         return events

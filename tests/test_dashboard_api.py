@@ -24,7 +24,7 @@ np = need("numpy")
 
 import expman  # noqa: E402
 from expman import layout  # noqa: E402
-from expman.dashboard import is_loopback, pick_token, url_for  # noqa: E402
+from expman.dashboard import cookie_value, is_loopback, pick_token, url_for  # noqa: E402
 from expman.dashboard.cache import CachedRun, RunCache  # noqa: E402
 from expman.dashboard.testing import running_server  # noqa: E402
 
@@ -195,10 +195,12 @@ def test_token_guards_every_request(tmp_path: Path) -> None:
         status, _, body = get(root + "api/runs")
         assert status == 403 and b"token" in body
         assert get(root + "api/runs?token=wrong")[0] == 403
-        status, h, _ = get(url)
-        assert status == 200 and "expman_token=s3cret-token" in h["set-cookie"]
+        port = urllib.parse.urlsplit(url).port
+        cookie = f"expman_token_{port}={cookie_value('s3cret-token', port)}"
+        status, h, _ = get(root + "api/runs?token=s3cret-token")
+        assert status == 200 and h["set-cookie"].startswith(cookie + ";")
         assert "HttpOnly" in h["set-cookie"]
-        assert get(root + "api/runs", {"Cookie": "expman_token=s3cret-token"})[0] == 200
+        assert get(root + "api/runs", {"Cookie": cookie})[0] == 200
         assert get(root + "api/runs", {"Authorization": "token s3cret-token"})[0] == 200
 
 

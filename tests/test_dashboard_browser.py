@@ -217,6 +217,7 @@ def test_run_page_and_image_artifact(page: Any, site: Any) -> None:
     assert page.locator('#params tr[data-key="optimizer.momentum"] td').inner_text() == "0.9"
     page.fill(".kv-search >> nth=0", "momentum")
     assert page.locator("#params tr[data-key]:visible").count() == 1
+    until(lambda: page.locator("#messages li").count(), what="the messages, fetched after the page")
     msgs = page.locator("#messages li").all_inner_texts()
     assert any("Starting training loop" in m for m in msgs)
     assert any("warning" in m and "learning rate may be too high" in m for m in msgs)
@@ -268,6 +269,7 @@ def test_markup_in_names_params_and_messages_is_shown_as_text(page: Any, site: A
     r.locator("a").click()
     page.wait_for_selector("#run-title")
     assert page.locator("#run-title").inner_text() == XSS_SCRIPT
+    until(lambda: page.locator("#messages li").count(), what="the messages, fetched after the page")
     msgs = page.locator("#messages li").all_inner_texts()
     assert any(XSS_IMG in m for m in msgs) and any(XSS_SCRIPT in m for m in msgs)
     assert page.locator('#params tr[data-key="title"] td').inner_text() == XSS_IMG
@@ -369,5 +371,78 @@ def test_histograms_and_images_have_a_step_slider(browser: Any, tmp_path: Path) 
             const x = c.getContext('2d'); x.drawImage(i, 0, 0);
             return Array.from(x.getImageData(0, 0, 1, 1).data.slice(0, 3)); }""")
         assert red == [255, 0, 0]
+        watch.check()
+        ctx.close()
+
+
+def test_loss_is_shown_in_the_runs_view_and_on_the_run_page(browser: Any, tmp_path: Path) -> None:
+    """A run whose writer recorded lost rows is marked in the runs view; the run page
+    of a run whose rank 2 lost data says so, and is not "intact"."""
+    import json
+
+    from expman import layout
+    base = tmp_path / "experiments"
+    loss = {"rows_dropped": 4146, "events_dropped": 0, "write_errors": 3,
+            "last_error": "No space left on device"}
+    for name in ("lossy", "ranked", "fine"):
+        with expman.Experiment("l", name, base_dir=base, capture_env=False,
+                               system_metrics=False) as exp:
+            exp.log_metrics({"x": 1.0}, step=0)
+    meta_file = base / "l" / "lossy" / layout.RUN_FILE
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps(dict(meta, data_loss=loss)))
+    ranked = base / "l" / "ranked"
+    meta = json.loads((ranked / layout.RUN_FILE).read_text())
+    (ranked / layout.rank_file(layout.RUN_FILE, 2)).write_text(json.dumps(dict(meta, rank=2, data_loss=loss)))
+    with running_server(base) as url:
+        ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+        pg = ctx.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        watch = Watch(pg, url)
+        pg.goto(url)
+        row(pg, "l/fine").wait_for()
+        badge = row(pg, "l/lossy").locator(".loss")
+        assert badge.inner_text() == "data lost"
+        assert "4146 rows dropped" in badge.get_attribute("title")
+        assert row(pg, "l/fine").locator(".loss").count() == 0
+        ranked_badge = row(pg, "l/ranked").locator(".loss")                # rank 2's loss
+        assert "rank 2: 4146 rows dropped" in ranked_badge.get_attribute("title")
+        pg.screenshot(path=str(tmp_path / "runs.png"))
+        pg.goto(url + "#/run/l/ranked")
+        pg.wait_for_selector("#run-title")
+        assert pg.locator("#data-loss-badge").inner_text() == "data lost"
+        assert "intact" not in pg.locator("#integrity").inner_text()
+        problems = pg.locator("section.panel li").all_inner_texts()
+        assert any("rank 2" in p and "4146 rows dropped" in p for p in problems), problems
+        pg.screenshot(path=str(tmp_path / "loss.png"), full_page=True)
+        watch.check()
+        ctx.close()
+
+
+def test_the_runs_view_loads_in_pages_sorted_by_the_server(browser: Any, tmp_path: Path) -> None:
+    """520 runs: the first 500 come in one answer and are drawn, the rest follow."""
+    import json
+
+    from expman import layout
+    base = tmp_path / "experiments"
+    for i in range(520):
+        run = base / "many" / f"r{i:03d}"
+        run.mkdir(parents=True)
+        (run / layout.RUN_FILE).write_text(json.dumps(
+            {"status": "FINISHED", "experiment": "many", "run_name": f"r{i:03d}",
+             "start_time": 1_700_000_000 + i, "end_time": 1_700_000_001 + i}))
+    with running_server(base) as url:
+        ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+        pg = ctx.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        watch = Watch(pg, url)
+        pg.goto(url)
+        until(lambda: "520 of 520 runs" in pg.locator(".count").inner_text())
+        pages = [u for u in watch.requests if "/api/runs?" in u]
+        assert any("limit=500" in u and "offset" not in u for u in pages), pages
+        assert any("offset=500" in u for u in pages), pages
+        first = pg.locator("#runs tr[data-id]").first.get_attribute("data-id")
+        assert first == "many/r519"                                  # the newest first
+        assert pg.locator("#base").inner_text() == "experiments"      # a name, not a path
         watch.check()
         ctx.close()

@@ -23,7 +23,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     p.add_argument("--token", default=None,
-                   help="the token to require (default: a random one for a non-loopback host)")
+                   help="the token to require (default: $EXPMAN_TOKEN, else a random one for a "
+                        "non-loopback host); an empty token is refused. Visible in the process "
+                        "list: prefer --token-file or $EXPMAN_TOKEN")
+    p.add_argument("--token-file", default=None, metavar="PATH",
+                   help="read the token from the first line of this file")
     p.add_argument("--no-token", action="store_true",
                    help="serve a non-loopback host without a token (anyone who can reach it reads the runs)")
     p.add_argument("--cache-mb", type=int, default=1024,
@@ -40,11 +44,17 @@ def run(args: argparse.Namespace) -> int:
         print("expman serve needs the serve extra: pip install 'expman-logger[serve]'",
               file=sys.stderr)
         return 2
-    from expman.dashboard import serve
-    if args.no_token and args.token:
+    from expman.dashboard import pick_token, read_token, serve
+    from expman.errors import ExpmanValueError
+    if args.no_token and (args.token is not None or args.token_file is not None):
         print("expman serve: --token and --no-token contradict each other", file=sys.stderr)
         return 2
-    token: str | bool | None = False if args.no_token else args.token
+    try:
+        token: str | bool | None = False if args.no_token else read_token(args.token, args.token_file)
+        pick_token(args.host, token)             # an empty token: refused here, said plainly
+    except ExpmanValueError as e:
+        print(f"expman serve: {e}", file=sys.stderr)
+        return 2
     try:
         if args.cache_mb < 0:
             print(f"expman serve: --cache-mb must be 0 or more, got {args.cache_mb}", file=sys.stderr)

@@ -19,7 +19,10 @@ from typing import Any, TextIO
 
 from expman.errors import ExpmanValueError
 
-__all__ = ["serve", "is_loopback", "bind"]
+__all__ = ["bind", "cookie_name", "cookie_value", "is_loopback", "pick_token", "read_token",
+           "serve"]
+
+TOKEN_ENV = "EXPMAN_TOKEN"     # a token kept out of the command line (/proc/PID/cmdline)
 
 
 def is_loopback(host: str) -> bool:
@@ -52,33 +55,86 @@ def bind(host: str, port: int) -> socket.socket:
 
 def pick_token(host: str, token: str | bool | None) -> str | None:
     """None: a random token for a non-loopback host, none on loopback; False: none
-    (``--no-token``); True: a random one; a str: that one."""
+    (``--no-token``, the only way to turn auth off); True: a random one; a str: that
+    one. An empty or blank str is refused: it is what ``--token "$TOK"`` gives when
+    the variable is unset, and must never mean "no auth"."""
     if token is False:
         return None
     if token is True or (token is None and not is_loopback(host)):
         return secrets.token_urlsafe(24)
-    if token is not None and not isinstance(token, str):
+    if token is None:
+        return None
+    if not isinstance(token, str):
         raise ExpmanValueError(f"token must be a str, bool or None, got {type(token).__name__}")
-    return token or None
+    if not token.strip():
+        raise ExpmanValueError("the token is empty: give a non-empty token, or --no-token to "
+                               "serve without one")
+    if any(c.isspace() or not c.isprintable() or c in ';,"\\' for c in token):
+        raise ExpmanValueError("the token holds spaces, control characters or ;,\"\\ "
+                               "(it travels in a cookie and a URL): pick another")
+    return token
+
+
+def read_token(token: str | None, token_file: str | None,
+               environ: dict[str, str] | None = None) -> str | None:
+    """The token given by ``--token``, ``--token-file PATH`` (its first line) or
+    $EXPMAN_TOKEN, in that order; None when none is given. The file and the
+    variable keep the token out of ``/proc/PID/cmdline``. An empty one is
+    returned as it is (``pick_token`` refuses it)."""
+    if token is not None and token_file is not None:
+        raise ExpmanValueError("--token and --token-file: give one of them")
+    if token_file is not None:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                return f.readline().strip()
+        except OSError as e:
+            raise ExpmanValueError(f"--token-file {token_file}: {e.strerror or e}") from None
+    if token is not None:
+        return token
+    env = os.environ if environ is None else environ
+    return env.get(TOKEN_ENV)
+
+
+def cookie_name(port: int) -> str:
+    """The token cookie of the server on ``port``: cookies are per host, not per
+    port, so two servers on one host (or another service) never share one."""
+    return f"expman_token_{port}"
+
+
+def cookie_value(token: str, port: int) -> str:
+    """What the cookie holds: a MAC of the port under the token, not the token. The
+    browser sends it to every port of the host; another service there learns
+    nothing it can use elsewhere (not the token, not a key to another server
+    sharing the token)."""
+    import hashlib
+    import hmac
+    return hmac.new(token.encode(), f"expman-cookie:{port}".encode(), hashlib.sha256).hexdigest()
 
 
 def url_for(host: str, port: int, token: str | None) -> str:
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    from urllib.parse import quote
+    return f"http://{shown}:{port}/" + (f"?token={quote(token, safe='')}" if token else "")
 
 
 def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1",
           port: int = 8000, open_browser: bool = True, token: str | bool | None = None, *,
           out: TextIO | None = None, ready: threading.Event | None = None,
           server_box: list[Any] | None = None, warm: bool = True,
-          cache_bytes: int | None = None) -> None:
+          cache_bytes: int | None = None, max_connections: int | None = None,
+          header_timeout: float | None = None) -> None:
     """Serve the dashboard until interrupted. The first line on ``out`` (stdout) is
     ``expman dashboard: URL``. ``base_dir`` may be a URL that ``expman sync`` wrote
     (``s3://bucket/runs``): it is served from a local copy refreshed every few
     seconds. A non-loopback ``host`` gets a random token unless ``token=False``.
-    ``cache_bytes`` bounds the decoded runs kept in memory (1 GiB)."""
+    ``cache_bytes`` bounds the decoded runs kept in memory (1 GiB).
+    ``max_connections`` (1,000, and what the open-file limit allows) and
+    ``header_timeout`` (10 s) hold off slow or flooding clients (``limits``)."""
     import uvicorn
 
+    from expman.dashboard.limits import (
+        HEADER_TIMEOUT, connection_cap, guarded_protocol, raise_nofile,
+    )
     from expman.dashboard.server import create_app
     from expman.remote import is_url
     remote = os.fspath(base_dir) if base_dir is not None and is_url(base_dir) else None
@@ -86,17 +142,25 @@ def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1
         from expman.remote import localize
         base_dir = localize(remote)
     tok = pick_token(host, token)
+    loopback = is_loopback(host)
+    if tok is None and not loopback:
+        print(f"expman serve: WARNING: serving {host} WITHOUT A TOKEN (--no-token): anyone "
+              "who can reach this address reads every run, its params, messages and "
+              "artifacts", file=sys.stderr, flush=True)
     sock = bind(host, port)
     actual = sock.getsockname()[1]
     from expman.dashboard.cache import DEFAULT_MAX_BYTES
     if cache_bytes is not None and cache_bytes < 0:
         raise ExpmanValueError(f"cache_bytes must be 0 or more, got {cache_bytes}")
-    app = create_app(base_dir, tok, loopback=is_loopback(host) and not tok,
+    app = create_app(base_dir, tok, loopback=loopback,
                      max_bytes=DEFAULT_MAX_BYTES if cache_bytes is None else cache_bytes)
     url = url_for(host, actual, tok)
     print(f"expman dashboard: {url}", file=out or sys.stdout, flush=True)
+    cap = connection_cap(max_connections, raise_nofile())
+    protocol = guarded_protocol(cap, HEADER_TIMEOUT if header_timeout is None else header_timeout)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1,
-                            lifespan="off", access_log=False)
+                            lifespan="off", access_log=False, http=protocol,
+                            timeout_keep_alive=5, h11_max_incomplete_event_size=16 << 10)
     server = uvicorn.Server(config)
     if server_box is not None:
         server_box.append(server)

@@ -9,13 +9,14 @@ leads outside the base dir is a 404; a token, when set, guards every request.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
+import math
 import mimetypes
-import types
 import os
+import re
 import threading
 import time
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,11 @@ from starlette.staticfiles import StaticFiles
 from expman import layout
 from expman.dashboard.cache import DEFAULT_MAX_BYTES, CachedRun, RunCache
 from expman.dashboard.decimate import window
+from expman.dashboard.live import Live
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 X_AXES = ("step", "time", "rel")
 MAX_POINTS = 20_000                # pixels a client may ask for
-LIVE_INTERVAL = 0.25               # seconds between polls of the streamed runs
-LIST_INTERVAL = 1.0                # seconds between scans for new runs
-TOKEN_COOKIE = "expman_token"
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'"),
     (b"x-content-type-options", b"nosniff"),
@@ -54,13 +53,12 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitab
                    Awaitable[None]]
 
 
-class JSON(Response):
-    """orjson, with numpy arrays; NaN and infinities become null."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+async def _answer(compute: Callable[[], Any]) -> Response:
+    """Build and serialize an answer in a worker thread: a run holding 100 MB of
+    events takes seconds to turn into JSON, and no other request waits for it."""
+    def work() -> bytes:
+        return orjson.dumps(compute(), option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(await anyio.to_thread.run_sync(work), media_type="application/json")
 
 
 def _not_found(what: str) -> HTTPException:
@@ -87,6 +85,7 @@ class Dashboard:
         self.base = base
         self.root = base.resolve()
         self.cache = RunCache(max_bytes)
+        self.live = Live(self)                # the one poller of every live stream
         self.stopping = threading.Event()     # set on shutdown: live streams end
         self.lines = RunListCache()           # list_runs' lines of unchanged finished runs
         self._rows: dict[int, tuple[Any, dict[str, Any] | None]] = {}   # id(line) -> row
@@ -187,6 +186,8 @@ class Dashboard:
         row: dict[str, Any] = s.to_dict()
         row["id"] = f"{s.path.parent.name}/{s.path.name}"
         row["last_metrics"] = {k: layout.json_float(v) for k, v in s.last_metrics.items()}
+        loss = s.data_loss           # the listing's: rank 0's, else the first rank's that lost
+        row["rank_loss"] = {str(loss.get("rank", 0)): loss} if loss else None
         del row["path"]
         return row
 
@@ -200,12 +201,8 @@ class Dashboard:
             params = {}
         start = run.start_time
         end = meta.get("end_time")
-        last = {}
-        with run.lock:
-            for name, c in run.columns.items():
-                if c.n:
-                    last[name] = layout.json_float(float(c.values[c.n - 1]))
-            points = sum(c.n for c in run.columns.values())
+        values, points = run.last_values()
+        last = {k: layout.json_float(v) for k, v in values.items() if v is not None}
         duration = run_duration(meta, run.status, run.path)   # the one rule (reader.py)
         return {"id": f"{run.path.parent.name}/{run.path.name}",
                 "experiment": meta.get("experiment", run.path.parent.name),
@@ -215,7 +212,10 @@ class Dashboard:
                 "points": points, "exit": meta.get("exit"),
                 "tags": [t for t in meta.get("tags") or [] if isinstance(t, str)]
                 if isinstance(meta.get("tags"), list) else [],
-                "group": meta.get("group") if isinstance(meta.get("group"), str) else None}
+                "group": meta.get("group") if isinstance(meta.get("group"), str) else None,
+                "data_loss": meta.get("data_loss") if isinstance(meta.get("data_loss"), dict)
+                else None, "damaged": None,
+                "rank_loss": rank_losses(run.path, meta) or None}
 
     def run_ids(self) -> set[str]:
         """The runs there are now (the live stream's scan, every LIST_INTERVAL)."""
@@ -240,10 +240,79 @@ async def index(request: Request) -> Response:
     return FileResponse(page, headers={"cache-control": "no-cache"})
 
 
+RUNS_PAGE = 1000                  # rows per /api/runs answer unless limit= says otherwise
+MAX_RUNS_PAGE = 10_000
+ROW_SORTS = ("start_time", "end_time", "duration", "status", "experiment", "run_name", "id",
+             "points")
+
+
+def _int_arg(request: Request, key: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HTTPException(400, f"{key}={raw!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise HTTPException(400, f"{key}={value}: use {lo}..{hi}")
+    return value
+
+
+def _sort_key(sort: str) -> Callable[[dict[str, Any]], Any]:
+    """A row's value for ``sort``: a row field, ``param:NAME`` (a flattened param,
+    dotted) or ``metric:NAME`` (its last value)."""
+    if sort.startswith("param:"):
+        path = sort[6:].split(".")
+
+        def param(row: dict[str, Any]) -> Any:
+            v: Any = row.get("params")
+            for part in path:
+                v = v.get(part) if isinstance(v, dict) else None
+            return v
+        return param
+    if sort.startswith("metric:"):
+        name = sort[7:]
+        return lambda row: (row.get("last_metrics") or {}).get(name)
+    if sort not in ROW_SORTS:
+        raise HTTPException(400, f"sort={sort!r}: use one of {', '.join(ROW_SORTS)}, "
+                                 "param:NAME or metric:NAME")
+    return lambda row: row.get(sort)
+
+
+def sort_rows(rows: list[dict[str, Any]], sort: str, descending: bool) -> list[dict[str, Any]]:
+    """Rows ordered by ``sort``; rows without a value (or with NaN) come last either
+    way; numbers and text are sorted apart (numbers first in ascending order)."""
+    key = _sort_key(sort)
+    have, missing = [], []
+    for row in rows:
+        v = key(row)
+        if v is None or isinstance(v, bool) or (isinstance(v, float) and math.isnan(v)):
+            missing.append(row)
+        else:
+            have.append(((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)), row))
+    have.sort(key=lambda kv: kv[0], reverse=descending)
+    return [row for _, row in have] + missing
+
+
 async def api_runs(request: Request) -> Response:
+    """One page of the runs view, sorted on the server: ``offset``, ``limit``
+    (default 1,000, at most 10,000), ``sort`` (default start_time) and ``order``
+    (desc by default); ``total`` counts every run."""
     d = _dash(request)
-    rows = await anyio.to_thread.run_sync(d.rows)
-    return JSON({"base_dir": str(d.base), "runs": rows})
+    offset = _int_arg(request, "offset", 0, 0, 1 << 62)
+    limit = _int_arg(request, "limit", RUNS_PAGE, 0, MAX_RUNS_PAGE)
+    sort = request.query_params.get("sort") or "start_time"
+    order = request.query_params.get("order") or "desc"
+    if order not in ("asc", "desc"):
+        raise HTTPException(400, f"order={order!r}: use asc or desc")
+    _sort_key(sort)                       # a bad sort= is a 400 before any listing
+
+    def page() -> dict[str, Any]:
+        rows = sort_rows(d.rows(), sort, order == "desc")
+        return {"base": d.base.name, "total": len(rows), "offset": offset, "limit": limit,
+                "sort": sort, "order": order, "runs": rows[offset:offset + limit]}
+    return await _answer(page)
 
 
 def _metric_summary(run: CachedRun) -> dict[str, Any]:
@@ -258,17 +327,18 @@ def _metric_summary(run: CachedRun) -> dict[str, Any]:
 
 def _integrity(run: CachedRun) -> dict[str, Any]:
     """The read model's integrity lines (``readmodel.integrity_problems``) over the
-    decoder's report and the size-checked artifact states: the checks of
-    ``expman verify`` that need no extra read."""
+    decoder's report, every rank's recorded loss and the size-checked artifact
+    states: the checks of ``expman verify`` that need no extra read."""
     from expman.liveness import stream_status
     from expman.readmodel import artifact_states, integrity_problems, settle_torn_tail
     closed = stream_status(run.meta, run.path) in layout.FINAL_STATUSES
     ig = settle_torn_tail(run.tail.integrity, closed)
     ig["bad_event_lines"] = run.tail.bad_event_lines
-    loss = run.meta.get("data_loss")
-    ig["data_loss"] = loss if isinstance(loss, dict) else None
+    losses = rank_losses(run.path, run.meta)
+    ig["data_loss"] = losses.get("0")
+    ig["rank_data_loss"] = {r: loss for r, loss in losses.items() if r != "0"}
     problems = integrity_problems(ig, run.status, artifact_states(run.path, list(run.events)))
-    return {"ok": not problems, "problems": problems,
+    return {"ok": not problems, "problems": problems, "data_loss": losses or None,
             "metrics": {k: ig.get(k) for k in ("frames", "rows", "points", "torn_bytes",
                                                 "corrupt_bytes", "unknown_points")},
             "bad_event_lines": run.tail.bad_event_lines}
@@ -294,21 +364,72 @@ async def api_run(request: Request) -> Response:
     d = _dash(request)
     exp, name = request.path_params["exp"], request.path_params["run"]
     run = await anyio.to_thread.run_sync(d.cached, exp, name)
-    from expman._fsutil import read_json
+
+    def detail() -> dict[str, Any]:
+        from expman._fsutil import read_json
+        try:
+            params = read_json(run.path / layout.PARAMS_FILE)
+        except (OSError, ValueError):
+            params = {}
+        meta = public_meta(run.meta)
+        from expman.liveness import run_status
+        decided = run_status(dict(run.meta), run.path).to_dict()
+        return {"id": f"{exp}/{name}", "experiment": meta.get("experiment", exp),
+                "run_name": meta.get("run_name", name), "status": run.status,
+                "status_rank": decided["rank"], "status_reason": decided["reason"],
+                "ranks": decided["ranks"], "meta": meta, "params": params, "metrics": _metric_summary(run),
+                "artifacts": _artifacts(run), "integrity": _integrity(run),
+                "media": _media(run)}
+    return await _answer(detail)
+
+
+SECRET_NAME = re.compile(r"(?i)(token|secret|passw|pwd|key|auth|cred|cookie|session|signature)")
+REDACTED = "[redacted]"
+
+
+def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """run.json as the run page shows it: the environment without what may hold
+    secrets. Command-line values after (or joined to) a secret-looking option, and
+    environment variables with secret-looking names, are redacted; what a person
+    needs (Python, host, platform, git commit, packages) stays."""
+    out = dict(meta)
+    env = out.get("env")
+    if not isinstance(env, dict):
+        return out
+    env = dict(env)
+    argv = env.get("argv")
+    if isinstance(argv, list):
+        shown: list[Any] = []
+        hide_next = False
+        for arg in argv:
+            if hide_next and isinstance(arg, str) and not arg.startswith("-"):
+                shown.append(REDACTED)
+                hide_next = False
+                continue
+            hide_next = False
+            if isinstance(arg, str) and SECRET_NAME.search(arg.split("=", 1)[0]):
+                if "=" in arg:
+                    arg = arg.split("=", 1)[0] + "=" + REDACTED
+                elif arg.startswith("-"):
+                    hide_next = True
+            shown.append(arg)
+        env["argv"] = shown
+    env_vars = env.get("env_vars")
+    if isinstance(env_vars, dict):
+        env["env_vars"] = {k: (REDACTED if SECRET_NAME.search(str(k)) else v)
+                           for k, v in env_vars.items()}
+    out["env"] = env
+    return out
+
+
+def rank_losses(path: Path, meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each rank's writer recorded losing, by rank (as a str, a JSON key):
+    the reader's one rule (``expman.reader.rank_losses``)."""
+    from expman.reader import rank_losses as losses
     try:
-        params = read_json(run.path / layout.PARAMS_FILE)
+        return {str(r): loss for r, loss in losses(meta, path).items()}
     except (OSError, ValueError):
-        params = {}
-    meta = dict(run.meta)
-    from expman.liveness import run_status
-    decided = (await anyio.to_thread.run_sync(run_status, meta, run.path)).to_dict()
-    return JSON({"id": f"{exp}/{name}", "experiment": meta.get("experiment", exp),
-                 "run_name": meta.get("run_name", name), "status": run.status,
-                 "status_rank": decided["rank"], "status_reason": decided["reason"],
-                 "ranks": decided["ranks"],
-                 "meta": meta, "params": params, "metrics": _metric_summary(run),
-                 "artifacts": _artifacts(run), "integrity": _integrity(run),
-                 "media": _media(run)})
+        return {}
 
 
 MAX_MEDIA_PER_TAG = 1000       # the newest; a run logging a histogram every step is paged
@@ -323,9 +444,20 @@ def _media(run: CachedRun) -> dict[str, Any]:
     hists = {tag: [{"step": h.step, "edges": [layout.json_float(e) for e in h.edges],
                     "counts": h.counts} for h in items[-MAX_MEDIA_PER_TAG:]]
              for tag, items in histograms(view).items()}
-    imgs = {tag: [{"step": i.step, "path": i.path.relative_to(art_root).as_posix(),
-                   "width": i.width, "height": i.height} for i in items[-MAX_MEDIA_PER_TAG:]]
-            for tag, items in images(view).items()}
+    real_root = os.path.realpath(art_root)
+    imgs = {}
+    for tag, items in images(view).items():
+        shown = []
+        for i in items[-MAX_MEDIA_PER_TAG:]:
+            # the file images() checked is inside media; a path spelled with ".." is
+            # served by the name it resolves to (never a 500)
+            rel = os.path.relpath(os.path.realpath(i.path), real_root)
+            if rel.startswith(".."):
+                continue
+            shown.append({"step": i.step, "path": Path(rel).as_posix(),
+                          "width": i.width, "height": i.height})
+        if shown:
+            imgs[tag] = shown
     return {"histograms": hists, "images": imgs}
 
 
@@ -379,7 +511,7 @@ async def api_series(request: Request) -> Response:
         return {"run": f"{exp}/{name}", "metric": metric, "x_axis": axis, "count": len(steps),
                 "total": w.total, "raw": w.raw, "start_time": run.start_time,
                 "x": w.x, "y": w.y, "status": run.status}
-    return JSON(await anyio.to_thread.run_sync(compute))
+    return await _answer(compute)
 
 
 async def api_events(request: Request) -> Response:
@@ -387,7 +519,8 @@ async def api_events(request: Request) -> Response:
     run = await anyio.to_thread.run_sync(d.cached, request.path_params["exp"],
                                          request.path_params["run"])
     kind = request.query_params.get("kind")
-    events = [e for e in list(run.events) if kind is None or e.get("kind") == kind]
+    events = await anyio.to_thread.run_sync(
+        lambda: [e for e in list(run.events) if kind is None or e.get("kind") == kind])
     total = len(events)
     raw = request.query_params.get("last")
     if raw is not None:          # the newest N only: a run may hold millions of messages
@@ -397,8 +530,8 @@ async def api_events(request: Request) -> Response:
             raise HTTPException(400, f"last={raw!r} is not an integer") from None
         if last < 0:
             raise HTTPException(400, f"last={last}: use 0 or more")
-        events = events[total - last:] if last else []
-    return JSON({"total": total, "events": events})
+        events = events[max(0, total - last):] if last else []
+    return await _answer(lambda: {"total": total, "events": events})
 
 
 async def api_artifact(request: Request) -> Response:
@@ -445,65 +578,62 @@ async def api_stream(request: Request) -> Response:
     """Server-Sent Events: ``points`` (only points past what was sent, with the index
     of the first), ``status`` when a streamed run ends, ``runs`` with new runs and
     updated rows of live runs. ``run=EXP/RUN`` (repeatable) picks the streamed runs;
-    ``watch=EXP/RUN`` (repeatable) names live rows of the runs view to keep current."""
+    ``watch=EXP/RUN`` (repeatable) names live rows of the runs view to keep current.
+    Every stream is fed by the Dashboard's one poller (``live.Live``)."""
     d = _dash(request)
     ids = request.query_params.getlist("run")
     cached: dict[str, CachedRun] = {}
     for rid in ids:
         exp, _, name = rid.partition("/")
         cached[rid] = await anyio.to_thread.run_sync(d.cached, exp, name)
-    known = await anyio.to_thread.run_sync(d.run_ids)
-    watch = []
+    watch: dict[str, CachedRun] = {}
     for rid in request.query_params.getlist("watch"):
         exp, _, name = rid.partition("/")
         try:
-            watch.append((rid, await anyio.to_thread.run_sync(d.cached, exp, name)))
+            run = await anyio.to_thread.run_sync(d.cached, exp, name)
         except HTTPException:
             continue
-    stopping = d.stopping
+        if run.status == layout.RUNNING:
+            watch[rid] = run
+    stopping, live = d.stopping, d.live
 
     async def events() -> AsyncIterator[bytes]:
         counts = {rid: run.counts() for rid, run in cached.items()}
-        live = {rid for rid, run in cached.items() if run.status == layout.RUNNING}
-        live_rows = {rid: run for rid, run in watch if run.status == layout.RUNNING}
-        nonlocal known
-        yield b"retry: 1000\n\n" + _sse("hello", {"runs": list(cached), "counts": counts})
-        loop = asyncio.get_running_loop()
-        next_scan = loop.time() + LIST_INTERVAL
-        while not stopping.is_set():
-            for rid in sorted(live):
-                run = cached[rid]
-                await anyio.to_thread.run_sync(run.refresh)
-                for metric, (start, steps, times, values) in run.since(counts[rid]).items():
-                    counts[rid][metric] = start + len(steps)
-                    yield _sse("points", {"run": rid, "metric": metric, "start": start,
-                                          "steps": steps, "times": times, "values": values})
-                if run.status != layout.RUNNING:
-                    live.discard(rid)
-                    yield _sse("status", {"run": rid, "status": run.status})
-            if loop.time() >= next_scan:
-                next_scan = loop.time() + LIST_INTERVAL
-                now = await anyio.to_thread.run_sync(d.run_ids)
-                added = []
-                for rid in sorted(now - known):
-                    exp, _, name = rid.partition("/")
-                    try:
-                        live_rows[rid] = await anyio.to_thread.run_sync(d.cached, exp, name)
-                    except HTTPException:
-                        continue
-                    added.append(rid)
-                known = now
-                rows = []
-                for rid, run in list(live_rows.items()):
-                    await anyio.to_thread.run_sync(run.refresh)
-                    rows.append(d.live_row(run))
-                    if run.status != layout.RUNNING:
-                        del live_rows[rid]
-                if rows:
-                    yield _sse("runs", {"added": added, "rows": rows})
-                else:
-                    yield b": ping\n\n"
-            await asyncio.sleep(LIVE_INTERVAL)
+        streamed = {rid for rid, run in cached.items() if run.status == layout.RUNNING}
+        pinned = sorted(streamed)
+        followed = [cached[rid] for rid in pinned]
+        for rid in pinned:          # the cache counts them, and keeps what is still to send
+            d.cache.follow(cached[rid], counts[rid])
+        try:
+            await live.subscribe(followed, watch)    # counted before its first await
+            known_scan = live.scans
+            rows_of = set(watch)
+            yield b"retry: 1000\n\n" + _sse("hello", {"runs": list(cached), "counts": counts})
+            while not stopping.is_set():
+                await live.next_round()
+                for rid in sorted(streamed):
+                    status, new = cached[rid].since(counts[rid])   # together: see since()
+                    for metric, (start, steps, times, values) in new.items():
+                        counts[rid][metric] = start + len(steps)
+                        yield _sse("points", {"run": rid, "metric": metric, "start": start,
+                                              "steps": steps, "times": times, "values": values})
+                    if status != layout.RUNNING:
+                        streamed.discard(rid)
+                        yield _sse("status", {"run": rid, "status": status})
+                if live.scans != known_scan:
+                    added = [rid for scan, rid in live.added if scan > known_scan]
+                    known_scan = live.scans
+                    rows_of.update(added)
+                    rows = [live.rows[rid] for rid in sorted(rows_of) if rid in live.rows]
+                    rows_of -= {r["id"] for r in rows if r["status"] != layout.RUNNING}
+                    if rows or added:
+                        yield _sse("runs", {"added": added, "rows": rows})
+                    else:
+                        yield b": ping\n\n"
+        finally:
+            live.unsubscribe(followed, watch)
+            for rid in pinned:
+                d.cache.unfollow(cached[rid], counts[rid])
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
@@ -514,8 +644,16 @@ async def api_stream(request: Request) -> Response:
 
 class Guard:
     """Security headers on every response; the token check when a token is set;
-    for a loopback server, a Host header check (a page on another site cannot
-    reach it by DNS rebinding)."""
+    for a loopback server, a Host header check whether or not there is a token (a
+    page on another site cannot reach it by DNS rebinding).
+
+    The token is accepted as ``?token=``, as the cookie ``expman_token_<port>``
+    (one per port: cookies are scoped per host, so a per-host name would go to
+    every other service on the host, and two servers would overwrite each
+    other's; it holds ``cookie_value``, not the token), or as
+    ``Authorization: token T``. A page opened with ``?token=``
+    is redirected to the same address without it, the cookie set: the token
+    does not stay in the address bar or the history."""
 
     def __init__(self, app: ASGIApp, token: str | None, loopback: bool) -> None:
         self.app, self.token, self.loopback = app, token, loopback
@@ -528,25 +666,34 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
         set_cookie = None
-        if self.loopback and not self.token:
+        if self.loopback:
             host = headers.get("host", "").rsplit(":", 1)[0]
             if host not in ("127.0.0.1", "localhost", "[::1]", "::1", ""):
                 await _plain(send, 403, f"Host {host!r} refused: this server answers to "
                              "127.0.0.1 and localhost only")
                 return
         if self.token:
-            given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
-            cookie = _cookie(headers.get("cookie", ""), TOKEN_COOKIE)
+            from expman.dashboard import cookie_name, cookie_value
+            port = _port(scope)
+            name, value = cookie_name(port), cookie_value(self.token, port)
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"),
+                             keep_blank_values=True)
+            given = query.get("token", [""])[0]
+            cookie = _cookie(headers.get("cookie", ""), name)
             auth = headers.get("authorization", "")
             auth = auth[6:] if auth.lower().startswith("token ") else ""
-            ok = [hmac.compare_digest(c.encode(), self.token.encode()) for c in (given, cookie, auth)]
+            ok = [hmac.compare_digest(given.encode(), self.token.encode()),
+                  hmac.compare_digest(cookie.encode(), value.encode()),
+                  hmac.compare_digest(auth.encode(), self.token.encode())]
             if not any(ok):
                 await _plain(send, 403, "a token is required: open the URL that `expman serve` "
                              "printed (it ends with ?token=...)")
                 return
             if ok[0]:
-                set_cookie = (f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; "
-                              "SameSite=Strict").encode()
+                set_cookie = f"{name}={value}; Path=/; HttpOnly; SameSite=Strict".encode()
+                if scope.get("method") in ("GET", "HEAD") and not scope["path"].startswith("/api/"):
+                    await _redirect_without_token(send, scope, query, set_cookie)
+                    return
 
         async def send_with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -557,6 +704,23 @@ class Guard:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _port(scope: Scope) -> int:
+    server = scope.get("server")
+    return int(server[1]) if server and server[1] is not None else 0
+
+
+async def _redirect_without_token(send: Any, scope: Scope, query: dict[str, list[str]],
+                                  set_cookie: bytes) -> None:
+    from urllib.parse import quote, urlencode
+    rest = urlencode([(k, v) for k, vs in query.items() if k != "token" for v in vs])
+    where = quote(scope.get("root_path", "") + scope["path"]) + (f"?{rest}" if rest else "")
+    await send({"type": "http.response.start", "status": 303,
+                "headers": [(b"location", where.encode("latin-1")), (b"set-cookie", set_cookie),
+                            (b"cache-control", b"no-store"),
+                            (b"content-length", b"0")] + SECURITY_HEADERS})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def _cookie(header: str, name: str) -> str:

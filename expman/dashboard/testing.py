@@ -13,8 +13,10 @@ from typing import Any
 
 @contextmanager
 def running_server(base_dir: str | os.PathLike[str], host: str = "127.0.0.1",
-                   token: str | bool | None = None, timeout: float = 30.0) -> Iterator[str]:
-    """Serve ``base_dir`` on a free port; yields the printed URL; stops on exit."""
+                   token: str | bool | None = None, timeout: float = 30.0,
+                   **serve_kw: Any) -> Iterator[str]:
+    """Serve ``base_dir`` on a free port; yields the printed URL; stops on exit.
+    ``serve_kw``: more keywords of ``serve`` (``max_connections``, ``cache_bytes``...)."""
     from expman.dashboard import serve
     out = io.StringIO()
     ready = threading.Event()
@@ -24,7 +26,7 @@ def running_server(base_dir: str | os.PathLike[str], host: str = "127.0.0.1",
     def target() -> None:
         try:
             serve(base_dir, host, 0, False, token, out=out, ready=ready, server_box=box,
-                  warm=False)
+                  warm=False, **serve_kw)
         except BaseException as e:     # surfaced to the caller below
             errors.append(e)
             ready.set()

@@ -156,6 +156,7 @@ class Chart {
     const d = this.data.get(run);
     if (!this.loaded || !d) { this.invalidate(); return; }
     if (start > d.count) { this.load(run); return; }        // a gap: ask again
+    if (start === 0 && d.count > 0) { this.load(run); return; }  // the run was rewritten
     const skip = d.count - start;
     if (skip >= steps.length) return;
     d.count = start + steps.length;

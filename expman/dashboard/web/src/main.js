@@ -44,10 +44,20 @@ function buildHome() {
   return { view, table, charts, select };
 }
 
+// The runs list in pages, sorted by the server (newest first): the first page is
+// drawn at once, the rest is added as it comes (filters and sorting then cover all).
+const FIRST_PAGE = 500;
+const NEXT_PAGE = 5000;
+
 async function loadRuns() {
-  const data = await getJSON("/api/runs");
-  document.getElementById("base").textContent = data.base_dir;
-  home.table.setRows(data.runs);
+  const first = await getJSON(`/api/runs?limit=${FIRST_PAGE}&sort=start_time&order=desc`);
+  document.getElementById("base").textContent = first.base;
+  home.table.setRows(first.runs);
+  for (let offset = first.runs.length; offset < first.total; offset += NEXT_PAGE) {
+    const page = await getJSON(`/api/runs?offset=${offset}&limit=${NEXT_PAGE}&sort=start_time&order=desc`);
+    if (!page.runs.length) break;
+    home.table.addRows(page.runs);
+  }
 }
 
 // One stream: points of the selected runs, rows of live runs, new runs.

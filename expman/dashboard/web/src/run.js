@@ -3,6 +3,7 @@
 // differing ones highlighted).
 import { el, clear, getJSON, runUrl, flatten, display, fmtNum, fmtTime, fmtBytes, fmtDuration } from "./dom.js";
 import { ChartPanel } from "./charts.js";
+import { lossText } from "./runs.js";
 
 const MAX_MESSAGES = 2000;      // the newest; the API pages through the rest
 
@@ -115,6 +116,8 @@ export async function showRun(root, id) {
   const head = el("div", { class: "run-head" },
     el("h1", {}, el("span", { text: `${run.experiment} / ` }), el("span", { id: "run-title", text: run.run_name })),
     el("span", { class: `status status-${run.status}`, text: run.status }),
+    run.integrity.data_loss ? el("span", { class: "loss", id: "data-loss-badge", text: "data lost",
+      title: Object.entries(run.integrity.data_loss).map(([r, l]) => `rank ${r}: ${lossText(l)}`).join("; ") }) : null,
     el("span", { class: "muted", text: ` started ${fmtTime(meta.start_time)}` +
       (typeof meta.duration === "number" ? `, ran ${fmtDuration(meta.duration)}` : "") }));
   const exitBox = section("Status and exit", el("p", { id: "exit-summary", text: exitSummary(run.status, exit, run.status_reason, run.status_rank) }),

@@ -50,6 +50,10 @@ export class RunsTable {
 
   setRows(rows) {
     this.rows.clear();
+    this.addRows(rows);
+  }
+
+  addRows(rows) {
     for (const r of rows) this.rows.set(r.id, prepare(r));
     this.draw();
   }
@@ -147,7 +151,11 @@ export class RunsTable {
       el("td", { class: "sel" }, box, swatch));
     for (const c of cols) {
       let cell;
-      if (c.key === "status") cell = el("td", {}, el("span", { class: `status status-${r.status}`, text: r.status }));
+      if (c.key === "status") {
+        cell = el("td", {}, el("span", { class: `status status-${r.status}`, text: r.status }));
+        if (r.lossText) cell.append(" ", el("span", { class: "loss", title: r.lossText, text: "data lost" }));
+        if (r.damaged) cell.append(" ", el("span", { class: "loss", title: r.damaged, text: "damaged" }));
+      }
       else if (c.key === "run_name") cell = el("td", {}, el("a", { href: `#/run/${encodeId(r.id)}`, text: r.run_name }));
       else if (c.key === "start_time") cell = el("td", { text: fmtTime(r.start_time) });
       else if (c.key === "duration") cell = el("td", { class: "num", text: fmtDuration(r.duration) });
@@ -164,8 +172,23 @@ export function encodeId(id) {
   return id.split("/").map(encodeURIComponent).join("/");
 }
 
+// "rows dropped 12, write errors 1": what the writer recorded losing (empty: nothing)
+export function lossText(loss) {
+  if (!loss || typeof loss !== "object") return "";
+  const parts = [];
+  for (const [k, label] of [["rows_dropped", "rows dropped"], ["events_dropped", "events dropped"],
+    ["write_errors", "write errors"]]) {
+    if (typeof loss[k] === "number" && loss[k] > 0) parts.push(`${loss[k]} ${label}`);
+  }
+  if (loss.last_error) parts.push(`last error: ${loss.last_error}`);
+  return parts.join(", ") || (Object.keys(loss).length ? "the writer recorded a loss" : "");
+}
+
 function prepare(r) {
   r.flatParams = flatten(r.params || {});
+  // every rank's recorded loss (rank_loss), else rank 0's (data_loss)
+  const losses = r.rank_loss ? Object.entries(r.rank_loss) : (r.data_loss ? [["0", r.data_loss]] : []);
+  r.lossText = losses.map(([rank, l]) => `rank ${rank}: ${lossText(l)}`).join("; ");
   r.last_metrics = r.last_metrics || {};
   // tags and group: shown as "group:g tag1 tag2", found by the text filter as tag:NAME too
   r.tagText = [...(r.group ? [`group:${r.group}`] : []), ...(r.tags || [])].join(" ");
