@@ -493,7 +493,7 @@ def test_json_answers_are_built_off_the_event_loop(tmp_path: Path, monkeypatch) 
         for path in ("api/runs", "api/runs/demo/r", "api/runs/demo/r/events",
                      "api/runs/demo/r/series?metric=train_loss"):
             get_json(url + path)
-    assert len(where) == 4 and "expman-dashboard" not in where, where   # the loop's thread
+    assert len(where) >= 4 and "expman-dashboard" not in where, where   # the loop's thread
 
 
 # ---- what is exposed, paging (issue 20, item 15) --------------------------------------------
@@ -553,6 +553,8 @@ def test_the_run_page_shows_what_every_rank_lost(tmp_path: Path) -> None:
         exp.log_metrics({"x": 1.0}, step=0)
         run = exp.run_dir
     meta = json.loads((run / layout.RUN_FILE).read_text())
+    meta["world_size"] = 3                      # a 3-rank job: rank 2's writer lost rows
+    (run / layout.RUN_FILE).write_text(json.dumps(meta))
     rank2 = dict(meta, rank=2, data_loss={"rows_dropped": 4146, "events_dropped": 0,
                                           "write_errors": 3, "last_error": "No space left on device"})
     (run / layout.rank_file(layout.RUN_FILE, 2)).write_text(json.dumps(rank2))
@@ -562,7 +564,7 @@ def test_the_run_page_shows_what_every_rank_lost(tmp_path: Path) -> None:
     assert row["rank_loss"] == {"2": rank2["data_loss"]}      # the runs view's row too
     assert not ig["ok"]
     assert ig["data_loss"] == {"2": rank2["data_loss"]}
-    assert any("rank 2" in p and "4146 rows dropped" in p and "No space left" in p
+    assert any("rank 2" in p and "4146 rows" in p and "No space left" in p
                for p in ig["problems"]), ig["problems"]
 
 

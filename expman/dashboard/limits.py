@@ -63,7 +63,7 @@ def guarded_protocol(max_connections: int, header_timeout: float) -> type:
     except ImportError:
         from uvicorn.protocols.http.h11_impl import H11Protocol as Base  # type: ignore[assignment]
 
-    class GuardedProtocol(Base):  # type: ignore[misc, valid-type]
+    class GuardedProtocol(Base):  # type: ignore[misc, valid-type, unused-ignore]
         _header_timer: Any = None
 
         def connection_made(self, transport: Any) -> None:

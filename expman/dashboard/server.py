@@ -187,7 +187,8 @@ class Dashboard:
         row["id"] = f"{s.path.parent.name}/{s.path.name}"
         row["last_metrics"] = {k: layout.json_float(v) for k, v in s.last_metrics.items()}
         loss = s.data_loss           # the listing's: rank 0's, else the first rank's that lost
-        row["rank_loss"] = {str(loss.get("rank", 0)): loss} if loss else None
+        row["rank_loss"] = {str(loss.get("rank", 0)): {k: v for k, v in loss.items() if k != "rank"}
+                            } if loss else None
         del row["path"]
         return row
 
