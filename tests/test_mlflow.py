@@ -177,3 +177,28 @@ def test_statuses_and_errors(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="timestamp"):
         drop_in.log_metric("x", 1.0, timestamp=123)
     drop_in.end_run()
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"
+
+
+def doc_example(name: str) -> str:
+    """The python block after ``<!-- migrate: name -->`` in docs/integrations.md."""
+    import re
+    m = re.search(rf"<!-- migrate: {name} -->\n```python\n(.*?)```", DOC.read_text("utf-8"), re.S)
+    assert m, f"docs/integrations.md has no `{name}` migration example"
+    return m.group(1)
+
+
+def test_the_docs_example_runs_as_written(tmp_path, monkeypatch):
+    from conftest import run_python
+    monkeypatch.delenv("EXPMAN_DIR", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    proc = run_python(doc_example("mlflow"), tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "FINISHED {'lr': 0.01, 'optimizer': 'adam'} [0, 1, 2] baseline "
+        "['team=vision', 'stage=dev']",
+        "{'layers': [64, 10]}"]
+    folds = [expman.open_run(tmp_path / "experiments" / "mnist" / f"fold-{i}") for i in (0, 1)]
+    assert [f.meta["group"] for f in folds] == ["baseline", "baseline"]

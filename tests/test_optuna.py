@@ -78,3 +78,13 @@ def test_multi_objective_names(tmp_path):
     assert list(run.metrics["acc"].values) == [2.0]
     with pytest.raises(ValueError, match="2 objectives"):
         ExpmanCallback(base_dir=tmp_path, metric_name=["one"])._metric_names(2)
+
+
+def test_the_docs_example_runs_as_written(tmp_path, monkeypatch):
+    from conftest import run_python
+    from test_mlflow import doc_example
+    require("optuna")
+    monkeypatch.delenv("EXPMAN_DIR", raising=False)
+    proc = run_python(doc_example("optuna"), tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "8 {'quadratic'} True"
