@@ -80,7 +80,7 @@ def _artifact_files(run_dir: Path) -> Iterator[tuple[Path, str]]:
 def export_run_mlflow(run: Run, client: Any, experiment: str | None = None) -> dict[str, Any]:
     """Write one run through ``client`` (an ``mlflow.MlflowClient``); returns what was
     sent. A run exported before (its ``expman.run`` tag) is skipped."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
     name = experiment or run.experiment
     found = client.get_experiment_by_name(name)
     experiment_id = found.experiment_id if found is not None else client.create_experiment(name)

@@ -88,7 +88,7 @@ class ActiveRun:
     def __init__(self, exp: Experiment, parent: ActiveRun | None) -> None:
         self.experiment = exp
         self.parent = parent
-        self.info = RunInfo(exp, parent.info.run_id if parent is not None else None)
+        self.info: RunInfo = RunInfo(exp, parent.info.run_id if parent is not None else None)
         self.data = RunData()
         self.has_children = False
         self._scratch: str | None = None
@@ -227,7 +227,6 @@ def start_run(run_id: str | None = None, experiment_id: str | None = None,
         user_tags.setdefault("mlflow.parentRunId", parent.info.run_id)
     if description is not None:
         user_tags[_NOTE_TAG] = description
-    name = run_id if run_id is not None else run_name
     experiment = experiment_id or _experiment or DEFAULT_EXPERIMENT
     options: dict[str, Any] = {
         "tags": _expman_tags(user_tags), "notes": user_tags.get(_NOTE_TAG), "group": group,
@@ -451,7 +450,8 @@ def log_dict(dictionary: Any, artifact_file: str, run_id: str | None = None) -> 
     """JSON, or YAML for a ``.yaml``/``.yml`` name, as MLflow writes it."""
     def write(path: Path) -> None:
         if artifact_file.endswith((".yaml", ".yml")):
-            import yaml
+            import importlib
+            yaml: Any = importlib.import_module("yaml")     # MLflow's own dependency
             path.write_text(yaml.safe_dump(dictionary, default_flow_style=False), encoding="utf-8")
         else:
             import json

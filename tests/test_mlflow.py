@@ -197,8 +197,8 @@ def test_the_docs_example_runs_as_written(tmp_path, monkeypatch):
     proc = run_python(doc_example("mlflow"), tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
-        "FINISHED {'lr': 0.01, 'optimizer': 'adam'} [0, 1, 2] baseline "
-        "['team=vision', 'stage=dev']",
+        ("FINISHED {'lr': 0.01, 'optimizer': 'adam'} [0, 1, 2] baseline "
+         "['team=vision', 'stage=dev']"),
         "{'layers': [64, 10]}"]
     folds = [expman.open_run(tmp_path / "experiments" / "mnist" / f"fold-{i}") for i in (0, 1)]
     assert [f.meta["group"] for f in folds] == ["baseline", "baseline"]

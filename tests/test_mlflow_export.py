@@ -111,7 +111,7 @@ def read_back(client, run_id: str) -> dict:
 
 def test_export_to_a_real_mlflow_server_reads_back_equal(mlflow_server, tmp_path, capsys):
     mlflow = require("mlflow")
-    good, bad = make_runs(tmp_path / "runs")
+    good, _ = make_runs(tmp_path / "runs")
     assert main(["export-mlflow", str(good), "mnist/bad", "--base-dir", str(tmp_path / "runs"),
                  "--tracking-uri", mlflow_server, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
