@@ -117,7 +117,6 @@ _base: str | None = None            # None: expman's rule ($EXPMAN_DIR, else ./e
 _experiment: str | None = None
 _stack: list[ActiveRun] = []
 _last: ActiveRun | None = None
-_atexit_registered = False
 
 
 def _base_from_uri(uri: str) -> str | None:
@@ -212,7 +211,6 @@ def start_run(run_id: str | None = None, experiment_id: str | None = None,
               description: str | None = None, log_system_metrics: bool | None = None) -> ActiveRun:
     """Start (or, with ``run_id``, resume) a run; nested runs join the outermost
     run's group. Returns an ``ActiveRun`` (a context manager)."""
-    global _atexit_registered
     if _stack and not nested:
         raise ExpmanValueError(
             f"start_run: run {_stack[-1].info.run_id} is already active; end it with "
@@ -240,9 +238,6 @@ def start_run(run_id: str | None = None, experiment_id: str | None = None,
     if parent is not None:
         parent.has_children = True
     _stack.append(active)
-    if not _atexit_registered:
-        atexit.register(_end_all)
-        _atexit_registered = True
     return active
 
 
@@ -317,7 +312,17 @@ def end_run(status: str = FINISHED) -> None:
 
 
 def _end_all() -> None:
-    """At exit, as MLflow: every run still active ends FINISHED."""
+    """At exit: every run still active ends and gets its tags.
+
+    Registered when this module is imported, so it runs after expman's own exit
+    handler (atexit runs handlers last-registered first), which has already closed
+    each run with the truth (FAILED for an uncaught exception or ``sys.exit(1)``,
+    KILLED on SIGTERM) where MLflow would say FINISHED. Should it run first (a run
+    was open before this import), a run the process is failing is left to expman's
+    handler instead of being marked FINISHED."""
+    from expman.lifecycle import status_for_exit
+    if status_for_exit()[0] != FINISHED:
+        _stack[:] = [r for r in _stack if r.experiment.status != RUNNING]
     while _stack:
         try:
             _end(_stack[-1], FINISHED)
@@ -326,6 +331,9 @@ def _end_all() -> None:
                           stacklevel=1)
             if _stack:
                 _stack.pop()
+
+
+atexit.register(_end_all)
 
 
 def active_run() -> ActiveRun | None:

@@ -460,10 +460,10 @@ class Run:
 class _NoOp:
     """What a disabled run returns for anything: callable, any attribute, any result."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> "_NoOp":
+    def __call__(self, *args: Any, **kwargs: Any) -> _NoOp:
         return self
 
-    def __getattr__(self, name: str) -> "_NoOp":
+    def __getattr__(self, name: str) -> _NoOp:
         if name.startswith("__"):
             raise AttributeError(name)
         return self
@@ -626,4 +626,6 @@ def login(*args: Any, **kwargs: Any) -> bool:
 def __getattr__(name: str) -> Any:
     if name.startswith("__"):
         raise AttributeError(name)
+    if run is not None and run.disabled:    # mode="disabled": wandb.Artifact(...) etc. no-ops too
+        return _NoOp()
     raise _missing(f"wandb.{name}")

@@ -202,3 +202,30 @@ def test_the_docs_example_runs_as_written(tmp_path, monkeypatch):
         "{'layers': [64, 10]}"]
     folds = [expman.open_run(tmp_path / "experiments" / "mnist" / f"fold-{i}") for i in (0, 1)]
     assert [f.meta["group"] for f in folds] == ["baseline", "baseline"]
+
+
+def test_runs_left_active_at_exit_keep_the_truth_and_their_tags(tmp_path):
+    """MLflow ends an active run FINISHED at exit even when the script crashed;
+    expman keeps FAILED (its exit handler runs first) and still writes the tags."""
+    from conftest import run_python
+    script = """
+        import sys
+        import expman.mlflow as mlflow
+        mlflow.set_tracking_uri("runs")
+        mlflow.start_run(run_name=sys.argv[1])
+        mlflow.set_tag("k", "v")
+        mlflow.log_metric("a", 1.0)
+        if sys.argv[1] == "crash":
+            raise ValueError("boom")
+        if sys.argv[1] == "exit":
+            sys.exit(3)
+    """
+    for name in ("clean", "crash", "exit"):
+        run_python(script.replace("sys.argv[1]", repr(name)), tmp_path)
+    got = {n: expman.open_run(tmp_path / "runs" / "Default" / n) for n in ("clean", "crash", "exit")}
+    assert {n: r.status for n, r in got.items()} == {
+        "clean": "FINISHED", "crash": "FAILED", "exit": "FAILED"}
+    assert got["crash"].meta["exit"]["type"] == "ValueError"
+    assert got["exit"].meta["exit"]["code"] == 3
+    assert all(r.meta[drop_in.TAGS_FIELD] == {"k": "v"} and r.tags == ["k=v"]
+               for r in got.values())

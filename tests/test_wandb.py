@@ -195,6 +195,9 @@ def test_disabled_mode_logs_nothing_and_every_call_works(tmp_path, monkeypatch):
     assert wandb.save(str(tmp_path / "*.none")) == []
     wandb.watch(object(), log=None)
     run.log_artifact("whatever").wait()             # any other call is a no-op too
+    art = wandb.Artifact("model", type="model")
+    art.add_file("missing.pt")
+    wandb.log_artifact(art)
     run.summary["best"] = 1.0
     assert run.url is None and run.name == "r" and run.disabled
     wandb.finish()
