@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from expman.errors import ExpmanError
+from expman.errors import ExpmanError, ExpmanValueError
 from expman.layout import ARTIFACTS_DIR, CRASHED, FAILED, FINISHED, KILLED, RUNNING
 from expman.reader import Run, open_run
 from expman.readmodel import flatten_params
@@ -125,10 +125,15 @@ def export_run_mlflow(run: Run, client: Any, experiment: str | None = None) -> d
 def export_mlflow(runs: Iterable[str | os.PathLike[str]], tracking_uri: str,
                   experiment: str | None = None) -> dict[str, Any]:
     """Export run folders into the MLflow store at ``tracking_uri`` (a server URL,
-    ``sqlite:///...``, a folder). Returns ``{"exported": [...], "failed": {path: why}}``;
+    ``sqlite:///...``; MLflow 3 refuses new runs in a folder store). Returns ``{"exported": [...], "failed": {path: why}}``;
     one failing run never stops the others."""
     from mlflow import MlflowClient
-    client = MlflowClient(tracking_uri)
+    from mlflow.exceptions import MlflowException
+    try:
+        client = MlflowClient(tracking_uri)
+        client.search_experiments(max_results=1)        # a store that refuses says so now
+    except MlflowException as e:
+        raise ExpmanValueError(f"MLflow tracking URI {tracking_uri!r}: {e.message}") from None
     exported: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
     for path in runs:
@@ -136,9 +141,6 @@ def export_mlflow(runs: Iterable[str | os.PathLike[str]], tracking_uri: str,
             exported.append(export_run_mlflow(open_run(path), client, experiment))
         except (OSError, ExpmanError, ValueError) as e:
             failed[os.fspath(path)] = str(e)
-        except Exception as e:      # an MlflowException (refused value, server error) is per run
-            if type(e).__name__ != "MlflowException" and not type(e).__module__.startswith(
-                    ("mlflow", "requests", "urllib3")):
-                raise
-            failed[os.fspath(path)] = f"{type(e).__name__}: {e}"
+        except MlflowException as e:    # a refused value, a server error: this run only
+            failed[os.fspath(path)] = f"MlflowException: {e.message}"
     return {"exported": exported, "failed": failed}

@@ -168,3 +168,7 @@ def test_a_run_that_cannot_be_exported_never_stops_the_others(tmp_path, capsys):
     result = export_mlflow([not_a_run, good], uri)
     assert [r["run"] for r in result["exported"]] == ["mnist/good"]
     assert str(not_a_run) in result["failed"]
+    with pytest.raises(ValueError, match="MLflow tracking URI 'bogus://x'"):
+        export_mlflow([good], "bogus://x")          # a store MLflow refuses: one clear error
+    assert main(["export-mlflow", str(good), "--tracking-uri", "bogus://x"]) == 1
+    assert "expman: error: MLflow tracking URI 'bogus://x'" in capsys.readouterr().err

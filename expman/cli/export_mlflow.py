@@ -19,7 +19,7 @@ def add_parser(subparsers: Any) -> None:
                 run, [BASE, JSON])
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or experiment/run_name")
     p.add_argument("--tracking-uri", required=True, metavar="URI",
-                   help="the MLflow store: a server URL, sqlite:///file.db, or a folder")
+                   help="the MLflow store: a server URL or sqlite:///file.db")
     p.add_argument("-e", "--experiment", metavar="NAME",
                    help="MLflow experiment to write into (default: each run's experiment)")
 
