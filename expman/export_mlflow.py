@@ -127,6 +127,15 @@ def export_mlflow(runs: Iterable[str | os.PathLike[str]], tracking_uri: str,
     """Export run folders into the MLflow store at ``tracking_uri`` (a server URL,
     ``sqlite:///...``; MLflow 3 refuses new runs in a folder store). Returns ``{"exported": [...], "failed": {path: why}}``;
     one failing run never stops the others."""
+    import warnings
+    with warnings.catch_warnings():     # MLflow's store warns about its own dependencies
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        return _export(runs, tracking_uri, experiment)
+
+
+def _export(runs: Iterable[str | os.PathLike[str]], tracking_uri: str,
+            experiment: str | None) -> dict[str, Any]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
     try:

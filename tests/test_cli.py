@@ -623,10 +623,14 @@ COMMAND_CASES = {
                               lambda out: json.loads(out)["status"] == "FINISHED"),
     "export-lake": lambda base, w: (["export-lake", "-o", w / "lake", "--json"],
                                     lambda out: json.loads(out)["runs"] == 2),
+    "export-mlflow": lambda base, w: (
+        ["export-mlflow", "exp/r1", "exp/r2", "--tracking-uri", f"sqlite:///{w / 'mlflow.db'}",
+         "--json"],
+        lambda out: [r["status"] for r in json.loads(out)["exported"]] == ["FINISHED", "FAILED"]),
     "sync": lambda base, w: (["sync", w / "copy", "--json"],
                              lambda out: json.loads(out)["runs"] == 2),
 }
-NEEDS = {"export-lake": "pyarrow", "sync": "fsspec"}
+NEEDS = {"export-lake": "pyarrow", "sync": "fsspec", "export-mlflow": "mlflow"}
 
 
 def test_every_command_has_a_base_dir_case():
@@ -665,7 +669,7 @@ def test_every_command_takes_every_base_dir_form(cmd, form, two_runs, tmp_path, 
 
 
 DATA_COMMANDS = {"list", "show", "compare", "tail", "verify", "du", "clean", "ranks",
-                 "export-lake", "sync", "tag", "import-tensorboard"}
+                 "export-lake", "export-mlflow", "sync", "tag", "import-tensorboard"}
 
 
 def test_json_on_every_command_that_outputs_data():
