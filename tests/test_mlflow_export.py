@@ -157,9 +157,10 @@ def test_export_to_a_real_mlflow_server_reads_back_equal(mlflow_server, tmp_path
     assert len(found) == 1
 
 
-def test_a_run_that_cannot_be_exported_never_stops_the_others(tmp_path, capsys):
+def test_a_run_that_cannot_be_exported_never_stops_the_others(tmp_path, capsys, monkeypatch):
     require("mlflow")
     require("sqlalchemy")
+    monkeypatch.chdir(tmp_path)         # a SQLite store keeps artifacts in ./mlruns, as MLflow does
     good, _ = make_runs(tmp_path / "runs")
     not_a_run = tmp_path / "runs" / "mnist" / "empty"
     not_a_run.mkdir()
@@ -172,3 +173,5 @@ def test_a_run_that_cannot_be_exported_never_stops_the_others(tmp_path, capsys):
         export_mlflow([good], "bogus://x")          # a store MLflow refuses: one clear error
     assert main(["export-mlflow", str(good), "--tracking-uri", "bogus://x"]) == 1
     assert "expman: error: MLflow tracking URI 'bogus://x'" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "mlruns").rglob("*") if p.is_file()) == [
+        "ckpt.manifest.json", "config.json", "model.pt", "model.pt.v2"]
