@@ -639,13 +639,17 @@ COMMAND_CASES = {
                               lambda out: json.loads(out)["status"] == "FINISHED"),
     "export-lake": lambda base, w: (["export-lake", "-o", w / "lake", "--json"],
                                     lambda out: json.loads(out)["runs"] == 2),
+    "export-mlflow": lambda base, w: (
+        ["export-mlflow", "exp/r1", "exp/r2", "--tracking-uri", f"sqlite:///{w / 'mlflow.db'}",
+         "--json"],
+        lambda out: [r["status"] for r in json.loads(out)["exported"]] == ["FINISHED", "FAILED"]),
     "sync": lambda base, w: (["sync", w / "copy", "--json"],
                              lambda out: json.loads(out)["runs"] == 2),
     "watch": lambda base, w: (["watch", "exp/r1", "--rule", "nan", "--json"],
                               lambda out: all(json.loads(line) for line in out.splitlines())
                               and (base / "exp" / "r1" / ALERTS_FILE).is_file()),
 }
-NEEDS = {"export-lake": "pyarrow", "sync": "fsspec"}
+NEEDS = {"export-lake": "pyarrow", "sync": "fsspec", "export-mlflow": "mlflow"}
 
 
 def test_every_command_has_a_base_dir_case():
@@ -686,7 +690,7 @@ def test_every_command_takes_every_base_dir_form(cmd, form, two_runs, tmp_path, 
 
 
 DATA_COMMANDS = {"list", "show", "compare", "tail", "verify", "du", "clean", "ranks",
-                 "export-lake", "sync", "tag", "import-tensorboard", "watch"}
+                 "export-lake", "export-mlflow", "sync", "tag", "import-tensorboard", "watch"}
 
 
 def test_json_on_every_command_that_outputs_data():

@@ -14,6 +14,8 @@ from expman import media_read
 from expman.layout import RUN_FILE
 from expman._fsutil import read_json
 
+from frameworks import require
+
 
 @pytest.fixture(autouse=True)
 def _no_run_left():
@@ -133,19 +135,130 @@ def test_finish_with_exit_code_and_resume(tmp_path):
 
 
 def test_missing_features_are_named(tmp_path):
-    with pytest.raises(AttributeError, match="does not provide wandb.Table"):
-        wandb.Table
-    with pytest.raises(wandb.WandbFeatureMissing, match="wandb.watch"):
-        wandb.watch(None)
+    with pytest.raises(AttributeError, match="does not provide wandb.Artifact"):
+        wandb.Artifact
     with pytest.raises(wandb.WandbFeatureMissing, match=r"wandb.init\(sync_tensorboard=\)"):
         wandb.init(project="p", dir=str(tmp_path), sync_tensorboard=True)
     with pytest.raises(RuntimeError, match="wandb.init"):
         wandb.log({"a": 1})
+    with pytest.raises(RuntimeError, match="wandb.init"):
+        wandb.watch(None)
     wandb.init(project="p", dir=str(tmp_path))
-    with pytest.raises(wandb.WandbFeatureMissing, match="key 'text'"):
-        wandb.log({"text": "hello"})
     with pytest.raises(wandb.WandbFeatureMissing, match="wandb.run.log_artifact"):
         wandb.run.log_artifact
     with pytest.raises(FileNotFoundError, match="no file matches"):
         wandb.save(str(tmp_path / "*.none"))
+    with pytest.raises(ValueError, match="mode must be"):
+        wandb.init(project="p", dir=str(tmp_path), mode="sometimes")
     assert not hasattr(wandb, "__wrapped__")
+
+
+def test_values_that_are_not_numbers_become_messages_and_never_stop_the_script(tmp_path):
+    run = wandb.init(project="p", name="r", dir=str(tmp_path))
+    table = wandb.Table(columns=["prompt", "reward"], data=[["hi", 0.5]])
+    table.add_data("yo", np.float32(0.25))
+    wandb.log({"note": "text", "x": None, "loss": 0.5, "lst": [1, 2], "samples": table})
+    wandb.log({"loss": 0.25, "a": np.array([3.0]), "nested": {"why": "diverged"}})
+    wandb.finish()
+    got = expman.open_run(run.dir)
+    assert list(got.metrics["loss"].values) == [0.5, 0.25]
+    assert list(got.metrics["a"].values) == [3.0]
+    by_tag = {m["tag"]: m for m in got.messages if "tag" in m}
+    assert (by_tag["note"]["msg"], by_tag["note"]["step"]) == ("text", 0)
+    assert (by_tag["x"]["msg"], by_tag["lst"]["msg"]) == ("None", "[1, 2]")
+    assert (by_tag["nested.why"]["msg"], by_tag["nested.why"]["step"]) == ("diverged", 1)
+    import json
+    assert json.loads(by_tag["samples"]["msg"]) == {
+        "columns": ["prompt", "reward"], "data": [["hi", 0.5], ["yo", 0.25]]}
+    assert "x" not in got.metrics and "note" not in got.metrics
+
+
+def test_table_shapes():
+    pd = require("pandas")
+    t = wandb.Table(dataframe=pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}))
+    assert (t.columns, t.data) == (["a", "b"], [[1, "x"], [2, "y"]])
+    t.add_column("c", [0.5, 0.25])
+    assert t.get_column("c") == [0.5, 0.25]
+    with pytest.raises(ValueError, match="2 values for 3 columns"):
+        t.add_data(1, 2)
+    assert wandb.Table(data=[[1, 2]]).columns == ["Column_1", "Column_2"]
+
+
+def test_disabled_mode_logs_nothing_and_every_call_works(tmp_path, monkeypatch):
+    run = wandb.init(project="p", name="r", dir=str(tmp_path), mode="disabled",
+                     config={"lr": 0.1})
+    assert wandb.config.lr == 0.1 and run.config["lr"] == 0.1
+    wandb.config.update({"bs": 4})
+    wandb.log({"loss": 1.0, "note": "text"})
+    run.log({"loss": 2.0}, step=5)
+    wandb.define_metric("loss", summary="min")
+    assert wandb.save(str(tmp_path / "*.none")) == []
+    wandb.watch(object(), log=None)
+    run.log_artifact("whatever").wait()             # any other call is a no-op too
+    art = wandb.Artifact("model", type="model")
+    art.add_file("missing.pt")
+    wandb.log_artifact(art)
+    run.summary["best"] = 1.0
+    assert run.url is None and run.name == "r" and run.disabled
+    wandb.finish()
+    assert not any(tmp_path.iterdir()), "a disabled run wrote files"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    wandb.init(project="p", dir=str(tmp_path))
+    wandb.log({"loss": 1.0})
+    wandb.finish()
+    assert not any(tmp_path.iterdir())
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = wandb.init(project="p", name="off", dir=str(tmp_path))
+    wandb.log({"loss": 1.0})
+    wandb.finish()
+    assert list(expman.open_run(tmp_path / "p" / "off").metrics["loss"].values) == [1.0]
+
+
+def test_run_url_is_the_run_folder(tmp_path):
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+    run = wandb.init(project="p", name="r", dir=str(tmp_path))
+    assert run.url.startswith("file://") and run.get_url() == run.url
+    assert url2pathname(urlparse(run.url).path) == run.dir
+    assert wandb.login() is True
+
+
+def test_watch_logs_gradient_and_parameter_histograms_every_log_freq_steps(tmp_path):
+    torch = require("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+    run = wandb.init(project="p", name="w", dir=str(tmp_path))
+    wandb.watch(model, log="all", log_freq=2)
+    grads_at_4 = {}
+    for step in range(6):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        if step == 3:
+            grads_at_4 = {n: p.grad.clone() for n, p in model.named_parameters()}
+        opt.step()
+        wandb.log({"loss": loss.item()})
+    wandb.finish()
+    hists = expman.open_run(run.dir).histograms
+    names = [n for n, _ in model.named_parameters()]
+    assert set(hists) == {f"{kind}/{n}" for kind in ("gradients", "parameters") for n in names}
+    for n, p in model.named_parameters():
+        grads = hists[f"gradients/{n}"]
+        # the 2nd, 4th, 6th backward pass, each at the step being logged then
+        assert [h.step for h in grads] == [1, 3, 5]
+        assert all(sum(h.counts) == p.numel() for h in grads)
+        g = grads_at_4[n]
+        if g.numel() > 1:       # binned over [min, max] of the gradient of that pass
+            assert grads[1].edges[0] == pytest.approx(g.min().item())
+            assert grads[1].edges[-1] == pytest.approx(g.max().item())
+        else:                   # one value: a bin of width 1 around it
+            assert grads[1].edges[0] < g.item() < grads[1].edges[-1]
+        assert [h.step for h in hists[f"parameters/{n}"]] == [1, 3, 5]
+    wandb.init(project="p", name="w2", dir=str(tmp_path))
+    wandb.watch(model, log_freq=1)
+    wandb.unwatch()
+    model(x).sum().backward()
+    wandb.finish()
+    assert expman.open_run(tmp_path / "p" / "w2").histograms == {}

@@ -5,8 +5,8 @@ Each command module registers its commands with ``add_parser(subparsers)``
 only assembles them and runs one: ``runs.py`` (list, show, compare, tail),
 ``files.py`` (export, verify, du, clean), ``demo``, ``serve``, ``tags`` (tag,
 note), ``tensorboard`` (import-tensorboard), ``ranks``, ``lake``
-(export-lake), ``sync``, ``watch``. RUN is a run folder path, a run's URL, or a run spec
-under the base dir (``expman.layout.resolve_run``: ``experiment/run_name``,
+(export-lake), ``export_mlflow`` (export-mlflow), ``sync``, ``watch``. RUN is a run
+folder path, a run's URL, or a run spec under the base dir (``expman.layout.resolve_run``: ``experiment/run_name``,
 ``experiment/latest``, a unique prefix); the base dir is in ``_common``.
 
 Errors are one line on stderr and a non-zero exit code: 1 for a failure (or
@@ -27,6 +27,7 @@ from expman._version import __version__
 from expman.cli import (
     _text,
     demo,
+    export_mlflow,
     files,
     lake,
     ranks,
@@ -44,9 +45,10 @@ from expman.errors import ExpmanError
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 # each module's add_parser(subparsers) registers its commands, in this order in --help
-MODULES = (demo, serve, runs, files, tags, tensorboard, ranks, lake, sync, watch)
+MODULES = (demo, serve, runs, files, tags, tensorboard, ranks, lake, export_mlflow, sync, watch)
 COMMANDS = ("demo", "serve", "list", "show", "compare", "tail", "export", "verify", "du",
-            "clean", "tag", "note", "import-tensorboard", "ranks", "export-lake", "sync", "watch")
+            "clean", "tag", "note", "import-tensorboard", "ranks", "export-lake", "export-mlflow",
+            "sync", "watch")
 
 
 def build_parser() -> argparse.ArgumentParser:
