@@ -685,6 +685,19 @@ class Experiment(_core.Core):
                          "step": self._media_step(at)})
 
     # ---- watchdogs (expman.watch, docs/watch.md) --------------------------------------
+    def log_alert(self, record: Mapping[str, Any]) -> None:
+        """Append an ``alert`` or ``alert_delivered`` record (docs/format.md) to the
+        run's events, as a watchdog or ``expman.wandb.alert`` writes it; the writer
+        thread appends it like every event. A closed run drops it (a watcher's last
+        round may come after close)."""
+        kind = record.get("kind")
+        if kind not in ("alert", "alert_delivered"):
+            raise ExpmanValueError(f"log_alert: kind must be 'alert' or 'alert_delivered', "
+                                   f"got {kind!r:.60}")
+        if self._status != RUNNING:
+            return
+        self._log_event(dict(record))
+
     def watch(self, rules: Any = None, on_alert: Any = None, webhook: str | None = None, *,
               interval: float = 0.5) -> Any:
         """Start watchdogs: a daemon thread reads this run's own files every

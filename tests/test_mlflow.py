@@ -14,7 +14,7 @@ import expman
 import expman.mlflow as drop_in
 from expman import runmeta
 
-from frameworks import require
+from conftest import need
 
 
 def mlflow_script(mlflow, files: Path) -> tuple[str, str]:
@@ -100,7 +100,7 @@ def expman_recorded(run_dir: Path) -> dict:
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
                             "ignore::UserWarning")
 def test_one_mlflow_script_records_the_same_in_expman_and_in_mlflow(tmp_path, monkeypatch):
-    mlflow = require("mlflow")
+    mlflow = need("mlflow")
     monkeypatch.chdir(tmp_path)
     t0 = time.time() * 1000
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")

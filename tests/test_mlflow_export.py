@@ -21,7 +21,7 @@ import expman
 from expman.cli import main
 from expman.readmodel import flatten_params
 
-from frameworks import require
+from conftest import need
 
 pytestmark = pytest.mark.filterwarnings(      # MLflow's client warns about its own dependencies
     "ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
@@ -31,9 +31,9 @@ SERVER_START_LIMIT = 180.0      # a bound on the wait, not a speed expectation
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    require("mlflow")
-    require("sqlalchemy")
-    require("flask")
+    need("mlflow")
+    need("sqlalchemy")
+    need("flask")
     root = tmp_path_factory.mktemp("mlflow-server")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -110,7 +110,7 @@ def read_back(client, run_id: str) -> dict:
 
 
 def test_export_to_a_real_mlflow_server_reads_back_equal(mlflow_server, tmp_path, capsys):
-    mlflow = require("mlflow")
+    mlflow = need("mlflow")
     good, _ = make_runs(tmp_path / "runs")
     assert main(["export-mlflow", str(good), "mnist/bad", "--base-dir", str(tmp_path / "runs"),
                  "--tracking-uri", mlflow_server, "--json"]) == 0
@@ -158,8 +158,8 @@ def test_export_to_a_real_mlflow_server_reads_back_equal(mlflow_server, tmp_path
 
 
 def test_a_run_that_cannot_be_exported_never_stops_the_others(tmp_path, capsys, monkeypatch):
-    require("mlflow")
-    require("sqlalchemy")
+    need("mlflow")
+    need("sqlalchemy")
     monkeypatch.chdir(tmp_path)         # a SQLite store keeps artifacts in ./mlruns, as MLflow does
     good, _ = make_runs(tmp_path / "runs")
     not_a_run = tmp_path / "runs" / "mnist" / "empty"

@@ -8,11 +8,11 @@ import pytest
 import expman
 from expman.integrations.optuna import INTERMEDIATE, PRUNED_TAG, ExpmanCallback
 
-from frameworks import require
+from conftest import need
 
 
 def test_each_trial_is_a_run_in_the_study_group(tmp_path):
-    optuna = require("optuna")
+    optuna = need("optuna")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def objective(trial):
@@ -65,7 +65,7 @@ def test_each_trial_is_a_run_in_the_study_group(tmp_path):
 
 
 def test_multi_objective_names(tmp_path):
-    optuna = require("optuna")
+    optuna = need("optuna")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="mo", directions=["minimize", "maximize"],
                                 sampler=optuna.samplers.RandomSampler(seed=1))
@@ -83,7 +83,7 @@ def test_multi_objective_names(tmp_path):
 def test_the_docs_example_runs_as_written(tmp_path, monkeypatch):
     from conftest import run_python
     from test_mlflow import doc_example
-    require("optuna")
+    need("optuna")
     monkeypatch.delenv("EXPMAN_DIR", raising=False)
     proc = run_python(doc_example("optuna"), tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -14,7 +14,7 @@ from expman import media_read
 from expman.layout import RUN_FILE
 from expman._fsutil import read_json
 
-from frameworks import require
+from conftest import need
 
 
 @pytest.fixture(autouse=True)
@@ -174,7 +174,7 @@ def test_values_that_are_not_numbers_become_messages_and_never_stop_the_script(t
 
 
 def test_table_shapes():
-    pd = require("pandas")
+    pd = need("pandas")
     t = wandb.Table(dataframe=pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}))
     assert (t.columns, t.data) == (["a", "b"], [[1, "x"], [2, "y"]])
     t.add_column("c", [0.5, 0.25])
@@ -224,7 +224,7 @@ def test_run_url_is_the_run_folder(tmp_path):
 
 
 def test_watch_logs_gradient_and_parameter_histograms_every_log_freq_steps(tmp_path):
-    torch = require("torch")
+    torch = need("torch")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -674,7 +674,7 @@ class Guard:
                              "127.0.0.1 and localhost only")
                 return
         if self.token:
-            from expman.dashboard import cookie_name, cookie_value
+            from expman.dashboard.access import cookie_name, cookie_value
             port = _port(scope)
             name, value = cookie_name(port), cookie_value(self.token, port)
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"),

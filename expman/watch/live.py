@@ -498,7 +498,7 @@ def start(exp: Any, rules: Iterable[Rule | str] | Rule | str | None = None, *,
     def record(event: dict[str, Any]) -> None:
         e = ref()
         if e is not None:
-            e._log_event(event)
+            e.log_alert(event)
 
     def stop(alert: Alert) -> None:
         e = ref()
@@ -566,5 +566,5 @@ def record_alert(exp: Any, message: str, *, rule: str = "user", metric: str | No
                                 os.urandom(4).hex())))
     aid = hashlib.blake2b(raw.encode("utf-8", "replace"), digest_size=8).hexdigest()
     alert = Alert(aid, rule, metric, step, value, exp.rank, message, now)
-    exp._log_event({**alert.to_event(), **dict(extra or {})})
+    exp.log_alert({**alert.to_event(), **dict(extra or {})})
     return alert
