@@ -8,12 +8,16 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from expman._fsutil import MAX_JSON_DEPTH
 from expman.errors import ExpmanTypeError, ExpmanValueError
 from expman.layout import json_float
 
 
 
-MAX_DEPTH = 100        # deeper is a cycle or a mistake; named in the error
+MAX_DEPTH = MAX_JSON_DEPTH - 1
+"""Levels a param may nest: deeper is a cycle or a mistake, named in the error. One
+less than the readers' bound on a JSON file (the file's own object is a level), so
+every params.json log_params writes is one every reader reads."""
 
 def to_params(value: Any, where: str = "params") -> dict[str, Any]:
     """The JSON object ``log_params`` stores for ``value``: a dict, any Mapping

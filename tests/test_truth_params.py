@@ -243,7 +243,8 @@ def test_the_tensorboard_export_names_params_by_the_one_rule(tmp_path: Path) -> 
     from expman.readmodel import flatten_params
     from expman.tbio import export_tensorboard
     deep: dict = {"leaf": 1}
-    for _ in range(95):                          # deep, within log_params' MAX_DEPTH
+    from expman.params import MAX_DEPTH
+    for _ in range(MAX_DEPTH - 2):               # as deep as log_params takes (and readers read)
         deep = {"d": deep}
     params = {**CONFIG, "deep": deep}
     with expman.Experiment("tb", "r", base_dir=tmp_path, capture_env=False,
@@ -258,4 +259,4 @@ def test_the_tensorboard_export_names_params_by_the_one_rule(tmp_path: Path) -> 
     got = {k: getattr(v, v.WhichOneof("kind")) for k, v in ssi.hparams.items()}
     expected = {k: v for k, v in flatten_params(exp.params).items() if v is not None}
     assert got == expected
-    assert got["optim.betas"] == "[0.9,0.999]" and got["deep." + "d." * 95 + "leaf"] == 1
+    assert got["optim.betas"] == "[0.9,0.999]" and got["deep." + "d." * (MAX_DEPTH - 2) + "leaf"] == 1
