@@ -217,6 +217,14 @@ def file_header():
     return bytes(out[:EXLOG_HEADER_SIZE])
 
 
+def loss_record(uint64_t rows, uint64_t events, uint64_t errors, int last_errno=0,
+                int64_t wall_ns=0):
+    """The loss record's bytes exactly as the writer writes them (expman.loss)."""
+    cdef unsigned char out[EXLOG_LOSS_RECORD_SIZE]
+    exlog_loss_record(out, rows, events, errors, last_errno, wall_ns)
+    return bytes(out[:EXLOG_LOSS_RECORD_SIZE])
+
+
 def crc32(const unsigned char[::1] data not None, uint32_t crc=0):
     """CRC-32 as the writer computes it (equal to zlib.crc32)."""
     return exlog_crc32(crc, &data[0] if data.shape[0] else NULL, data.shape[0])
@@ -260,8 +268,13 @@ cdef class Core:
                uint64_t events_size, *, metrics_path, buffer_size,
                double flush_interval, double heartbeat_interval, on_full,
                on_error, double block_timeout, dict keys=None, last_step=None,
-               uint64_t seq_base=0, fsync_interval=None):
-        """Start the writer on already-open files (the Python side owns paths)."""
+               uint64_t seq_base=0, fsync_interval=None, int loss_fd=-1,
+               tuple loss_base=(0, 0, 0)):
+        """Start the writer on already-open files (the Python side owns paths).
+
+        ``loss_fd``: the preallocated loss record (expman.loss), rewritten in
+        place by the writer; ``loss_base``: rows, events and write errors that
+        earlier sessions of the run recorded there."""
         if self._state != NEW:
             raise RunClosedError("this run was started already")
         if on_full not in ("block", "drop"):
@@ -284,6 +297,8 @@ cdef class Core:
                             <int64_t>(heartbeat_interval * 1000))
         if self._w is NULL:
             raise MemoryError("expman: cannot allocate the metrics buffer")
+        if loss_fd >= 0:
+            exlog_set_loss(self._w, loss_fd, loss_base[0], loss_base[1], loss_base[2])
         if fsync_interval is not None:
             exlog_set_fsync(self._w, max(<int64_t>(fsync_interval * 1000), 1))
         if exlog_start(self._w, fd_metrics, metrics_size, fd_events, events_size) != 0:
@@ -399,6 +414,8 @@ cdef class Core:
                 self._events += 1
                 if put == PUT_DROPPED:
                     self._events_dropped_full += 1
+                    exlog_note_producer_drops(self._w, self._dropped_full,
+                                              self._events_dropped_full)
                 return
 
     cdef int _put_blob(self, uint32_t kind, uint32_t n, bytes payload) except -1:
@@ -680,6 +697,7 @@ cdef inline int _log_row(Core self, dict metrics, object step, bint advance) exc
                 _copy_key_events(self, fresh[:j])
                 self._accepted += 1
                 self._dropped_full += 1
+                exlog_note_producer_drops(self._w, self._dropped_full, self._events_dropped_full)
                 if advance:
                     self._last_step = s
                 return 0
@@ -695,6 +713,7 @@ cdef inline int _log_row(Core self, dict metrics, object step, bint advance) exc
         if p is NULL:
             self._accepted += 1
             self._dropped_full += 1
+            exlog_note_producer_drops(self._w, self._dropped_full, self._events_dropped_full)
             if advance:
                 self._last_step = s
             return 0

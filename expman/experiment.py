@@ -16,7 +16,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Iterable, Mapping
 
-from expman import _core, environment, launcher, layout, lifecycle, runlock, runmeta, summary
+from expman import (
+    _core, environment, launcher, layout, lifecycle, loss, runlock, runmeta, summary,
+)
 from expman._fsutil import (
     atomic_write_json, check_name, check_relative, inside, open_nofollow, read_json_nofollow,
 )
@@ -62,7 +64,7 @@ class Experiment(_core.Core):
                  "_closing", "_close_lock", "_on_error", "_warned_keys",
                  "_rank", "_world_size", "_meta_name", "_lock", "_muted", "_sampler",
                  "_capture", "_media_lock", "_summary_base", "_summary_lock",
-                 "_summary_stop", "_summary_thread", "_summary_bytes")
+                 "_summary_stop", "_summary_thread", "_summary_bytes", "_loss_base")
 
     def __init__(
         self,
@@ -96,6 +98,7 @@ class Experiment(_core.Core):
         self._summary_stop = threading.Event()
         self._summary_thread: threading.Thread | None = None
         self._summary_bytes = -1
+        self._loss_base: tuple[int, int, int] = (0, 0, 0)
         from expman import sysmetrics       # on first use: `import expman` stays lean
         sysmetrics.interval_from_option(system_metrics)     # a bad value fails before any I/O
         described: dict[str, Any] = {runmeta.TAGS: runmeta.check_tags(tags),
@@ -212,7 +215,8 @@ class Experiment(_core.Core):
                         heartbeat_interval=HEARTBEAT_INTERVAL, on_full=on_full,
                         on_error=on_error, block_timeout=block_timeout,
                         keys=keys, last_step=last_step, seq_base=seq_base,
-                        fsync_interval=fsync_interval)
+                        fsync_interval=fsync_interval, loss_fd=self._fds[2],
+                        loss_base=self._loss_base)
         except BaseException:
             self._close_fds()
             if fresh and launch.joined:
@@ -273,7 +277,7 @@ class Experiment(_core.Core):
 
     def _remove_own_files(self) -> None:
         """Undo a failed start of one rank in a shared folder (never the folder)."""
-        for name in (METRICS_FILE, EVENTS_FILE, RUN_FILE):
+        for name in (METRICS_FILE, EVENTS_FILE, RUN_FILE, layout.LOSS_FILE):
             try:
                 os.unlink(self._run_dir / layout.rank_file(name, self._rank))
             except OSError:
@@ -302,6 +306,7 @@ class Experiment(_core.Core):
             msize = _core.HEADER_SIZE
             fd = open_nofollow(events, excl)
             self._fds.append(fd)
+            self._open_loss_record(fresh=True)
             return keys, last_step, (msize, 0), seq_base
         fd = open_nofollow(metrics, os.O_RDWR | os.O_CREAT)
         self._fds.append(fd)
@@ -312,7 +317,25 @@ class Experiment(_core.Core):
         esize, last_seq = _events_good_size(fd)
         os.ftruncate(fd, esize)
         os.lseek(fd, esize, os.SEEK_SET)
+        self._open_loss_record(fresh=False)
         return keys, last_step, (msize, esize), max(seq_base, last_seq)
+
+    def _open_loss_record(self, fresh: bool) -> None:
+        """Write the loss record while there is room (expman.loss): the writer
+        rewrites these very blocks in place when it loses data. On resume it goes
+        on from what earlier sessions recorded."""
+        path = self._run_dir / layout.rank_file(layout.LOSS_FILE, self._rank)
+        base = (0, 0, 0)
+        if not fresh and os.path.lexists(path):
+            rec = loss.read_record(self._run_dir, self._rank)
+            if rec is not None and "unreadable" not in rec:
+                base = tuple(rec[k] for k in loss.COUNTS)   # type: ignore[assignment]
+        fd = open_nofollow(path, os.O_RDWR | os.O_CREAT | (os.O_EXCL if fresh else 0))
+        self._fds.append(fd)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, _core.loss_record(*base))
+        os.ftruncate(fd, loss.RECORD_SIZE)
+        self._loss_base = base
 
     def _close_fds(self) -> None:
         for fd in self._fds:
@@ -576,12 +599,15 @@ class Experiment(_core.Core):
                               duration=now - self._meta["start_time"])
             if error is not None:
                 self._meta["write_error"] = str(error)
-            if stats.get("dropped") or stats.get("events_dropped") or stats.get("write_errors"):
-                # what the writer lost, even if the error was raised (and seen) earlier
+            lost = [b + stats[k] for b, k in zip(self._loss_base, (
+                "dropped", "events_dropped", "write_errors"))]
+            if any(lost):
+                # what the writer lost, even if the error was raised (and seen)
+                # earlier; with earlier sessions' (the loss record has it all too)
                 self._meta["data_loss"] = {
-                    "rows_dropped": stats["dropped"], "events_dropped": stats["events_dropped"],
-                    "write_errors": stats["write_errors"],
-                    "last_error": os.strerror(stats["last_errno"]) if stats["last_errno"] else None}
+                    **dict(zip(loss.COUNTS, lost)),
+                    "last_error": os.strerror(stats["last_errno"]) if stats["last_errno"]
+                    else _earlier_error(self._meta.get("data_loss"))}
             if self._copier.failures:
                 self._meta["artifact_errors"] = list(self._copier.failures)
             if output_loss:
@@ -666,6 +692,11 @@ def _probe_env(meta_path: Path, meta: dict[str, Any], lock: threading.RLock, cwd
                 atomic_write_json(meta_path, meta)
         except OSError:
             pass                # the final write at close carries it
+
+
+def _earlier_error(data_loss: Any) -> Any:
+    """The error text an earlier session of a resumed run recorded, if any."""
+    return data_loss.get("last_error") if isinstance(data_loss, dict) else None
 
 
 def _check_ranks(ranks: Iterable[int] | None, world_size: int) -> list[int] | None:

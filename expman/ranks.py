@@ -159,7 +159,9 @@ def open_rank(path: str | os.PathLike[str], rank: int, *, salvage: bool = False,
     if duplicates is not None:
         metrics = metrics.reduce(duplicates)
     events = _read_events(p / rank_file(EVENTS_FILE, rank))
-    return reader.Run(p, meta, params, events, metrics, dict(report))
+    from expman.loss import recorded_loss
+    return reader.Run(p, meta, params, events, metrics,
+                      {**report, "data_loss": recorded_loss(p, rank, own)})
 
 
 def ranks_frame(path: str | os.PathLike[str], *, salvage: bool = False) -> Any:

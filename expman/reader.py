@@ -21,6 +21,7 @@ from typing import Any
 
 from expman._fsutil import MAX_JSON_BYTES, parse_json_object, read_regular_stat
 from expman.errors import CorruptRunError, ExpmanError, ExpmanValueError
+from expman.loss import run_loss
 from expman.layout import (
     CRASHED, DAMAGED, FINAL_STATUSES, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING, STATUSES,
     base_dir, effective_status, heartbeat, resolve_run, scan_run_dirs,
@@ -181,8 +182,7 @@ def _integrity(tail: RunTail, meta: dict[str, Any]) -> dict[str, Any]:
     not write on a full disk, events dropped): loss is never hidden."""
     ig = dict(tail.integrity)
     ig["bad_event_lines"] = tail.bad_event_lines
-    loss = meta.get("data_loss")
-    ig["data_loss"] = loss if isinstance(loss, dict) else None
+    ig["data_loss"] = run_loss(tail.path, meta)     # run.json, or the record close could not
     return ig
 
 
@@ -365,7 +365,7 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
     if end is None and st == CRASHED:
         end = heartbeat(path)
     exit_info = meta.get("exit")
-    loss = meta.get("data_loss")
+    loss = run_loss(path, meta)
     tags = meta.get("tags")
     group, notes = meta.get("group"), meta.get("notes")
     line = RunSummary(str(meta.get("experiment", exp)), str(meta.get("run_name", name)), st,

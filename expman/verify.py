@@ -17,6 +17,7 @@ from typing import Any
 from expman import _core
 from expman._fsutil import open_nofollow, read_json, read_regular, regular_stat, sha256_file
 from expman.errors import ExpmanError, ExpmanValueError
+from expman.loss import run_loss
 from expman.layout import (
     ARTIFACTS_DIR, MAX_MANIFEST_BYTES, EVENTS_FILE, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING, TORN_SUFFIX,
     effective_status, parse_event_lines, resolve_run,
@@ -72,13 +73,15 @@ def verify_run(path: str | os.PathLike[str], repair: bool = False, *,
         problems.append(f"{EVENTS_FILE}: {ev['bad_lines']} unreadable lines")
     report["artifacts"] = _check_artifacts(run_dir, events, problems)
 
-    loss = meta.get("data_loss") if isinstance(meta.get("data_loss"), dict) else None
+    loss = run_loss(run_dir, meta)      # run.json's, or the record a full disk left
     report["data_loss"] = loss
     if loss:
         problems.append(f"the writer recorded loss: {loss.get('rows_dropped', 0)} rows and "
                         f"{loss.get('events_dropped', 0)} events dropped, "
                         f"{loss.get('write_errors', 0)} failed writes"
-                        + (f" ({loss['last_error']})" if loss.get("last_error") else ""))
+                        + (f" ({loss['last_error']})" if loss.get("last_error") else "")
+                        + (f"; its loss record is unreadable: {loss['record_unreadable']}"
+                           if loss.get("record_unreadable") else ""))
 
     torn_m = 0 if live else m.get("torn_bytes", 0)
     torn_e = 0 if live else ev["torn_bytes"]
