@@ -642,6 +642,7 @@ cdef inline int _log_row(Core self, dict metrics, object step, bint advance) exc
     cdef unsigned char *p
     cdef uint64_t size, ids_bytes
     cdef exlog_rec *rec
+    cdef object key = None, value = None     # owned, on the lookup path only
 
     if self._state != OPEN:
         self._raise_state()
@@ -671,12 +672,19 @@ cdef inline int _log_row(Core self, dict metrics, object step, bint advance) exc
                 and excore_same_str(k, self._ckey[i]))):
             ids[i] = self._cid[i]       # the same text at the same position: no lookup
         else:
-            ids[i] = self._lookup(<object>k, i)
+            # A lookup can run Python code (a str subclass's __hash__/__eq__, and
+            # str() its __str__) that empties the dict: own the key and value
+            # from here on, never the dict's borrowed pointers.
+            key = <object>k
+            value = <object>v
+            v = <PyObject *>value
+            ids[i] = self._lookup(key, i)
             if ids[i] == 0xFFFFFFFF:
                 if fresh is None:
                     fresh = []
                 fresh.append(i)
-                fresh.append(str(<object>k))   # a str subclass is stored as plain str
+                fresh.append(str.__str__(key))  # a str subclass is stored as plain str
+            k = <PyObject *>key
         if PyFloat_CheckExact(v):
             vals[i] = PyFloat_AS_DOUBLE(v)
         else:
@@ -776,7 +784,8 @@ cdef inline double _value_fast(object key, PyObject *v) except? -1.0:
             if _num_types[j] == tp:
                 if _num_how[j] != EXCORE_NB_FLOAT:
                     return excore_raw(v, _num_how[j])
-                f = excore_nb_float(v)
+                value = <object>v     # owned: nb_float may run code that drops the dict's
+                f = excore_nb_float(v)    # reference (kept until we return)
                 if f is not NULL:
                     if PyFloat_Check(f):
                         d = PyFloat_AS_DOUBLE(f)
@@ -788,8 +797,9 @@ cdef inline double _value_fast(object key, PyObject *v) except? -1.0:
                 break
         if PyFloat_Check(v) and (excore_heap_type(tp) or _n_num_types == NUM_TYPES):
             return PyFloat_AS_DOUBLE(v)   # a float subclass defined in Python
-    value = <object>v                 # owned: a __float__ may drop the dict's reference
-    return _to_double(key, value)
+    value = <object>v                 # owned: a __float__ may drop the dict's reference,
+    kept = key                        # and the key's with it
+    return _to_double(kept, value)
 
 
 _NUMPY_HOW = {("f", 4): EXCORE_F4, ("i", 1): EXCORE_I1, ("i", 2): EXCORE_I2,

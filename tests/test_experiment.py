@@ -459,3 +459,43 @@ def test_init_closes_previous_current_run(base):
         second = expman.init("b", base_dir=base, capture_env=False)
     assert first.status == "FINISHED" and second.status == "RUNNING"
     expman.close()
+
+
+def test_keys_and_values_whose_code_empties_the_dict_never_crash(tmp_path):
+    """A str subclass key whose __hash__/__eq__ (or a value whose __float__)
+    clears the dict being logged frees what the dict held mid-call: the core
+    owns what it still uses, so this is an error or a row, never a crash
+    (SIGSEGV before; heap-use-after-free under ASan)."""
+    proc = run_python("""
+        import gc, expman
+        exp = expman.Experiment("uaf", base_dir="exps", capture_env=False, system_metrics=False)
+        outcomes = set()
+        for trial in range(100):
+            d = {}
+            class Evil(str):
+                def __hash__(self):
+                    d.clear(); gc.collect()
+                    return str.__hash__(self)
+                def __eq__(self, other):
+                    d.clear()
+                    return str.__eq__(self, other)
+            d[Evil(f"k{trial}x" * 3)] = float(trial) + 0.5    # freed by clear()
+            d[Evil("b" * 40)] = 1e300 * (trial + 1)
+            class EvilFloat:
+                def __float__(self):
+                    d2.clear(); gc.collect()
+                    return 1.0
+            key = "".join(["z", str(trial), "q" * 30])          # only the dict holds it
+            d2 = {key: EvilFloat(), "w" + "y" * 30: EvilFloat()}
+            del key
+            for target in (d, d2):
+                try:
+                    exp.log_metrics(target)
+                    outcomes.add("logged")
+                except RuntimeError as e:
+                    outcomes.add(type(e).__name__)
+        exp.close()
+        print("OK", sorted(outcomes))
+    """, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.startswith("OK"), proc.stdout
