@@ -649,9 +649,8 @@ cdef inline int _log_row(Core self, dict metrics, object step, bint advance) exc
     if self._err_seen != exlog_load_int(&self._w.error_seq):
         self._report_writer_error()
     if step is None:
-        if self._last_step == 0x7FFFFFFFFFFFFFFF:
-            raise ExpmanValueError("log_metrics: step=None after step 2**63-1 would overflow")
-        s = self._last_step + 1
+        _check_next_step(self)      # again when taken: converting may let other threads run
+        s = -1                      # taken below, with the GIL held up to the commit
     else:
         s = -1
         if PyLong_CheckExact(<PyObject *>step):
@@ -703,6 +702,8 @@ cdef inline int _log_row(Core self, dict metrics, object step, bint advance) exc
             ids[<Py_ssize_t>fresh[j]] = self._define_key(fresh[j + 1])
             if ids[<Py_ssize_t>fresh[j]] == NO_ID:     # no room for it: on_full says drop
                 _copy_key_events(self, fresh[:j])
+                if step is None:
+                    s = _check_next_step(self)
                 self._accepted += 1
                 self._dropped_full += 1
                 exlog_note_producer_drops(self._w, self._dropped_full, self._events_dropped_full)
@@ -719,12 +720,22 @@ cdef inline int _log_row(Core self, dict metrics, object step, bint advance) exc
     if p is NULL:
         p = self._reserve_slow(size, True)
         if p is NULL:
+            if step is None:
+                s = _check_next_step(self)
             self._accepted += 1
             self._dropped_full += 1
             exlog_note_producer_drops(self._w, self._dropped_full, self._events_dropped_full)
             if advance:
                 self._last_step = s
             return 0
+    if step is None:
+        # every value is converted and the room reserved: from here to the
+        # commit no Python code runs and the GIL is held, so no other thread
+        # takes this step (issue 26: tensors' __float__ releases the GIL)
+        if self._last_step == 0x7FFFFFFFFFFFFFFF:
+            exlog_abandon(self._w)
+            _check_next_step(self)
+        s = self._last_step + 1
     rec = <exlog_rec *>p
     rec.size = <uint32_t>size
     rec.kind = EXLOG_REC_ROW
@@ -739,6 +750,13 @@ cdef inline int _log_row(Core self, dict metrics, object step, bint advance) exc
     if advance:
         self._last_step = s
     return 0
+
+
+cdef inline int64_t _check_next_step(Core self) except -1:
+    """The step step=None takes now, or ExpmanValueError past 2**63-1."""
+    if self._last_step == 0x7FFFFFFFFFFFFFFF:
+        raise ExpmanValueError("log_metrics: step=None after step 2**63-1 would overflow")
+    return self._last_step + 1
 
 
 cdef int _copy_key_events(Core self, list fresh) except -1:
