@@ -436,6 +436,43 @@ def test_multiprocessing_fork_pool_workers(base):
     assert "w" not in run.metrics
 
 
+@posix_only
+def test_fork_pools_whose_tasks_open_runs_always_exit(base):
+    """Leaving a fork Pool sends its idle workers SIGTERM while the parent holds
+    the task queue's lock; a worker that inherited (or installed, for its task's
+    run) expman's Python-level handler could note the signal just before
+    blocking in SemLock.acquire and never act on it (5 of 60 exits hung). A
+    process that owns no open run keeps SIGTERM's default: 200 exits, each
+    bounded by a generous timeout (a hang fails), with handle_signals=True."""
+    proc = spawn("""
+        import multiprocessing as mp
+        parent = expman.Experiment("parent", base_dir=BASE, capture_env=False,
+                                   system_metrics=False)
+        def task(i):
+            with expman.Experiment("pool", base_dir=BASE, capture_env=False,
+                                   system_metrics=False) as e:
+                e.log_metrics({"a": float(i)})
+            return i
+        for trial in range(200):
+            with mp.get_context("fork").Pool(4) as pool:
+                assert sorted(pool.map(task, range(4))) == [0, 1, 2, 3]
+            print("EXITED", trial, flush=True)
+        parent.close()
+        print("DONE", flush=True)
+    """, base)
+    try:
+        for trial in range(200):
+            assert wait_line(proc, "EXITED ", timeout=120) == str(trial)
+        wait_line(proc, "DONE", timeout=120)
+        code, _, err = finish(proc, timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            finish(proc)
+    assert code == 0, err
+    assert len(list((base / "pool").iterdir())) == 800
+
+
 # ---- 5. disk full and I/O errors -----------------------------------------------------------
 
 FAULTS = [errno.ENOSPC, errno.EIO] + ([errno.EDQUOT] if hasattr(errno, "EDQUOT") else [])
