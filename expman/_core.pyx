@@ -849,6 +849,12 @@ cdef double _to_double(object key, object value) except? -1.0:
     if isinstance(value, (str, bytes, bytearray)) or value is None:
         raise ExpmanTypeError(
             f"log_metrics: value for {key!r} must be a number, got {type(value).__name__} ({value!r:.60})")
+    if isinstance(value, complex) or getattr(getattr(value, "dtype", None), "kind", None) == "c":
+        # numpy's complex scalars convert to their real part with only a warning;
+        # Python's complex refuses: refuse both, the same way (never learned below)
+        raise ExpmanTypeError(
+            f"log_metrics: value for {key!r} must be a real number, got {type(value).__name__} "
+            f"({value!r:.60}): log its real and imaginary parts as two metrics")
     tp = type(value)
     if getattr(value, "requires_grad", False) and hasattr(value, "detach"):
         value = value.detach()        # a torch tensor in the graph: no warning, same number

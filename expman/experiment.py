@@ -66,6 +66,8 @@ class Experiment(_core.Core):
                  "_capture", "_media_lock", "_summary_base", "_summary_lock",
                  "_summary_stop", "_summary_thread", "_summary_bytes", "_loss_base")
 
+    _meta: dict[str, Any]
+
     def __init__(
         self,
         name: str,
@@ -167,6 +169,20 @@ class Experiment(_core.Core):
         self._params: dict[str, Any] = {}
         self._copier = ArtifactCopier(self._emit_from_thread)
         self._env_thread: threading.Thread | None = None
+        env = environment.quick() if capture_env else {"pid": self._pid}
+        now = time.time()
+        early = created and not launch.joined
+        if early:
+            # run.json before the lock and the streams: a kill from here on leaves a run
+            # that readers list (CRASHED: RUNNING, and its pid is gone) and `clean`
+            # removes, never a folder holding only writer.lock
+            try:
+                self._meta = self._new_meta(run_name, now, described, env)
+                atomic_write_json(self._run_dir / self._meta_name, self._meta)
+            except BaseException:
+                _remove_tree(self._run_dir)
+                _remove_empty(made)
+                raise
         try:
             # one writer per stream: locked before anything is read, cut or appended
             self._lock = runlock.acquire(self._run_dir, self._rank)
@@ -183,32 +199,23 @@ class Experiment(_core.Core):
                     17, f"rank {self._rank} of run {name}/{run_name} exists; pass resume=True "
                     "to append to it", str(self._run_dir / self._meta_name))
             keys, last_step, sizes, seq_base = self._open_files(fresh=fresh)
-            now = time.time()
-            if fresh:
-                self._meta: dict[str, Any] = {
-                    "format": _core.FORMAT_VERSION, "experiment": self._name,
-                    "run_name": run_name, "status": RUNNING, "start_time": now,
-                    "end_time": None, "duration": None, "pid": self._pid,
-                    "host": None, "heartbeat_interval": HEARTBEAT_INTERVAL,
-                    "resumed": [], "exit": None, "stats": None, "env": {}, **described,
-                }
-                if launch.joined:
-                    self._meta.update(
-                        rank=self._rank, world_size=self._world_size, local_rank=launch.local_rank,
-                        launcher=launch.source, ranks=logging_ranks)
-            else:
+            if fresh and not early:
+                self._meta = self._new_meta(run_name, now, described, env)
+                self._meta.update(
+                    rank=self._rank, world_size=self._world_size, local_rank=launch.local_rank,
+                    launcher=launch.source, ranks=logging_ranks)
+            elif not fresh:
                 self._meta = read_json_nofollow(self._run_dir / self._meta_name)
                 self._meta["resumed"] = [*self._meta.get("resumed", []), now]
                 self._meta.update(status=RUNNING, end_time=None, duration=None,
                                   pid=self._pid, exit=None)
                 self._meta.update({k: v for k, v in described.items() if v})
+                self._meta["env"] = {**self._meta.get("env", {}), **env}
+                self._meta["host"] = env.get("hostname") or layout.hostname()
                 if self._rank == 0 and (self._run_dir / PARAMS_FILE).exists():
                     self._params = read_json_nofollow(self._run_dir / PARAMS_FILE)
-            env = environment.quick() if capture_env else {"pid": self._pid}
-            self._meta["env"] = {**self._meta.get("env", {}), **env}
-            # the reader needs the host to tell a dead pid (CRASHED), env capture or not
-            self._meta["host"] = env.get("hostname") or layout.hostname()
-            atomic_write_json(self._run_dir / self._meta_name, self._meta)
+            if not early:
+                atomic_write_json(self._run_dir / self._meta_name, self._meta)
             self._start(self._fds[0], sizes[0], self._fds[1], sizes[1],
                         metrics_path=str(self._run_dir / layout.rank_file(METRICS_FILE, self._rank)),
                         buffer_size=buffer_size, flush_interval=flush_interval,
@@ -250,6 +257,19 @@ class Experiment(_core.Core):
             self._env_thread.start()
 
     # ---- files ----------------------------------------------------------------
+    def _new_meta(self, run_name: str, now: float, described: dict[str, Any],
+                  env: dict[str, Any]) -> dict[str, Any]:
+        """run.json of a new run (or of a new rank in a joined run's folder)."""
+        return {
+            "format": _core.FORMAT_VERSION, "experiment": self._name,
+            "run_name": run_name, "status": RUNNING, "start_time": now,
+            "end_time": None, "duration": None, "pid": self._pid,
+            # the reader needs the host to tell a dead pid (CRASHED), env capture or not
+            "host": env.get("hostname") or layout.hostname(),
+            "heartbeat_interval": HEARTBEAT_INTERVAL,
+            "resumed": [], "exit": None, "stats": None, "env": dict(env), **described,
+        }
+
     def _start_muted(self, run_name: str | None, buffer_size: int, flush_interval: float,
                      handle_signals: bool) -> None:
         """A rank left out by ``ranks=``: every call is accepted and checked, nothing

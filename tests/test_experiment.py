@@ -529,3 +529,44 @@ def test_auto_steps_are_taken_with_the_row_whatever_the_value_type(make_run):
     # each thread's rows carry its own value: steps and values travel together
     assert sorted(run.metrics["v"].values) == sorted(float(t) for t in range(threads)
                                                      for _ in range(per))
+
+
+@pytest.mark.parametrize("value", [1 + 2j, np.complex128(1 + 2j), np.complex64(3 - 1j),
+                                   np.array(1 + 2j)])
+def test_complex_values_are_refused_alike_naming_the_key(make_run, value):
+    """np.complex128 was stored as its real part with only numpy's ComplexWarning
+    while Python's complex was refused: both are refused, naming the key."""
+    import warnings as _w
+    exp = make_run(system_metrics=False)
+    with _w.catch_warnings():
+        _w.simplefilter("error")         # no ComplexWarning slips through either
+        for _ in range(2):               # the second call meets a type already seen
+            with pytest.raises(expman.ExpmanTypeError, match=r"'z'.*must be a real number"):
+                exp.log_metrics({"ok": 1.0, "z": value})
+    exp.close()
+    assert exp.stats()["accepted"] == 0
+
+
+def test_a_kill_during_experiment_start_leaves_a_listed_cleanable_run(tmp_path):
+    """SIGKILL right after the writer lock is taken (before the streams exist)
+    used to leave a folder holding only writer.lock: no reader listed it and
+    `clean` could not remove it. run.json is written first now."""
+    proc = run_python(f"""
+        import os, signal, expman
+        from expman import runlock
+        real = runlock.acquire
+        def acquire_then_die(*args, **kwargs):
+            real(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+        runlock.acquire = acquire_then_die
+        expman.Experiment("start", "r1", base_dir={str(tmp_path / "exps")!r}, capture_env=False)
+    """, cwd=tmp_path)
+    assert proc.returncode == -9, proc.stderr
+    run_dir = tmp_path / "exps" / "start" / "r1"
+    assert (run_dir / "writer.lock").exists()
+    line, = expman.list_runs(tmp_path / "exps")
+    assert line.status == "CRASHED" and line.path == run_dir
+    from expman import disk
+    chosen, skipped = disk.runs_to_clean(tmp_path / "exps", status=["CRASHED"])
+    assert [r.path for r in chosen] == [run_dir] and not skipped
+    assert disk.remove_run(run_dir) == [] and not run_dir.exists()
