@@ -444,32 +444,41 @@ def test_fork_pools_whose_tasks_open_runs_always_exit(base):
     blocking in SemLock.acquire and never act on it (5 of 60 exits hung). A
     process that owns no open run keeps SIGTERM's default: 200 exits, each
     bounded by a generous timeout (a hang fails), with handle_signals=True."""
-    proc = spawn("""
-        import multiprocessing as mp
-        parent = expman.Experiment("parent", base_dir=BASE, capture_env=False,
-                                   system_metrics=False)
-        def task(i):
-            with expman.Experiment("pool", base_dir=BASE, capture_env=False,
-                                   system_metrics=False) as e:
-                e.log_metrics({"a": float(i)})
-            return i
-        for trial in range(200):
-            with mp.get_context("fork").Pool(4) as pool:
-                assert sorted(pool.map(task, range(4))) == [0, 1, 2, 3]
-            print("EXITED", trial, flush=True)
-        parent.close()
-        print("DONE", flush=True)
-    """, base)
-    try:
-        for trial in range(200):
-            assert wait_line(proc, "EXITED ", timeout=120) == str(trial)
-        wait_line(proc, "DONE", timeout=120)
-        code, _, err = finish(proc, timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            finish(proc)
-    assert code == 0, err
+    # A watchdog per trial: a hang fails the trial (exit 3, naming it) instead of
+    # the test run. Output goes to a file, since a hung worker would hold a pipe
+    # open; the script runs in a session of its own, killed whole at the end.
+    out = base / "pool.out"
+    with open(out, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-c", _script("""
+            import multiprocessing as mp
+            parent = expman.Experiment("parent", base_dir=BASE, capture_env=False,
+                                       system_metrics=False)
+            def task(i):
+                with expman.Experiment("pool", base_dir=BASE, capture_env=False,
+                                       system_metrics=False) as e:
+                    e.log_metrics({"a": float(i)})
+                return i
+            def hung(trial):
+                print("HUNG", trial, flush=True)
+                os._exit(3)
+            for trial in range(200):
+                watchdog = threading.Timer(60, hung, (trial,))
+                watchdog.start()
+                with mp.get_context("fork").Pool(4) as pool:
+                    assert sorted(pool.map(task, range(4))) == [0, 1, 2, 3]
+                watchdog.cancel()
+            parent.close()
+            print("DONE", flush=True)
+        """, base)], cwd=base, env=_env(), stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=200 * 60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)     # the script and any worker left
+            proc.wait()
+    text = out.read_text()
+    assert code == 0 and text.endswith("DONE\n"), text[-2000:]
     assert len(list((base / "pool").iterdir())) == 800
 
 
