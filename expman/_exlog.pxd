@@ -28,7 +28,7 @@ cdef extern from "src/exlog.h" nogil:
     enum:
         EXLOG_REC_KEY, EXLOG_REC_ROW, EXLOG_REC_EVENT
         EXLOG_HEADER_SIZE, EXLOG_FORMAT_VERSION, EXLOG_KEY_DEF, EXLOG_ROW_SAME_KEYS
-        EXLOG_LOSS_RECORD_SIZE
+        EXLOG_LOSS_RECORD_SIZE, EXLOG_REC_HEADER, EXLOG_FRAME_OVERHEAD
     unsigned long long EXLOG_MAX_CAPACITY
     exlog *exlog_new(uint64_t capacity, int64_t flush_ms, int64_t heartbeat_ms)
     int exlog_start(exlog *w, int fd_metrics, uint64_t metrics_size, int fd_events,
