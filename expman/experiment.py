@@ -349,7 +349,7 @@ class Experiment(_core.Core):
         if not fresh and os.path.lexists(path):
             rec = loss.read_record(self._run_dir, self._rank)
             if rec is not None and "unreadable" not in rec:
-                base = tuple(rec[k] for k in loss.COUNTS)   # type: ignore[assignment]
+                base = (rec["rows_dropped"], rec["events_dropped"], rec["write_errors"])
         fd = open_nofollow(path, os.O_RDWR | os.O_CREAT | (os.O_EXCL if fresh else 0))
         self._fds.append(fd)
         os.lseek(fd, 0, os.SEEK_SET)
