@@ -25,8 +25,9 @@ from expman.errors import (
     CorruptRunError, ExpmanTypeError, ExpmanValueError, RunClosedError, WriterError,
 )
 
+from cpython.object cimport PyObject
+
 cdef extern from "Python.h":
-    ctypedef struct PyObject
     bint PyDict_Next(object d, Py_ssize_t *pos, PyObject **key, PyObject **value)
     Py_ssize_t PyDict_Size(object d)
     bint PyFloat_CheckExact(PyObject *o)
@@ -42,144 +43,7 @@ cdef extern from "Python.h":
     PyObject *PyErr_Occurred()
     void PyErr_Clear()
 
-cdef extern from *:
-    """
-    /* The hot loop's two comparisons that Cython cannot spell cheaply. */
-    static inline int excore_same_str(PyObject *a, PyObject *b) {
-        /* Equal text of two exact str, without a dict lookup. Both are dict keys,
-         * so their hashes are cached: hash and length reject a different key at
-         * once. An equal key costs one compare of its bytes in 8-byte words, the
-         * last word overlapping (keys are short: usually one or two words). */
-        PyASCIIObject *x = (PyASCIIObject *)a, *y = (PyASCIIObject *)b;
-        const unsigned char *p, *q;
-        size_t n;
-        uint64_t u, v;
-        uint32_t s, t;
-        if (x->hash != y->hash || x->length != y->length)
-            return 0;                 /* an uncached hash (-1) falls to the lookup */
-        n = (size_t)x->length;
-        if (x->state.ascii && x->state.compact && y->state.ascii && y->state.compact) {
-            p = (const unsigned char *)(x + 1);      /* compact ASCII: text follows */
-            q = (const unsigned char *)(y + 1);
-        } else {
-            if (!PyUnicode_IS_COMPACT(a) || !PyUnicode_IS_COMPACT(b)
-                    || PyUnicode_KIND(a) != PyUnicode_KIND(b))
-                return 0;
-            p = (const unsigned char *)PyUnicode_DATA(a);
-            q = (const unsigned char *)PyUnicode_DATA(b);
-            n *= (size_t)PyUnicode_KIND(a);
-        }
-        if (n >= 8) {
-            for (; n > 8; n -= 8, p += 8, q += 8) {
-                memcpy(&u, p, 8);
-                memcpy(&v, q, 8);
-                if (u != v) return 0;
-            }
-            memcpy(&u, p + n - 8, 8);
-            memcpy(&v, q + n - 8, 8);
-            return u == v;
-        }
-        if (n >= 4) {
-            memcpy(&s, p, 4);
-            memcpy(&t, q, 4);
-            if (s != t) return 0;
-            memcpy(&s, p + n - 4, 4);
-            memcpy(&t, q + n - 4, 4);
-            return s == t;
-        }
-        while (n--)
-            if (*p++ != *q++) return 0;
-        return 1;
-    }
-    static inline PyObject *excore_nb_float(PyObject *v) {
-        /* the type's own float conversion, without float()'s generic machinery */
-        PyNumberMethods *nm = Py_TYPE(v)->tp_as_number;
-        return (nm && nm->nb_float) ? nm->nb_float(v) : NULL;
-    }
-    static inline PyObject *excore_type(PyObject *v) { return (PyObject *)Py_TYPE(v); }
-
-    /* Ask for transparent huge pages on a large buffer the decoder is about to
-     * fill: one page fault per 2 MiB instead of per 4 KiB (as numpy does for its
-     * arrays). Linux only; a no-op elsewhere and wherever it is refused. */
-    #if defined(__linux__)
-    #include <sys/mman.h>
-    #endif
-    static inline void excore_advise_huge(void *p, size_t n) {
-    #if defined(__linux__) && defined(MADV_HUGEPAGE)
-        const uintptr_t huge = (uintptr_t)1 << 21;
-        uintptr_t a = ((uintptr_t)p + huge - 1) & ~(huge - 1);
-        uintptr_t b = ((uintptr_t)p + n) & ~(huge - 1);
-        if (n >= 4 * huge && b > a)
-            (void)madvise((void *)a, (size_t)(b - a), MADV_HUGEPAGE);
-    #else
-        (void)p; (void)n;
-    #endif
-    }
-    static inline int excore_compact_int(PyObject *v, double *out) {
-        /* An exact int of one machine word, read in place where CPython says how
-         * (3.12+); elsewhere 0, and the caller asks PyLong_AsDouble. */
-    #if PY_VERSION_HEX >= 0x030C0000
-        if (PyUnstable_Long_IsCompact((PyLongObject *)v)) {
-            *out = (double)PyUnstable_Long_CompactValue((PyLongObject *)v);
-            return 1;
-        }
-    #else
-        (void)v; (void)out;
-    #endif
-        return 0;
-    }
-    static inline int excore_heap_type(PyObject *t) {
-        return PyType_HasFeature((PyTypeObject *)t, Py_TPFLAGS_HEAPTYPE);
-    }
-
-    /* numpy's scalar objects are {PyObject_HEAD; T obval;}: its public C API
-     * (PyArrayScalar_VAL). Declared here so reading one needs no numpy headers;
-     * _to_double checks name, size and value before a type may use them. One
-     * list of the widths makes the structs, the enum and both switches. */
-    #define EXCORE_SCALARS(X) X(F4, float) X(I1, int8_t) X(I2, int16_t) \
-        X(I4, int32_t) X(I8, int64_t) X(U1, uint8_t) X(U2, uint16_t) \
-        X(U4, uint32_t) X(U8, uint64_t)
-    #define EXCORE_STRUCT(k, T) typedef struct { PyObject_HEAD T obval; } excore_s##k;
-    #define EXCORE_ENUM(k, T) EXCORE_##k,
-    #define EXCORE_READ(k, T) case EXCORE_##k: return (double)((excore_s##k *)o)->obval;
-    #define EXCORE_SIZE(k, T) case EXCORE_##k: return (Py_ssize_t)sizeof(excore_s##k);
-    EXCORE_SCALARS(EXCORE_STRUCT)
-    enum { EXCORE_NB_FLOAT = 0, EXCORE_FLOAT_SUB, EXCORE_SCALARS(EXCORE_ENUM) };
-    static inline double excore_raw(PyObject *o, int how) {
-        switch (how) {
-        case EXCORE_FLOAT_SUB: return PyFloat_AS_DOUBLE(o);
-        EXCORE_SCALARS(EXCORE_READ)
-        default: return 0.0;          /* never: _how_to_read gives only the above */
-        }
-    }
-    static inline Py_ssize_t excore_raw_size(int how) {
-        switch (how) {
-        EXCORE_SCALARS(EXCORE_SIZE)
-        default: return -1;
-        }
-    }
-    """
-    bint excore_same_str(PyObject *a, PyObject *b)
-    PyObject *excore_nb_float(PyObject *v)
-    PyObject *excore_type(PyObject *v)
-    bint excore_heap_type(PyObject *t)
-    bint excore_compact_int(PyObject *v, double *out)
-    void excore_advise_huge(void *p, size_t n)
-    double excore_raw(PyObject *o, int how)
-    Py_ssize_t excore_raw_size(int how)
-    enum:
-        EXCORE_NB_FLOAT
-        EXCORE_FLOAT_SUB
-        EXCORE_F4
-        EXCORE_I1
-        EXCORE_I2
-        EXCORE_I4
-        EXCORE_I8
-        EXCORE_U1
-        EXCORE_U2
-        EXCORE_U4
-        EXCORE_U8
-
+from expman._excore cimport *
 from expman._exlog cimport *
 
 FORMAT_VERSION = EXLOG_FORMAT_VERSION
@@ -187,7 +51,6 @@ HEADER_SIZE = EXLOG_HEADER_SIZE
 
 cdef enum:
     KEY_CACHE = 64        # positions remembered by identity, see log_metrics
-    REC_HEADER = 32       # sizeof(exlog_rec)
     MAX_KEY_BYTES = 4096
 
 cdef enum State:
@@ -215,6 +78,14 @@ def file_header():
     cdef unsigned char out[EXLOG_HEADER_SIZE]
     exlog_file_header(out)
     return bytes(out[:EXLOG_HEADER_SIZE])
+
+
+def loss_record(uint64_t rows, uint64_t events, uint64_t errors, int last_errno=0,
+                int64_t wall_ns=0):
+    """The loss record's bytes exactly as the writer writes them (expman.loss)."""
+    cdef unsigned char out[EXLOG_LOSS_RECORD_SIZE]
+    exlog_loss_record(out, rows, events, errors, last_errno, wall_ns)
+    return bytes(out[:EXLOG_LOSS_RECORD_SIZE])
 
 
 def crc32(const unsigned char[::1] data not None, uint32_t crc=0):
@@ -260,8 +131,13 @@ cdef class Core:
                uint64_t events_size, *, metrics_path, buffer_size,
                double flush_interval, double heartbeat_interval, on_full,
                on_error, double block_timeout, dict keys=None, last_step=None,
-               uint64_t seq_base=0, fsync_interval=None):
-        """Start the writer on already-open files (the Python side owns paths)."""
+               uint64_t seq_base=0, fsync_interval=None, int loss_fd=-1,
+               tuple loss_base=(0, 0, 0)):
+        """Start the writer on already-open files (the Python side owns paths).
+
+        ``loss_fd``: the preallocated loss record (expman.loss), rewritten in
+        place by the writer; ``loss_base``: rows, events and write errors that
+        earlier sessions of the run recorded there."""
         if self._state != NEW:
             raise RunClosedError("this run was started already")
         if on_full not in ("block", "drop"):
@@ -284,6 +160,8 @@ cdef class Core:
                             <int64_t>(heartbeat_interval * 1000))
         if self._w is NULL:
             raise MemoryError("expman: cannot allocate the metrics buffer")
+        if loss_fd >= 0:
+            exlog_set_loss(self._w, loss_fd, loss_base[0], loss_base[1], loss_base[2])
         if fsync_interval is not None:
             exlog_set_fsync(self._w, max(<int64_t>(fsync_interval * 1000), 1))
         if exlog_start(self._w, fd_metrics, metrics_size, fd_events, events_size) != 0:
@@ -399,13 +277,15 @@ cdef class Core:
                 self._events += 1
                 if put == PUT_DROPPED:
                     self._events_dropped_full += 1
+                    exlog_note_producer_drops(self._w, self._dropped_full,
+                                              self._events_dropped_full)
                 return
 
     cdef int _put_blob(self, uint32_t kind, uint32_t n, bytes payload) except -1:
         """Append a key or event record. PUT_RETRY after waiting for room with the
         GIL released (the caller re-derives what may have changed and retries),
         PUT_DROPPED when the policy gave up."""
-        cdef uint64_t size = REC_HEADER + exlog_align8(len(payload))
+        cdef uint64_t size = EXLOG_REC_HEADER + exlog_align8(len(payload))
         cdef unsigned char *p
         cdef exlog_rec *rec
         if 4 * size > self._w.cap:
@@ -427,7 +307,7 @@ cdef class Core:
         rec.len = <uint32_t>len(payload)
         rec.step = 0
         rec.t_ns = 0
-        memcpy(p + REC_HEADER, <char *>payload, len(payload))
+        memcpy(p + EXLOG_REC_HEADER, <char *>payload, len(payload))
         exlog_commit(self._w, size)
         return PUT_DONE
 
@@ -626,15 +506,15 @@ cdef inline int _log_row(Core self, dict metrics, object step, bint advance) exc
     cdef unsigned char *p
     cdef uint64_t size, ids_bytes
     cdef exlog_rec *rec
+    cdef object key = None, value = None     # owned, on the lookup path only
 
     if self._state != OPEN:
         self._raise_state()
     if self._err_seen != exlog_load_int(&self._w.error_seq):
         self._report_writer_error()
     if step is None:
-        if self._last_step == 0x7FFFFFFFFFFFFFFF:
-            raise ExpmanValueError("log_metrics: step=None after step 2**63-1 would overflow")
-        s = self._last_step + 1
+        _check_next_step(self)      # again when taken: converting may let other threads run
+        s = -1                      # taken below, with the GIL held up to the commit
     else:
         s = -1
         if PyLong_CheckExact(<PyObject *>step):
@@ -655,12 +535,19 @@ cdef inline int _log_row(Core self, dict metrics, object step, bint advance) exc
                 and excore_same_str(k, self._ckey[i]))):
             ids[i] = self._cid[i]       # the same text at the same position: no lookup
         else:
-            ids[i] = self._lookup(<object>k, i)
+            # A lookup can run Python code (a str subclass's __hash__/__eq__, and
+            # str() its __str__) that empties the dict: own the key and value
+            # from here on, never the dict's borrowed pointers.
+            key = <object>k
+            value = <object>v
+            v = <PyObject *>value
+            ids[i] = self._lookup(key, i)
             if ids[i] == 0xFFFFFFFF:
                 if fresh is None:
                     fresh = []
                 fresh.append(i)
-                fresh.append(str(<object>k))   # a str subclass is stored as plain str
+                fresh.append(str.__str__(key))  # a str subclass is stored as plain str
+            k = <PyObject *>key
         if PyFloat_CheckExact(v):
             vals[i] = PyFloat_AS_DOUBLE(v)
         else:
@@ -670,7 +557,7 @@ cdef inline int _log_row(Core self, dict metrics, object step, bint advance) exc
         raise RuntimeError("log_metrics: the dict changed size during the call")
 
     ids_bytes = exlog_align8(4 * <uint64_t>n)
-    size = REC_HEADER + ids_bytes + 8 * <uint64_t>n
+    size = EXLOG_REC_HEADER + ids_bytes + 8 * <uint64_t>n
     if 4 * size > self._w.cap:
         _too_large(size, self._w.cap)
     # valid: define new keys first so the stream never uses an unknown id
@@ -679,8 +566,11 @@ cdef inline int _log_row(Core self, dict metrics, object step, bint advance) exc
             ids[<Py_ssize_t>fresh[j]] = self._define_key(fresh[j + 1])
             if ids[<Py_ssize_t>fresh[j]] == NO_ID:     # no room for it: on_full says drop
                 _copy_key_events(self, fresh[:j])
+                if step is None:
+                    s = _check_next_step(self)
                 self._accepted += 1
                 self._dropped_full += 1
+                exlog_note_producer_drops(self._w, self._dropped_full, self._events_dropped_full)
                 if advance:
                     self._last_step = s
                 return 0
@@ -694,11 +584,22 @@ cdef inline int _log_row(Core self, dict metrics, object step, bint advance) exc
     if p is NULL:
         p = self._reserve_slow(size, True)
         if p is NULL:
+            if step is None:
+                s = _check_next_step(self)
             self._accepted += 1
             self._dropped_full += 1
+            exlog_note_producer_drops(self._w, self._dropped_full, self._events_dropped_full)
             if advance:
                 self._last_step = s
             return 0
+    if step is None:
+        # every value is converted and the room reserved: from here to the
+        # commit no Python code runs and the GIL is held, so no other thread
+        # takes this step (issue 26: tensors' __float__ releases the GIL)
+        if self._last_step == 0x7FFFFFFFFFFFFFFF:
+            exlog_abandon(self._w)
+            _check_next_step(self)
+        s = self._last_step + 1
     rec = <exlog_rec *>p
     rec.size = <uint32_t>size
     rec.kind = EXLOG_REC_ROW
@@ -706,13 +607,20 @@ cdef inline int _log_row(Core self, dict metrics, object step, bint advance) exc
     rec.len = 0
     rec.step = s
     rec.t_ns = exlog_wall_ns()
-    memcpy(p + REC_HEADER, ids, 4 * n)
-    memcpy(p + REC_HEADER + ids_bytes, vals, 8 * n)
+    memcpy(p + EXLOG_REC_HEADER, ids, 4 * n)
+    memcpy(p + EXLOG_REC_HEADER + ids_bytes, vals, 8 * n)
     exlog_commit(self._w, size)
     self._accepted += 1
     if advance:
         self._last_step = s
     return 0
+
+
+cdef inline int64_t _check_next_step(Core self) except -1:
+    """The step step=None takes now, or ExpmanValueError past 2**63-1."""
+    if self._last_step == 0x7FFFFFFFFFFFFFFF:
+        raise ExpmanValueError("log_metrics: step=None after step 2**63-1 would overflow")
+    return self._last_step + 1
 
 
 cdef int _copy_key_events(Core self, list fresh) except -1:
@@ -758,7 +666,8 @@ cdef inline double _value_fast(object key, PyObject *v) except? -1.0:
             if _num_types[j] == tp:
                 if _num_how[j] != EXCORE_NB_FLOAT:
                     return excore_raw(v, _num_how[j])
-                f = excore_nb_float(v)
+                value = <object>v     # owned: nb_float may run code that drops the dict's
+                f = excore_nb_float(v)    # reference (kept until we return)
                 if f is not NULL:
                     if PyFloat_Check(f):
                         d = PyFloat_AS_DOUBLE(f)
@@ -770,8 +679,9 @@ cdef inline double _value_fast(object key, PyObject *v) except? -1.0:
                 break
         if PyFloat_Check(v) and (excore_heap_type(tp) or _n_num_types == NUM_TYPES):
             return PyFloat_AS_DOUBLE(v)   # a float subclass defined in Python
-    value = <object>v                 # owned: a __float__ may drop the dict's reference
-    return _to_double(key, value)
+    value = <object>v                 # owned: a __float__ may drop the dict's reference,
+    kept = key                        # and the key's with it
+    return _to_double(kept, value)
 
 
 _NUMPY_HOW = {("f", 4): EXCORE_F4, ("i", 1): EXCORE_I1, ("i", 2): EXCORE_I2,
@@ -803,6 +713,12 @@ cdef double _to_double(object key, object value) except? -1.0:
     if isinstance(value, (str, bytes, bytearray)) or value is None:
         raise ExpmanTypeError(
             f"log_metrics: value for {key!r} must be a number, got {type(value).__name__} ({value!r:.60})")
+    if isinstance(value, complex) or getattr(getattr(value, "dtype", None), "kind", None) == "c":
+        # numpy's complex scalars convert to their real part with only a warning;
+        # Python's complex refuses: refuse both, the same way (never learned below)
+        raise ExpmanTypeError(
+            f"log_metrics: value for {key!r} must be a real number, got {type(value).__name__} "
+            f"({value!r:.60}): log its real and imaginary parts as two metrics")
     tp = type(value)
     if getattr(value, "requires_grad", False) and hasattr(value, "detach"):
         value = value.detach()        # a torch tensor in the graph: no warning, same number

@@ -141,10 +141,10 @@ cdef int frame_ok(const Scan *s, Py_ssize_t pos) noexcept nogil:
     length = get_u32(d + pos)
     if exlog_crc32(0, d + pos, 4) != get_u32(d + pos + 4):
         return 0
-    if <Py_ssize_t>length > n - pos - 12:
+    if <Py_ssize_t>length > n - pos - EXLOG_FRAME_OVERHEAD:
         return -1
     if range_crc(s, pos + 8, pos + 8 + length) != get_u32(d + pos + 8 + length):
-        return -1 if pos + 12 + <Py_ssize_t>length == n else 0
+        return -1 if pos + EXLOG_FRAME_OVERHEAD + <Py_ssize_t>length == n else 0
     return 1
 
 
@@ -157,9 +157,9 @@ cdef Py_ssize_t next_valid(Scan *s, Py_ssize_t start) noexcept nogil:
     if s.nv_from <= start <= s.nv_at:
         return s.nv_at
     pos = start
-    while pos <= s.n - 12 and frame_ok(s, pos) != 1:
+    while pos <= s.n - EXLOG_FRAME_OVERHEAD and frame_ok(s, pos) != 1:
         pos += 1
-    if pos > s.n - 12:
+    if pos > s.n - EXLOG_FRAME_OVERHEAD:
         pos = s.n
     s.nv_from = start
     s.nv_at = pos
@@ -345,7 +345,7 @@ def decode_metrics(const unsigned char[::1] data not None, Py_ssize_t offset=0,
                 length = get_u32(d + pos)
                 if decode_payload(d + pos + 8, length, &out, keys, names, &rows):
                     frames += 1
-                    pos += 12 + length
+                    pos += EXLOG_FRAME_OVERHEAD + length
                     end_ok = pos
                     continue
             scan_prepare(&scan)
@@ -360,7 +360,7 @@ def decode_metrics(const unsigned char[::1] data not None, Py_ssize_t offset=0,
             if ok == 1:
                 # checksums hold but the payload breaks the format: the frame is
                 # one corrupt unit (decoding inside it again could not end linearly)
-                nxt = pos + 12 + length
+                nxt = pos + EXLOG_FRAME_OVERHEAD + length
             else:
                 nxt = next_valid(&scan, pos + 1)
             corrupt += nxt - pos

@@ -28,6 +28,7 @@ cdef extern from "src/exlog.h" nogil:
     enum:
         EXLOG_REC_KEY, EXLOG_REC_ROW, EXLOG_REC_EVENT
         EXLOG_HEADER_SIZE, EXLOG_FORMAT_VERSION, EXLOG_KEY_DEF, EXLOG_ROW_SAME_KEYS
+        EXLOG_LOSS_RECORD_SIZE, EXLOG_REC_HEADER, EXLOG_FRAME_OVERHEAD
     unsigned long long EXLOG_MAX_CAPACITY
     exlog *exlog_new(uint64_t capacity, int64_t flush_ms, int64_t heartbeat_ms)
     int exlog_start(exlog *w, int fd_metrics, uint64_t metrics_size, int fd_events,
@@ -50,6 +51,10 @@ cdef extern from "src/exlog.h" nogil:
     uint64_t exlog_load_u64(const uint64_t *p)
     int64_t exlog_wall_ns()
     void exlog_set_fsync(exlog *w, int64_t ms)
+    void exlog_set_loss(exlog *w, int fd, uint64_t rows, uint64_t events, uint64_t errors)
+    void exlog_loss_record(unsigned char *out, uint64_t rows, uint64_t events, uint64_t errors,
+                           int last_errno, int64_t wall_ns)
+    void exlog_note_producer_drops(exlog *w, uint64_t rows, uint64_t events)
     int64_t exlog_summary_copy(exlog *w, exlog_keysum *out, uint64_t cap, uint64_t *bytes,
                                uint64_t *last_frame)
     # test hooks (exlog.c): stall the writer; fail every Nth write / fsync

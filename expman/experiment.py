@@ -7,7 +7,6 @@ unchanged, so a call goes straight into C with no Python frame in between.
 from __future__ import annotations
 
 import os
-import stat
 import threading
 import time
 import warnings
@@ -16,21 +15,23 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Iterable, Mapping
 
-from expman import _core, environment, launcher, layout, lifecycle, runlock, runmeta, summary
+from expman import (
+    _core, environment, launcher, layout, lifecycle, loss, runlock, runmeta, summary,
+)
 from expman._fsutil import (
-    atomic_write_json, check_name, check_relative, inside, open_nofollow, read_json_nofollow,
+    atomic_write_json, check_name, check_relative, inside, read_json_nofollow,
 )
 from expman.artifacts import ArtifactCopier
 from expman.errors import (
-    CorruptRunError, ExpmanTypeError, ExpmanValueError, RunClosedError, RunExistsError,
-    UnsafePathError,
+    ExpmanTypeError, ExpmanValueError, RunClosedError,
 )
 from expman.layout import (
-    ARTIFACTS_DIR, EVENTS_FILE, FAILED, FINISHED, HEARTBEAT_INTERVAL, METRICS_FILE, OUTPUT_FILE,
-    PARAMS_FILE, RUN_FILE, RUNNING, STATUSES, SUMMARY_FILE, SUMMARY_INTERVAL, parse_event_lines,
+    ARTIFACTS_DIR, FAILED, FINISHED, HEARTBEAT_INTERVAL, METRICS_FILE, OUTPUT_FILE,
+    PARAMS_FILE, RUNNING, STATUSES, SUMMARY_FILE, SUMMARY_INTERVAL,
 )
 from expman.layout import base_dir as _resolve_base_dir
 from expman.params import to_params
+from expman.runfolder import RunFolder
 
 __all__ = ["Experiment", "STATUSES", "MANY_METRIC_NAMES"]
 
@@ -38,11 +39,6 @@ _O_BINARY = getattr(os, "O_BINARY", 0)
 # More distinct metric names than this is almost always a name built from the step
 # (f"loss_{step}"): each one becomes a series. Warned once, with the count.
 MANY_METRIC_NAMES = 10_000
-
-
-def _new_run_name() -> str:
-    """Time-sortable and unique: the folder is created exclusively, so a clash retries."""
-    return time.strftime("%Y%m%d-%H%M%S-") + os.urandom(3).hex()
 
 
 class Experiment(_core.Core):
@@ -62,7 +58,10 @@ class Experiment(_core.Core):
                  "_closing", "_close_lock", "_on_error", "_warned_keys",
                  "_rank", "_world_size", "_meta_name", "_lock", "_muted", "_sampler",
                  "_capture", "_media_lock", "_summary_base", "_summary_lock",
-                 "_summary_stop", "_summary_thread", "_summary_bytes")
+                 "_summary_stop", "_summary_thread", "_summary_bytes", "_loss_base",
+                 "_folder")
+
+    _meta: dict[str, Any]
 
     def __init__(
         self,
@@ -96,6 +95,7 @@ class Experiment(_core.Core):
         self._summary_stop = threading.Event()
         self._summary_thread: threading.Thread | None = None
         self._summary_bytes = -1
+        self._loss_base: tuple[int, int, int] = (0, 0, 0)
         from expman import sysmetrics       # on first use: `import expman` stays lean
         sysmetrics.interval_from_option(system_metrics)     # a bad value fails before any I/O
         described: dict[str, Any] = {runmeta.TAGS: runmeta.check_tags(tags),
@@ -134,96 +134,60 @@ class Experiment(_core.Core):
         if logging_ranks is not None and launch.rank not in logging_ranks:
             self._start_muted(run_name, buffer_size, flush_interval, handle_signals)
             return
-        exp_dir = self._base_dir / self._name
-        made = _makedirs(exp_dir)           # removed again if the start fails
-        if not inside(self._base_dir, exp_dir) or (
-                run_name is not None and not inside(self._base_dir, exp_dir / run_name)):
-            # a symlinked experiment or run folder: never create or write through it
-            _remove_empty(made)
-            raise ExpmanValueError(f"{exp_dir / (run_name or '')} resolves outside {self._base_dir}")
-
-        while True:     # a generated name that clashes is drawn again
-            candidate = run_name if run_name is not None else _new_run_name()
-            try:
-                os.mkdir(exp_dir / candidate)
-                created = True
-                break
-            except FileExistsError:
-                if run_name is None:
-                    continue
-                if not resume and not launch.joined:
-                    _remove_empty(made)
-                    raise RunExistsError(
-                        17, f"run {name}/{run_name} exists; pass resume=True to append to it",
-                        str(exp_dir / run_name)) from None
-                created = False
-                break
-        run_name = self._run_name = candidate
-        self._run_dir = exp_dir / candidate
+        folder = self._folder = RunFolder(
+            self._base_dir, self._name, run_name, self._rank, resume=resume,
+            joined=launch.joined, meta_name=self._meta_name)
+        run_name = self._run_name = folder.run_name
+        self._run_dir = folder.path
+        self._fds = folder.fds
         self._meta_lock = threading.RLock()
         self._params: dict[str, Any] = {}
         self._copier = ArtifactCopier(self._emit_from_thread)
         self._env_thread: threading.Thread | None = None
+        env = environment.quick() if capture_env else {"pid": self._pid}
+        now = time.time()
+        if folder.owned:
+            # run.json before the lock and the streams: a kill from here on leaves a run
+            # that readers list (CRASHED: RUNNING, and its pid is gone) and `clean`
+            # removes, never a folder holding only writer.lock
+            self._meta = self._new_meta(run_name, now, described, env)
+            folder.write_first_meta(self._meta)
+        folder.take(resume, f"{name}/{run_name}")
+        self._lock = folder.lock
         try:
-            # one writer per stream: locked before anything is read, cut or appended
-            self._lock = runlock.acquire(self._run_dir, self._rank)
-        except BaseException:
-            if created and not launch.joined:
-                _remove_tree(self._run_dir)
-            _remove_empty(made)
-            raise
-        # a joined run's folder is shared: this rank is fresh when its own file is new
-        fresh = created if not launch.joined else not (self._run_dir / self._meta_name).exists()
-        try:
-            if not fresh and not resume:
-                raise RunExistsError(
-                    17, f"rank {self._rank} of run {name}/{run_name} exists; pass resume=True "
-                    "to append to it", str(self._run_dir / self._meta_name))
-            keys, last_step, sizes, seq_base = self._open_files(fresh=fresh)
-            now = time.time()
-            if fresh:
-                self._meta: dict[str, Any] = {
-                    "format": _core.FORMAT_VERSION, "experiment": self._name,
-                    "run_name": run_name, "status": RUNNING, "start_time": now,
-                    "end_time": None, "duration": None, "pid": self._pid,
-                    "host": None, "heartbeat_interval": HEARTBEAT_INTERVAL,
-                    "resumed": [], "exit": None, "stats": None, "env": {}, **described,
-                    "uuid": runmeta.new_uuid(),
-                }
-                if launch.joined:
-                    self._meta.update(
-                        rank=self._rank, world_size=self._world_size, local_rank=launch.local_rank,
-                        launcher=launch.source, ranks=logging_ranks)
-            else:
+            streams = folder.open_streams()
+            self._summary_base, self._loss_base = streams["summary_base"], streams["loss_base"]
+            if folder.fresh and not folder.owned:
+                self._meta = self._new_meta(run_name, now, described, env)
+                self._meta.update(
+                    rank=self._rank, world_size=self._world_size, local_rank=launch.local_rank,
+                    launcher=launch.source, ranks=logging_ranks)
+            elif not folder.fresh:
                 self._meta = read_json_nofollow(self._run_dir / self._meta_name)
                 self._meta["resumed"] = [*self._meta.get("resumed", []), now]
                 self._meta.setdefault("uuid", runmeta.new_uuid())     # a run made before uuids
                 self._meta.update(status=RUNNING, end_time=None, duration=None,
                                   pid=self._pid, exit=None)
                 self._meta.update({k: v for k, v in described.items() if v})
+                self._meta["env"] = {**self._meta.get("env", {}), **env}
+                self._meta["host"] = env.get("hostname") or layout.hostname()
                 if self._rank == 0 and (self._run_dir / PARAMS_FILE).exists():
                     self._params = read_json_nofollow(self._run_dir / PARAMS_FILE)
-            env = environment.quick() if capture_env else {"pid": self._pid}
-            self._meta["env"] = {**self._meta.get("env", {}), **env}
-            # the reader needs the host to tell a dead pid (CRASHED), env capture or not
-            self._meta["host"] = env.get("hostname") or layout.hostname()
-            atomic_write_json(self._run_dir / self._meta_name, self._meta)
+            if not folder.owned:
+                atomic_write_json(self._run_dir / self._meta_name, self._meta)
+            sizes = streams["sizes"]
             self._start(self._fds[0], sizes[0], self._fds[1], sizes[1],
                         metrics_path=str(self._run_dir / layout.rank_file(METRICS_FILE, self._rank)),
                         buffer_size=buffer_size, flush_interval=flush_interval,
                         heartbeat_interval=HEARTBEAT_INTERVAL, on_full=on_full,
                         on_error=on_error, block_timeout=block_timeout,
-                        keys=keys, last_step=last_step, seq_base=seq_base,
-                        fsync_interval=fsync_interval)
+                        keys=streams["keys"], last_step=streams["last_step"],
+                        seq_base=streams["seq_base"], fsync_interval=fsync_interval,
+                        loss_fd=self._fds[2], loss_base=self._loss_base)
         except BaseException:
-            self._close_fds()
-            if fresh and launch.joined:
-                self._remove_own_files()     # the shared folder stays
-            self._lock.release()
-            if created and not launch.joined:
-                _remove_tree(self._run_dir)
-            _remove_empty(made)
+            folder.undo()
             raise
+        fresh = folder.fresh
         self._status = RUNNING
         self._media_lock = threading.Lock()
         if capture_output:
@@ -248,6 +212,20 @@ class Experiment(_core.Core):
             self._env_thread.start()
 
     # ---- files ----------------------------------------------------------------
+    def _new_meta(self, run_name: str, now: float, described: dict[str, Any],
+                  env: dict[str, Any]) -> dict[str, Any]:
+        """run.json of a new run (or of a new rank in a joined run's folder)."""
+        return {
+            "format": _core.FORMAT_VERSION, "experiment": self._name,
+            "run_name": run_name, "status": RUNNING, "start_time": now,
+            "end_time": None, "duration": None, "pid": self._pid,
+            # the reader needs the host to tell a dead pid (CRASHED), env capture or not
+            "host": env.get("hostname") or layout.hostname(),
+            "heartbeat_interval": HEARTBEAT_INTERVAL,
+            "resumed": [], "exit": None, "stats": None, "env": dict(env), **described,
+            "uuid": runmeta.new_uuid(),     # which machine's run this is (sync refuses another)
+        }
+
     def _start_muted(self, run_name: str | None, buffer_size: int, flush_interval: float,
                      handle_signals: bool) -> None:
         """A rank left out by ``ranks=``: every call is accepted and checked, nothing
@@ -273,56 +251,13 @@ class Experiment(_core.Core):
         self._status = RUNNING
         lifecycle.register(self, handle_signals)
 
-    def _remove_own_files(self) -> None:
-        """Undo a failed start of one rank in a shared folder (never the folder)."""
-        for name in (METRICS_FILE, EVENTS_FILE, RUN_FILE):
-            try:
-                os.unlink(self._run_dir / layout.rank_file(name, self._rank))
-            except OSError:
-                pass
-
-    def _open_files(
-            self, fresh: bool) -> tuple[dict[str, int] | None, int | None, tuple[int, int], int]:
-        """Open metrics.bin and events.jsonl without following links (a link planted
-        in the folder never makes expman write outside it); on resume, cut torn tails.
-        Returns keys, last step, sizes, and the number of records already logged
-        (events' ``seq`` goes on from it)."""
-        artifacts = self._run_dir / ARTIFACTS_DIR
-        os.makedirs(artifacts, exist_ok=True)
-        if not stat.S_ISDIR(os.lstat(artifacts).st_mode):
-            raise UnsafePathError(20, "refusing to use the artifacts folder: it is a symlink "
-                                  "(expman never writes through a link)", str(artifacts))
-        metrics = self._run_dir / layout.rank_file(METRICS_FILE, self._rank)
-        events = self._run_dir / layout.rank_file(EVENTS_FILE, self._rank)
-        keys = last_step = None
-        seq_base = 0
-        if fresh:                           # the folder was just made by an exclusive mkdir
-            excl = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-            fd = open_nofollow(metrics, excl)
-            self._fds.append(fd)
-            os.write(fd, _core.file_header())
-            msize = _core.HEADER_SIZE
-            fd = open_nofollow(events, excl)
-            self._fds.append(fd)
-            return keys, last_step, (msize, 0), seq_base
-        fd = open_nofollow(metrics, os.O_RDWR | os.O_CREAT)
-        self._fds.append(fd)
-        keys, last_step, msize, seq_base, self._summary_base = _prepare_resume(fd, metrics)
-        os.lseek(fd, msize, os.SEEK_SET)
-        fd = open_nofollow(events, os.O_RDWR | os.O_CREAT)
-        self._fds.append(fd)
-        esize, last_seq = _events_good_size(fd)
-        os.ftruncate(fd, esize)
-        os.lseek(fd, esize, os.SEEK_SET)
-        return keys, last_step, (msize, esize), max(seq_base, last_seq)
-
     def _close_fds(self) -> None:
         for fd in self._fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self._fds = []
+        self._fds.clear()
 
     # ---- properties -------------------------------------------------------------
     @property
@@ -593,12 +528,15 @@ class Experiment(_core.Core):
                               duration=now - self._meta["start_time"])
             if error is not None:
                 self._meta["write_error"] = str(error)
-            if stats.get("dropped") or stats.get("events_dropped") or stats.get("write_errors"):
-                # what the writer lost, even if the error was raised (and seen) earlier
+            lost = [b + stats[k] for b, k in zip(self._loss_base, (
+                "dropped", "events_dropped", "write_errors"))]
+            if any(lost):
+                # what the writer lost, even if the error was raised (and seen)
+                # earlier; with earlier sessions' (the loss record has it all too)
                 self._meta["data_loss"] = {
-                    "rows_dropped": stats["dropped"], "events_dropped": stats["events_dropped"],
-                    "write_errors": stats["write_errors"],
-                    "last_error": os.strerror(stats["last_errno"]) if stats["last_errno"] else None}
+                    **dict(zip(loss.COUNTS, lost)),
+                    "last_error": os.strerror(stats["last_errno"]) if stats["last_errno"]
+                    else _earlier_error(self._meta.get("data_loss"))}
             if self._copier.failures:
                 self._meta["artifact_errors"] = list(self._copier.failures)
             if output_loss:
@@ -748,6 +686,11 @@ def _probe_env(meta_path: Path, meta: dict[str, Any], lock: threading.RLock, cwd
             pass                # the final write at close carries it
 
 
+def _earlier_error(data_loss: Any) -> Any:
+    """The error text an earlier session of a resumed run recorded, if any."""
+    return data_loss.get("last_error") if isinstance(data_loss, dict) else None
+
+
 def _check_ranks(ranks: Iterable[int] | None, world_size: int) -> list[int] | None:
     """``ranks=``: which ranks log. Rank 0 must be one: it owns run.json and params."""
     if ranks is None:
@@ -780,78 +723,12 @@ def _refresh_summary(ref: "weakref.ref[Experiment]", stop: threading.Event) -> N
         del exp
 
 
-def _read_fd(fd: int) -> bytes:
-    """The whole file behind fd, read from its start."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks: list[bytes] = []
-    while True:
-        chunk = os.read(fd, 1 << 24)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
 
 
-def _prepare_resume(fd: int, metrics: Path
-                    ) -> tuple[dict[str, int], int | None, int, int, dict[str, Any]]:
-    """Key table, last step, good size and record count of an existing metrics file
-    (opened without following links); a torn tail is cut first."""
-    data = _read_fd(fd)
-    if len(data) < _core.HEADER_SIZE:
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, _core.file_header())
-        return {}, None, _core.HEADER_SIZE, 0, {}
-    columns, keys, report = _core.decode_metrics(data)
-    if report["corrupt_bytes"]:
-        raise CorruptRunError(
-            f"{metrics} is damaged at byte {report['corrupt_at'][0]} (not only a torn tail); "
-            "resuming would append after it. `expman verify RUN` shows the damage; "
-            "`open_run(path, salvage=True)` reads what survives; start a new run to go on")
-    end = report["end"]
-    if end < len(data):
-        os.ftruncate(fd, end)
-    last = max((max(c[0]) for c in columns.values() if len(c[0])), default=None)
-    return ({name: kid for kid, name in keys.items()}, last, end, int(report["rows"]),
-            summary.from_columns(columns))
 
 
-def _events_good_size(fd: int) -> tuple[int, int]:
-    """Length up to the last complete line (a crash may tear the last one), and
-    the largest ``seq`` recorded so far."""
-    data = _read_fd(fd)
-    used = data.rfind(b"\n") + 1
-    end = used
-    for _ in range(64):         # seq only grows: the last readable line has the largest
-        start = data.rfind(b"\n", 0, max(end - 1, 0)) + 1
-        events, _, _ = parse_event_lines(data[start:end])
-        if events and isinstance(events[0].get("seq"), int) and events[0]["seq"] >= 0:
-            return used, events[0]["seq"]
-        if start == 0:
-            break
-        end = start
-    return used, 0
 
 
-def _makedirs(path: Path) -> list[Path]:
-    """os.makedirs, returning the folders it created (deepest last)."""
-    missing = []
-    p = path
-    while not os.path.lexists(p) and p.parent != p:
-        missing.append(p)
-        p = p.parent
-    os.makedirs(path, exist_ok=True)
-    return missing[::-1]
 
 
-def _remove_empty(folders: list[Path]) -> None:
-    """Undo _makedirs: remove the folders it created, if still empty."""
-    for p in reversed(folders):
-        try:
-            os.rmdir(p)
-        except OSError:
-            return
 
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)

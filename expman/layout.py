@@ -27,9 +27,9 @@ SUMMARY_FILE = "summary.json"    # per-metric figures for listings (atomic; expm
 TORN_SUFFIX = ".torn"            # verify --repair keeps a cut tail beside its file
 MANIFEST_SUFFIX = ".manifest.json"   # a folder artifact's list of files and hashes, beside it
 MAX_MANIFEST_BYTES = 64 << 20    # readers refuse a larger (crafted) manifest
+LOSS_FILE = "loss.json"          # the writer's loss record, rewritten in place (expman.loss)
 LOCK_FILE = "writer.lock"        # the writer's OS lock, held for the run's life (expman.runlock)
 ALERTS_FILE = "alerts.jsonl"     # alerts of a watcher in another process (expman watch)
-LOSS_FILE = "loss.json"          # what a writer lost, per rank (loss.rank<r>.json)
 
 
 def rank_file(name: str, rank: int | None) -> str:

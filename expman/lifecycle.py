@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 _live: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _installed = False
 _sigterm_installed = False
+_previous_sigterm: Any = None    # what SIGTERM did before our handler
+_handler: Any = None             # our handler, while installed
 _lock = threading.Lock()
 # How the interpreter is ending, as far as we can tell: set by the hooks below.
 exit_info: dict[str, Any] | None = None
@@ -104,6 +106,8 @@ def register(exp: Any, handle_signals: bool) -> None:
 
 def unregister(exp: Any) -> None:
     _live.discard(exp)
+    if not _live:
+        _restore_sigterm()
 
 
 def _wrap_excepthook() -> None:
@@ -156,11 +160,31 @@ def _after_fork_in_child() -> None:
         exp._after_fork_child()
     _live.clear()
     exit_info = None
+    _restore_sigterm()          # the child owns no run: SIGTERM kills it as before
+
+
+def _restore_sigterm() -> None:
+    """Give SIGTERM back its previous disposition once no run of this process is
+    open (the last close, a forked child). A Python-level handler only runs
+    between bytecodes: a SIGTERM that lands just before a blocking C call (a
+    multiprocessing Pool worker entering SemLock.acquire on the queue lock its
+    parent holds while terminating the pool) is noted but never acted on, and
+    the process hangs; the default disposition kills it in the kernel. Only from
+    the main thread, and only while our handler is the one installed."""
+    global _sigterm_installed
+    if not _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is _handler:
+            signal.signal(signal.SIGTERM, _previous_sigterm)
+    except (ValueError, TypeError):
+        return
+    _sigterm_installed = False
 
 
 def _install_sigterm() -> None:
     """Drain, fsync and mark KILLED on SIGTERM, then do what SIGTERM would have done."""
-    global _sigterm_installed
+    global _sigterm_installed, _previous_sigterm, _handler
     if _sigterm_installed or threading.current_thread() is not threading.main_thread():
         return
     try:
@@ -169,6 +193,7 @@ def _install_sigterm() -> None:
         return
     if previous is signal.SIG_IGN or previous is None:
         return                  # SIGTERM is ignored (or set from C): leave it alone
+    _previous_sigterm = previous
 
     def on_sigterm(signum: int, frame: Any) -> None:
         global exit_info
@@ -186,4 +211,5 @@ def _install_sigterm() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    _handler = on_sigterm
     _sigterm_installed = True

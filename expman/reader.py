@@ -21,6 +21,7 @@ from typing import Any
 
 from expman._fsutil import MAX_JSON_BYTES, parse_json_object, read_regular_stat
 from expman.errors import CorruptRunError, ExpmanError, ExpmanValueError
+from expman.loss import recorded_loss
 from expman.layout import (
     CRASHED, DAMAGED, EVENTS_FILE, FINAL_STATUSES, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING,
     STATUSES, base_dir, rank_file, resolve_run, scan_run_dirs,
@@ -207,9 +208,9 @@ def _integrity(report: dict[str, Any], bad_lines: int, meta: dict[str, Any], pat
     closed = stream_status(own or meta, path, rank) in FINAL_STATUSES
     ig = settle_torn_tail(report, closed)
     ig["bad_event_lines"] = bad_lines
-    loss = meta.get("data_loss")
-    ig["data_loss"] = loss if isinstance(loss, dict) else None
-    others = {r: v for r, v in rank_losses(meta, path).items() if r != rank}
+    losses = rank_losses(meta, path)
+    ig["data_loss"] = losses.get(rank)
+    others = {r: v for r, v in losses.items() if r != rank}
     ig["rank_data_loss"] = others or None
     bad_world = world_size_error(meta)
     if bad_world:
@@ -218,26 +219,40 @@ def _integrity(report: dict[str, Any], bad_lines: int, meta: dict[str, Any], pat
 
 
 def rank_losses(meta: dict[str, Any], path: Path) -> dict[int, dict[str, Any]]:
-    """The loss each rank's writer recorded (run.json for rank 0, run.rank<r>.json
-    for rank r), by rank; ``meta`` is run.json. Empty when no rank lost anything."""
+    """The loss each rank's writer recorded, by rank (``expman.loss.recorded_loss``:
+    run.json's or run.rank<r>.json's ``data_loss``, or the loss record a full disk
+    or a SIGKILL left, whichever says more); ``meta`` is run.json. Empty when no
+    rank lost anything."""
     from expman._fsutil import read_json_object
     out: dict[int, dict[str, Any]] = {}
     if not meta.get("rank"):
-        loss = meta.get("data_loss")
-        if isinstance(loss, dict) and loss:
+        loss = _rank_loss(path, 0, meta)
+        if loss:
             out[0] = loss
     if world_size(meta) <= 1:
         return out
     for r in logging_ranks(meta):
-        if not r or not os.path.lexists(path / rank_file(RUN_FILE, r)):
+        if not r:
             continue
         try:
-            loss = read_json_object(path / rank_file(RUN_FILE, r)).get("data_loss")
+            own = read_json_object(path / rank_file(RUN_FILE, r)) \
+                if os.path.lexists(path / rank_file(RUN_FILE, r)) else None
         except (OSError, ValueError):
-            continue
-        if isinstance(loss, dict) and loss:
+            own = None
+        loss = _rank_loss(path, r, own)
+        if loss:
             out[r] = loss
     return out
+
+
+def _rank_loss(path: Path, rank: int, own: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A rank's recorded loss. A run.json its writer rewrote at close holds the whole
+    figure; otherwise (still running, killed, or closed on a full disk that kept
+    run.json from being rewritten) the loss record may know more."""
+    if own is not None and own.get("status") in FINAL_STATUSES:
+        loss = own.get("data_loss")
+        return loss if isinstance(loss, dict) and loss else None
+    return recorded_loss(path, rank, own)
 
 
 def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
@@ -327,8 +342,6 @@ def _open_rank(p: Path, rank: int, salvage: bool, duplicates: str | None) -> Run
     except FileNotFoundError:
         events, bad = [], 0
     integrity = _integrity(report, bad, run_meta, p, rank, meta)
-    loss = own.get("data_loss")
-    integrity["data_loss"] = loss if isinstance(loss, dict) else None
     warn_damage(p / rank_file(METRICS_FILE, rank), integrity, salvage, 3)
     return Run(p, meta, params, events, metrics, integrity, None, duplicates, raw, rank)
 
@@ -474,12 +487,11 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
     if end is None and st == CRASHED:
         end = heartbeat(path)
     exit_info = meta.get("exit")
-    loss = meta.get("data_loss")
-    if world_size(meta) > 1 and not isinstance(loss, dict):
-        losses = rank_losses(meta, path)     # any rank's loss marks the run
-        if losses:
-            r = min(losses)
-            loss = {**losses[r], "rank": r}
+    losses = rank_losses(meta, path)     # any rank's loss marks the run
+    loss = None
+    if losses:
+        r = min(losses)
+        loss = losses[r] if r == 0 else {**losses[r], "rank": r}
     tags = meta.get("tags")
     group, notes = meta.get("group"), meta.get("notes")
     line = RunSummary(str(meta.get("experiment", exp)), str(meta.get("run_name", name)), st,

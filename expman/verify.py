@@ -17,6 +17,7 @@ from typing import Any
 from expman import _core
 from expman._fsutil import open_nofollow, read_json, read_regular
 from expman.errors import ExpmanError, ExpmanValueError
+from expman.loss import recorded_loss
 from expman.layout import (
     EVENTS_FILE, FINAL_STATUSES, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING, SUMMARY_FILE,
     TORN_SUFFIX, parse_event_lines, rank_file, resolve_run,
@@ -125,14 +126,16 @@ def _check_stream(run_dir: Path, rank: int, meta: dict[str, Any], repair: bool,
     out: dict[str, Any] = {"metrics": m,
                            "events": {k: v for k, v in ev.items() if k != "good_size"}}
     out["summary"] = _check_summary(run_dir, rank, m, figures, problems)
-    loss = meta.get("data_loss") if isinstance(meta.get("data_loss"), dict) else None
+    loss = recorded_loss(run_dir, rank, meta)     # run.json's, or the record a full disk left
     out["data_loss"] = loss
     who = "the writer" if not rank else f"rank {rank}'s writer"
     if loss:
         problems.append(f"{who} recorded loss: {loss.get('rows_dropped', 0)} rows and "
                         f"{loss.get('events_dropped', 0)} events dropped, "
                         f"{loss.get('write_errors', 0)} failed writes"
-                        + (f" ({loss['last_error']})" if loss.get("last_error") else ""))
+                        + (f" ({loss['last_error']})" if loss.get("last_error") else "")
+                        + (f"; its loss record is unreadable: {loss['record_unreadable']}"
+                           if loss.get("record_unreadable") else ""))
     torn_m = 0 if live else m.get("torn_bytes", 0)
     torn_e = 0 if live else ev["torn_bytes"]
     if repair and torn_m:

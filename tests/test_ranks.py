@@ -147,7 +147,7 @@ def test_failed_rank_fails_the_run_and_says_which(base, as_rank):
     assert sorted(os.listdir(r0.run_dir)) == sorted([
         "run.json", "params.json", "metrics.bin", "events.jsonl", "writer.lock", "summary.json",
         "run.rank1.json", "metrics.rank1.bin", "events.rank1.jsonl", "writer.rank1.lock",
-        "summary.rank1.json", "artifacts"])
+        "summary.rank1.json", "loss.json", "loss.rank1.json", "artifacts"])
 
 
 def test_one_writer_per_rank_and_resume_per_rank(base, as_rank):

@@ -6,6 +6,7 @@
  * records are counted as dropped; the next frame tries again.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include "exlog.h"
 
@@ -161,7 +162,7 @@ exlog *exlog_new(uint64_t capacity, int64_t flush_ms, int64_t heartbeat_ms) {
     w->kick_at = cap / 2;
     w->flush_ms = flush_ms > 0 ? flush_ms : 1;
     w->heartbeat_ms = heartbeat_ms > 0 ? heartbeat_ms : 10000;
-    w->fd_metrics = w->fd_events = -1;
+    w->fd_metrics = w->fd_events = w->fd_loss = -1;
     crc_init();
     if (exlog_mutex_init(&w->mu) != 0) { exlog_free(w); return NULL; }
     if (exlog_cond_init(&w->wake_cv) != 0) { exlog_mutex_destroy(&w->mu); exlog_free(w); return NULL; }
@@ -265,11 +266,68 @@ static int sync_fd(exlog *w, int fd) {
     return 0;
 }
 
+
+/* ---- the loss record ----------------------------------------------------- */
+void exlog_loss_record(unsigned char *out, uint64_t rows, uint64_t events, uint64_t errors,
+                       int last_errno, int64_t wall_ns) {
+    char text[EXLOG_LOSS_RECORD_SIZE];
+    int n = snprintf(text, sizeof text,
+                     "{\"format\": 1, \"rows_dropped\": %llu, \"events_dropped\": %llu, "
+                     "\"write_errors\": %llu, \"last_errno\": %d, \"time\": %lld.%06lld}",
+                     (unsigned long long)rows, (unsigned long long)events,
+                     (unsigned long long)errors, last_errno,
+                     (long long)(wall_ns / 1000000000), (long long)(wall_ns / 1000 % 1000000));
+    if (n < 0 || n >= EXLOG_LOSS_RECORD_SIZE) n = 0;   /* never: the fields are bounded */
+    memset(out, ' ', EXLOG_LOSS_RECORD_SIZE);
+    memcpy(out, text, (size_t)n);
+    out[EXLOG_LOSS_RECORD_SIZE - 1] = '\n';
+}
+
+void exlog_set_loss(exlog *w, int fd, uint64_t rows, uint64_t events, uint64_t errors) {
+    w->fd_loss = fd;
+    w->loss_base[0] = w->loss_said[0] = rows;
+    w->loss_base[1] = w->loss_said[1] = events;
+    w->loss_base[2] = w->loss_said[2] = errors;
+}
+
+void exlog_note_producer_drops(exlog *w, uint64_t rows, uint64_t events) {
+    exlog_store_u64(&w->producer_rows_dropped, rows);
+    exlog_store_u64(&w->producer_events_dropped, events);
+}
+
+/* Rewrite the loss record in place if the totals moved since it was written:
+ * same offset, same size, so it needs no new blocks on a full disk; fsynced
+ * before anything else, so a SIGKILL right after still finds it. A failed
+ * rewrite is tried again on the next call. */
+static void note_loss(exlog *w) {
+    unsigned char rec[EXLOG_LOSS_RECORD_SIZE];
+    uint64_t now[3];
+    int last_errno;
+    if (w->fd_loss < 0) return;
+    exlog_mutex_lock(&w->mu);
+    now[0] = w->loss_base[0] + w->stats.rows_dropped;
+    now[1] = w->loss_base[1] + w->stats.events_dropped;
+    now[2] = w->loss_base[2] + w->stats.write_errors;
+    last_errno = w->stats.last_errno;
+    exlog_mutex_unlock(&w->mu);
+    now[0] += exlog_load_u64(&w->producer_rows_dropped);
+    now[1] += exlog_load_u64(&w->producer_events_dropped);
+    if (!memcmp(now, w->loss_said, sizeof now)) return;
+    exlog_loss_record(rec, now[0], now[1], now[2], last_errno, exlog_wall_ns());
+    if (EXLOG_SEEK(w->fd_loss, 0) < 0) return;
+    if (EXLOG_WRITE(w->fd_loss, rec, sizeof rec) != (long)sizeof rec) return;
+    if (EXLOG_FSYNC(w->fd_loss) != 0) return;
+    memcpy(w->loss_said, now, sizeof now);
+}
+
+/* Writer thread only. The loss record is rewritten before the error is
+ * published: whoever learns of the error (flush, close) finds it on disk. */
 static void record_error(exlog *w, int err) {
     exlog_mutex_lock(&w->mu);
     w->stats.write_errors += 1;
     w->stats.last_errno = err;
     exlog_mutex_unlock(&w->mu);
+    note_loss(w);
     exlog_store_int(&w->error_seq, exlog_load_int(&w->error_seq) + 1);
 }
 
@@ -647,6 +705,7 @@ static void writer_main(void *arg) {
             if (EXLOG_TOUCH(w->fd_metrics) != 0) { /* a heartbeat is best effort */ }
             w->last_io_ms = exlog_mono_ms();
         }
+        note_loss(w);
     }
     /* test hook: a frozen filesystem does not thaw because we want to stop */
     while (exlog_load_int(&w->paused) == 2) {
@@ -661,6 +720,7 @@ static void writer_main(void *arg) {
         if (!err) err = sync_fd(w, w->fd_events);
         if (err) record_error(w, err);
     }
+    note_loss(w);
     exlog_mutex_lock(&w->mu);
     w->finished = 1;
     exlog_cond_broadcast(&w->done_cv);

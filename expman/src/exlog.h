@@ -137,6 +137,17 @@ typedef struct exlog {
     /* fsync cadence (0: only at stop) */
     int64_t fsync_ms, last_sync_ms;
     int sync_dirty;
+
+    /* The loss record (docs/format.md): a fixed-size file, preallocated by the
+     * Python side, that the writer rewrites in place and fsyncs as soon as it
+     * loses rows or events or a write fails, so the loss is on disk before
+     * anything else is (a full disk, a SIGKILL). -1: none. */
+    int fd_loss;
+    uint64_t loss_base[3];      /* rows, events, write errors of earlier sessions */
+    uint64_t loss_said[3];      /* what the record on disk says (writer-private) */
+    /* drops decided by the producer (on_full="drop", block_timeout): it
+     * publishes its running totals here, the writer records them */
+    volatile uint64_t producer_rows_dropped, producer_events_dropped;
 } exlog;
 
 /* Lifecycle. exlog_new returns NULL on allocation failure or when capacity is
@@ -163,6 +174,17 @@ void exlog_get_stats(exlog *w, exlog_stats *out);
  * with err (ENOSPC / EIO when 0). */
 void exlog_test_pause(exlog *w, int paused);
 void exlog_test_fault(exlog *w, uint64_t write_every, uint64_t fsync_every, int err);
+
+/* The loss record: its size, and before exlog_start, the open file and what
+ * earlier sessions of the run lost (rows, events, write errors). */
+#define EXLOG_LOSS_RECORD_SIZE 512
+void exlog_set_loss(exlog *w, int fd, uint64_t rows, uint64_t events, uint64_t errors);
+/* Format the record (exactly EXLOG_LOSS_RECORD_SIZE bytes: JSON padded with
+ * spaces, ending in a newline) into out. */
+void exlog_loss_record(unsigned char *out, uint64_t rows, uint64_t events, uint64_t errors,
+                       int last_errno, int64_t wall_ns);
+/* Producer side: publish its running totals of dropped rows and events. */
+void exlog_note_producer_drops(exlog *w, uint64_t rows, uint64_t events);
 
 /* Before exlog_start: fsync both files every ms milliseconds while data arrives. */
 void exlog_set_fsync(exlog *w, int64_t ms);
