@@ -184,14 +184,17 @@ class ExpmanLogger(_Logger):  # type: ignore[misc, valid-type]
 
         On failure Lightning calls this inside its ``except``: the exception in
         flight is recorded in run.json as a ``with Experiment`` block would. A run
-        passed in through ``experiment=`` is left open.
+        passed in through ``experiment=`` is left open. Checkpoints Lightning
+        rewrote (``last.ckpt``) are stored first, as they are now.
         """
         exp = self._handle.current
-        if exp is not None and exp.status == RUNNING:
-            for path in sorted(self._rewritten):    # their final version, once
-                self._store(exp, path)
-        if self._handle.opened:
-            self._handle.finish(_END_STATUS.get(status, FAILED))
+        try:
+            if exp is not None and exp.status == RUNNING:
+                for path in sorted(self._rewritten):    # their final version, once
+                    self._store(exp, path)
+        finally:                                        # a failed copy still closes the run
+            if self._handle.opened:
+                self._handle.finish(_END_STATUS.get(status, FAILED))
 
 
 def _signature(path: str) -> tuple[int, int] | None:
