@@ -23,7 +23,7 @@ import stat
 import struct
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from expman.errors import ExpmanError, ExpmanValueError
 from expman.layout import FAILED, FINISHED, RUNNING
@@ -139,8 +139,17 @@ def read_events(path: str | os.PathLike[str], problems: list[str] | None = None
 
 
 def import_tensorboard(logdir: str | os.PathLike[str], base_dir: str | os.PathLike[str] | None = None,
-                       experiment: str | None = None) -> list[Path]:
-    """One expman run per folder of event files; returns the new run folders.
+                       experiment: str | None = None,
+                       report: list[dict[str, Any]] | None = None) -> list[Path]:
+    """One expman run per writer folder; returns the new run folders.
+
+    A writer folder is a folder of event files that is not a sub-writer. A
+    sub-writer is a child folder of a writer folder that ``SummaryWriter`` made
+    for it: ``add_scalars("acc", {"train": ...})`` writes tag ``acc`` into
+    ``acc_train/``, imported into the writer's run as metric ``acc/train``;
+    ``add_hparams`` writes into a child folder (a timestamp, or its
+    ``run_name``), whose hparams become the writer's params and whose metrics
+    its metrics. Any other child folder is a run of its own.
 
     The experiment is ``experiment`` or the logdir's name; a run is named after
     its folder relative to logdir ('a/b' -> 'a__b'). An existing run of that
@@ -148,7 +157,10 @@ def import_tensorboard(logdir: str | os.PathLike[str], base_dir: str | os.PathLi
     silent and never aborts the import: a bad record, an event with a negative
     step, a value with an empty or unusable tag or a tensor larger than its
     bytes is skipped, and named (file and offset) in a RuntimeWarning and in a
-    warning message of the run.
+    warning message of the run. ``report``, when given, receives one dict per
+    run: ``run`` (its folder), ``folders`` (writer and sub-writers), ``first_event_time``
+    (Unix seconds or None), ``problems`` (how many) and ``skipped`` (what was
+    not imported, by kind).
     """
     _need_tensorboard()
     from expman.layout import base_dir as _base
@@ -160,9 +172,55 @@ def import_tensorboard(logdir: str | os.PathLike[str], base_dir: str | os.PathLi
         raise ExpmanValueError(f"import_tensorboard: no event files (*tfevents*) under {root}")
     name = experiment or (_UNSAFE.sub("_", root.name).strip(" .") or "tensorboard")
     base = _base(base_dir)
-    made = [_import_folder(folder, files, base, name, _run_name(root, folder))
-            for folder, files in found]
+    made = [_import_writer(parts, base, name, _run_name(root, parts[0][0]), report)
+            for parts in _writers(root, found)]
     return [p for p in made if p is not None]
+
+
+# a part of a writer's run: its folder, its event files, and how its scalar tags are named
+_Part = tuple[Path, list[Path], Callable[[str], str]]
+
+
+def _same(tag: str) -> str:
+    return tag
+
+
+def _writers(root: Path, found: list[tuple[Path, list[Path]]]) -> list[list[_Part]]:
+    """The writer folders, each with its sub-writers folded in (parents come first in
+    ``found``, so a child's writer is known when the child is reached)."""
+    writers: dict[Path, list[_Part]] = {}
+    for folder, files in found:
+        parent = writers.get(folder.parent) if folder != root else None
+        rename = _sub_writer(folder, files) if parent is not None else None
+        if parent is not None and rename is not None:
+            parent.append((folder, files, rename))
+        else:
+            writers[folder] = [(folder, files, _same)]
+    return list(writers.values())
+
+
+def _sub_writer(folder: Path, files: list[Path]) -> Callable[[str], str] | None:
+    """How a sub-writer's scalar tags are named in its writer's run, or None if the
+    folder is not one: add_hparams' folder holds the hparams plugin's session start;
+    add_scalars' folder ``<main>_<key>`` holds only scalars tagged ``<main>`` ('/' in
+    it written as '_'), named ``<main>/<key>``."""
+    hparams, tags = False, set()        # tags: (tag, a scalar?)
+    for path in files:
+        for _, event in _events_of(path, []):         # problems: named by the import itself
+            for value in event.summary.value:
+                plugin = value.metadata.plugin_data.plugin_name if value.HasField("metadata") else ""
+                if plugin == "hparams":
+                    hparams = True
+                    continue
+                tags.add((value.tag, plugin in ("", "scalars")
+                          and value.WhichOneof("value") in ("simple_value", "tensor")))
+    if hparams:
+        return _same
+    if not tags or not all(scalar and tag and len(folder.name) > len(tag) + 1
+                           and folder.name.startswith(tag.replace("/", "_") + "_")
+                           for tag, scalar in tags):
+        return None
+    return lambda tag: f"{tag}/{folder.name[len(tag) + 1:]}"
 
 
 MAX_REPORTED = 20          # problems named one by one; the rest are counted
@@ -179,42 +237,48 @@ _VALUE_ERRORS: tuple[type[BaseException], ...] = (ExpmanError, ValueError, TypeE
                                                  OverflowError, RecursionError)
 
 
-def _import_folder(folder: Path, files: list[Path], base: Path, experiment: str,
-                   run_name: str) -> Path | None:
-    """One run from one folder's event files, or None if they hold no summaries
-    (torch's SummaryWriter leaves such files in a parent of add_hparams' runs)."""
+def _import_writer(parts: list[_Part], base: Path, experiment: str, run_name: str,
+                   report: list[dict[str, Any]] | None) -> Path | None:
+    """One run from a writer folder's event files and its sub-writers', or None if
+    they hold no summaries (torch's SummaryWriter leaves such files in a parent of
+    add_hparams' runs)."""
     # the raw events as written (read_events): EventFileLoader's compatibility pass would
     # turn histograms into left/right/count tensors whose last edge is the max, not the limit
     from expman.experiment import Experiment
+    folder = parts[0][0]
     exp: Experiment | None = None
-    plugins: dict[str, str] = {}          # tag -> plugin; TF writes metadata on first use only
     skipped: dict[str, int] = {}
     problems: list[str] = []
+    first: float | None = None
     try:
-        for path in files:
-            for offset, event in _events_of(path, problems):
-                if not event.HasField("summary") or not event.summary.value:
-                    continue
-                if exp is None:
-                    exp = Experiment(experiment, run_name, base, capture_env=False,
-                                     handle_signals=False)
-                    exp.info(f"imported from TensorBoard event files in {folder}")
-                step = int(event.step)
-                if step < 0:
-                    problems.append(f"{path}: event at offset {offset} has step {step}: "
-                                    f"its {len(event.summary.value)} values skipped")
-                    continue
-                scalars: dict[str, float] = {}
-                for value in event.summary.value:
-                    if value.HasField("metadata") and value.metadata.plugin_data.plugin_name:
-                        plugins[value.tag] = value.metadata.plugin_data.plugin_name
-                    try:
-                        _import_value(exp, value, plugins.get(value.tag, ""), step,
-                                      float(event.wall_time), scalars, skipped)
-                    except _VALUE_ERRORS as e:
-                        problems.append(f"{path}: value {value.tag!r:.80} of the event at "
-                                        f"offset {offset} skipped: {e}")
-                _log_scalars(exp, scalars, step, f"{path}: event at offset {offset}", problems)
+        for _, files, rename in parts:
+            plugins: dict[str, str] = {}      # tag -> plugin; TF writes metadata on first use only
+            for path in files:
+                for offset, event in _events_of(path, problems):
+                    if not event.HasField("summary") or not event.summary.value:
+                        continue
+                    if exp is None:
+                        exp = Experiment(experiment, run_name, base, capture_env=False,
+                                         handle_signals=False, system_metrics=False)
+                        exp.info(f"imported from TensorBoard event files in {folder}")
+                    if first is None or event.wall_time < first:
+                        first = float(event.wall_time)
+                    step = int(event.step)
+                    if step < 0:
+                        problems.append(f"{path}: event at offset {offset} has step {step}: "
+                                        f"its {len(event.summary.value)} values skipped")
+                        continue
+                    scalars: dict[str, float] = {}
+                    for value in event.summary.value:
+                        if value.HasField("metadata") and value.metadata.plugin_data.plugin_name:
+                            plugins[value.tag] = value.metadata.plugin_data.plugin_name
+                        try:
+                            _import_value(exp, value, rename(value.tag), plugins.get(value.tag, ""),
+                                          step, float(event.wall_time), scalars, skipped)
+                        except _VALUE_ERRORS as e:
+                            problems.append(f"{path}: value {value.tag!r:.80} of the event at "
+                                            f"offset {offset} skipped: {e}")
+                    _log_scalars(exp, scalars, step, f"{path}: event at offset {offset}", problems)
         if exp is not None and skipped:
             exp.warn("not imported from TensorBoard: " + ", ".join(
                 f"{kind} ({n})" for kind, n in sorted(skipped.items())))
@@ -231,6 +295,10 @@ def _import_folder(folder: Path, files: list[Path], base: Path, experiment: str,
     if exp is None:
         return None
     exp.close()
+    if report is not None:
+        report.append({"run": exp.run_dir, "folders": [str(p[0]) for p in parts],
+                       "first_event_time": first, "problems": len(problems),
+                       "skipped": dict(sorted(skipped.items()))})
     return exp.run_dir
 
 
@@ -303,22 +371,24 @@ def _checked_ndarray(tensor: Any, most: int | None = None) -> Any:
     return tensor_util.make_ndarray(tensor)
 
 
-def _import_value(exp: Any, value: Any, plugin: str, step: int, wall_time: float,
+def _import_value(exp: Any, value: Any, tag: str, plugin: str, step: int, wall_time: float,
                   scalars: dict[str, float], skipped: dict[str, int]) -> None:
+    """One summary value into the run; a scalar is gathered into ``scalars`` under
+    ``tag`` (its name in the run: a sub-writer's tag renamed)."""
     kind = value.WhichOneof("value")
     if kind in ("simple_value", "tensor", "histo", "image") and not value.tag:
         raise ExpmanValueError("the tag is empty")
     if kind == "simple_value":
-        if value.tag in scalars:              # a second value for a tag in one event
+        if tag in scalars:                    # a second value for a tag in one event
             exp.log_metrics(dict(scalars), step)
             scalars.clear()
-        scalars[value.tag] = float(value.simple_value)
+        scalars[tag] = float(value.simple_value)
     elif kind == "tensor" and plugin == "scalars":
         x = float(_checked_ndarray(value.tensor, most=1).item())
-        if value.tag in scalars:
+        if tag in scalars:
             exp.log_metrics(dict(scalars), step)
             scalars.clear()
-        scalars[value.tag] = x
+        scalars[tag] = x
     elif kind == "tensor" and plugin == "text":
         arr = _checked_ndarray(value.tensor)
         texts = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)

@@ -97,9 +97,9 @@ def fitted(tmp_path_factory):
     logger = ExpmanLogger("tiny", save_dir=tmp / "experiments", log_model=True, capture_env=False,
                           system_metrics=False)    # compared point by point with CSVLogger
     csv_logger = CSVLogger(tmp / "csv", name="tiny")
-    ckpt = ModelCheckpoint(monitor="val_loss", save_top_k=1, save_last=True)
+    ckpt = ModelCheckpoint(monitor="val_loss", save_top_k=2, save_last=True)
     model = TinyRegressor(optim={"name": "sgd", "nesterov": False, "betas": [0.9, 0.99]})
-    t = trainer([logger, csv_logger], tmp, callbacks=[ckpt])
+    t = trainer([logger, csv_logger], tmp, callbacks=[ckpt], max_epochs=3)
     t.fit(model, loader(), loader(32, seed=1))
     after_fit = expman.open_run(logger.log_dir)
     csv_after_fit = csv_points(Path(csv_logger.log_dir) / "metrics.csv")
@@ -113,11 +113,11 @@ def test_fit_values_equal_csvlogger(fitted):
     assert Path(run.path) == Path(logger.log_dir)
     assert run.experiment == "tiny" and run.run_name == logger.version
     points = expman_points(run)
-    # 2 epochs x 4 batches, every step logged; epoch means; validation each epoch
+    # 3 epochs x 4 batches, every step logged; epoch means; validation each epoch
     assert {k for k, _, _ in points} == {"train_loss_step", "train_loss_epoch", "val_loss", "epoch"}
-    assert len([p for p in points if p[0] == "train_loss_step"]) == 8
+    assert len([p for p in points if p[0] == "train_loss_step"]) == 12
     assert points == csv_after_fit
-    assert not any(p[0] == "epoch" and p[2] not in (0.0, 1.0) for p in points)
+    assert not any(p[0] == "epoch" and p[2] not in (0.0, 1.0, 2.0) for p in points)
 
 
 def test_hyperparams_stored_nested_as_saved(fitted):
@@ -129,16 +129,23 @@ def test_hyperparams_stored_nested_as_saved(fitted):
 def test_checkpoints_in_run_folder_and_artifacts(fitted):
     logger, _, ckpt, run, _ = fitted
     assert Path(ckpt.dirpath) == Path(logger.log_dir) / "checkpoints"
-    best, last = Path(ckpt.best_model_path), Path(ckpt.last_model_path)
-    assert best.parent == last.parent == Path(ckpt.dirpath)
-    stored = {a["name"]: a for a in run.artifacts}      # the newest version of each name
-    for path in (best, last):
-        name = f"checkpoints/{path.name}"
-        assert name in stored, stored.keys()
-        # a rewritten checkpoint is a new version (name.v2, ...): the latest equals the file
-        assert (run.path / stored[name]["path"]).read_bytes() == path.read_bytes()
-    assert any(m["msg"].startswith(f"best checkpoint: {best.name} (val_loss=")
-               for m in run.messages)
+    last = Path(ckpt.last_model_path)
+    top = [Path(p) for p in ckpt.best_k_models]
+    assert len(top) == 2 and all(p.parent == last.parent == Path(ckpt.dirpath) for p in top)
+    records = [e for e in run.events if e.get("kind") == "artifact"]      # every version
+    names = [e["name"] for e in records]
+    # last.ckpt, rewritten at each of the 3 epochs, is stored once: its final version
+    assert names.count("checkpoints/last.ckpt") == 1
+    stored = {e["name"]: e for e in records}
+    assert (run.path / stored["checkpoints/last.ckpt"]["path"]).read_bytes() == last.read_bytes()
+    for path in top:                            # each top-k file once, as Lightning wrote it
+        assert names.count(f"checkpoints/{path.name}") == 1
+        assert (run.path / stored[f"checkpoints/{path.name}"]["path"]).read_bytes() \
+            == path.read_bytes()
+    # one message per change of the best checkpoint, not one per hook call (two per epoch)
+    best = [m["msg"] for m in run.messages if m["msg"].startswith("best checkpoint: ")]
+    assert 1 <= len(best) <= 3 and len(best) == len(set(best))
+    assert best[-1].startswith(f"best checkpoint: {Path(ckpt.best_model_path).name} (val_loss=")
 
 
 def test_validate_after_fit_reopens_the_same_run(fitted):

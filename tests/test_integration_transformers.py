@@ -149,3 +149,25 @@ def test_run_name_from_training_arguments_and_reopen(base):
     assert run.status == "FINISHED" and len(run.meta["resumed"]) == 1
     assert list(run.metrics["loss"].values) == [0.0, 1.0]
     assert run.params == {"args": {"seed": 1}}
+
+
+def test_evaluate_after_train_reopens_and_finishes_the_run(tmp_path):
+    """train(); evaluate(); open_run() in the same script: the run is FINISHED after each
+    call and holds every eval point (issue 22: it read RUNNING and missed the last one)."""
+    callback = ExpmanCallback("bert-tiny", base_dir=tmp_path / "experiments",
+                              capture_env=False, system_metrics=False)
+    trainer = tiny_trainer(tmp_path / "out", callback, save_strategy="no")
+    trainer.train()
+    run = expman.open_run(callback.experiment.run_dir)
+    assert run.status == "FINISHED"
+    assert run_points(run) == history_points(trainer.state.log_history)
+    metrics = trainer.evaluate()
+    run = expman.open_run(callback.experiment.run_dir)
+    assert run.status == "FINISHED" and len(run.meta["resumed"]) == 1
+    assert run.metrics["eval_loss"].steps[-1] == 20
+    assert float(run.metrics["eval_loss"].values[-1]) == metrics["eval_loss"]
+    assert run_points(run) == history_points(trainer.state.log_history)
+    trainer.evaluate()                       # again: resumed a second time, finished again
+    run = expman.open_run(callback.experiment.run_dir)
+    assert run.status == "FINISHED" and len(run.meta["resumed"]) == 2
+    assert len(run.metrics["eval_loss"].values) == 4

@@ -49,7 +49,7 @@ def test_import_equals_tensorboards_reader(tmp_path):
                     "--base-dir", str(tmp_path / "runs")])
     assert made == 0
     runs = {p.name: expman.open_run(p) for p in sorted((tmp_path / "runs" / "imported").iterdir())}
-    assert sorted(runs) == ["lr0.1", "lr0.2__seed1__hp"]
+    assert sorted(runs) == ["lr0.1", "lr0.2__seed1"]      # add_hparams' folder folded in
     run = runs["lr0.1"]
     acc = _accumulate(logdir / "lr0.1")
     tb_loss = [(e.step, e.value) for e in acc.Scalars("loss")]
@@ -66,12 +66,69 @@ def test_import_equals_tensorboards_reader(tmp_path):
     assert hist.counts == list(tb_hist.histogram_value.bucket)[1:]      # first, then numpy's bins
     counts, edges = np.histogram(np.arange(20.0), bins=hist.edges)
     assert hist.counts == counts.tolist() and sum(hist.counts) == 20
-    hp = runs["lr0.2__seed1__hp"]
+    hp = runs["lr0.2__seed1"]
     assert hp.params == {"lr": 0.2, "opt": "sgd"}
     assert hp.metrics["hp/final"].values.tolist() == [0.75]
     with pytest.raises(RunExistsError):
         from expman.tbio import import_tensorboard
         import_tensorboard(logdir, tmp_path / "runs", "imported")
+
+
+def test_two_writers_with_add_scalars_and_add_hparams_are_two_runs(tmp_path, capsys):
+    """Issue 22: two SummaryWriters using add_scalars and add_hparams were 8 runs, the main
+    ones without params. Now: one run per writer, add_scalars' sub-writers as tag/key
+    metrics, add_hparams' folder as the run's params and metrics."""
+    logdir = tmp_path / "tb"
+    for lr in (0.01, 0.1):
+        with TorchWriter(str(logdir / f"lr{lr}")) as w:
+            for step in range(4):
+                w.add_scalar("loss", 1.0 / (step + 1) + lr, step)
+                w.add_scalars("acc", {"train": 0.5 + step / 10, "val": 0.25 + step / 10}, step)
+                w.add_scalars("opt/lr", {"g0": lr}, step)           # a '/' in the main tag
+            w.add_hparams({"lr": lr, "bs": 32, "opt": "sgd"}, {"hparam/acc": 0.75 + lr})
+    assert len([d for d in logdir.rglob("*") if d.is_dir()]) == 10      # torch's layout
+    assert cli_run(["import-tensorboard", str(logdir), "-e", "sweep",
+                    "--base-dir", str(tmp_path / "runs")]) == 0
+    assert capsys.readouterr().out.split() == ["sweep/lr0.01", "sweep/lr0.1"]
+    runs = {p.name: expman.open_run(p) for p in (tmp_path / "runs" / "sweep").iterdir()}
+    assert sorted(runs) == ["lr0.01", "lr0.1"]
+    for lr in (0.01, 0.1):
+        run = runs[f"lr{lr}"]
+        assert run.params == {"lr": lr, "bs": 32, "opt": "sgd"}
+        assert sorted(run.metrics) == ["acc/train", "acc/val", "hparam/acc", "loss", "opt/lr/g0"]
+        folder = logdir / f"lr{lr}"
+        for metric, sub, tag in (("loss", folder, "loss"), ("acc/train", folder / "acc_train", "acc"),
+                                 ("acc/val", folder / "acc_val", "acc"),
+                                 ("opt/lr/g0", folder / "opt_lr_g0", "opt/lr")):
+            tb = [(e.step, e.value) for e in _accumulate(sub).Scalars(tag)]
+            ours = run.metrics[metric]
+            assert list(zip(ours.steps.tolist(), ours.values.tolist())) == tb and len(tb) == 4
+        assert run.metrics["hparam/acc"].values.tolist() == [float(np.float32(0.75 + lr))]
+
+
+def test_import_report_counts_problems_per_run(tmp_path):
+    """A damaged record is counted in the report (and named in the run) instead of
+    aborting the import; the other runs and the rest of the file are imported."""
+    logdir = tmp_path / "tb"
+    for name in ("a", "b"):
+        with TorchWriter(str(logdir / name)) as w:
+            for step in range(5):
+                w.add_scalar("loss", float(step), step)
+    (events,) = (logdir / "a").glob("*tfevents*")
+    data = bytearray(events.read_bytes())
+    data[-3] ^= 0xFF                              # the last record's payload: bad checksum
+    events.write_bytes(bytes(data))
+    report: list[dict] = []
+    with pytest.warns(RuntimeWarning, match="bad checksum"):
+        made = tbio.import_tensorboard(logdir, tmp_path / "runs", "x", report=report)
+    assert [r["run"] for r in report] == made and len(made) == 2
+    assert [r["problems"] for r in report] == [1, 0]
+    runs = [expman.open_run(p) for p in made]
+    assert runs[0].metrics["loss"].values.tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert runs[1].metrics["loss"].values.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert any("1 problems" in m["msg"] for m in runs[0].messages)
+    assert report[0]["first_event_time"] == min(
+        e.wall_time for _, e in tbio.read_events(events) if e.summary.value)
 
 
 def cli_run(argv) -> int:

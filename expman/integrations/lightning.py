@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from expman.experiment import Experiment
 from expman.integrations._run import RunHandle, save_checkpoint
-from expman.layout import FAILED, FINISHED
+from expman.layout import FAILED, FINISHED, RUNNING
 from expman.params import framework_params
 
 __all__ = ["ExpmanLogger"]
@@ -55,7 +55,8 @@ class ExpmanLogger(_Logger):  # type: ignore[misc, valid-type]
         save_dir: the expman base dir; None means ``$EXPMAN_DIR`` or ``./experiments``.
         experiment: log into this open Experiment instead (it is left open at the end).
         log_model: store each checkpoint ``ModelCheckpoint`` writes as an artifact
-            under ``artifacts/checkpoints/``.
+            under ``artifacts/checkpoints/``; ``last.ckpt`` (and any file rewritten
+            under one name) once, its final version, when the fit ends.
         prefix: put before every metric key, joined with ``-`` (as Lightning's loggers).
         **experiment_options: passed to ``Experiment`` (``flush_interval``, ``capture_env``...).
 
@@ -73,7 +74,9 @@ class ExpmanLogger(_Logger):  # type: ignore[misc, valid-type]
         self._handle = RunHandle(experiment, name, version, save_dir, experiment_options)
         self._log_model = log_model
         self._prefix = prefix
-        self._stored: dict[str, tuple[int, int]] = {}
+        self._stored: dict[str, tuple[int, int]] = {}     # path -> signature stored
+        self._rewritten: set[str] = set()       # paths Lightning rewrites: stored at the end
+        self._best: tuple[str, Any] = ("", None)
 
     # ---- identity: where Lightning (and ModelCheckpoint) put files -------------------------
     @property
@@ -138,29 +141,42 @@ class ExpmanLogger(_Logger):  # type: ignore[misc, valid-type]
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        """With ``log_model=True``, copy each new or rewritten checkpoint into the artifacts."""
+        """With ``log_model=True``, copy each new checkpoint into the artifacts.
+
+        A file Lightning rewrites under one name (``last.ckpt``, a fixed
+        ``filename=``) would be a new artifact version at every save; it is stored
+        once, as it is when the fit ends (``finalize``). A "best checkpoint"
+        message is logged when the best checkpoint or its score changes (Lightning
+        calls this hook for the top-k save and again for ``last.ckpt``).
+        """
         if not self._log_model:
             return
-        paths = {getattr(checkpoint_callback, "last_model_path", "") or "",
-                 getattr(checkpoint_callback, "best_model_path", "") or "",
+        last = getattr(checkpoint_callback, "last_model_path", "") or ""
+        if last:
+            self._rewritten.add(last)
+        paths = {getattr(checkpoint_callback, "best_model_path", "") or "",
                  *(getattr(checkpoint_callback, "best_k_models", None) or {})}
         exp = self.experiment
-        for path in sorted(p for p in paths if p):
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue                    # removed by save_top_k in the meantime
-            signature = (st.st_size, st.st_mtime_ns)
-            if self._stored.get(path) == signature:
+        for path in sorted(p for p in paths if p and p not in self._rewritten):
+            if path in self._stored:
+                if _signature(path) not in (None, self._stored[path]):
+                    self._rewritten.add(path)       # rewritten in place: stored at the end
                 continue
-            save_checkpoint(exp, path)
-            self._stored[path] = signature
+            self._store(exp, path)
         best = getattr(checkpoint_callback, "best_model_path", "")
-        if best:
-            score = getattr(checkpoint_callback, "best_model_score", None)
+        score = getattr(checkpoint_callback, "best_model_score", None)
+        if best and (best, score) != self._best:
+            self._best = (best, score)
             monitored = (f" ({checkpoint_callback.monitor}={float(score)!r})"
                          if score is not None else "")
             exp.info(f"best checkpoint: {Path(best).name}{monitored}")
+
+    def _store(self, exp: Experiment, path: str) -> None:
+        signature = _signature(path)
+        if signature is None or self._stored.get(path) == signature:
+            return                          # removed by save_top_k meanwhile, or unchanged
+        save_checkpoint(exp, path)
+        self._stored[path] = signature
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
@@ -168,7 +184,23 @@ class ExpmanLogger(_Logger):  # type: ignore[misc, valid-type]
 
         On failure Lightning calls this inside its ``except``: the exception in
         flight is recorded in run.json as a ``with Experiment`` block would. A run
-        passed in through ``experiment=`` is left open.
+        passed in through ``experiment=`` is left open. Checkpoints Lightning
+        rewrote (``last.ckpt``) are stored first, as they are now.
         """
-        if self._handle.opened:
-            self._handle.finish(_END_STATUS.get(status, FAILED))
+        exp = self._handle.current
+        try:
+            if exp is not None and exp.status == RUNNING:
+                for path in sorted(self._rewritten):    # their final version, once
+                    self._store(exp, path)
+        finally:                                        # a failed copy still closes the run
+            if self._handle.opened:
+                self._handle.finish(_END_STATUS.get(status, FAILED))
+
+
+def _signature(path: str) -> tuple[int, int] | None:
+    """(size, mtime) of a checkpoint file, None if it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns

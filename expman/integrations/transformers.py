@@ -49,6 +49,7 @@ class ExpmanCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
                  **experiment_options: Any) -> None:
         self._handle = RunHandle(experiment, name, run_name, base_dir, experiment_options)
         self._log_checkpoints = log_checkpoints
+        self._training = False
 
     @property
     def experiment(self) -> Experiment | None:
@@ -71,6 +72,7 @@ class ExpmanCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
         (nested: ``args.learning_rate`` in listings and the lake)."""
         if not state.is_world_process_zero:
             return
+        self._training = True
         exp = self._run(args)
         params: dict[str, Any] = {"args": args.to_dict()}
         config = getattr(model, "config", None)
@@ -102,5 +104,12 @@ class ExpmanCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Close the run this callback opened (FINISHED); a run passed in stays open."""
         if state.is_world_process_zero:
+            self._training = False
             self._handle.finish(FINISHED)
 
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """An ``evaluate()`` after ``train()`` reopened the run to log its metrics: close it
+        again when the evaluation returns, so its points are on disk and the run reads
+        FINISHED (an evaluation during training leaves the run open)."""
+        if state.is_world_process_zero and not self._training:
+            self._handle.finish(FINISHED)
