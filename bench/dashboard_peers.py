@@ -169,11 +169,64 @@ def mlflow_rows(data: Path, points: int, runs: int, timeout: float) -> dict[str,
     return r
 
 
-PEERS = {"expman": ("expman serve", expman_rows), "mlflow": ("MLflow UI (REST, skinny)", mlflow_rows)}
+TRACKIO_WRITE = textwrap.dedent("""
+    import sys, math, trackio
+    n, runs = int(sys.argv[1]), int(sys.argv[2])
+    trackio.init(project="big", name="one_series")
+    for i in range(n):
+        trackio.log({"loss": math.sin(i * 1e-5) + (50.0 if i % 1_000_003 == 777 else 0.0)}, step=i)
+    trackio.finish()
+    for k in range(runs):
+        trackio.init(project="sweep", name=f"run{k:05d}",
+                     config={"lr": 10 ** -(1 + k % 4), "batch": 32 * (1 + k % 3), "depth": k % 7})
+        for s in range(10):
+            trackio.log({"loss": 1 / (s + 1 + k % 5), "acc": s / 10}, step=s)
+        trackio.finish()
+""")
+
+
+def trackio_rows(data: Path, points: int, runs: int, timeout: float) -> dict[str, Any]:
+    """trackio's own dashboard (`trackio show`, a Starlette app in trackio 0.43) in its own venv
+    (bench/.peers/trackio: `python bench/compare.py --setup-peers`)."""
+    py = HERE / ".peers" / "trackio" / "bin" / "python"
+    if not py.exists():
+        raise ImportError(f"no venv at {py.parent.parent} (python bench/compare.py --setup-peers --setup-only)")
+    home = data / f"trackio-{points}-{runs}"
+    env = dict(OFFLINE, TRACKIO_DIR=str(home), BROWSER="true")
+    env.pop("PYTHONPATH", None)
+    if not home.exists():
+        subprocess.run([str(py), "-c", TRACKIO_WRITE, str(points), str(runs)], check=True, capture_output=True,
+                       env=dict(env, TRACKIO_DIR=str(home) + ".partial"), timeout=1800)
+        Path(str(home) + ".partial").rename(home)
+    version = subprocess.run([str(py), "-c", "import trackio; print(trackio.__version__)"], env=env,
+                             capture_output=True, text=True, check=True).stdout.strip()
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api/"
+
+    def launch(which: str) -> tuple[Any, int, float, Any]:
+        t = time.perf_counter()
+        proc = subprocess.Popen([str(py), "-m", "trackio.cli", "show"], env=dict(env, GRADIO_SERVER_PORT=str(port)),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+        def stop() -> None:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=30)
+        return stop, proc.pid, t, partial(post, api + "get_all_projects", {})
+    r = measure(launch, partial(post, api + "get_logs_batch", {"project": "big", "scalar_only": True,
+                                                                "runs": [{"run": "one_series", "run_id": None}]}),
+                partial(post, api + "get_runs_for_project", {"project": "sweep"}), timeout)
+    logs = json.loads(r.pop("body"))["data"][0]["logs"]
+    ys = [x["loss"] for x in logs if isinstance(x.get("loss"), (int, float))]
+    r.update(points_sent=len(ys), max=max(ys), runs_listed=len(json.loads(r.pop("runs"))["data"]),
+             settings=f"trackio {version}: trackio show with TRACKIO_DIR=DIR, GRADIO_SERVER_PORT=P and "
+                      "BROWSER=true (no browser here); the chart is the page's get_logs_batch (scalar_only)")
+    return r
+
+
+PEERS = {"expman": ("expman serve", expman_rows), "mlflow": ("MLflow UI (REST, skinny)", mlflow_rows),
+         "trackio": ("trackio show", trackio_rows)}
 NOT_HERE = {
-    "trackio": "not measured in this round: its dashboard is a Gradio app in its own venv "
-               "(bench/.peers/trackio); no time was left to drive it",
-    "aim": "not measured: `aim up` needs the aim wheel (aimrocks), not installed here",
+    "aim": "not measured: `aim up` needs the aim wheel (and aimrocks); not tried in this round's time",
 }
 
 
