@@ -3,7 +3,7 @@ launching each server to its first full chart of one series (1 M points with a o
 spike of 50 at step 777), the points it sends, whether the spike is in them, the server's
 memory, and time from launch to a runs view of 1,000 runs.
 
-    python bench/dashboard_peers.py                     # expman, mlflow; ~10 minutes
+    python bench/dashboard_peers.py          # expman, MLflow, trackio; ~10 minutes with the writes
     python bench/dashboard_peers.py --points 200000 --runs 300 --data-dir /tmp/peers
 
 Every peer runs with its defaults; a setting that is not a default is printed beside its
@@ -226,7 +226,8 @@ def trackio_rows(data: Path, points: int, runs: int, timeout: float) -> dict[str
 PEERS = {"expman": ("expman serve", expman_rows), "mlflow": ("MLflow UI (REST, skinny)", mlflow_rows),
          "trackio": ("trackio show", trackio_rows)}
 NOT_HERE = {
-    "aim": "not measured: `aim up` needs the aim wheel (and aimrocks); not tried in this round's time",
+    "aim": "not measured yet: `aim up` needs the aim wheel and aimrocks in their own venv, and its "
+           "chart data is a streamed binary encoding the bench does not decode yet",
 }
 
 
