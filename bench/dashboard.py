@@ -267,8 +267,8 @@ TB_WRITE = textwrap.dedent("""
 """)
 
 
-def tree_rss_mb(pid: int) -> float:
-    """RSS of a process and its children: TensorBoard's default loader is a child process."""
+def tree_pids(pid: int) -> list[int]:
+    """A process and its descendants: TensorBoard's default loader is a child process."""
     kids: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -278,14 +278,22 @@ def tree_rss_mb(pid: int) -> float:
             except OSError:
                 continue
             kids.setdefault(ppid, []).append(int(d))
-    todo, total = [pid], 0.0
+    todo, found = [pid], []
     while todo:
         p = todo.pop()
+        found.append(p)
+        todo.extend(kids.get(p, []))
+    return found
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of a server with its child processes."""
+    total = 0.0
+    for p in tree_pids(pid):
         try:
             total += rss_mb(p)
         except OSError:
             pass
-        todo.extend(kids.get(p, []))
     return total
 
 

@@ -6,7 +6,8 @@ memory, and time from launch to a runs view of 1,000 runs.
     python bench/dashboard_peers.py          # expman, MLflow, trackio; ~10 minutes with the writes
     python bench/dashboard_peers.py --points 200000 --runs 300 --data-dir /tmp/peers
 
-Every peer runs with its defaults; a setting that is not a default is printed beside its
+Each figure is the median over three fresh launches of each server. Every peer runs with
+its defaults; a setting that is not a default is printed beside its
 figures with its reason (each row's `settings`). Servers listen on 127.0.0.1 only, every
 wait is bounded by --timeout, and the bench stops its servers itself. TensorBoard is in
 `bench/dashboard.py --only tensorboard`.
@@ -36,7 +37,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from dashboard import ENV, FRESH, MAKE_BIG, MAKE_MANY, Server, _get, free_port, tree_rss_mb, until
+from dashboard import ENV, FRESH, MAKE_BIG, MAKE_MANY, Server, _get, free_port, tree_pids, tree_rss_mb, until
 
 HERE = Path(__file__).resolve().parent
 OFFLINE = dict(ENV, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1")
@@ -86,16 +87,19 @@ def timed(fetch: Any) -> tuple[float, bytes]:
     return time.perf_counter() - t, body
 
 
-def measure(launch: Any, chart: Any, runs_view: Any, timeout: float) -> dict[str, Any]:
+def measure(launch: Any, chart: Any, runs_view: Any, timeout: float, version: str = "") -> dict[str, Any]:
     """A fresh server for the chart, another for the runs view. `launch(which)` starts one and
     returns (stop, pid, start time, up): launch to `up`'s first answer is `up_s`, then each
-    request is timed on its own, cold."""
+    request is timed on its own, cold. `version`: the server's own answer on what it runs,
+    printed with its process count as the row's effective settings."""
     stop, pid, t, up = launch("chart")
     try:
         until(up, timeout, every=0.05)
         r: dict[str, Any] = {"up_s": time.perf_counter() - t}
         r["chart_s"], r["body"] = timed(chart)
         r["rss_mb"] = tree_rss_mb(pid)
+        said = (_get(version) or b"").decode()[:120] if version else ""
+        r["effective"] = f"{len(tree_pids(pid))} processes" + (f", {version.rsplit('/', 1)[1]}: {said}" if said else "")
     finally:
         stop()
     stop, pid, t, up = launch("runs")
@@ -120,18 +124,12 @@ def expman_rows(data: Path, points: int, runs: int, timeout: float) -> dict[str,
         srv = Server(big if which == "chart" else many)
         url[0] = srv.url
         return srv.close, srv.proc.pid, t, partial(_get, srv.url)     # up: the page itself
-    got = []
-    for _ in range(FRESH):
-        r = measure(launch, lambda: _get(url[0] + "api/runs/big/ten_million/series?metric=loss&points=1200"),
-                    lambda: _get(url[0] + "api/runs"), timeout)
-        doc = json.loads(r.pop("body"))
-        r.update(points_sent=len(doc["x"]), max=max(doc["y"]), runs_listed=json.loads(r.pop("runs"))["total"],
-                 settings="python -m expman.dashboard BASE --port 0 (defaults); the chart asks for 1,200 px")
-        got.append(r)
-    out = got[len(got) // 2]
-    for k in ("up_s", "chart_s", "runs_view_s"):
-        out[k] = statistics.median(g[k] for g in got)
-    return out
+    r = measure(launch, lambda: _get(url[0] + "api/runs/big/ten_million/series?metric=loss&points=1200"),
+                lambda: _get(url[0] + "api/runs"), timeout)
+    doc = json.loads(r.pop("body"))
+    r.update(points_sent=len(doc["x"]), max=max(doc["y"]), runs_listed=json.loads(r.pop("runs"))["total"],
+             settings="python -m expman.dashboard BASE --port 0 (defaults); the chart asks for 1,200 px")
+    return r
 
 
 def mlflow_rows(data: Path, points: int, runs: int, timeout: float) -> dict[str, Any]:
@@ -159,7 +157,7 @@ def mlflow_rows(data: Path, points: int, runs: int, timeout: float) -> dict[str,
         return stop, proc.pid, t, partial(_get, root + "health")
     r = measure(launch, partial(_get, api + f"metrics/get-history-bulk-interval?run_ids={meta['run']}&metric_key=loss"),
                 partial(post, api + "runs/search", {"experiment_ids": [meta["sweep"]], "max_results": runs}),
-                timeout)
+                timeout, root + "version")
     ms = json.loads(r.pop("body"))["metrics"]
     r.update(points_sent=len(ms), max=max(m["value"] for m in ms),
              runs_listed=len(json.loads(r.pop("runs"))["runs"]),
@@ -214,7 +212,8 @@ def trackio_rows(data: Path, points: int, runs: int, timeout: float) -> dict[str
         return stop, proc.pid, t, partial(post, api + "get_all_projects", {})
     r = measure(launch, partial(post, api + "get_logs_batch", {"project": "big", "scalar_only": True,
                                                                 "runs": [{"run": "one_series", "run_id": None}]}),
-                partial(post, api + "get_runs_for_project", {"project": "sweep"}), timeout)
+                partial(post, api + "get_runs_for_project", {"project": "sweep"}), timeout,
+                f"http://127.0.0.1:{port}/version")
     logs = json.loads(r.pop("body"))["data"][0]["logs"]
     ys = [x["loss"] for x in logs if isinstance(x.get("loss"), (int, float))]
     r.update(points_sent=len(ys), max=max(ys), runs_listed=len(json.loads(r.pop("runs"))["data"]),
@@ -249,7 +248,11 @@ def main() -> int:
                 continue
             name, fn = PEERS[key]
             try:
-                r = fn(data, args.points, args.runs, args.timeout)
+                got = [fn(data, args.points, args.runs, args.timeout) for _ in range(FRESH)]
+                r = got[-1]
+                for k in ("up_s", "chart_s", "runs_view_s"):     # the median over FRESH launches
+                    r[k + "_all"] = [g[k] for g in got]
+                    r[k] = statistics.median(r[k + "_all"])
             except (OSError, subprocess.SubprocessError, TimeoutError, ImportError) as e:
                 rows.append({"peer": name, "missing": f"could not run: {e!r}"[:300]})
                 continue
@@ -269,7 +272,8 @@ def main() -> int:
             continue
         print(f"{r['peer']:26} {r['up_s']:>6.2f} s {r['chart_s']:>6.2f} s {r['points_sent']:>6,} "
               f"{'kept' if r['spike_kept'] else 'lost':>6} {r['rss_mb']:>5.0f} MB {r['runs_view_s']:>8.2f} s "
-              f"{r['load_average_1min']:>5.2f}  {r['settings']} (runs listed: {r['runs_listed']})")
+              f"{r['load_average_1min']:>5.2f}  {r['settings']} (runs listed: {r['runs_listed']}; "
+              f"the server: {r['effective']})")
     return 0
 
 
