@@ -4,7 +4,11 @@ latency, browser CPU with 20 live charts, and server memory.
 
     python bench/dashboard.py                    # ~3 minutes; the figures in docs/dashboard.md
     python bench/dashboard.py --points 1000000 --runs 500 --quick
-    python bench/dashboard.py --tensorboard      # also TensorBoard on the same 10 M points
+    python bench/dashboard.py --only tensorboard --tb-slow   # beside TensorBoard, 200 k and 1 M points
+
+`--tensorboard` runs TensorBoard as a user does (`tensorboard --logdir`, its defaults:
+`--load_fast auto`, the Rust tensorboard-data-server); `--tb-slow` adds the pure-Python
+loader as a labelled row. Each server's effective settings are printed beside its figures.
 
 The server runs as its own process (`python -m expman.dashboard`), the browser
 is Debian's headless Chromium driven by Playwright. Absolute numbers move with
@@ -17,11 +21,13 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from functools import partial
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -120,7 +126,7 @@ class Server:
         self.proc.wait(timeout=30)
 
 
-def until(check: Any, timeout: float = 120.0) -> Any:
+def until(check: Any, timeout: float = 120.0, every: float = 0.005) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         v = check()
@@ -128,7 +134,7 @@ def until(check: Any, timeout: float = 120.0) -> Any:
             return v
         if time.monotonic() > deadline:
             raise TimeoutError(str(check))
-        time.sleep(0.005)
+        time.sleep(every)
 
 
 def bench_big(pw: Any, base: Path, points: int, results: dict[str, Any]) -> None:
@@ -137,7 +143,6 @@ def bench_big(pw: Any, base: Path, points: int, results: dict[str, Any]) -> None
     results["big_write_s"] = time.perf_counter() - t
     size = (base / "big" / "ten_million" / "metrics.bin").stat().st_size
     results["big_file_mb"] = size / 1e6
-    import statistics
     series = "api/runs/big/ten_million/series?metric=loss&points=1200"
     colds, firsts = [], []
     for attempt in range(FRESH):           # a fresh server each time: nothing decoded yet
@@ -252,46 +257,172 @@ def bench_live(pw: Any, base: Path, charts: int, results: dict[str, Any]) -> Non
             srv.close()
 
 
-def bench_tensorboard(base: Path, points: int, results: dict[str, Any]) -> None:
-    """The same series as TensorBoard event files (tensorboardX), served by `tensorboard`."""
-    import socket
+TB_WRITE = textwrap.dedent("""
+    import sys, math
+    from tensorboardX import SummaryWriter
+    w = SummaryWriter(sys.argv[1], max_queue=100000, flush_secs=3600)
+    for i in range(int(sys.argv[2])):
+        w.add_scalar("loss", math.sin(i * 1e-5) + (50.0 if i % 1_000_003 == 777 else 0.0), i)
+    w.close()
+""")
 
-    logdir = base / "tb"
-    code = textwrap.dedent("""
-        import sys, math
-        from tensorboardX import SummaryWriter
-        w = SummaryWriter(sys.argv[1], max_queue=100000, flush_secs=3600)
-        for i in range(int(sys.argv[2])):
-            w.add_scalar("loss", math.sin(i * 1e-5) + (50.0 if i % 1_000_003 == 777 else 0.0), i)
-        w.close()
-    """)
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, str(logdir), str(points)], check=True)
-    results["tb_write_s"] = time.perf_counter() - t
+
+def tree_pids(pid: int) -> list[int]:
+    """A process and its descendants: TensorBoard's default loader is a child process."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    todo, found = [pid], []
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(kids.get(p, []))
+    return found
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of a server with its child processes."""
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            total += rss_mb(p)
+        except OSError:
+            pass
+    return total
+
+
+def free_port() -> int:
+    import socket
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    tb = shutil.which("tensorboard") or str(Path(sys.executable).with_name("tensorboard"))
-    t = time.perf_counter()
-    proc = subprocess.Popen([tb, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port),
-                             "--load_fast", "false"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?tag=loss&run=."
+    return port
 
-        def ready() -> Any:
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    data = json.loads(r.read())
-                return data if data and data[-1][1] >= points - 1 else None
-            except OSError:
-                return None
-        data = until(ready, timeout=900)
-        results.update(tb_first_full_answer_s=time.perf_counter() - t, tb_points_sent=len(data),
-                       tb_series_max=max(d[2] for d in data), tb_server_rss_mb=rss_mb(proc.pid))
+
+def write_both(data: Path, points: int, results: dict[str, Any]) -> tuple[Path, Path]:
+    """One series of `points` steps with a one-step spike of 50 at step 777, written by
+    expman and by tensorboardX (TensorBoard's writer); kept in `data` and reused."""
+    ex, tb = data / f"expman-{points}", data / f"tb-{points}"
+    for d, cmd, key in ((ex, [MAKE_BIG, str(ex)], "expman"), (tb, [TB_WRITE, str(tb)], "tensorboardX")):
+        if d.exists():
+            continue
+        tmp = d.with_name(d.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", cmd[0], str(tmp), str(points)], env=ENV, check=True)
+        results[f"write_{key}_{points}_s"] = time.perf_counter() - t
+        tmp.rename(d)
+    return ex, tb
+
+
+def serve_expman(base: Path, points: int, timeout: float) -> dict[str, Any]:
+    """From launching `python -m expman.dashboard` to the chart's answer (1,200 px)."""
+    t = time.perf_counter()
+    srv = Server(base)
+    try:
+        body = until(lambda: _get(srv.url + "api/runs/big/ten_million/series?metric=loss&points=1200"),
+                     timeout, every=0.05)
+        took = time.perf_counter() - t
+        doc = json.loads(body)
+        return {"first_full_answer_s": took, "points_sent": len(doc["x"]), "max": max(doc["y"]),
+                "last_step": doc["x"][-1], "rss_mb": tree_rss_mb(srv.proc.pid),
+                "settings": "python -m expman.dashboard BASE --port 0 (defaults)"}
     finally:
-        proc.terminate()
+        srv.close()
+
+
+def _get(url: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return bytes(r.read())
+    except OSError:
+        return None
+
+
+def serve_tensorboard(logdir: Path, points: int, flags: list[str], timeout: float) -> dict[str, Any]:
+    """From launching `tensorboard --logdir` to an answer holding the series' last step
+    (it loads in the background and answers with what it has read until then)."""
+    port = free_port()
+    tb = shutil.which("tensorboard") or str(Path(sys.executable).with_name("tensorboard"))
+    base = f"http://127.0.0.1:{port}/"
+    t = time.perf_counter()
+    proc = subprocess.Popen([tb, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port), *flags],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    last: list[Any] = []
+    try:
+        def full() -> Any:
+            body = _get(base + "data/plugin/scalars/scalars?tag=loss&run=.")
+            if body is None:
+                return None
+            data = json.loads(body)
+            last[:] = data
+            return data if data and data[-1][1] >= points - 1 else None
+        try:
+            data = until(full, timeout, every=0.05)
+        except TimeoutError:
+            return {"first_full_answer_s": None, "timed_out_s": timeout,
+                    "last_step": last[-1][1] if last else None, "points_sent": len(last),
+                    "rss_mb": tree_rss_mb(proc.pid), "settings": " ".join(flags) or "defaults"}
+        took = time.perf_counter() - t
+        env = json.loads(_get(base + "data/environment") or b"{}")
+        fl = env.get("debug", {}).get("flags", {})
+        return {"first_full_answer_s": took, "points_sent": len(data), "max": max(d[2] for d in data),
+                "last_step": data[-1][1], "rss_mb": tree_rss_mb(proc.pid),
+                "settings": f"load_fast={fl.get('load_fast')} "
+                            f"data_provider={env.get('debug', {}).get('data_provider', '?').split('(')[0]} "
+                            f"samples_per_plugin={fl.get('samples_per_plugin') or 'default (scalars 1000)'}"}
+    finally:
+        os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+def bench_tensorboard(data: Path, sizes: list[int], slow: bool, timeout: float,
+                      results: dict[str, Any]) -> None:
+    """expman serve and TensorBoard on the same series, one size after another. TensorBoard
+    runs as `tensorboard --logdir` does by default (`--load_fast auto`: the Rust
+    tensorboard-data-server from the tensorboard wheel); `--tb-slow` adds the pure-Python
+    loader (`--load_fast false`) as its own, labelled row."""
+    import tensorboard
+    rows = []
+    for n in sizes:
+        ex, tb = write_both(data, n, results)
+        peers = [("expman serve", partial(serve_expman, ex, n, timeout)),
+                 (f"TensorBoard {tensorboard.__version__} (default)", partial(serve_tensorboard, tb, n, [], timeout))]
+        if slow:
+            peers.append((f"TensorBoard {tensorboard.__version__} --load_fast false",
+                          partial(serve_tensorboard, tb, n, ["--load_fast", "false"], timeout)))
+        for name, fn in peers:
+            runs = []              # the fast servers: the median over FRESH launches
+            for _ in range(1 if "load_fast false" in name else FRESH):
+                runs.append(fn())
+                if runs[-1]["first_full_answer_s"] is None:
+                    break
+            times = [x["first_full_answer_s"] for x in runs]
+            r = runs[len(runs) // 2] if None not in times else runs[-1]
+            if None not in times:
+                r["first_full_answer_s"] = statistics.median(times)
+            r.update(peer=name, points=n, all_s=times, spike_kept=r.get("max") is not None and r["max"] > 25,
+                     load_average_1min=os.getloadavg()[0])
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    results["vs_tensorboard"] = rows
+    print(f"\n{'peer':40} {'points':>9} {'first full answer':>18} {'/expman':>8} {'sent':>6} {'spike':>6} "
+          f"{'RSS':>8} {'load':>5}  settings")
+    ours = {r["points"]: r["first_full_answer_s"] for r in rows if r["peer"] == "expman serve"}
+    for r in rows:
+        s = r["first_full_answer_s"]
+        took = f"{s:.2f} s" if s is not None else f"> {r['timed_out_s']:.0f} s (step {r['last_step']})"
+        ratio = f"{s / ours[r['points']]:.1f}x" if s is not None else "-"
+        print(f"{r['peer']:40} {r['points']:>9,} {took:>18} {ratio:>8} {r['points_sent']:>6,} "
+              f"{'kept' if r['spike_kept'] else 'lost':>6} {r['rss_mb']:>5.0f} MB {r['load_average_1min']:>5.2f}"
+              f"  {r['settings']}")
 
 
 def main() -> int:
@@ -299,10 +430,16 @@ def main() -> int:
     ap.add_argument("--points", type=int, default=10_000_000)
     ap.add_argument("--runs", type=int, default=5000)
     ap.add_argument("--charts", type=int, default=20)
-    ap.add_argument("--only", choices=("big", "many", "live"), action="append",
+    ap.add_argument("--only", choices=("big", "many", "live", "tensorboard"), action="append",
                     help="run only these parts (repeatable)")
-    ap.add_argument("--tensorboard", action="store_true")
-    ap.add_argument("--tb-points", type=int, default=None, help="default: --points")
+    ap.add_argument("--tensorboard", action="store_true",
+                    help="also expman serve beside TensorBoard (its defaults) on the same series")
+    ap.add_argument("--tb-points", default="200000,1000000", help="series lengths, comma-separated")
+    ap.add_argument("--tb-slow", action="store_true",
+                    help="add TensorBoard's pure-Python loader (--load_fast false) as its own row")
+    ap.add_argument("--tb-timeout", type=float, default=300.0, help="seconds per server to load a series")
+    ap.add_argument("--data-dir", type=Path, default=None,
+                    help="keep the written series here and reuse them (tensorboardX writes 1 M points in ~1 min)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
     results: dict[str, Any] = {"points": args.points, "runs": args.runs}
@@ -317,13 +454,18 @@ def main() -> int:
             shutil.rmtree(base)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                               for k, v in results.items()}), flush=True)
-        if args.tensorboard:
-            bench_tensorboard(Path(tmp), args.tb_points or args.points, results)
+        if args.tensorboard or "tensorboard" in (args.only or ()):
+            data = args.data_dir or Path(tmp) / "vs"
+            data.mkdir(parents=True, exist_ok=True)
+            bench_tensorboard(data, [int(n) for n in args.tb_points.split(",")], args.tb_slow,
+                              args.tb_timeout, results)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     results["load_average_1min"] = os.getloadavg()[0]
     (out / "dashboard.json").write_text(json.dumps(results, indent=2))
     for k, v in results.items():
+        if isinstance(v, list):
+            continue
         print(f"{k:28} {v:.3f}" if isinstance(v, float) else f"{k:28} {v}")
     return 0
 
