@@ -51,6 +51,7 @@ from expman import layout
 from expman._fsutil import atomic_write_json, read_json, read_json_object
 from expman.errors import ExpmanValueError
 from expman.liveness import effective_status
+from expman.reader import listing_loss
 from expman.readmodel import merge_summaries, summary_from_json, summary_to_json
 from expman.series import Series
 
@@ -212,7 +213,8 @@ def _export_run(run_dir: Path, old: dict[str, Any] | None, damaged: dict[str, st
     info = {"id": rid, "experiment": run_dir.parent.name, "run_name": run_dir.name,
             "status": effective_status(meta, run_dir),
             "start_time": meta.get("start_time"), "end_time": meta.get("end_time"),
-            "duration": meta.get("duration"), "exit": meta.get("exit"), "path": run_dir}
+            "duration": meta.get("duration"), "exit": meta.get("exit"), "path": run_dir,
+            "data_loss": listing_loss(meta, run_dir)}
     row = run_row(info, params, summaries)
     return entry, row, new
 

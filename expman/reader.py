@@ -245,6 +245,16 @@ def rank_losses(meta: dict[str, Any], path: Path) -> dict[int, dict[str, Any]]:
     return out
 
 
+def listing_loss(meta: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """The loss a listing line shows: rank 0's, else the lowest rank's that lost
+    data (with ``rank``); any rank's loss marks the run."""
+    losses = rank_losses(meta, path)
+    if not losses:
+        return None
+    r = min(losses)
+    return losses[r] if r == 0 else {**losses[r], "rank": r}
+
+
 def _rank_loss(path: Path, rank: int, own: dict[str, Any] | None) -> dict[str, Any] | None:
     """A rank's recorded loss. A run.json its writer rewrote at close holds the whole
     figure; otherwise (still running, killed, or closed on a full disk that kept
@@ -487,11 +497,7 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
     if end is None and st == CRASHED:
         end = heartbeat(path)
     exit_info = meta.get("exit")
-    losses = rank_losses(meta, path)     # any rank's loss marks the run
-    loss = None
-    if losses:
-        r = min(losses)
-        loss = losses[r] if r == 0 else {**losses[r], "rank": r}
+    loss = listing_loss(meta, path)
     tags = meta.get("tags")
     group, notes = meta.get("group"), meta.get("notes")
     line = RunSummary(str(meta.get("experiment", exp)), str(meta.get("run_name", name)), st,

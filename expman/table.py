@@ -31,7 +31,8 @@ __all__ = ["runs", "FORMATS", "to_frame"]
 
 FORMATS = ("pandas", "polars", "arrow")
 RUN_COLUMNS = ("id", "experiment", "run_name", "status", "start_time", "end_time", "duration",
-               "points", "exit_reason", "path")
+               "points", "exit_reason", "rows_dropped", "events_dropped", "write_errors", "path")
+LOSS_COUNTS = ("rows_dropped", "events_dropped", "write_errors")   # of any rank (the listing's)
 _NONFINITE = {layout.NAN: float("nan"), layout.POS_INF: float("inf"),
               layout.NEG_INF: float("-inf")}
 
@@ -84,6 +85,7 @@ def run_row(info: Mapping[str, Any], params: Mapping[str, Any],
         "start_time": info.get("start_time"), "end_time": info.get("end_time"),
         "duration": info.get("duration"), "points": sum(m.count for m in summaries.values()),
         "exit_reason": exit_info.get("reason") if isinstance(exit_info, dict) else None,
+        **_loss_counts(info.get("data_loss")),
         "path": str(info.get("path")) if info.get("path") is not None else None,
     }
     for k, v in flatten_params(params).items():
@@ -92,6 +94,13 @@ def run_row(info: Mapping[str, Any], params: Mapping[str, Any],
         for column, v in (("last", m.last_value), ("min", m.min), ("max", m.max)):
             row[f"metrics.{name}.{column}"] = v
     return row
+
+
+def _loss_counts(loss: Any) -> dict[str, int]:
+    """The listing's recorded loss (reader.rank_losses: any rank's, the loss record
+    included) as numbers a filter can use: 0 when nothing was lost."""
+    loss = loss if isinstance(loss, Mapping) else {}
+    return {k: v if type(v) is int else 0 for k in LOSS_COUNTS for v in [loss.get(k)]}
 
 
 def _column(values: list[Any]) -> list[Any]:

@@ -579,9 +579,7 @@ ALLOWED_OPENS = {
     ("sync.py", "put_file", "self.fs.open"): "an object-store upload (fsspec), not a local file",
     ("tbio.py", "_event_values", "im.read_bytes"): "media_read.Image.read_bytes (guarded)",
     ("tbio.py", "read_records", "os.fdopen"): "a descriptor from _fsutil.open_regular",
-    # known gaps, owned elsewhere (issue 20): to move onto the guarded layer
-    ("dashboard/server.py", "api_artifact", "open"): "dashboard: is_file() and resolved "
-                                                     "inside the artifacts folder first",
+    # not a run file, or opened by path after a check (documented)
     ("lake.py", "_write_atomic", "open"): "the lake's own output file, not a run file",
     ("dashboard/access.py", "read_token", "open"): "the user's --token-file, not a run file",
     ("watch/rules.py", "parse_config", "open"): "the user's watch config (TOML), not a run file",

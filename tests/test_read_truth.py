@@ -21,7 +21,7 @@ from expman._fsutil import atomic_write_json, read_json
 from expman.cli import main
 from expman.errors import WriterError
 
-from conftest import make_crashed_run
+from conftest import need, make_crashed_run
 
 
 def cli(*args: str) -> tuple[int, str, str]:
@@ -61,6 +61,19 @@ def test_recorded_loss_is_reported_everywhere(make_run, base):
     report = expman.verify_run(run_dir)
     assert not report["ok"] and report["data_loss"]["rows_dropped"] == 50
     assert expman.list_runs(base)[0].data_loss["rows_dropped"] == 50
+    need("pandas")
+    assert expman.runs(base)["rows_dropped"].tolist() == [50]          # the table too
+
+
+def test_the_lake_carries_recorded_loss(make_run, base, tmp_path):
+    need("pyarrow")
+    duckdb = need("duckdb")
+    from expman.lake import export_lake
+    run_dir = lossy_run(make_run)
+    export_lake(base, tmp_path / "lake")
+    got = duckdb.sql(f"select id, rows_dropped from read_parquet('{tmp_path}/lake/runs/**/*.parquet')"
+                     ).fetchall()
+    assert got == [(f"{run_dir.parent.name}/{run_dir.name}", 50)]
 
 
 def test_export_format_follows_the_extension(make_run, tmp_path):

@@ -551,8 +551,15 @@ async def api_artifact(request: Request) -> Response:
             n = max(0, min(int(head), 1 << 20))
         except ValueError:
             raise HTTPException(400, f"head={head!r} is not an integer") from None
-        with open(f, "rb") as fh:
-            data = fh.read(n)
+        from expman._fsutil import open_nofollow, read_range
+        try:
+            fd = open_nofollow(f, os.O_RDONLY)
+        except (OSError, ValueError):
+            raise _not_found(f"artifact {rel!r} of {exp}/{name}") from None
+        try:
+            data = read_range(fd, 0, n)
+        finally:
+            os.close(fd)
         return Response(data, media_type="text/plain; charset=utf-8")
     disposition = "inline" if ctype in INLINE_TYPES else "attachment"
     return FileResponse(f, media_type=ctype, filename=f.name,
