@@ -130,8 +130,25 @@ def chart(page: Any, metric: str) -> Any:
 
 
 def select(page: Any, *run_ids: str) -> None:
+    """Chart exactly these runs (the page starts with the newest ones selected)."""
+    row(page, run_ids[0]).wait_for()
+    page.click("#select-none")
     for rid in run_ids:
         row(page, rid).locator("input[type=checkbox]").check()
+
+
+def new_page(browser: Any, url: str) -> tuple[Any, Any, "Watch"]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    return ctx, pg, Watch(pg, url)
+
+
+def plotted(page: Any, metric: str) -> list[dict[str, Any]]:
+    """What uPlot holds for a chart: each series' label, colour and y values."""
+    return chart(page, metric).evaluate("""e => { const p = e._chart.plot;
+        return p.series.slice(1).map((s, i) => ({ label: s.label, y: p.data[i + 1],
+            stroke: typeof s.stroke === "function" ? s.stroke(p, i + 1) : s.stroke })); }""")
 
 
 def test_runs_view_lists_runs_with_distinct_statuses_and_filters(page: Any, site: Any) -> None:
@@ -445,5 +462,52 @@ def test_the_runs_view_loads_in_pages_sorted_by_the_server(browser: Any, tmp_pat
         first = pg.locator("#runs tr[data-id]").first.get_attribute("data-id")
         assert first == "many/r519"                                  # the newest first
         assert pg.locator("#base").inner_text() == "experiments"      # a name, not a path
+        watch.check()
+        ctx.close()
+
+
+def test_first_page_charts_the_newest_runs_in_distinct_colours(browser: Any, tmp_path: Path) -> None:
+    """Nothing selected yet: the newest five runs are charted at once, each run in its own
+    palette colour (six runs, six colours); two `expman demo` runs draw two different curves."""
+    base = tmp_path / "experiments"
+    for i in range(4):
+        with expman.Experiment("sweep", f"r{i}", base_dir=base, capture_env=False,
+                               system_metrics=False) as exp:
+            for step in range(5):
+                exp.log_metrics({"train_loss": 1.0 / (step + 1 + i)}, step=step)
+    env = dict(os.environ, EXPMAN_DIR=str(base),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    for _ in range(2):
+        subprocess.run([sys.executable, "-m", "expman", "demo", "--steps", "30", "--delay", "0"],
+                       env=env, check=True, stdout=subprocess.DEVNULL, cwd=tmp_path)
+    demos = sorted(f"demo/{p.name}" for p in (base / "demo").iterdir() if not p.is_symlink())
+    assert len(demos) == 2
+    with running_server(base) as url:
+        ctx, pg, watch = new_page(browser, url)
+        pg.goto(url)
+        pg.wait_for_selector('section.chart[data-metric="train_loss"][data-series="5"]')
+        checked = pg.locator("#runs tr[data-id]").evaluate_all(
+            "rs => rs.filter(r => r.querySelector('input').checked).map(r => r.dataset.id)")
+        assert sorted(checked) == sorted(["sweep/r1", "sweep/r2", "sweep/r3", *demos])
+        swatches = pg.locator("#runs tr[data-id] .swatch").evaluate_all(
+            "ss => ss.map(s => getComputedStyle(s).backgroundColor)")
+        assert len(swatches) == 6 and len(set(swatches)) == 6, swatches
+        series = plotted(pg, "train_loss")
+        assert sorted(s["label"] for s in series) == sorted(checked)
+        assert len({s["stroke"] for s in series}) == 5
+        for s in series:                        # the chart's colour is the row's swatch
+            sw = row(pg, s["label"]).locator(".swatch").evaluate("s => s.style.background")
+            hexed = "#%02x%02x%02x" % tuple(int(v) for v in sw[4:-1].split(","))
+            assert hexed == s["stroke"]
+        a, b = (next(s["y"] for s in series if s["label"] == d) for d in demos)
+        assert [v for v in a if v is not None] != [v for v in b if v is not None]
+        pg.reload()                                                   # stable across reloads
+        pg.wait_for_selector('section.chart[data-metric="train_loss"][data-series="5"]')
+        again = pg.locator("#runs tr[data-id] .swatch").evaluate_all(
+            "ss => ss.map(s => getComputedStyle(s).backgroundColor)")
+        assert again == swatches
+        pg.click("#select-none")                                      # the user's choice stays
+        pg.wait_for_selector('section.chart[data-metric="train_loss"]', state="detached")
+        assert "Select runs" in pg.locator("#charts-hint").inner_text()
         watch.check()
         ctx.close()

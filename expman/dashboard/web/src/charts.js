@@ -28,8 +28,10 @@ function scheduleRedraw(chart) {
 const X_LABEL = { step: "step", rel: "relative time (s)", time: "wall time" };
 
 export class ChartPanel {
-  constructor(root) {
+  // has(id, metric): whether run id has the metric (its chart asks only those runs)
+  constructor(root, { has = () => true } = {}) {
     this.root = root;
+    this.has = has;
     this.runs = [];
     this.opts = { x: "step", log: false, smooth: 0, filter: "" };
     this.charts = new Map();
@@ -134,7 +136,7 @@ class Chart {
 
   async load(onlyRun) {
     const opts = this.panel.opts;
-    const runs = onlyRun ? [onlyRun] : this.panel.runs;
+    const runs = (onlyRun ? [onlyRun] : this.panel.runs).filter((id) => this.panel.has(id, this.metric));
     const ticket = {};
     this.loading = ticket;
     const q = new URLSearchParams({ metric: this.metric, x: opts.x, points: String(this.width) });

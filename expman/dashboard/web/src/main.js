@@ -1,7 +1,7 @@
 // expman serve's page. Routes (in the URL fragment): #/ the runs view with the
 // charts of the selected runs, #/run/EXP/RUN a run page, #/compare?run=..&run=..
 // Live data comes from one EventSource on /api/stream.
-import { el, clear, getJSON } from "./dom.js";
+import { el, clear, getJSON, setColorIndex } from "./dom.js";
 import { RunsTable, encodeId } from "./runs.js";
 import { ChartPanel } from "./charts.js";
 import { showRun, showCompare } from "./run.js";
@@ -30,7 +30,11 @@ function buildHome() {
     compareBtn);
   const hint = el("p", { class: "muted", id: "charts-hint", text: "Select runs to see their charts." });
   const view = el("div", {}, tableRoot, el("h2", { text: "Charts" }), controls, hint, chartsRoot);
-  const charts = new ChartPanel(chartsRoot);
+  // a live run may log a metric its row does not show yet: its chart asks for it anyway
+  const charts = new ChartPanel(chartsRoot, { has: (id, m) => {
+    const r = table.rows.get(id);
+    return !r || r.status === "RUNNING" || m in r.last_metrics;
+  } });
   const table = new RunsTable(tableRoot, { onSelect: (ids) => select(ids) });
   function select(ids) {
     const metrics = new Set();
@@ -46,16 +50,23 @@ function buildHome() {
 
 // The runs list in pages, sorted by the server (newest first): the first page is
 // drawn at once, the rest is added as it comes (filters and sorting then cover all).
+// Each run gets its colour index from its place counted from the oldest.
 const FIRST_PAGE = 500;
 const NEXT_PAGE = 5000;
+const DEFAULT_SELECTED = 5;       // the newest runs charted when nothing is selected
 
 async function loadRuns() {
   const first = await getJSON(`/api/runs?limit=${FIRST_PAGE}&sort=start_time&order=desc`);
   document.getElementById("base").textContent = first.base;
+  first.runs.forEach((r, i) => setColorIndex(r.id, first.total - 1 - i));
   home.table.setRows(first.runs);
+  if (!home.table.selected.size) {
+    home.table.setSelected(first.runs.slice(0, DEFAULT_SELECTED).map((r) => r.id));
+  }
   for (let offset = first.runs.length; offset < first.total; offset += NEXT_PAGE) {
     const page = await getJSON(`/api/runs?offset=${offset}&limit=${NEXT_PAGE}&sort=start_time&order=desc`);
     if (!page.runs.length) break;
+    page.runs.forEach((r, i) => setColorIndex(r.id, first.total - 1 - offset - i));
     home.table.addRows(page.runs);
   }
 }
