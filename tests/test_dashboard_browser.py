@@ -511,3 +511,42 @@ def test_first_page_charts_the_newest_runs_in_distinct_colours(browser: Any, tmp
         assert "Select runs" in pg.locator("#charts-hint").inner_text()
         watch.check()
         ctx.close()
+
+
+def test_charts_come_in_foldable_sections_system_last_and_folded(browser: Any, tmp_path: Path) -> None:
+    """Charts grouped by prefix: the user's own metrics first, `system/` last and folded
+    (its charts not even fetched), each section foldable, the folding kept per base dir."""
+    base = tmp_path / "experiments"
+    with expman.Experiment("s", "one", base_dir=base, capture_env=False, system_metrics=False) as exp:
+        for step in range(4):
+            exp.log_metrics({"loss": 1.0, "train/loss": 2.0, "val/acc": 0.5, "system/cpu_percent": 9.0,
+                             "system/memory_rss": 1e8}, step=step)
+    with running_server(base) as url:
+        ctx, pg, watch = new_page(browser, url)
+        pg.goto(url)
+        pg.wait_for_selector('section.chart[data-metric="val/acc"][data-series="1"]')
+        sections = pg.locator("#charts details.chart-section").evaluate_all(
+            "ds => ds.map(d => [d.dataset.section, d.open, [...d.querySelectorAll('section.chart')]"
+            ".map(c => c.dataset.metric)])")
+        assert sections == [["", True, ["loss"]], ["train", True, ["train/loss"]],
+                            ["val", True, ["val/acc"]],
+                            ["system", False, ["system/cpu_percent", "system/memory_rss"]]]
+        assert chart(pg, "system/cpu_percent").get_attribute("data-series") is None    # not fetched
+        assert not [u for u in watch.requests if "system%2Fcpu" in u]
+        system = pg.locator('details[data-section="system"]')
+        system.locator("summary").click()                             # unfold: charts drawn
+        pg.wait_for_selector('section.chart[data-metric="system/cpu_percent"][data-series="1"]')
+        assert plotted(pg, "system/cpu_percent")[0]["y"] == [9.0] * 4
+        pg.locator('details[data-section="train"] summary').click()   # fold train
+        until(lambda: not pg.locator('details[data-section="train"]').evaluate("d => d.open"))
+        pg.reload()
+        pg.wait_for_selector('section.chart[data-metric="val/acc"][data-series="1"]')
+        opened = dict(pg.locator("#charts details.chart-section").evaluate_all(
+            "ds => ds.map(d => [d.dataset.section, d.open])"))
+        assert opened == {"": True, "train": False, "val": True, "system": True}
+        assert pg.locator('details[data-section="train"] section.chart').is_hidden()
+        pg.fill("#metric-filter", "acc")                              # a filter hides empty sections
+        assert pg.locator('details[data-section="system"]').is_hidden()
+        assert pg.locator('details[data-section="val"]').is_visible()
+        watch.check()
+        ctx.close()

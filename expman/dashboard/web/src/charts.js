@@ -1,4 +1,5 @@
-// One chart per metric for the selected runs, overlaid. The server decimates
+// One chart per metric for the selected runs, overlaid, in sections by the name's
+// prefix (`train/`, `val/`; names without one first, `system/` last and folded). The server decimates
 // each series for the chart's width (min/max buckets: no spike is lost);
 // zooming asks again for the visible range, down to the raw points. Live points
 // arrive from the event stream and are appended; charts out of view wait.
@@ -29,9 +30,12 @@ const X_LABEL = { step: "step", rel: "relative time (s)", time: "wall time" };
 
 export class ChartPanel {
   // has(id, metric): whether run id has the metric (its chart asks only those runs)
-  constructor(root, { has = () => true } = {}) {
+  // storageKey(): where the sections' folding is kept (per base dir)
+  constructor(root, { has = () => true, storageKey = () => "" } = {}) {
     this.root = root;
     this.has = has;
+    this.storageKey = storageKey;
+    this.sections = new Map();    // prefix -> {details, grid, count}
     this.runs = [];
     this.opts = { x: "step", log: false, smooth: 0, filter: "" };
     this.charts = new Map();
@@ -81,18 +85,66 @@ export class ChartPanel {
 
   order() {
     const f = this.opts.filter.trim().toLowerCase();
-    const names = [...this.charts.keys()].sort();
+    const bySection = new Map();
+    for (const name of [...this.charts.keys()].sort()) {
+      const key = sectionOf(name);
+      if (!bySection.has(key)) bySection.set(key, []);
+      bySection.get(key).push(name);
+    }
     const frag = document.createDocumentFragment();
     let shown = 0;
-    for (const name of names) {
-      const c = this.charts.get(name);
-      const hide = f && !name.toLowerCase().includes(f);
-      c.card.hidden = !!hide;
-      if (!hide) shown++;
-      frag.append(c.card);
+    for (const key of [...bySection.keys()].sort(sectionOrder)) {
+      const sec = this.section(key);
+      let inSection = 0;
+      for (const name of bySection.get(key)) {
+        const c = this.charts.get(name);
+        const hide = f && !name.toLowerCase().includes(f);
+        c.card.hidden = !!hide;
+        if (!hide) inSection++;
+        sec.grid.append(c.card);
+      }
+      sec.count.textContent = `${inSection} chart${inSection === 1 ? "" : "s"}`;
+      sec.details.hidden = inSection === 0;
+      shown += inSection;
+      frag.append(sec.details);
+    }
+    for (const [key, sec] of this.sections) {
+      if (!bySection.has(key)) { sec.details.remove(); this.sections.delete(key); }
     }
     this.root.append(frag);
     this.root.dataset.charts = String(shown);
+  }
+
+  section(key) {
+    let sec = this.sections.get(key);
+    if (sec) return sec;
+    const grid = el("div", { class: "charts-grid" });
+    const count = el("span", { class: "section-count" });
+    const details = el("details", { class: "chart-section", "data-section": key },
+      el("summary", {}, el("span", { class: "section-name", text: key ? `${key}/` : "metrics" }), count), grid);
+    details.open = !this.folded(key);
+    details.addEventListener("toggle", () => this.saveFolded(key, !details.open));
+    sec = { details, grid, count };
+    this.sections.set(key, sec);
+    return sec;
+  }
+
+  // folding kept in localStorage per base dir: {prefix: true when folded}
+  foldState() {
+    try { return JSON.parse(localStorage.getItem(`expman.folded:${this.storageKey()}`) || "{}"); }
+    catch { return {}; }
+  }
+
+  folded(key) {
+    const state = this.foldState();
+    return key in state ? !!state[key] : key === "system";
+  }
+
+  saveFolded(key, folded) {
+    const state = this.foldState();
+    if (state[key] === folded || (!(key in state) && folded === (key === "system"))) return;
+    state[key] = folded;
+    try { localStorage.setItem(`expman.folded:${this.storageKey()}`, JSON.stringify(state)); } catch { /* full or off */ }
   }
 
   // live points from the event stream
@@ -255,6 +307,17 @@ class Chart {
     if (this.plot) this.plot.destroy();
     this.card.remove();
   }
+}
+
+// "train/loss" -> "train"; "loss" -> "" (the user's own metrics, first)
+function sectionOf(name) {
+  const i = name.indexOf("/");
+  return i > 0 ? name.slice(0, i) : "";
+}
+
+function sectionOrder(a, b) {
+  const rank = (k) => (k === "" ? 0 : k === "system" ? 2 : 1);
+  return rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0);
 }
 
 // [x, y] sorted by x (uPlot.join needs ascending x); non-finite and, on a log

@@ -34,7 +34,7 @@ function buildHome() {
   const charts = new ChartPanel(chartsRoot, { has: (id, m) => {
     const r = table.rows.get(id);
     return !r || r.status === "RUNNING" || m in r.last_metrics;
-  } });
+  }, storageKey: () => document.getElementById("base").textContent });
   const table = new RunsTable(tableRoot, { onSelect: (ids) => select(ids) });
   function select(ids) {
     const metrics = new Set();
