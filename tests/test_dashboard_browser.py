@@ -550,3 +550,30 @@ def test_charts_come_in_foldable_sections_system_last_and_folded(browser: Any, t
         assert pg.locator('details[data-section="val"]').is_visible()
         watch.check()
         ctx.close()
+
+
+def test_param_filter_reads_and_or_and_rejects_what_it_cannot_read(page: Any, site: Any) -> None:
+    """`or` is the union of what each side matches (`and` binds tighter); what the filter
+    cannot read is said on the page, never read into a value to match nothing."""
+    page.goto(site["url"])
+    row(page, "demo/run-a").wait_for()
+    err = page.locator(".expr-error")
+
+    def shown() -> list[str]:
+        return sorted(page.locator("#runs tr[data-id]").evaluate_all("rs => rs.map(r => r.dataset.id)"))
+    for expr, want in [
+        ("learning_rate == 0.01 or status == FAILED", ["demo/failed", "demo/run-a"]),
+        ("seed == 2 || note ~ script", [f"demo/{XSS_IMG}", "demo/run-b"]),
+        ("learning_rate > 0 and seed == 1 or status == FAILED", ["demo/failed", "demo/run-a"]),
+        ("model == 'mlp' and seed == 2", ["demo/run-b"]),
+    ]:
+        page.fill("#expr-filter", expr)
+        until(lambda want=want: shown() == want, what=f"{expr} shows {want}")
+        assert err.inner_text() == ""
+    for expr, says in [("(learning_rate < 1)", "parentheses are not supported"),
+                       ("learning_rate < 1 or", 'nothing after "or"'),
+                       ("model == mlp seed == 2", "a missing and/or?")]:
+        page.fill("#expr-filter", expr)
+        until(lambda says=says: says in err.inner_text(), what=f"{expr}: {says}")
+        assert err.is_visible()
+    page.watch.check()
