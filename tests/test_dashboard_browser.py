@@ -577,3 +577,35 @@ def test_param_filter_reads_and_or_and_rejects_what_it_cannot_read(page: Any, si
         until(lambda says=says: says in err.inner_text(), what=f"{expr}: {says}")
         assert err.is_visible()
     page.watch.check()
+
+
+def test_the_url_keeps_selection_filters_and_smoothing(page: Any, site: Any) -> None:
+    """A link with #/?run=..&expr=..&smooth=.. opens on that state; what the user changes
+    goes into the URL, so a reload shows the same (an empty selection too)."""
+    q = urllib.parse.urlencode([("run", "demo/run-b"), ("expr", "seed == 2 or seed == 1"),
+                                ("smooth", "0.5"), ("x", "rel")])
+    page.goto(f"{site['url']}#/?{q}")
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="1"]')
+    assert [s["label"] for s in plotted(page, "train_loss")] == ["demo/run-b (raw)", "demo/run-b"]
+    assert attr(page, "train_loss", "smooth") == "0.5"
+    assert page.input_value("#expr-filter") == "seed == 2 or seed == 1"
+    assert page.input_value("#x-axis") == "rel"
+    until(lambda: rows_shown(page) == 2)
+    row(page, "demo/run-a").locator("input[type=checkbox]").check()
+    page.fill("#smoothing", "0.3")
+    page.dispatch_event("#smoothing", "input")
+    page.fill("#expr-filter", "seed == 1")
+    until(lambda: "smooth=0.3" in page.url and "expr=seed" in page.url)
+    page.reload()
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="2"][data-smooth="0.3"]')
+    assert sorted(s["label"] for s in plotted(page, "train_loss")) == ["demo/run-a", "demo/run-a (raw)",
+                                                                      "demo/run-b", "demo/run-b (raw)"]
+    assert page.input_value("#expr-filter") == "seed == 1"
+    until(lambda: rows_shown(page) == 1)
+    page.click("#select-none")
+    until(lambda: "run=&" in page.url or page.url.endswith("run="))
+    page.reload()
+    row(page, "demo/run-a").wait_for()
+    assert page.locator("#runs input[type=checkbox]:checked").count() == 0
+    assert page.locator("section.chart").count() == 0
+    page.watch.check()

@@ -1,6 +1,8 @@
 // expman serve's page. Routes (in the URL fragment): #/ the runs view with the
 // charts of the selected runs, #/run/EXP/RUN a run page, #/compare?run=..&run=..
-// Live data comes from one EventSource on /api/stream.
+// Live data comes from one EventSource on /api/stream. The runs view keeps its state
+// (selection, filters, smoothing, x axis, log y) in its URL, #/?run=..&expr=..:
+// a reload or a shared link shows the same.
 import { el, clear, getJSON, setColorIndex } from "./dom.js";
 import { RunsTable, encodeId } from "./runs.js";
 import { ChartPanel } from "./charts.js";
@@ -11,6 +13,8 @@ const liveDot = document.getElementById("live-dot");
 let home = null;          // the runs view, kept across routes
 let stream = null;
 let runPanel = null;      // the run page's charts, fed by the stream too
+let autoSelected = false; // the selection is the default one (kept out of the URL)
+let applyingDefault = false;
 
 function buildHome() {
   const tableRoot = el("div", { class: "runs-view" });
@@ -30,6 +34,8 @@ function buildHome() {
     compareBtn);
   const hint = el("p", { class: "muted", id: "charts-hint", text: "Select runs to see their charts." });
   const view = el("div", {}, tableRoot, el("h2", { text: "Charts" }), controls, hint, chartsRoot);
+  view.addEventListener("input", () => saveState());
+  view.addEventListener("change", () => saveState());
   // a live run may log a metric its row does not show yet: its chart asks for it anyway
   const charts = new ChartPanel(chartsRoot, { has: (id, m) => {
     const r = table.rows.get(id);
@@ -37,6 +43,7 @@ function buildHome() {
   }, storageKey: () => document.getElementById("base").textContent });
   const table = new RunsTable(tableRoot, { onSelect: (ids) => select(ids) });
   function select(ids) {
+    if (!applyingDefault) autoSelected = false;
     const metrics = new Set();
     for (const id of ids) Object.keys(table.rows.get(id)?.last_metrics || {}).forEach((m) => metrics.add(m));
     charts.setRuns(ids, [...metrics]);
@@ -44,8 +51,44 @@ function buildHome() {
     compareBtn.disabled = ids.length < 2;
     table.draw();
     connect();
+    saveState();
   }
   return { view, table, charts, select };
+}
+
+// URL parameter -> the control holding it (a checkbox's value is "1" when ticked)
+const STATE = [["q", "text-filter"], ["status", "status-filter"], ["expr", "expr-filter"],
+  ["metrics", "metric-filter"], ["x", "x-axis"], ["log", "log-y"], ["smooth", "smoothing"]];
+
+function urlState() {
+  const hash = location.hash || "#/";
+  return hash.startsWith("#/?") ? new URLSearchParams(hash.slice(3)) : new URLSearchParams();
+}
+
+// the controls as the URL says, through their own handlers
+function applyState(params) {
+  for (const [key, id] of STATE) {
+    if (!params.has(key)) continue;
+    const input = home.view.querySelector(`#${id}`);
+    if (input.type === "checkbox") input.checked = params.get(key) === "1";
+    else input.value = params.get(key);
+    input.dispatchEvent(new Event(input.tagName === "SELECT" || input.type === "checkbox" ? "change" : "input"));
+  }
+}
+
+function saveState() {
+  if (!home || !(location.hash === "" || location.hash === "#/" || location.hash.startsWith("#/?"))) return;
+  const q = new URLSearchParams();
+  for (const [key, id] of STATE) {
+    const input = home.view.querySelector(`#${id}`);
+    const value = input.type === "checkbox" ? (input.checked ? "1" : "") : input.value;
+    if (value && !(key === "x" && value === "step") && !(key === "smooth" && value === "0")) q.set(key, value);
+  }
+  if (autoSelected) { /* the newest runs, again on the next visit */ }
+  else if (home.table.selected.size) home.table.selected.forEach((id) => q.append("run", id));
+  else q.set("run", "");                   // nothing selected, on purpose: no default
+  const hash = `#/?${q}`;
+  if (hash !== location.hash) history.replaceState(null, "", hash);
 }
 
 // The runs list in pages, sorted by the server (newest first): the first page is
@@ -60,14 +103,23 @@ async function loadRuns() {
   document.getElementById("base").textContent = first.base;
   first.runs.forEach((r, i) => setColorIndex(r.id, first.total - 1 - i));
   home.table.setRows(first.runs);
-  if (!home.table.selected.size) {
+  // the URL's selection (its runs as they are listed), else the newest runs
+  const wanted = urlState().has("run") ? new Set(urlState().getAll("run").filter(Boolean)) : null;
+  const pick = (runs) => runs.filter((r) => wanted.has(r.id)).map((r) => r.id);
+  if (wanted) home.table.setSelected(pick(first.runs));
+  else {
+    applyingDefault = true;
     home.table.setSelected(first.runs.slice(0, DEFAULT_SELECTED).map((r) => r.id));
+    applyingDefault = false;
+    autoSelected = true;
+    saveState();
   }
   for (let offset = first.runs.length; offset < first.total; offset += NEXT_PAGE) {
     const page = await getJSON(`/api/runs?offset=${offset}&limit=${NEXT_PAGE}&sort=start_time&order=desc`);
     if (!page.runs.length) break;
     page.runs.forEach((r, i) => setColorIndex(r.id, first.total - 1 - offset - i));
     home.table.addRows(page.runs);
+    if (wanted && pick(page.runs).length) home.table.setSelected([...home.table.selected, ...pick(page.runs)]);
   }
 }
 
@@ -120,6 +172,7 @@ async function route() {
 
 async function main() {
   home = buildHome();
+  applyState(urlState());
   window.addEventListener("hashchange", route);
   try {
     await loadRuns();
