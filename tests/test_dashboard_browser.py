@@ -467,8 +467,9 @@ def test_the_runs_view_loads_in_pages_sorted_by_the_server(browser: Any, tmp_pat
 
 
 def test_first_page_charts_the_newest_runs_in_distinct_colours(browser: Any, tmp_path: Path) -> None:
-    """Nothing selected yet: the newest five runs are charted at once, each run in its own
-    palette colour (six runs, six colours); two `expman demo` runs draw two different curves."""
+    """Nothing selected yet: the newest five runs are charted at once (but not a run whose
+    150 metrics would make 150 charts), each run in its own palette colour (seven runs, seven
+    colours); two `expman demo` runs draw two different curves."""
     base = tmp_path / "experiments"
     for i in range(4):
         with expman.Experiment("sweep", f"r{i}", base_dir=base, capture_env=False,
@@ -482,6 +483,9 @@ def test_first_page_charts_the_newest_runs_in_distinct_colours(browser: Any, tmp
                        env=env, check=True, stdout=subprocess.DEVNULL, cwd=tmp_path)
     demos = sorted(f"demo/{p.name}" for p in (base / "demo").iterdir() if not p.is_symlink())
     assert len(demos) == 2
+    with expman.Experiment("wide", "w", base_dir=base, capture_env=False,
+                           system_metrics=False) as exp:   # the newest: too many charts to default
+        exp.log_metrics({f"m{i}": float(i) for i in range(150)}, step=0)
     with running_server(base) as url:
         ctx, pg, watch = new_page(browser, url)
         pg.goto(url)
@@ -491,7 +495,8 @@ def test_first_page_charts_the_newest_runs_in_distinct_colours(browser: Any, tmp
         assert sorted(checked) == sorted(["sweep/r1", "sweep/r2", "sweep/r3", *demos])
         swatches = pg.locator("#runs tr[data-id] .swatch").evaluate_all(
             "ss => ss.map(s => getComputedStyle(s).backgroundColor)")
-        assert len(swatches) == 6 and len(set(swatches)) == 6, swatches
+        assert len(swatches) == 7 and len(set(swatches)) == 7, swatches
+        assert pg.locator("section.chart").count() == 5     # train_loss, train_acc, lr, val_*
         series = plotted(pg, "train_loss")
         assert sorted(s["label"] for s in series) == sorted(checked)
         assert len({s["stroke"] for s in series}) == 5

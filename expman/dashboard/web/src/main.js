@@ -97,6 +97,21 @@ function saveState() {
 const FIRST_PAGE = 500;
 const NEXT_PAGE = 5000;
 const DEFAULT_SELECTED = 5;       // the newest runs charted when nothing is selected
+const DEFAULT_CHARTS = 100;       // ...unless their metrics would make more charts than this
+
+// the newest runs (up to DEFAULT_SELECTED) whose metrics together fit DEFAULT_CHARTS:
+// a run of 12,000 metrics is charted when asked for, never by default
+function newestRuns(runs) {
+  const ids = [], metrics = new Set();
+  for (const r of runs) {
+    if (ids.length >= DEFAULT_SELECTED) break;
+    const names = Object.keys(r.last_metrics || {});
+    if (new Set([...metrics, ...names]).size > DEFAULT_CHARTS) continue;
+    names.forEach((m) => metrics.add(m));
+    ids.push(r.id);
+  }
+  return ids;
+}
 
 async function loadRuns() {
   const first = await getJSON(`/api/runs?limit=${FIRST_PAGE}&sort=start_time&order=desc`);
@@ -109,7 +124,7 @@ async function loadRuns() {
   if (wanted) home.table.setSelected(pick(first.runs));
   else {
     applyingDefault = true;
-    home.table.setSelected(first.runs.slice(0, DEFAULT_SELECTED).map((r) => r.id));
+    home.table.setSelected(newestRuns(first.runs));
     applyingDefault = false;
     autoSelected = true;
     saveState();
