@@ -520,7 +520,8 @@ def test_first_page_charts_the_newest_runs_in_distinct_colours(browser: Any, tmp
 
 def test_charts_come_in_foldable_sections_system_last_and_folded(browser: Any, tmp_path: Path) -> None:
     """Charts grouped by prefix: the user's own metrics first, `system/` last and folded
-    (its charts not even fetched), each section foldable, the folding kept per base dir."""
+    (its charts not even fetched), each section foldable, a chart pinned to the top; the
+    folding and the pins kept per base dir."""
     base = tmp_path / "experiments"
     with expman.Experiment("s", "one", base_dir=base, capture_env=False, system_metrics=False) as exp:
         for step in range(4):
@@ -550,6 +551,20 @@ def test_charts_come_in_foldable_sections_system_last_and_folded(browser: Any, t
             "ds => ds.map(d => [d.dataset.section, d.open])"))
         assert opened == {"": True, "train": False, "val": True, "system": True}
         assert pg.locator('details[data-section="train"] section.chart').is_hidden()
+        chart(pg, "system/memory_rss").locator("button.pin").click()  # pinned: first, in its own
+        pg.wait_for_selector('details[data-section="pinned"] section.chart[data-metric="system/memory_rss"]'
+                             '[data-series="1"]')
+        pg.reload()
+        pg.wait_for_selector('section.chart[data-metric="system/memory_rss"][data-series="1"]')
+        order = pg.locator("#charts details.chart-section").evaluate_all(
+            "ds => ds.map(d => [d.dataset.section, [...d.querySelectorAll('section.chart')]"
+            ".map(c => c.dataset.metric)])")
+        assert order[0] == ["pinned", ["system/memory_rss"]]
+        assert order[-1] == ["system", ["system/cpu_percent"]]
+        assert plotted(pg, "system/memory_rss")[0]["y"] == [1e8] * 4
+        chart(pg, "system/memory_rss").locator("button.pin").click()  # unpinned: back in system/
+        pg.wait_for_selector('details[data-section="system"] section.chart[data-metric="system/memory_rss"]')
+        assert pg.locator('details[data-section="pinned"]').count() == 0
         pg.fill("#metric-filter", "acc")                              # a filter hides empty sections
         assert pg.locator('details[data-section="system"]').is_hidden()
         assert pg.locator('details[data-section="val"]').is_visible()

@@ -1,5 +1,6 @@
 // One chart per metric for the selected runs, overlaid, in sections by the name's
-// prefix (`train/`, `val/`; names without one first, `system/` last and folded). The server decimates
+// prefix (`train/`, `val/`; names without one first, `system/` last and folded);
+// pinned charts come before all, in their own section. The server decimates
 // each series for the chart's width (min/max buckets: no spike is lost);
 // zooming asks again for the visible range, down to the raw points. Live points
 // arrive from the event stream and are appended; charts out of view wait.
@@ -86,8 +87,10 @@ export class ChartPanel {
   order() {
     const f = this.opts.filter.trim().toLowerCase();
     const bySection = new Map();
+    const pinned = this.pinned();
     for (const name of [...this.charts.keys()].sort()) {
-      const key = sectionOf(name);
+      const key = pinned.has(name) ? PINNED : sectionOf(name);
+      this.charts.get(name).showPinned(key === PINNED);
       if (!bySection.has(key)) bySection.set(key, []);
       bySection.get(key).push(name);
     }
@@ -120,8 +123,9 @@ export class ChartPanel {
     if (sec) return sec;
     const grid = el("div", { class: "charts-grid" });
     const count = el("span", { class: "section-count" });
-    const details = el("details", { class: "chart-section", "data-section": key },
-      el("summary", {}, el("span", { class: "section-name", text: key ? `${key}/` : "metrics" }), count), grid);
+    const details = el("details", { class: "chart-section", "data-section": key === PINNED ? "pinned" : key },
+      el("summary", {}, el("span", { class: "section-name",
+        text: key === PINNED ? "pinned" : key ? `${key}/` : "metrics" }), count), grid);
     details.open = !this.folded(key);
     details.addEventListener("toggle", () => this.saveFolded(key, !details.open));
     sec = { details, grid, count };
@@ -129,11 +133,27 @@ export class ChartPanel {
     return sec;
   }
 
-  // folding kept in localStorage per base dir: {prefix: true when folded}
-  foldState() {
-    try { return JSON.parse(localStorage.getItem(`expman.folded:${this.storageKey()}`) || "{}"); }
-    catch { return {}; }
+  // folding and pins kept in localStorage per base dir
+  stored(what, empty) {
+    try { return JSON.parse(localStorage.getItem(`expman.${what}:${this.storageKey()}`) || "null") ?? empty; }
+    catch { return empty; }
   }
+
+  store(what, value) {
+    try { localStorage.setItem(`expman.${what}:${this.storageKey()}`, JSON.stringify(value)); } catch { /* full or off */ }
+  }
+
+  pinned() { return new Set(this.stored("pinned", [])); }
+
+  togglePin(name) {
+    const pins = this.pinned();
+    if (pins.has(name)) pins.delete(name); else pins.add(name);
+    this.store("pinned", [...pins]);
+    this.order();
+  }
+
+  // {prefix: true when folded}
+  foldState() { return this.stored("folded", {}); }
 
   folded(key) {
     const state = this.foldState();
@@ -144,7 +164,7 @@ export class ChartPanel {
     const state = this.foldState();
     if (state[key] === folded || (!(key in state) && folded === (key === "system"))) return;
     state[key] = folded;
-    try { localStorage.setItem(`expman.folded:${this.storageKey()}`, JSON.stringify(state)); } catch { /* full or off */ }
+    this.store("folded", state);
   }
 
   // live points from the event stream
@@ -166,12 +186,19 @@ class Chart {
     this.dirty = false;          // data changed while out of view
     this.loading = null;
     this.info = el("span", { class: "chart-info" });
+    this.pin = el("button", { class: "pin", type: "button", title: "pin this chart to the top", text: "pin",
+      onclick: () => panel.togglePin(metric) });
     this.holder = el("div", { class: "chart-plot" });
     this.card = el("section", { class: "chart", "data-metric": metric },
-      el("h3", {}, el("span", { class: "chart-title", text: metric }), this.info), this.holder);
+      el("h3", {}, el("span", { class: "chart-title", text: metric }), this.info, this.pin), this.holder);
     this.card._chart = this;
     this.holder.addEventListener("dblclick", () => { if (this.zoom) { this.zoom = null; this.invalidate(); } });
     panel.observer.observe(this.card);
+  }
+
+  showPinned(on) {
+    this.pin.textContent = on ? "unpin" : "pin";
+    this.pin.setAttribute("aria-pressed", String(on));
   }
 
   get width() { return Math.max(200, this.holder.clientWidth || this.card.clientWidth - 24 || 600); }
@@ -309,6 +336,8 @@ class Chart {
   }
 }
 
+const PINNED = "\u0000pinned";   // the pinned charts' section (no metric prefix is this)
+
 // "train/loss" -> "train"; "loss" -> "" (the user's own metrics, first)
 function sectionOf(name) {
   const i = name.indexOf("/");
@@ -316,7 +345,7 @@ function sectionOf(name) {
 }
 
 function sectionOrder(a, b) {
-  const rank = (k) => (k === "" ? 0 : k === "system" ? 2 : 1);
+  const rank = (k) => (k === PINNED ? -1 : k === "" ? 0 : k === "system" ? 2 : 1);
   return rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0);
 }
 
