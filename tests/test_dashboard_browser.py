@@ -543,6 +543,10 @@ def test_charts_come_in_foldable_sections_system_last_and_folded(browser: Any, t
         system.locator("summary").click()                             # unfold: charts drawn
         pg.wait_for_selector('section.chart[data-metric="system/cpu_percent"][data-series="1"]')
         assert plotted(pg, "system/cpu_percent")[0]["y"] == [9.0] * 4
+        # system series are sampled on a timer: drawn on relative time, the rest on steps
+        assert attr(pg, "system/cpu_percent", "x-axis") == "rel" and attr(pg, "loss", "x-axis") == "step"
+        assert any("system%2Fcpu_percent" in u and "x=rel" in u for u in watch.requests)
+        assert "relative time (s)" in chart(pg, "system/cpu_percent").inner_text()      # the axis says so
         pg.locator('details[data-section="train"] summary').click()   # fold train
         until(lambda: not pg.locator('details[data-section="train"]').evaluate("d => d.open"))
         pg.reload()

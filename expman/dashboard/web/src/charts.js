@@ -196,6 +196,13 @@ class Chart {
     panel.observer.observe(this.card);
   }
 
+  // the page's x axis; system series (sampled on a timer, their "step" is only a sample
+  // count) are drawn on relative time when the page says step
+  get xAxis() {
+    const x = this.panel.opts.x;
+    return x === "step" && this.metric.startsWith("system/") ? "rel" : x;
+  }
+
   showPinned(on) {
     this.pin.textContent = on ? "unpin" : "pin";
     this.pin.setAttribute("aria-pressed", String(on));
@@ -218,7 +225,7 @@ class Chart {
     const runs = (onlyRun ? [onlyRun] : this.panel.runs).filter((id) => this.panel.has(id, this.metric));
     const ticket = {};
     this.loading = ticket;
-    const q = new URLSearchParams({ metric: this.metric, x: opts.x, points: String(this.width) });
+    const q = new URLSearchParams({ metric: this.metric, x: this.xAxis, points: String(this.width) });
     if (this.zoom) { q.set("from", String(this.zoom[0])); q.set("to", String(this.zoom[1])); }
     const results = await Promise.all(runs.map((id) =>
       getJSON(`${runUrl(id)}/series?${q}`).then((r) => [id, r]).catch(() => [id, null])));
@@ -242,7 +249,7 @@ class Chart {
     if (skip >= steps.length) return;
     d.count = start + steps.length;
     if (this.zoom) return;                                  // a zoomed view stays put
-    const axis = this.panel.opts.x;
+    const axis = this.xAxis;
     if (d.start == null && times.length) d.start = times[0];
     for (let i = skip; i < steps.length; i++) {
       d.x.push(axis === "step" ? steps[i] : axis === "time" ? times[i] : times[i] - d.start);
@@ -265,7 +272,8 @@ class Chart {
     const tables = ids.map((id) => sortedTable(this.data.get(id), opts.log));
     const joined = tables.length ? uPlot.join(tables) : [[]];
     const data = [joined[0]];
-    const series = [{ label: X_LABEL[opts.x] }];
+    const xAxis = this.xAxis;
+    const series = [{ label: X_LABEL[xAxis] }];
     let lastX = -Infinity, points = 0, hiddenLog = 0;
     ids.forEach((id, i) => {
       const ys = joined[i + 1];
@@ -288,6 +296,7 @@ class Chart {
     this.card.dataset.points = String(points);
     this.card.dataset.drawn = String(data[0].length);
     this.card.dataset.log = String(opts.log);
+    this.card.dataset.xAxis = xAxis;
     this.card.dataset.smooth = String(opts.smooth);
     this.card.dataset.zoomed = this.zoom ? `${this.zoom[0]},${this.zoom[1]}` : "";
     const raw = ids.every((id) => this.data.get(id).raw);
@@ -305,10 +314,10 @@ class Chart {
       width: this.width,
       height: HEIGHT,
       scales: {
-        x: { time: opts.x === "time", ...(this.zoom ? { min: this.zoom[0], max: this.zoom[1], auto: false } : {}) },
+        x: { time: xAxis === "time", ...(this.zoom ? { min: this.zoom[0], max: this.zoom[1], auto: false } : {}) },
         y: opts.log ? { distr: 3, log: 10 } : {},
       },
-      axes: [{ label: X_LABEL[opts.x] }, { size: 64, values: (u, vals) => vals.map(fmtNum) }],
+      axes: [{ label: X_LABEL[xAxis] }, { size: 64, values: (u, vals) => vals.map(fmtNum) }],
       series,
       cursor: { drag: { x: true, y: false, setScale: false }, bind: { dblclick: () => null } },
       hooks: {
