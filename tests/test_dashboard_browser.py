@@ -633,3 +633,35 @@ def test_the_url_keeps_selection_filters_and_smoothing(page: Any, site: Any) -> 
     assert page.locator("#runs input[type=checkbox]:checked").count() == 0
     assert page.locator("section.chart").count() == 0
     page.watch.check()
+
+
+def test_back_and_forward_step_through_selections(page: Any, site: Any) -> None:
+    """Each change of selection is a history entry: back shows the selection before it (and
+    at the start the newest runs again), forward the one after; typing a filter is not one."""
+    def charted() -> list[str]:
+        return sorted(page.locator("#runs tr[data-id]").evaluate_all(
+            "rs => rs.filter(r => r.querySelector('input').checked).map(r => r.dataset.id)"))
+    page.goto(site["url"])
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series]')
+    default = charted()                                   # the newest runs (the live test's too)
+    assert len(default) >= 4
+    select(page, "demo/run-a")                            # select none, then run-a: two entries
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="1"]')
+    row(page, "demo/run-b").locator("input[type=checkbox]").check()
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="2"]')
+    page.fill("#metric-filter", "val_")                   # replaces the entry, adds none
+    page.go_back()
+    until(lambda: charted() == ["demo/run-a"], what=f"back: run-a alone, not {charted()}")
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="1"]', state="attached")
+    assert page.input_value("#metric-filter") == ""       # the filter as it was then
+    page.go_back()
+    until(lambda: charted() == [], what="back: none")
+    page.go_back()
+    until(lambda: charted() == default, what="back: the newest runs again")
+    page.go_forward()
+    until(lambda: charted() == [], what="forward: none")
+    page.go_forward()
+    page.go_forward()
+    until(lambda: charted() == ["demo/run-a", "demo/run-b"], what="forward: both")
+    assert page.input_value("#metric-filter") == "val_"
+    page.watch.check()

@@ -2,7 +2,8 @@
 // charts of the selected runs, #/run/EXP/RUN a run page, #/compare?run=..&run=..
 // Live data comes from one EventSource on /api/stream. The runs view keeps its state
 // (selection, filters, smoothing, x axis, log y) in its URL, #/?run=..&expr=..:
-// a reload or a shared link shows the same.
+// a reload or a shared link shows the same. A change of selection is a new history
+// entry (back and forward step through selections); typing in a filter replaces it.
 import { el, clear, getJSON, setColorIndex } from "./dom.js";
 import { RunsTable, encodeId } from "./runs.js";
 import { ChartPanel } from "./charts.js";
@@ -15,6 +16,7 @@ let stream = null;
 let runPanel = null;      // the run page's charts, fed by the stream too
 let autoSelected = false; // the selection is the default one (kept out of the URL)
 let applyingDefault = false;
+let restoring = false;    // the view is being set from the URL: nothing written back meanwhile
 
 function buildHome() {
   const tableRoot = el("div", { class: "runs-view" });
@@ -51,7 +53,7 @@ function buildHome() {
     compareBtn.disabled = ids.length < 2;
     table.draw();
     connect();
-    saveState();
+    saveState(true);
   }
   return { view, table, charts, select };
 }
@@ -65,19 +67,58 @@ function urlState() {
   return hash.startsWith("#/?") ? new URLSearchParams(hash.slice(3)) : new URLSearchParams();
 }
 
-// the controls as the URL says, through their own handlers
+const DEFAULTS = { x: "step", smooth: "0" };
+
+function isHome() {
+  return location.hash === "" || location.hash === "#/" || location.hash.startsWith("#/?");
+}
+
+// the controls as the URL says (a missing key: the default), through their own handlers
 function applyState(params) {
   for (const [key, id] of STATE) {
-    if (!params.has(key)) continue;
+    const value = params.get(key) ?? DEFAULTS[key] ?? "";
     const input = home.view.querySelector(`#${id}`);
-    if (input.type === "checkbox") input.checked = params.get(key) === "1";
-    else input.value = params.get(key);
+    if (input.type === "checkbox") {
+      if (input.checked === (value === "1")) continue;
+      input.checked = value === "1";
+    } else {
+      if (input.value === value) continue;
+      input.value = value;
+    }
     input.dispatchEvent(new Event(input.tagName === "SELECT" || input.type === "checkbox" ? "change" : "input"));
   }
 }
 
-function saveState() {
-  if (!home || !(location.hash === "" || location.hash === "#/" || location.hash.startsWith("#/?"))) return;
+// the selection the URL names (the runs of it listed so far), else the newest runs
+function selectFromUrl() {
+  const params = urlState();
+  if (params.has("run")) {
+    const wanted = params.getAll("run").filter((id) => id && home.table.rows.has(id));
+    home.table.setSelected(wanted);
+    return;
+  }
+  const newest = [...home.table.rows.values()].sort((a, b) => (b.start_time ?? 0) - (a.start_time ?? 0));
+  applyingDefault = true;
+  home.table.setSelected(newestRuns(newest));
+  applyingDefault = false;
+  autoSelected = true;
+}
+
+// back/forward within the runs view: the view as that URL says
+function restore() {
+  if (!isHome()) return;
+  restoring = true;
+  try {
+    applyState(urlState());
+    selectFromUrl();
+  } finally {
+    restoring = false;
+  }
+}
+
+// push: a new history entry (a selection changed), else the current one replaced
+function saveState(push = false) {
+  if (!home || restoring || !isHome()) return;
   const q = new URLSearchParams();
   for (const [key, id] of STATE) {
     const input = home.view.querySelector(`#${id}`);
@@ -88,7 +129,9 @@ function saveState() {
   else if (home.table.selected.size) home.table.selected.forEach((id) => q.append("run", id));
   else q.set("run", "");                   // nothing selected, on purpose: no default
   const hash = `#/?${q}`;
-  if (hash !== location.hash) history.replaceState(null, "", hash);
+  if (hash === location.hash) return;
+  if (push && !autoSelected && isHome() && location.hash.startsWith("#/?")) history.pushState(null, "", hash);
+  else history.replaceState(null, "", hash);
 }
 
 // The runs list in pages, sorted by the server (newest first): the first page is
@@ -120,21 +163,19 @@ async function loadRuns() {
   home.table.setRows(first.runs);
   // the URL's selection (its runs as they are listed), else the newest runs
   const wanted = urlState().has("run") ? new Set(urlState().getAll("run").filter(Boolean)) : null;
-  const pick = (runs) => runs.filter((r) => wanted.has(r.id)).map((r) => r.id);
-  if (wanted) home.table.setSelected(pick(first.runs));
-  else {
-    applyingDefault = true;
-    home.table.setSelected(newestRuns(first.runs));
-    applyingDefault = false;
-    autoSelected = true;
-    saveState();
-  }
+  restoring = true;
+  try { selectFromUrl(); } finally { restoring = false; }
+  saveState();
   for (let offset = first.runs.length; offset < first.total; offset += NEXT_PAGE) {
     const page = await getJSON(`/api/runs?offset=${offset}&limit=${NEXT_PAGE}&sort=start_time&order=desc`);
     if (!page.runs.length) break;
     page.runs.forEach((r, i) => setColorIndex(r.id, first.total - 1 - offset - i));
     home.table.addRows(page.runs);
-    if (wanted && pick(page.runs).length) home.table.setSelected([...home.table.selected, ...pick(page.runs)]);
+    const more = wanted ? page.runs.filter((r) => wanted.has(r.id)).map((r) => r.id) : [];
+    if (more.length) {
+      restoring = true;
+      try { home.table.setSelected([...home.table.selected, ...more]); } finally { restoring = false; }
+    }
   }
 }
 
@@ -187,8 +228,10 @@ async function route() {
 
 async function main() {
   home = buildHome();
-  applyState(urlState());
+  restoring = true;
+  try { applyState(urlState()); } finally { restoring = false; }
   window.addEventListener("hashchange", route);
+  window.addEventListener("popstate", restore);
   try {
     await loadRuns();
   } catch (e) {
