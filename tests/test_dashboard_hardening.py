@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-np = pytest.importorskip("numpy")
+from conftest import need
+
+need("starlette")
+need("uvicorn")
+np = need("numpy")
 
 import expman  # noqa: E402
 from expman import layout  # noqa: E402
