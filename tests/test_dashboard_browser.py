@@ -130,8 +130,25 @@ def chart(page: Any, metric: str) -> Any:
 
 
 def select(page: Any, *run_ids: str) -> None:
+    """Chart exactly these runs (the page starts with the newest ones selected)."""
+    row(page, run_ids[0]).wait_for()
+    page.click("#select-none")
     for rid in run_ids:
         row(page, rid).locator("input[type=checkbox]").check()
+
+
+def new_page(browser: Any, url: str) -> tuple[Any, Any, "Watch"]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    return ctx, pg, Watch(pg, url)
+
+
+def plotted(page: Any, metric: str) -> list[dict[str, Any]]:
+    """What uPlot holds for a chart: each series' label, colour and y values."""
+    return chart(page, metric).evaluate("""e => { const p = e._chart.plot;
+        return p.series.slice(1).map((s, i) => ({ label: s.label, y: p.data[i + 1],
+            stroke: typeof s.stroke === "function" ? s.stroke(p, i + 1) : s.stroke })); }""")
 
 
 def test_runs_view_lists_runs_with_distinct_statuses_and_filters(page: Any, site: Any) -> None:
@@ -447,3 +464,204 @@ def test_the_runs_view_loads_in_pages_sorted_by_the_server(browser: Any, tmp_pat
         assert pg.locator("#base").inner_text() == "experiments"      # a name, not a path
         watch.check()
         ctx.close()
+
+
+def test_first_page_charts_the_newest_runs_in_distinct_colours(browser: Any, tmp_path: Path) -> None:
+    """Nothing selected yet: the newest five runs are charted at once (but not a run whose
+    150 metrics would make 150 charts), each run in its own palette colour (seven runs, seven
+    colours); two `expman demo` runs draw two different curves."""
+    base = tmp_path / "experiments"
+    for i in range(4):
+        with expman.Experiment("sweep", f"r{i}", base_dir=base, capture_env=False,
+                               system_metrics=False) as exp:
+            for step in range(5):
+                exp.log_metrics({"train_loss": 1.0 / (step + 1 + i)}, step=step)
+    env = dict(os.environ, EXPMAN_DIR=str(base),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    for _ in range(2):
+        subprocess.run([sys.executable, "-m", "expman", "demo", "--steps", "30", "--delay", "0"],
+                       env=env, check=True, stdout=subprocess.DEVNULL, cwd=tmp_path)
+    demos = sorted(f"demo/{p.name}" for p in (base / "demo").iterdir() if not p.is_symlink())
+    assert len(demos) == 2
+    with expman.Experiment("wide", "w", base_dir=base, capture_env=False,
+                           system_metrics=False) as exp:   # the newest: too many charts to default
+        exp.log_metrics({f"m{i}": float(i) for i in range(150)}, step=0)
+    with running_server(base) as url:
+        ctx, pg, watch = new_page(browser, url)
+        pg.goto(url)
+        pg.wait_for_selector('section.chart[data-metric="train_loss"][data-series="5"]')
+        checked = pg.locator("#runs tr[data-id]").evaluate_all(
+            "rs => rs.filter(r => r.querySelector('input').checked).map(r => r.dataset.id)")
+        assert sorted(checked) == sorted(["sweep/r1", "sweep/r2", "sweep/r3", *demos])
+        swatches = pg.locator("#runs tr[data-id] .swatch").evaluate_all(
+            "ss => ss.map(s => getComputedStyle(s).backgroundColor)")
+        assert len(swatches) == 7 and len(set(swatches)) == 7, swatches
+        assert pg.locator("section.chart").count() == 5     # train_loss, train_acc, lr, val_*
+        series = plotted(pg, "train_loss")
+        assert sorted(s["label"] for s in series) == sorted(checked)
+        assert len({s["stroke"] for s in series}) == 5
+        for s in series:                        # the chart's colour is the row's swatch
+            sw = row(pg, s["label"]).locator(".swatch").evaluate("s => s.style.background")
+            hexed = "#%02x%02x%02x" % tuple(int(v) for v in sw[4:-1].split(","))
+            assert hexed == s["stroke"]
+        a, b = (next(s["y"] for s in series if s["label"] == d) for d in demos)
+        assert [v for v in a if v is not None] != [v for v in b if v is not None]
+        pg.reload()                                                   # stable across reloads
+        pg.wait_for_selector('section.chart[data-metric="train_loss"][data-series="5"]')
+        again = pg.locator("#runs tr[data-id] .swatch").evaluate_all(
+            "ss => ss.map(s => getComputedStyle(s).backgroundColor)")
+        assert again == swatches
+        pg.click("#select-none")                                      # the user's choice stays
+        pg.wait_for_selector('section.chart[data-metric="train_loss"]', state="detached")
+        assert "Select runs" in pg.locator("#charts-hint").inner_text()
+        watch.check()
+        ctx.close()
+
+
+def test_charts_come_in_foldable_sections_system_last_and_folded(browser: Any, tmp_path: Path) -> None:
+    """Charts grouped by prefix: the user's own metrics first, `system/` last and folded
+    (its charts not even fetched), each section foldable, a chart pinned to the top; the
+    folding and the pins kept per base dir."""
+    base = tmp_path / "experiments"
+    with expman.Experiment("s", "one", base_dir=base, capture_env=False, system_metrics=False) as exp:
+        for step in range(4):
+            exp.log_metrics({"loss": 1.0, "train/loss": 2.0, "val/acc": 0.5, "system/cpu_percent": 9.0,
+                             "system/memory_rss": 1e8}, step=step)
+    with running_server(base) as url:
+        ctx, pg, watch = new_page(browser, url)
+        pg.goto(url)
+        pg.wait_for_selector('section.chart[data-metric="val/acc"][data-series="1"]')
+        sections = pg.locator("#charts details.chart-section").evaluate_all(
+            "ds => ds.map(d => [d.dataset.section, d.open, [...d.querySelectorAll('section.chart')]"
+            ".map(c => c.dataset.metric)])")
+        assert sections == [["", True, ["loss"]], ["train", True, ["train/loss"]],
+                            ["val", True, ["val/acc"]],
+                            ["system", False, ["system/cpu_percent", "system/memory_rss"]]]
+        assert chart(pg, "system/cpu_percent").get_attribute("data-series") is None    # not fetched
+        assert not [u for u in watch.requests if "system%2Fcpu" in u]
+        system = pg.locator('details[data-section="system"]')
+        system.locator("summary").click()                             # unfold: charts drawn
+        pg.wait_for_selector('section.chart[data-metric="system/cpu_percent"][data-series="1"]')
+        assert plotted(pg, "system/cpu_percent")[0]["y"] == [9.0] * 4
+        # system series are sampled on a timer: drawn on relative time, the rest on steps
+        assert attr(pg, "system/cpu_percent", "x-axis") == "rel" and attr(pg, "loss", "x-axis") == "step"
+        assert any("system%2Fcpu_percent" in u and "x=rel" in u for u in watch.requests)
+        assert "relative time (s)" in chart(pg, "system/cpu_percent").inner_text()      # the axis says so
+        pg.locator('details[data-section="train"] summary').click()   # fold train
+        until(lambda: not pg.locator('details[data-section="train"]').evaluate("d => d.open"))
+        pg.reload()
+        pg.wait_for_selector('section.chart[data-metric="val/acc"][data-series="1"]')
+        opened = dict(pg.locator("#charts details.chart-section").evaluate_all(
+            "ds => ds.map(d => [d.dataset.section, d.open])"))
+        assert opened == {"": True, "train": False, "val": True, "system": True}
+        assert pg.locator('details[data-section="train"] section.chart').is_hidden()
+        chart(pg, "system/memory_rss").locator("button.pin").click()  # pinned: first, in its own
+        pg.wait_for_selector('details[data-section="pinned"] section.chart[data-metric="system/memory_rss"]'
+                             '[data-series="1"]')
+        pg.reload()
+        pg.wait_for_selector('section.chart[data-metric="system/memory_rss"][data-series="1"]')
+        order = pg.locator("#charts details.chart-section").evaluate_all(
+            "ds => ds.map(d => [d.dataset.section, [...d.querySelectorAll('section.chart')]"
+            ".map(c => c.dataset.metric)])")
+        assert order[0] == ["pinned", ["system/memory_rss"]]
+        assert order[-1] == ["system", ["system/cpu_percent"]]
+        assert plotted(pg, "system/memory_rss")[0]["y"] == [1e8] * 4
+        chart(pg, "system/memory_rss").locator("button.pin").click()  # unpinned: back in system/
+        pg.wait_for_selector('details[data-section="system"] section.chart[data-metric="system/memory_rss"]')
+        assert pg.locator('details[data-section="pinned"]').count() == 0
+        pg.fill("#metric-filter", "acc")                              # a filter hides empty sections
+        assert pg.locator('details[data-section="system"]').is_hidden()
+        assert pg.locator('details[data-section="val"]').is_visible()
+        watch.check()
+        ctx.close()
+
+
+def test_param_filter_reads_and_or_and_rejects_what_it_cannot_read(page: Any, site: Any) -> None:
+    """`or` is the union of what each side matches (`and` binds tighter); what the filter
+    cannot read is said on the page, never read into a value to match nothing."""
+    page.goto(site["url"])
+    row(page, "demo/run-a").wait_for()
+    err = page.locator(".expr-error")
+
+    def shown() -> list[str]:
+        return sorted(page.locator("#runs tr[data-id]").evaluate_all("rs => rs.map(r => r.dataset.id)"))
+    for expr, want in [
+        ("learning_rate == 0.01 or status == FAILED", ["demo/failed", "demo/run-a"]),
+        ("seed == 2 || note ~ script", [f"demo/{XSS_IMG}", "demo/run-b"]),
+        ("learning_rate > 0 and seed == 1 or status == FAILED", ["demo/failed", "demo/run-a"]),
+        ("model == 'mlp' and seed == 2", ["demo/run-b"]),
+    ]:
+        page.fill("#expr-filter", expr)
+        until(lambda want=want: shown() == want, what=f"{expr} shows {want}")
+        assert err.inner_text() == ""
+    for expr, says in [("(learning_rate < 1)", "parentheses are not supported"),
+                       ("learning_rate < 1 or", 'nothing after "or"'),
+                       ("model == mlp seed == 2", "a missing and/or?")]:
+        page.fill("#expr-filter", expr)
+        until(lambda says=says: says in err.inner_text(), what=f"{expr}: {says}")
+        assert err.is_visible()
+    page.watch.check()
+
+
+def test_the_url_keeps_selection_filters_and_smoothing(page: Any, site: Any) -> None:
+    """A link with #/?run=..&expr=..&smooth=.. opens on that state; what the user changes
+    goes into the URL, so a reload shows the same (an empty selection too)."""
+    q = urllib.parse.urlencode([("run", "demo/run-b"), ("expr", "seed == 2 or seed == 1"),
+                                ("smooth", "0.5"), ("x", "rel")])
+    page.goto(f"{site['url']}#/?{q}")
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="1"]')
+    assert [s["label"] for s in plotted(page, "train_loss")] == ["demo/run-b (raw)", "demo/run-b"]
+    assert attr(page, "train_loss", "smooth") == "0.5"
+    assert page.input_value("#expr-filter") == "seed == 2 or seed == 1"
+    assert page.input_value("#x-axis") == "rel"
+    until(lambda: rows_shown(page) == 2)
+    row(page, "demo/run-a").locator("input[type=checkbox]").check()
+    page.fill("#smoothing", "0.3")
+    page.dispatch_event("#smoothing", "input")
+    page.fill("#expr-filter", "seed == 1")
+    until(lambda: "smooth=0.3" in page.url and "expr=seed" in page.url)
+    page.reload()
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="2"][data-smooth="0.3"]')
+    assert sorted(s["label"] for s in plotted(page, "train_loss")) == ["demo/run-a", "demo/run-a (raw)",
+                                                                      "demo/run-b", "demo/run-b (raw)"]
+    assert page.input_value("#expr-filter") == "seed == 1"
+    until(lambda: rows_shown(page) == 1)
+    page.click("#select-none")
+    until(lambda: "run=&" in page.url or page.url.endswith("run="))
+    page.reload()
+    row(page, "demo/run-a").wait_for()
+    assert page.locator("#runs input[type=checkbox]:checked").count() == 0
+    assert page.locator("section.chart").count() == 0
+    page.watch.check()
+
+
+def test_back_and_forward_step_through_selections(page: Any, site: Any) -> None:
+    """Each change of selection is a history entry: back shows the selection before it (and
+    at the start the newest runs again), forward the one after; typing a filter is not one."""
+    def charted() -> list[str]:
+        return sorted(page.locator("#runs tr[data-id]").evaluate_all(
+            "rs => rs.filter(r => r.querySelector('input').checked).map(r => r.dataset.id)"))
+    page.goto(site["url"])
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series]')
+    default = charted()                                   # the newest runs (the live test's too)
+    assert len(default) >= 4
+    select(page, "demo/run-a")                            # select none, then run-a: two entries
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="1"]')
+    row(page, "demo/run-b").locator("input[type=checkbox]").check()
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="2"]')
+    page.fill("#metric-filter", "val_")                   # replaces the entry, adds none
+    page.go_back()
+    until(lambda: charted() == ["demo/run-a"], what=f"back: run-a alone, not {charted()}")
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="1"]', state="attached")
+    assert page.input_value("#metric-filter") == ""       # the filter as it was then
+    page.go_back()
+    until(lambda: charted() == [], what="back: none")
+    page.go_back()
+    until(lambda: charted() == default, what="back: the newest runs again")
+    page.go_forward()
+    until(lambda: charted() == [], what="forward: none")
+    page.go_forward()
+    page.go_forward()
+    until(lambda: charted() == ["demo/run-a", "demo/run-b"], what="forward: both")
+    assert page.input_value("#metric-filter") == "val_"
+    page.watch.check()

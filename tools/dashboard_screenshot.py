@@ -1,5 +1,5 @@
-"""Make docs/dashboard.png: two `expman demo` runs, served, two selected, charts
-drawn, photographed by headless Chromium (Playwright, Debian's /usr/bin/chromium).
+"""Make docs/dashboard.png: two `expman demo` runs, served, the page as it first opens
+(the newest runs charted), smoothed, photographed by headless Chromium (Playwright, Debian's /usr/bin/chromium).
 
     python tools/dashboard_screenshot.py [--out docs/dashboard.png] [--steps 800]
 """
@@ -30,18 +30,13 @@ def main() -> int:
     from expman.dashboard.testing import running_server
     with tempfile.TemporaryDirectory() as base:
         env = dict(os.environ, EXPMAN_DIR=base, PYTHONPATH=str(ROOT))
-        for seed in (0, 1):
-            subprocess.run([sys.executable, "-m", "expman", "demo", "--steps", str(args.steps),
-                            "--seed", str(seed)], env=env, check=True, stdout=subprocess.DEVNULL)
+        for _ in range(2):                 # each demo picks its own seed
+            subprocess.run([sys.executable, "-m", "expman", "demo", "--steps", str(args.steps)],
+                           env=env, check=True, stdout=subprocess.DEVNULL)
         with running_server(base) as url, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
-            boxes = page.locator("#runs tbody input[type=checkbox]")
-            boxes.first.wait_for()
-            for i in range(boxes.count()):
-                boxes.nth(i).check()
-            page.select_option("#status-filter", "")
             page.fill("#smoothing", "0.6")
             page.dispatch_event("#smoothing", "input")
             page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="2"]')

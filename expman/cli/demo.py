@@ -38,6 +38,16 @@ def _loss_acc(w: list[float], b: float, xs: list[list[float]], ys: list[int]) ->
     return loss / len(xs), correct / len(xs)
 
 
+def _next_seed(base: Path) -> int:
+    """The number of demo runs already in ``base``: each `expman demo` draws a
+    different curve (the seed is recorded in the run's params, so ``--seed`` redoes one)."""
+    exp_dir = base / "demo"
+    try:
+        return sum(1 for p in exp_dir.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import json
     import random
@@ -48,14 +58,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise CliError("--steps must be at least 1")
     base = base_arg(args, writes="demo")
-    rng = random.Random(args.seed)
+    seed = _next_seed(base) if args.seed is None else args.seed
+    rng = random.Random(seed)
     dims, batch, lr0 = 4, 32, 0.02
     train_x, train_y = _demo_data(rng, 1024, dims)
     val_x, val_y = _demo_data(rng, 256, dims)
     evals = max(1, args.steps // 10)
     params = {"model": "logistic_regression", "optimizer": "sgd", "learning_rate": lr0,
               "lr_schedule": "cosine", "batch_size": batch, "steps": args.steps,
-              "seed": args.seed, "data": {"features": dims, "train_size": len(train_x),
+              "seed": seed, "data": {"features": dims, "train_size": len(train_x),
                                            "val_size": len(val_x), "label_noise": 0.05}}
     w = [rng.gauss(-0.4, 0.2) for _ in range(dims)]     # a bad start: a visible curve
     b = 0.0
@@ -120,4 +131,6 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--delay", type=float, default=0.01,
                    help="seconds to sleep per step, so there is time to `expman tail --follow` "
                         "it (default 0.01)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed (default: the number of demo runs already in the base dir, "
+                        "so each demo differs)")

@@ -1,4 +1,6 @@
-// One chart per metric for the selected runs, overlaid. The server decimates
+// One chart per metric for the selected runs, overlaid, in sections by the name's
+// prefix (`train/`, `val/`; names without one first, `system/` last and folded);
+// pinned charts come before all, in their own section. The server decimates
 // each series for the chart's width (min/max buckets: no spike is lost);
 // zooming asks again for the visible range, down to the raw points. Live points
 // arrive from the event stream and are appended; charts out of view wait.
@@ -28,8 +30,13 @@ function scheduleRedraw(chart) {
 const X_LABEL = { step: "step", rel: "relative time (s)", time: "wall time" };
 
 export class ChartPanel {
-  constructor(root) {
+  // has(id, metric): whether run id has the metric (its chart asks only those runs)
+  // storageKey(): where the sections' folding is kept (per base dir)
+  constructor(root, { has = () => true, storageKey = () => "" } = {}) {
     this.root = root;
+    this.has = has;
+    this.storageKey = storageKey;
+    this.sections = new Map();    // prefix -> {details, grid, count}
     this.runs = [];
     this.opts = { x: "step", log: false, smooth: 0, filter: "" };
     this.charts = new Map();
@@ -79,18 +86,85 @@ export class ChartPanel {
 
   order() {
     const f = this.opts.filter.trim().toLowerCase();
-    const names = [...this.charts.keys()].sort();
+    const bySection = new Map();
+    const pinned = this.pinned();
+    for (const name of [...this.charts.keys()].sort()) {
+      const key = pinned.has(name) ? PINNED : sectionOf(name);
+      this.charts.get(name).showPinned(key === PINNED);
+      if (!bySection.has(key)) bySection.set(key, []);
+      bySection.get(key).push(name);
+    }
     const frag = document.createDocumentFragment();
     let shown = 0;
-    for (const name of names) {
-      const c = this.charts.get(name);
-      const hide = f && !name.toLowerCase().includes(f);
-      c.card.hidden = !!hide;
-      if (!hide) shown++;
-      frag.append(c.card);
+    for (const key of [...bySection.keys()].sort(sectionOrder)) {
+      const sec = this.section(key);
+      let inSection = 0;
+      for (const name of bySection.get(key)) {
+        const c = this.charts.get(name);
+        const hide = f && !name.toLowerCase().includes(f);
+        c.card.hidden = !!hide;
+        if (!hide) inSection++;
+        sec.grid.append(c.card);
+      }
+      sec.count.textContent = `${inSection} chart${inSection === 1 ? "" : "s"}`;
+      sec.details.hidden = inSection === 0;
+      shown += inSection;
+      frag.append(sec.details);
+    }
+    for (const [key, sec] of this.sections) {
+      if (!bySection.has(key)) { sec.details.remove(); this.sections.delete(key); }
     }
     this.root.append(frag);
     this.root.dataset.charts = String(shown);
+  }
+
+  section(key) {
+    let sec = this.sections.get(key);
+    if (sec) return sec;
+    const grid = el("div", { class: "charts-grid" });
+    const count = el("span", { class: "section-count" });
+    const details = el("details", { class: "chart-section", "data-section": key === PINNED ? "pinned" : key },
+      el("summary", {}, el("span", { class: "section-name",
+        text: key === PINNED ? "pinned" : key ? `${key}/` : "metrics" }), count), grid);
+    details.open = !this.folded(key);
+    details.addEventListener("toggle", () => this.saveFolded(key, !details.open));
+    sec = { details, grid, count };
+    this.sections.set(key, sec);
+    return sec;
+  }
+
+  // folding and pins kept in localStorage per base dir
+  stored(what, empty) {
+    try { return JSON.parse(localStorage.getItem(`expman.${what}:${this.storageKey()}`) || "null") ?? empty; }
+    catch { return empty; }
+  }
+
+  store(what, value) {
+    try { localStorage.setItem(`expman.${what}:${this.storageKey()}`, JSON.stringify(value)); } catch { /* full or off */ }
+  }
+
+  pinned() { return new Set(this.stored("pinned", [])); }
+
+  togglePin(name) {
+    const pins = this.pinned();
+    if (pins.has(name)) pins.delete(name); else pins.add(name);
+    this.store("pinned", [...pins]);
+    this.order();
+  }
+
+  // {prefix: true when folded}
+  foldState() { return this.stored("folded", {}); }
+
+  folded(key) {
+    const state = this.foldState();
+    return key in state ? !!state[key] : key === "system";
+  }
+
+  saveFolded(key, folded) {
+    const state = this.foldState();
+    if (state[key] === folded || (!(key in state) && folded === (key === "system"))) return;
+    state[key] = folded;
+    this.store("folded", state);
   }
 
   // live points from the event stream
@@ -112,12 +186,26 @@ class Chart {
     this.dirty = false;          // data changed while out of view
     this.loading = null;
     this.info = el("span", { class: "chart-info" });
+    this.pin = el("button", { class: "pin", type: "button", title: "pin this chart to the top", text: "pin",
+      onclick: () => panel.togglePin(metric) });
     this.holder = el("div", { class: "chart-plot" });
     this.card = el("section", { class: "chart", "data-metric": metric },
-      el("h3", {}, el("span", { class: "chart-title", text: metric }), this.info), this.holder);
+      el("h3", {}, el("span", { class: "chart-title", text: metric }), this.info, this.pin), this.holder);
     this.card._chart = this;
     this.holder.addEventListener("dblclick", () => { if (this.zoom) { this.zoom = null; this.invalidate(); } });
     panel.observer.observe(this.card);
+  }
+
+  // the page's x axis; system series (sampled on a timer, their "step" is only a sample
+  // count) are drawn on relative time when the page says step
+  get xAxis() {
+    const x = this.panel.opts.x;
+    return x === "step" && this.metric.startsWith("system/") ? "rel" : x;
+  }
+
+  showPinned(on) {
+    this.pin.textContent = on ? "unpin" : "pin";
+    this.pin.setAttribute("aria-pressed", String(on));
   }
 
   get width() { return Math.max(200, this.holder.clientWidth || this.card.clientWidth - 24 || 600); }
@@ -134,10 +222,10 @@ class Chart {
 
   async load(onlyRun) {
     const opts = this.panel.opts;
-    const runs = onlyRun ? [onlyRun] : this.panel.runs;
+    const runs = (onlyRun ? [onlyRun] : this.panel.runs).filter((id) => this.panel.has(id, this.metric));
     const ticket = {};
     this.loading = ticket;
-    const q = new URLSearchParams({ metric: this.metric, x: opts.x, points: String(this.width) });
+    const q = new URLSearchParams({ metric: this.metric, x: this.xAxis, points: String(this.width) });
     if (this.zoom) { q.set("from", String(this.zoom[0])); q.set("to", String(this.zoom[1])); }
     const results = await Promise.all(runs.map((id) =>
       getJSON(`${runUrl(id)}/series?${q}`).then((r) => [id, r]).catch(() => [id, null])));
@@ -161,7 +249,7 @@ class Chart {
     if (skip >= steps.length) return;
     d.count = start + steps.length;
     if (this.zoom) return;                                  // a zoomed view stays put
-    const axis = this.panel.opts.x;
+    const axis = this.xAxis;
     if (d.start == null && times.length) d.start = times[0];
     for (let i = skip; i < steps.length; i++) {
       d.x.push(axis === "step" ? steps[i] : axis === "time" ? times[i] : times[i] - d.start);
@@ -184,7 +272,8 @@ class Chart {
     const tables = ids.map((id) => sortedTable(this.data.get(id), opts.log));
     const joined = tables.length ? uPlot.join(tables) : [[]];
     const data = [joined[0]];
-    const series = [{ label: X_LABEL[opts.x] }];
+    const xAxis = this.xAxis;
+    const series = [{ label: X_LABEL[xAxis] }];
     let lastX = -Infinity, points = 0, hiddenLog = 0;
     ids.forEach((id, i) => {
       const ys = joined[i + 1];
@@ -207,6 +296,7 @@ class Chart {
     this.card.dataset.points = String(points);
     this.card.dataset.drawn = String(data[0].length);
     this.card.dataset.log = String(opts.log);
+    this.card.dataset.xAxis = xAxis;
     this.card.dataset.smooth = String(opts.smooth);
     this.card.dataset.zoomed = this.zoom ? `${this.zoom[0]},${this.zoom[1]}` : "";
     const raw = ids.every((id) => this.data.get(id).raw);
@@ -224,10 +314,10 @@ class Chart {
       width: this.width,
       height: HEIGHT,
       scales: {
-        x: { time: opts.x === "time", ...(this.zoom ? { min: this.zoom[0], max: this.zoom[1], auto: false } : {}) },
+        x: { time: xAxis === "time", ...(this.zoom ? { min: this.zoom[0], max: this.zoom[1], auto: false } : {}) },
         y: opts.log ? { distr: 3, log: 10 } : {},
       },
-      axes: [{ label: X_LABEL[opts.x] }, { size: 64, values: (u, vals) => vals.map(fmtNum) }],
+      axes: [{ label: X_LABEL[xAxis] }, { size: 64, values: (u, vals) => vals.map(fmtNum) }],
       series,
       cursor: { drag: { x: true, y: false, setScale: false }, bind: { dblclick: () => null } },
       hooks: {
@@ -253,6 +343,19 @@ class Chart {
     if (this.plot) this.plot.destroy();
     this.card.remove();
   }
+}
+
+const PINNED = "\u0000pinned";   // the pinned charts' section (no metric prefix is this)
+
+// "train/loss" -> "train"; "loss" -> "" (the user's own metrics, first)
+function sectionOf(name) {
+  const i = name.indexOf("/");
+  return i > 0 ? name.slice(0, i) : "";
+}
+
+function sectionOrder(a, b) {
+  const rank = (k) => (k === PINNED ? -1 : k === "" ? 0 : k === "system" ? 2 : 1);
+  return rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0);
 }
 
 // [x, y] sorted by x (uPlot.join needs ascending x); non-finite and, on a log

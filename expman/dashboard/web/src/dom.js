@@ -34,12 +34,28 @@ export function runUrl(id) {
   return `/api/runs/${encodeURIComponent(exp)}/${encodeURIComponent(rest.join("/"))}`;
 }
 
-// One colour per run id, the same on every page and every reload.
+// Tableau 10: distinct, qualitative colours. A run's colour is its listing index
+// (oldest run 0, the next 1, ...) in this palette, so neighbours in time never share
+// one and a run keeps its colour across reloads and selections.
+export const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
+  "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
+const colorIndex = new Map();     // run id -> stable index
+let nextIndex = 0;
+
+// `index` is the run's position from the oldest (set by the runs view as pages come);
+// a run seen without one (a new live run) takes the next free index.
+export function setColorIndex(id, index) {
+  if (colorIndex.has(id)) return;
+  colorIndex.set(id, index);
+  nextIndex = Math.max(nextIndex, index + 1);
+}
+
 export function runColor(id, alpha = 1) {
-  let h = 2166136261;
-  for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 16777619);
-  const hue = ((h >>> 0) * 0.618033988749895 * 360) % 360;
-  return `hsla(${hue.toFixed(0)}, 70%, 42%, ${alpha})`;
+  if (!colorIndex.has(id)) setColorIndex(id, nextIndex);
+  const hex = PALETTE[colorIndex.get(id) % PALETTE.length];
+  if (alpha === 1) return hex;
+  const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+  return `rgba(${r}, ${g}, ${b}, ${alpha})`;
 }
 
 export function fmtNum(v) {

@@ -1,7 +1,10 @@
 // expman serve's page. Routes (in the URL fragment): #/ the runs view with the
 // charts of the selected runs, #/run/EXP/RUN a run page, #/compare?run=..&run=..
-// Live data comes from one EventSource on /api/stream.
-import { el, clear, getJSON } from "./dom.js";
+// Live data comes from one EventSource on /api/stream. The runs view keeps its state
+// (selection, filters, smoothing, x axis, log y) in its URL, #/?run=..&expr=..:
+// a reload or a shared link shows the same. A change of selection is a new history
+// entry (back and forward step through selections); typing in a filter replaces it.
+import { el, clear, getJSON, setColorIndex } from "./dom.js";
 import { RunsTable, encodeId } from "./runs.js";
 import { ChartPanel } from "./charts.js";
 import { showRun, showCompare } from "./run.js";
@@ -11,6 +14,9 @@ const liveDot = document.getElementById("live-dot");
 let home = null;          // the runs view, kept across routes
 let stream = null;
 let runPanel = null;      // the run page's charts, fed by the stream too
+let autoSelected = false; // the selection is the default one (kept out of the URL)
+let applyingDefault = false;
+let restoring = false;    // the view is being set from the URL: nothing written back meanwhile
 
 function buildHome() {
   const tableRoot = el("div", { class: "runs-view" });
@@ -30,9 +36,16 @@ function buildHome() {
     compareBtn);
   const hint = el("p", { class: "muted", id: "charts-hint", text: "Select runs to see their charts." });
   const view = el("div", {}, tableRoot, el("h2", { text: "Charts" }), controls, hint, chartsRoot);
-  const charts = new ChartPanel(chartsRoot);
+  view.addEventListener("input", () => saveState());
+  view.addEventListener("change", () => saveState());
+  // a live run may log a metric its row does not show yet: its chart asks for it anyway
+  const charts = new ChartPanel(chartsRoot, { has: (id, m) => {
+    const r = table.rows.get(id);
+    return !r || r.status === "RUNNING" || m in r.last_metrics;
+  }, storageKey: () => document.getElementById("base").textContent });
   const table = new RunsTable(tableRoot, { onSelect: (ids) => select(ids) });
   function select(ids) {
+    if (!applyingDefault) autoSelected = false;
     const metrics = new Set();
     for (const id of ids) Object.keys(table.rows.get(id)?.last_metrics || {}).forEach((m) => metrics.add(m));
     charts.setRuns(ids, [...metrics]);
@@ -40,23 +53,129 @@ function buildHome() {
     compareBtn.disabled = ids.length < 2;
     table.draw();
     connect();
+    saveState(true);
   }
   return { view, table, charts, select };
 }
 
+// URL parameter -> the control holding it (a checkbox's value is "1" when ticked)
+const STATE = [["q", "text-filter"], ["status", "status-filter"], ["expr", "expr-filter"],
+  ["metrics", "metric-filter"], ["x", "x-axis"], ["log", "log-y"], ["smooth", "smoothing"]];
+
+function urlState() {
+  const hash = location.hash || "#/";
+  return hash.startsWith("#/?") ? new URLSearchParams(hash.slice(3)) : new URLSearchParams();
+}
+
+const DEFAULTS = { x: "step", smooth: "0" };
+
+function isHome() {
+  return location.hash === "" || location.hash === "#/" || location.hash.startsWith("#/?");
+}
+
+// the controls as the URL says (a missing key: the default), through their own handlers
+function applyState(params) {
+  for (const [key, id] of STATE) {
+    const value = params.get(key) ?? DEFAULTS[key] ?? "";
+    const input = home.view.querySelector(`#${id}`);
+    if (input.type === "checkbox") {
+      if (input.checked === (value === "1")) continue;
+      input.checked = value === "1";
+    } else {
+      if (input.value === value) continue;
+      input.value = value;
+    }
+    input.dispatchEvent(new Event(input.tagName === "SELECT" || input.type === "checkbox" ? "change" : "input"));
+  }
+}
+
+// the selection the URL names (the runs of it listed so far), else the newest runs
+function selectFromUrl() {
+  const params = urlState();
+  if (params.has("run")) {
+    const wanted = params.getAll("run").filter((id) => id && home.table.rows.has(id));
+    home.table.setSelected(wanted);
+    return;
+  }
+  const newest = [...home.table.rows.values()].sort((a, b) => (b.start_time ?? 0) - (a.start_time ?? 0));
+  applyingDefault = true;
+  home.table.setSelected(newestRuns(newest));
+  applyingDefault = false;
+  autoSelected = true;
+}
+
+// back/forward within the runs view: the view as that URL says
+function restore() {
+  if (!isHome()) return;
+  restoring = true;
+  try {
+    applyState(urlState());
+    selectFromUrl();
+  } finally {
+    restoring = false;
+  }
+}
+
+// push: a new history entry (a selection changed), else the current one replaced
+function saveState(push = false) {
+  if (!home || restoring || !isHome()) return;
+  const q = new URLSearchParams();
+  for (const [key, id] of STATE) {
+    const input = home.view.querySelector(`#${id}`);
+    const value = input.type === "checkbox" ? (input.checked ? "1" : "") : input.value;
+    if (value && !(key === "x" && value === "step") && !(key === "smooth" && value === "0")) q.set(key, value);
+  }
+  if (autoSelected) { /* the newest runs, again on the next visit */ }
+  else if (home.table.selected.size) home.table.selected.forEach((id) => q.append("run", id));
+  else q.set("run", "");                   // nothing selected, on purpose: no default
+  const hash = `#/?${q}`;
+  if (hash === location.hash) return;
+  if (push && !autoSelected && isHome() && location.hash.startsWith("#/?")) history.pushState(null, "", hash);
+  else history.replaceState(null, "", hash);
+}
+
 // The runs list in pages, sorted by the server (newest first): the first page is
 // drawn at once, the rest is added as it comes (filters and sorting then cover all).
+// Each run gets its colour index from its place counted from the oldest.
 const FIRST_PAGE = 500;
 const NEXT_PAGE = 5000;
+const DEFAULT_SELECTED = 5;       // the newest runs charted when nothing is selected
+const DEFAULT_CHARTS = 100;       // ...unless their metrics would make more charts than this
+
+// the newest runs (up to DEFAULT_SELECTED) whose metrics together fit DEFAULT_CHARTS:
+// a run of 12,000 metrics is charted when asked for, never by default
+function newestRuns(runs) {
+  const ids = [], metrics = new Set();
+  for (const r of runs) {
+    if (ids.length >= DEFAULT_SELECTED) break;
+    const names = Object.keys(r.last_metrics || {});
+    if (new Set([...metrics, ...names]).size > DEFAULT_CHARTS) continue;
+    names.forEach((m) => metrics.add(m));
+    ids.push(r.id);
+  }
+  return ids;
+}
 
 async function loadRuns() {
   const first = await getJSON(`/api/runs?limit=${FIRST_PAGE}&sort=start_time&order=desc`);
   document.getElementById("base").textContent = first.base;
+  first.runs.forEach((r, i) => setColorIndex(r.id, first.total - 1 - i));
   home.table.setRows(first.runs);
+  // the URL's selection (its runs as they are listed), else the newest runs
+  const wanted = urlState().has("run") ? new Set(urlState().getAll("run").filter(Boolean)) : null;
+  restoring = true;
+  try { selectFromUrl(); } finally { restoring = false; }
+  saveState();
   for (let offset = first.runs.length; offset < first.total; offset += NEXT_PAGE) {
     const page = await getJSON(`/api/runs?offset=${offset}&limit=${NEXT_PAGE}&sort=start_time&order=desc`);
     if (!page.runs.length) break;
+    page.runs.forEach((r, i) => setColorIndex(r.id, first.total - 1 - offset - i));
     home.table.addRows(page.runs);
+    const more = wanted ? page.runs.filter((r) => wanted.has(r.id)).map((r) => r.id) : [];
+    if (more.length) {
+      restoring = true;
+      try { home.table.setSelected([...home.table.selected, ...more]); } finally { restoring = false; }
+    }
   }
 }
 
@@ -109,7 +228,10 @@ async function route() {
 
 async function main() {
   home = buildHome();
+  restoring = true;
+  try { applyState(urlState()); } finally { restoring = false; }
   window.addEventListener("hashchange", route);
+  window.addEventListener("popstate", restore);
   try {
     await loadRuns();
   } catch (e) {

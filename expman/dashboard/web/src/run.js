@@ -172,7 +172,7 @@ export async function showRun(root, id) {
     section("Artifacts", arts, previews),
     section("Environment", ...environment(meta.env || {})),
     section("Integrity", integrity));
-  const panel = new ChartPanel(chartsRoot);
+  const panel = new ChartPanel(chartsRoot, { storageKey: () => document.getElementById("base").textContent });
   panel.setRuns([id], Object.keys(run.metrics));
   try {
     const { events, total } = await getJSON(`${runUrl(id)}/events?kind=message&last=${MAX_MESSAGES}`);

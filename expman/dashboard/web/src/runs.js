@@ -32,6 +32,9 @@ export class RunsTable {
         "aria-label": "param expression", oninput: (e) => this.setExpr(e.target.value) }),
       el("label", {}, el("input", { id: "group-exp", type: "checkbox",
         onchange: (e) => { this.group = e.target.checked; this.draw(); } }), " group by experiment"),
+      el("button", { id: "select-shown", text: "select shown", title: "chart every run the filters show",
+        onclick: () => this.setSelected([...this.selected, ...this.visible().map((r) => r.id)]) }),
+      el("button", { id: "select-none", text: "select none", onclick: () => this.setSelected([]) }),
       this.count, this.exprError);
     this.table = el("table", { id: "runs", class: "runs" });
     root.append(this.controls, el("div", { class: "table-wrap" }, this.table));
@@ -46,6 +49,11 @@ export class RunsTable {
       this.exprError.textContent = e.message;
     }
     this.draw();
+  }
+
+  setSelected(ids) {
+    this.selected = new Set(ids);
+    this.onSelect([...this.selected]);
   }
 
   setRows(rows) {
