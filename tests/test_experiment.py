@@ -19,7 +19,7 @@ import expman
 from expman import (
     ExpmanTypeError, ExpmanValueError, RunClosedError, RunExistsError,
 )
-from conftest import missing, run_python
+from conftest import missing, need, run_python
 
 
 # ---- the issue's three examples, verbatim ---------------------------------------
@@ -523,7 +523,7 @@ def test_auto_steps_are_taken_with_the_row_whatever_the_value_type(make_run):
     """step=None is assigned in the same critical section as the append: a value
     whose conversion releases the GIL (a 0-d torch tensor's __float__) cannot
     let another thread take the same step (20,057 distinct of 160,000 before)."""
-    torch = pytest.importorskip("torch") if os.environ.get("CI") != "true" else __import__("torch")
+    torch = need("torch")
     exp = make_run(system_metrics=False, buffer_size=64 << 20)
     threads, per = 8, 5000
     values = [torch.tensor(float(t)) for t in range(threads)]
