@@ -28,6 +28,7 @@ TORN_SUFFIX = ".torn"            # verify --repair keeps a cut tail beside its f
 MANIFEST_SUFFIX = ".manifest.json"   # a folder artifact's list of files and hashes, beside it
 MAX_MANIFEST_BYTES = 64 << 20    # readers refuse a larger (crafted) manifest
 LOCK_FILE = "writer.lock"        # the writer's OS lock, held for the run's life (expman.runlock)
+INDEX_FILE = ".expman-index"     # in the base dir: the listing cache (expman.index), never the truth
 
 
 def rank_file(name: str, rank: int | None) -> str:

@@ -620,6 +620,7 @@ COMMAND_CASES = {
     "demo": lambda base, w: (["demo", "--steps", "3", "--delay", "0"],
                              lambda out: len(list((base / "demo").iterdir())) >= 1),
     "serve": lambda base, w: (["serve", "--no-browser"], None),          # see the test
+    "index": lambda base, w: (["index", "--json"], lambda out: json.loads(out)["runs"] == 2),
     "list": lambda base, w: (["list", "--json"],
                              lambda out: {r["id"] for r in json.loads(out)} == {"exp/r1", "exp/r2"}),
     "show": lambda base, w: (["show", "exp/r1", "--json"],
@@ -690,7 +691,7 @@ def test_every_command_takes_every_base_dir_form(cmd, form, two_runs, tmp_path, 
 
 
 DATA_COMMANDS = {"list", "show", "compare", "tail", "verify", "du", "clean", "ranks",
-                 "export-lake", "sync", "tag", "import-tensorboard"}
+                 "export-lake", "sync", "tag", "import-tensorboard", "index"}
 
 
 def test_json_on_every_command_that_outputs_data():
