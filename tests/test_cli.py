@@ -621,6 +621,8 @@ COMMAND_CASES = {
                              lambda out: len(list((base / "demo").iterdir())) >= 1),
     "serve": lambda base, w: (["serve", "--no-browser"], None),          # see the test
     "index": lambda base, w: (["index", "--json"], lambda out: json.loads(out)["runs"] == 2),
+    "sql": lambda base, w: (["sql", "select run from runs order by run", "--json"],
+                            lambda out: [r["run"] for r in json.loads(out)] == ["exp/r1", "exp/r2"]),
     "list": lambda base, w: (["list", "--json"],
                              lambda out: {r["id"] for r in json.loads(out)} == {"exp/r1", "exp/r2"}),
     "show": lambda base, w: (["show", "exp/r1", "--json"],
@@ -650,7 +652,7 @@ COMMAND_CASES = {
     "sync": lambda base, w: (["sync", w / "copy", "--json"],
                              lambda out: json.loads(out)["runs"] == 2),
 }
-NEEDS = {"export-lake": "pyarrow", "sync": "fsspec"}
+NEEDS = {"export-lake": "pyarrow", "sync": "fsspec", "sql": "duckdb"}
 
 
 def test_every_command_has_a_base_dir_case():
@@ -691,7 +693,7 @@ def test_every_command_takes_every_base_dir_form(cmd, form, two_runs, tmp_path, 
 
 
 DATA_COMMANDS = {"list", "show", "compare", "tail", "verify", "du", "clean", "ranks",
-                 "export-lake", "sync", "tag", "import-tensorboard", "index"}
+                 "export-lake", "sync", "tag", "import-tensorboard", "index", "sql"}
 
 
 def test_json_on_every_command_that_outputs_data():

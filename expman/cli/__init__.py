@@ -5,7 +5,7 @@ Each command module registers its commands with ``add_parser(subparsers)``
 only assembles them and runs one: ``runs.py`` (list, show, compare, tail),
 ``files.py`` (export, verify, du, clean), ``demo``, ``serve``, ``tags`` (tag,
 note), ``tensorboard`` (import-tensorboard), ``ranks``, ``lake``
-(export-lake), ``sync``, ``index``. RUN is a run folder path, a run's URL, or a run spec
+(export-lake), ``sync``, ``index``, ``sql``. RUN is a run folder path, a run's URL, or a run spec
 under the base dir (``expman.layout.resolve_run``: ``experiment/run_name``,
 ``experiment/latest``, a unique prefix); the base dir is in ``_common``.
 
@@ -33,6 +33,7 @@ from expman.cli import (
     ranks,
     runs,
     serve,
+    sql,
     sync,
     tags,
     tensorboard,
@@ -44,9 +45,9 @@ from expman.errors import ExpmanError
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 # each module's add_parser(subparsers) registers its commands, in this order in --help
-MODULES = (demo, serve, runs, files, tags, tensorboard, ranks, lake, sync, index)
+MODULES = (demo, serve, runs, files, tags, tensorboard, ranks, lake, sync, index, sql)
 COMMANDS = ("demo", "serve", "list", "show", "compare", "tail", "export", "verify", "du",
-            "clean", "tag", "note", "import-tensorboard", "ranks", "export-lake", "sync", "index")
+            "clean", "tag", "note", "import-tensorboard", "ranks", "export-lake", "sync", "index", "sql")
 
 
 def build_parser() -> argparse.ArgumentParser:
