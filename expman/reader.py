@@ -587,7 +587,7 @@ def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | 
               status: str | Iterable[str] | None = None, *, metrics: bool = True,
               limit: int | None = None, tags: str | Iterable[str] | None = None,
               group: str | None = None, cache: RunListCache | None = None,
-              index: bool = True) -> list[RunSummary]:
+              index: bool | None = None) -> list[RunSummary]:
     """Runs under base_dir (see ``layout.base_dir``; a URL synced by ``expman sync``
     is read through a local cache), newest first; filter by
     experiment, status (one name or several; CRASHED included), ``tags`` (runs
@@ -596,9 +596,11 @@ def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | 
     metric values; ``limit`` reads metrics only for the runs returned.
     ``cache`` (a RunListCache kept by the caller) spares re-reading unchanged
     finished runs on the next call (with metrics, without ``limit``).
-    ``index`` lists through the base dir's listing index (``expman.index``:
-    one read plus a stat per run folder for finished runs, updated when it
-    missed); ``index=False`` reads every run folder, as the index would."""
+    The base dir's listing index (``expman.index``: one read plus a stat per
+    finished run's folder) is read, and rewritten when it missed; with
+    ``cache`` (a long-lived reader such as the dashboard, which never writes
+    into the base dir) it is only read, unless ``index=True``.
+    ``index=False`` reads every run folder, as the index would."""
     base = _base(_local(base_dir) if base_dir is not None else None)
     if isinstance(status, str):
         wanted = {status.upper()}
@@ -606,11 +608,11 @@ def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | 
         wanted = {s.upper() for s in status} if status else set()
     early = metrics and limit is None       # one pass: metrics read with the metadata
     idx = None
-    if index:
+    if index is not False:
         from expman.index import RunIndex
         idx = RunIndex.load(base)
     out = _scan(base, experiment, early, cache, idx)
-    if idx is not None and idx.changed:
+    if idx is not None and idx.changed and (index or cache is None):
         idx.save()
     if wanted:
         out = [r for r in out if r.status in wanted]
@@ -621,8 +623,9 @@ def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | 
     out.sort(key=lambda r: r.start_time or 0.0, reverse=True)
     if limit is not None:
         out = out[:max(0, limit)]
-    if metrics and not early and idx is None:
-        out = [_with_metrics(r) for r in out]
+    if metrics and not early:       # (a line from the index has its metrics already)
+        out = [r if idx is not None and (r.points or r.last_metrics) else _with_metrics(r)
+               for r in out]
     if not metrics and idx is not None:
         from dataclasses import replace
         out = [replace(r, last_metrics={}, points=0) if r.points or r.last_metrics else r
@@ -634,7 +637,7 @@ def _scan(base: Path, experiment: str | None, early: bool, cache: RunListCache |
           idx: Any) -> list[RunSummary]:
     """Every run's line under ``base``, unsorted: from the index ``idx``
     (an ``expman.index.RunIndex``) where it holds the folder as it is, else
-    read (with metrics when ``early`` or indexing), and offered to the index."""
+    read (with metrics when ``early``, and then offered to the index)."""
     out = []
     seen = set()
     found: set[tuple[str, str]] = set()
@@ -645,13 +648,12 @@ def _scan(base: Path, experiment: str | None, early: bool, cache: RunListCache |
             kept, key = idx.lookup(exp, name, run)
             if kept is not None:
                 line = RunSummary(**kept, path=Path(run))
-            else:
+            elif early:                         # a line without metrics is not kept
                 def keep(line: RunSummary, meta: dict[str, Any], exp: str = exp,
                          name: str = name, key: Any = key) -> None:
                     idx.offer(exp, name, key, line, meta)
         if line is None:
-            line = _line(run, exp, name, early or idx is not None, cache if early else None,
-                         linked, keep)
+            line = _line(run, exp, name, early, cache if early else None, linked, keep)
         if line is not None:
             out.append(line)
             seen.add(run)

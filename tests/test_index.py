@@ -300,3 +300,19 @@ def test_cli_index(mixed: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "24 runs: 17 from the index, 7 read" in capsys.readouterr().out
     assert main(["list", str(mixed), "--json"]) == 0
     assert [steady(d) for d in json.loads(capsys.readouterr().out)] == rows(mixed, index=False)
+
+
+def test_a_server_with_its_own_cache_reads_the_index_but_never_writes_it(mixed: Path) -> None:
+    """The dashboard (list_runs with a RunListCache) never writes into the base dir."""
+    from expman.reader import RunListCache
+    truth = rows(mixed, index=False)
+    cache = RunListCache()
+    assert [steady(r.to_dict()) for r in list_runs(mixed, cache=cache)] == truth
+    assert not (mixed / INDEX_FILE).exists()
+    update_index(mixed)
+    index_bytes = (mixed / INDEX_FILE).read_bytes()
+    shutil.rmtree(sorted(mixed.glob("exp0/r*"))[0])          # a miss it would write
+    tick(mixed)
+    assert [steady(r.to_dict()) for r in list_runs(mixed, cache=RunListCache())] == \
+        rows(mixed, index=False)
+    assert (mixed / INDEX_FILE).read_bytes() == index_bytes
