@@ -58,7 +58,7 @@ def connect(base_dir: str | os.PathLike[str] | None = None, query: str | None = 
         v for v in VIEWS if re.search(rf"\b{v}\b", query, re.IGNORECASE)}
     con = duckdb.connect()
     lines = None
-    if wanted & {"runs", "params", "events", "artifacts"}:
+    if wanted & {"runs", "params", "events", "artifacts", "metrics"}:
         from expman.reader import list_runs
         lines = list_runs(base)
     if "runs" in wanted:
@@ -70,6 +70,9 @@ def connect(base_dir: str | os.PathLike[str] | None = None, query: str | None = 
         _register(con, "events", events)
         _register(con, "artifacts", artifacts)
     if "metrics" in wanted:
+        import pyarrow as pa
+        con.register("_run_ids", pa.table({"run": pa.array([r.id for r in lines or []],
+                                                            pa.string())}))
         _metrics_view(con, base)
     return con
 
@@ -185,7 +188,15 @@ def _metrics_view(con: Any, base: Path) -> None:
     from expman.lake import METRICS_DIR, export_lake
     lake = lake_dir(base)
     with _exclusive(lake):              # one exporter per lake at a time
-        export_lake(base, lake)
+        mark = lake / "streams.sig"
+        sig = _streams_signature(base)
+        try:
+            same = mark.read_text() == sig
+        except OSError:
+            same = False
+        if not same:                    # else no metric stream changed since the last export
+            export_lake(base, lake)
+            mark.write_text(sig)
     parts = sorted((lake / METRICS_DIR).glob("*/*.parquet"))
     if not parts:
         con.execute("create view metrics as select * from (values (null::varchar, "
@@ -197,7 +208,27 @@ def _metrics_view(con: Any, base: Path) -> None:
     con.execute(f"""create view metrics as
         select experiment || '/' || run as run, experiment, rank::bigint as rank, metric,
                step::bigint as step, time, value
-        from read_parquet([{files}], hive_partitioning = true, union_by_name = true)""")
+        from read_parquet([{files}], hive_partitioning = true, union_by_name = true)
+        where experiment || '/' || run in (select run from _run_ids)""")   # not deleted runs
+
+
+def _streams_signature(base: Path) -> str:
+    """A digest of every metric stream's (path, inode, size, mtime, ctime): when it
+    is what it was at the last export, the lake holds every point (a warm query
+    over a base where nothing was logged skips the export's walk)."""
+    from expman.layout import scan_run_dirs
+    h = hashlib.sha256()
+    for run, _exp, _name, _linked in scan_run_dirs(base):
+        try:
+            with os.scandir(run) as it:
+                for e in it:
+                    if e.name.endswith(".bin"):
+                        st = e.stat(follow_symlinks=False)
+                        h.update(f"{e.path}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0"
+                                 f"{st.st_ctime_ns}\n".encode())
+        except OSError:
+            continue
+    return h.hexdigest()
 
 
 @contextmanager

@@ -106,6 +106,16 @@ def test_a_point_logged_is_in_the_next_query(base: Any) -> None:
     assert rows("select status from runs where run = 'exp1/r000011'", b) == [{"status": "RUNNING"}]
 
 
+def test_a_deleted_run_leaves_the_views(base: Any) -> None:
+    import shutil
+    b, _live = base
+    q = "select distinct run from metrics where run = 'exp0/r000000'"
+    assert rows(q, b) == [{"run": "exp0/r000000"}]
+    shutil.rmtree(b / "exp0" / "r000000")
+    assert rows(q, b) == []
+    assert rows("select run from runs where run = 'exp0/r000000'", b) == []
+
+
 def test_best_final_loss_per_lr(base: Any) -> None:
     b, _live = base
     got = rows("""
