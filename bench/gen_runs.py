@@ -99,10 +99,11 @@ def main() -> None:
     ap.add_argument("--failed", type=int, default=0)
     ap.add_argument("--crashed", type=int, default=0)
     ap.add_argument("--damaged", type=int, default=0)
+    ap.add_argument("--start", type=int, default=0, help="first run number (to add runs)")
     args = ap.parse_args()
     t = time.perf_counter()
     generate(args.base, args.runs, args.metrics, args.steps, experiments=args.experiments,
-             failed=args.failed, crashed=args.crashed, damaged=args.damaged)
+             failed=args.failed, crashed=args.crashed, damaged=args.damaged, start=args.start)
     print(f"{args.runs} runs in {time.perf_counter() - t:.1f} s under {args.base}")
 
 
