@@ -316,3 +316,12 @@ def test_a_server_with_its_own_cache_reads_the_index_but_never_writes_it(mixed: 
     assert [steady(r.to_dict()) for r in list_runs(mixed, cache=RunListCache())] == \
         rows(mixed, index=False)
     assert (mixed / INDEX_FILE).read_bytes() == index_bytes
+
+
+def test_a_folder_where_the_index_belongs_is_left_alone(mixed: Path) -> None:
+    truth = rows(mixed, index=False)
+    (mixed / INDEX_FILE).mkdir()
+    assert RunIndex.load(mixed).state == "stale"
+    assert rows(mixed) == truth                  # its save fails quietly: the listing stands
+    assert (mixed / INDEX_FILE).is_dir()
+    assert not [p for p in mixed.iterdir() if p.name.endswith(".tmp")]
