@@ -147,6 +147,10 @@ def test_cli_sql(base: Any, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sql", q, str(b)]) == 0
     text = capsys.readouterr().out
     assert text.splitlines()[0].split() == ["run", "status"] and crashed[0]["run"] in text
+    assert main(["sql", "select 1.5 as d, 'x'::blob as b, [1.5::decimal(3, 1)] as l, "
+                 "date '2024-01-02' as day", str(b), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"d": 1.5, "b": "78", "l": [1.5], "day": "2024-01-02"}]
     assert main(["sql", "select nope from runs", str(b)]) == 1
     assert "nope" in capsys.readouterr().err
 

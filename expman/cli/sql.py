@@ -21,6 +21,21 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--csv", action="store_true", help="CSV output (a header line, then rows)")
 
 
+def _plain(v: Any) -> Any:
+    """A DuckDB value as JSON can hold it: a DECIMAL as a number, a BLOB as hex;
+    lists and structs inside out (dates, times and UUIDs orjson spells itself)."""
+    from decimal import Decimal
+    if isinstance(v, Decimal):
+        return float(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v).hex()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    return v
+
+
 def run(args: argparse.Namespace) -> int:
     from expman.cli._text import CliError
     from expman.sqlviews import connect
@@ -36,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     names, rows = result.columns, result.fetchall()
     if args.json:
-        emit_json([dict(zip(names, r)) for r in rows])
+        emit_json([{k: _plain(v) for k, v in zip(names, r)} for r in rows])
     elif args.csv:
         import csv
         w = csv.writer(sys.stdout, lineterminator="\n")
