@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import need
 
 import expman
 import expman.index
@@ -72,6 +73,8 @@ def same(base: Path, **kw: Any) -> list[dict[str, Any]]:
 def mixed(tmp_path: Path) -> Any:
     base = tmp_path / "runs"
     live = generate(base, 24, 3, 5, failed=3, crashed=3, damaged=2, live=2)
+    for exp in live:
+        exp.flush()             # their points on disk: nothing more moves but the clock
     tick(base)
     yield base
     close_all(live)
@@ -325,3 +328,22 @@ def test_a_folder_where_the_index_belongs_is_left_alone(mixed: Path) -> None:
     assert rows(mixed) == truth                  # its save fails quietly: the listing stands
     assert (mixed / INDEX_FILE).is_dir()
     assert not [p for p in mixed.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_runs_table_is_the_same_through_the_index(mixed: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """expman.runs() lists through list_runs, so through the index."""
+    need("pyarrow")
+    import functools
+
+    import expman.reader
+
+    def table() -> list[dict[str, Any]]:
+        out = expman.runs(mixed, as_="arrow").to_pylist()
+        return [{**r, "duration": None} if r["status"] == "RUNNING" else r for r in out]
+    same(mixed)
+    assert RunIndex.load(mixed).state == "loaded"
+    with_index = table()
+    monkeypatch.setattr(expman.reader, "list_runs",
+                        functools.partial(expman.reader.list_runs, index=False))
+    assert table() == with_index and len(with_index) == 24
