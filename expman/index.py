@@ -195,7 +195,9 @@ class RunIndex:
         as a new file replacing the old. False when the base is not writable
         (the listing was right anyway; the next one misses again)."""
         import orjson
-        tmp = os.path.join(self.base, f"{INDEX_FILE}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        import threading
+        tmp = os.path.join(self.base, f"{INDEX_FILE}.{os.getpid()}.{threading.get_ident()}."
+                                      f"{time.monotonic_ns()}.tmp")
         try:
             fd = create_exclusive(tmp)
         except OSError:
