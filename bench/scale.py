@@ -1,6 +1,8 @@
-"""Figures for docs/scale.md: lake export, DuckDB/Polars over 1,000 runs, sync throughput.
+"""Figures for docs/scale.md: lake export, DuckDB/Polars over 1,000 runs, sync throughput;
+with --listing, `expman list` over many runs with and without the listing index.
 
     python bench/scale.py [--runs 1000] [--steps 100] [--sync-mb 64] [--sync-runs 100]
+    python bench/scale.py --listing 10000 [--base DIR] [--repeats 5]
 
 Runs are made in a RAM disk when there is one (/dev/shm): making them is not
 what is measured, and each close fsyncs. The S3 figures are against moto's
@@ -51,13 +53,105 @@ def timed(fn, repeats: int = 5) -> float:
     return statistics.median(ts)
 
 
+# `expman list --json` as the CLI runs it, but reading every run folder (no index)
+NO_INDEX = ("import sys; from expman.cli._text import emit_json; from expman.reader import "
+            "list_runs; emit_json([r.to_dict() for r in list_runs(sys.argv[1], index=False)])")
+SQL = """with final as (select run, arg_max(value, step) as loss from metrics
+                        where metric = 'loss' group by run)
+         select p.number as lr, min(f.loss) as best from final f join params p using (run)
+         where p.key = 'lr' group by 1 order by 1"""
+
+
+def drop_caches() -> bool:
+    """Empty the page cache (root only): the next read comes from the disk."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def command_time(argv: list[str], repeats: int, cold: bool) -> float:
+    """Median wall time of a command (output to /dev/null), each run after
+    dropping the page cache when ``cold``, else after one warm-up run."""
+    import subprocess
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, env=env, check=True)
+        return time.perf_counter() - t0
+    if not cold:
+        once()
+    ts = []
+    for _ in range(repeats):
+        if cold:
+            drop_caches()
+        ts.append(once())
+    return statistics.median(ts)
+
+
+def listing(args: argparse.Namespace) -> None:
+    """`expman list --json` over ``--listing`` runs, cold and warm, with and without
+    the index; then the index's upkeep and `expman sql` over the same runs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gen_runs import generate
+    from expman.index import RunIndex
+    from expman.layout import INDEX_FILE
+    from expman.reader import update_index
+    base = Path(args.base) if args.base else Path(tempfile.mkdtemp(prefix="expman-list-"))
+    if not any(base.glob("*/*")):
+        t0 = time.perf_counter()
+        generate(base, args.listing, 3, args.steps, experiments=10, failed=args.listing // 20,
+                 crashed=args.listing // 100, damaged=10)
+        print(f"made {args.listing} runs in {time.perf_counter() - t0:.0f} s under {base}")
+    n = sum(1 for _ in base.glob("*/*"))
+    can_drop = drop_caches()
+    print(f"{n} runs under {base}; page cache dropped for cold figures: {can_drop}")
+    py = sys.executable
+    with_index = [py, "-m", "expman", "list", "--json", str(base)]
+    without = [py, "-c", NO_INDEX, str(base)]
+    t = update_index(base, rebuild=True)
+    size = (base / INDEX_FILE).stat().st_size
+    print(f"expman index --rebuild: {t['seconds']:.2f} s, {t['kept']} of {t['runs']} runs kept, "
+          f"{size / 1e6:.1f} MB")
+    for label, argv in (("python -c pass (start-up alone)", [py, "-c", "pass"]),
+                        ("expman list --json, no index", without),
+                        ("expman list --json, index", with_index)):
+        warm = command_time(argv, args.repeats, cold=False)
+        line = f"{label}: warm {warm * 1e3:.0f} ms"
+        if can_drop:
+            line += f", cold {command_time(argv, args.repeats, cold=True) * 1e3:.0f} ms"
+        print(line)
+    assert len(RunIndex.load(base)) == t["kept"]
+    sql = [py, "-m", "expman", "sql", SQL, str(base)]
+    env_cache = os.environ.setdefault("EXPMAN_CACHE_DIR", str(base.parent / "expman-cache"))
+    t0 = time.perf_counter()
+    command_time(sql, 1, cold=True)
+    print(f"expman sql, first query (exports {n} runs to the lake in {env_cache}): "
+          f"{time.perf_counter() - t0:.1f} s")
+    line = f"expman sql, best final loss per lr: warm {command_time(sql, args.repeats, False):.2f} s"
+    if can_drop:
+        line += f", cold {command_time(sql, args.repeats, True):.2f} s"
+    print(line)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--sync-mb", type=int, default=64, help="size of the one big run synced")
     ap.add_argument("--sync-runs", type=int, default=100, help="small runs synced to S3")
+    ap.add_argument("--listing", type=int, metavar="RUNS",
+                    help="only the listing bench, over this many runs")
+    ap.add_argument("--base", help="--listing: use (or fill) this base dir, on a real disk")
+    ap.add_argument("--repeats", type=int, default=5, help="--listing: runs per median")
     args = ap.parse_args()
+    if args.listing:
+        listing(args)
+        return
     shm = Path("/dev/shm")
     root = Path(tempfile.mkdtemp(prefix="expman-scale-",
                                  dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None))

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from expman.export import export_run
     from expman.layout import resolve_run
     from expman.reader import Metrics, Run, RunSummary, Series, list_runs, open_run
+    from expman.sqlviews import sql
     from expman.table import runs
     from expman.tail import RunTail
     from expman.verify import verify_run
@@ -44,7 +45,7 @@ _LAZY = {"Experiment": "experiment",
          "Metrics": "reader", "Run": "reader", "RunSummary": "reader", "Series": "reader",
          "list_runs": "reader", "open_run": "reader", "RunTail": "tail",
          "verify_run": "verify", "export_run": "export", "disk_usage": "disk",
-         "resolve_run": "layout", "runs": "table"}
+         "resolve_run": "layout", "runs": "table", "sql": "sqlviews"}
 _READER_NAMES = set(_LAZY)
 
 
@@ -64,7 +65,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "Experiment", "init", "current", "log_metrics", "log_params", "info", "warn", "error",
     "save_artifact", "close", "open_run", "list_runs", "Run", "RunSummary", "Series",
-    "Metrics", "RunTail", "verify_run", "export_run", "disk_usage", "resolve_run", "runs",
+    "Metrics", "RunTail", "verify_run", "export_run", "disk_usage", "resolve_run", "runs", "sql",
     "ExpmanError", "ExpmanTypeError", "ExpmanValueError", "RunClosedError",
     "RunExistsError", "RunLockedError", "RunNotFoundError", "UnsafePathError", "WriterError",
     "CorruptRunError",

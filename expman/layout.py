@@ -30,6 +30,7 @@ MAX_MANIFEST_BYTES = 64 << 20    # readers refuse a larger (crafted) manifest
 LOSS_FILE = "loss.json"          # the writer's loss record, rewritten in place (expman.loss)
 LOCK_FILE = "writer.lock"        # the writer's OS lock, held for the run's life (expman.runlock)
 ALERTS_FILE = "alerts.jsonl"     # alerts of a watcher in another process (expman watch)
+INDEX_FILE = ".expman-index"     # in the base dir: the listing cache (expman.index), never the truth
 
 
 def rank_file(name: str, rank: int | None) -> str:

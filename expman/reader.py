@@ -13,7 +13,7 @@ import os
 import time
 import warnings
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +34,7 @@ from expman.readmodel import settle_torn_tail
 from expman.series import Metrics, Series, check_duplicates, column, concat
 from expman.tail import RunTail, TailBatch, read_metrics, warn_damage
 
-__all__ = ["open_run", "list_runs", "run_duration", "Run", "Series", "Metrics", "RunSummary",
+__all__ = ["open_run", "list_runs", "update_index", "run_duration", "Run", "Series", "Metrics", "RunSummary",
            "RunListCache", "RunStatus", "rank_losses",
            "RunTail", "TailBatch", "effective_status", "STATUSES", "read_metrics"]
 
@@ -452,7 +452,8 @@ def _number_or_none(v: Any) -> float | None:
 
 
 def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | None = None,
-          linked: bool = False) -> RunSummary | None:
+          linked: bool = False,
+          keep: Callable[[RunSummary, dict[str, Any]], None] | None = None) -> RunSummary | None:
     """One run's line (None: ``run`` holds no run.json). A damaged run is a line
     that says so (``damaged``), never an error. Each metadata file is read through
     one open; with ``cache``, an unchanged finished run is not read at all."""
@@ -510,6 +511,8 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
                       status_rank=decided.rank, status_reason=decided.reason)
     if cache is not None and metrics:
         cache._keep(run, (linked, _key(rst), pkey, mkey), line, meta, began)
+    if keep is not None:
+        keep(line, meta)
     return line
 
 
@@ -601,7 +604,8 @@ class RunListCache:
 def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | None = None,
               status: str | Iterable[str] | None = None, *, metrics: bool = True,
               limit: int | None = None, tags: str | Iterable[str] | None = None,
-              group: str | None = None, cache: RunListCache | None = None) -> list[RunSummary]:
+              group: str | None = None, cache: RunListCache | None = None,
+              index: bool | None = None) -> list[RunSummary]:
     """Runs under base_dir (see ``layout.base_dir``; a URL synced by ``expman sync``
     is read through a local cache), newest first; filter by
     experiment, status (one name or several; CRASHED included), ``tags`` (runs
@@ -609,22 +613,25 @@ def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | 
     is listed with ``damaged`` saying why. ``metrics=False`` skips the last
     metric values; ``limit`` reads metrics only for the runs returned.
     ``cache`` (a RunListCache kept by the caller) spares re-reading unchanged
-    finished runs on the next call (with metrics, without ``limit``)."""
+    finished runs on the next call (with metrics, without ``limit``).
+    The base dir's listing index (``expman.index``: one read plus a stat per
+    finished run's folder) is read, and rewritten when it missed; with
+    ``cache`` (a long-lived reader such as the dashboard, which never writes
+    into the base dir) it is only read, unless ``index=True``.
+    ``index=False`` reads every run folder, as the index would."""
     base = _base(_local(base_dir) if base_dir is not None else None)
     if isinstance(status, str):
         wanted = {status.upper()}
     else:
         wanted = {s.upper() for s in status} if status else set()
     early = metrics and limit is None       # one pass: metrics read with the metadata
-    out = []
-    seen = set()
-    for run, exp, name, linked in scan_run_dirs(base, experiment):
-        line = _line(run, exp, name, early, cache if early else None, linked)
-        if line is not None:
-            out.append(line)
-            seen.add(run)
-    if cache is not None and early and experiment is None:
-        cache._prune(seen)
+    idx = None
+    if index is not False:
+        from expman.index import RunIndex
+        idx = RunIndex.load(base)
+    out = _scan(base, experiment, early, cache, idx)
+    if idx is not None and idx.changed and (index or cache is None):
+        idx.save()
     if wanted:
         out = [r for r in out if r.status in wanted]
     if tags or group is not None:
@@ -634,9 +641,61 @@ def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | 
     out.sort(key=lambda r: r.start_time or 0.0, reverse=True)
     if limit is not None:
         out = out[:max(0, limit)]
-    if metrics and not early:
-        out = [_with_metrics(r) for r in out]
+    if metrics and not early:       # (a line from the index has its metrics already)
+        out = [r if idx is not None and (r.points or r.last_metrics) else _with_metrics(r)
+               for r in out]
+    if not metrics and idx is not None:
+        from dataclasses import replace
+        out = [replace(r, last_metrics={}, points=0) if r.points or r.last_metrics else r
+               for r in out]
     return out
+
+
+def _scan(base: Path, experiment: str | None, early: bool, cache: RunListCache | None,
+          idx: Any) -> list[RunSummary]:
+    """Every run's line under ``base``, unsorted: from the index ``idx``
+    (an ``expman.index.RunIndex``) where it holds the folder as it is, else
+    read (with metrics when ``early``, and then offered to the index)."""
+    out = []
+    seen = set()
+    found: set[tuple[str, str]] = set()
+    for run, exp, name, linked in scan_run_dirs(base, experiment):
+        line, keep = None, None
+        if idx is not None and not linked:      # a link may lead anywhere: always read
+            found.add((exp, name))
+            kept, key = idx.lookup(exp, name, run)
+            if kept is not None:
+                line = RunSummary(**kept, path=Path(run))
+            elif early:                         # a line without metrics is not kept
+                def keep(line: RunSummary, meta: dict[str, Any], exp: str = exp,
+                         name: str = name, key: Any = key) -> None:
+                    idx.offer(exp, name, key, line, meta)
+        if line is None:
+            line = _line(run, exp, name, early, cache if early else None, linked, keep)
+        if line is not None:
+            out.append(line)
+            seen.add(run)
+    if cache is not None and early and experiment is None:
+        cache._prune(seen)
+    if idx is not None:
+        idx.forget_missing(found, experiment)
+    return out
+
+
+def update_index(base_dir: str | os.PathLike[str] | None = None, *,
+                 rebuild: bool = False) -> dict[str, Any]:
+    """Bring ``base_dir``'s listing index (``expman.index``) up to date;
+    ``rebuild``: from nothing, reading every run folder again. Returns what
+    happened: runs listed, entries found, hits, misses, entries kept, whether
+    it was written, and the seconds it took."""
+    from expman.index import RunIndex
+    began = time.perf_counter()
+    base = _base(_local(base_dir) if base_dir is not None else None)
+    idx = RunIndex(base, state="rebuilt") if rebuild else RunIndex.load(base)
+    lines = _scan(base, None, True, None, idx)
+    written = idx.save() if (idx.changed or rebuild or idx.state != "loaded") else False
+    return {**idx.stats(), "runs": len(lines), "written": written,
+            "seconds": round(time.perf_counter() - began, 4)}
 
 
 def _with_metrics(r: RunSummary) -> RunSummary:

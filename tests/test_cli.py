@@ -613,6 +613,9 @@ COMMAND_CASES = {
     "demo": lambda base, w: (["demo", "--steps", "3", "--delay", "0"],
                              lambda out: len(list((base / "demo").iterdir())) >= 1),
     "serve": lambda base, w: (["serve", "--no-browser"], None),          # see the test
+    "index": lambda base, w: (["index", "--json"], lambda out: json.loads(out)["runs"] == 2),
+    "sql": lambda base, w: (["sql", "select run from runs order by run", "--json"],
+                            lambda out: [r["run"] for r in json.loads(out)] == ["exp/r1", "exp/r2"]),
     "list": lambda base, w: (["list", "--json"],
                              lambda out: {r["id"] for r in json.loads(out)} == {"exp/r1", "exp/r2"}),
     "show": lambda base, w: (["show", "exp/r1", "--json"],
@@ -649,7 +652,7 @@ COMMAND_CASES = {
                               lambda out: all(json.loads(line) for line in out.splitlines())
                               and (base / "exp" / "r1" / ALERTS_FILE).is_file()),
 }
-NEEDS = {"export-lake": "pyarrow", "sync": "fsspec", "export-mlflow": "mlflow"}
+NEEDS = {"export-lake": "pyarrow", "sync": "fsspec", "export-mlflow": "mlflow", "sql": "duckdb"}
 
 
 def test_every_command_has_a_base_dir_case():
@@ -690,7 +693,8 @@ def test_every_command_takes_every_base_dir_form(cmd, form, two_runs, tmp_path, 
 
 
 DATA_COMMANDS = {"list", "show", "compare", "tail", "verify", "du", "clean", "ranks",
-                 "export-lake", "export-mlflow", "sync", "tag", "import-tensorboard", "watch"}
+                 "export-lake", "export-mlflow", "sync", "tag", "import-tensorboard", "watch",
+                 "index", "sql"}
 
 
 def test_json_on_every_command_that_outputs_data():

@@ -5,8 +5,9 @@ Each command module registers its commands with ``add_parser(subparsers)``
 only assembles them and runs one: ``runs.py`` (list, show, compare, tail),
 ``files.py`` (export, verify, du, clean), ``demo``, ``serve``, ``tags`` (tag,
 note), ``tensorboard`` (import-tensorboard), ``ranks``, ``lake``
-(export-lake), ``export_mlflow`` (export-mlflow), ``sync``, ``watch``. RUN is a run
-folder path, a run's URL, or a run spec under the base dir (``expman.layout.resolve_run``: ``experiment/run_name``,
+(export-lake), ``export_mlflow`` (export-mlflow), ``sync``, ``watch``, ``index``, ``sql``.
+RUN is a run folder path, a run's URL, or a run spec under the base dir
+(``expman.layout.resolve_run``: ``experiment/run_name``,
 ``experiment/latest``, a unique prefix); the base dir is in ``_common``.
 
 Errors are one line on stderr and a non-zero exit code: 1 for a failure (or
@@ -29,10 +30,12 @@ from expman.cli import (
     demo,
     export_mlflow,
     files,
+    index,
     lake,
     ranks,
     runs,
     serve,
+    sql,
     sync,
     tags,
     tensorboard,
@@ -45,10 +48,11 @@ from expman.errors import ExpmanError
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 # each module's add_parser(subparsers) registers its commands, in this order in --help
-MODULES = (demo, serve, runs, files, tags, tensorboard, ranks, lake, export_mlflow, sync, watch)
+MODULES = (demo, serve, runs, files, tags, tensorboard, ranks, lake, export_mlflow, sync, watch,
+           index, sql)
 COMMANDS = ("demo", "serve", "list", "show", "compare", "tail", "export", "verify", "du",
             "clean", "tag", "note", "import-tensorboard", "ranks", "export-lake", "export-mlflow",
-            "sync", "watch")
+            "sync", "watch", "index", "sql")
 
 
 def build_parser() -> argparse.ArgumentParser:

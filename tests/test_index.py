@@ -1,0 +1,349 @@
+"""The listing index (expman.index): a cache that never changes what a listing says.
+
+Every test compares a listing through the index with one that reads every run
+folder (``index=False``): runs created, finished, edited, resumed, deleted or
+copied in behind the index's back, a crafted or cut index, a writer killed at
+any moment, several writers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import need
+
+import expman
+import expman.index
+from expman.index import RunIndex, parse
+from expman.reader import update_index
+from expman.layout import INDEX_FILE
+from expman.reader import list_runs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from gen_runs import close_all, generate  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep entries however recent: the tests wait for the filesystem's clock
+    instead (tick), so no test depends on a two-second window."""
+    monkeypatch.setattr(expman.index, "RACY", 0.0)
+
+
+def tick(base: Path) -> None:
+    """Wait until the filesystem's clock has moved past every run folder's last
+    change (a change within one timestamp tick keeps a folder's times)."""
+    newest = max((os.stat(p).st_ctime_ns for p in base.glob("*/*")), default=0)
+    probe = base / ".tick"
+    while True:
+        probe.write_bytes(b"x")
+        if os.stat(probe).st_mtime_ns > newest:
+            break
+    probe.unlink()
+
+
+def steady(d: dict[str, Any]) -> dict[str, Any]:
+    """A line as two listings agree on it: a live run's duration (the time so
+    far) and figures (its writer flushes when it likes) move between them."""
+    if d["status"] == "RUNNING":
+        d.update(duration=None, last_metrics=None, points=None)
+    return d
+
+
+def rows(base: Path, **kw: Any) -> list[dict[str, Any]]:
+    return [steady(r.to_dict()) for r in list_runs(base, **kw)]
+
+
+def same(base: Path, **kw: Any) -> list[dict[str, Any]]:
+    truth = rows(base, index=False, **kw)
+    assert rows(base, **kw) == truth
+    return truth
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Any:
+    base = tmp_path / "runs"
+    live = generate(base, 24, 3, 5, failed=3, crashed=3, damaged=2, live=2)
+    for exp in live:
+        exp.flush()             # their points on disk: nothing more moves but the clock
+    tick(base)
+    yield base
+    close_all(live)
+
+
+def test_same_rows_with_and_without_the_index(mixed: Path) -> None:
+    truth = same(mixed)             # the first listing writes the index
+    statuses = [r["status"] for r in truth]
+    assert {s: statuses.count(s) for s in set(statuses)} == {
+        "FINISHED": 14, "FAILED": 3, "CRASHED": 3, "DAMAGED": 2, "RUNNING": 2}
+    assert (mixed / INDEX_FILE).is_file()
+    stats = update_index(mixed)
+    assert (stats["hits"], stats["misses"]) == (17, 7)   # finished and failed; the rest read
+    assert same(mixed) == truth
+    for kw in ({"metrics": False}, {"limit": 5}, {"limit": 5, "metrics": False},
+               {"experiment": "exp1"}, {"status": "CRASHED"}, {"tags": "seed1", "group": "lr0.1"}):
+        same(mixed, **kw)
+
+
+def test_a_hit_is_the_line_it_replaced(mixed: Path) -> None:
+    same(mixed)                     # writes the index
+    truth = {r.id: r for r in list_runs(mixed, index=False)}
+    idx = RunIndex.load(mixed)
+    for run in sorted(mixed.glob("exp*/r*")):
+        line, _key = idx.lookup(run.parent.name, run.name, str(run))
+        if line is not None:
+            assert line == {k: v for k, v in vars(truth[f"{line['experiment']}/{line['run_name']}"]).items()
+                            if k not in ("path", "damaged")}
+            assert line["status"] in ("FINISHED", "FAILED")
+    assert idx.hits == 17
+
+
+def test_live_runs_are_never_trusted(tmp_path: Path) -> None:
+    base = tmp_path / "runs"
+    live = generate(base, 3, 1, 2, live=1)
+    tick(base)
+    same(base)
+    exp = live[0]
+    exp.log_metrics({"loss": 42.0}, step=99)
+    exp.flush()
+    assert rows(base)[0]["status"] == "RUNNING"
+    close_all(live)
+    tick(base)
+    line = same(base)[0]
+    assert line["status"] == "FINISHED" and line["last_metrics"]["loss"] == 42.0
+
+
+def test_behind_its_back(mixed: Path) -> None:
+    same(mixed)
+    runs = sorted(mixed.glob("exp0/r*"))
+    shutil.rmtree(runs[0])                                   # deleted
+    shutil.copytree(runs[1], mixed / "exp0" / "copied")      # copied in (cp -a keeps times)
+    from expman.runmeta import update_closed_run
+    update_closed_run(runs[2], {"tags": ["edited"], "notes": "a note"})   # expman tag / note
+    params = runs[3] / "params.json"                         # params rewritten by rename
+    tmp = runs[3] / "params.json.new"
+    tmp.write_text(json.dumps({"lr": 123.0}))
+    os.replace(tmp, params)
+    truth = same(mixed)
+    by_path = {Path(r["path"]).name: r for r in truth}
+    assert runs[0].name not in by_path and "copied" in by_path
+    assert by_path[runs[2].name]["tags"] == ["edited"]
+    assert by_path[runs[2].name]["notes"] == "a note"
+    assert by_path[runs[3].name]["params"] == {"lr": 123.0}
+    # a run folder replaced by another run under the same name: a new inode
+    shutil.rmtree(runs[4])
+    shutil.copytree(runs[5], runs[4])
+    tick(mixed)
+    assert same(mixed) != truth
+
+
+def test_new_and_resumed_runs(mixed: Path) -> None:
+    same(mixed)
+    generate(mixed, 2, 3, 5, start=100)
+    before = {r["id"]: r for r in same(mixed)}
+    assert {"exp0/r000100", "exp1/r000101"} <= set(before)
+    tick(mixed)
+    rid = "exp0/r000004"
+    with expman.Experiment("exp0", "r000004", base_dir=mixed, resume=True, capture_env=False,
+                           handle_signals=False, system_metrics=False) as exp:
+        exp.log_metrics({"loss": -1.0}, step=50)
+        assert {r["id"]: r for r in same(mixed)}[rid]["status"] == "RUNNING"
+    after = {r["id"]: r for r in same(mixed)}[rid]
+    assert after["status"] == "FINISHED" and after["last_metrics"]["loss"] == -1.0
+    assert after["points"] == before[rid]["points"] + 1
+
+
+def test_an_edit_in_place_is_seen_after_rebuild(mixed: Path) -> None:
+    """The one change the folder's times cannot show: a file rewritten in place
+    by something other than expman. `expman index --rebuild` reads everything."""
+    same(mixed)
+    run = sorted(mixed.glob("exp0/r*"))[0]
+    with open(run / "params.json", "r+b") as f:      # in place: same inode, folder untouched
+        f.truncate(0)
+        f.write(b'{"lr": 7}')
+    update_index(mixed, rebuild=True)
+    assert {Path(r["path"]).name: r for r in rows(mixed)}[run.name]["params"] == {"lr": 7}
+    same(mixed)
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"garbage", b"expman-index 1 5 00000000\nabcde",        # wrong checksum
+    b"expman-index 99 0 00000000\n",                               # another format
+    "cut",                                                         # the real one, cut short
+    "crafted",                                                     # valid header, hostile entries
+])
+def test_a_bad_index_is_ignored_and_rebuilt(mixed: Path, content: Any) -> None:
+    truth = same(mixed)
+    path = mixed / INDEX_FILE
+    real = path.read_bytes()
+    if content == "cut":
+        content = real[: len(real) // 2]
+    elif content == "crafted":
+        bad = [["exp0", "r000000", [1, 2, 3], {}], ["..", "..", [0, 0, 0], {"status": "FINISHED"}],
+               "not a list", [1, 2, 3, 4], ["exp0", "x", [1, 2], {}], ["a", "b", ["x", 1, 2], {}]]
+        key = list(expman.index.dir_key(os.stat(sorted(mixed.glob("exp0/r*"))[0])))
+        fields = {"experiment": 1, "run_name": None, "status": "FINISHED", "params": [],
+                  "last_metrics": {"loss": "not a float"}, "points": -1, "tags": [1]}
+        bad.append(["exp0", sorted(mixed.glob("exp0/r*"))[0].name, key, fields])
+        body = b"\n".join(json.dumps(e).encode() for e in bad) + b"\n"
+        import zlib
+        content = b"expman-index 1 %d %08x\n" % (len(body), zlib.crc32(body)) + body
+        assert parse(content) is not None
+    path.write_bytes(content)
+    assert rows(mixed) == truth
+    assert RunIndex.load(mixed).state == "loaded"      # the listing wrote a good one
+
+
+def test_a_planted_link_or_folder_is_not_read(mixed: Path, tmp_path: Path) -> None:
+    truth = same(mixed)
+    path = mixed / INDEX_FILE
+    path.unlink()
+    (tmp_path / "elsewhere").write_bytes(b"secret")
+    path.symlink_to(tmp_path / "elsewhere")
+    assert RunIndex.load(mixed).state == "stale"
+    assert rows(mixed) == truth
+    assert not path.is_symlink() and (tmp_path / "elsewhere").read_bytes() == b"secret"
+
+
+KILLED_WRITER = """
+import sys
+sys.path.insert(0, {bench!r})
+import expman.index
+expman.index.RACY = 0.0
+from expman.reader import update_index
+print("ready", flush=True)
+while True:
+    update_index({base!r}, rebuild=True)
+"""
+
+
+def test_kill_loop(mixed: Path) -> None:
+    """A writer SIGKILLed at any moment leaves an index that loads whole (or is
+    missing), never half a file, and the listing is right."""
+    truth = same(mixed)
+    code = textwrap.dedent(KILLED_WRITER.format(bench=str(Path(__file__).parent.parent / "bench"),
+                                                base=str(mixed)))
+    env = {**os.environ, "PYTHONPATH": str(Path(expman.__file__).parent.parent)}
+    for i in range(12):
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        # kill at a different point of the loop each round: after i index reads of our own
+        for _ in range(i):
+            RunIndex.load(mixed)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        assert RunIndex.load(mixed).state in ("loaded", "missing")
+        assert rows(mixed) == truth
+    temps = [p for p in mixed.iterdir() if p.name.startswith(INDEX_FILE + ".")]
+    expman.index.STALE_TEMP, old = -1.0, expman.index.STALE_TEMP
+    try:
+        RunIndex.load(mixed).save()                  # leftovers of killed writers are swept
+    finally:
+        expman.index.STALE_TEMP = old
+    assert all(not p.exists() for p in temps)
+
+
+MANY_WRITERS = """
+import sys
+sys.path.insert(0, {bench!r})
+import expman.index
+expman.index.RACY = 0.0
+from expman.reader import list_runs
+from gen_runs import generate
+for i in range(6):
+    generate({base!r}, 1, 1, 2, start=1000 + {w} * 100 + i, experiments=3)
+    list_runs({base!r}, experiment="exp%d" % (i % 3) if i % 2 else None)
+"""
+
+
+def test_many_writers(mixed: Path) -> None:
+    """Processes making runs and listing at once (as on several hosts over one
+    folder: the index keys on the folder, not on the host): the last writer wins,
+    nothing is lost but cache entries, and the listing stays right."""
+    bench = str(Path(__file__).parent.parent / "bench")
+    env = {**os.environ, "PYTHONPATH": str(Path(expman.__file__).parent.parent)}
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(MANY_WRITERS.format(
+        bench=bench, base=str(mixed), w=w))], env=env) for w in range(3)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    assert RunIndex.load(mixed).state == "loaded"
+    tick(mixed)
+    truth = same(mixed)
+    assert len(truth) == 24 + 18
+    same(mixed)
+
+
+def test_a_base_it_cannot_write_still_lists(mixed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*a: Any, **k: Any) -> int:
+        raise PermissionError(13, "read-only", str(mixed))
+    monkeypatch.setattr(expman.index, "create_exclusive", refuse)
+    truth = rows(mixed, index=False)
+    assert rows(mixed) == truth
+    assert not (mixed / INDEX_FILE).exists()
+
+
+def test_cli_index(mixed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from expman.cli import main
+    assert main(["index", str(mixed), "--rebuild", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["runs"], stats["hits"], stats["kept"], stats["written"]) == (24, 0, 17, True)
+    assert main(["index", str(mixed), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"] == 17
+    assert main(["index", str(mixed)]) == 0
+    assert "24 runs: 17 from the index, 7 read" in capsys.readouterr().out
+    assert main(["list", str(mixed), "--json"]) == 0
+    assert [steady(d) for d in json.loads(capsys.readouterr().out)] == rows(mixed, index=False)
+
+
+def test_a_server_with_its_own_cache_reads_the_index_but_never_writes_it(mixed: Path) -> None:
+    """The dashboard (list_runs with a RunListCache) never writes into the base dir."""
+    from expman.reader import RunListCache
+    truth = rows(mixed, index=False)
+    cache = RunListCache()
+    assert [steady(r.to_dict()) for r in list_runs(mixed, cache=cache)] == truth
+    assert not (mixed / INDEX_FILE).exists()
+    update_index(mixed)
+    index_bytes = (mixed / INDEX_FILE).read_bytes()
+    shutil.rmtree(sorted(mixed.glob("exp0/r*"))[0])          # a miss it would write
+    tick(mixed)
+    assert [steady(r.to_dict()) for r in list_runs(mixed, cache=RunListCache())] == \
+        rows(mixed, index=False)
+    assert (mixed / INDEX_FILE).read_bytes() == index_bytes
+
+
+def test_a_folder_where_the_index_belongs_is_left_alone(mixed: Path) -> None:
+    truth = rows(mixed, index=False)
+    (mixed / INDEX_FILE).mkdir()
+    assert RunIndex.load(mixed).state == "stale"
+    assert rows(mixed) == truth                  # its save fails quietly: the listing stands
+    assert (mixed / INDEX_FILE).is_dir()
+    assert not [p for p in mixed.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_runs_table_is_the_same_through_the_index(mixed: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """expman.runs() lists through list_runs, so through the index."""
+    need("pyarrow")
+    import functools
+
+    import expman.reader
+
+    def table() -> list[dict[str, Any]]:
+        out = expman.runs(mixed, as_="arrow").to_pylist()
+        return [{**r, "duration": None} if r["status"] == "RUNNING" else r for r in out]
+    same(mixed)
+    assert RunIndex.load(mixed).state == "loaded"
+    with_index = table()
+    monkeypatch.setattr(expman.reader, "list_runs",
+                        functools.partial(expman.reader.list_runs, index=False))
+    assert table() == with_index and len(with_index) == 24
