@@ -13,8 +13,8 @@ import pytest
 
 import expman
 
-PKG = Path(expman.__file__).resolve().parent
-ROOT = PKG.parent
+PKG = Path(expman.__file__).resolve().parent      # the imported copy, with its core
+ROOT = Path(__file__).resolve().parents[1]         # the source tree (CI imports an installed copy)
 SCRIPT = "import expman\nprint('imported', expman.__file__)\n"
 BUILT = ("_core*.so", "_core*.pyd", "*.c", "__pycache__", "static", "node_modules")
 
@@ -31,7 +31,7 @@ def run(script: Path, cwd: Path, pythonpath: list[Path]) -> subprocess.Completed
 def clone(tmp_path: Path) -> Path:
     """A source clone without the built core: setup.py, pyproject.toml, expman/ sans .so."""
     src = tmp_path / "clone"
-    shutil.copytree(PKG, src / "expman", ignore=shutil.ignore_patterns(*BUILT))
+    shutil.copytree(ROOT / "expman", src / "expman", ignore=shutil.ignore_patterns(*BUILT))
     for name in ("setup.py", "pyproject.toml"):
         shutil.copy2(ROOT / name, src / name)
     (src / "use.py").write_text(SCRIPT)

@@ -48,12 +48,15 @@ def wait_for(cond, timeout: float = 20.0) -> None:
 
 def test_sample_has_process_and_node_series_with_sane_values():
     sampler = sysmetrics.SystemSampler(psutil, node=True)
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    # the child says when it has started: its memory no longer grows under the sample
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time; print('ready', flush=True); time.sleep(30)"],
+                             stdout=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: psutil.Process(child.pid).memory_info().rss > 0)
-        row = sampler.sample()
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
         own = psutil.Process().memory_info().rss
         child_rss = psutil.Process(child.pid).memory_info().rss
+        row = sampler.sample()
     finally:
         child.kill()
         child.wait()
