@@ -46,13 +46,14 @@ with expman.Experiment("live", "r1", base_dir=base, capture_env=False, flush_int
 """
 
 KILLABLE_SYNC = """
-import sys, pathlib
+import sys, pathlib, time
 from expman.sync import sync
 marker, seen = pathlib.Path(sys.argv[3]), []
 def progress(path, nbytes):
     seen.append(path)
     if len(seen) == 5:
-        marker.touch()          # the test SIGKILLs us now, while uploads go on
+        marker.touch()          # the test SIGKILLs us now, midway through the uploads
+        time.sleep(3600)        # held here until the kill (however slow the machine)
 sync(sys.argv[1], sys.argv[2], progress=progress, batch=2)   # small groups: a kill lands midway
 """
 
