@@ -34,6 +34,9 @@ from expman.watch import (
     Watcher, WatchLockedError, WatchStop, Webhook, has_alerts, parse_config, parse_rule, parse_rules, read_alerts,
 )
 
+HERE = Path(__file__).parent    # children run here: the source tree's expman/ (no built core)
+                                 # would shadow the installed package CI tests
+
 DEADLINE = 120.0        # generous: waiting for a file on a loaded machine, never a measure
 
 
@@ -536,7 +539,7 @@ def test_stall_names_a_sigstopped_rank_of_a_real_two_rank_job(tmp_path):
         env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
                    TORCHELASTIC_RUN_ID="job-7",
                    PYTHONPATH=str(Path(expman.__file__).parent.parent))
-        procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        procs.append(subprocess.Popen(cwd=HERE, args=[sys.executable, "-c", textwrap.dedent(f"""
             import os, signal, time, expman
             with expman.Experiment("e", base_dir={str(base)!r}, capture_env=False,
                                    system_metrics=False) as exp:
@@ -732,7 +735,7 @@ def test_watch_thread_in_a_real_run_records_the_nan(tmp_path):
     alert event into events.jsonl while the run is still open."""
     base = tmp_path / "runs"
     flag = tmp_path / "stop-now"
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    proc = subprocess.Popen(cwd=HERE, args=[sys.executable, "-c", textwrap.dedent(f"""
         import math, os, time, expman
         seen = []
         with expman.Experiment("e", "live", base_dir={str(base)!r}, capture_env=False,
@@ -828,7 +831,7 @@ def test_cli_watch_on_a_live_run_then_show_list_and_tail_mark_it(tmp_path, capsy
     base = tmp_path / "runs"
     flag = tmp_path / "go-on"
     ready = tmp_path / "ready"
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    proc = subprocess.Popen(cwd=HERE, args=[sys.executable, "-c", textwrap.dedent(f"""
         import math, os, time, expman
         with expman.Experiment("e", "live", base_dir={str(base)!r}, capture_env=False,
                                system_metrics=False) as exp:
@@ -873,7 +876,7 @@ def test_tail_follow_prints_an_alert_of_another_watcher_while_the_run_is_silent(
     alerts.jsonl still shows in `expman tail --follow` at once."""
     base, flag, ready = tmp_path / "runs", tmp_path / "end", tmp_path / "ready"
     env = {**os.environ, "PYTHONPATH": str(Path(expman.__file__).parent.parent)}
-    run_proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    run_proc = subprocess.Popen(cwd=HERE, args=[sys.executable, "-c", textwrap.dedent(f"""
         import os, time, expman
         with expman.Experiment("e", "quiet", base_dir={str(base)!r}, capture_env=False,
                                system_metrics=False) as exp:
@@ -886,7 +889,7 @@ def test_tail_follow_prints_an_alert_of_another_watcher_while_the_run_is_silent(
     tail = None
     try:
         wait_for(ready.exists, "the run to start")
-        tail = subprocess.Popen([sys.executable, "-m", "expman", "tail", "e/quiet", "--follow",
+        tail = subprocess.Popen(cwd=HERE, args=[sys.executable, "-m", "expman", "tail", "e/quiet", "--follow",
                                  "--interval", "0.05", "--base-dir", str(base)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first = [tail.stdout.readline() for _ in range(2)]      # what was there
