@@ -122,7 +122,7 @@ def test_bad_arguments_name_the_problem() -> None:
 
 
 def test_window_zooms_to_raw_points() -> None:
-    from expman.dashboard.decimate import window
+    from expman.decimate import window
     x = np.arange(1_000_000, dtype=float)
     y = np.sin(x / 1000)
     y[500_123] = 50.0

@@ -33,7 +33,7 @@ from starlette.staticfiles import StaticFiles
 
 from expman import layout
 from expman.dashboard.cache import DEFAULT_MAX_BYTES, CachedRun, RunCache
-from expman.dashboard.decimate import window
+from expman.decimate import window
 from expman.dashboard.live import Live
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"

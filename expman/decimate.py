@@ -1,6 +1,7 @@
 """What a chart of a given width needs from a series: the points in an x range,
 decimated by the compiled core (``_core.decimate_minmax``) so that every spike
-stays visible, or every raw point when there are few."""
+stays visible, or every raw point when there are few. Read side, public: the
+dashboard draws with it, and any other surface that charts a series can."""
 
 from __future__ import annotations
 
