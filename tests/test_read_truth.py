@@ -306,3 +306,41 @@ def test_exit_text_without_a_message_has_no_empty_colon():
     assert text == "KeyboardInterrupt at train.py:12"
     assert exit_text({"reason": "exception", "type": "ValueError", "message": "bad",
                       "location": "t.py:3"}) == "ValueError: bad at t.py:3"
+
+
+KILLED_AFTER_LOSS = """
+import errno, os, sys, expman
+from expman.errors import WriterError
+exp = expman.Experiment("k", "r", base_dir=sys.argv[1], capture_env=False,
+                        system_metrics=False, flush_interval=0.005)
+for i in range(20):
+    exp.log_metrics({"a": float(i)}, step=i)
+exp.flush()
+exp._set_fault(write_every=1, err=errno.ENOSPC)
+for i in range(20, 70):
+    exp.log_metrics({"a": float(i)}, step=i)
+try:
+    exp.flush()
+except WriterError:
+    pass
+os._exit(0)                # as a SIGKILL: run.json is never rewritten
+"""
+
+
+def test_the_loss_of_a_killed_run_reaches_every_reader_and_a_synced_copy(tmp_path):
+    """Rows dropped, then the process dies without a word: run.json says nothing of
+    the loss; the loss record does, and so does every reader, also of a synced copy."""
+    need("fsspec")
+    from expman.sync import sync
+    base, mirror = tmp_path / "experiments", tmp_path / "mirror"
+    subprocess.run([sys.executable, "-c", KILLED_AFTER_LOSS, str(base)], check=True,
+                   cwd=Path(__file__).parent, timeout=120)
+    (run_dir,) = [d for d in (base / "k").iterdir() if d.is_dir()]
+    assert "data_loss" not in json.loads((run_dir / "run.json").read_text())
+    (line,) = expman.list_runs(base)
+    assert line.status == "CRASHED" and line.data_loss["rows_dropped"] == 50
+    assert expman.open_run(run_dir).integrity["data_loss"]["rows_dropped"] == 50
+    assert expman.verify_run(run_dir)["ok"] is False
+    assert sync(base, str(mirror))["errors"] == {}
+    (copied,) = expman.list_runs(mirror)
+    assert copied.data_loss["rows_dropped"] == 50
