@@ -586,6 +586,10 @@ ALLOWED_OPENS = {
     ("mlflow.py", "write", "path.write_text"): "a file of the drop-in's own mkdtemp scratch "
                                                "folder, then saved by save_artifact",
     ("mlflow.py", "log_text", "path.write_text"): "the same scratch folder (log_text)",
+    ("index.py", "save", "open"): "wraps the descriptor create_exclusive gave (O_EXCL, no link)",
+    ("sqlviews.py", "_exclusive", "os.open"): "the SQL cache's own lock file ($EXPMAN_CACHE_DIR)",
+    ("sqlviews.py", "_metrics_view", "mark.write_text"): "the SQL cache's own signature file",
+    ("sqlviews.py", "_metrics_view", "mark.read_text"): "the SQL cache's own signature file",
 }
 _OPENERS = {"open", "read_bytes", "read_text", "write_bytes", "write_text", "fdopen"}
 _GUARDED = {"open_nofollow", "create_exclusive", "open_under"}
