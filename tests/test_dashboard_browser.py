@@ -477,7 +477,8 @@ def test_first_page_charts_the_newest_runs_in_distinct_colours(browser: Any, tmp
             for step in range(5):
                 exp.log_metrics({"train_loss": 1.0 / (step + 1 + i)}, step=step)
     env = dict(os.environ, EXPMAN_DIR=str(base),
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(Path(expman.__file__).parent.parent),
+                                           os.environ.get("PYTHONPATH", "")]))
     for _ in range(2):
         subprocess.run([sys.executable, "-m", "expman", "demo", "--steps", "30", "--delay", "0"],
                        env=env, check=True, stdout=subprocess.DEVNULL, cwd=tmp_path)

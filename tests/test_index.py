@@ -234,7 +234,8 @@ def test_kill_loop(mixed: Path) -> None:
                                                 base=str(mixed)))
     env = {**os.environ, "PYTHONPATH": str(Path(expman.__file__).parent.parent)}
     for i in range(12):
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env,
+                                cwd=Path(__file__).parent)   # not the source tree (no built core)
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         # kill at a different point of the loop each round: after i index reads of our own
         for _ in range(i):
@@ -273,7 +274,8 @@ def test_many_writers(mixed: Path) -> None:
     bench = str(Path(__file__).parent.parent / "bench")
     env = {**os.environ, "PYTHONPATH": str(Path(expman.__file__).parent.parent)}
     procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(MANY_WRITERS.format(
-        bench=bench, base=str(mixed), w=w))], env=env) for w in range(3)]
+        bench=bench, base=str(mixed), w=w))], env=env, cwd=Path(__file__).parent)
+        for w in range(3)]
     for p in procs:
         assert p.wait(timeout=120) == 0
     assert RunIndex.load(mixed).state == "loaded"

@@ -107,11 +107,15 @@ def test_sdist_holds_exactly_the_tracked_files(sdist: tuple[Path, list[str]]) ->
 
 
 def _installed_files() -> list[str]:
-    try:
-        files = importlib.metadata.files(DIST)
-    except importlib.metadata.PackageNotFoundError:
-        files = None
-    if not files or Path(expman.__file__).resolve().parent.parent == ROOT:
+    """The RECORD of the distribution expman was imported from (a stray
+    expman_logger.egg-info a build left in the source tree may be on sys.path too)."""
+    here = Path(expman.__file__).resolve()
+    files = None
+    for dist in importlib.metadata.distributions(name=DIST):
+        if Path(str(dist.locate_file("expman/__init__.py"))).resolve() == here:
+            files = dist.files
+            break
+    if not files or here.parent.parent == ROOT:
         pytest.skip("expman is not installed from a wheel (an in-place build?)")
     return [str(f).replace("\\", "/") for f in files]
 

@@ -60,6 +60,8 @@ def test_sample_has_process_and_node_series_with_sane_values():
     finally:
         child.kill()
         child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
     assert PROC_KEYS | NODE_KEYS <= set(row)
     assert all(k.startswith("system/") for k in row)
     assert all(isinstance(v, float) for v in row.values())
