@@ -264,6 +264,18 @@ class _Source:
         from expman._fsutil import read_range
         return read_range(self.fd, start, end)
 
+    def copy_to(self, out: Any) -> int:
+        """Write the whole file to ``out`` in CHUNK_BYTES pieces (memory stays one
+        piece); the bytes written (fewer if it shrank meanwhile)."""
+        pos = 0
+        while pos < self.size:
+            data = self.read(pos, min(self.size, pos + CHUNK_BYTES))
+            if not data:
+                break
+            out.write(data)
+            pos += len(data)
+        return pos
+
     def __enter__(self) -> "_Source":
         return self
 
@@ -390,14 +402,8 @@ class _ObjectTarget(_Target):
                 self.wholes.add(dst)
                 self._queue(dst, src.read(0, src.size), sent)
                 return
-            pos = 0
             with self.fs.open(dst, "wb") as out:
-                while pos < src.size:
-                    data = src.read(pos, min(src.size, pos + CHUNK_BYTES))
-                    if not data:
-                        break
-                    out.write(data)
-                    pos += len(data)
+                pos = src.copy_to(out)
         sent(dst, pos, False)
 
     def put_bytes(self, rel: str, name: str, data: bytes,
@@ -477,14 +483,8 @@ class _PathTarget(_Target):
     def put_file(self, rel: str, name: str, run_dir: Path,
                  sent: Callable[[str, int, bool], None]) -> None:
         from expman._fsutil import atomic_open_under
-        pos = 0
         with _Source(run_dir, name) as src, atomic_open_under(self.root, f"{rel}/{name}") as out:
-            while pos < src.size:
-                data = src.read(pos, min(src.size, pos + CHUNK_BYTES))
-                if not data:
-                    break
-                out.write(data)
-                pos += len(data)
+            pos = src.copy_to(out)
         sent(str(self.root / rel / name), pos, False)
 
     def put_bytes(self, rel: str, name: str, data: bytes,

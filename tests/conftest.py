@@ -121,3 +121,38 @@ def make_crashed_run(base: Path, cwd: Path, exit_code: int = 0) -> Path:
     """, cwd=cwd)
     assert proc.returncode == exit_code, proc.stderr
     return base / "exp" / "dead"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server (moto) on 127.0.0.1 for the session; its endpoint URL."""
+    import socket
+    need("s3fs")
+    moto_server = need("moto.server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch, tmp_path):
+    """A fresh bucket on ``s3_server``; credentials and endpoint in the standard AWS_*
+    variables, as a user's s3fs reads them."""
+    import uuid
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    from expman import remote
+    name = "b" + uuid.uuid4().hex[:12]
+    fs, _ = remote.filesystem(f"s3://{name}")
+    fs.mkdir(name)
+    return name

@@ -754,34 +754,6 @@ def test_digits_is_per_call(make_run, base, capsys):
     assert "0.123456789" in text and "0.123 " not in text
 
 
-@pytest.fixture
-def s3_bucket(monkeypatch, tmp_path):
-    """A bucket on a real moto S3 server on 127.0.0.1 (credentials in the AWS_* variables)."""
-    import socket
-    import uuid
-    need("s3fs")
-    moto_server = need("moto.server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-        monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
-        from expman import remote
-        name = "b" + uuid.uuid4().hex[:12]
-        fs, _ = remote.filesystem(f"s3://{name}")
-        fs.mkdir(name)
-        yield name
-    finally:
-        server.stop()
-
-
 def test_list_show_and_more_read_an_s3_url(two_runs, s3_bucket, tmp_path, monkeypatch, capsys):
     """`expman list s3://...` (issue 19: "no base dir s3:/bucket/runs") gives the local rows;
     the other reading commands take the URL as BASE_DIR, --base-dir or a run's URL."""

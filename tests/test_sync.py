@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from expman import remote
 from expman.sync import sync
 
 need("s3fs")
-moto_server = need("moto.server")
+need("moto.server")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,38 +55,6 @@ def progress(path, nbytes):
         time.sleep(3600)        # held here until the kill (however slow the machine)
 sync(sys.argv[1], sys.argv[2], progress=progress, batch=2)   # small groups: a kill lands midway
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def bucket(s3_server, monkeypatch, tmp_path):
-    """A fresh bucket; credentials and endpoint in the standard AWS_* variables."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
-    name = "b" + uuid.uuid4().hex[:12]
-    fs, _ = remote.filesystem(f"s3://{name}")
-    fs.mkdir(name)
-    return name
 
 
 def child_env() -> dict[str, str]:
@@ -136,10 +103,10 @@ def make_finished(base: Path, n: int, points: int = 400) -> None:
                 exp.save_artifact(art)
 
 
-def test_live_run_sync_killed_midway_then_resumed_is_an_exact_copy(bucket, tmp_path):
+def test_live_run_sync_killed_midway_then_resumed_is_an_exact_copy(s3_bucket, tmp_path):
     base = tmp_path / "experiments"
     make_finished(base, 12)
-    url = f"s3://{bucket}/team/experiments"
+    url = f"s3://{s3_bucket}/team/experiments"
     stop, art = tmp_path / "stop", tmp_path / "config.yaml"
     art.write_text("lr: 0.1\n")
     writer = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(base), str(stop), str(art)],
@@ -189,10 +156,10 @@ def test_live_run_sync_killed_midway_then_resumed_is_an_exact_copy(bucket, tmp_p
     assert sorted(r.id for r in listed) == sorted(r.id for r in expman.list_runs(base))
 
 
-def test_only_appended_bytes_are_sent(bucket, tmp_path):
+def test_only_appended_bytes_are_sent(s3_bucket, tmp_path):
     base = tmp_path / "experiments"
     make_finished(base, 2, points=50)
-    url = f"s3://{bucket}/x"
+    url = f"s3://{s3_bucket}/x"
     first = sync(base, url)
     assert first["objects"] > 0
     assert sync(base, url)["objects"] == 0                   # unchanged: nothing sent
@@ -213,12 +180,12 @@ def test_only_appended_bytes_are_sent(bucket, tmp_path):
     assert_exact_copy(base, remote.localize(url))
 
 
-def test_a_cut_tail_is_resent(bucket, tmp_path):
+def test_a_cut_tail_is_resent(s3_bucket, tmp_path):
     """A crash leaves a torn frame; the resumed run cuts it and writes on. The
     synced copy follows the file, not the bytes it once had."""
     base = tmp_path / "experiments"
     make_finished(base, 1, points=30)
-    url = f"s3://{bucket}/cut"
+    url = f"s3://{s3_bucket}/cut"
     metrics = base / "done" / "r00" / "metrics.bin"
     with open(metrics, "ab") as f:
         f.write(bytes(4096))           # space a crash allocated but never filled: a torn tail
@@ -251,11 +218,11 @@ def test_sync_to_a_path_is_a_plain_run_folder(tmp_path, monkeypatch):
     assert expman.open_run(mirror / "done" / "r02").metrics["loss"].last == 0.1
 
 
-def test_errors_name_what_is_wrong(bucket, tmp_path):
+def test_errors_name_what_is_wrong(s3_bucket, tmp_path):
     with pytest.raises(FileNotFoundError, match="no base dir"):
         sync(tmp_path / "nothing", str(tmp_path / "out"))
-    with pytest.raises(expman.errors.RunNotFoundError, match=f"nothing at s3://{bucket}/nope"):
-        remote.localize(f"s3://{bucket}/nope")
+    with pytest.raises(expman.errors.RunNotFoundError, match=f"nothing at s3://{s3_bucket}/nope"):
+        remote.localize(f"s3://{s3_bucket}/nope")
 
 
 def test_cli_module(tmp_path, monkeypatch, capsys):
@@ -274,7 +241,7 @@ def test_cli_module(tmp_path, monkeypatch, capsys):
     assert_exact_copy(base, tmp_path / "copy")
 
 
-def test_the_dashboard_serves_a_synced_url(bucket, tmp_path, monkeypatch):
+def test_the_dashboard_serves_a_synced_url(s3_bucket, tmp_path, monkeypatch):
     """`expman serve s3://...`: the runs a sync uploaded, listed and charted, and a run
     synced after the server started appears within the refresh interval."""
     import json
@@ -285,7 +252,7 @@ def test_the_dashboard_serves_a_synced_url(bucket, tmp_path, monkeypatch):
     monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
     base = tmp_path / "experiments"
     make_finished(base, 1, points=40)
-    url = f"s3://{bucket}/served"
+    url = f"s3://{s3_bucket}/served"
     sync(base, url)
     with running_server(url) as page:
         def runs() -> list[str]:
@@ -387,7 +354,7 @@ def test_two_machines_never_replace_each_others_run(tmp_path, monkeypatch, reque
     the second sync used to replace the first's data silently."""
     monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
     if kind == "s3":
-        url = f"s3://{request.getfixturevalue('bucket')}/team"
+        url = f"s3://{request.getfixturevalue('s3_bucket')}/team"
     else:
         url = str(tmp_path / "mirror")
     a = one_run(tmp_path / "machine-a", points=5)
@@ -445,8 +412,8 @@ def memory_bucket(tmp_path: Path, monkeypatch) -> tuple[Any, str]:
     return fs, root
 
 
-def test_one_crafted_key_never_aborts_localize_for_the_base(bucket, tmp_path):
-    base, url = tmp_path / "experiments", f"s3://{bucket}/team"
+def test_one_crafted_key_never_aborts_localize_for_the_base(s3_bucket, tmp_path):
+    base, url = tmp_path / "experiments", f"s3://{s3_bucket}/team"
     for name in ("good", "bad1", "bad2"):
         one_run(base, name)
     assert sync(base, url)["errors"] == {}
