@@ -50,7 +50,8 @@ class Experiment(_core.Core):
     One process writes a run at a time (``RunLockedError`` otherwise). Under a
     launcher (torchrun, SLURM), every rank opens one shared run and writes its
     own streams; ``ranks=[0]`` lets only the listed ranks write (expman.launcher,
-    docs/scale.md).
+    docs/scale.md). ``watch=["nan", "stall"]`` (or ``True`` for the default rules)
+    starts watchdogs on the run, as ``watch()`` does (docs/watch.md).
     """
 
     __slots__ = ("_name", "_run_name", "_run_dir", "_base_dir", "_meta", "_meta_lock",
@@ -84,6 +85,7 @@ class Experiment(_core.Core):
         group: str | None = None,
         capture_output: bool = False,
         fsync_interval: float | None = None,
+        watch: Any = None,
     ) -> None:
         self._status = "NEW"
         self._lock: runlock.RunLock | None = None
@@ -98,6 +100,10 @@ class Experiment(_core.Core):
         self._loss_base: tuple[int, int, int] = (0, 0, 0)
         from expman import sysmetrics       # on first use: `import expman` stays lean
         sysmetrics.interval_from_option(system_metrics)     # a bad value fails before any I/O
+        if watch is not None and watch is not False:
+            # watchdogs (docs/watch.md): True is the default rules; a bad rule fails here
+            from expman.watch.rules import parse_rules
+            watch = parse_rules(None if watch is True else watch)
         described: dict[str, Any] = {runmeta.TAGS: runmeta.check_tags(tags),
                                      runmeta.NOTES: runmeta.check_notes(notes),
                                      runmeta.GROUP: runmeta.check_group(group)}
@@ -210,6 +216,8 @@ class Experiment(_core.Core):
                                          self._meta_lock, self._meta["env"]["cwd"]),
                 name="expman-env", daemon=True)
             self._env_thread.start()
+        if watch is not None and watch is not False:
+            self.watch(watch)
 
     # ---- files ----------------------------------------------------------------
     def _new_meta(self, run_name: str, now: float, described: dict[str, Any],

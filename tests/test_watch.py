@@ -917,3 +917,21 @@ def test_cli_watch_follow_ends_with_the_run_and_reads_a_config(tmp_path, capsys)
     assert "[plateau:loss,mode=max,patience=20]" in out.out and "1 alert " in out.err
     assert main(["watch", str(run), "--rule", "bogus"]) == 1
     assert "unknown watch rule 'bogus'" in capsys.readouterr().err
+
+
+def test_experiment_watch_argument_starts_the_watchdogs(tmp_path):
+    """``Experiment(..., watch=[...])`` is ``exp.watch([...])`` at open: a NaN logged
+    becomes an alert event while the run is open; a bad rule fails before any folder."""
+    with pytest.raises(expman.ExpmanValueError):
+        expman.Experiment("e", "bad", base_dir=tmp_path, capture_env=False,
+                          system_metrics=False, watch=["no-such-rule"])
+    assert not (tmp_path / "e" / "bad").exists()
+    with expman.Experiment("e", "w", base_dir=tmp_path, capture_env=False,
+                           system_metrics=False, watch=["nan"]) as exp:
+        exp.log_metrics({"loss": 1.0}, step=0)
+        exp.log_metrics({"loss": math.nan}, step=1)
+        exp.flush()
+        events = exp.run_dir / EVENTS_FILE
+        got = wait_for(lambda: alert_events(events), "the alert of the run's own watcher")
+    assert got[0]["rule"] == "nan" and got[0]["step"] == 1
+    assert len(alert_events(events)) == 1
