@@ -671,16 +671,7 @@ def test_real_full_disk_then_space_freed(tiny_fs):
             exp.log_metrics({"a": i * 0.5, "b": -i}, step=i)
         exp.flush()
         _fill(tiny_fs / "filler")
-        i, raised = 100, None
-        while raised is None and i < 200_000:
-            try:
-                exp.log_metrics({"a": i * 0.5, "b": -i, "c": 1.0}, step=i)
-                i += 1
-                if i % 500 == 0:
-                    exp.flush()
-            except WriterError as e:
-                raised = e
-        assert raised is not None and raised.errno == errno.ENOSPC
+        i = _log_until_full(exp, 100, limit=200_000)
         s = accounting_exact(exp)
         assert s["dropped"] > 0
         os.unlink(tiny_fs / "filler")
@@ -1100,10 +1091,10 @@ def test_symlinked_folders_are_not_followed_out_of_base_dir(tmp_path):
 
 # ---- loss is durable before it is forgotten (issue 26 item 1) -----------------------
 
-def _log_until_full(exp, start: int) -> int:
+def _log_until_full(exp, start: int, limit: int = 400_000) -> int:
     """Log 3-key rows until the writer reports ENOSPC; returns the next step."""
     i, raised = start, None
-    while raised is None and i < 400_000:
+    while raised is None and i < limit:
         try:
             exp.log_metrics({"a": i * 0.5, "b": -i, "c": 1.0}, step=i)
             i += 1
