@@ -19,7 +19,7 @@ from typing import Any
 from expman.errors import ExpmanValueError
 from expman.layout import ARTIFACTS_DIR, METRICS_FILE, RUNNING, base_dir, iter_run_dirs
 
-__all__ = ["disk_usage", "runs_to_clean", "remove_run", "is_link"]
+__all__ = ["disk_usage", "runs_to_clean", "remove_run", "is_link", "forked_children", "broken_by"]
 
 
 def is_link(p: Path) -> bool:
@@ -78,15 +78,40 @@ def disk_usage(base: str | os.PathLike[str] | None = None,
             "experiments": list(exps.values()), "runs": runs}
 
 
+def forked_children(lines: Iterable[Any]) -> dict[str, list[str]]:
+    """Parent id -> the ids of the runs forked from it, from ``list_runs`` lines
+    (their ``parent``)."""
+    out: dict[str, list[str]] = {}
+    for r in lines:
+        if r.parent:
+            out.setdefault(r.parent, []).append(r.id)
+    return out
+
+
+def broken_by(chosen: Iterable[Any], children: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Chosen run id -> the runs that would lose their parent if it went: its forks
+    that are not removed with it (they read their history up to the fork step from
+    it, and would read only their own points after)."""
+    gone = {r.id for r in chosen}
+    out = {}
+    for rid in gone:
+        kept = [c for c in children.get(rid, ()) if c not in gone]
+        if kept:
+            out[rid] = kept
+    return out
+
+
 def runs_to_clean(base: str | os.PathLike[str] | None = None, *, experiment: str | None = None,
                   status: Iterable[str] | None = None, older_than: float | None = None,
-                  keep: int | None = None) -> tuple[list[Any], list[tuple[Any, str]]]:
+                  keep: int | None = None, force: bool = False
+                  ) -> tuple[list[Any], list[tuple[Any, str]]]:
     """The runs a clean would remove, and those it skips with the reason.
 
     Chooses by status, age (seconds since start) and ``keep`` (the newest N of
     each experiment are kept); at least one criterion is required. A RUNNING run
     is never chosen, nor a run whose writer still holds its lock, nor a link, nor
-    a folder that resolves outside the base dir.
+    a folder that resolves outside the base dir; nor, unless ``force``, the parent
+    of a forked run that is kept (``broken_by`` says what forcing breaks).
     """
     from expman.reader import list_runs
     if not (status or older_than is not None or keep is not None):
@@ -99,8 +124,10 @@ def runs_to_clean(base: str | os.PathLike[str] | None = None, *, experiment: str
     wanted = {s.upper() for s in status} if status else None
     now = time.time()
     by_exp: dict[str, list[Any]] = {}
-    for r in list_runs(root, experiment, metrics=False):      # newest first
-        by_exp.setdefault(r.path.parent.name, []).append(r)
+    every = list_runs(root, metrics=False)          # newest first; forks of any experiment
+    for r in every:
+        if experiment is None or r.path.parent.name == experiment:
+            by_exp.setdefault(r.path.parent.name, []).append(r)
     chosen: list[Any] = []
     skipped: list[tuple[Any, str]] = []
     for exp_runs in by_exp.values():
@@ -125,6 +152,19 @@ def runs_to_clean(base: str | os.PathLike[str] | None = None, *, experiment: str
                 skipped.append((r, "its writer is alive (the run lock is held)"))
                 continue
             chosen.append(r)
+    if not force:
+        children = forked_children(every)
+        while True:      # a kept fork keeps its parent, which keeps its own parent...
+            broken = broken_by(chosen, children)
+            if not broken:
+                break
+            for r in [r for r in chosen if r.id in broken]:
+                chosen.remove(r)
+                kids = broken[r.id]
+                skipped.append((r, f"the parent of {len(kids)} forked run"
+                                   f"{'s' if len(kids) > 1 else ''} ({', '.join(kids[:3])}"
+                                   f"{', ...' if len(kids) > 3 else ''}) that read their history "
+                                   "up to the fork step from it; --force removes it anyway"))
     return chosen, skipped
 
 

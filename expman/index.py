@@ -82,7 +82,7 @@ def _decode(d: Any) -> dict[str, Any] | None:
         tags, params, last, points = d["tags"], d["params"], d["last_metrics"], d["points"]
         start, duration, end = d["start_time"], d["duration"], d["end_time"]
         ex, loss, group, notes = d["exit"], d["data_loss"], d["group"], d["notes"]
-        rank, reason = d["status_rank"], d["status_reason"]
+        rank, reason, parent = d["status_rank"], d["status_reason"], d["parent"]
         if (type(d["experiment"]) is not str or type(d["run_name"]) is not str
                 or type(params) is not dict or type(last) is not dict
                 or type(points) is not int or points < 0 or type(tags) is not list
@@ -94,7 +94,8 @@ def _decode(d: Any) -> dict[str, Any] | None:
                 or (group is not None and type(group) is not str)
                 or (notes is not None and type(notes) is not str)
                 or (reason is not None and type(reason) is not str)
-                or (rank is not None and type(rank) is not int)):
+                or (rank is not None and type(rank) is not int)
+                or (parent is not None and type(parent) is not str)):
             return None
         for t in tags:
             if type(t) is not str:
@@ -107,7 +108,7 @@ def _decode(d: Any) -> dict[str, Any] | None:
                                  for k, v in last.items()},
                 "end_time": None if end is None else float(end), "points": points,
                 "exit": ex, "data_loss": loss, "tags": tags, "group": group, "notes": notes,
-                "status_rank": rank, "status_reason": reason}
+                "status_rank": rank, "status_reason": reason, "parent": parent}
     except (KeyError, TypeError, ValueError, OverflowError):
         return None
 

@@ -273,3 +273,21 @@ def hostname() -> str:
         return socket.gethostname()
     except OSError:
         return "unknown"
+
+
+# ---- forks: the parent a run.json names ------------------------------------------------------
+FORK = "fork"      # run.json of a forked run: {"parent": "exp/run", "parent_uuid": ..., "step": N}
+
+
+def fork_parent(meta: dict[str, Any]) -> str | None:
+    """The ``experiment/run_name`` a run.json's fork record names as the run's parent
+    (None: not a fork, or a record that does not say a plain ``exp/run``: surfaces
+    that only list or guard a lineage never trust more than that)."""
+    record = meta.get(FORK)
+    parent = record.get("parent") if isinstance(record, dict) else None
+    if not isinstance(parent, str):
+        return None
+    parts = parent.split("/")
+    if len(parts) != 2 or any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
+        return None
+    return parent

@@ -24,7 +24,7 @@ from expman.errors import CorruptRunError, ExpmanError, ExpmanValueError
 from expman.loss import recorded_loss
 from expman.layout import (
     CRASHED, DAMAGED, EVENTS_FILE, FINAL_STATUSES, METRICS_FILE, PARAMS_FILE, RUN_FILE, RUNNING,
-    STATUSES, base_dir, rank_file, resolve_run, scan_run_dirs,
+    STATUSES, base_dir, fork_parent, rank_file, resolve_run, scan_run_dirs,
 )
 from expman.liveness import (
     RunStatus, effective_status, heartbeat, logging_ranks, run_status, stream_status,
@@ -378,6 +378,7 @@ class RunSummary:
     notes: str | None = None
     status_rank: int | None = None    # the rank that decided ``status`` (RunStatus.rank)
     status_reason: str | None = None  # and why (RunStatus.reason)
+    parent: str | None = None         # a forked run's parent, "experiment/run_name"
 
     @property
     def id(self) -> str:
@@ -390,7 +391,8 @@ class RunSummary:
                 "last_metrics": self.last_metrics, "points": self.points, "exit": self.exit,
                 "data_loss": self.data_loss, "damaged": self.damaged, "tags": self.tags,
                 "group": self.group, "notes": self.notes, "path": str(self.path),
-                "status_rank": self.status_rank, "status_reason": self.status_reason}
+                "status_rank": self.status_rank, "status_reason": self.status_reason,
+                "parent": self.parent}
 
 
 # (path, metrics.bin inode, size, mtime_ns, ctime_ns) -> (last values, points):
@@ -508,7 +510,8 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
                       tags=[t for t in tags if isinstance(t, str)] if isinstance(tags, list) else [],
                       group=group if isinstance(group, str) else None,
                       notes=notes if isinstance(notes, str) else None,
-                      status_rank=decided.rank, status_reason=decided.reason)
+                      status_rank=decided.rank, status_reason=decided.reason,
+                      parent=fork_parent(meta))
     if cache is not None and metrics:
         cache._keep(run, (linked, _key(rst), pkey, mkey), line, meta, began)
     if keep is not None:

@@ -13,7 +13,9 @@ from expman.cli._common import base_arg, load, need_base, resolve
 from expman.cli._text import (
     CliError, Progress, count, emit_json, note, out, plural, size, table, when,
 )
-from expman.disk import disk_usage, remove_run, runs_to_clean, tree_size
+from expman.disk import broken_by, disk_usage, forked_children, remove_run, runs_to_clean
+from expman.disk import tree_size
+from expman.reader import list_runs
 from expman.export import FORMATS, export_format, export_run
 from expman.layout import CRASHED, DAMAGED, FINAL_STATUSES, RUNNING
 from expman.series import DUPLICATES
@@ -138,18 +140,25 @@ def cmd_clean(args: argparse.Namespace) -> int:
         raise CliError("clean needs --status, --older-than or --keep to choose runs "
                        "(it never selects every run)")
     chosen, skipped = runs_to_clean(base, experiment=args.experiment, status=args.status,
-                                    older_than=args.older_than, keep=args.keep)
+                                    older_than=args.older_than, keep=args.keep, force=args.force)
+    breaks = broken_by(chosen, forked_children(list_runs(base, metrics=False))) \
+        if args.force else {}
     sizes = {r.path: tree_size(r.path)[0] for r in chosen}
     total = sum(sizes.values())
     for r, why in skipped:
         note(f"skipped {r.id}: {why}")
+    for rid, kids in breaks.items():
+        note(f"{'removing' if args.yes else 'would remove'} {rid}, the parent of "
+             f"{', '.join(kids)}: {'they read' if len(kids) > 1 else 'it reads'} only "
+             "their own points from then on (the history up to the fork step is gone; "
+             "`expman verify` reports parent_missing)")
     removed = _remove(chosen) if args.yes else set()
     if args.json:
         emit_json({"dry_run": not args.yes, "bytes": total,
                    "runs": [{"id": r.id, "status": r.status, "start_time": r.start_time,
                              "bytes": sizes[r.path], "removed": r.path in removed}
                             for r in chosen],
-                   "skipped": {r.id: why for r, why in skipped}})
+                   "skipped": {r.id: why for r, why in skipped}, "breaks": breaks})
         return 0
     if not chosen:
         out("nothing to remove")
@@ -245,3 +254,6 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--keep", type=_keep, metavar="N",
                    help="always keep the newest N runs of each experiment")
     p.add_argument("--yes", action="store_true", help="remove for real (default: dry run)")
+    p.add_argument("--force", action="store_true",
+                   help="also remove the parent of a forked run that is kept (the fork then "
+                        "loses its history up to the fork step; each one is named)")

@@ -193,8 +193,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         out(f"no runs{filt} under {base}")
         return 0
     alerted = {r.id for r in runs if not r.damaged and has_alerts(r.path)}
-    out(table(["RUN", "STATUS", "STARTED", "DURATION", "LAST METRICS"],
+    forks = any(r.parent for r in runs)         # the PARENT column only when it says something
+    out(table(["RUN", "STATUS", "STARTED", "DURATION", *(["PARENT"] if forks else []),
+               "LAST METRICS"],
               [(r.id, status_text(r, r.id in alerted), when(r.start_time), duration(r.duration),
+                *([r.parent or ""] if forks else []),
                 metrics_text(r.last_metrics) if not r.damaged else f"damaged: {r.damaged}")
                for r in runs], right=[3]))
     if any(r.data_loss for r in runs):
