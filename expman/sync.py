@@ -29,6 +29,12 @@ The rules, and why:
   without a listing; ``verify=True`` ignores it.
 - **Live runs** are synced as they are: the bytes on disk now. Call sync again
   (or ``expman sync --watch``) to follow them.
+- **Branches and forks.** A branches file (``branches.jsonl``: where a rewind or
+  a resume opened a branch, as byte offsets into the metric stream) is measured
+  before the streams and sent after them, so a copy never holds a branch line
+  whose offset its stream does not reach yet. A fork's run.json is copied as it
+  is: the copy keeps its parent reference even when the parent is not synced
+  (``parents_missing`` names such runs; the parent can be synced later).
 
 Credentials and endpoint: the standard ``AWS_*`` environment variables
 (``AWS_ENDPOINT_URL`` included) or ``storage_options`` (passed to fsspec).
@@ -66,7 +72,9 @@ def sync(base_dir: str | os.PathLike[str] | None, url: str,
     """Copy every run under ``base_dir`` to ``url`` (any fsspec URL or a path),
     sending only what the target lacks. Returns counts: ``runs``, ``objects``
     written, ``bytes_appended`` (append-only files), ``bytes_whole``
-    (metadata and artifacts), ``seconds``, ``errors`` (run id -> message).
+    (metadata and artifacts), ``seconds``, ``errors`` (run id -> message),
+    ``parents_missing`` (a fork sent whose parent is neither under ``base_dir``
+    nor at the target: run id -> the parent it names).
     ``progress(path, nbytes)`` is called after each object written. To object
     storage, ``batch`` runs go up together (concurrent requests): all their data,
     then all their metadata. A run the target already holds under the same id
@@ -88,6 +96,7 @@ def sync(base_dir: str | os.PathLike[str] | None, url: str,
     state, owned = ({}, {}) if verify else _load_state(state_path)
     counts = {"runs": 0, "objects": 0, "bytes_appended": 0, "bytes_whole": 0}
     errors: dict[str, str] = {}
+    forks: dict[str, str] = {}                # run id -> the parent its run.json names
     saved = time.perf_counter()
 
     def sent(path: str, n: int, appended: bool) -> None:
@@ -110,8 +119,10 @@ def sync(base_dir: str | os.PathLike[str] | None, url: str,
         group, done = todo[i:i + step], []
         for run_dir, rel, sig in group:
             try:
-                uid = _sync_run(run_dir, rel, target, sent, owned.get(rel), force)
+                uid, parent = _sync_run(run_dir, rel, target, sent, owned.get(rel), force)
                 done.append((rel, sig, uid))
+                if parent:
+                    forks[rel] = parent
             except (OSError, ValueError, MemoryError, RecursionError) as e:
                 errors[rel] = f"{type(e).__name__}: {e}"      # that run only, never the sync
         try:
@@ -128,7 +139,10 @@ def sync(base_dir: str | os.PathLike[str] | None, url: str,
             _save_state(state_path, state, owned)
             saved = time.perf_counter()
     _save_state(state_path, state, owned)
-    return {**counts, "seconds": time.perf_counter() - t0, "errors": errors}
+    missing = {rel: parent for rel, parent in forks.items()
+               if not layout.is_run_dir(base / parent) and not _holds(target, parent)}
+    return {**counts, "seconds": time.perf_counter() - t0, "errors": errors,
+            "parents_missing": missing}
 
 
 # ---- one run ---------------------------------------------------------------------------
@@ -178,8 +192,9 @@ def run_uuid(meta: bytes | None, where: str) -> str | None:
 
 def _sync_run(run_dir: Path, rel: str, target: "_Target",
               sent: Callable[[str, int, bool], None], owned: str | None = None,
-              force: bool = False) -> str | None:
-    """Send one run; returns its uuid (what the target now holds under ``rel``)."""
+              force: bool = False) -> tuple[str | None, str | None]:
+    """Send one run; returns its uuid (what the target now holds under ``rel``) and
+    the parent its run.json names (a fork's)."""
     from expman._fsutil import MAX_JSON_BYTES, read_under
     files = _files(run_dir)
     top = [f for f in files if "/" not in f]
@@ -199,8 +214,12 @@ def _sync_run(run_dir: Path, rel: str, target: "_Target",
                                  f"this one is {uid}): two machines gave a run the same id. "
                                  "Left as it is; rename one, or sync with --force to replace it",
                                  rel)
-    for name in sorted(f for f in top if is_append_only(f)):
-        target.append(rel, name, run_dir, remote, sent)
+    appended = sorted(f for f in top if is_append_only(f))
+    for name in sorted(appended, key=_is_branches):       # branch lines after the streams
+        # ``files`` was measured first: a branch line sent never names an offset past
+        # the stream bytes sent (its writer wrote those before the line)
+        target.append(rel, name, run_dir, remote, sent,
+                      files[name][0] if _is_branches(name) else None)
     for name in sorted(f for f in files if "/" in f or not (f.endswith(".json")
                                                               or is_append_only(f))):
         if remote.whole.get(name) != files[name][0]:
@@ -211,7 +230,34 @@ def _sync_run(run_dir: Path, rel: str, target: "_Target",
     for name in sorted(metas, key=lambda n: n == layout.RUN_FILE):      # run.json last
         if remote.whole.get(name) is None or not remote.same_meta(name, metas[name]):
             target.put_bytes(rel, name, metas[name], sent)
-    return uid
+    return uid, _parent(metas.get(layout.RUN_FILE), f"{run_dir}/{layout.RUN_FILE}")
+
+
+def _holds(target: "_Target", rel: str) -> bool:
+    """Whether the target holds a run (its run.json) under ``rel``."""
+    try:
+        return layout.RUN_FILE in target.listing(rel).whole
+    except OSError:             # a planted link, say: not a run the copy can read
+        return False
+
+
+def _is_branches(name: str) -> bool:
+    """rank 0's branches.jsonl or rank r's branches.rank<r>.jsonl."""
+    stem, _, rest = name.partition(".")
+    return stem == "branches" and (rest == "jsonl" or re.fullmatch(r"rank\d+\.jsonl", rest)
+                                   is not None)
+
+
+def _parent(meta: bytes | None, where: str) -> str | None:
+    """The parent a run.json's bytes name (a fork), else None."""
+    from expman._fsutil import parse_json
+    if meta is None:
+        return None
+    try:
+        doc = parse_json(meta, where)
+    except ValueError:
+        return None
+    return layout.fork_parent(doc) if isinstance(doc, dict) else None
 
 
 class _Remote:
@@ -244,7 +290,9 @@ class _Target:
     def read_meta(self, rel: str, name: str) -> bytes | None:
         raise NotImplementedError
     def append(self, rel: str, name: str, run_dir: Path, remote: _Remote,
-               sent: Callable[[str, int, bool], None]) -> None: ...
+               sent: Callable[[str, int, bool], None], upto: int | None = None) -> None:
+        """Send what the target lacks of an append-only file (its first ``upto``
+        bytes at most)."""
     def put_file(self, rel: str, name: str, run_dir: Path,
                  sent: Callable[[str, int, bool], None]) -> None: ...
     def put_bytes(self, rel: str, name: str, data: bytes,
@@ -290,6 +338,7 @@ class _ObjectTarget(_Target):
         self.fs, self.root = fs, root
         self.listed: dict[str, _Remote] | None = None
         self.data: dict[str, bytes] = {}
+        self.late: dict[str, bytes] = {}            # branch lines: after the data they name
         self.metas: dict[str, bytes] = {}
         self.wholes: set[str] = set()               # queued artifacts (not appended data)
         self.queued = 0
@@ -351,6 +400,11 @@ class _ObjectTarget(_Target):
                 self.wholes.discard(path)
         if data_only:
             return
+        if self.late:
+            late, self.late = self.late, {}
+            self.fs.pipe(late)
+            for path, data in late.items():
+                sent(path, len(data), True)
         metas, self.metas = self.metas, {}
         for last in (False, True):                   # run.json (what lists a run) last
             part = {p: d for p, d in metas.items() if p.endswith("/" + layout.RUN_FILE) == last}
@@ -366,9 +420,9 @@ class _ObjectTarget(_Target):
             self.flush(sent, data_only=True)
 
     def append(self, rel: str, name: str, run_dir: Path, remote: _Remote,
-               sent: Callable[[str, int, bool], None]) -> None:
+               sent: Callable[[str, int, bool], None], upto: int | None = None) -> None:
         with _Source(run_dir, name) as src:
-            size = src.size                          # the snapshot: bytes on disk now
+            size = src.size if upto is None else min(src.size, upto)   # the snapshot
             links = chain(remote.chunks.get(name, {}))
             # keep the chunks the local file still matches, checked from the last one
             # back (an append-only file only ever changes at its tail); drop the rest
@@ -389,7 +443,11 @@ class _ObjectTarget(_Target):
                 end = pos + len(data)
                 if end == pos:
                     break
-                self._queue(prefix + chunk_name(pos, end, zlib.crc32(data)), data, sent)
+                name_end = prefix + chunk_name(pos, end, zlib.crc32(data))
+                if upto is None:
+                    self._queue(name_end, data, sent)
+                else:
+                    self.late[name_end] = data
                 pos = end
 
     def put_file(self, rel: str, name: str, run_dir: Path,
@@ -448,10 +506,10 @@ class _PathTarget(_Target):
             return None
 
     def append(self, rel: str, name: str, run_dir: Path, remote: _Remote,
-               sent: Callable[[str, int, bool], None]) -> None:
+               sent: Callable[[str, int, bool], None], upto: int | None = None) -> None:
         from expman._fsutil import open_under_stat, read_range
         with _Source(run_dir, name) as src:
-            size = src.size
+            size = src.size if upto is None else min(src.size, upto)
             fd, st = open_under_stat(self.root, f"{rel}/{name}", os.O_RDWR | os.O_CREAT,
                                  make_dirs=True)
             try:

@@ -87,3 +87,91 @@ def test_list_table_has_a_parent_column_only_with_forks(base, family, make_run, 
     make_run("e", "r", base_dir=plain).close()
     assert main(["list", str(plain)]) == 0
     assert "PARENT" not in capsys.readouterr().out
+
+
+# ---- sync ------------------------------------------------------------------------------------
+
+
+def test_sync_sends_a_branch_line_only_after_the_stream_it_points_into(base, family, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    from expman.sync import sync
+    root = family[0].run_dir
+    lines = root / "branches.jsonl"
+    size = (root / "metrics.bin").stat().st_size
+    lines.write_bytes(json.dumps({"id": 1, "kind": "rewind", "from_step": 3, "offset": size,
+                                  "time": 1.0}).encode() + b"\n")
+    first = lines.read_bytes()
+    mirror = tmp_path / "mirror"
+
+    def writer_goes_on(path: str, n: int) -> None:
+        # a writer that opens a branch once metrics.bin was sent: its line names bytes
+        # the copy does not hold yet, so this sync must not send it
+        if path.endswith("root/metrics.bin") and lines.read_bytes() == first:
+            with open(lines, "ab") as f:
+                f.write(json.dumps({"id": 2, "kind": "rewind", "from_step": 1,
+                                    "offset": size + 999, "time": 2.0}).encode() + b"\n")
+
+    assert sync(base, str(mirror), progress=writer_goes_on)["errors"] == {}
+    assert (mirror / "mnist" / "root" / "branches.jsonl").read_bytes() == first
+    sync(base, str(mirror))
+    assert (mirror / "mnist" / "root" / "branches.jsonl").read_bytes() == lines.read_bytes()
+
+
+def test_sync_to_object_storage_sends_branch_lines_after_the_data(base, family, s3_bucket,
+                                                                   monkeypatch):
+    """A PUT of branches.jsonl's chunk never goes out with (or before) the stream bytes
+    its line points into: a reader of the bucket mid-sync never meets a dangling line."""
+    import expman.sync as sync_mod
+    from expman import remote
+    root = family[0].run_dir
+    size = (root / "metrics.bin").stat().st_size
+    (root / "branches.jsonl").write_bytes(json.dumps(
+        {"id": 1, "kind": "rewind", "from_step": 3, "offset": size, "time": 1.0}).encode() + b"\n")
+    puts: list[set[str]] = []
+    real = sync_mod.filesystem
+
+    def recording(url, options=None):
+        fs, where = real(url, options)
+        pipe = fs.pipe
+
+        def logged(batch, *args, **kwargs):
+            puts.append({p.split("/mnist/root/")[1].split(".chunks/")[0]
+                         for p in batch if "/mnist/root/" in p})
+            return pipe(batch, *args, **kwargs)
+        monkeypatch.setattr(fs, "pipe", logged)
+        return fs, where
+    monkeypatch.setattr(sync_mod, "filesystem", recording)
+    url = f"s3://{s3_bucket}/runs"
+    assert sync_mod.sync(base, url)["errors"] == {}
+    stream = max(i for i, names in enumerate(puts) if "metrics.bin" in names)
+    line = min(i for i, names in enumerate(puts) if "branches.jsonl" in names)
+    meta = min(i for i, names in enumerate(puts) if "run.json" in names)
+    assert stream < line < meta, puts
+    copy = remote.localize(url)
+    assert (copy / "mnist" / "root" / "branches.jsonl").read_bytes() == \
+        (root / "branches.jsonl").read_bytes()
+
+
+def test_sync_of_a_fork_without_its_parent_keeps_the_reference_and_says_so(
+        base, family, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    from expman.sync import sync
+    root, child, grandchild = family
+    alone = tmp_path / "alone"
+    (alone / "ft").mkdir(parents=True)
+    child.run_dir.rename(alone / "ft" / "child")
+    mirror = tmp_path / "mirror"
+    result = sync(alone, str(mirror))
+    assert result["parents_missing"] == {"ft/child": "mnist/root"}
+    assert read_json(mirror / "ft" / "child" / "run.json")["fork"]["parent"] == "mnist/root"
+    assert sync(base, str(mirror))["parents_missing"] == {}      # the parent now goes along
+    assert (mirror / "mnist" / "root" / "run.json").exists()
+    (alone / "ft" / "child" / "notes.json").write_text("{}")     # changed: sent again
+    assert sync(alone, str(mirror))["parents_missing"] == {}     # the target has the parent
+
+    again = tmp_path / "again"
+    assert main(["sync", str(alone), str(again)]) == 0
+    err = capsys.readouterr().err
+    assert "ft/child: a fork of mnist/root, which is neither here nor at" in err
+    assert "keeps the reference" in err

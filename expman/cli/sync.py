@@ -47,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         for rid, why in result["errors"].items():
             note(f"warning: {rid}: {why}")
+        for rid, parent in result["parents_missing"].items():
+            note(f"{rid}: a fork of {parent}, which is neither here nor at {args.url}: the "
+                 "copy keeps the reference and reads its own points only until the parent "
+                 "is synced too")
         failed = failed or bool(result["errors"])
         if args.watch is None:
             return 1 if failed else 0
