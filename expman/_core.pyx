@@ -435,6 +435,13 @@ cdef class Core:
             "keys": len(self._keys),
         }
 
+    def _set_last_step(self, int64_t step):
+        """Make ``step=None`` take ``step + 1`` next (a rewind: -1 means 0). Off the
+        hot path; the caller has drained the ring first (expman.experiment.rewind)."""
+        if step < -1:
+            raise ExpmanValueError(f"_set_last_step: {step} is below -1")
+        self._last_step = step
+
     @property
     def last_step(self):
         """The step of the last accepted record, or None."""

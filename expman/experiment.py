@@ -6,6 +6,7 @@ unchanged, so a call goes straight into C with no Python frame in between.
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
 import time
@@ -16,7 +17,7 @@ from types import TracebackType
 from typing import Any, Iterable, Mapping
 
 from expman import (
-    _core, environment, launcher, layout, lifecycle, loss, runlock, runmeta, summary,
+    _core, branches, environment, launcher, layout, lifecycle, loss, runlock, runmeta, summary,
 )
 from expman._fsutil import (
     atomic_write_json, check_name, check_relative, inside, read_json_nofollow,
@@ -52,6 +53,12 @@ class Experiment(_core.Core):
     own streams; ``ranks=[0]`` lets only the listed ranks write (expman.launcher,
     docs/scale.md). ``watch=["nan", "stall"]`` (or ``True`` for the default rules)
     starts watchdogs on the run, as ``watch()`` does (docs/watch.md).
+
+    Branches (expman.branches, docs/format.md): ``fork_from="exp/run@5000"`` (or
+    ``(run_spec, 5000)``) starts a run whose history up to step 5000 is that run's,
+    by reference; ``rewind(step)`` opens a branch at ``step``; ``resume=True``
+    followed by a first step at or below the last one logged opens a branch there
+    (``resume="duplicates"``: rows appended to one history, as before).
     """
 
     __slots__ = ("_name", "_run_name", "_run_dir", "_base_dir", "_meta", "_meta_lock",
@@ -60,7 +67,7 @@ class Experiment(_core.Core):
                  "_rank", "_world_size", "_meta_name", "_lock", "_muted", "_sampler",
                  "_capture", "_media_lock", "_summary_base", "_summary_lock",
                  "_summary_stop", "_summary_thread", "_summary_bytes", "_loss_base",
-                 "_folder")
+                 "_folder", "_next_branch", "_branch_lock", "_resume_end", "_fork")
 
     _meta: dict[str, Any]
 
@@ -70,7 +77,8 @@ class Experiment(_core.Core):
         run_name: str | None = None,
         base_dir: str | os.PathLike[str] | None = None,
         *,
-        resume: bool = False,
+        resume: bool | str = False,
+        fork_from: Any = None,
         flush_interval: float = 0.2,
         buffer_size: int = 4 << 20,
         on_full: str = "block",
@@ -98,6 +106,13 @@ class Experiment(_core.Core):
         self._summary_thread: threading.Thread | None = None
         self._summary_bytes = -1
         self._loss_base: tuple[int, int, int] = (0, 0, 0)
+        self._next_branch = 1
+        self._branch_lock = threading.Lock()
+        self._resume_end = -1
+        self._fork: dict[str, Any] | None = None
+        if resume not in (True, False, RESUME_DUPLICATES):
+            raise ExpmanValueError(f"resume must be True, False or {RESUME_DUPLICATES!r}, "
+                                   f"got {resume!r:.80}")
         from expman import sysmetrics       # on first use: `import expman` stays lean
         sysmetrics.interval_from_option(system_metrics)     # a bad value fails before any I/O
         if watch is not None and watch is not False:
@@ -137,11 +152,15 @@ class Experiment(_core.Core):
         resume = resume or launch.restart > 0       # torchrun restarted the job: go on
         # one rule everywhere (expman.layout): explicit, then $EXPMAN_DIR, then ./experiments
         self._base_dir = Path(os.path.abspath(_resolve_base_dir(base_dir)))
+        parent_params: dict[str, Any] = {}
+        if fork_from is not None:       # resolved now: a bad parent fails before any folder
+            self._fork, parent_params = branches.fork_record(fork_from, self._base_dir,
+                                                                  self._rank)
         if logging_ranks is not None and launch.rank not in logging_ranks:
             self._start_muted(run_name, buffer_size, flush_interval, handle_signals)
             return
         folder = self._folder = RunFolder(
-            self._base_dir, self._name, run_name, self._rank, resume=resume,
+            self._base_dir, self._name, run_name, self._rank, resume=bool(resume),
             joined=launch.joined, meta_name=self._meta_name)
         run_name = self._run_name = folder.run_name
         self._run_dir = folder.path
@@ -153,12 +172,18 @@ class Experiment(_core.Core):
         env = environment.quick() if capture_env else {"pid": self._pid}
         now = time.time()
         if folder.owned:
+            if self._fork is not None:
+                # a fork's params start as its parent's; written before run.json, which
+                # makes the fork (a kill before it leaves a folder no reader lists)
+                self._params = dict(parent_params)
+                if parent_params:
+                    folder.write_first_params(parent_params)
             # run.json before the lock and the streams: a kill from here on leaves a run
             # that readers list (CRASHED: RUNNING, and its pid is gone) and `clean`
             # removes, never a folder holding only writer.lock
             self._meta = self._new_meta(run_name, now, described, env)
             folder.write_first_meta(self._meta)
-        folder.take(resume, f"{name}/{run_name}")
+        folder.take(bool(resume), f"{name}/{run_name}")
         self._lock = folder.lock
         try:
             streams = folder.open_streams()
@@ -179,9 +204,16 @@ class Experiment(_core.Core):
                 self._meta["host"] = env.get("hostname") or layout.hostname()
                 if self._rank == 0 and (self._run_dir / PARAMS_FILE).exists():
                     self._params = read_json_nofollow(self._run_dir / PARAMS_FILE)
+                if self._fork is not None and not _same_fork(self._meta.get("fork"), self._fork):
+                    raise ExpmanValueError(
+                        f"fork_from: run {name}/{run_name} exists and is not a fork of "
+                        f"{self._fork['parent']} at step {self._fork['step']}")
             if not folder.owned:
                 atomic_write_json(self._run_dir / self._meta_name, self._meta)
             sizes = streams["sizes"]
+            if not folder.fresh:        # a line a crash tore is cut; ids go on
+                lines = branches.cut_torn_line(self._run_dir, self._rank)
+                self._next_branch = max((ln.id for ln in lines), default=0) + 1
             self._start(self._fds[0], sizes[0], self._fds[1], sizes[1],
                         metrics_path=str(self._run_dir / layout.rank_file(METRICS_FILE, self._rank)),
                         buffer_size=buffer_size, flush_interval=flush_interval,
@@ -195,6 +227,11 @@ class Experiment(_core.Core):
             raise
         fresh = folder.fresh
         self._status = RUNNING
+        if resume is True and not fresh and streams["last_step"] is not None:
+            # the first row decides whether the job went back (expman.branches): a
+            # one-shot log_metrics, then the compiled one again (the hot path unchanged)
+            self._resume_end = sizes[0]
+            self.__class__ = _resume_guard(type(self))
         self._media_lock = threading.Lock()
         if capture_output:
             from expman.capture import OutputCapture
@@ -232,6 +269,7 @@ class Experiment(_core.Core):
             "heartbeat_interval": HEARTBEAT_INTERVAL,
             "resumed": [], "exit": None, "stats": None, "env": dict(env), **described,
             "uuid": runmeta.new_uuid(),     # which machine's run this is (sync refuses another)
+            **({"fork": dict(self._fork)} if self._fork is not None else {}),
         }
 
     def _start_muted(self, run_name: str | None, buffer_size: int, flush_interval: float,
@@ -318,6 +356,37 @@ class Experiment(_core.Core):
             self._params.update(converted)
             if self._rank == 0 and not self._muted:      # rank 0 owns params.json
                 atomic_write_json(self._run_dir / PARAMS_FILE, self._params)
+
+    def rewind(self, step: int) -> None:
+        """Go back to ``step``: open a branch there (kind "rewind"). Later points replace
+        this run's points from ``step`` on in its main history; the points they
+        replace stay readable as the branch before (``open_run(..., branch=k)``).
+        The next ``step=None`` is ``step``. Drains and fsyncs first, so a kill leaves
+        the run as it was or with the branch opened, never half of it."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ExpmanValueError(f"rewind: step must be a non-negative int, got {step!r:.80}")
+        self._check_open()
+        with self._branch_lock:
+            if not self._muted:
+                self._open_branch("rewind", step, None)
+            self._disarm_resume()
+            self._set_last_step(step - 1)
+
+    def _open_branch(self, kind: str, from_step: int, offset: int | None) -> None:
+        """Drain the ring, then append and fsync the branch line; only then may the
+        branch's first row be logged (docs/format.md, Branches)."""
+        self.flush()
+        if offset is None:
+            snap = self._summary()          # the writer's end: after its last whole frame
+            offset = snap[0] if snap is not None else os.fstat(self._fds[0]).st_size
+        branches.append_line(self._run_dir, self._rank, branches.BranchLine(
+            self._next_branch, kind, from_step, offset, time.time()))
+        self._next_branch += 1
+
+    def _disarm_resume(self) -> None:
+        cls = type(self)
+        if getattr(cls, "_resume_guard", False):
+            self.__class__ = cls.__mro__[1]
 
     def info(self, msg: object) -> None:
         """Append a timestamped message to events.jsonl (level info)."""
@@ -664,6 +733,44 @@ class Experiment(_core.Core):
             warnings.warn(f"expman: {self!r} was not closed; closing it (FINISHED)",
                           ResourceWarning, source=self)
             self._close_at_exit(FINISHED, None)
+
+
+RESUME_DUPLICATES = "duplicates"     # resume= that appends to one history, as before issue 23
+_GUARDS: dict[type, type] = {}
+
+
+def _log_first_after_resume(self: Experiment, metrics: dict[str, Any], step: Any = None) -> None:
+    """log_metrics for the first row after a resume: a step at or below the last one
+    in the stream opens a "resume" branch (offset: the stream's end at resume)
+    before the row is written. Then the compiled method takes over for good."""
+    with self._branch_lock:
+        if getattr(type(self), "_resume_guard", False):
+            last = self.last_step
+            if step is not None and last is not None and not self._muted:
+                try:
+                    s = operator.index(step)
+                except TypeError:
+                    s = None        # the core's own check raises the error
+                if s is not None and 0 <= s <= last:
+                    self._open_branch("resume", s, self._resume_end)
+            self._disarm_resume()
+    _core.Core.log_metrics(self, metrics, step)
+
+
+def _resume_guard(cls: type) -> type:
+    """``cls`` with the one-shot log_metrics above (same layout: ``__class__`` is
+    swapped in at resume and back at the first row)."""
+    guard = _GUARDS.get(cls)
+    if guard is None:
+        guard = _GUARDS[cls] = type(cls.__name__, (cls,), {
+            "__slots__": (), "log_metrics": _log_first_after_resume, "_resume_guard": True,
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    return guard
+
+
+def _same_fork(recorded: Any, wanted: dict[str, Any]) -> bool:
+    return isinstance(recorded, dict) and recorded.get("parent") == wanted["parent"] \
+        and recorded.get("step") == wanted["step"]
 
 
 def _stop_watch(exp: Experiment) -> None:

@@ -90,6 +90,9 @@ class Run:
     _duplicates: str | None = field(default=None, repr=False, compare=False)
     _raw: Metrics = field(default_factory=lambda: Metrics({}), repr=False, compare=False)
     rank: int | None = None
+    # expman.branches: what a forked or branched run's fold found (None: it never branched)
+    _history: Any = field(default=None, repr=False, compare=False)
+    _branch: int | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return (f"<Run {self.id} {self.status} {len(self.metrics)} metrics "
@@ -160,6 +163,42 @@ class Run:
         """``experiment/run_name``, the way the CLI names a run."""
         return f"{self.experiment}/{self.run_name}"
 
+    # ---- branches (expman.branches, docs/format.md) ----
+    @property
+    def branches(self) -> list[Any]:
+        """Every branch of this rank (``expman.branches.Branch``): id, kind ("root",
+        "fork", "rewind", "resume"), from_step, first_step, last_step, points,
+        parent, time; in the order they were made (the last one is the main history)."""
+        from expman.branches import own_branch
+        if self._history is not None:
+            return list(self._history.branches)
+        steps = [x for s in self._raw.values() if len(s)
+                 for x in (int(min(s.steps)), int(max(s.steps)))]
+        return [own_branch(self.path, self.meta, self._raw.points, min(steps, default=None),
+                           max(steps, default=None))]
+
+    @property
+    def lineage(self) -> list[tuple[str, int | None]]:
+        """``(run spec, fork step)`` from the root ancestor to this run (last, with
+        fork step None): the chain of forks this run's history is read through."""
+        if self._history is not None:
+            return list(self._history.lineage)
+        return [(f"{self.path.parent.name}/{self.path.name}", None)]
+
+    @property
+    def parent(self) -> str | None:
+        """``"experiment/run"`` this run was forked from, or None."""
+        fork = self.meta.get("fork")
+        parent = fork.get("parent") if isinstance(fork, dict) else None
+        return parent if isinstance(parent, str) else None
+
+    @property
+    def fork_step(self) -> int | None:
+        """The parent's last step this run inherits (inclusive), or None."""
+        fork = self.meta.get("fork")
+        step = fork.get("step") if isinstance(fork, dict) else None
+        return step if isinstance(step, int) and not isinstance(step, bool) else None
+
     @property
     def artifacts(self) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("kind") == "artifact"]
@@ -174,6 +213,9 @@ class Run:
         new points plus new events."""
         if self._tail is None:
             raise ExpmanValueError("this Run was not made by open_run(); nothing to refresh")
+        if self._history is not None or self._branch is not None or _branched(
+                self.path, self.meta, self.rank or 0):
+            return self._refresh_branched()
         batch = self._tail.poll()
         # raw records are kept apart from the view: a duplicates rule (a mean) is
         # applied to every record of a step, never to an earlier result
@@ -196,6 +238,60 @@ class Run:
         self.integrity = _integrity(self._tail.integrity, self._tail.bad_event_lines,
                                     self.meta, self.path)
         return batch.metrics.points + len(batch.events)
+
+
+    def _refresh_branched(self) -> int:
+        """refresh() of a forked or branched run: the fold is read again (a rewind
+        may have moved points out of the main history)."""
+        assert self._tail is not None
+        before = self.metrics.points
+        events = self._tail.poll_events()
+        self.events.extend(events)
+        try:
+            self.meta = read_meta_quietly(self.path, self.meta)
+            self.params = read_params(self.path)
+        except (OSError, ValueError):
+            pass
+        hist = _read_history(self.path, self.rank or 0, self.meta, self._branch,
+                             self._tail.salvage)
+        self._history = hist
+        self._raw = hist.metrics
+        self.metrics = self._raw.reduce(self._duplicates) if self._duplicates else self._raw
+        self.integrity = _branch_integrity(
+            _integrity(hist.report, self._tail.bad_event_lines, self.meta, self.path), hist)
+        return max(0, self.metrics.points - before) + len(events)
+
+
+def read_meta_quietly(path: Path, old: dict[str, Any]) -> dict[str, Any]:
+    from expman._fsutil import read_json_object
+    try:
+        return read_json_object(path / RUN_FILE)
+    except (OSError, ValueError):
+        return old
+
+
+def _branched(path: Path, meta: dict[str, Any], rank: int) -> bool:
+    from expman.branches import is_branched
+    return is_branched(path, meta, rank)
+
+
+def _read_history(path: Path, rank: int, meta: dict[str, Any], branch: int | None,
+                  salvage: bool) -> Any:
+    from expman.branches import read_history
+    keys = None
+    if salvage:
+        from expman.summary import read_event_keys
+        keys = read_event_keys(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return read_history(path, rank, meta, branch=branch, salvage=salvage, keys=keys)
+
+
+def _branch_integrity(ig: dict[str, Any], hist: Any) -> dict[str, Any]:
+    """Run.integrity of a branched run: what the fold found wrong (bad branch lines,
+    a broken parent) under ``lineage``: ``[{"problem", "detail"}]``."""
+    ig["lineage"] = list(hist.problems)
+    return ig
 
 
 def _integrity(report: dict[str, Any], bad_lines: int, meta: dict[str, Any], path: Path,
@@ -267,7 +363,7 @@ def _rank_loss(path: Path, rank: int, own: dict[str, Any] | None) -> dict[str, A
 
 def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
              duplicates: str | None = None, base_dir: str | os.PathLike[str] | None = None,
-             rank: int | None = None) -> Run:
+             rank: int | None = None, branch: int | None = None) -> Run:
     """Read a run folder: metadata, params, events, and metrics as columns.
 
     ``path`` is a run folder, a URL of one synced by ``expman sync``, or a run
@@ -279,17 +375,24 @@ def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
     A multi-rank run reads as rank 0, with the whole run's status, by default;
     ``rank=r`` reads rank r's streams, with rank r's own status (``Run.status``;
     ``Run.run_status`` is the whole run's either way).
+    A forked or branched run reads as its main history (expman.branches,
+    docs/format.md); ``branch=k`` reads branch k's history instead (ids in
+    ``Run.branches``).
     """
     check_duplicates(duplicates, allow_none=True)
     path = _local(path)
     if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 0):
         raise ExpmanValueError(f"rank must be a non-negative int, got {rank!r}")
+    if branch is not None and (not isinstance(branch, int) or isinstance(branch, bool)):
+        raise ExpmanValueError(f"branch must be an int branch id, got {branch!r:.80}")
     if rank:
         where = Path(os.fspath(path))     # a rank may open before rank 0 wrote run.json
         where = where if where.is_dir() else resolve_run(path, base_dir)
-        return _open_rank(where, rank, salvage, duplicates)
+        return _open_rank(where, rank, salvage, duplicates, branch)
     tail = RunTail(resolve_run(path, base_dir), salvage=salvage)
     p = tail.path
+    if branch is not None or _branched(p, tail.meta, 0):
+        return _open_branched(tail, duplicates, branch)
     if salvage:         # names of points whose defining frame is gone: the copies in events
         from expman.summary import read_event_keys
         tail._keys = read_event_keys(p)
@@ -313,7 +416,29 @@ def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
     return Run(p, tail.meta, params, batch.events, view, integrity, tail, duplicates, raw, rank)
 
 
-def _open_rank(p: Path, rank: int, salvage: bool, duplicates: str | None) -> Run:
+def _open_branched(tail: RunTail, duplicates: str | None, branch: int | None) -> Run:
+    """open_run of a forked or branched run (rank 0): the fold of expman.branches."""
+    p = tail.path
+    try:
+        params, params_error = read_params(p), None
+    except (OSError, ValueError) as e:
+        params, params_error = {}, str(e)
+    hist = _read_history(p, 0, tail.meta, branch, tail.salvage)
+    events = tail.poll_events()
+    integrity = _branch_integrity(
+        _integrity(hist.report, tail.bad_event_lines, tail.meta, p), hist)
+    if params_error:
+        integrity["params_error"] = params_error
+        warnings.warn(f"expman: {params_error}", RuntimeWarning, stacklevel=3)
+    warn_damage(p / METRICS_FILE, integrity, tail.salvage, 3)
+    raw = hist.metrics
+    view = raw.reduce(duplicates) if duplicates is not None else raw
+    return Run(p, tail.meta, params, events, view, integrity, tail, duplicates, raw, None,
+               hist, branch)
+
+
+def _open_rank(p: Path, rank: int, salvage: bool, duplicates: str | None,
+               branch: int | None = None) -> Run:
     """Rank r's view of a run (r > 0): its metrics, events and meta
     (run.rank<r>.json over run.json), the run's params. It cannot ``refresh()``;
     open it again instead."""
@@ -341,9 +466,14 @@ def _open_rank(p: Path, rank: int, salvage: bool, duplicates: str | None) -> Run
         params = read_params(p)
     except (OSError, ValueError):
         params = {}
-    with warnings.catch_warnings():        # warned below, once, with the whole report
-        warnings.simplefilter("ignore")
-        metrics, report = read_metrics(p / rank_file(METRICS_FILE, rank), salvage=salvage)
+    hist = None
+    if branch is not None or _branched(p, meta, rank):
+        hist = _read_history(p, rank, meta, branch, salvage)
+        metrics, report = hist.metrics, hist.report
+    else:
+        with warnings.catch_warnings():        # warned below, once, with the whole report
+            warnings.simplefilter("ignore")
+            metrics, report = read_metrics(p / rank_file(METRICS_FILE, rank), salvage=salvage)
     raw = metrics
     if duplicates is not None:
         metrics = metrics.reduce(duplicates)
@@ -352,8 +482,11 @@ def _open_rank(p: Path, rank: int, salvage: bool, duplicates: str | None) -> Run
     except FileNotFoundError:
         events, bad = [], 0
     integrity = _integrity(report, bad, run_meta, p, rank, meta)
+    if hist is not None:
+        integrity = _branch_integrity(integrity, hist)
     warn_damage(p / rank_file(METRICS_FILE, rank), integrity, salvage, 3)
-    return Run(p, meta, params, events, metrics, integrity, None, duplicates, raw, rank)
+    return Run(p, meta, params, events, metrics, integrity, None, duplicates, raw, rank,
+               hist, branch)
 
 
 @dataclass(frozen=True)
@@ -413,8 +546,10 @@ def _last_values(run_dir: Path | str) -> tuple[dict[str, float], int]:
     return _last_values_at(os.fspath(run_dir), st)
 
 
-def _last_values_at(run: str, st: os.stat_result) -> tuple[dict[str, float], int]:
-    """_last_values of the run folder ``run`` whose metrics.bin stat is ``st``."""
+def _last_values_at(run: str, st: os.stat_result, meta: dict[str, Any] | None = None
+                    ) -> tuple[dict[str, float], int]:
+    """_last_values of the run folder ``run`` whose metrics.bin stat is ``st``
+    (``meta``: its run.json, if read already)."""
     key = (os.path.join(run, METRICS_FILE), *_key(st))
     hit = _LAST_CACHE.get(key)
     if hit is not None:
@@ -423,7 +558,7 @@ def _last_values_at(run: str, st: os.stat_result) -> tuple[dict[str, float], int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            doc = summarize(run)    # summary.json when fresh, else a decode (quietly)
+            doc = summarize(run, meta)    # summary.json when fresh, else a decode (quietly)
         except (OSError, ExpmanError, ValueError):
             doc = {"metrics": {}}
     figures = doc["metrics"]
@@ -494,7 +629,7 @@ def _line(run: str, exp: str, name: str, metrics: bool, cache: RunListCache | No
             pass
         else:
             mkey = _key(mst)
-            last, points = _last_values_at(where, mst)
+            last, points = _last_values_at(where, mst, meta)
     start = _number_or_none(meta.get("start_time"))
     end = _number_or_none(meta.get("end_time"))
     if end is None and st == CRASHED:

@@ -450,6 +450,8 @@ def integrity_problems(integrity: Mapping[str, Any], status: str,
         lines.append(f"{PARAMS_FILE}: {ig['params_error']}")
     if ig.get("bad_event_lines"):
         lines.append(f"{EVENTS_FILE}: {ig['bad_event_lines']} unreadable lines")
+    for p in ig.get("lineage") or ():       # expman.branches: bad branch lines, broken parents
+        lines.append(f"{p.get('problem')}: {p.get('detail')}")
     losses = dict(ig.get("rank_data_loss") or {})
     if ig.get("data_loss"):
         losses = {"": ig["data_loss"], **losses}

@@ -75,6 +75,14 @@ class RunFolder:
             self.undo()
             raise
 
+    def write_first_params(self, params: dict[str, Any]) -> None:
+        """params.json of a fork (its parent's), before run.json makes the run."""
+        try:
+            atomic_write_json(self.path / layout.PARAMS_FILE, params)
+        except BaseException:
+            self.undo()
+            raise
+
     def take(self, resume: bool, what: str) -> None:
         """Lock this rank's streams, then decide whether they are new (``fresh``);
         existing ones need ``resume``."""
@@ -160,7 +168,8 @@ class RunFolder:
         removed, and the experiment folders we made if left empty."""
         self.close_fds()
         if self.fresh and self.joined:
-            for name in (METRICS_FILE, EVENTS_FILE, layout.RUN_FILE, layout.LOSS_FILE):
+            for name in (METRICS_FILE, EVENTS_FILE, layout.RUN_FILE, layout.LOSS_FILE,
+                         layout.BRANCHES_FILE):
                 try:
                     os.unlink(self.path / layout.rank_file(name, self.rank))
                 except OSError:

@@ -149,8 +149,13 @@ class Series:
 class Metrics(Mapping[str, Series]):
     """name -> Series, in the order the names were first logged."""
 
-    def __init__(self, series: dict[str, Series]) -> None:
+    def __init__(self, series: dict[str, Series],
+                 branches: tuple[dict[str, tuple[Any, Any, Any, Any]], list[Any]] | None = None
+                 ) -> None:
         self._series = series
+        # expman.branches: per name the branch code of each point, and the labels
+        # the codes index (an own branch's id, "exp/run:k" for an inherited point)
+        self._branches = branches
 
     def __getitem__(self, name: str) -> Series:
         return self._series[name]
@@ -172,21 +177,40 @@ class Metrics(Mapping[str, Series]):
         """Every series reduced to one value per step (see ``Series.reduce``)."""
         return Metrics({k: s.reduce(duplicates) for k, s in self._series.items()})
 
-    def to_pandas(self, wide: bool = False, duplicates: str = "last") -> Any:
+    def branch_labels(self, name: str) -> list[Any]:
+        """The branch each point of ``name`` was written in: an int branch id of this
+        run, or ``"exp/run:k"`` for a point inherited from a fork's parent. A run
+        that never branched: 0 for every point."""
+        n = len(self._series[name])
+        if self._branches is None:
+            return [0] * n
+        cols, labels = self._branches
+        codes = cols[name][3] if name in cols else []
+        return [labels[int(c)] for c in codes] if len(codes) == n else [0] * n
+
+    def to_pandas(self, wide: bool = False, duplicates: str = "last",
+                  branch: bool = False) -> Any:
         """Long frame (metric, step, time, value), every record as logged; or wide
         (one column per metric, indexed by step, duplicate steps reduced by the
-        ``duplicates`` rule). Needs the [pandas] extra."""
+        ``duplicates`` rule). ``branch=True`` adds a ``branch`` column to the long
+        frame (``branch_labels``). Needs the [pandas] extra."""
         rule = duplicates
         check_duplicates(rule)
+        if branch and wide:
+            raise ExpmanValueError("to_pandas: branch=True needs the long frame (wide=False)")
         pd = need("pandas", "pandas")
         if not wide:
-            frames = [pd.DataFrame({"metric": k, "step": s.steps, "time": s.times, "value": s.values})
+            frames = [pd.DataFrame({"metric": k, "step": s.steps, "time": s.times, "value": s.values,
+                                    **({"branch": pd.Series(self.branch_labels(k), dtype=object)}
+                                       if branch else {})})
                       for k, s in self._series.items() if len(s)]
             if not frames:
                 return pd.DataFrame({"metric": pd.Series([], dtype=object),
                                      "step": pd.Series([], dtype="int64"),
                                      "time": pd.Series([], dtype="float64"),
-                                     "value": pd.Series([], dtype="float64")})
+                                     "value": pd.Series([], dtype="float64"),
+                                     **({"branch": pd.Series([], dtype=object)}
+                                        if branch else {})})
             return pd.concat(frames, ignore_index=True)
         cols = {}
         for k, s in self._series.items():

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from expman.layout import EVENTS_FILE, METRICS_FILE, SUMMARY_FILE, parse_event_lines
+from expman.layout import EVENTS_FILE, METRICS_FILE, RUN_FILE, SUMMARY_FILE, parse_event_lines
 from expman.readmodel import (
     MetricSummary, merge_summaries, summarize_points, summary_from_json, summary_to_json,
 )
@@ -245,15 +245,37 @@ def read_event_keys(run_dir: str | os.PathLike[str]) -> dict[int, str]:
     return keys_from_events(events)
 
 
-def summarize(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def summarize(run_dir: str | os.PathLike[str],
+              meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The summary if fresh, else computed by decoding metrics.bin (with the key
     names from events.jsonl, salvaging past damage). Same shape either way;
-    ``source`` says which. Raises OSError when metrics.bin cannot be read."""
+    ``source`` says which. Raises OSError when metrics.bin cannot be read.
+
+    A forked or branched run (expman.branches) is summarised over its main
+    history: summary.json, which the writer computes over every row it wrote,
+    is not used for it. ``meta``: run.json, if the caller has it."""
+    from expman import branches
+    run = Path(os.fspath(run_dir))
+    if meta is None:
+        from expman._fsutil import read_json_object
+        try:
+            meta = read_json_object(run / RUN_FILE)
+        except (OSError, ValueError):
+            meta = {}
+    if branches.is_branched(run, dict(meta)):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hist = branches.read_history(run, 0, dict(meta), salvage=True,
+                                         keys=read_event_keys(run))
+        return {"format": SUMMARY_FORMAT, "metrics_bytes": hist.report.get("end", 0),
+                "source": "branches",
+                "metrics": from_columns({n: (s.steps, s.times, s.values)
+                                         for n, s in hist.metrics.items()})}
     fresh = read_summary(run_dir)
     if fresh is not None:
         return fresh
     from expman._fsutil import read_regular
-    run = Path(os.fspath(run_dir))
     data = read_regular(run / METRICS_FILE)     # never a FIFO, a device or a link
     return decoded_summary(data, read_event_keys(run))
 
