@@ -7,29 +7,31 @@ import json
 
 import pytest
 
-from expman._fsutil import atomic_write_json, read_json
+import expman
+from expman._fsutil import read_json
 from expman.cli import main
 
 
 def fork(make_run, parent, name: str, step: int, experiment: str = "ft"):
-    """A finished run forked from ``parent`` (an Experiment) at ``step``."""
-    child = make_run(experiment, name)
+    """A finished run forked from ``parent`` (an Experiment) at ``step``, with 3 own steps."""
+    child = make_run(experiment, name,
+                     fork_from=f"{parent.run_dir.parent.name}/{parent.run_dir.name}@{step}")
     for s in range(step + 1, step + 4):
         child.log_metrics({"loss": 0.1 * s}, step=s)
     child.close()
-    meta = read_json(child.run_dir / "run.json")
-    meta["fork"] = {"parent": f"{parent.run_dir.parent.name}/{parent.run_dir.name}",
-                    "parent_uuid": read_json(parent.run_dir / "run.json")["uuid"], "step": step}
-    atomic_write_json(child.run_dir / "run.json", meta)
     return child
 
 
 @pytest.fixture
 def family(make_run):
-    """root (10 steps, FAILED) <- child (forked at 5) <- grandchild (forked at 7)."""
+    """root (steps 0-9, rewound to 6 and run again to 9; FAILED) <- child (forked at 5)
+    <- grandchild (forked at 7)."""
     root = make_run("mnist", "root")
     for s in range(10):
         root.log_metrics({"loss": 1.0 / (s + 1)}, step=s)
+    root.rewind(6)
+    for s in range(6, 10):
+        root.log_metrics({"loss": 2.0 + s}, step=s)
     root.close(status="FAILED")
     child = fork(make_run, root, "child", 5)
     grandchild = fork(make_run, child, "grandchild", 7)
@@ -97,11 +99,10 @@ def test_sync_sends_a_branch_line_only_after_the_stream_it_points_into(base, fam
     monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
     from expman.sync import sync
     root = family[0].run_dir
-    lines = root / "branches.jsonl"
+    lines = root / "branches.jsonl"                 # the rewind's
     size = (root / "metrics.bin").stat().st_size
-    lines.write_bytes(json.dumps({"id": 1, "kind": "rewind", "from_step": 3, "offset": size,
-                                  "time": 1.0}).encode() + b"\n")
     first = lines.read_bytes()
+    assert first
     mirror = tmp_path / "mirror"
 
     def writer_goes_on(path: str, n: int) -> None:
@@ -125,9 +126,6 @@ def test_sync_to_object_storage_sends_branch_lines_after_the_data(base, family, 
     import expman.sync as sync_mod
     from expman import remote
     root = family[0].run_dir
-    size = (root / "metrics.bin").stat().st_size
-    (root / "branches.jsonl").write_bytes(json.dumps(
-        {"id": 1, "kind": "rewind", "from_step": 3, "offset": size, "time": 1.0}).encode() + b"\n")
     puts: list[set[str]] = []
     real = sync_mod.filesystem
 
@@ -151,6 +149,9 @@ def test_sync_to_object_storage_sends_branch_lines_after_the_data(base, family, 
     copy = remote.localize(url)
     assert (copy / "mnist" / "root" / "branches.jsonl").read_bytes() == \
         (root / "branches.jsonl").read_bytes()
+    here, there = expman.open_run(root), expman.open_run(f"{url}/mnist/root")
+    assert there.branches == here.branches and len(there.branches) == 2
+    assert there.metrics["loss"].values.tolist() == here.metrics["loss"].values.tolist()
 
 
 def test_sync_of_a_fork_without_its_parent_keeps_the_reference_and_says_so(
@@ -165,8 +166,12 @@ def test_sync_of_a_fork_without_its_parent_keeps_the_reference_and_says_so(
     result = sync(alone, str(mirror))
     assert result["parents_missing"] == {"ft/child": "mnist/root"}
     assert read_json(mirror / "ft" / "child" / "run.json")["fork"]["parent"] == "mnist/root"
+    copy = expman.open_run(mirror / "ft" / "child")
+    assert copy.parent == "mnist/root" and copy.metrics["loss"].steps.tolist() == [6, 7, 8]
+    assert [p["problem"] for p in copy.integrity["lineage"]] == ["parent_missing"]
     assert sync(base, str(mirror))["parents_missing"] == {}      # the parent now goes along
-    assert (mirror / "mnist" / "root" / "run.json").exists()
+    copy = expman.open_run(mirror / "ft" / "child")
+    assert copy.metrics["loss"].steps.tolist() == list(range(9)) and not copy.integrity["lineage"]
     (alone / "ft" / "child" / "notes.json").write_text("{}")     # changed: sent again
     assert sync(alone, str(mirror))["parents_missing"] == {}     # the target has the parent
 
