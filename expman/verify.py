@@ -14,7 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dataclasses import asdict
+
 from expman import _core
+from expman.branches import is_branched, read_history, read_lines
 from expman._fsutil import open_nofollow, read_json, read_regular
 from expman.errors import ExpmanError, ExpmanValueError
 from expman.loss import recorded_loss
@@ -37,7 +40,11 @@ def verify_run(path: str | os.PathLike[str], repair: bool = False, *,
 
     Keys: ``path``, ``status``, ``run_json``, ``params_json``, ``metrics``
     (frames, rows, points, keys, bytes, ``torn_bytes``, ``corrupt_bytes``,
-    ``corrupt_at``, ``unknown_points``, ``end``), ``events`` (events,
+    ``corrupt_at``, ``unknown_points``, ``end``), ``branches`` (a forked or
+    branched stream's: ``branches`` as ``Run.branches`` lists them, ``lineage``,
+    and the ``problems`` of its fork record, its parent and its branches file,
+    each ``{"problem", "detail"}``; absent for a stream that never branched),
+    ``events`` (events,
     bad_lines, torn_bytes), ``summary`` (``state``: ok, stale, absent, damaged
     or differs, with every ``differences`` line), ``artifacts`` (the read
     model's artifact states, fully checked), ``data_loss`` (what the writer
@@ -126,6 +133,8 @@ def _check_stream(run_dir: Path, rank: int, meta: dict[str, Any], repair: bool,
     out: dict[str, Any] = {"metrics": m,
                            "events": {k: v for k, v in ev.items() if k != "good_size"}}
     out["summary"] = _check_summary(run_dir, rank, m, figures, problems)
+    if meta and is_branched(run_dir, meta, rank):
+        out["branches"] = _check_branches(run_dir, rank, meta, problems)
     loss = recorded_loss(run_dir, rank, meta)     # run.json's, or the record a full disk left
     out["data_loss"] = loss
     who = "the writer" if not rank else f"rank {rank}'s writer"
@@ -152,6 +161,27 @@ def _check_stream(run_dir: Path, rank: int, meta: dict[str, Any], repair: bool,
     if torn_e:
         problems.append(f"{ename}: torn last line of {torn_e} bytes (--repair cuts it)")
     return out, events
+
+
+def _check_branches(run_dir: Path, rank: int, meta: dict[str, Any],
+                    problems: list[str]) -> dict[str, Any]:
+    """A forked or branched stream read the way readers fold it: a fork record that
+    does not parse, a parent that is missing, another run, a cycle or too deep a
+    chain, and branch lines readers skip are problems (never an exception)."""
+    where = f"rank {rank}: " if rank else ""
+    try:
+        hist = read_history(run_dir, rank, meta)
+    except (OSError, ValueError) as e:        # the stream itself: reported with the metrics
+        lines, bad = read_lines(run_dir, rank)
+        found = [{"problem": "bad_branch_line", "detail": b} for b in bad]
+        for p in found:
+            problems.append(f"{where}{p['problem']}: {p['detail']}")
+        return {"branches": [], "lineage": [], "problems": found,
+                "error": f"not folded: {type(e).__name__}: {e}"}
+    for p in hist.problems:
+        problems.append(f"{where}{p['problem']}: {p['detail']}")
+    return {"branches": [asdict(b) for b in hist.branches],
+            "lineage": [list(x) for x in hist.lineage], "problems": list(hist.problems)}
 
 
 def _check_metrics(mpath: Path, closed: bool, problems: list[str]

@@ -180,3 +180,79 @@ def test_sync_of_a_fork_without_its_parent_keeps_the_reference_and_says_so(
     err = capsys.readouterr().err
     assert "ft/child: a fork of mnist/root, which is neither here nor at" in err
     assert "keeps the reference" in err
+
+
+# ---- verify ----------------------------------------------------------------------------------
+
+
+def verify_json(capsys, run) -> tuple[int, dict]:
+    code = main(["verify", str(run), "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_verify_a_healthy_family(family, capsys, make_run):
+    root, child, grandchild = family
+    code, report = verify_json(capsys, root.run_dir)
+    assert code == 0 and report["problems"] == []
+    assert [(b["id"], b["kind"], b["from_step"]) for b in report["branches"]["branches"]] == [
+        (0, "root", None), (1, "rewind", 6)]
+    code, report = verify_json(capsys, grandchild.run_dir)
+    assert code == 0 and report["branches"]["lineage"] == [
+        ["mnist/root", 5], ["ft/child", 7], ["ft/grandchild", None]]
+    assert main(["verify", str(child.run_dir)]) == 0
+    assert "branches      1 branch; forked from mnist/root at step 5" in capsys.readouterr().out
+    assert main(["verify", str(root.run_dir)]) == 0
+    assert "2 branches (rewind at step 6)" in capsys.readouterr().out
+    plain_run = make_run("mnist", "plain")
+    plain_run.log_metrics({"loss": 1.0}, step=0)
+    plain_run.close()
+    code, plain = verify_json(capsys, plain_run.run_dir)
+    assert code == 0 and "branches" not in plain
+
+
+def test_verify_reports_a_parent_gone_or_replaced(base, family, capsys, make_run):
+    import shutil
+    root, child, grandchild = family
+    shutil.rmtree(root.run_dir)
+    code, report = verify_json(capsys, child.run_dir)
+    assert code == 1
+    assert [p["problem"] for p in report["branches"]["problems"]] == ["parent_missing"]
+    assert any(p.startswith("parent_missing: ") and "mnist/root" in p for p in report["problems"])
+    code, report = verify_json(capsys, grandchild.run_dir)      # the break, one level up
+    assert code == 1 and "parent_missing" in report["problems"][0]
+    assert "in parent ft/child" in report["problems"][0]
+    make_run("mnist", "root").close()                           # another run, same name
+    code, report = verify_json(capsys, child.run_dir)
+    assert code == 1 and report["branches"]["problems"][0]["problem"] == "parent_mismatch"
+    assert main(["verify", str(child.run_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "a fork whose parent is not read" in out and "DAMAGED: parent_mismatch" in out
+
+
+@pytest.mark.parametrize("record", ["garbage", {"parent": "../../../etc", "step": 1},
+                                    {"parent": "mnist/root", "step": "five"}, [1, 2], 7])
+def test_verify_a_crafted_fork_record_is_a_problem_not_a_crash(family, capsys, record):
+    from expman._fsutil import atomic_write_json
+    child = family[1].run_dir
+    meta = read_json(child / "run.json")
+    meta["fork"] = record
+    atomic_write_json(child / "run.json", meta)
+    code, report = verify_json(capsys, child)
+    assert code == 1 and report["branches"]["problems"][0]["problem"] == "parent_missing"
+    assert "fork" in report["branches"]["problems"][0]["detail"]
+
+
+def test_verify_reports_branch_lines_readers_skip(family, capsys):
+    root = family[0].run_dir
+    size = (root / "metrics.bin").stat().st_size
+    with open(root / "branches.jsonl", "ab") as f:
+        f.write(b"not json\n")
+        f.write(json.dumps({"id": 9, "kind": "rewind", "from_step": 1, "offset": size + 10**6,
+                            "time": 1.0}).encode() + b"\n")
+        f.write(b'{"id": 10, "kind": "rew')                       # torn: not a problem
+    code, report = verify_json(capsys, root)
+    assert code == 1
+    kinds = [p["problem"] for p in report["branches"]["problems"]]
+    assert kinds == ["bad_branch_line", "bad_branch_line"], report["branches"]["problems"]
+    assert "past the end of metrics.bin" in report["problems"][-1]
+    assert len(report["branches"]["branches"]) == 2              # the good line still counts

@@ -84,6 +84,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         out(f"  events.jsonl  {plural(ev['events'], 'event')}"
             + (f", {ev['bad_lines']} unreadable lines" if ev["bad_lines"] else "")
             + (f", torn last line ({ev['torn_bytes']} bytes)" if ev["torn_bytes"] else ""))
+        if "branches" in report:
+            out(f"  branches      {branches_text(report['branches'])}")
         if arts:
             bad = sum(not a["present"] or a["verified"] is False for a in arts)
             out(f"  artifacts     {plural(len(arts), 'file')}" + (f", {bad} missing or changed" if bad else ", ok"))
@@ -91,6 +93,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
             out(f"  repaired      {r}")
         out("OK" if not problems else "DAMAGED: " + "; ".join(problems))
     return 0 if not problems else 1
+
+
+def branches_text(b: dict[str, Any]) -> str:
+    """verify's branches line: the branches a rewind or a resume opened, and the fork."""
+    opened = [x for x in b["branches"] if x["kind"] in ("rewind", "resume")]
+    n = len(b["branches"])
+    text = f"{count(n)} branch{'' if n == 1 else 'es'}" if n else "not read"
+    if opened:
+        text += " (" + ", ".join(f"{x['kind']} at step {x['from_step']}" for x in opened) + ")"
+    lineage = b["lineage"]
+    if len(lineage) > 1:
+        spec, step = lineage[-2]
+        text += f"; forked from {spec} at step {step}"
+    elif any(p["problem"] != "bad_branch_line" for p in b["problems"]):
+        text += "; a fork whose parent is not read"
+    return text
 
 
 def cmd_du(args: argparse.Namespace) -> int:
