@@ -256,3 +256,69 @@ def test_verify_reports_branch_lines_readers_skip(family, capsys):
     assert kinds == ["bad_branch_line", "bad_branch_line"], report["branches"]["problems"]
     assert "past the end of metrics.bin" in report["problems"][-1]
     assert len(report["branches"]["branches"]) == 2              # the good line still counts
+
+
+# ---- show, compare, export ---------------------------------------------------------------------
+
+
+def test_show_lists_branches_and_lineage(base, family, capsys):
+    assert main(["show", "--base-dir", str(base), "ft/grandchild", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parent"] == "ft/child" and info["fork_step"] == 7
+    assert info["lineage"] == [["mnist/root", 5], ["ft/child", 7], ["ft/grandchild", None]]
+    assert [(b["id"], b["kind"], b["parent"]) for b in info["branches"]] == [
+        (0, "fork", "ft/child")]
+    assert info["metrics"]["loss"]["count"] == 11            # root 0-5, child 6-7, own 8-10
+
+    assert main(["show", "--base-dir", str(base), "ft/grandchild"]) == 0
+    out = capsys.readouterr().out
+    assert "lineage   mnist/root @5 -> ft/child @7 -> ft/grandchild" in out
+
+    assert main(["show", "--base-dir", str(base), "mnist/root"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("  0 ")
+            or line.startswith("  1 ")]
+    assert rows[0][:5] == ["0", "root", "-", "0-9", "10"] and rows[0][-1] == "abandoned"
+    assert rows[1][:5] == ["1", "rewind", "6", "6-9", "4"] and rows[1][-2:] == ["main", "history"]
+    assert "lineage" not in out                                 # not a fork
+
+    assert main(["show", "--base-dir", str(base), "mnist/root", "--branch", "0",
+                 "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["branch"] == 0 and info["metrics"]["loss"]["last_value"] == 0.1
+    assert main(["show", "--base-dir", str(base), "mnist/root", "--branch", "7"]) == 1
+    assert "no branch 7" in capsys.readouterr().err
+
+
+def test_compare_names_forks_and_branches(base, family, capsys):
+    assert main(["compare", "--base-dir", str(base), "mnist/root", "ft/child"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.split() == ["forked", "from", "-", "mnist/root", "@5"]
+               for line in out.splitlines()), out
+    assert any(line.split() == ["branches", "2", "1"] for line in out.splitlines()), out
+    assert main(["compare", "--base-dir", str(base), "mnist/root", "ft/child", "--json"]) == 0
+    cmp = json.loads(capsys.readouterr().out)
+    assert [(r["parent"], r["fork_step"], r["branches"]) for r in cmp["runs"]] == [
+        (None, None, 2), ("mnist/root", 5, 1)]
+    assert cmp["final_metrics"]["loss"] == [2.0 + 9, 0.1 * 8]   # main histories' last points
+
+
+def read_csv(path) -> list[dict[str, str]]:
+    import csv
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_export_main_history_or_one_branch(base, family, tmp_path, capsys):
+    out = tmp_path / "root.csv"
+    assert main(["export", "--base-dir", str(base), "mnist/root", "-o", str(out)]) == 0
+    rows = read_csv(out)
+    assert [int(r["step"]) for r in rows] == list(range(10))   # one point per step
+    assert [float(r["value"]) for r in rows][6:] == [8.0, 9.0, 10.0, 11.0]
+    assert main(["export", "--base-dir", str(base), "mnist/root", "--branch", "0",
+                 "-o", str(out)]) == 0
+    assert [float(r["value"]) for r in read_csv(out)] == [
+        1.0 / (s + 1) for s in range(10)]
+    assert main(["export", "--base-dir", str(base), "ft/child", "-o", str(out)]) == 0
+    rows = read_csv(out)
+    assert [int(r["step"]) for r in rows] == list(range(9))   # inherited 0-5, own 6-8

@@ -39,7 +39,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if fmt == "parquet":
         from expman.export import parquet_module
         parquet_module()                     # fail before reading the run when pyarrow is missing
-    run = load(args, args.run, salvage=args.salvage, duplicates=args.duplicates)
+    run = load(args, args.run, salvage=args.salvage, duplicates=args.duplicates,
+               branch=args.branch)
     names = args.metric or None
     points = sum(len(run.metrics[m]) for m in names if m in run.metrics) if names \
         else run.metrics.points
@@ -245,6 +246,9 @@ def add_parser(subparsers: Any) -> None:
                    help="one value per step for duplicate steps (default: every record as logged)")
     p.add_argument("--salvage", action="store_true",
                    help="keep the frames after damage in the middle of the file")
+    p.add_argument("--branch", type=int, metavar="ID",
+                   help="this branch's history (ids: `expman show RUN`; default: the main "
+                        "history, what the run continued)")
 
     p = command(subparsers, "verify",
                 "check a run's files (frames, torn tail, corruption); --repair cuts a torn tail",

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any
 
+from dataclasses import asdict
+
 import orjson
 
 from expman.cli._common import BASE, DIGITS, JSON, add_base_positional, command, remote_run
@@ -49,6 +51,9 @@ def run_info(run: Run, messages: int) -> dict[str, Any]:
         "integrity": run.integrity,
         "write_error": run.meta.get("write_error"),
         "alerts": [a.to_event() for a in read_alerts(run.path)],
+        "parent": run.parent, "fork_step": run.fork_step,
+        "lineage": [list(x) for x in run.lineage],
+        "branches": [asdict(b) for b in run.branches],
     }
 
 
@@ -80,6 +85,32 @@ def integrity_text(ig: dict[str, Any], live: bool) -> list[str]:
     return lines
 
 
+def lineage_text(lineage: list[list[Any]]) -> str:
+    """root@5 -> child@7 -> this: each ancestor with the step its fork kept up to."""
+    return " -> ".join(spec if step is None else f"{spec} @{step}" for spec, step in lineage)
+
+
+def print_branches(info: dict[str, Any]) -> None:
+    """The branches of a forked or branched run, the main history's last."""
+    branches = info["branches"]
+    if len(info["lineage"]) > 1 or info["parent"]:
+        out(f"  {'lineage':<9} {lineage_text(info['lineage'])}"
+            + ("" if len(info["lineage"]) > 1 else f"  (its parent {info['parent']} is not read)"))
+    if len(branches) < 2 and not info["parent"]:
+        return
+    shown = info.get("branch")
+    main_id = branches[-1]["id"] if branches else None
+    out()
+    out(f"branches ({len(branches)})")
+    out(table(["ID", "KIND", "FROM STEP", "STEPS", "POINTS", "MADE", ""],
+              [(b["id"], b["kind"], "-" if b["from_step"] is None else b["from_step"],
+                "-" if b["first_step"] is None else f"{b['first_step']}-{b['last_step']}",
+                count(b["points"]), clock(b["time"]) if b["time"] else "-",
+                ("main history" if b["id"] == main_id else "abandoned")
+                + (", shown" if shown is not None and b["id"] == shown else ""))
+               for b in branches], right=[2, 4], indent="  "))
+
+
 def print_show(info: dict[str, Any]) -> None:
     out(f"{info['id']}  {info['status']}")
     env = info["env"]
@@ -103,6 +134,7 @@ def print_show(info: dict[str, Any]) -> None:
         head.append(("command", " ".join(env["argv"])))
     for k, v in head:
         out(f"  {k:<9} {v}")
+    print_branches(info)
 
     params = flatten(info["params"])
     out()
@@ -156,8 +188,9 @@ def print_show(info: dict[str, Any]) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    run = load(args, args.run, salvage=True)
+    run = load(args, args.run, salvage=True, branch=args.branch)
     info = run_info(run, args.messages)
+    info["branch"] = args.branch
     if args.json:
         emit_json(info)
     else:
@@ -318,11 +351,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     finals = {n: [r.metrics[n].last if n in r.metrics else None for r in runs] for n in names}
     if args.json:
         emit_json({"runs": [{"id": r.id, "path": str(r.path), "status": r.status,
-                             "duration": r.duration} for r in runs],
+                             "duration": r.duration, "parent": r.parent,
+                             "fork_step": r.fork_step, "branches": len(r.branches)}
+                            for r in runs],
                    "params_differ": differ, "params_same": same, "final_metrics": finals})
         return 0
-    out(table(["", *labels], [["status", *(r.status for r in runs)],
-                              ["duration", *(duration(r.duration) for r in runs)]]))
+    head = [["status", *(r.status for r in runs)],
+            ["duration", *(duration(r.duration) for r in runs)]]
+    if any(r.parent for r in runs):          # forks: where each one's history comes from
+        head.append(["forked from", *(f"{r.parent} @{r.fork_step}" if r.parent else "-"
+                                      for r in runs)])
+    if any(len(r.branches) > 1 for r in runs):
+        head.append(["branches", *(str(len(r.branches)) for r in runs)])
+    out(table(["", *labels], head))
     out()
     shown = [k for k in keys if args.all or k in differ]
     if shown:
@@ -362,6 +403,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("run", metavar="RUN")
     p.add_argument("-m", "--messages", type=int, default=10,
                    help="last messages to show (default 10)")
+    p.add_argument("--branch", type=int, metavar="ID",
+                   help="the metrics of this branch (ids in the branches table; default: "
+                        "the main history)")
 
     p = command(subparsers, "compare", "params that differ and final metrics, side by side",
                 "expman compare demo/latest demo/20250101-120000-ab12cd", cmd_compare,
