@@ -88,10 +88,15 @@ def is_branched(run_dir: str | os.PathLike[str], meta: dict[str, Any] | None,
 
 # ---- the branches file ------------------------------------------------------------------------
 
-def parse_lines(data: bytes, size: int | None = None) -> tuple[list[BranchLine], list[str]]:
-    """The well-formed lines of a branches file and why the others were skipped.
-    A last line without its newline is a write a crash cut: left out, not a
-    problem. ``size``: the metrics file's size (an offset past it is skipped)."""
+def parse_lines(data: bytes, size: int | None = None,
+                frames: set[int] | None = None) -> tuple[list[BranchLine], list[str]]:
+    """The lines of a branches file that count, and why the others were skipped.
+    A line counts when it is a whole JSON line (a last line without its newline
+    is a write a crash cut: left out, not a problem) with an int id above the
+    previous counted line's, a kind of KINDS, an int from_step >= 0, an int
+    offset not below the previous counted line's, not past ``size`` (the
+    metrics file's) and one of ``frames`` (its frame boundaries), and a number
+    or null time. refreader.branch_lines is the same rule."""
     events, bad, _used = parse_event_lines(data)
     problems = [f"{BRANCHES_FILE}: {bad} unreadable lines"] if bad else []
     out: list[BranchLine] = []
@@ -113,6 +118,8 @@ def parse_lines(data: bytes, size: int | None = None) -> tuple[list[BranchLine],
             why = f"offset {off!r:.40} is not an int at or after {last_offset}"
         elif size is not None and off > size:
             why = f"offset {off} is past the end of {METRICS_FILE} ({size} bytes)"
+        elif frames is not None and off not in frames:
+            why = f"offset {off} is not a frame boundary of {METRICS_FILE}"
         elif t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))):
             why = f"time {t!r:.40} is not a number"
         if why:
@@ -123,8 +130,27 @@ def parse_lines(data: bytes, size: int | None = None) -> tuple[list[BranchLine],
     return out, problems
 
 
-def read_lines(run_dir: str | os.PathLike[str], rank: int = 0,
-               size: int | None = None) -> tuple[list[BranchLine], list[str]]:
+def frame_starts(data: bytes) -> set[int]:
+    """Where the frames of a metrics file start (each header's CRC checked), and the
+    end of the last one: the offsets a branch may start at. Stops at damage."""
+    import struct
+    import zlib
+    out: set[int] = set()
+    pos, n = _core.HEADER_SIZE, len(data)
+    if n < pos:
+        return out
+    while pos + 12 <= n:
+        length, crc = struct.unpack_from("<II", data, pos)
+        if zlib.crc32(data[pos:pos + 4]) != crc:
+            return out
+        out.add(pos)
+        pos += 12 + length
+    out.add(pos)
+    return out
+
+
+def read_lines(run_dir: str | os.PathLike[str], rank: int = 0, size: int | None = None,
+               frames: set[int] | None = None) -> tuple[list[BranchLine], list[str]]:
     """parse_lines of a rank's branches file ([] when there is none)."""
     path = Path(os.fspath(run_dir)) / branches_file(rank)
     try:
@@ -133,7 +159,7 @@ def read_lines(run_dir: str | os.PathLike[str], rank: int = 0,
         return [], []
     except (OSError, ValueError) as e:
         return [], [f"{path}: {e}"]
-    return parse_lines(data, size)
+    return parse_lines(data, size, frames)
 
 
 def append_line(run_dir: Path, rank: int, line: BranchLine) -> None:
@@ -141,7 +167,6 @@ def append_line(run_dir: Path, rank: int, line: BranchLine) -> None:
     drained, before the branch's first row: see Experiment.rewind)."""
     import orjson
     path = run_dir / branches_file(rank)
-    created = not os.path.lexists(path)
     fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         body = orjson.dumps(line.to_json()) + b"\n"
@@ -150,8 +175,6 @@ def append_line(run_dir: Path, rank: int, line: BranchLine) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    if created:
-        _fsync_dir(run_dir)
 
 
 def cut_torn_line(run_dir: Path, rank: int) -> list[BranchLine]:
@@ -170,21 +193,6 @@ def cut_torn_line(run_dir: Path, rank: int) -> list[BranchLine]:
     finally:
         os.close(fd)
     return parse_lines(data[:used])[0]
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---- forks ---------------------------------------------------------------------------------------
@@ -294,7 +302,7 @@ def read_history(run_dir: str | os.PathLike[str], rank: int = 0,
         data = read_regular(run / rank_file(METRICS_FILE, rank))
     except FileNotFoundError:
         data = b""
-    lines, line_problems = read_lines(run, rank, len(data))
+    lines, line_problems = read_lines(run, rank, len(data), _LazyFrames(data))
     problems = [{"problem": "bad_branch_line", "detail": p} for p in line_problems]
     segments, accepted, report, seg_problems, keys = _decode_segments(data, lines, salvage, keys)
     problems += seg_problems
@@ -418,9 +426,8 @@ def _decode_segments(data: bytes, lines: list[BranchLine], salvage: bool,
                      keys: dict[int, str] | None
                      ) -> tuple[list[dict[str, tuple[Any, Any, Any]]], list[BranchLine],
                                 dict[str, Any], list[dict[str, str]], dict[int, str]]:
-    """metrics.bin cut at each line's offset: the rows of branch 0, 1, ...; a line
-    whose offset is not a frame boundary is skipped (its rows stay in the branch
-    before it). Linear: each byte is decoded once."""
+    """metrics.bin cut at each line's offset (parse_lines checked them: frame
+    boundaries, in order): the rows of branch 0, 1, ... Each byte is decoded once."""
     from expman.tail import empty_report
     report = empty_report()
     segments: list[dict[str, tuple[Any, Any, Any]]] = [{}]
@@ -447,22 +454,10 @@ def _decode_segments(data: bytes, lines: list[BranchLine], salvage: bool,
         return dict(rep)
 
     for ln in lines:
-        if ln.offset > len(data) or (pos == 0 and len(data) < _core.HEADER_SIZE):
-            problems.append({"problem": "bad_branch_line", "detail":
-                             f"{BRANCHES_FILE}: branch {ln.id}'s offset {ln.offset} is past "
-                             f"the end of {METRICS_FILE}"})
-            continue
         rep = decode(ln.offset)
         if rep["corrupt_bytes"] and not salvage:
             stopped = True          # nothing after the damage is read, branches included
             break
-        if rep["end"] != ln.offset:
-            problems.append({"problem": "bad_branch_line", "detail":
-                             f"{BRANCHES_FILE}: branch {ln.id}'s offset {ln.offset} is not "
-                             f"a frame boundary of {METRICS_FILE}; its rows stay in the "
-                             "branch before it"})
-            pos = max(rep["end"], pos)
-            continue
         accepted.append(ln)
         segments.append({})
         pos = ln.offset
@@ -476,6 +471,20 @@ def _decode_segments(data: bytes, lines: list[BranchLine], salvage: bool,
         for n, (s, t, v) in seg.items():
             seg[n] = (_col(s), _col(t), _col(v))
     return segments, accepted, report, problems, keys
+
+
+class _LazyFrames(set[int]):
+    """frame_starts(data), walked only if a branches file has a line to check."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self._data: bytes | None = data
+
+    def __contains__(self, offset: object) -> bool:
+        if self._data is not None:
+            self.update(frame_starts(self._data))
+            self._data = None
+        return super().__contains__(offset)
 
 
 def _real(p: Path) -> str:

@@ -576,6 +576,9 @@ ALLOWED_OPENS = {
     ("experiment.py", "_new_media_file", "os.fdopen"): "the O_EXCL descriptor above",
     ("media.py", "image_to_png", "path.read_bytes"): "the user's image file being logged",
     ("media.py", "image_to_png", "Image.open"): "the user's image file being logged",
+    ("refreader.py", "read_history", "open"): "the reference reader: plain Python on "
+                                              "purpose, for tests and third-party readers",
+    ("refreader.py", "_prefix", "open"): "the reference reader (see read_history)",
     ("sync.py", "put_file", "self.fs.open"): "an object-store upload (fsspec), not a local file",
     ("tbio.py", "_event_values", "im.read_bytes"): "media_read.Image.read_bytes (guarded)",
     ("tbio.py", "read_records", "os.fdopen"): "a descriptor from _fsutil.open_regular",
