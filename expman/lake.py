@@ -2,7 +2,7 @@
 
     out/
       runs/experiment=<name>/runs.parquet         one row per run (expman.table columns)
-      metrics/experiment=<name>/part-<seq>.parquet  run, rank, metric, step, time, value
+      metrics/experiment=<name>/part-<seq>.parquet  run, rank, metric, step, time, value, branch
       _expman_lake.json                            the manifest: what is exported already
 
 Both tables are hive-partitioned by experiment, so DuckDB and Polars read them
@@ -26,7 +26,12 @@ the export's sequence number, which only advances with the manifest, so an
 export killed midway is redone by the next one into the same part names
 (overwritten, never duplicated). One exporter per lake at a time.
 
-``time`` is Unix seconds (float64), as in metrics.bin. A stream that shrank
+``time`` is Unix seconds (float64), as in metrics.bin. ``branch`` is the id of
+the branch each point was written in (0 for a run that never rewound; a rewind
+or a resume at a lower step opens branch 1, 2, ...: docs/format.md). The lake
+holds every point as written, each once: a fork's inherited points are its
+parent's rows (``runs.parent`` and ``runs.fork_step`` say where), and a rewound
+run's abandoned points stay with their branch id. A stream that shrank
 below its exported offset (replaced by hand) is not re-exported: it is
 reported in ``skipped``; export to a fresh folder to start over.
 
@@ -49,6 +54,7 @@ from urllib.parse import quote
 
 from expman import layout
 from expman._fsutil import atomic_write_json, read_json, read_json_object
+from expman.branches import is_branched, read_history
 from expman.errors import ExpmanValueError
 from expman.liveness import effective_status
 from expman.reader import listing_loss
@@ -61,7 +67,8 @@ MANIFEST_FILE = "_expman_lake.json"
 RUNS_DIR = "runs"
 METRICS_DIR = "metrics"
 RUNS_TABLE = "runs.parquet"
-LAKE_VERSION = 2           # 2: streams keep a RunTail.cursor; summaries are readmodel's
+LAKE_VERSION = 3           # 2: streams keep a RunTail.cursor; summaries are readmodel's
+                           # 3: metric parts carry ``branch``; streams keep theirs
 
 
 def _pa() -> Any:
@@ -135,14 +142,14 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
         entry, run_row, new = row
         known[rid] = entry
         rows.setdefault(exp, []).append(run_row)
-        for rank, metrics in new:
+        for rank, branch, metrics in new:
             for metric, series in metrics.items():
                 if len(series):
                     new_points += len(series)
                     acc = chunks.get(exp)
                     if acc is None:
                         acc = chunks[exp] = _Columns()
-                    acc.add(name, rank, metric, series)
+                    acc.add(name, rank, metric, series, branch)
 
     parts = []
     for exp, acc in chunks.items():
@@ -168,8 +175,9 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
 
 def _export_run(run_dir: Path, old: dict[str, Any] | None, damaged: dict[str, str],
                 skipped: dict[str, str]
-                ) -> tuple[dict[str, Any], dict[str, Any], list[tuple[int, Any]]] | None:
-    """(its new manifest entry, its runs-table row, the new metrics of each rank) for
+                ) -> tuple[dict[str, Any], dict[str, Any], list[tuple[int, int, Any]]] | None:
+    """(its new manifest entry, its runs-table row, the new metrics of each rank and
+    branch) for
     one run, or None when its metadata cannot be read (reported in ``damaged``).
     Nothing is changed before the whole run is read: the caller commits it."""
     from expman.table import run_row
@@ -184,12 +192,12 @@ def _export_run(run_dir: Path, old: dict[str, Any] | None, damaged: dict[str, st
         return None
     entry: dict[str, Any] = {"streams": dict(old["streams"]) if old else {},
                              "summary": dict(old["summary"]) if old else {}}
-    new: list[tuple[int, Any]] = []
+    new: list[tuple[int, int, Any]] = []
     for rank, stream in rank_streams(run_dir, meta):
         known = entry["streams"].get(stream.name)
         try:
             tail = RunTail(run_dir, start=known["cursor"] if known else "beginning", rank=rank)
-            metrics = tail.poll_metrics()
+            parts, branch = _poll_branches(tail, run_dir, rank, known)
         except (OSError, ValueError) as e:       # a link, a FIFO, a device, a bad header...
             damaged[rid] = f"{stream.name}: {e}"
             continue
@@ -201,22 +209,64 @@ def _export_run(run_dir: Path, old: dict[str, Any] | None, damaged: dict[str, st
         if report["corrupt_bytes"]:
             damaged[rid] = (f"{stream.name}: {report['corrupt_bytes']} damaged bytes at "
                             f"{report['corrupt_at'][0]}; exported up to there")
-        entry["streams"][stream.name] = {"rank": rank, "cursor": tail.cursor}
-        if rank == 0:
-            for metric, series in metrics.items():
-                old = entry["summary"].get(metric)
-                now = series.summary()
-                entry["summary"][metric] = summary_to_json(
-                    now if old is None else merge_summaries(summary_from_json(old), now))
-        new.append((rank, metrics))
+        entry["streams"][stream.name] = {"rank": rank, "cursor": tail.cursor, "branch": branch}
+        for part_branch, metrics in parts:
+            if rank == 0:
+                for metric, series in metrics.items():
+                    old = entry["summary"].get(metric)
+                    now = series.summary()
+                    entry["summary"][metric] = summary_to_json(
+                        now if old is None else merge_summaries(summary_from_json(old), now))
+            new.append((rank, part_branch, metrics))
     summaries = {m: summary_from_json(s) for m, s in entry["summary"].items()}
+    if is_branched(run_dir, meta, 0):
+        # a fork or a rewound run: its figures are its main history's (the fold of
+        # expman.branches), not those of every row written; read whole, only such runs
+        try:
+            hist = read_history(run_dir, 0, meta)
+            summaries = {m: s.summary() for m, s in hist.metrics.items() if len(s)}
+        except (OSError, ValueError) as e:
+            damaged[rid] = f"not folded into its main history: {e}"
     info = {"id": rid, "experiment": run_dir.parent.name, "run_name": run_dir.name,
             "status": effective_status(meta, run_dir),
             "start_time": meta.get("start_time"), "end_time": meta.get("end_time"),
             "duration": meta.get("duration"), "exit": meta.get("exit"), "path": run_dir,
             "data_loss": listing_loss(meta, run_dir)}
     row = run_row(info, params, summaries)
+    fork = meta.get(layout.FORK)
+    step = fork.get("step") if isinstance(fork, dict) else None
+    row["parent"] = layout.fork_parent(meta)
+    row["fork_step"] = step if type(step) is int and row["parent"] else None
     return entry, row, new
+
+
+def _poll_branches(tail: Any, run_dir: Path, rank: int, known: dict[str, Any] | None
+                   ) -> tuple[list[tuple[int, Any]], int]:
+    """The new points of a stream, split where branches start: ``([(branch id,
+    metrics)], the branch the stream ends in)``. The branches file is read before
+    the stream (its writer appends a line before the branch's first row), and a
+    line counts only when a frame ends exactly at its offset (the readers' rule)."""
+    from expman.branches import read_lines
+    lines, _problems = read_lines(run_dir, rank)
+    done = tail.cursor["metrics"]
+    branch = known.get("branch", 0) if known else 0
+    if not isinstance(branch, int) or isinstance(branch, bool):
+        branch = 0
+    parts: list[tuple[int, Any]] = []
+    for line in lines:
+        if line.id <= branch or line.offset < done:
+            continue                        # exported before (or not at a frame then)
+        if line.offset == done:             # the cursor is a frame's end: it starts here
+            branch = line.id
+            continue
+        parts.append((branch, tail.poll_metrics(until=line.offset)))
+        if tail.rewound:
+            return parts, branch
+        done = tail.cursor["metrics"]
+        if done == line.offset:
+            branch = line.id
+    parts.append((branch, tail.poll_metrics()))
+    return parts, branch
 
 
 class _Columns:
@@ -227,9 +277,10 @@ class _Columns:
     def __init__(self) -> None:
         self.names: dict[str, dict[str, int]] = {"run": {}, "metric": {}}
         self.run, self.rank, self.metric = array("i"), array("i"), array("i")
+        self.branch = array("i")
         self.pieces: list[Series] = []
 
-    def add(self, run: str, rank: int, metric: str, series: Series) -> None:
+    def add(self, run: str, rank: int, metric: str, series: Series, branch: int = 0) -> None:
         n = len(series)
         if not n:
             return
@@ -237,6 +288,7 @@ class _Columns:
                                  (self.metric, self.names["metric"], metric)):
             col.extend(array("i", [table.setdefault(name, len(table))]) * n)
         self.rank.extend(array("i", [rank]) * n)
+        self.branch.extend(array("i", [branch]) * n)
         self.pieces.append(series)
 
     def table(self, pa: Any) -> Any:
@@ -251,8 +303,9 @@ class _Columns:
         return pa.Table.from_arrays(
             [names(self.run, "run"), _buffer_array(pa, pa.int32(), self.rank),
              names(self.metric, "metric"), joined("steps", pa.int64()),
-             joined("times", pa.float64()), joined("values", pa.float64())],
-            names=["run", "rank", "metric", "step", "time", "value"])
+             joined("times", pa.float64()), joined("values", pa.float64()),
+             _buffer_array(pa, pa.int32(), self.branch)],
+            names=["run", "rank", "metric", "step", "time", "value", "branch"])
 
 
 def _buffer_array(pa: Any, typ: Any, col: Any) -> Any:

@@ -178,9 +178,11 @@ def _ranks(path: Path) -> list[int]:
 
 
 def lake_dir(base: Path) -> Path:
-    """Where the metrics view's Parquet lake of ``base`` is kept."""
+    """Where the metrics view's Parquet lake of ``base`` is kept (one per lake
+    version: a newer expman starts a fresh cache rather than read an older one)."""
+    from expman.lake import LAKE_VERSION
     from expman.remote import cache_root
-    key = hashlib.sha1(os.fspath(base.resolve()).encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{os.fspath(base.resolve())}\0{LAKE_VERSION}".encode()).hexdigest()[:16]
     return cache_root() / "sql" / key
 
 
@@ -201,13 +203,13 @@ def _metrics_view(con: Any, base: Path) -> None:
     if not parts:
         con.execute("create view metrics as select * from (values (null::varchar, "
                     "null::varchar, null::bigint, null::varchar, null::bigint, null::double, "
-                    "null::double)) t(run, experiment, rank, metric, step, time, value) "
-                    "where false")
+                    "null::double, null::bigint)) t(run, experiment, rank, metric, step, time, "
+                    "value, branch) where false")
         return
     files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
     con.execute(f"""create view metrics as
         select experiment || '/' || run as run, experiment, rank::bigint as rank, metric,
-               step::bigint as step, time, value
+               step::bigint as step, time, value, branch::bigint as branch
         from read_parquet([{files}], hive_partitioning = true, union_by_name = true)
         where experiment || '/' || run in (select run from _run_ids)""")   # not deleted runs
 

@@ -169,10 +169,12 @@ class RunTail:
         status = self.status
         return TailBatch(self.poll_metrics(), self.poll_events(), status, changed)
 
-    def poll_metrics(self) -> Metrics:
+    def poll_metrics(self, until: int | None = None) -> Metrics:
         """Only the metric points appended since the last poll (``poll`` without the
         events or the status). A stream cut below the read position (repaired or
-        replaced) is read again from its start, and ``rewound`` says so."""
+        replaced) is read again from its start, and ``rewound`` says so. ``until``:
+        read no frame past this byte offset (a branch's start: the lake splits a
+        stream there; ``cursor`` then says whether a frame ended exactly at it)."""
         path = self.metrics_path
         self.rewound = False
         try:
@@ -192,6 +194,8 @@ class RunTail:
         except FileNotFoundError:
             return Metrics({})
         base = self._moff - offset if self._moff else 0
+        if until is not None:
+            data = data[:max(offset, until - base)]
         if offset == 0 and len(data) < _core.HEADER_SIZE:
             return Metrics({})            # the header itself is not written yet
         if len(data) == offset:

@@ -11,6 +11,8 @@ import expman
 from expman._fsutil import read_json
 from expman.cli import main
 
+from conftest import need
+
 
 def fork(make_run, parent, name: str, step: int, experiment: str = "ft"):
     """A finished run forked from ``parent`` (an Experiment) at ``step``, with 3 own steps."""
@@ -322,3 +324,69 @@ def test_export_main_history_or_one_branch(base, family, tmp_path, capsys):
     assert main(["export", "--base-dir", str(base), "ft/child", "-o", str(out)]) == 0
     rows = read_csv(out)
     assert [int(r["step"]) for r in rows] == list(range(9))   # inherited 0-5, own 6-8
+
+
+# ---- the lake and the SQL metrics view -----------------------------------------------------------
+
+
+def lake_rows(out, run: str) -> list[tuple]:
+    duckdb = need("duckdb")
+    return duckdb.sql(
+        f"select step, value, branch from read_parquet('{out}/metrics/**/*.parquet', "
+        f"hive_partitioning=true) where run = '{run}' order by branch, step").fetchall()
+
+
+def test_the_lake_has_a_branch_column_also_when_exported_midway(base, make_run, tmp_path):
+    need("pyarrow")
+    from expman.lake import export_lake
+    out = tmp_path / "lake"
+    exp = make_run("live", "r")
+    for s in range(5):
+        exp.log_metrics({"loss": float(s)}, step=s)
+    exp.flush()
+    export_lake(base, out)
+    exp.rewind(2)                     # a branch line at the stream's end, no row after it yet
+    export_lake(base, out)
+    for s in range(2, 6):
+        exp.log_metrics({"loss": 10.0 + s}, step=s)
+    exp.flush()
+    export_lake(base, out)
+    exp.rewind(3)
+    for s in (3, 4):
+        exp.log_metrics({"loss": 20.0 + s}, step=s)
+    exp.close()
+    export_lake(base, out)
+    assert lake_rows(out, "r") == (
+        [(s, float(s), 0) for s in range(5)] + [(s, 10.0 + s, 1) for s in range(2, 6)]
+        + [(3, 23.0, 2), (4, 24.0, 2)])
+    fresh = tmp_path / "fresh"                  # one export of it all: the same rows
+    export_lake(base, fresh)
+    assert lake_rows(fresh, "r") == lake_rows(out, "r")
+
+
+def test_the_lake_runs_table_describes_the_main_history_and_names_the_parent(
+        base, family, tmp_path):
+    duckdb = need("duckdb")
+    need("pyarrow")
+    from expman.lake import export_lake
+    out = tmp_path / "lake"
+    export_lake(base, out)
+    rows = duckdb.sql(
+        f"select run_name, parent, fork_step, points, \"metrics.loss.last\", "
+        f"\"metrics.loss.max\" from read_parquet('{out}/runs/**/*.parquet', "
+        "hive_partitioning=true, union_by_name=true) order by run_name").fetchall()
+    assert rows == [("child", "mnist/root", 5, 9, 0.1 * 8, 1.0),
+                    ("grandchild", "ft/child", 7, 11, 0.1 * 10, 1.0),
+                    ("root", None, None, 10, 11.0, 11.0)]
+    # the metrics table holds each point once, where it was written
+    assert [b for (_s, _v, b) in lake_rows(out, "root")] == [0] * 10 + [1] * 4
+    assert len(lake_rows(out, "child")) == 3
+
+
+def test_sql_metrics_view_has_the_branch_column(base, family, tmp_path, monkeypatch):
+    need("duckdb")
+    need("pyarrow")
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    df = expman.sql("select branch, count(*) as n, max(value) as top from metrics "
+                    "where run = 'mnist/root' group by branch order by branch", base)
+    assert df.values.tolist() == [[0, 10, 1.0], [1, 4, 11.0]]
