@@ -243,9 +243,9 @@ def _holds(target: "_Target", rel: str) -> bool:
 
 def _is_branches(name: str) -> bool:
     """rank 0's branches.jsonl or rank r's branches.rank<r>.jsonl."""
-    stem, _, rest = name.partition(".")
-    return stem == "branches" and (rest == "jsonl" or re.fullmatch(r"rank\d+\.jsonl", rest)
-                                   is not None)
+    stem, _, suffix = layout.BRANCHES_FILE.rpartition(".")
+    return name == layout.BRANCHES_FILE or re.fullmatch(
+        rf"{re.escape(stem)}\.rank\d+\.{re.escape(suffix)}", name) is not None
 
 
 def _parent(meta: bytes | None, where: str) -> str | None:

@@ -390,3 +390,75 @@ def test_sql_metrics_view_has_the_branch_column(base, family, tmp_path, monkeypa
     df = expman.sql("select branch, count(*) as n, max(value) as top from metrics "
                     "where run = 'mnist/root' group by branch order by branch", base)
     assert df.values.tolist() == [[0, 10, 1.0], [1, 4, 11.0]]
+
+
+# ---- the dashboard's API -----------------------------------------------------------------------
+
+
+def api(url: str, path: str) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + path, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, {}
+
+
+def test_dashboard_serves_the_main_history_branches_lineage_and_faint_points(base, family):
+    need("starlette")
+    need("uvicorn")
+    need("numpy")
+    from expman.dashboard.testing import running_server
+    root, child, grandchild = family
+    with running_server(base, token=False) as url:
+        code, s = api(url, "/api/runs/mnist/root/series?metric=loss")
+        assert code == 200 and s["folded"] and s["count"] == 10
+        assert s["x"] == list(range(10)) and s["y"][6:] == [8.0, 9.0, 10.0, 11.0]
+        code, faint = api(url, "/api/runs/mnist/root/series?metric=loss&branch=0")
+        assert code == 200 and faint["x"] == [6, 7, 8, 9]          # what the rewind left
+        assert faint["y"] == [1.0 / (s + 1) for s in range(6, 10)]
+        assert api(url, "/api/runs/mnist/root/series?metric=loss&branch=1")[0] == 404  # main
+        assert api(url, "/api/runs/mnist/root/series?metric=loss&branch=x")[0] == 400
+        code, s = api(url, "/api/runs/ft/grandchild/series?metric=loss")
+        assert s["x"] == list(range(11)) and s["folded"]            # root 0-5, child 6-7, own
+        code, run = api(url, "/api/runs/ft/grandchild")
+        assert run["metrics"]["loss"]["count"] == 11
+
+        code, b = api(url, "/api/runs/mnist/root/branches")
+        assert code == 200 and b["parent"] is None and b["branched"]
+        assert [(x["id"], x["kind"], x["main"], x["cut_at"]) for x in b["branches"]] == [
+            (0, "root", False, 6), (1, "rewind", True, None)]
+        assert [(m["kind"], m["step"]) for m in b["markers"]] == [("rewind", 6)]
+        assert b["children"] == [{"run": "ft/child", "status": "FINISHED", "fork_step": 5}]
+        code, b = api(url, "/api/runs/ft/grandchild/branches")
+        assert [(x["run"], x["fork_step"]) for x in b["lineage"]] == [
+            ("mnist/root", 5), ("ft/child", 7), ("ft/grandchild", None)]
+        assert [(m["kind"], m["step"]) for m in b["markers"]] == [("fork", 5), ("fork", 7)]
+        assert b["children"] == [] and b["problems"] == []
+        code, plain = api(url, "/api/runs/mnist/root/series?metric=loss")
+        assert code == 200
+
+        import shutil
+        shutil.rmtree(root.run_dir)                       # a broken lineage: said, not a 500
+        code, b = api(url, "/api/runs/ft/child/branches")
+        assert code == 200 and b["problems"][0].startswith("parent_missing")
+        assert b["lineage"][0] == {"run": "mnist/root", "fork_step": None, "present": False}
+        code, s = api(url, "/api/runs/ft/child/series?metric=loss")
+        assert code == 200 and s["x"] == [6, 7, 8]
+
+
+def test_dashboard_branches_of_a_run_that_never_branched(base, make_run):
+    need("starlette")
+    need("uvicorn")
+    need("numpy")
+    from expman.dashboard.testing import running_server
+    exp = make_run("e", "plain")
+    exp.log_metrics({"loss": 1.0}, step=0)
+    exp.close()
+    with running_server(base, token=False) as url:
+        code, b = api(url, "/api/runs/e/plain/branches")
+        assert code == 200 and not b["branched"] and b["branches"] == [] and b["markers"] == []
+        code, s = api(url, "/api/runs/e/plain/series?metric=loss")
+        assert not s["folded"] and s["y"] == [1.0]
+        assert api(url, "/api/runs/e/plain/series?metric=loss&branch=0")[0] == 404

@@ -216,7 +216,8 @@ class Dashboard:
                 "group": meta.get("group") if isinstance(meta.get("group"), str) else None,
                 "data_loss": meta.get("data_loss") if isinstance(meta.get("data_loss"), dict)
                 else None, "damaged": None,
-                "rank_loss": rank_losses(run.path, meta) or None}
+                "rank_loss": rank_losses(run.path, meta) or None,
+                "parent": layout.fork_parent(meta)}
 
     def run_ids(self) -> set[str]:
         """The runs there are now (the live stream's scan, every LIST_INTERVAL)."""
@@ -317,8 +318,13 @@ async def api_runs(request: Request) -> Response:
 
 
 def _metric_summary(run: CachedRun) -> dict[str, Any]:
-    """The read model's figures of every metric (expman.readmodel.MetricSummary)."""
+    """The read model's figures of every metric (expman.readmodel.MetricSummary):
+    of the main history, for a forked or branched run."""
     from expman.readmodel import summarize_points
+    hist = _fold(run)
+    if hist is not None:
+        return {name: layout.jsonable(s.summary().to_dict())
+                for name, s in hist.metrics.items() if len(s)}
     with run.lock:
         cols = {k: (c.steps[:c.n], c.times[:c.n], c.values[:c.n])
                 for k, c in run.columns.items()}
@@ -500,10 +506,12 @@ async def api_series(request: Request) -> Response:
     if not 1 <= pixels <= MAX_POINTS:
         raise HTTPException(400, f"points={pixels}: use 1..{MAX_POINTS}")
     lo, hi = _float_arg(request, "from"), _float_arg(request, "to")
+    branch = _branch_arg(request)
     run = await anyio.to_thread.run_sync(d.cached, exp, name)
-    snap = run.snapshot(metric)
+    snap, folded = await anyio.to_thread.run_sync(_series_of, run, metric, branch)
     if snap is None:
-        raise _not_found(f"metric {metric!r} in {exp}/{name}")
+        raise _not_found(f"metric {metric!r} in {exp}/{name}"
+                         + (f", branch {branch}'s abandoned points" if branch is not None else ""))
     steps, times, values = snap
 
     def compute() -> dict[str, Any]:
@@ -511,7 +519,58 @@ async def api_series(request: Request) -> Response:
         w = window(x, values, pixels, lo, hi)
         return {"run": f"{exp}/{name}", "metric": metric, "x_axis": axis, "count": len(steps),
                 "total": w.total, "raw": w.raw, "start_time": run.start_time,
-                "x": w.x, "y": w.y, "status": run.status}
+                "x": w.x, "y": w.y, "status": run.status, "folded": folded, "branch": branch}
+    return await _answer(compute)
+
+
+def _branch_arg(request: Request) -> int | None:
+    raw = request.query_params.get("branch")
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise HTTPException(400, f"branch={raw!r} is not a branch id (an int)") from None
+
+
+def _fold(run: CachedRun) -> Any:
+    """The main history of a forked or branched run (None: the cache's columns are
+    the run's history)."""
+    from expman.dashboard.branches import fold
+    try:
+        return fold(run.path, dict(run.meta))
+    except (OSError, ValueError):
+        return None          # its own stream unreadable: the cache's columns say so
+
+
+def _series_of(run: CachedRun, metric: str, branch: int | None
+               ) -> tuple[tuple[Any, Any, Any] | None, bool]:
+    """(steps, times, values) of a metric as the chart draws it, and whether it was
+    folded: the main history (a forked or branched run's through expman.branches),
+    or with ``branch``, the points that branch wrote which the main history left."""
+    if branch is not None:
+        from expman.dashboard.branches import abandoned
+        try:
+            return abandoned(run.path, dict(run.meta), branch, metric), True
+        except (OSError, ValueError):
+            return None, True
+    hist = _fold(run)
+    if hist is None:
+        return run.snapshot(metric), False
+    s = hist.metrics.get(metric)
+    return (None if s is None else (s.steps, s.times, s.values)), True
+
+
+async def api_branches(request: Request) -> Response:
+    """A run's branches, lineage (parents) and children, and its charts' markers."""
+    d = _dash(request)
+    exp, name = request.path_params["exp"], request.path_params["run"]
+    run = await anyio.to_thread.run_sync(d.cached, exp, name)
+    rows = await anyio.to_thread.run_sync(d.rows)
+
+    def compute() -> dict[str, Any]:
+        from expman.dashboard.branches import describe
+        return describe(run.path, dict(run.meta), rows)
     return await _answer(compute)
 
 
@@ -758,6 +817,7 @@ def create_app(base_dir: str | os.PathLike[str] | None = None, token: str | None
         Route("/api/runs/{exp}/{run}", api_run),
         Route("/api/runs/{exp}/{run}/series", api_series),
         Route("/api/runs/{exp}/{run}/events", api_events),
+        Route("/api/runs/{exp}/{run}/branches", api_branches),
         Route("/api/runs/{exp}/{run}/artifacts/{path:path}", api_artifact),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
