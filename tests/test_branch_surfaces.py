@@ -418,7 +418,10 @@ def test_dashboard_serves_the_main_history_branches_lineage_and_faint_points(bas
         code, faint = api(url, "/api/runs/mnist/root/series?metric=loss&branch=0")
         assert code == 200 and faint["x"] == [6, 7, 8, 9]          # what the rewind left
         assert faint["y"] == [1.0 / (s + 1) for s in range(6, 10)]
-        assert api(url, "/api/runs/mnist/root/series?metric=loss&branch=1")[0] == 404  # main
+        code, main_own = api(url, "/api/runs/mnist/root/series?metric=loss&branch=1")
+        assert code == 200 and main_own["x"] == []                  # the main history's
+        assert api(url, "/api/runs/mnist/root/series?metric=nope&branch=0")[1]["x"] == []
+        assert api(url, "/api/runs/mnist/root/series?metric=loss&branch=5")[0] == 404
         assert api(url, "/api/runs/mnist/root/series?metric=loss&branch=x")[0] == 400
         code, s = api(url, "/api/runs/ft/grandchild/series?metric=loss")
         assert s["x"] == list(range(11)) and s["folded"]            # root 0-5, child 6-7, own

@@ -78,17 +78,19 @@ def abandoned(path: Path, meta: dict[str, Any], branch: int, metric: str
               ) -> tuple[Any, Any, Any] | None:
     """(steps, times, values) of the points branch ``branch`` wrote that the main
     history does not hold (a later branch cut them): what the chart draws faint.
-    None when the run has no such branch or the branch has no such metric."""
+    Empty for the main history's own branch or a metric the branch did not log;
+    None when the run has no such branch."""
+    import numpy as np
     main = fold(path, meta)
     if main is None or branch not in [b.id for b in main.branches]:
         return None
+    none = (np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.float64))
     later = [b.from_step for b in main.branches if b.id > branch and b.from_step is not None]
     if not later:
-        return None                       # the main history's own branch: nothing left out
+        return none                       # the main history's own branch: nothing left out
     hist = fold(path, meta, branch)
     if hist is None or metric not in hist.columns or branch not in hist.labels:
-        return None
-    import numpy as np
+        return none
     steps, times, values, codes = (np.asarray(c) for c in hist.columns[metric])
     keep = (codes == hist.labels.index(branch)) & (steps >= min(later))
     return steps[keep], times[keep], values[keep]

@@ -510,8 +510,8 @@ async def api_series(request: Request) -> Response:
     run = await anyio.to_thread.run_sync(d.cached, exp, name)
     snap, folded = await anyio.to_thread.run_sync(_series_of, run, metric, branch)
     if snap is None:
-        raise _not_found(f"metric {metric!r} in {exp}/{name}"
-                         + (f", branch {branch}'s abandoned points" if branch is not None else ""))
+        raise _not_found(f"metric {metric!r} in {exp}/{name}" if branch is None
+                         else f"branch {branch} of {exp}/{name}")
     steps, times, values = snap
 
     def compute() -> dict[str, Any]:

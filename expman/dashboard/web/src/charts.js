@@ -32,10 +32,13 @@ const X_LABEL = { step: "step", rel: "relative time (s)", time: "wall time" };
 export class ChartPanel {
   // has(id, metric): whether run id has the metric (its chart asks only those runs)
   // storageKey(): where the sections' folding is kept (per base dir)
-  constructor(root, { has = () => true, storageKey = () => "" } = {}) {
+  // overlay: a run's fork and rewind markers and faint abandoned branches (branches.js)
+  constructor(root, { has = () => true, storageKey = () => "", overlay = null } = {}) {
     this.root = root;
     this.has = has;
     this.storageKey = storageKey;
+    this.overlay = overlay;
+    if (overlay) overlay.panel = this;
     this.sections = new Map();    // prefix -> {details, grid, count}
     this.runs = [];
     this.opts = { x: "step", log: false, smooth: 0, filter: "" };
@@ -227,14 +230,16 @@ class Chart {
     this.loading = ticket;
     const q = new URLSearchParams({ metric: this.metric, x: this.xAxis, points: String(this.width) });
     if (this.zoom) { q.set("from", String(this.zoom[0])); q.set("to", String(this.zoom[1])); }
+    const faint = this.panel.overlay && !onlyRun ? this.panel.overlay.series(this.metric, q) : null;
     const results = await Promise.all(runs.map((id) =>
       getJSON(`${runUrl(id)}/series?${q}`).then((r) => [id, r]).catch(() => [id, null])));
+    if (faint) this.faint = await faint;
     if (this.loading !== ticket && !onlyRun) return;       // a newer load won
     if (!onlyRun) this.data.clear();
     for (const [id, r] of results) {
       if (!r) { this.data.delete(id); continue; }
       this.data.set(id, { x: r.x, y: r.y, count: r.count, raw: r.raw, total: r.total,
-        start: r.start_time ?? (r.count ? null : null), fetchedWidth: this.width });
+        start: r.start_time ?? (r.count ? null : null), fetchedWidth: this.width, folded: r.folded });
     }
     this.loaded = true;
     this.render(true);
@@ -243,6 +248,7 @@ class Chart {
   append(run, start, steps, times, values) {
     const d = this.data.get(run);
     if (!this.loaded || !d) { this.invalidate(); return; }
+    if (d.folded) { this.load(run); return; }               // a branched run: fold again
     if (start > d.count) { this.load(run); return; }        // a gap: ask again
     if (start === 0 && d.count > 0) { this.load(run); return; }  // the run was rewritten
     const skip = d.count - start;
@@ -269,7 +275,9 @@ class Chart {
     this.dirty = false;
     const opts = this.panel.opts;
     const ids = this.panel.runs.filter((id) => this.data.has(id));
-    const tables = ids.map((id) => sortedTable(this.data.get(id), opts.log));
+    const faint = this.faint || [];
+    const tables = ids.map((id) => sortedTable(this.data.get(id), opts.log))
+      .concat(faint.map((f) => sortedTable(f, opts.log)));
     const joined = tables.length ? uPlot.join(tables) : [[]];
     const data = [joined[0]];
     const xAxis = this.xAxis;
@@ -291,6 +299,15 @@ class Chart {
         series.push({ label: id, stroke: color, width: 1.25, spanGaps: true, value: fmtLegend });
       }
     });
+    faint.forEach((f, j) => {
+      data.push(joined[ids.length + 1 + j]);
+      series.push({ label: f.label, stroke: this.panel.overlay.color(f.run), width: 1, dash: [4, 4], spanGaps: true, value: fmtLegend });
+    });
+    const overlay = this.panel.overlay;
+    const start = ids.length ? this.data.get(ids[0]).start : null;
+    this.card.dataset.faint = String(faint.length);
+    this.card.dataset.faintPoints = String(faint.reduce((n, f) => n + f.x.length, 0));
+    this.card.dataset.markers = overlay ? JSON.stringify(overlay.markers(xAxis, start).map((m) => [m.kind, m.x])) : "";
     this.card.dataset.series = String(ids.length);
     this.card.dataset.lastX = lastX === -Infinity ? "" : String(lastX);
     this.card.dataset.points = String(points);
@@ -321,6 +338,7 @@ class Chart {
       series,
       cursor: { drag: { x: true, y: false, setScale: false }, bind: { dblclick: () => null } },
       hooks: {
+        draw: overlay ? [(u) => overlay.draw(u, xAxis, start)] : [],
         setSelect: [(u) => {
           if (u.select.width < 3) return;
           const lo = u.posToVal(u.select.left, "x");

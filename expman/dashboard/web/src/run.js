@@ -4,6 +4,7 @@
 import { el, clear, getJSON, runUrl, flatten, display, fmtNum, fmtTime, fmtBytes, fmtDuration } from "./dom.js";
 import { ChartPanel } from "./charts.js";
 import { lossText } from "./runs.js";
+import { branchView } from "./branches.js";
 
 const MAX_MESSAGES = 2000;      // the newest; the API pages through the rest
 
@@ -164,7 +165,8 @@ export async function showRun(root, id) {
 
   const messages = el("ol", { class: "timeline", id: "messages" });
   const chartsRoot = el("div", { class: "charts" });
-  clear(root).append(head, exitBox,
+  const branches = await branchView(id);
+  clear(root).append(head, exitBox, branches.section || "",
     section("Metrics", metrics, chartsRoot),
     section("Histograms and images", media),
     section("Params", searchable(run.params, "params", "search params")),
@@ -172,7 +174,8 @@ export async function showRun(root, id) {
     section("Artifacts", arts, previews),
     section("Environment", ...environment(meta.env || {})),
     section("Integrity", integrity));
-  const panel = new ChartPanel(chartsRoot, { storageKey: () => document.getElementById("base").textContent });
+  const panel = new ChartPanel(chartsRoot, { storageKey: () => document.getElementById("base").textContent,
+    overlay: branches.overlay });
   panel.setRuns([id], Object.keys(run.metrics));
   try {
     const { events, total } = await getJSON(`${runUrl(id)}/events?kind=message&last=${MAX_MESSAGES}`);
