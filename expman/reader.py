@@ -304,6 +304,7 @@ def _integrity(report: dict[str, Any], bad_lines: int, meta: dict[str, Any], pat
     closed = stream_status(own or meta, path, rank) in FINAL_STATUSES
     ig = settle_torn_tail(report, closed)
     ig["bad_event_lines"] = bad_lines
+    ig["lineage"] = []          # expman.branches: a broken parent or branch line (see _branch_integrity)
     losses = rank_losses(meta, path)
     ig["data_loss"] = losses.get(rank)
     others = {r: v for r, v in losses.items() if r != rank}
