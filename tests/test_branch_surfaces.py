@@ -423,8 +423,10 @@ def test_dashboard_serves_the_main_history_branches_lineage_and_faint_points(bas
         assert api(url, "/api/runs/mnist/root/series?metric=nope&branch=0")[1]["x"] == []
         assert api(url, "/api/runs/mnist/root/series?metric=loss&branch=5")[0] == 404
         assert api(url, "/api/runs/mnist/root/series?metric=loss&branch=x")[0] == 400
+        assert s["append_at"] is None                # a rewound run's chart is folded again
         code, s = api(url, "/api/runs/ft/grandchild/series?metric=loss")
         assert s["x"] == list(range(11)) and s["folded"]            # root 0-5, child 6-7, own
+        assert s["append_at"] == 8                   # its stream's points follow 8 inherited
         code, run = api(url, "/api/runs/ft/grandchild")
         assert run["metrics"]["loss"]["count"] == 11
 
@@ -463,5 +465,5 @@ def test_dashboard_branches_of_a_run_that_never_branched(base, make_run):
         code, b = api(url, "/api/runs/e/plain/branches")
         assert code == 200 and not b["branched"] and b["branches"] == [] and b["markers"] == []
         code, s = api(url, "/api/runs/e/plain/series?metric=loss")
-        assert not s["folded"] and s["y"] == [1.0]
+        assert not s["folded"] and s["y"] == [1.0] and s["append_at"] == 0
         assert api(url, "/api/runs/e/plain/series?metric=loss&branch=0")[0] == 404

@@ -21,6 +21,9 @@ def experiment(base, exp: str, name: str, **kw: Any) -> expman.Experiment:
                              **kw)
 
 
+SITE_BASE: list[Any] = []      # the module's base dir (a live fork is made in it)
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory):
     """mnist/root: steps 0-9, rewound to 6 and run again; ft/child forked from it at 5;
@@ -36,6 +39,7 @@ def site(tmp_path_factory: pytest.TempPathFactory):
         with experiment(base, "ft", name, fork_from=f"{parent}@{step}") as exp:
             for s in range(step + 1, step + 4):
                 exp.log_metrics({"loss": 0.1 * s}, step=s)
+    SITE_BASE[:] = [base]
     with running_server(base) as url:
         yield url
 
@@ -118,4 +122,49 @@ def test_fork_page_links_parents_and_children(page: Any, site: str):
     page.wait_for_selector("#lineage-children a")
     page.locator("#lineage-children a").click()                # and down to its fork
     until(lambda: page.locator("#run-title").inner_text() == "grandchild")
+    page.watch.check()
+
+
+LIVE_FORK = """
+import sys, pathlib, time, expman
+base, stop = sys.argv[1], pathlib.Path(sys.argv[2])
+with expman.Experiment("ft", "live", base_dir=base, fork_from="mnist/root@5", capture_env=False,
+                       system_metrics=False, flush_interval=0.01) as exp:
+    step = 6
+    while not stop.exists():
+        exp.log_metrics({"loss": 0.5 / step}, step=step)
+        step += 1
+        time.sleep(0.05)                     # a training step's pace
+"""
+
+
+def test_a_live_fork_grows_after_its_inherited_points(page: Any, site: str, tmp_path):
+    """The stream sends a fork's own rows; the chart puts them after the inherited
+    prefix: every step from 0 to the last, once."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    stop = tmp_path / "stop"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(expman.__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", LIVE_FORK, str(SITE_BASE[0]), str(stop)],
+                            env=env, cwd=tmp_path)
+    try:
+        until(lambda: (SITE_BASE[0] / "ft" / "live" / "metrics.bin").exists(), what="the fork")
+        page.goto(site + "#/run/ft/live")
+        chart = loss_chart(page)
+        first = float(until(lambda: chart.get_attribute("data-last-x"), what="the first draw"))
+        until(lambda: float(chart.get_attribute("data-last-x")) >= first + 5,
+              what="the live fork's chart grows")
+        last = float(chart.get_attribute("data-last-x"))
+        assert chart.get_attribute("data-drawn") == str(int(last) + 1)   # 0..last, once each
+        assert json.loads(chart.get_attribute("data-markers")) == [["fork", 5]]
+        stop.touch()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        stop.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     page.watch.check()

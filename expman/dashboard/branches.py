@@ -20,7 +20,7 @@ from typing import Any
 from expman import layout
 from expman.branches import History, branches_file, is_branched, read_history
 
-__all__ = ["fold", "abandoned", "describe"]
+__all__ = ["fold", "abandoned", "describe", "inherited_points"]
 
 MAX_FOLDS = 16                 # folds kept (each holds a run's main history, in columns)
 MAX_CHILDREN = 500             # forks of one run listed on its page
@@ -94,6 +94,18 @@ def abandoned(path: Path, meta: dict[str, Any], branch: int, metric: str
     steps, times, values, codes = (np.asarray(c) for c in hist.columns[metric])
     keep = (codes == hist.labels.index(branch)) & (steps >= min(later))
     return steps[keep], times[keep], values[keep]
+
+
+def inherited_points(path: Path, hist: History, metric: str) -> int | None:
+    """How many of a metric's main-history points a fork inherited (its stream's own
+    points follow them, so a live fork's new points are appended after), or None
+    when the run has a branches file (a rewind may cut what is drawn: fold again)."""
+    if os.path.lexists(path / branches_file(0)) or metric not in hist.columns:
+        return None
+    import numpy as np
+    codes = np.asarray(hist.columns[metric][3])
+    own = [i for i, label in enumerate(hist.labels) if not isinstance(label, str)]
+    return int(np.count_nonzero(~np.isin(codes, own)))
 
 
 def describe(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -508,7 +508,7 @@ async def api_series(request: Request) -> Response:
     lo, hi = _float_arg(request, "from"), _float_arg(request, "to")
     branch = _branch_arg(request)
     run = await anyio.to_thread.run_sync(d.cached, exp, name)
-    snap, folded = await anyio.to_thread.run_sync(_series_of, run, metric, branch)
+    snap, folded, append_at = await anyio.to_thread.run_sync(_series_of, run, metric, branch)
     if snap is None:
         raise _not_found(f"metric {metric!r} in {exp}/{name}" if branch is None
                          else f"branch {branch} of {exp}/{name}")
@@ -519,7 +519,8 @@ async def api_series(request: Request) -> Response:
         w = window(x, values, pixels, lo, hi)
         return {"run": f"{exp}/{name}", "metric": metric, "x_axis": axis, "count": len(steps),
                 "total": w.total, "raw": w.raw, "start_time": run.start_time,
-                "x": w.x, "y": w.y, "status": run.status, "folded": folded, "branch": branch}
+                "x": w.x, "y": w.y, "status": run.status, "folded": folded, "branch": branch,
+                "append_at": append_at}
     return await _answer(compute)
 
 
@@ -544,21 +545,27 @@ def _fold(run: CachedRun) -> Any:
 
 
 def _series_of(run: CachedRun, metric: str, branch: int | None
-               ) -> tuple[tuple[Any, Any, Any] | None, bool]:
-    """(steps, times, values) of a metric as the chart draws it, and whether it was
-    folded: the main history (a forked or branched run's through expman.branches),
-    or with ``branch``, the points that branch wrote which the main history left."""
+               ) -> tuple[tuple[Any, Any, Any] | None, bool, int | None]:
+    """(steps, times, values) of a metric as the chart draws it, whether it was
+    folded, and where the live stream's points go in it (``append_at``: the index
+    of the stream's first point; None when they cannot be appended, a run whose
+    branches file may cut its history): the main history (a forked or branched
+    run's through expman.branches), or with ``branch``, the points that branch
+    wrote which the main history left."""
     if branch is not None:
         from expman.dashboard.branches import abandoned
         try:
-            return abandoned(run.path, dict(run.meta), branch, metric), True
+            return abandoned(run.path, dict(run.meta), branch, metric), True, None
         except (OSError, ValueError):
-            return None, True
+            return None, True, None
     hist = _fold(run)
     if hist is None:
-        return run.snapshot(metric), False
+        return run.snapshot(metric), False, 0
     s = hist.metrics.get(metric)
-    return (None if s is None else (s.steps, s.times, s.values)), True
+    if s is None:
+        return None, True, None
+    from expman.dashboard.branches import inherited_points
+    return (s.steps, s.times, s.values), True, inherited_points(run.path, hist, metric)
 
 
 async def api_branches(request: Request) -> Response:

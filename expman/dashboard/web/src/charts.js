@@ -239,7 +239,7 @@ class Chart {
     for (const [id, r] of results) {
       if (!r) { this.data.delete(id); continue; }
       this.data.set(id, { x: r.x, y: r.y, count: r.count, raw: r.raw, total: r.total,
-        start: r.start_time ?? (r.count ? null : null), fetchedWidth: this.width, folded: r.folded });
+        start: r.start_time ?? (r.count ? null : null), fetchedWidth: this.width, appendAt: r.append_at === undefined ? 0 : r.append_at });
     }
     this.loaded = true;
     this.render(true);
@@ -248,9 +248,10 @@ class Chart {
   append(run, start, steps, times, values) {
     const d = this.data.get(run);
     if (!this.loaded || !d) { this.invalidate(); return; }
-    if (d.folded) { this.load(run); return; }               // a branched run: fold again
+    if (d.appendAt === null) { this.load(run); return; }    // a branched run: fold again
+    if (start === 0 && d.count > d.appendAt) { this.load(run); return; }  // the run was rewritten
+    start += d.appendAt;                                    // after a fork's inherited points
     if (start > d.count) { this.load(run); return; }        // a gap: ask again
-    if (start === 0 && d.count > 0) { this.load(run); return; }  // the run was rewritten
     const skip = d.count - start;
     if (skip >= steps.length) return;
     d.count = start + steps.length;
