@@ -467,3 +467,45 @@ def test_dashboard_branches_of_a_run_that_never_branched(base, make_run):
         code, s = api(url, "/api/runs/e/plain/series?metric=loss")
         assert not s["folded"] and s["y"] == [1.0] and s["append_at"] == 0
         assert api(url, "/api/runs/e/plain/series?metric=loss&branch=0")[0] == 404
+
+
+def test_hostile_fork_records_and_branch_files_never_break_a_surface(base, family, capsys,
+                                                                     tmp_path, monkeypatch):
+    """A fork record naming a path out of the base dir, and a branches file that is a
+    FIFO: every surface answers (a problem said), none hangs or fails."""
+    import os
+    need("starlette")
+    need("uvicorn")
+    need("numpy")
+    from expman._fsutil import atomic_write_json
+    from expman.dashboard.testing import running_server
+    root, child, grandchild = family
+    meta = read_json(child.run_dir / "run.json")
+    meta["fork"] = {"parent": "../../etc", "parent_uuid": None, "step": 3}
+    atomic_write_json(child.run_dir / "run.json", meta)
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    (root.run_dir / "branches.jsonl").unlink()
+    os.mkfifo(root.run_dir / "branches.jsonl")
+    assert main(["list", str(base), "--json"]) == 0
+    listed = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert listed["ft/child"]["parent"] is None and listed["mnist/root"]["status"] == "FAILED"
+    code, report = verify_json(capsys, child.run_dir)
+    assert code == 1 and report["branches"]["problems"][0]["problem"] == "parent_missing"
+    code, report = verify_json(capsys, root.run_dir)
+    assert code == 1 and any("branches.jsonl" in p for p in report["problems"])
+    assert main(["show", str(root.run_dir)]) == 0
+    capsys.readouterr()
+    with running_server(base, token=False) as url:
+        for run in ("mnist/root", "ft/child", "ft/grandchild"):
+            code, b = api(url, f"/api/runs/{run}/branches")
+            assert code == 200, run
+            assert api(url, f"/api/runs/{run}/series?metric=loss")[0] == 200
+    monkeypatch.setenv("EXPMAN_CACHE_DIR", str(tmp_path / "cache"))
+    from expman.sync import sync
+    result = sync(base, str(tmp_path / "mirror"))
+    assert result["parents_missing"] == {}          # no parent it can name: nothing to say
+    need("pyarrow")
+    from expman.lake import export_lake
+    done = export_lake(base, tmp_path / "lake")
+    assert done["runs"] == 3 and done["new_points"] == 14 + 3 + 3
