@@ -11,6 +11,7 @@ import { el, clear, getJSON, runUrl, runColor, fmtNum } from "./dom.js";
 import { emaDebiased } from "./ema.js";
 
 const HEIGHT = 240;
+const MAX_CHARTS = 60;        // past this many metrics, the filter picks the charts
 const LIVE_REDRAW_MS = 500;   // live charts redraw together, at most this often
 
 // Every live chart that changed is redrawn in one animation frame: one layout and
@@ -38,6 +39,10 @@ export class ChartPanel {
     this.storageKey = storageKey;
     this.sections = new Map();    // prefix -> {details, grid, count}
     this.runs = [];
+    this.metrics = [];           // every metric name of the selected runs
+    this.matchCount = 0;
+    this.capNote = el("p", { class: "muted cap-note", id: "charts-cap", hidden: true });
+    root.prepend(this.capNote);
     this.opts = { x: "step", log: false, smooth: 0, filter: "" };
     this.charts = new Map();
     this.observer = new IntersectionObserver((entries) => {
@@ -59,29 +64,60 @@ export class ChartPanel {
   setRuns(ids, metrics) {
     const same = ids.length === this.runs.length && ids.every((x, i) => x === this.runs[i]);
     this.runs = ids.slice();
-    for (const name of metrics) this.ensure(name);
+    this.metrics = metrics;
+    this.sync(!same);
+  }
+
+  // The charts there are: every metric's, or when there are more than MAX_CHARTS
+  // (a run may log 12,000 names), the pinned ones and the first MAX_CHARTS the metric
+  // filter matches: the page never builds a chart per name of such a run.
+  sync(invalidate = false) {
+    const names = this.chartedNames();
+    const wanted = new Set(names);
     for (const [name, chart] of this.charts) {
-      if (!metrics.includes(name)) { chart.destroy(); this.charts.delete(name); }
-      else if (!same) chart.invalidate();
+      if (!wanted.has(name)) { chart.destroy(); this.charts.delete(name); }
+      else if (invalidate) chart.invalidate();
+    }
+    for (const name of names) if (!this.charts.has(name)) this.charts.set(name, new Chart(this, name));
+    const over = this.metrics.length > MAX_CHARTS;
+    this.capNote.hidden = !over;
+    if (over) {
+      this.capNote.textContent = `${this.metrics.length.toLocaleString()} metrics: ${names.length} charted ` +
+        `(${this.matchCount.toLocaleString()} match the filter); filter metrics by name to chart others`;
     }
     this.order();
   }
 
+  chartedNames() {
+    if (this.metrics.length <= MAX_CHARTS) return this.metrics;
+    const f = this.opts.filter.trim().toLowerCase();
+    const pinned = this.pinned();
+    const out = this.metrics.filter((m) => pinned.has(m));
+    let matched = 0;
+    for (const m of [...this.metrics].sort()) {
+      if (f && !m.toLowerCase().includes(f)) continue;
+      matched++;
+      if (out.length < MAX_CHARTS && !pinned.has(m)) out.push(m);
+    }
+    this.matchCount = matched;
+    return out;
+  }
+
   setOption(key, value) {
     this.opts[key] = value;
-    if (key === "filter") { this.order(); return; }
+    if (key === "filter") { if (this.metrics.length > MAX_CHARTS) this.sync(); else this.order(); return; }
     if (key === "x") this.charts.forEach((c) => { c.zoom = null; c.invalidate(); });
     else this.charts.forEach((c) => c.rebuild());
   }
 
+  // a chart for a metric seen live (none while the metrics are past MAX_CHARTS and the
+  // filter leaves it out)
   ensure(name) {
-    let chart = this.charts.get(name);
-    if (!chart) {
-      chart = new Chart(this, name);
-      this.charts.set(name, chart);
-      this.order();
+    if (!this.metrics.includes(name)) {
+      this.metrics = [...this.metrics, name];
+      this.sync();
     }
-    return chart;
+    return this.charts.get(name);
   }
 
   order() {
@@ -149,7 +185,7 @@ export class ChartPanel {
     const pins = this.pinned();
     if (pins.has(name)) pins.delete(name); else pins.add(name);
     this.store("pinned", [...pins]);
-    this.order();
+    this.sync();
   }
 
   // {prefix: true when folded}
@@ -170,7 +206,7 @@ export class ChartPanel {
   // live points from the event stream
   append(run, metric, start, steps, times, values) {
     if (!this.runs.includes(run)) return;
-    this.ensure(metric).append(run, start, steps, times, values);
+    this.ensure(metric)?.append(run, start, steps, times, values);
   }
 }
 
