@@ -666,3 +666,84 @@ def test_back_and_forward_step_through_selections(page: Any, site: Any) -> None:
     until(lambda: charted() == ["demo/run-a", "demo/run-b"], what="forward: both")
     assert page.input_value("#metric-filter") == "val_"
     page.watch.check()
+
+
+def wide_base(base: Path, runs: int) -> None:
+    """`runs` small runs (run.json only) and one run of 12,000 metrics (`loss_{step}`),
+    the shape that froze the page for 114 s (issue 21)."""
+    import json
+
+    from expman import layout
+    for i in range(runs):
+        run = base / "many" / f"r{i:03d}"
+        run.mkdir(parents=True)
+        (run / layout.RUN_FILE).write_text(json.dumps(
+            {"status": "FINISHED", "experiment": "many", "run_name": f"r{i:03d}",
+             "start_time": 1_700_000_000 + i, "end_time": 1_700_000_001 + i}))
+    with pytest.warns(RuntimeWarning, match="12000 distinct metric names"):
+        with expman.Experiment("w", "wide", base_dir=base, capture_env=False,
+                               system_metrics=False) as exp:
+            exp.log_params({"lr": 0.1})
+            for step in range(12_000):
+                exp.log_metrics({f"loss_{step}": float(step)}, step=step)
+
+
+def test_a_12000_metric_run_keeps_the_page_small(browser: Any, tmp_path: Path) -> None:
+    """300 runs and one of 12,000 metrics: the runs table holds only the rows and columns
+    in view (scrolling brings the rest), the column chooser finds any metric and keeps the
+    choice over a reload, ticking the wide run makes 60 charts (not 12,000) and the metric
+    filter charts any other; its run page pages the metric table and charts by search."""
+    base = tmp_path / "experiments"
+    wide_base(base, 300)
+    with running_server(base) as url:
+        ctx, pg, watch = new_page(browser, url)
+        pg.goto(url + "#/?run=")
+        until(lambda: "301 of 301 runs" in pg.locator(".count").inner_text())
+        assert 0 < rows_shown(pg) < 60                                 # 301 runs, a screenful drawn
+        wrap = pg.locator(".table-wrap")
+        assert wrap.evaluate("w => w.scrollHeight") > 300 * 28         # as tall as every row
+        wrap.evaluate("w => { w.scrollTop = w.scrollHeight; }")
+        row(pg, "many/r000").wait_for()                                # the oldest, at the bottom
+        assert rows_shown(pg) < 60 and row(pg, "many/r299").count() == 0
+        assert "columns: 41 of 12,001" in pg.locator("#columns-summary").inner_text()
+        pg.click("#columns-summary")                                   # choose: search every name
+        pg.fill("#column-search", "loss_1199")
+        until(lambda: pg.locator(".column-list li").count() == 11)
+        pg.click("#columns-add-shown")
+        until(lambda: "columns: 52 of 12,001" in pg.locator("#columns-summary").inner_text())
+        pg.click("#columns-summary")
+        headers = pg.locator("#runs thead th[data-key]")
+        assert headers.count() < 40                                    # 58 columns, not all in the DOM
+        assert pg.locator('#runs th[data-key="m:loss_11999"]').count() == 0
+        wrap.evaluate("w => { w.scrollLeft = w.scrollWidth; w.scrollTop = 0; }")
+        pg.locator('#runs th[data-key="m:loss_11999"]').wait_for()   # scrolled into view
+        assert pg.locator('#runs th[data-key="status"]').count() == 0
+        wide = row(pg, "w/wide")
+        wide.wait_for()
+        cell = pg.locator("#runs thead th").evaluate_all(
+            "ths => ths.findIndex(t => t.dataset.key === 'm:loss_11999')")
+        assert wide.locator("td").nth(cell).inner_text() == "11999"
+        pg.reload()                                                    # the choice is kept
+        until(lambda: "columns: 52 of 12,001" in pg.locator("#columns-summary").inner_text())
+        # ticking the wide run: 60 charts, and a note saying how to reach the others
+        row(pg, "w/wide").locator("input[type=checkbox]").check()
+        pg.wait_for_selector('section.chart[data-metric="loss_0"][data-series="1"]')
+        assert pg.locator("section.chart").count() == 60
+        assert "12,000 metrics: 60 charted" in pg.locator("#charts-cap").inner_text()
+        pg.fill("#metric-filter", "loss_1199")
+        pg.wait_for_selector('section.chart[data-metric="loss_11990"][data-series="1"]')
+        assert pg.locator("section.chart").count() == 11
+        assert plotted(pg, "loss_11990")[0]["y"] == [11990.0]
+        # the run page: 20 summary rows at a time, the search picks rows and charts
+        pg.goto(url + "#/run/w/wide")
+        until(lambda: pg.locator("#metric-summary tbody tr").count() == 20)
+        assert pg.locator("#metric-count").inner_text() == "20 of 12,000 metrics"
+        assert pg.locator("section.chart").count() == 60
+        pg.fill("#run-metric-search", "loss_4242")
+        until(lambda: pg.locator("#metric-summary tbody tr").count() == 1)
+        pg.wait_for_selector('section.chart[data-metric="loss_4242"][data-series="1"]')
+        assert pg.locator("section.chart").count() == 1
+        assert plotted(pg, "loss_4242")[0]["y"] == [4242.0]
+        assert pg.locator('#metric-summary tr[data-metric="loss_4242"] td').nth(2).inner_text() == "4242"
+        watch.check()
+        ctx.close()
