@@ -547,7 +547,7 @@ def test_charts_come_in_foldable_sections_system_last_and_folded(browser: Any, t
         # system series are sampled on a timer: drawn on relative time, the rest on steps
         assert attr(pg, "system/cpu_percent", "x-axis") == "rel" and attr(pg, "loss", "x-axis") == "step"
         assert any("system%2Fcpu_percent" in u and "x=rel" in u for u in watch.requests)
-        assert "relative time (s)" in chart(pg, "system/cpu_percent").inner_text()      # the axis says so
+        assert "relative time" in chart(pg, "system/cpu_percent").inner_text()      # the axis says so
         pg.locator('details[data-section="train"] summary').click()   # fold train
         until(lambda: not pg.locator('details[data-section="train"]').evaluate("d => d.open"))
         pg.reload()
@@ -745,5 +745,67 @@ def test_a_12000_metric_run_keeps_the_page_small(browser: Any, tmp_path: Path) -
         assert pg.locator("section.chart").count() == 1
         assert plotted(pg, "loss_4242")[0]["y"] == [4242.0]
         assert pg.locator('#metric-summary tr[data-metric="loss_4242"] td').nth(2).inner_text() == "4242"
+        watch.check()
+        ctx.close()
+
+
+TICKS = """e => { const p = e._chart.plot, out = [];
+    for (const [i, scale] of [[0, "x"], [1, "y"]]) {
+      const a = p.axes[i];
+      p.ctx.font = a.font[0];
+      out.push(a._splits.map((v, k) => ({ label: a._values[k], at: p.valToPos(v, scale, true),
+        width: p.ctx.measureText(a._values[k]).width })));
+    }
+    return out; }"""
+
+
+def ticks(page: Any, metric: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The labels uPlot drew on a chart's x and y axes, with their canvas positions and widths."""
+    x, y = chart(page, metric).evaluate(TICKS)
+    return x, y
+
+
+def test_axes_read_at_any_scale_and_each_chart_picks_its_x(browser: Any, tmp_path: Path) -> None:
+    """A 5 M-step axis labels 1M, 2M... without overlap; y labels carry SI prefixes (G, µ) and
+    byte series binary units; a chart's own x axis (another metric: epoch; relative time as
+    durations) is drawn from the server's x and kept over a reload, the others unchanged."""
+    base = tmp_path / "experiments"
+    with expman.Experiment("scale", "r", base_dir=base, capture_env=False, system_metrics=False) as exp:
+        for i in range(2001):
+            step = i * 2500
+            exp.log_metrics({"loss": 1e9 + i * 1e6, "tiny": 2e-6 * (1 + i / 2000),
+                             "system/proc/rss_bytes": 1.5 * 2 ** 30 + i * 2 ** 20,
+                             "epoch": step / 1e6}, step=step)
+    with running_server(base) as url:
+        ctx, pg, watch = new_page(browser, url)
+        pg.goto(url + "#/?run=scale/r")
+        pg.wait_for_selector('section.chart[data-metric="loss"][data-series="1"]')
+        x, y = ticks(pg, "loss")
+        assert [t["label"] for t in x] == ["0", "1M", "2M", "3M", "4M", "5M"], x
+        for a, b in zip(x, x[1:]):                                    # no two labels overlap
+            assert a["at"] + a["width"] / 2 + 4 < b["at"] - b["width"] / 2, (a, b)
+        assert all(t["label"].endswith("G") for t in y if t["label"] != "0"), y
+        pg.wait_for_selector('section.chart[data-metric="tiny"][data-series="1"]')
+        assert all(t["label"].endswith("µ") for t in ticks(pg, "tiny")[1]), ticks(pg, "tiny")[1]
+        pg.locator('details[data-section="system"] summary').click()
+        pg.wait_for_selector('section.chart[data-metric="system/proc/rss_bytes"][data-series="1"]')
+        labels = [t["label"] for t in ticks(pg, "system/proc/rss_bytes")[1]]
+        assert labels and all(t.endswith(" GiB") for t in labels), labels
+        # the loss chart on epoch: its x is the epoch at each step, from the server
+        chart(pg, "loss").locator("select.x-pick").select_option("metric:epoch")
+        pg.wait_for_selector('section.chart[data-metric="loss"][data-x-axis="metric:epoch"][data-series="1"]')
+        xs = chart(pg, "loss").evaluate("e => Array.from(e._chart.plot.data[0])")
+        assert xs[0] == 0 and xs[-1] == 5.0 and len(xs) == 2001
+        assert any("x=metric%3Aepoch" in u for u in watch.requests)
+        assert attr(pg, "tiny", "x-axis") == "step"                    # the others keep the page's
+        chart(pg, "tiny").locator("select.x-pick").select_option("rel")
+        pg.wait_for_selector('section.chart[data-metric="tiny"][data-x-axis="rel"][data-series="1"]')
+        rel = [t["label"] for t in ticks(pg, "tiny")[0]]
+        assert len(rel) >= 2 and all(t.endswith("s") for t in rel), rel
+        pg.reload()
+        pg.wait_for_selector('section.chart[data-metric="loss"][data-x-axis="metric:epoch"][data-series="1"]')
+        assert chart(pg, "loss").locator("select.x-pick").input_value() == "metric:epoch"
+        assert attr(pg, "epoch", "x-axis") == "step"
+        pg.screenshot(path=str(tmp_path / "axes.png"))
         watch.check()
         ctx.close()

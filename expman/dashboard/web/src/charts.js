@@ -9,6 +9,7 @@ import "uplot/dist/uPlot.min.css";
 import "./style.css";
 import { el, clear, getJSON, runUrl, runColor, fmtNum } from "./dom.js";
 import { emaDebiased } from "./ema.js";
+import { xAxisOpts, yAxisOpts, xLabel, unitOf, fmtSI } from "./axes.js";
 
 const HEIGHT = 240;
 const MAX_CHARTS = 60;        // past this many metrics, the filter picks the charts
@@ -28,7 +29,6 @@ function scheduleRedraw(chart) {
     for (const c of charts) if (c.dirty && c.visible && c.plot) c.render();
   }), LIVE_REDRAW_MS);
 }
-const X_LABEL = { step: "step", rel: "relative time (s)", time: "wall time" };
 
 export class ChartPanel {
   // has(id, metric): whether run id has the metric (its chart asks only those runs)
@@ -225,8 +225,10 @@ class Chart {
     this.pin = el("button", { class: "pin", type: "button", title: "pin this chart to the top", text: "pin",
       onclick: () => panel.togglePin(metric) });
     this.holder = el("div", { class: "chart-plot" });
+    this.ownX = panel.stored("xaxis", {})[metric] || "";    // this chart's own x axis ("": the page's)
+    this.xPick = this.xPicker();
     this.card = el("section", { class: "chart", "data-metric": metric },
-      el("h3", {}, el("span", { class: "chart-title", text: metric }), this.info, this.pin), this.holder);
+      el("h3", {}, el("span", { class: "chart-title", text: metric }), this.info, this.pin, this.xPick), this.holder);
     this.card._chart = this;
     this.holder.addEventListener("dblclick", () => { if (this.zoom) { this.zoom = null; this.invalidate(); } });
     panel.observer.observe(this.card);
@@ -235,8 +237,58 @@ class Chart {
   // the page's x axis; system series (sampled on a timer, their "step" is only a sample
   // count) are drawn on relative time when the page says step
   get xAxis() {
+    if (this.ownX) return this.ownX;
     const x = this.panel.opts.x;
     return x === "step" && this.metric.startsWith("system/") ? "rel" : x;
+  }
+
+  // The chart's own x axis: the page's, step, time, or another metric of the run
+  // (those named like an axis listed; "other metric..." takes any name). Kept per
+  // base dir in localStorage (expman.xaxis:NAME).
+  xPicker() {
+    const axisLike = (this.panel.metrics || []).filter((m) => m !== this.metric &&
+      /(^|[/_.])(epoch|epochs|global_step|samples|tokens|iter|iteration)$/i.test(m)).slice(0, 20);
+    const own = this.ownX.startsWith("metric:") ? this.ownX.slice(7) : null;
+    const names = own && !axisLike.includes(own) ? [...axisLike, own] : axisLike;
+    const select = el("select", { class: "x-pick", "aria-label": `x axis of ${this.metric}`, title: "x axis of this chart" },
+      el("option", { value: "", text: "x: page's" }), el("option", { value: "step", text: "x: step" }),
+      el("option", { value: "rel", text: "x: relative time" }), el("option", { value: "time", text: "x: wall time" }),
+      names.map((m) => el("option", { value: `metric:${m}`, text: `x: ${m}` })),
+      el("option", { value: "other", text: "x: other metric…" }));
+    select.value = this.ownX;
+    const list = el("datalist", { id: `x-metrics-${Math.random().toString(36).slice(2)}` });
+    const other = el("input", { type: "search", class: "x-metric", placeholder: "metric as x", hidden: true,
+      list: list.id, "aria-label": `x metric of ${this.metric}` });
+    other.addEventListener("input", () => {
+      const q = other.value.toLowerCase();
+      const found = this.panel.metrics.filter((m) => m.toLowerCase().includes(q)).slice(0, 50);
+      list.replaceChildren(...found.map((m) => el("option", { value: m })));
+    });
+    other.addEventListener("change", () => {
+      if (!this.panel.metrics.includes(other.value)) return;
+      const opt = el("option", { value: `metric:${other.value}`, text: `x: ${other.value}` });
+      select.insertBefore(opt, select.lastChild);
+      select.value = opt.value;
+      other.hidden = true;
+      this.setX(opt.value);
+    });
+    select.addEventListener("change", () => {
+      other.hidden = select.value !== "other";
+      if (select.value === "other") { other.focus(); return; }
+      this.setX(select.value);
+    });
+    return el("span", { class: "x-pick-box" }, select, other, list);
+  }
+
+  setX(axis) {
+    this.ownX = axis;
+    const kept = this.panel.stored("xaxis", {});
+    if (axis) kept[this.metric] = axis; else delete kept[this.metric];
+    this.panel.store("xaxis", kept);
+    this.zoom = null;
+    this.data.clear();
+    if (this.plot) { this.plot.destroy(); this.plot = null; }
+    this.invalidate();
   }
 
   showPinned(on) {
@@ -286,6 +338,10 @@ class Chart {
     d.count = start + steps.length;
     if (this.zoom) return;                                  // a zoomed view stays put
     const axis = this.xAxis;
+    if (axis.startsWith("metric:")) {                       // x from another metric: the server's
+      if (!this.reloading) this.reloading = setTimeout(() => { this.reloading = null; this.load(); }, 1000);
+      return;
+    }
     if (d.start == null && times.length) d.start = times[0];
     for (let i = skip; i < steps.length; i++) {
       d.x.push(axis === "step" ? steps[i] : axis === "time" ? times[i] : times[i] - d.start);
@@ -309,8 +365,10 @@ class Chart {
     const joined = tables.length ? uPlot.join(tables) : [[]];
     const data = [joined[0]];
     const xAxis = this.xAxis;
-    const series = [{ label: X_LABEL[xAxis] }];
+    const series = [{ label: xLabel(xAxis) }];
     let lastX = -Infinity, points = 0, hiddenLog = 0;
+    const unit = unitOf(this.metric);
+    const legend = (u, v) => (v === null || v === undefined ? "--" : unit ? fmtSI(v, unit) : fmtNum(v));
     ids.forEach((id, i) => {
       const ys = joined[i + 1];
       const d = this.data.get(id);
@@ -321,10 +379,10 @@ class Chart {
       if (opts.smooth > 0) {
         data.push(ys, smoothAligned(ys, opts.smooth));
         series.push({ label: `${id} (raw)`, stroke: runColor(id, 0.25), width: 1, spanGaps: true },
-          { label: id, stroke: color, width: 1.5, spanGaps: true, value: fmtLegend });
+          { label: id, stroke: color, width: 1.5, spanGaps: true, value: legend });
       } else {
         data.push(ys);
-        series.push({ label: id, stroke: color, width: 1.25, spanGaps: true, value: fmtLegend });
+        series.push({ label: id, stroke: color, width: 1.25, spanGaps: true, value: legend });
       }
     });
     this.card.dataset.series = String(ids.length);
@@ -353,7 +411,7 @@ class Chart {
         x: { time: xAxis === "time", ...(this.zoom ? { min: this.zoom[0], max: this.zoom[1], auto: false } : {}) },
         y: opts.log ? { distr: 3, log: 10 } : {},
       },
-      axes: [{ label: X_LABEL[xAxis] }, { size: 64, values: (u, vals) => vals.map(fmtNum) }],
+      axes: [xAxisOpts(xAxis, xLabel(xAxis)), yAxisOpts(this.metric)],
       series,
       cursor: { drag: { x: true, y: false, setScale: false }, bind: { dblclick: () => null } },
       hooks: {
@@ -417,8 +475,4 @@ function smoothAligned(ys, w) {
   const out = new Array(ys.length).fill(null);
   idx.forEach((i, k) => { out[i] = sm[k]; });
   return out;
-}
-
-function fmtLegend(u, v) {
-  return v === null || v === undefined ? "--" : fmtNum(v);
 }
