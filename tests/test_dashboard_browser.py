@@ -809,3 +809,50 @@ def test_axes_read_at_any_scale_and_each_chart_picks_its_x(browser: Any, tmp_pat
         pg.screenshot(path=str(tmp_path / "axes.png"))
         watch.check()
         ctx.close()
+
+
+def test_a_chart_downloads_as_csv_of_raw_points_and_as_png(page: Any, site: Any, tmp_path: Path) -> None:
+    """CSV: every point of the zoomed range of each run on the chart, as open_run reads it
+    (not the decimated points drawn); PNG: the chart as drawn, the runs' colours in it."""
+    import csv
+
+    PIL = need("PIL.Image")
+    page.goto(site["url"])
+    select(page, "demo/run-a", "demo/run-b")
+    c = chart(page, "train_loss")
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="2"]')
+    box = c.locator(".u-over").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.3, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, y, steps=5)
+    page.mouse.up()
+    until(lambda: attr(page, "train_loss", "zoomed"))
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="2"]')
+    lo, hi = map(float, attr(page, "train_loss", "zoomed").split(","))
+    with page.expect_download() as got:
+        c.locator("button.export-csv").click()
+    assert got.value.suggested_filename == "train_loss.csv"
+    rows = list(csv.reader(Path(got.value.path()).read_text().splitlines()))
+    assert rows[0] == ["run", "x", "step", "time", "value"]
+    for rid in ("demo/run-a", "demo/run-b"):
+        s = expman.open_run(site["base"] / rid).metrics["train_loss"]
+        want = [(int(st), float(t), float(v)) for st, t, v in zip(s.steps, s.times, s.values) if lo <= st <= hi]
+        assert len(want) > 50
+        assert [(int(r[2]), float(r[3]), float(r[4])) for r in rows[1:] if r[0] == rid] == want
+    with page.expect_download() as got:
+        c.locator("button.export-png").click()
+    assert got.value.suggested_filename == "train_loss.png"
+    with PIL.open(got.value.path()) as shot:
+        img = shot.convert("RGB")
+    canvas = c.locator("canvas").evaluate("e => [e.width, e.height]")
+    assert img.size[0] == canvas[0] and img.size[1] > canvas[1]
+    strokes = {s["label"]: s["stroke"] for s in plotted(page, "train_loss")}
+    raw = img.tobytes()
+    pixels = [tuple(raw[i:i + 3]) for i in range(0, len(raw), 3)]
+    for rid in ("demo/run-a", "demo/run-b"):
+        rgb = tuple(int(strokes[rid][i:i + 2], 16) for i in (1, 3, 5))
+        near = sum(1 for p in pixels if sum(abs(a - b) for a, b in zip(p, rgb)) < 40)
+        assert near > 100, f"{rid}'s colour {rgb} drawn in {near} pixels"
+    assert pixels[0] == (255, 255, 255)                     # the page's light background
+    page.watch.check()

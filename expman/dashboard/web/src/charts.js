@@ -10,6 +10,7 @@ import "./style.css";
 import { el, clear, getJSON, runUrl, runColor, fmtNum } from "./dom.js";
 import { emaDebiased } from "./ema.js";
 import { xAxisOpts, yAxisOpts, xLabel, unitOf, fmtSI } from "./axes.js";
+import { exportCsv, exportPng } from "./export.js";
 
 const HEIGHT = 240;
 const MAX_CHARTS = 60;        // past this many metrics, the filter picks the charts
@@ -227,8 +228,13 @@ class Chart {
     this.holder = el("div", { class: "chart-plot" });
     this.ownX = panel.stored("xaxis", {})[metric] || "";    // this chart's own x axis ("": the page's)
     this.xPick = this.xPicker();
+    const csv = el("button", { class: "export export-csv", type: "button", text: "CSV",
+      title: "download every point of the visible range (not only those drawn) as CSV",
+      onclick: () => exportCsv(metric, this.panel.runs.filter((id) => this.data.has(id)), this.xAxis, this.zoom) });
+    const png = el("button", { class: "export export-png", type: "button", text: "PNG", title: "download this chart as PNG",
+      onclick: () => { if (this.plot) exportPng(metric, this.plot, this.panel.runs.filter((id) => this.data.has(id))); } });
     this.card = el("section", { class: "chart", "data-metric": metric },
-      el("h3", {}, el("span", { class: "chart-title", text: metric }), this.info, this.pin, this.xPick), this.holder);
+      el("h3", {}, el("span", { class: "chart-title", text: metric }), this.info, this.pin, png, csv, this.xPick), this.holder);
     this.card._chart = this;
     this.holder.addEventListener("dblclick", () => { if (this.zoom) { this.zoom = null; this.invalidate(); } });
     panel.observer.observe(this.card);
