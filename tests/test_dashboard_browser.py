@@ -856,3 +856,44 @@ def test_a_chart_downloads_as_csv_of_raw_points_and_as_png(page: Any, site: Any,
         assert near > 100, f"{rid}'s colour {rgb} drawn in {near} pixels"
     assert pixels[0] == (255, 255, 255)                     # the page's light background
     page.watch.check()
+
+
+AXIS_INK = """e => { const c = e.querySelector('canvas'), x = c.getContext('2d');
+    const d = x.getImageData(0, 0, Math.round(50 * devicePixelRatio), c.height).data;   // the y labels
+    let lo = 765, hi = 0;
+    for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 200) { const s = d[i] + d[i + 1] + d[i + 2];
+      lo = Math.min(lo, s); hi = Math.max(hi, s); }
+    return [lo, hi]; }"""
+
+
+def test_dark_mode_follows_the_system_and_the_toggle_is_kept(browser: Any, site: Any) -> None:
+    """prefers-color-scheme: dark gives a dark page with light axis labels drawn on the
+    charts; the toggle switches to light (charts drawn again with dark labels), which a
+    reload keeps; toggling back to the system's choice forgets it."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="dark")
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    watch = Watch(pg, site["url"])
+
+    def background() -> int:
+        rgb = pg.evaluate("getComputedStyle(document.body).backgroundColor")
+        return sum(int(v) for v in rgb[rgb.index("(") + 1:-1].split(",")[:3])
+    pg.goto(site["url"] + "#/?run=demo/run-a")
+    pg.wait_for_selector('section.chart[data-metric="train_loss"][data-series="1"]')
+    assert pg.evaluate("document.documentElement.dataset.theme") == "dark"
+    assert background() < 100
+    lo, hi = chart(pg, "train_loss").evaluate(AXIS_INK)
+    assert hi > 500, "light labels on a dark page"
+    pg.click("#theme-toggle")
+    until(lambda: background() > 700)
+    until(lambda: chart(pg, "train_loss").evaluate(AXIS_INK)[1] < 300, what="dark labels once light")
+    assert pg.evaluate("localStorage.getItem('expman.theme')") == "light"
+    pg.reload()
+    pg.wait_for_selector('section.chart[data-metric="train_loss"][data-series="1"]')
+    assert pg.evaluate("document.documentElement.dataset.theme") == "light" and background() > 700
+    assert chart(pg, "train_loss").evaluate(AXIS_INK)[1] < 300
+    pg.click("#theme-toggle")                                  # back to the system's: forgotten
+    until(lambda: background() < 100)
+    assert pg.evaluate("localStorage.getItem('expman.theme')") is None
+    watch.check()
+    ctx.close()

@@ -4,6 +4,8 @@
 // durations on relative time; and tick spacing from the widest label, so the
 // labels of a 5 M-step axis never overlap.
 
+import { themeColor } from "./theme.js";
+
 const SI = [[1e12, "T"], [1e9, "G"], [1e6, "M"], [1e3, "k"]];
 const SMALL = [[1e-3, "m"], [1e-6, "µ"], [1e-9, "n"]];
 const BINARY = [[2 ** 40, "TiB"], [2 ** 30, "GiB"], [2 ** 20, "MiB"], [2 ** 10, "KiB"]];
@@ -90,8 +92,15 @@ function spaceFor(format) {
   };
 }
 
+// the theme's colours of an axis: labels, grid and ticks
+function colours() {
+  const grid = { stroke: themeColor("--grid"), width: 1 };
+  return { stroke: themeColor("--fg"), grid, ticks: grid };
+}
+
 // uPlot options of the x axis for `axis` (wall time keeps uPlot's own date ticks)
 export function xAxisOpts(axis, label, extra = {}) {
+  extra = { ...colours(), ...extra };
   if (axis === "time") return { label, space: 90, ...extra };
   if (axis === "rel") {
     return { label, incrs: DURATION_INCRS, space: spaceFor(fmtSeconds),
@@ -104,6 +113,6 @@ export function xAxisOpts(axis, label, extra = {}) {
 export function yAxisOpts(metric, extra = {}) {
   const unit = unitOf(metric);
   const bytes = unit === "bytes" || unit === "bytes/s";
-  return { size: 72, ...(bytes ? { incrs: BYTE_INCRS } : {}),
+  return { size: 72, ...colours(), ...(bytes ? { incrs: BYTE_INCRS } : {}),
     values: (u, splits, i, space, incr) => tickLabels(splits, incr, unit), ...extra };
 }

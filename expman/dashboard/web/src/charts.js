@@ -54,6 +54,7 @@ export class ChartPanel {
         if (chart.visible) chart.wake();
       }
     }, { rootMargin: "200px" });
+    window.addEventListener("expman-theme", () => this.charts.forEach((c) => c.rebuild()));
     let timer = null;
     window.addEventListener("resize", () => {
       clearTimeout(timer);
