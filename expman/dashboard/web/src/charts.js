@@ -14,6 +14,7 @@ import { exportCsv, exportPng } from "./export.js";
 
 const HEIGHT = 240;
 const MAX_CHARTS = 60;        // past this many metrics, the filter picks the charts
+const AXIS_LIKE = /(^|[/_.])(epoch|epochs|global_step|samples|tokens|iter|iteration)$/i;   // offered as x
 const LIVE_REDRAW_MS = 500;   // live charts redraw together, at most this often
 
 // Every live chart that changed is redrawn in one animation frame: one layout and
@@ -90,13 +91,23 @@ export class ChartPanel {
     this.order();
   }
 
+  // per list of names, once: the names sorted, and those named like an x axis
+  derived() {
+    if (this.derivedFrom !== this.metrics) {
+      this.derivedFrom = this.metrics;
+      this.sortedNames = this.metrics.length > MAX_CHARTS ? [...this.metrics].sort() : this.metrics;
+      this.axisLike = this.metrics.filter((m) => AXIS_LIKE.test(m)).slice(0, 20);
+    }
+    return this;
+  }
+
   chartedNames() {
     if (this.metrics.length <= MAX_CHARTS) return this.metrics;
     const f = this.opts.filter.trim().toLowerCase();
     const pinned = this.pinned();
     const out = this.metrics.filter((m) => pinned.has(m));
     let matched = 0;
-    for (const m of [...this.metrics].sort()) {
+    for (const m of this.derived().sortedNames) {
       if (f && !m.toLowerCase().includes(f)) continue;
       matched++;
       if (out.length < MAX_CHARTS && !pinned.has(m)) out.push(m);
@@ -253,8 +264,7 @@ class Chart {
   // (those named like an axis listed; "other metric..." takes any name). Kept per
   // base dir in localStorage (expman.xaxis:NAME).
   xPicker() {
-    const axisLike = (this.panel.metrics || []).filter((m) => m !== this.metric &&
-      /(^|[/_.])(epoch|epochs|global_step|samples|tokens|iter|iteration)$/i.test(m)).slice(0, 20);
+    const axisLike = this.panel.derived().axisLike.filter((m) => m !== this.metric);
     const own = this.ownX.startsWith("metric:") ? this.ownX.slice(7) : null;
     const names = own && !axisLike.includes(own) ? [...axisLike, own] : axisLike;
     const select = el("select", { class: "x-pick", "aria-label": `x axis of ${this.metric}`, title: "x axis of this chart" },

@@ -52,7 +52,7 @@ function buildHome() {
     charts.setRuns(ids, [...metrics]);
     hint.hidden = ids.length > 0;
     compareBtn.disabled = ids.length < 2;
-    table.draw();
+    table.markSelected();
     connect();
     saveState(true);
   }

@@ -202,6 +202,15 @@ export class RunsTable {
     clear(this.table).append(colgroup, el("thead", {}, head), body);
   }
 
+  // the selection changed, nothing else: the rows in the DOM show it (no redraw)
+  markSelected() {
+    for (const tr of this.table.querySelectorAll("tr[data-id]")) {
+      const on = this.selected.has(tr.dataset.id);
+      tr.classList.toggle("selected", on);
+      tr.querySelector("input").checked = on;
+    }
+  }
+
   rowEl(r, cols = this.shownCols) {
     const box = el("input", { type: "checkbox", "aria-label": `select ${r.id}`, checked: this.selected.has(r.id),
       onchange: (e) => {
