@@ -734,6 +734,11 @@ def test_a_12000_metric_run_keeps_the_page_small(browser: Any, tmp_path: Path) -
         pg.wait_for_selector('section.chart[data-metric="loss_11990"][data-series="1"]')
         assert pg.locator("section.chart").count() == 11
         assert plotted(pg, "loss_11990")[0]["y"] == [11990.0]
+        asked = len([u for u in watch.requests if "/series?" in u])
+        row(pg, "many/r299").locator("input[type=checkbox]").check()    # a run without these metrics
+        until(lambda: "run=many%2Fr299" in pg.url)
+        assert plotted(pg, "loss_11990")[0]["y"] == [11990.0]
+        assert len([u for u in watch.requests if "/series?" in u]) == asked    # nothing asked again
         # the run page: 20 summary rows at a time, the search picks rows and charts
         pg.goto(url + "#/run/w/wide")
         until(lambda: pg.locator("#metric-summary tbody tr").count() == 20)

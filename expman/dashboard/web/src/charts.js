@@ -66,20 +66,23 @@ export class ChartPanel {
   // ids: selected run ids; metrics: the union of their metric names
   setRuns(ids, metrics) {
     const same = ids.length === this.runs.length && ids.every((x, i) => x === this.runs[i]);
+    const before = new Set(this.runs), now = new Set(ids);
+    const change = { added: ids.filter((x) => !before.has(x)), removed: this.runs.filter((x) => !now.has(x)) };
     this.runs = ids.slice();
     this.metrics = metrics;
-    this.sync(!same);
+    this.sync(same ? false : change);
   }
 
   // The charts there are: every metric's, or when there are more than MAX_CHARTS
   // (a run may log 12,000 names), the pinned ones and the first MAX_CHARTS the metric
   // filter matches: the page never builds a chart per name of such a run.
-  sync(invalidate = false) {
+  // change: the runs added to and removed from the selection (false: none)
+  sync(change = false) {
     const names = this.chartedNames();
     const wanted = new Set(names);
     for (const [name, chart] of this.charts) {
       if (!wanted.has(name)) { chart.destroy(); this.charts.delete(name); }
-      else if (invalidate) chart.invalidate();
+      else if (change) chart.changeRuns(change.added, change.removed);
     }
     for (const name of names) if (!this.charts.has(name)) this.charts.set(name, new Chart(this, name));
     const over = this.metrics.length > MAX_CHARTS;
@@ -318,6 +321,17 @@ class Chart {
   invalidate() {
     this.loaded = false;
     if (this.visible) this.wake();
+  }
+
+  // Runs added to or removed from the selection: a chart holding its data asks only
+  // for the added runs that have its metric (one request, not one per run charted).
+  changeRuns(added, removed) {
+    if (!this.loaded || this.zoom || !this.visible) { this.invalidate(); return; }
+    removed.forEach((id) => this.data.delete(id));
+    const ask = added.filter((id) => this.panel.has(id, this.metric));
+    if (ask.length === 1 && !removed.length) this.load(ask[0]);
+    else if (ask.length) this.invalidate();
+    else this.render(true);
   }
 
   wake() {
