@@ -811,6 +811,12 @@ def test_axes_read_at_any_scale_and_each_chart_picks_its_x(browser: Any, tmp_pat
         pg.wait_for_selector('section.chart[data-metric="loss"][data-x-axis="metric:epoch"][data-series="1"]')
         assert chart(pg, "loss").locator("select.x-pick").input_value() == "metric:epoch"
         assert attr(pg, "epoch", "x-axis") == "step"
+        chart(pg, "epoch").locator("select.x-pick").select_option("other")    # any metric, by name
+        chart(pg, "epoch").locator("input.x-metric").fill("loss")
+        chart(pg, "epoch").locator("input.x-metric").dispatch_event("change")
+        pg.wait_for_selector('section.chart[data-metric="epoch"][data-x-axis="metric:loss"][data-series="1"]')
+        xs = chart(pg, "epoch").evaluate("e => Array.from(e._chart.plot.data[0])")
+        assert xs[0] == 1e9 and xs[-1] == 3e9
         pg.screenshot(path=str(tmp_path / "axes.png"))
         watch.check()
         ctx.close()

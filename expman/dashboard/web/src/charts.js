@@ -42,6 +42,7 @@ export class ChartPanel {
     this.sections = new Map();    // prefix -> {details, grid, count}
     this.runs = [];
     this.metrics = [];           // every metric name of the selected runs
+    this.metricSet = new Set();
     this.matchCount = 0;
     this.capNote = el("p", { class: "muted cap-note", id: "charts-cap", hidden: true });
     root.prepend(this.capNote);
@@ -70,6 +71,7 @@ export class ChartPanel {
     const change = { added: ids.filter((x) => !before.has(x)), removed: this.runs.filter((x) => !now.has(x)) };
     this.runs = ids.slice();
     this.metrics = metrics;
+    this.metricSet = new Set(metrics);
     this.sync(same ? false : change);
   }
 
@@ -129,8 +131,9 @@ export class ChartPanel {
   // a chart for a metric seen live (none while the metrics are past MAX_CHARTS and the
   // filter leaves it out)
   ensure(name) {
-    if (!this.metrics.includes(name)) {
+    if (!this.metricSet.has(name)) {
       this.metrics = [...this.metrics, name];
+      this.metricSet.add(name);
       this.sync();
     }
     return this.charts.get(name);
@@ -285,7 +288,7 @@ class Chart {
       list.replaceChildren(...found.map((m) => el("option", { value: m })));
     });
     other.addEventListener("change", () => {
-      if (!this.panel.metrics.includes(other.value)) return;
+      if (!this.panel.metricSet.has(other.value)) return;
       const opt = el("option", { value: `metric:${other.value}`, text: `x: ${other.value}` });
       select.insertBefore(opt, select.lastChild);
       select.value = opt.value;
