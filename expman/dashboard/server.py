@@ -548,16 +548,16 @@ def _series_args(request: Request) -> tuple[str, float | None, float | None]:
     return metric, _float_arg(request, "from"), _float_arg(request, "to")
 
 
-def _xy(run: CachedRun, axis: str, snap: tuple[Any, Any, Any]) -> tuple[Any, Any, Any, Any, Any]:
-    """(x, steps, times, values, keep): the points with an x (an x metric has no
-    value before its first point), in logged order."""
+def _xy(run: CachedRun, axis: str, snap: tuple[Any, Any, Any]) -> tuple[Any, Any, Any, Any]:
+    """(x, steps, times, values): the points with an x (an x metric has no value
+    before its first point), in logged order."""
     import numpy as np
     steps, times, values = snap
     x = _x_column(run, axis, steps, times)
     if axis.startswith("metric:"):
         keep = ~np.isnan(x)
-        return x[keep], steps[keep], times[keep], values[keep], keep
-    return x, steps, times, values, None
+        return x[keep], steps[keep], times[keep], values[keep]
+    return x, steps, times, values
 
 
 async def api_series(request: Request) -> Response:
@@ -581,7 +581,7 @@ async def api_series(request: Request) -> Response:
         raise _not_found(f"x metric {axis[7:]!r} in {exp}/{name}")
 
     def compute() -> dict[str, Any]:
-        x, _, _, values, _ = _xy(run, axis, snap)
+        x, _, _, values = _xy(run, axis, snap)
         w = window(x, values, pixels, lo, hi)
         return {"run": f"{exp}/{name}", "metric": metric, "x_axis": axis, "count": count,
                 "total": w.total, "raw": w.raw, "start_time": run.start_time,
@@ -629,7 +629,7 @@ async def api_export_csv(request: Request) -> Response:
         snaps.append((rid, run, snap))
 
     def in_range(run: CachedRun, snap: tuple[Any, Any, Any]) -> tuple[Any, Any, Any, Any]:
-        x, steps, times, values, _ = _xy(run, axis, snap)
+        x, steps, times, values = _xy(run, axis, snap)
         keep = np.ones(len(x), dtype=bool)
         if lo is not None:
             keep &= x >= lo

@@ -42,6 +42,8 @@ export class RunsTable {
     this.names = { params: new Set(), metrics: new Set() };   // every name any listed run has
     this.lines = [];
     this.cols = [];
+    this.offsets = [];                   // each column's left edge, px
+    this.width = 0;
     this.chooser = new ColumnChooser({ names: () => this.names, onChange: () => this.draw(),
       storageKey: () => document.getElementById("base")?.textContent || "" });
     this.controls.append(this.chooser.root);
