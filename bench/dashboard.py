@@ -1,6 +1,7 @@
 """expman serve, measured: time to first chart for one metric of 10 M points
 (server answer and browser paint), the runs view for 5,000 runs, live update
-latency, browser CPU with 20 live charts, and server memory.
+latency, browser CPU with 20 live charts, server memory, and ticking a run in a
+base holding a 12,000-metric run (`--only wide`).
 
     python bench/dashboard.py                    # ~3 minutes; the figures in docs/dashboard.md
     python bench/dashboard.py --points 1000000 --runs 500 --quick
@@ -201,6 +202,79 @@ def bench_many(pw: Any, base: Path, runs: int, results: dict[str, Any]) -> None:
         page.fill("#expr-filter", "lr < 0.01 and depth >= 3")
         page.locator("#runs tr[data-id]").first.wait_for()
         results["browser_filter_s"] = time.perf_counter() - t
+        browser.close()
+    finally:
+        srv.close()
+
+
+MAKE_WIDE = textwrap.dedent("""
+    import sys, math, warnings, expman
+    warnings.simplefilter("ignore", RuntimeWarning)     # the many-names warning, on purpose
+    base = sys.argv[1]
+    for r in range(20):
+        with expman.Experiment("sweep", f"run{r:02d}", base_dir=base, capture_env=False,
+                               system_metrics=False) as exp:
+            exp.log_params({"lr": 10 ** -(1 + r % 4), "seed": r})
+            for s in range(1000):
+                exp.log_metrics({"loss": math.exp(-s / 300) + r / 100, "acc": s / 1000,
+                                 "lr": 0.1}, step=s)
+    for name, n in (("five_thousand", 5000), ("twelve_thousand", 12000)):
+        with expman.Experiment("wide", name, base_dir=base, capture_env=False,
+                               system_metrics=False) as exp:
+            for s in range(n):
+                exp.log_metrics({f"loss_{s}": float(s)}, step=s)
+""")
+
+# In-page clock for ticking a run: from the click to the frame after every chart in the
+# viewport holds its data (each fetched, decoded and drawn by uPlot), then painted.
+TICK_CLOCK = """() => {
+  window.__painted = null;
+  document.addEventListener('click', () => {
+    const t0 = performance.now();
+    const check = () => {
+      const inView = [...document.querySelectorAll('section.chart')].filter((c) => {
+        const r = c.getBoundingClientRect();
+        return !c.hidden && r.bottom > 0 && r.top < innerHeight && r.height > 0; });
+      if (inView.length && inView.every((c) => c._chart && c._chart.loaded && c._chart.plot))
+        requestAnimationFrame(() => { window.__painted = performance.now() - t0; });
+      else requestAnimationFrame(check);
+    };
+    requestAnimationFrame(check);
+  }, {capture: true, once: true});
+}"""
+
+
+def bench_wide(pw: Any, base: Path, repeats: int, results: dict[str, Any]) -> None:
+    """A base holding a 12,000-metric run (and a 5,000-metric one, and 20 runs of 3
+    metrics): from ticking a run's box to its charts painted, each run `repeats` times
+    on a warm server, the page opened each time on an empty selection."""
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", MAKE_WIDE, str(base)], env=ENV, check=True)
+    results["wide_write_s"] = time.perf_counter() - t
+    srv = Server(base)
+    try:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        # each run ticked alone, then one ticked beside the 12,000-metric run already charted
+        for rid, before in (("sweep/run07", ""), ("wide/five_thousand", ""), ("wide/twelve_thousand", ""),
+                            ("sweep/run07", "wide/twelve_thousand")):
+            times = []
+            for _ in range(repeats + 1):              # the first warms the server's cache
+                page.goto(srv.url + "#/?run=" + before)
+                page.reload()
+                if before:
+                    page.wait_for_selector('section.chart[data-series="1"] canvas')
+                box = page.locator(f'#runs tr[data-id="{rid}"] input')
+                box.wait_for()
+                page.evaluate(TICK_CLOCK)
+                box.check()
+                until(lambda: page.evaluate("() => window.__painted") is not None)
+                times.append(page.evaluate("() => window.__painted") / 1000)
+            key = rid.split("/")[1] + ("_beside_" + before.split("/")[1] if before else "")
+            results[f"wide_tick_{key}_s"] = statistics.median(times[1:])
+            results[f"wide_tick_{key}_all"] = times[1:]
+            results[f"wide_tick_{key}_charts"] = page.locator("section.chart").count()
+        results["wide_runs_table_cells"] = page.locator("#runs td").count()
         browser.close()
     finally:
         srv.close()
@@ -430,7 +504,8 @@ def main() -> int:
     ap.add_argument("--points", type=int, default=10_000_000)
     ap.add_argument("--runs", type=int, default=5000)
     ap.add_argument("--charts", type=int, default=20)
-    ap.add_argument("--only", choices=("big", "many", "live", "tensorboard"), action="append",
+    ap.add_argument("--repeats", type=int, default=7, help="ticks of each run in the wide base")
+    ap.add_argument("--only", choices=("big", "many", "live", "wide", "tensorboard"), action="append",
                     help="run only these parts (repeatable)")
     ap.add_argument("--tensorboard", action="store_true",
                     help="also expman serve beside TensorBoard (its defaults) on the same series")
@@ -445,7 +520,7 @@ def main() -> int:
     results: dict[str, Any] = {"points": args.points, "runs": args.runs}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         for part, fn, n in (("big", bench_big, args.points), ("many", bench_many, args.runs),
-                            ("live", bench_live, args.charts)):
+                            ("live", bench_live, args.charts), ("wide", bench_wide, args.repeats)):
             if args.only and part not in args.only:
                 continue
             base = Path(tmp) / part

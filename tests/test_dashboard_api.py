@@ -137,6 +137,73 @@ def test_series_x_axes_and_bad_parameters(site) -> None:
     assert status == 404 and b"nope" in body
 
 
+def test_series_on_another_metric_as_x(tmp_path: Path) -> None:
+    """x=metric:epoch: each point's x is the epoch logged at (or last before) its step;
+    points before the first epoch have no x and are left out."""
+    base = tmp_path / "experiments"
+    with expman.Experiment("e", "r", base_dir=base, capture_env=False, system_metrics=False) as exp:
+        for step in range(10):
+            exp.log_metrics({"loss": float(step)}, step=step)
+            if step % 4 == 2:
+                exp.log_metrics({"epoch": step / 4}, step=step)     # 0.5 at 2, 1.5 at 6
+    with running_server(base) as url:
+        s = get_json(url + "api/runs/e/r/series?metric=loss&x=metric:epoch")
+        assert s["x_axis"] == "metric:epoch" and s["count"] == 10
+        assert s["x"] == [0.5] * 4 + [1.5] * 4 and s["y"] == [float(i) for i in range(2, 10)]
+        z = get_json(url + "api/runs/e/r/series?metric=loss&x=metric:epoch&from=1&to=2")
+        assert set(z["x"]) <= {0.5, 1.5} and 9.0 in z["y"]
+        status, _, body = get(url + "api/runs/e/r/series?metric=loss&x=metric:nope")
+        assert status == 404 and b"nope" in body
+        status, _, body = get(url + "api/runs/e/r/series?metric=loss&x=metric:")
+        assert status == 400 and b"metric:NAME" in body
+
+
+def test_a_runs_metrics_are_paged_and_searchable(tmp_path: Path) -> None:
+    """A run of 12,000 metrics: its detail carries every name but the summaries of the
+    first 100 only; /metrics pages the summaries, searched by a substring."""
+    base = tmp_path / "experiments"
+    with pytest.warns(RuntimeWarning, match="12000 distinct metric names"):
+        with expman.Experiment("w", "wide", base_dir=base, capture_env=False,
+                               system_metrics=False) as exp:
+            for step in range(12_000):
+                exp.log_metrics({f"loss_{step}": float(step)}, step=step)
+    with running_server(base) as url:
+        d = get_json(url + "api/runs/w/wide")
+        assert d["metric_count"] == 12_000 and len(d["metric_names"]) == 12_000
+        assert len(d["metrics"]) == 100 and sorted(d["metrics"]) == d["metric_names"][:100]
+        page = get_json(url + "api/runs/w/wide/metrics?offset=200&limit=50")
+        assert page["total"] == 12_000 and len(page["metrics"]) == 50
+        assert [m["name"] for m in page["metrics"]] == d["metric_names"][200:250]
+        found = get_json(url + "api/runs/w/wide/metrics?q=LOSS_1199")
+        assert [m["name"] for m in found["metrics"]] == ["loss_1199"] + [f"loss_1199{i}" for i in range(10)]
+        assert found["metrics"][0]["count"] == 1 and found["metrics"][0]["last_value"] == 1199.0
+        status, _, body = get(url + "api/runs/w/wide/metrics?limit=5001")
+        assert status == 400 and b"limit" in body
+
+
+def test_export_csv_is_every_raw_point_of_the_range(site) -> None:
+    """/api/export.csv: the points of each run in [from, to], undecimated, as logged."""
+    import csv
+    import io
+    url = (site["url"] + "api/export.csv?metric=loss&run=big/spiky&run=demo/run-a"
+           "&from=123000&to=124000")
+    status, headers, body = get(url)
+    assert status == 200 and headers["content-type"].startswith("text/csv")
+    assert 'filename="loss.csv"' in headers["content-disposition"]
+    rows = list(csv.reader(io.StringIO(body.decode())))
+    assert rows[0] == ["run", "x", "step", "time", "value"]
+    run = expman.open_run(site["base"] / "big" / "spiky")
+    s = run.metrics["loss"]
+    want = [(int(st), float(v)) for st, v in zip(s.steps, s.values) if 123000 <= st <= 124000]
+    assert [(int(r[2]), float(r[4])) for r in rows[1:]] == want       # run-a has no "loss"
+    assert all(r[0] == "big/spiky" and float(r[1]) == int(r[2]) for r in rows[1:])
+    assert 1000.0 in [float(r[4]) for r in rows[1:]]
+    assert [float(r[3]) for r in rows[1:]] == [float(t) for st, t in zip(s.steps, s.times)
+                                                 if 123000 <= st <= 124000]
+    status, _, body = get(site["url"] + "api/export.csv?metric=loss")
+    assert status == 400 and b"run=" in body
+
+
 def test_paths_outside_the_base_dir_are_404(site) -> None:
     u = site["url"]
     for path in ["api/runs/demo/linked", "api/runs/demo/..", "api/runs/..%2F..%2Fetc/passwd",

@@ -547,7 +547,7 @@ def test_charts_come_in_foldable_sections_system_last_and_folded(browser: Any, t
         # system series are sampled on a timer: drawn on relative time, the rest on steps
         assert attr(pg, "system/cpu_percent", "x-axis") == "rel" and attr(pg, "loss", "x-axis") == "step"
         assert any("system%2Fcpu_percent" in u and "x=rel" in u for u in watch.requests)
-        assert "relative time (s)" in chart(pg, "system/cpu_percent").inner_text()      # the axis says so
+        assert "relative time" in chart(pg, "system/cpu_percent").inner_text()      # the axis says so
         pg.locator('details[data-section="train"] summary').click()   # fold train
         until(lambda: not pg.locator('details[data-section="train"]').evaluate("d => d.open"))
         pg.reload()
@@ -666,3 +666,245 @@ def test_back_and_forward_step_through_selections(page: Any, site: Any) -> None:
     until(lambda: charted() == ["demo/run-a", "demo/run-b"], what="forward: both")
     assert page.input_value("#metric-filter") == "val_"
     page.watch.check()
+
+
+def wide_base(base: Path, runs: int) -> None:
+    """`runs` small runs (run.json only) and one run of 12,000 metrics (`loss_{step}`),
+    the shape that froze the page for 114 s (issue 21)."""
+    import json
+
+    from expman import layout
+    for i in range(runs):
+        run = base / "many" / f"r{i:03d}"
+        run.mkdir(parents=True)
+        (run / layout.RUN_FILE).write_text(json.dumps(
+            {"status": "FINISHED", "experiment": "many", "run_name": f"r{i:03d}",
+             "start_time": 1_700_000_000 + i, "end_time": 1_700_000_001 + i}))
+    with pytest.warns(RuntimeWarning, match="12000 distinct metric names"):
+        with expman.Experiment("w", "wide", base_dir=base, capture_env=False,
+                               system_metrics=False) as exp:
+            exp.log_params({"lr": 0.1})
+            for step in range(12_000):
+                exp.log_metrics({f"loss_{step}": float(step)}, step=step)
+
+
+def test_a_12000_metric_run_keeps_the_page_small(browser: Any, tmp_path: Path) -> None:
+    """300 runs and one of 12,000 metrics: the runs table holds only the rows and columns
+    in view (scrolling brings the rest), the column chooser finds any metric and keeps the
+    choice over a reload, ticking the wide run makes 60 charts (not 12,000) and the metric
+    filter charts any other; its run page pages the metric table and charts by search."""
+    base = tmp_path / "experiments"
+    wide_base(base, 300)
+    with running_server(base) as url:
+        ctx, pg, watch = new_page(browser, url)
+        pg.goto(url + "#/?run=")
+        until(lambda: "301 of 301 runs" in pg.locator(".count").inner_text())
+        assert 0 < rows_shown(pg) < 60                                 # 301 runs, a screenful drawn
+        wrap = pg.locator(".table-wrap")
+        assert wrap.evaluate("w => w.scrollHeight") > 300 * 28         # as tall as every row
+        wrap.evaluate("w => { w.scrollTop = w.scrollHeight; }")
+        row(pg, "many/r000").wait_for()                                # the oldest, at the bottom
+        assert rows_shown(pg) < 60 and row(pg, "many/r299").count() == 0
+        assert "columns: 41 of 12,001" in pg.locator("#columns-summary").inner_text()
+        pg.click("#columns-summary")                                   # choose: search every name
+        pg.fill("#column-search", "loss_1199")
+        until(lambda: pg.locator(".column-list li").count() == 11)
+        pg.click("#columns-add-shown")
+        until(lambda: "columns: 52 of 12,001" in pg.locator("#columns-summary").inner_text())
+        pg.click("#columns-summary")
+        headers = pg.locator("#runs thead th[data-key]")
+        assert headers.count() < 40                                    # 58 columns, not all in the DOM
+        assert pg.locator('#runs th[data-key="m:loss_11999"]').count() == 0
+        wrap.evaluate("w => { w.scrollLeft = w.scrollWidth; w.scrollTop = 0; }")
+        pg.locator('#runs th[data-key="m:loss_11999"]').wait_for()   # scrolled into view
+        assert pg.locator('#runs th[data-key="status"]').count() == 0
+        wide = row(pg, "w/wide")
+        wide.wait_for()
+        cell = pg.locator("#runs thead th").evaluate_all(
+            "ths => ths.findIndex(t => t.dataset.key === 'm:loss_11999')")
+        assert wide.locator("td").nth(cell).inner_text() == "11999"
+        pg.reload()                                                    # the choice is kept
+        until(lambda: "columns: 52 of 12,001" in pg.locator("#columns-summary").inner_text())
+        # ticking the wide run: 60 charts, and a note saying how to reach the others
+        row(pg, "w/wide").locator("input[type=checkbox]").check()
+        pg.wait_for_selector('section.chart[data-metric="loss_0"][data-series="1"]')
+        assert pg.locator("section.chart").count() == 60
+        assert "12,000 metrics: 60 charted" in pg.locator("#charts-cap").inner_text()
+        pg.fill("#metric-filter", "loss_1199")
+        pg.wait_for_selector('section.chart[data-metric="loss_11990"][data-series="1"]')
+        assert pg.locator("section.chart").count() == 11
+        assert plotted(pg, "loss_11990")[0]["y"] == [11990.0]
+        asked = len([u for u in watch.requests if "/series?" in u])
+        row(pg, "many/r299").locator("input[type=checkbox]").check()    # a run without these metrics
+        until(lambda: "run=many%2Fr299" in pg.url)
+        assert plotted(pg, "loss_11990")[0]["y"] == [11990.0]
+        assert len([u for u in watch.requests if "/series?" in u]) == asked    # nothing asked again
+        # the run page: 20 summary rows at a time, the search picks rows and charts
+        pg.goto(url + "#/run/w/wide")
+        until(lambda: pg.locator("#metric-summary tbody tr").count() == 20)
+        assert pg.locator("#metric-count").inner_text() == "20 of 12,000 metrics"
+        assert pg.locator("section.chart").count() == 60
+        pg.fill("#run-metric-search", "loss_4242")
+        until(lambda: pg.locator("#metric-summary tbody tr").count() == 1)
+        pg.wait_for_selector('section.chart[data-metric="loss_4242"][data-series="1"]')
+        assert pg.locator("section.chart").count() == 1
+        assert plotted(pg, "loss_4242")[0]["y"] == [4242.0]
+        assert pg.locator('#metric-summary tr[data-metric="loss_4242"] td').nth(2).inner_text() == "4242"
+        watch.check()
+        ctx.close()
+
+
+TICKS = """e => { const p = e._chart.plot, out = [];
+    for (const [i, scale] of [[0, "x"], [1, "y"]]) {
+      const a = p.axes[i];
+      p.ctx.font = a.font[0];
+      out.push(a._splits.map((v, k) => ({ label: a._values[k], at: p.valToPos(v, scale, true),
+        width: p.ctx.measureText(a._values[k]).width })));
+    }
+    return out; }"""
+
+
+def ticks(page: Any, metric: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The labels uPlot drew on a chart's x and y axes, with their canvas positions and widths."""
+    x, y = chart(page, metric).evaluate(TICKS)
+    return x, y
+
+
+def test_axes_read_at_any_scale_and_each_chart_picks_its_x(browser: Any, tmp_path: Path) -> None:
+    """A 5 M-step axis labels 1M, 2M... without overlap; y labels carry SI prefixes (G, µ) and
+    byte series binary units; a chart's own x axis (another metric: epoch; relative time as
+    durations) is drawn from the server's x and kept over a reload, the others unchanged."""
+    base = tmp_path / "experiments"
+    with expman.Experiment("scale", "r", base_dir=base, capture_env=False, system_metrics=False) as exp:
+        for i in range(2001):
+            step = i * 2500
+            exp.log_metrics({"loss": 1e9 + i * 1e6, "tiny": 2e-6 * (1 + i / 2000),
+                             "system/proc/rss_bytes": 1.5 * 2 ** 30 + i * 2 ** 20,
+                             "epoch": step / 1e6}, step=step)
+    with running_server(base) as url:
+        ctx, pg, watch = new_page(browser, url)
+        pg.goto(url + "#/?run=scale/r")
+        pg.wait_for_selector('section.chart[data-metric="loss"][data-series="1"]')
+        x, y = ticks(pg, "loss")
+        assert [t["label"] for t in x] == ["0", "1M", "2M", "3M", "4M", "5M"], x
+        for a, b in zip(x, x[1:]):                                    # no two labels overlap
+            assert a["at"] + a["width"] / 2 + 4 < b["at"] - b["width"] / 2, (a, b)
+        assert all(t["label"].endswith("G") for t in y if t["label"] != "0"), y
+        pg.wait_for_selector('section.chart[data-metric="tiny"][data-series="1"]')
+        assert all(t["label"].endswith("µ") for t in ticks(pg, "tiny")[1]), ticks(pg, "tiny")[1]
+        pg.locator('details[data-section="system"] summary').click()
+        pg.wait_for_selector('section.chart[data-metric="system/proc/rss_bytes"][data-series="1"]')
+        labels = [t["label"] for t in ticks(pg, "system/proc/rss_bytes")[1]]
+        assert labels and all(t.endswith(" GiB") for t in labels), labels
+        # the loss chart on epoch: its x is the epoch at each step, from the server
+        chart(pg, "loss").locator("select.x-pick").select_option("metric:epoch")
+        pg.wait_for_selector('section.chart[data-metric="loss"][data-x-axis="metric:epoch"][data-series="1"]')
+        xs = chart(pg, "loss").evaluate("e => Array.from(e._chart.plot.data[0])")
+        assert xs[0] == 0 and xs[-1] == 5.0 and len(xs) == 2001
+        assert any("x=metric%3Aepoch" in u for u in watch.requests)
+        assert attr(pg, "tiny", "x-axis") == "step"                    # the others keep the page's
+        chart(pg, "tiny").locator("select.x-pick").select_option("rel")
+        pg.wait_for_selector('section.chart[data-metric="tiny"][data-x-axis="rel"][data-series="1"]')
+        rel = [t["label"] for t in ticks(pg, "tiny")[0]]
+        assert len(rel) >= 2 and all(t.endswith("s") for t in rel), rel
+        pg.reload()
+        pg.wait_for_selector('section.chart[data-metric="loss"][data-x-axis="metric:epoch"][data-series="1"]')
+        assert chart(pg, "loss").locator("select.x-pick").input_value() == "metric:epoch"
+        assert attr(pg, "epoch", "x-axis") == "step"
+        chart(pg, "epoch").locator("select.x-pick").select_option("other")    # any metric, by name
+        chart(pg, "epoch").locator("input.x-metric").fill("loss")
+        chart(pg, "epoch").locator("input.x-metric").dispatch_event("change")
+        pg.wait_for_selector('section.chart[data-metric="epoch"][data-x-axis="metric:loss"][data-series="1"]')
+        xs = chart(pg, "epoch").evaluate("e => Array.from(e._chart.plot.data[0])")
+        assert xs[0] == 1e9 and xs[-1] == 3e9
+        pg.screenshot(path=str(tmp_path / "axes.png"))
+        watch.check()
+        ctx.close()
+
+
+def test_a_chart_downloads_as_csv_of_raw_points_and_as_png(page: Any, site: Any, tmp_path: Path) -> None:
+    """CSV: every point of the zoomed range of each run on the chart, as open_run reads it
+    (not the decimated points drawn); PNG: the chart as drawn, the runs' colours in it."""
+    import csv
+
+    PIL = need("PIL.Image")
+    page.goto(site["url"])
+    select(page, "demo/run-a", "demo/run-b")
+    c = chart(page, "train_loss")
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="2"]')
+    box = c.locator(".u-over").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.3, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, y, steps=5)
+    page.mouse.up()
+    until(lambda: attr(page, "train_loss", "zoomed"))
+    page.wait_for_selector('section.chart[data-metric="train_loss"][data-series="2"]')
+    lo, hi = map(float, attr(page, "train_loss", "zoomed").split(","))
+    with page.expect_download() as got:
+        c.locator("button.export-csv").click()
+    assert got.value.suggested_filename == "train_loss.csv"
+    rows = list(csv.reader(Path(got.value.path()).read_text().splitlines()))
+    assert rows[0] == ["run", "x", "step", "time", "value"]
+    for rid in ("demo/run-a", "demo/run-b"):
+        s = expman.open_run(site["base"] / rid).metrics["train_loss"]
+        want = [(int(st), float(t), float(v)) for st, t, v in zip(s.steps, s.times, s.values) if lo <= st <= hi]
+        assert len(want) > 50
+        assert [(int(r[2]), float(r[3]), float(r[4])) for r in rows[1:] if r[0] == rid] == want
+    with page.expect_download() as got:
+        c.locator("button.export-png").click()
+    assert got.value.suggested_filename == "train_loss.png"
+    with PIL.open(got.value.path()) as shot:
+        img = shot.convert("RGB")
+    canvas = c.locator("canvas").evaluate("e => [e.width, e.height]")
+    assert img.size[0] == canvas[0] and img.size[1] > canvas[1]
+    strokes = {s["label"]: s["stroke"] for s in plotted(page, "train_loss")}
+    raw = img.tobytes()
+    pixels = [tuple(raw[i:i + 3]) for i in range(0, len(raw), 3)]
+    for rid in ("demo/run-a", "demo/run-b"):
+        rgb = tuple(int(strokes[rid][i:i + 2], 16) for i in (1, 3, 5))
+        near = sum(1 for p in pixels if sum(abs(a - b) for a, b in zip(p, rgb)) < 40)
+        assert near > 100, f"{rid}'s colour {rgb} drawn in {near} pixels"
+    assert pixels[0] == (255, 255, 255)                     # the page's light background
+    page.watch.check()
+
+
+AXIS_INK = """e => { const c = e.querySelector('canvas'), x = c.getContext('2d');
+    const d = x.getImageData(0, 0, Math.round(50 * devicePixelRatio), c.height).data;   // the y labels
+    let lo = 765, hi = 0;
+    for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 200) { const s = d[i] + d[i + 1] + d[i + 2];
+      lo = Math.min(lo, s); hi = Math.max(hi, s); }
+    return [lo, hi]; }"""
+
+
+def test_dark_mode_follows_the_system_and_the_toggle_is_kept(browser: Any, site: Any) -> None:
+    """prefers-color-scheme: dark gives a dark page with light axis labels drawn on the
+    charts; the toggle switches to light (charts drawn again with dark labels), which a
+    reload keeps; toggling back to the system's choice forgets it."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="dark")
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    watch = Watch(pg, site["url"])
+
+    def background() -> int:
+        rgb = pg.evaluate("getComputedStyle(document.body).backgroundColor")
+        return sum(int(v) for v in rgb[rgb.index("(") + 1:-1].split(",")[:3])
+    pg.goto(site["url"] + "#/?run=demo/run-a")
+    pg.wait_for_selector('section.chart[data-metric="train_loss"][data-series="1"]')
+    assert pg.evaluate("document.documentElement.dataset.theme") == "dark"
+    assert background() < 100
+    lo, hi = chart(pg, "train_loss").evaluate(AXIS_INK)
+    assert hi > 500, "light labels on a dark page"
+    pg.click("#theme-toggle")
+    until(lambda: background() > 700)
+    until(lambda: chart(pg, "train_loss").evaluate(AXIS_INK)[1] < 300, what="dark labels once light")
+    assert pg.evaluate("localStorage.getItem('expman.theme')") == "light"
+    pg.reload()
+    pg.wait_for_selector('section.chart[data-metric="train_loss"][data-series="1"]')
+    assert pg.evaluate("document.documentElement.dataset.theme") == "light" and background() > 700
+    assert chart(pg, "train_loss").evaluate(AXIS_INK)[1] < 300
+    pg.click("#theme-toggle")                                  # back to the system's: forgotten
+    until(lambda: background() < 100)
+    assert pg.evaluate("localStorage.getItem('expman.theme')") is None
+    watch.check()
+    ctx.close()

@@ -317,19 +317,56 @@ async def api_runs(request: Request) -> Response:
     return await _answer(page)
 
 
-def _metric_summary(run: CachedRun) -> dict[str, Any]:
-    """The read model's figures of every metric (expman.readmodel.MetricSummary):
+DETAIL_METRICS = 100               # summaries in a run's detail; /metrics pages the rest
+METRICS_PAGE = 200
+MAX_METRICS_PAGE = 5000
+
+
+def _metric_summary(run: CachedRun, names: list[str]) -> dict[str, Any]:
+    """The read model's figures of these metrics (expman.readmodel.MetricSummary):
     of the main history, for a forked or branched run."""
     from expman.readmodel import summarize_points
     hist = _fold(run)
     if hist is not None:
         return {name: layout.jsonable(s.summary().to_dict())
-                for name, s in hist.metrics.items() if len(s)}
+                for name in names if (s := hist.metrics.get(name)) is not None and len(s)}
     with run.lock:
         cols = {k: (c.steps[:c.n], c.times[:c.n], c.values[:c.n])
-                for k, c in run.columns.items()}
+                for k in names if (c := run.columns.get(k)) is not None}
     return {name: layout.jsonable(summarize_points(*col).to_dict())
             for name, col in cols.items()}
+
+
+def _metric_names(run: CachedRun, query: str = "") -> list[str]:
+    """The run's metric names, sorted, those holding ``query`` (case-insensitive)."""
+    hist = _fold(run)
+    if hist is not None:
+        names = [k for k, v in hist.metrics.items() if len(v)]
+    else:
+        with run.lock:
+            names = list(run.columns)
+    q = query.lower()
+    return sorted(n for n in names if q in n.lower()) if q else sorted(names)
+
+
+async def api_metrics(request: Request) -> Response:
+    """A page of a run's metrics with their summaries: ``q`` (a substring of the
+    name, case-insensitive), ``offset``, ``limit`` (default 200, at most 5,000).
+    A run may log 12,000 metric names: the run page asks for what it shows."""
+    d = _dash(request)
+    offset = _int_arg(request, "offset", 0, 0, 1 << 62)
+    limit = _int_arg(request, "limit", METRICS_PAGE, 0, MAX_METRICS_PAGE)
+    query = request.query_params.get("q", "")
+    run = await anyio.to_thread.run_sync(d.cached, request.path_params["exp"],
+                                         request.path_params["run"])
+
+    def page() -> dict[str, Any]:
+        names = _metric_names(run, query)
+        shown = names[offset:offset + limit]
+        summary = _metric_summary(run, shown)
+        return {"total": len(names), "offset": offset, "limit": limit, "q": query,
+                "metrics": [{"name": n, **summary[n]} for n in shown if n in summary]}
+    return await _answer(page)
 
 
 def _integrity(run: CachedRun) -> dict[str, Any]:
@@ -379,12 +416,15 @@ async def api_run(request: Request) -> Response:
         except (OSError, ValueError):
             params = {}
         meta = public_meta(run.meta)
+        names = _metric_names(run)
         from expman.liveness import run_status
         decided = run_status(dict(run.meta), run.path).to_dict()
         return {"id": f"{exp}/{name}", "experiment": meta.get("experiment", exp),
                 "run_name": meta.get("run_name", name), "status": run.status,
                 "status_rank": decided["rank"], "status_reason": decided["reason"],
-                "ranks": decided["ranks"], "meta": meta, "params": params, "metrics": _metric_summary(run),
+                "ranks": decided["ranks"], "meta": meta, "params": params,
+                "metrics": _metric_summary(run, names[:DETAIL_METRICS]),
+                "metric_count": len(names), "metric_names": names,
                 "artifacts": _artifacts(run), "integrity": _integrity(run),
                 "media": _media(run)}
     return await _answer(detail)
@@ -478,46 +518,84 @@ def _float_arg(request: Request, key: str) -> float | None:
         raise HTTPException(400, f"{key}={raw!r} is not a number") from None
 
 
+def _x_axis(request: Request) -> str:
+    """``x=``: step, time, rel, or metric:NAME (another metric of the run)."""
+    axis = request.query_params.get("x", "step")
+    if axis not in X_AXES and not (axis.startswith("metric:") and len(axis) > 7):
+        raise HTTPException(400, f"x={axis!r}: use one of {', '.join(X_AXES)} or metric:NAME")
+    return axis
+
+
 def _x_column(run: CachedRun, axis: str, steps: Any, times: Any) -> Any:
+    """The x of each point: its step, wall time, time since the start, or for
+    ``metric:NAME`` the value NAME had at the point's step (its last value logged
+    at or before that step; NaN before NAME's first point)."""
+    import numpy as np
     if axis == "step":
         return steps
     if axis == "time":
         return times
+    if axis.startswith("metric:"):
+        name = axis[7:]
+        snap = run.snapshot(name)
+        if snap is None:
+            raise _not_found(f"x metric {name!r} in {run.path.parent.name}/{run.path.name}")
+        x_steps, _, x_values = snap
+        order = np.argsort(x_steps, kind="stable")
+        at = np.searchsorted(x_steps[order], steps, side="right") - 1
+        x = np.asarray(x_values, dtype=np.float64)[order][np.maximum(at, 0)]
+        return np.where(at >= 0, x, np.nan)
     start = run.start_time
     if start is None:
         start = float(times[0]) if len(times) else 0.0
     return times - start
 
 
+def _series_args(request: Request) -> tuple[str, float | None, float | None]:
+    metric = request.query_params.get("metric")
+    if not metric:
+        raise HTTPException(400, "metric= is required (a metric name)")
+    return metric, _float_arg(request, "from"), _float_arg(request, "to")
+
+
+def _xy(run: CachedRun, axis: str, snap: tuple[Any, Any, Any]) -> tuple[Any, Any, Any, Any]:
+    """(x, steps, times, values): the points with an x (an x metric has no value
+    before its first point), in logged order."""
+    import numpy as np
+    steps, times, values = snap
+    x = _x_column(run, axis, steps, times)
+    if axis.startswith("metric:"):
+        keep = ~np.isnan(x)
+        return x[keep], steps[keep], times[keep], values[keep]
+    return x, steps, times, values
+
+
 async def api_series(request: Request) -> Response:
     d = _dash(request)
     exp, name = request.path_params["exp"], request.path_params["run"]
     q = request.query_params
-    metric = q.get("metric")
-    if not metric:
-        raise HTTPException(400, "metric= is required (a metric name)")
-    axis = q.get("x", "step")
-    if axis not in X_AXES:
-        raise HTTPException(400, f"x={axis!r}: use one of {', '.join(X_AXES)}")
+    metric, lo, hi = _series_args(request)
+    axis = _x_axis(request)
     try:
         pixels = int(q.get("points", "1000"))
     except ValueError:
         raise HTTPException(400, f"points={q.get('points')!r} is not an integer") from None
     if not 1 <= pixels <= MAX_POINTS:
         raise HTTPException(400, f"points={pixels}: use 1..{MAX_POINTS}")
-    lo, hi = _float_arg(request, "from"), _float_arg(request, "to")
     branch = _branch_arg(request)
     run = await anyio.to_thread.run_sync(d.cached, exp, name)
     snap, folded, append_at = await anyio.to_thread.run_sync(_series_of, run, metric, branch)
     if snap is None:
         raise _not_found(f"metric {metric!r} in {exp}/{name}" if branch is None
                          else f"branch {branch} of {exp}/{name}")
-    steps, times, values = snap
+    count = len(snap[0])
+    if axis.startswith("metric:") and run.snapshot(axis[7:]) is None:
+        raise _not_found(f"x metric {axis[7:]!r} in {exp}/{name}")
 
     def compute() -> dict[str, Any]:
-        x = _x_column(run, axis, steps, times)
+        x, _, _, values = _xy(run, axis, snap)
         w = window(x, values, pixels, lo, hi)
-        return {"run": f"{exp}/{name}", "metric": metric, "x_axis": axis, "count": len(steps),
+        return {"run": f"{exp}/{name}", "metric": metric, "x_axis": axis, "count": count,
                 "total": w.total, "raw": w.raw, "start_time": run.start_time,
                 "x": w.x, "y": w.y, "status": run.status, "folded": folded, "branch": branch,
                 "append_at": append_at}
@@ -579,6 +657,65 @@ async def api_branches(request: Request) -> Response:
         from expman.dashboard.branches import describe
         return describe(run.path, dict(run.meta), rows)
     return await _answer(compute)
+
+
+CSV_CHUNK = 50_000                 # rows formatted per piece of the streamed answer
+
+
+def _csv_field(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\r\n') else text
+
+
+def _csv_chunk(rid: str, cols: tuple[Any, Any, Any, Any], a: int) -> bytes:
+    """Rows a..a+CSV_CHUNK of one run's points as CSV lines (repr: every digit of
+    the float64 back)."""
+    x, steps, times, values = (c[a:a + CSV_CHUNK].tolist() for c in cols)
+    run = _csv_field(rid)
+    return "".join(f"{run},{xv!r},{s},{t!r},{v!r}\n"
+                   for xv, s, t, v in zip(x, steps, times, values)).encode()
+
+
+async def api_export_csv(request: Request) -> Response:
+    """A chart's raw points as CSV, every point of every ``run=`` with ``from <= x
+    <= to`` (no decimation): ``run,x,step,time,value``, x in the unit of ``x=``
+    (as /series), time in seconds since the epoch; NaN and infinities as Python
+    spells them (nan, inf). Streamed: a 10 M-point range is never held as text."""
+    import numpy as np
+    d = _dash(request)
+    metric, lo, hi = _series_args(request)
+    axis = _x_axis(request)
+    ids = request.query_params.getlist("run")
+    if not ids:
+        raise HTTPException(400, "run= is required (EXP/RUN, repeatable)")
+    snaps = []
+    for rid in ids:
+        exp, _, name = rid.partition("/")
+        run = await anyio.to_thread.run_sync(d.cached, exp, name)
+        snap = (await anyio.to_thread.run_sync(_series_of, run, metric, None))[0]
+        if snap is None:
+            continue                       # a run without the metric adds no lines
+        if axis.startswith("metric:") and run.snapshot(axis[7:]) is None:
+            raise _not_found(f"x metric {axis[7:]!r} in {rid}")
+        snaps.append((rid, run, snap))
+
+    def in_range(run: CachedRun, snap: tuple[Any, Any, Any]) -> tuple[Any, Any, Any, Any]:
+        x, steps, times, values = _xy(run, axis, snap)
+        keep = np.ones(len(x), dtype=bool)
+        if lo is not None:
+            keep &= x >= lo
+        if hi is not None:
+            keep &= x <= hi
+        return x[keep], steps[keep], times[keep], values[keep]
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"run,x,step,time,value\n"
+        for rid, run, snap in snaps:
+            cols = await anyio.to_thread.run_sync(in_range, run, snap)
+            for a in range(0, len(cols[0]), CSV_CHUNK):
+                yield await anyio.to_thread.run_sync(_csv_chunk, rid, cols, a)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", metric).strip("_") or "metric"
+    return StreamingResponse(body(), media_type="text/csv; charset=utf-8", headers={
+        "content-disposition": f'attachment; filename="{safe}.csv"', "cache-control": "no-store"})
 
 
 async def api_events(request: Request) -> Response:
@@ -823,6 +960,8 @@ def create_app(base_dir: str | os.PathLike[str] | None = None, token: str | None
         Route("/api/stream", api_stream),
         Route("/api/runs/{exp}/{run}", api_run),
         Route("/api/runs/{exp}/{run}/series", api_series),
+        Route("/api/runs/{exp}/{run}/metrics", api_metrics),
+        Route("/api/export.csv", api_export_csv),
         Route("/api/runs/{exp}/{run}/events", api_events),
         Route("/api/runs/{exp}/{run}/branches", api_branches),
         Route("/api/runs/{exp}/{run}/artifacts/{path:path}", api_artifact),

@@ -9,8 +9,12 @@ import "uplot/dist/uPlot.min.css";
 import "./style.css";
 import { el, clear, getJSON, runUrl, runColor, fmtNum } from "./dom.js";
 import { emaDebiased } from "./ema.js";
+import { xAxisOpts, yAxisOpts, xLabel, unitOf, fmtSI } from "./axes.js";
+import { exportCsv, exportPng } from "./export.js";
 
 const HEIGHT = 240;
+const MAX_CHARTS = 60;        // past this many metrics, the filter picks the charts
+const AXIS_LIKE = /(^|[/_.])(epoch|epochs|global_step|samples|tokens|iter|iteration)$/i;   // offered as x
 const LIVE_REDRAW_MS = 500;   // live charts redraw together, at most this often
 
 // Every live chart that changed is redrawn in one animation frame: one layout and
@@ -27,7 +31,6 @@ function scheduleRedraw(chart) {
     for (const c of charts) if (c.dirty && c.visible && c.plot) c.render();
   }), LIVE_REDRAW_MS);
 }
-const X_LABEL = { step: "step", rel: "relative time (s)", time: "wall time" };
 
 export class ChartPanel {
   // has(id, metric): whether run id has the metric (its chart asks only those runs)
@@ -41,6 +44,11 @@ export class ChartPanel {
     if (overlay) overlay.panel = this;
     this.sections = new Map();    // prefix -> {details, grid, count}
     this.runs = [];
+    this.metrics = [];           // every metric name of the selected runs
+    this.metricSet = new Set();
+    this.matchCount = 0;
+    this.capNote = el("p", { class: "muted cap-note", id: "charts-cap", hidden: true });
+    root.prepend(this.capNote);
     this.opts = { x: "step", log: false, smooth: 0, filter: "" };
     this.charts = new Map();
     this.observer = new IntersectionObserver((entries) => {
@@ -51,6 +59,7 @@ export class ChartPanel {
         if (chart.visible) chart.wake();
       }
     }, { rootMargin: "200px" });
+    window.addEventListener("expman-theme", () => this.charts.forEach((c) => c.rebuild()));
     let timer = null;
     window.addEventListener("resize", () => {
       clearTimeout(timer);
@@ -61,30 +70,76 @@ export class ChartPanel {
   // ids: selected run ids; metrics: the union of their metric names
   setRuns(ids, metrics) {
     const same = ids.length === this.runs.length && ids.every((x, i) => x === this.runs[i]);
+    const before = new Set(this.runs), now = new Set(ids);
+    const change = { added: ids.filter((x) => !before.has(x)), removed: this.runs.filter((x) => !now.has(x)) };
     this.runs = ids.slice();
-    for (const name of metrics) this.ensure(name);
+    this.metrics = metrics;
+    this.metricSet = new Set(metrics);
+    this.sync(same ? false : change);
+  }
+
+  // The charts there are: every metric's, or when there are more than MAX_CHARTS
+  // (a run may log 12,000 names), the pinned ones and the first MAX_CHARTS the metric
+  // filter matches: the page never builds a chart per name of such a run.
+  // change: the runs added to and removed from the selection (false: none)
+  sync(change = false) {
+    const names = this.chartedNames();
+    const wanted = new Set(names);
     for (const [name, chart] of this.charts) {
-      if (!metrics.includes(name)) { chart.destroy(); this.charts.delete(name); }
-      else if (!same) chart.invalidate();
+      if (!wanted.has(name)) { chart.destroy(); this.charts.delete(name); }
+      else if (change) chart.changeRuns(change.added, change.removed);
+    }
+    for (const name of names) if (!this.charts.has(name)) this.charts.set(name, new Chart(this, name));
+    const over = this.metrics.length > MAX_CHARTS;
+    this.capNote.hidden = !over;
+    if (over) {
+      this.capNote.textContent = `${this.metrics.length.toLocaleString()} metrics: ${names.length} charted ` +
+        `(${this.matchCount.toLocaleString()} match the filter); filter metrics by name to chart others`;
     }
     this.order();
   }
 
+  // per list of names, once: the names sorted, and those named like an x axis
+  derived() {
+    if (this.derivedFrom !== this.metrics) {
+      this.derivedFrom = this.metrics;
+      this.sortedNames = this.metrics.length > MAX_CHARTS ? [...this.metrics].sort() : this.metrics;
+      this.axisLike = this.metrics.filter((m) => AXIS_LIKE.test(m)).slice(0, 20);
+    }
+    return this;
+  }
+
+  chartedNames() {
+    if (this.metrics.length <= MAX_CHARTS) return this.metrics;
+    const f = this.opts.filter.trim().toLowerCase();
+    const pinned = this.pinned();
+    const out = this.metrics.filter((m) => pinned.has(m));
+    let matched = 0;
+    for (const m of this.derived().sortedNames) {
+      if (f && !m.toLowerCase().includes(f)) continue;
+      matched++;
+      if (out.length < MAX_CHARTS && !pinned.has(m)) out.push(m);
+    }
+    this.matchCount = matched;
+    return out;
+  }
+
   setOption(key, value) {
     this.opts[key] = value;
-    if (key === "filter") { this.order(); return; }
+    if (key === "filter") { if (this.metrics.length > MAX_CHARTS) this.sync(); else this.order(); return; }
     if (key === "x") this.charts.forEach((c) => { c.zoom = null; c.invalidate(); });
     else this.charts.forEach((c) => c.rebuild());
   }
 
+  // a chart for a metric seen live (none while the metrics are past MAX_CHARTS and the
+  // filter leaves it out)
   ensure(name) {
-    let chart = this.charts.get(name);
-    if (!chart) {
-      chart = new Chart(this, name);
-      this.charts.set(name, chart);
-      this.order();
+    if (!this.metricSet.has(name)) {
+      this.metrics = [...this.metrics, name];
+      this.metricSet.add(name);
+      this.sync();
     }
-    return chart;
+    return this.charts.get(name);
   }
 
   order() {
@@ -152,7 +207,7 @@ export class ChartPanel {
     const pins = this.pinned();
     if (pins.has(name)) pins.delete(name); else pins.add(name);
     this.store("pinned", [...pins]);
-    this.order();
+    this.sync();
   }
 
   // {prefix: true when folded}
@@ -173,7 +228,7 @@ export class ChartPanel {
   // live points from the event stream
   append(run, metric, start, steps, times, values) {
     if (!this.runs.includes(run)) return;
-    this.ensure(metric).append(run, start, steps, times, values);
+    this.ensure(metric)?.append(run, start, steps, times, values);
   }
 }
 
@@ -192,8 +247,15 @@ class Chart {
     this.pin = el("button", { class: "pin", type: "button", title: "pin this chart to the top", text: "pin",
       onclick: () => panel.togglePin(metric) });
     this.holder = el("div", { class: "chart-plot" });
+    this.ownX = panel.stored("xaxis", {})[metric] || "";    // this chart's own x axis ("": the page's)
+    this.xPick = this.xPicker();
+    const csv = el("button", { class: "export export-csv", type: "button", text: "CSV",
+      title: "download every point of the visible range (not only those drawn) as CSV",
+      onclick: () => exportCsv(metric, this.panel.runs.filter((id) => this.data.has(id)), this.xAxis, this.zoom) });
+    const png = el("button", { class: "export export-png", type: "button", text: "PNG", title: "download this chart as PNG",
+      onclick: () => { if (this.plot) exportPng(metric, this.plot, this.panel.runs.filter((id) => this.data.has(id))); } });
     this.card = el("section", { class: "chart", "data-metric": metric },
-      el("h3", {}, el("span", { class: "chart-title", text: metric }), this.info, this.pin), this.holder);
+      el("h3", {}, el("span", { class: "chart-title", text: metric }), this.info, this.pin, png, csv, this.xPick), this.holder);
     this.card._chart = this;
     this.holder.addEventListener("dblclick", () => { if (this.zoom) { this.zoom = null; this.invalidate(); } });
     panel.observer.observe(this.card);
@@ -202,8 +264,57 @@ class Chart {
   // the page's x axis; system series (sampled on a timer, their "step" is only a sample
   // count) are drawn on relative time when the page says step
   get xAxis() {
+    if (this.ownX) return this.ownX;
     const x = this.panel.opts.x;
     return x === "step" && this.metric.startsWith("system/") ? "rel" : x;
+  }
+
+  // The chart's own x axis: the page's, step, time, or another metric of the run
+  // (those named like an axis listed; "other metric..." takes any name). Kept per
+  // base dir in localStorage (expman.xaxis:NAME).
+  xPicker() {
+    const axisLike = this.panel.derived().axisLike.filter((m) => m !== this.metric);
+    const own = this.ownX.startsWith("metric:") ? this.ownX.slice(7) : null;
+    const names = own && !axisLike.includes(own) ? [...axisLike, own] : axisLike;
+    const select = el("select", { class: "x-pick", "aria-label": `x axis of ${this.metric}`, title: "x axis of this chart" },
+      el("option", { value: "", text: "x: page's" }), el("option", { value: "step", text: "x: step" }),
+      el("option", { value: "rel", text: "x: relative time" }), el("option", { value: "time", text: "x: wall time" }),
+      names.map((m) => el("option", { value: `metric:${m}`, text: `x: ${m}` })),
+      el("option", { value: "other", text: "x: other metric…" }));
+    select.value = this.ownX;
+    const list = el("datalist", { id: `x-metrics-${Math.random().toString(36).slice(2)}` });
+    const other = el("input", { type: "search", class: "x-metric", placeholder: "metric as x", hidden: true,
+      list: list.id, "aria-label": `x metric of ${this.metric}` });
+    other.addEventListener("input", () => {
+      const q = other.value.toLowerCase();
+      const found = this.panel.metrics.filter((m) => m.toLowerCase().includes(q)).slice(0, 50);
+      list.replaceChildren(...found.map((m) => el("option", { value: m })));
+    });
+    other.addEventListener("change", () => {
+      if (!this.panel.metricSet.has(other.value)) return;
+      const opt = el("option", { value: `metric:${other.value}`, text: `x: ${other.value}` });
+      select.insertBefore(opt, select.lastChild);
+      select.value = opt.value;
+      other.hidden = true;
+      this.setX(opt.value);
+    });
+    select.addEventListener("change", () => {
+      other.hidden = select.value !== "other";
+      if (select.value === "other") { other.focus(); return; }
+      this.setX(select.value);
+    });
+    return el("span", { class: "x-pick-box" }, select, other, list);
+  }
+
+  setX(axis) {
+    this.ownX = axis;
+    const kept = this.panel.stored("xaxis", {});
+    if (axis) kept[this.metric] = axis; else delete kept[this.metric];
+    this.panel.store("xaxis", kept);
+    this.zoom = null;
+    this.data.clear();
+    if (this.plot) { this.plot.destroy(); this.plot = null; }
+    this.invalidate();
   }
 
   showPinned(on) {
@@ -216,6 +327,17 @@ class Chart {
   invalidate() {
     this.loaded = false;
     if (this.visible) this.wake();
+  }
+
+  // Runs added to or removed from the selection: a chart holding its data asks only
+  // for the added runs that have its metric (one request, not one per run charted).
+  changeRuns(added, removed) {
+    if (!this.loaded || this.zoom || !this.visible) { this.invalidate(); return; }
+    removed.forEach((id) => this.data.delete(id));
+    const ask = added.filter((id) => this.panel.has(id, this.metric));
+    if (ask.length === 1 && !removed.length) this.load(ask[0]);
+    else if (ask.length) this.invalidate();
+    else this.render(true);
   }
 
   wake() {
@@ -257,6 +379,10 @@ class Chart {
     d.count = start + steps.length;
     if (this.zoom) return;                                  // a zoomed view stays put
     const axis = this.xAxis;
+    if (axis.startsWith("metric:")) {                       // x from another metric: the server's
+      if (!this.reloading) this.reloading = setTimeout(() => { this.reloading = null; this.load(); }, 1000);
+      return;
+    }
     if (d.start == null && times.length) d.start = times[0];
     for (let i = skip; i < steps.length; i++) {
       d.x.push(axis === "step" ? steps[i] : axis === "time" ? times[i] : times[i] - d.start);
@@ -282,8 +408,10 @@ class Chart {
     const joined = tables.length ? uPlot.join(tables) : [[]];
     const data = [joined[0]];
     const xAxis = this.xAxis;
-    const series = [{ label: X_LABEL[xAxis] }];
+    const series = [{ label: xLabel(xAxis) }];
     let lastX = -Infinity, points = 0, hiddenLog = 0;
+    const unit = unitOf(this.metric);
+    const legend = (u, v) => (v === null || v === undefined ? "--" : unit ? fmtSI(v, unit) : fmtNum(v));
     ids.forEach((id, i) => {
       const ys = joined[i + 1];
       const d = this.data.get(id);
@@ -294,10 +422,10 @@ class Chart {
       if (opts.smooth > 0) {
         data.push(ys, smoothAligned(ys, opts.smooth));
         series.push({ label: `${id} (raw)`, stroke: runColor(id, 0.25), width: 1, spanGaps: true },
-          { label: id, stroke: color, width: 1.5, spanGaps: true, value: fmtLegend });
+          { label: id, stroke: color, width: 1.5, spanGaps: true, value: legend });
       } else {
         data.push(ys);
-        series.push({ label: id, stroke: color, width: 1.25, spanGaps: true, value: fmtLegend });
+        series.push({ label: id, stroke: color, width: 1.25, spanGaps: true, value: legend });
       }
     });
     faint.forEach((f, j) => {
@@ -335,7 +463,7 @@ class Chart {
         x: { time: xAxis === "time", ...(this.zoom ? { min: this.zoom[0], max: this.zoom[1], auto: false } : {}) },
         y: opts.log ? { distr: 3, log: 10 } : {},
       },
-      axes: [{ label: X_LABEL[xAxis] }, { size: 64, values: (u, vals) => vals.map(fmtNum) }],
+      axes: [xAxisOpts(xAxis, xLabel(xAxis)), yAxisOpts(this.metric)],
       series,
       cursor: { drag: { x: true, y: false, setScale: false }, bind: { dblclick: () => null } },
       hooks: {
@@ -400,8 +528,4 @@ function smoothAligned(ys, w) {
   const out = new Array(ys.length).fill(null);
   idx.forEach((i, k) => { out[i] = sm[k]; });
   return out;
-}
-
-function fmtLegend(u, v) {
-  return v === null || v === undefined ? "--" : fmtNum(v);
 }

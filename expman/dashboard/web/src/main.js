@@ -8,6 +8,7 @@ import { el, clear, getJSON, setColorIndex } from "./dom.js";
 import { RunsTable, encodeId } from "./runs.js";
 import { ChartPanel } from "./charts.js";
 import { showRun, showCompare } from "./run.js";
+import { initTheme } from "./theme.js";
 
 const app = document.getElementById("app");
 const liveDot = document.getElementById("live-dot");
@@ -51,7 +52,7 @@ function buildHome() {
     charts.setRuns(ids, [...metrics]);
     hint.hidden = ids.length > 0;
     compareBtn.disabled = ids.length < 2;
-    table.draw();
+    table.markSelected();
     connect();
     saveState(true);
   }
@@ -227,6 +228,7 @@ async function route() {
 }
 
 async function main() {
+  initTheme();
   home = buildHome();
   restoring = true;
   try { applyState(urlState()); } finally { restoring = false; }

@@ -7,6 +7,7 @@ import { lossText } from "./runs.js";
 import { branchView } from "./branches.js";
 
 const MAX_MESSAGES = 2000;      // the newest; the API pages through the rest
+const METRICS_SHOWN = 20;       // summary rows per page of the run page's metric table
 
 function kvTable(obj, id) {
   const flat = flatten(obj || {});
@@ -124,12 +125,37 @@ export async function showRun(root, id) {
   const exitBox = section("Status and exit", el("p", { id: "exit-summary", text: exitSummary(run.status, exit, run.status_reason, run.status_rank) }),
     exit && typeof exit === "object" ? kvTable(exit, "exit") : "");
 
-  const metricRows = Object.entries(run.metrics).map(([name, m]) => el("tr", {},
-    el("td", { text: name }), el("td", { class: "num", text: String(m.count) }),
-    el("td", { class: "num", text: fmtNum(m.last_value) }), el("td", { class: "num", text: display(m.last_step) }),
-    el("td", { class: "num", text: fmtNum(m.min) }), el("td", { class: "num", text: fmtNum(m.max) })));
-  const metrics = el("table", { class: "grid" }, el("thead", {}, el("tr", {},
-    ["metric", "points", "last", "last step", "min", "max"].map((h) => el("th", { text: h })))), el("tbody", {}, metricRows));
+  // the metric summaries a page at a time from the server (a run may log 12,000
+  // names); the search filters the table and picks the charts
+  const metricBody = el("tbody");
+  const metricCount = el("span", { class: "muted", id: "metric-count" });
+  const moreMetrics = el("button", { id: "more-metrics", type: "button", text: "more", hidden: true });
+  const metrics = el("table", { class: "grid", id: "metric-summary" }, el("thead", {}, el("tr", {},
+    ["metric", "points", "last", "last step", "min", "max"].map((h) => el("th", { text: h })))), metricBody);
+  let query = "", shown = 0, asked = 0;
+  async function showMetrics(more = false) {
+    const ticket = ++asked;
+    const page = await getJSON(`${runUrl(id)}/metrics?${new URLSearchParams({ q: query, offset: more ? String(shown) : "0", limit: String(METRICS_SHOWN) })}`);
+    if (ticket !== asked) return;                 // a newer search won
+    if (!more) { clear(metricBody); shown = 0; }
+    metricBody.append(...page.metrics.map((m) => el("tr", { "data-metric": m.name },
+      el("td", { text: m.name }), el("td", { class: "num", text: String(m.count) }),
+      el("td", { class: "num", text: fmtNum(m.last_value) }), el("td", { class: "num", text: display(m.last_step) }),
+      el("td", { class: "num", text: fmtNum(m.min) }), el("td", { class: "num", text: fmtNum(m.max) }))));
+    shown += page.metrics.length;
+    metricCount.textContent = `${shown.toLocaleString()} of ${page.total.toLocaleString()} metrics` +
+      (query ? ` matching "${query}"` : "");
+    moreMetrics.hidden = shown >= page.total;
+  }
+  moreMetrics.addEventListener("click", () => showMetrics(true));
+  let typing = null;
+  const metricSearch = el("input", { type: "search", id: "run-metric-search",
+    placeholder: "search metrics", "aria-label": "search metrics", oninput: (e) => {
+      query = e.target.value.trim();
+      panel.setOption("filter", query);
+      clearTimeout(typing);
+      typing = setTimeout(() => showMetrics().catch(() => {}), 150);
+    } });
 
   const arts = el("table", { class: "grid", id: "artifacts" }, el("thead", {}, el("tr", {},
     ["artifact", "size", "sha256", ""].map((h) => el("th", { text: h })))));
@@ -167,7 +193,7 @@ export async function showRun(root, id) {
   const chartsRoot = el("div", { class: "charts" });
   const branches = await branchView(id);
   clear(root).append(head, exitBox, branches.section || "",
-    section("Metrics", metrics, chartsRoot),
+    section("Metrics", el("div", { class: "controls" }, metricSearch, metricCount), metrics, moreMetrics, chartsRoot),
     section("Histograms and images", media),
     section("Params", searchable(run.params, "params", "search params")),
     section("Messages", messages),
@@ -176,7 +202,8 @@ export async function showRun(root, id) {
     section("Integrity", integrity));
   const panel = new ChartPanel(chartsRoot, { storageKey: () => document.getElementById("base").textContent,
     overlay: branches.overlay });
-  panel.setRuns([id], Object.keys(run.metrics));
+  panel.setRuns([id], run.metric_names || Object.keys(run.metrics));
+  showMetrics().catch((e) => metricCount.append(` (${e.message})`));
   try {
     const { events, total } = await getJSON(`${runUrl(id)}/events?kind=message&last=${MAX_MESSAGES}`);
     if (total > events.length) {

@@ -1,11 +1,13 @@
 // The runs view: every run under the base dir in one table (filter by text,
 // status and param expression; sort by any column; group by experiment;
-// checkboxes select the runs whose charts are drawn below).
+// checkboxes select the runs whose charts are drawn below). The table is
+// virtual: only the rows and columns in view are in the DOM, so 10,000 runs and
+// thousands of chosen columns cost what a screenful does.
 import { el, clear, flatten, display, fmtNum, fmtTime, fmtDuration, runColor } from "./dom.js";
 import { parseExpr, matches } from "./filter.js";
+import { ColumnChooser } from "./columns.js";
 
 export const STATUSES = ["RUNNING", "FINISHED", "FAILED", "KILLED", "CRASHED"];
-const PAGE = 500;      // rows drawn at first; the rest on request
 
 export class RunsTable {
   constructor(root, { onSelect }) {
@@ -18,7 +20,6 @@ export class RunsTable {
     this.status = "";
     this.expr = [];
     this.group = false;
-    this.limit = PAGE;
     this.exprError = el("span", { class: "expr-error", role: "alert" });
     this.count = el("span", { class: "count" });
     const statusSel = el("select", { id: "status-filter", "aria-label": "status",
@@ -37,7 +38,21 @@ export class RunsTable {
       el("button", { id: "select-none", text: "select none", onclick: () => this.setSelected([]) }),
       this.count, this.exprError);
     this.table = el("table", { id: "runs", class: "runs" });
-    root.append(this.controls, el("div", { class: "table-wrap" }, this.table));
+    this.wrap = el("div", { class: "table-wrap" }, this.table);
+    this.names = { params: new Set(), metrics: new Set() };   // every name any listed run has
+    this.lines = [];
+    this.cols = [];
+    this.offsets = [];                   // each column's left edge, px
+    this.width = 0;
+    this.chooser = new ColumnChooser({ names: () => this.names, onChange: () => this.draw(),
+      storageKey: () => document.getElementById("base")?.textContent || "" });
+    this.controls.append(this.chooser.root);
+    let frame = 0;
+    this.wrap.addEventListener("scroll", () => {
+      if (!frame) frame = requestAnimationFrame(() => { frame = 0; this.paint(); });
+    }, { passive: true });
+    new ResizeObserver(() => { this.window = null; this.paint(); }).observe(this.wrap);
+    root.append(this.controls, this.wrap);
   }
 
   setExpr(text) {
@@ -62,8 +77,15 @@ export class RunsTable {
   }
 
   addRows(rows) {
-    for (const r of rows) this.rows.set(r.id, prepare(r));
+    for (const r of rows) this.rows.set(r.id, this.prepare(r));
     this.draw();
+  }
+
+  prepare(r) {
+    prepare(r);
+    for (const k in r.flatParams) this.names.params.add(k);
+    for (const k in r.last_metrics) this.names.metrics.add(k);
+    return r;
   }
 
   // rows from the live stream: new runs and live rows' new values. A known row whose
@@ -73,13 +95,13 @@ export class RunsTable {
     let full = false;
     for (const r of rows) {
       const known = this.rows.has(r.id);
-      this.rows.set(r.id, prepare(r));
-      const keys = new Set((this.cols || []).map((c) => c.key));
-      const fits = Object.keys(r.flatParams).every((k) => keys.has(`p:${k}`)) &&
-        Object.keys(r.last_metrics).every((k) => keys.has(`m:${k}`));
+      const names = this.names.params.size + this.names.metrics.size;
+      this.rows.set(r.id, this.prepare(r));
       const tr = [...this.table.querySelectorAll("tr[data-id]")].find((x) => x.dataset.id === r.id);
-      if (known && fits && tr) tr.replaceWith(this.rowEl(r, this.cols));
-      else full = true;
+      if (!known || names !== this.names.params.size + this.names.metrics.size) { full = true; continue; }
+      const at = this.lines.findIndex((line) => line.id === r.id);
+      if (at >= 0) this.lines[at] = r;
+      if (tr) tr.replaceWith(this.rowEl(r));
     }
     if (full) this.draw();
   }
@@ -102,52 +124,96 @@ export class RunsTable {
     return out;
   }
 
+  // the columns: the fixed ones, then the chosen params and metrics that some shown
+  // row has (a filter showing one sweep shows its columns)
   columns(rows) {
-    const params = new Set(), metrics = new Set();
-    for (const r of rows) {
-      Object.keys(r.flatParams).forEach((k) => params.add(k));
-      Object.keys(r.last_metrics || {}).forEach((k) => metrics.add(k));
-    }
+    const chosen = this.chooser.chosen().filter((key) => {
+      const name = key.slice(2);
+      const where = key.startsWith("p:") ? "flatParams" : "last_metrics";
+      return rows.some((r) => name in r[where]);
+    });
     return [
-      { key: "status", label: "status" },
-      { key: "experiment", label: "experiment" },
-      { key: "run_name", label: "run" },
-      ...(rows.some((r) => r.tagText) ? [{ key: "tagText", label: "tags" }] : []),
-      { key: "start_time", label: "start" },
-      { key: "duration", label: "duration" },
-      ...[...params].sort().map((k) => ({ key: `p:${k}`, label: k, cls: "param" })),
-      ...[...metrics].sort().map((k) => ({ key: `m:${k}`, label: k, cls: "metric" })),
+      { key: "status", label: "status", width: 150 },
+      { key: "experiment", label: "experiment", width: 140 },
+      { key: "run_name", label: "run", width: 210 },
+      ...(rows.some((r) => r.tagText) ? [{ key: "tagText", label: "tags", width: 150 }] : []),
+      { key: "start_time", label: "start", width: 160 },
+      { key: "duration", label: "duration", width: 110 },
+      ...chosen.map((k) => ({ key: k, label: k.slice(2), cls: k.startsWith("p:") ? "param" : "metric", width: COL_WIDTH })),
     ];
   }
 
+  // The filtered, sorted rows (with a line per experiment when grouped); what is
+  // in view is drawn by paint(), on every scroll.
   draw() {
     const rows = this.visible();
-    const cols = this.columns(rows);
-    this.cols = cols;
+    this.cols = this.columns(rows);
+    this.lines = [];
+    let lastExp = null;
+    for (const r of rows) {
+      if (this.group && r.experiment !== lastExp) { lastExp = r.experiment; this.lines.push({ header: r.experiment }); }
+      this.lines.push(r);
+    }
+    let x = 0;
+    this.offsets = this.cols.map((c) => { const at = x; x += c.width; return at; });
+    this.width = x;
     this.count.textContent = `${rows.length} of ${this.rows.size} runs`;
-    const head = el("tr", {}, el("th", { class: "sel" }),
-      cols.map((c) => el("th", { class: c.cls, "data-key": c.key, title: `sort by ${c.label}`,
+    this.chooser.showCount(this.cols.filter((c) => c.cls).length);
+    this.window = null;
+    this.paint();
+  }
+
+  // Only the rows and columns in view (and OVERSCAN_ROWS rows, a view's width of
+  // columns more each way) are in the DOM:
+  // spacer rows and cells stand for the rest, so scrolling looks as if all were there.
+  paint() {
+    const wrap = this.wrap;
+    const height = wrap.clientHeight || 400, width = wrap.clientWidth || 1200;
+    const first = Math.max(0, Math.floor(wrap.scrollTop / ROW_HEIGHT) - OVERSCAN_ROWS);
+    const last = Math.min(this.lines.length, Math.ceil((wrap.scrollTop + height) / ROW_HEIGHT) + OVERSCAN_ROWS);
+    const left = Math.max(0, wrap.scrollLeft - SEL_WIDTH - width), right = wrap.scrollLeft + 2 * width;
+    let c0 = 0;
+    while (c0 < this.cols.length && this.offsets[c0] + this.cols[c0].width < left) c0++;
+    let c1 = c0;
+    while (c1 < this.cols.length && this.offsets[c1] < right) c1++;
+    const key = `${first},${last},${c0},${c1}`;
+    if (this.window === key) return;
+    this.window = key;
+    const cols = this.cols.slice(c0, c1);
+    this.shownCols = cols;
+    const before = c0 < this.cols.length ? this.offsets[c0] : this.width;
+    const after = this.width - (c1 ? this.offsets[c1 - 1] + this.cols[c1 - 1].width : 0);
+    const colgroup = el("colgroup", {}, sized(el("col"), SEL_WIDTH), sized(el("col"), before),
+      cols.map((c) => sized(el("col"), c.width)), sized(el("col"), Math.max(0, after)));
+    const head = el("tr", {}, el("th", { class: "sel" }), el("th", { class: "spacer" }),
+      cols.map((c) => el("th", { class: c.cls, "data-key": c.key, title: `${c.label}: click to sort`,
         onclick: () => {
           this.sort = this.sort.key === c.key ? { key: c.key, dir: -this.sort.dir } : { key: c.key, dir: 1 };
           this.draw();
-        } }, c.label, this.sort.key === c.key ? (this.sort.dir > 0 ? " ▲" : " ▼") : "")));
-    const body = el("tbody");
-    let lastExp = null;
-    for (const r of rows.slice(0, this.limit)) {
-      if (this.group && r.experiment !== lastExp) {
-        lastExp = r.experiment;
-        body.append(el("tr", { class: "group" }, el("td", { colSpan: cols.length + 1, text: r.experiment })));
-      }
-      body.append(this.rowEl(r, cols));
+        } }, c.label, this.sort.key === c.key ? (this.sort.dir > 0 ? " ▲" : " ▼") : "")),
+      el("th", { class: "spacer" }));
+    const span = cols.length + 3;
+    const body = el("tbody", {}, spacerRow(first * ROW_HEIGHT, span));
+    for (const line of this.lines.slice(first, last)) {
+      body.append(line.header !== undefined
+        ? el("tr", { class: "group" }, el("td", { colSpan: span, text: line.header }))
+        : this.rowEl(line, cols));
     }
-    const more = rows.length > this.limit
-      ? el("button", { class: "more", onclick: () => { this.limit += 5 * PAGE; this.draw(); } },
-        `show ${Math.min(5 * PAGE, rows.length - this.limit)} more of ${rows.length - this.limit}`) : null;
-    clear(this.table).append(el("thead", {}, head), body);
-    if (more) body.append(el("tr", {}, el("td", { colSpan: cols.length + 1 }, more)));
+    body.append(spacerRow((this.lines.length - last) * ROW_HEIGHT, span));
+    this.table.style.width = `${SEL_WIDTH + this.width}px`;
+    clear(this.table).append(colgroup, el("thead", {}, head), body);
   }
 
-  rowEl(r, cols) {
+  // the selection changed, nothing else: the rows in the DOM show it (no redraw)
+  markSelected() {
+    for (const tr of this.table.querySelectorAll("tr[data-id]")) {
+      const on = this.selected.has(tr.dataset.id);
+      tr.classList.toggle("selected", on);
+      tr.querySelector("input").checked = on;
+    }
+  }
+
+  rowEl(r, cols = this.shownCols) {
     const box = el("input", { type: "checkbox", "aria-label": `select ${r.id}`, checked: this.selected.has(r.id),
       onchange: (e) => {
         if (e.target.checked) this.selected.add(r.id); else this.selected.delete(r.id);
@@ -156,7 +222,7 @@ export class RunsTable {
     const swatch = el("span", { class: "swatch" });
     swatch.style.background = runColor(r.id);
     const tr = el("tr", { "data-id": r.id, class: this.selected.has(r.id) ? "selected" : "" },
-      el("td", { class: "sel" }, box, swatch));
+      el("td", { class: "sel" }, box, swatch), el("td", { class: "spacer" }));
     for (const c of cols) {
       let cell;
       if (c.key === "status") {
@@ -170,10 +236,29 @@ export class RunsTable {
       else if (c.key.startsWith("p:")) cell = el("td", { class: "param", text: display(r.flatParams[c.key.slice(2)]) });
       else if (c.key.startsWith("m:")) cell = el("td", { class: "num", text: fmtNum(r.last_metrics[c.key.slice(2)]) });
       else cell = el("td", { text: display(r[c.key]) });
+      if (cell.textContent.length > 14) cell.title = cell.textContent;
       tr.append(cell);
     }
+    tr.append(el("td", { class: "spacer" }));
     return tr;
   }
+}
+
+const ROW_HEIGHT = 29;      // px; every row has this height (style.css: table.runs td)
+const OVERSCAN_ROWS = 10;
+const SEL_WIDTH = 52;
+const COL_WIDTH = 120;
+
+function sized(col, px) {
+  col.style.width = `${px}px`;
+  return col;
+}
+
+function spacerRow(px, span) {
+  const tr = el("tr", { class: "spacer" }, el("td", { colSpan: span }));
+  tr.style.height = `${px}px`;
+  if (!px) tr.hidden = true;
+  return tr;
 }
 
 export function encodeId(id) {
