@@ -430,7 +430,7 @@ class Chart {
     });
     faint.forEach((f, j) => {
       data.push(joined[ids.length + 1 + j]);
-      series.push({ label: f.label, stroke: this.panel.overlay.color(f.run), width: 1, dash: [4, 4], spanGaps: true, value: fmtLegend });
+      series.push({ label: f.label, stroke: this.panel.overlay.color(f.run), width: 1, dash: [4, 4], spanGaps: true, value: legend });
     });
     const overlay = this.panel.overlay;
     const start = ids.length ? this.data.get(ids[0]).start : null;
