@@ -39,6 +39,7 @@ _O_BINARY = getattr(os, "O_BINARY", 0)
 # More distinct metric names than this is almost always a name built from the step
 # (f"loss_{step}"): each one becomes a series. Warned once, with the count.
 MANY_METRIC_NAMES = 10_000
+MAX_WALL_TIME = 9.2e9      # Unix seconds a row's int64 nanosecond time holds (year 2261)
 
 
 class Experiment(_core.Core):
@@ -464,13 +465,16 @@ class Experiment(_core.Core):
         else:
             self._finish(FAILED, lifecycle.describe_exception(exc, tb), raise_errors=False)
 
-    def close(self, status: str = FINISHED, *, exit: int | None = None) -> None:
+    def close(self, status: str = FINISHED, *, exit: int | None = None,
+              start_time: float | None = None, end_time: float | None = None) -> None:
         """Drain, fsync and mark the run FINISHED (or FAILED). Idempotent.
 
         ``exit``: the exit code the run ended with (``wandb.finish(exit_code=2)``),
         recorded in run.json as ``sys.exit(2)`` inside a ``with`` block is; a
-        non-zero code needs ``status="FAILED"``. Raises the writer's error, if any,
-        after the run is finalised.
+        non-zero code needs ``status="FAILED"``. ``start_time``/``end_time`` (Unix
+        seconds): an imported run's own span (its first and last event) recorded in
+        run.json instead of when this process opened and closed it. Raises the
+        writer's error, if any, after the run is finalised.
         """
         if not isinstance(status, str) or status.upper() not in (FINISHED, FAILED):
             raise ExpmanValueError(f"close: status must be 'FINISHED' or 'FAILED', got {status!r}")
@@ -480,23 +484,33 @@ class Experiment(_core.Core):
         if exit and status == FINISHED:
             raise ExpmanValueError(f"close: exit code {exit} with status FINISHED; a non-zero "
                                    "exit is close('FAILED', exit=...)")
+        times = {k: v for k, v in (("start_time", start_time), ("end_time", end_time))
+                 if v is not None}
+        for k, v in times.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) \
+                    or not 0 <= v < MAX_WALL_TIME:
+                raise ExpmanValueError(f"close: {k} must be Unix seconds in "
+                                       f"[0, {MAX_WALL_TIME:.0f}), got {v!r:.60}")
+        if start_time is not None and end_time is not None and end_time < start_time:
+            raise ExpmanValueError(f"close: end_time {end_time!r} is before start_time "
+                                   f"{start_time!r}")
         if status == FINISHED:
             info = None
         elif exit is not None:
             info = {"reason": "exit", "code": exit}
         else:
             info = {"reason": "close(status='FAILED')"}
-        self._finish(status, info, raise_errors=True)
+        self._finish(status, info, raise_errors=True, times=times)
 
     def _finish(self, status: str, exit_info: dict[str, Any] | None, raise_errors: bool,
-                reenter: bool = False) -> None:
+                reenter: bool = False, times: dict[str, float] | None = None) -> None:
         if os.getpid() != self._pid:
             return                           # a forked child never touches the parent's run
         with self._close_lock:
-            self._finish_locked(status, exit_info, raise_errors, reenter)
+            self._finish_locked(status, exit_info, raise_errors, reenter, times or {})
 
     def _finish_locked(self, status: str, exit_info: dict[str, Any] | None, raise_errors: bool,
-                       reenter: bool) -> None:
+                       reenter: bool, times: dict[str, float]) -> None:
         with self._meta_lock:
             # reenter: a SIGTERM handler interrupting this thread's own close()
             # completes it (the process ends right after, the outer close never resumes)
@@ -532,8 +546,9 @@ class Experiment(_core.Core):
         self._check_metric_names(stats["keys"])
         now = time.time()
         with self._meta_lock:
-            self._meta.update(status=status, end_time=now, exit=exit_info, stats=stats,
-                              duration=now - self._meta["start_time"])
+            self._meta.update(status=status, end_time=now, exit=exit_info, stats=stats)
+            self._meta.update(times)
+            self._meta["duration"] = self._meta["end_time"] - self._meta["start_time"]
             if error is not None:
                 self._meta["write_error"] = str(error)
             lost = [b + stats[k] for b, k in zip(self._loss_base, (
@@ -629,6 +644,18 @@ class Experiment(_core.Core):
         self._log_event({"kind": "message", "level": "info", "time": float(wall_time),
                          "msg": text if isinstance(text, str) else str(text), "tag": tag,
                          "step": self._media_step(at)})
+
+    def log_metrics_at(self, metrics: dict[str, Any], step: int | None, *,
+                       wall_time: float) -> None:
+        """``log_metrics`` for a point recorded elsewhere: it keeps its own ``wall_time``
+        (Unix seconds, stored to the microsecond) instead of now, so imported history
+        (TensorBoard's, MLflow's timestamps) keeps its times. Not for training loops."""
+        import math
+        if isinstance(wall_time, bool) or not isinstance(wall_time, (int, float)) \
+                or not math.isfinite(wall_time) or not 0 <= wall_time < MAX_WALL_TIME:
+            raise ExpmanValueError(f"log_metrics_at: wall_time must be Unix seconds in "
+                                   f"[0, {MAX_WALL_TIME:.0f}), got {wall_time!r:.60}")
+        self._log_at(metrics, step, round(wall_time * 1e6))
 
     # ---- watchdogs (expman.watch, docs/watch.md) --------------------------------------
     def log_alert(self, record: Mapping[str, Any]) -> None:

@@ -174,9 +174,22 @@ def test_statuses_and_errors(tmp_path, monkeypatch):
     with pytest.raises(drop_in.MlflowFeatureMissing, match="log_figure of a str"):
         drop_in.log_figure("not a figure", "x.png")
     drop_in.end_run()
-    with pytest.warns(RuntimeWarning, match="timestamp"):
-        drop_in.log_metric("x", 1.0, timestamp=123)
+    with pytest.raises(expman.ExpmanValueError, match="timestamp"):
+        drop_in.log_metric("x", 1.0, timestamp="noon")
     drop_in.end_run()
+
+
+def test_an_explicit_timestamp_is_kept(tmp_path, monkeypatch):
+    """MLflow's log_metric(timestamp=ms) was ignored with a warning; it is the point's time."""
+    monkeypatch.chdir(tmp_path)
+    drop_in.set_tracking_uri(str(tmp_path))
+    drop_in.set_experiment("ts")
+    with drop_in.start_run(run_name="t"):
+        drop_in.log_metric("x", 1.0, step=1, timestamp=1_600_000_000_123)
+        drop_in.log_metrics({"x": 2.0, "y": 3.0}, step=2, timestamp=1_600_000_001_000)
+    run = expman.open_run(tmp_path / "ts" / "t")
+    assert list(run.metrics["x"].times) == [1_600_000_000.123, 1_600_000_001.0]
+    assert list(run.metrics["y"].times) == [1_600_000_001.0]
 
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"
