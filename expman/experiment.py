@@ -13,13 +13,13 @@ import warnings
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from expman import (
     _core, environment, launcher, layout, lifecycle, loss, runlock, runmeta, summary,
 )
 from expman._fsutil import (
-    atomic_write_json, check_name, check_relative, inside, read_json_nofollow,
+    atomic_write_json, check_name, check_relative, inside, open_under, read_json_nofollow,
 )
 from expman.artifacts import ArtifactCopier
 from expman.errors import (
@@ -396,6 +396,37 @@ class Experiment(_core.Core):
                          "height": height, "size": len(png),
                          "sha256": hashlib.sha256(png).hexdigest(), "time": time.time()})
         return path
+
+    def log_table(self, name: str, data: Any, columns: Sequence[str] | None = None,
+                  step: int | None = None) -> None:
+        """Store a version of table ``name`` at ``step`` (None: the current metrics
+        step): a pandas or polars DataFrame, a list of dicts, or a list of rows with
+        ``columns``. The values go to ``artifacts/tables/<name>.jsonl`` (columnar JSON
+        lines that pandas and DuckDB read), an event records the version (docs/format.md,
+        tables); read back with ``run.tables``."""
+        from expman import media, tables
+        media.check_tag(name, "log_table: name")
+        at = media.check_step(step, "log_table: step")
+        cols, values, n = tables.columns_of(data, columns, f"log_table({name!r})")
+        self._check_open()
+        at = self._media_step(at)
+        payload = tables.encode_version(at, cols, values, n)
+        rel = tables.table_relpath(name)
+        if self._muted:
+            return
+        with self._media_lock:
+            fd = open_under(self._run_dir, rel, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                            make_dirs=True)
+            try:
+                offset = os.fstat(fd).st_size
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            self._log_event({"kind": tables.TABLE_KIND, "name": name, "step": at,
+                             "time": time.time(), "path": rel, "columns": cols,
+                             "rows": n, "offset": offset, "length": len(payload)})
 
     def _media_step(self, step: int | None) -> int:
         if step is not None:

@@ -144,6 +144,13 @@ class Run:
         return images(self)
 
     @property
+    def tables(self) -> dict[str, list[Any]]:
+        """name -> versions of tables logged with ``log_table``/``wandb.Table``, in
+        order (expman.tables.TableVersion: step, columns, rows, ``to_pandas()``)."""
+        from expman.tables import read_tables
+        return read_tables(self)
+
+    @property
     def env(self) -> dict[str, Any]:
         return self.meta.get("env") or {}
 

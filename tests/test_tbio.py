@@ -127,8 +127,8 @@ def test_import_report_counts_problems_per_run(tmp_path):
     assert runs[0].metrics["loss"].values.tolist() == [0.0, 1.0, 2.0, 3.0]
     assert runs[1].metrics["loss"].values.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert any("1 problems" in m["msg"] for m in runs[0].messages)
-    assert report[0]["first_event_time"] == min(
-        e.wall_time for _, e in tbio.read_events(events) if e.summary.value)
+    walls = [e.wall_time for _, e in tbio.read_events(events) if e.summary.value]
+    assert (report[0]["first_event_time"], report[0]["last_event_time"]) == (min(walls), max(walls))
 
 
 def test_import_keeps_each_points_wall_time_and_the_runs_span(tmp_path):

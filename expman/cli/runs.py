@@ -20,6 +20,7 @@ from expman.reader import Run, list_runs
 from expman.series import Metrics
 from expman.readmodel import artifact_states, integrity_problems
 from expman.readmodel import flatten_params as flatten
+from expman.tables import table_counts
 from expman.tail import RunTail
 from expman.watch import AlertTail, has_alerts, read_alerts
 
@@ -46,10 +47,33 @@ def run_info(run: Run, messages: int) -> dict[str, Any]:
         "metrics": {k: s.summary().to_dict() for k, s in run.metrics.items()},
         "messages": msgs[-messages:] if messages else [], "message_count": len(msgs),
         "artifacts": [a.to_dict() for a in artifact_states(run.path, run.events)],
+        "media": media_counts(run),
         "integrity": run.integrity,
         "write_error": run.meta.get("write_error"),
         "alerts": [a.to_event() for a in read_alerts(run.path)],
     }
+
+
+def media_counts(run: Run) -> dict[str, Any]:
+    """Histograms and images (per tag) and tables (versions, rows per name) the run logged."""
+    return {"histograms": {tag: len(v) for tag, v in run.histograms.items()},
+            "images": {tag: len(v) for tag, v in run.images.items()},
+            "tables": table_counts(run.events)}
+
+
+def media_text(media: dict[str, Any]) -> list[str]:
+    """``40 histograms (2 tags)``-style lines, then one line per table."""
+    lines = []
+    for kind in ("histograms", "images"):
+        tags = media[kind]
+        if tags:
+            lines.append(f"{plural(sum(tags.values()), kind[:-1])} ({plural(len(tags), 'tag')}: "
+                         + ", ".join(safe(t) for t in list(tags)[:5])
+                         + (", ..." if len(tags) > 5 else "") + ")")
+    for name, c in media["tables"].items():
+        lines.append(f"table {safe(name)}: {plural(c['versions'], 'version')}, "
+                     f"{plural(c['rows'], 'row')}")
+    return lines
 
 
 def exit_text(exit: dict[str, Any] | None) -> str | None:
@@ -149,6 +173,12 @@ def print_show(info: dict[str, Any]) -> None:
                     ("missing" if not a["present"] else "")
                     + ("" if a["consistent"] else " changed while copied"))
                    for a in arts], right=[1], indent="  "))
+    media = media_text(info["media"])
+    if media:
+        out()
+        out("media")
+        for line in media:
+            out(f"  {line}")
     out()
     out("integrity")
     for line in integrity_text(info["integrity"], info["status"] == RUNNING):
