@@ -738,9 +738,17 @@ cdef double _to_double(object key, object value) except? -1.0:
         raise ExpmanValueError(
             f"log_metrics: value for {key!r} is too large for a float64: {value!r:.60}") from None
     except (TypeError, ValueError, RuntimeError) as e:
+        if getattr(value, "size", None) == 1 and hasattr(value, "item"):
+            # one rule for one element: numpy's [3.0] as torch's tensor([3.0]) (never learned)
+            item = value.item()
+            if not isinstance(item, (str, bytes)):
+                try:
+                    return float(item)
+                except (TypeError, ValueError, OverflowError):
+                    pass
         raise ExpmanTypeError(
-            f"log_metrics: value for {key!r} must be a number, got "
-            f"{type(value).__name__} ({value!r:.60}): {e}") from None
+            f"log_metrics: value for {key!r} must be a number (or an array or tensor of "
+            f"one element), got {type(value).__name__} ({value!r:.60}): {e}") from None
     if (_n_num_types < NUM_TYPES and not (tp.__flags__ & (1 << 9))   # Py_TPFLAGS_HEAPTYPE
             and hasattr(tp, "__float__")
             and not hasattr(tp, "detach")
