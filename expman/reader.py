@@ -36,7 +36,7 @@ from expman.tail import RunTail, TailBatch, read_metrics, warn_damage
 
 __all__ = ["open_run", "list_runs", "update_index", "run_duration", "Run", "Series", "Metrics", "RunSummary",
            "RunListCache", "RunStatus", "rank_losses",
-           "RunTail", "TailBatch", "effective_status", "STATUSES", "read_metrics"]
+           "RunTail", "TailBatch", "effective_status", "STATUSES", "read_metrics", "public_events"]
 
 def run_duration(meta: dict[str, Any], status: str, path: Path) -> float | None:
     """Seconds the run lasted: recorded at close; while running, the time so far;
@@ -70,6 +70,15 @@ def _params(path: str) -> tuple[dict[str, Any], tuple[int, ...] | None]:
             return {}, None     # a link to nothing counts as absent, as it always did
         raise
     return parse_json_object(data, path), _key(st)
+
+
+KEY_KIND = "key"     # events.jsonl's copies of metric-name definitions: the format's, not the user's
+
+
+def public_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``events`` without the internal ``key`` records (docs/format.md, events.jsonl);
+    the key table is ``expman.summary.read_event_keys(run.path)``."""
+    return [e for e in events if e.get("kind") != KEY_KIND]
 
 
 @dataclass
@@ -193,7 +202,8 @@ class Run:
             raw[k] = s
         self._raw = Metrics(raw)
         self.metrics = self._raw.reduce(self._duplicates) if self._duplicates else self._raw
-        self.events.extend(batch.events)
+        events = public_events(batch.events)
+        self.events.extend(events)
         if batch.meta_changed:
             self.meta = self._tail.meta
         try:
@@ -202,7 +212,7 @@ class Run:
             pass
         self.integrity = _integrity(self._tail.integrity, self._tail.bad_event_lines,
                                     self.meta, self.path)
-        return batch.metrics.points + len(batch.events)
+        return batch.metrics.points + len(events)
 
 
 def _integrity(report: dict[str, Any], bad_lines: int, meta: dict[str, Any], path: Path,
@@ -317,7 +327,8 @@ def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
         for name in (tail._keys[k] for k in sorted(tail._keys))}
     raw = Metrics(series)
     view = raw.reduce(duplicates) if duplicates is not None else raw
-    return Run(p, tail.meta, params, batch.events, view, integrity, tail, duplicates, raw, rank)
+    return Run(p, tail.meta, params, public_events(batch.events), view, integrity, tail, duplicates,
+               raw, rank)
 
 
 def _open_rank(p: Path, rank: int, salvage: bool, duplicates: str | None) -> Run:
@@ -360,7 +371,8 @@ def _open_rank(p: Path, rank: int, salvage: bool, duplicates: str | None) -> Run
         events, bad = [], 0
     integrity = _integrity(report, bad, run_meta, p, rank, meta)
     warn_damage(p / rank_file(METRICS_FILE, rank), integrity, salvage, 3)
-    return Run(p, meta, params, events, metrics, integrity, None, duplicates, raw, rank)
+    return Run(p, meta, params, public_events(events), metrics, integrity, None, duplicates, raw,
+               rank)
 
 
 @dataclass(frozen=True)
