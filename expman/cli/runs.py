@@ -12,7 +12,7 @@ import orjson
 from expman.cli._common import BASE, DIGITS, JSON, add_base_positional, command, remote_run
 from expman.cli._common import base_arg, load, need_base, resolve
 from expman.cli._text import (
-    CliError, clock, count, duration, emit_json, num, out, param_text, plural, size,
+    CliError, clock, count, duration, emit_json, num, num_columns, out, param_text, plural, size,
     table, when, note, safe,
 )
 from expman.layout import CRASHED, DAMAGED, RUNNING, STATUSES, jsonable
@@ -142,9 +142,9 @@ def print_show(info: dict[str, Any]) -> None:
         nan_col = any(m["nan_count"] for m in metrics.values())
         headers = ["NAME", "COUNT"] + (["NAN"] if nan_col else []) + ["MIN", "MAX", "LAST", "STEP"]
         shown = list(metrics.items())[:MAX_SHOWN_METRICS]
-        rows = [[k, count(m["count"])] + ([count(m["nan_count"])] if nan_col else [])
-                + [num(m["min"]), num(m["max"]), num(m["last_value"]), num(m["last_step"])]
-                for k, m in shown]
+        rows = num_columns([[k, count(m["count"])] + ([count(m["nan_count"])] if nan_col else [])
+                            + [m["min"], m["max"], m["last_value"], m["last_step"]]
+                            for k, m in shown])
         out(table(headers, rows, right=range(1, len(headers)), indent="  "))
         if len(metrics) > len(shown):
             out(f"  ... and {count(len(metrics) - len(shown))} more series "
@@ -362,8 +362,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out(f"(same in every run: {text}{', ...' if len(same) > 6 else ''}; --all shows them)")
     out()
     if finals:
-        out(table(["FINAL METRIC", *labels], [[n, *(num(v) for v in vals)]
-                                              for n, vals in finals.items()],
+        out(table(["FINAL METRIC", *labels], num_columns([[n, *vals]
+                                                          for n, vals in finals.items()],
+                                                         by_row=True),
                   right=range(1, len(labels) + 1)))
     else:
         out("no metrics")
