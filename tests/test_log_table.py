@@ -109,8 +109,12 @@ def test_a_damaged_or_hostile_table_skips_that_version_only(make_run, tmp_path):
     assert list(got) == ["a"] and [v.rows for v in got["a"]] == [[[1]]]
 
 
-def test_show_lists_tables_media_and_versions(make_run, capsys):
+def test_show_lists_tables_media_and_versions(make_run, capsys, tmp_path):
     exp = make_run("t", "r")
+    model = tmp_path / "model.pt"
+    for content in (b"one", b"two"):
+        model.write_bytes(content)
+        exp.save_artifact(model)
     for step in range(3):
         exp.log_histogram("w", np.arange(10.0), step=step)
     exp.log_image("img", np.zeros((2, 2), dtype=np.uint8), step=0)
@@ -121,6 +125,7 @@ def test_show_lists_tables_media_and_versions(make_run, capsys):
     text = capsys.readouterr().out
     assert "3 histograms (1 tag: w)" in text and "1 image (1 tag: img)" in text
     assert "table samples: 2 versions, 3 rows" in text
+    assert "model.pt (v2)" in text and text.count("model.pt") == 2
     assert cli_main(["show", str(exp.run_dir), "--json"]) == 0
     media = json.loads(capsys.readouterr().out)["media"]
     assert media == {"histograms": {"w": 3}, "images": {"img": 1},
