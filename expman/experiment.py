@@ -366,25 +366,30 @@ class Experiment(_core.Core):
 
     # ---- media (expman.media does the work; docs/format.md, media) ----------------------------
     def log_histogram(self, tag: str, values: Any = None, step: int | None = None, bins: int = 64,
-                      edges: Any = None, counts: Any = None) -> None:
+                      edges: Any = None, counts: Any = None, *,
+                      wall_time: float | None = None) -> None:
         """Store a histogram exactly: bin ``values`` (``bins`` equal bins, or the given
         ``edges``), or take ``edges`` and ``counts`` as they are. One event line;
-        ``step=None`` means the current metrics step (0 before any)."""
+        ``step=None`` means the current metrics step (0 before any); ``wall_time``
+        (Unix seconds) keeps an imported record's own time instead of now."""
         from expman import media
         media.check_tag(tag)
         at = media.check_step(step)
+        when = _wall_time("log_histogram", tag, wall_time)
         record = media.histogram_record(tag, values, bins, edges, counts)
         self._log_event({"kind": "histogram", "tag": tag,
-                         "step": self._media_step(at), "time": time.time(), **record})
+                         "step": self._media_step(at), "time": when, **record})
 
     def log_image(self, tag: str, image: Any, step: int | None = None, *,
-                  dataformats: str | None = None) -> Path:
+                  dataformats: str | None = None, wall_time: float | None = None) -> Path:
         """Store an image as ``artifacts/media/<tag>/<step>.png`` and an event naming
         tag and step. Takes PNG bytes, a path, a PIL image, a matplotlib figure or
-        an HW/HWC/CHW array (``dataformats`` says which when ambiguous)."""
+        an HW/HWC/CHW array (``dataformats`` says which when ambiguous); ``wall_time``
+        as in ``log_histogram``."""
         from expman import media
         media.check_tag(tag)
         at = media.check_step(step)
+        when = _wall_time("log_image", tag, wall_time)
         self._check_open()
         png = media.image_to_png(image, tag, dataformats)
         width, height = media.png_size(png)
@@ -394,7 +399,7 @@ class Experiment(_core.Core):
         import hashlib
         self._log_event({"kind": "image", "tag": tag, "step": at, "path": rel, "width": width,
                          "height": height, "size": len(png),
-                         "sha256": hashlib.sha256(png).hexdigest(), "time": time.time()})
+                         "sha256": hashlib.sha256(png).hexdigest(), "time": when})
         return path
 
     def log_table(self, name: str, data: Any, columns: Sequence[str] | None = None,
@@ -658,21 +663,14 @@ class Experiment(_core.Core):
         and a wandb image caption are. ``step=None`` means the current metrics step
         (0 before any); ``wall_time`` (Unix seconds) keeps an imported record's own
         time instead of now."""
-        import math
-
         from expman import media
         if not isinstance(tag, str):
             raise ExpmanTypeError(f"log_text: tag must be a str, got {type(tag).__name__} "
                                   f"({tag!r:.60})")
         at = media.check_step(step)
-        if wall_time is None:
-            wall_time = time.time()
-        elif isinstance(wall_time, bool) or not isinstance(wall_time, (int, float)) \
-                or not math.isfinite(wall_time):
-            raise ExpmanValueError(f"log_text({tag!r}): wall_time must be finite Unix seconds, "
-                                   f"got {wall_time!r}")
+        when = _wall_time("log_text", tag, wall_time)
         self._check_open()
-        self._log_event({"kind": "message", "level": "info", "time": float(wall_time),
+        self._log_event({"kind": "message", "level": "info", "time": when,
                          "msg": text if isinstance(text, str) else str(text), "tag": tag,
                          "step": self._media_step(at)})
 
@@ -722,6 +720,17 @@ class Experiment(_core.Core):
             warnings.warn(f"expman: {self!r} was not closed; closing it (FINISHED)",
                           ResourceWarning, source=self)
             self._close_at_exit(FINISHED, None)
+
+
+def _wall_time(call: str, tag: str, wall_time: object) -> float:
+    """An imported record's own time (Unix seconds), or now when None."""
+    if wall_time is None:
+        return time.time()
+    if isinstance(wall_time, bool) or not isinstance(wall_time, (int, float)) \
+            or not 0 <= wall_time < MAX_WALL_TIME:
+        raise ExpmanValueError(f"{call}({tag!r}): wall_time must be Unix seconds in "
+                               f"[0, {MAX_WALL_TIME:.0f}), got {wall_time!r:.60}")
+    return float(wall_time)
 
 
 def _stop_watch(exp: Experiment) -> None:

@@ -402,10 +402,10 @@ def _import_value(exp: Any, value: Any, tag: str, plugin: str, step: int, wall_t
         texts = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
                  for x in arr.ravel().tolist()]
         exp.log_text(value.tag, "\n".join(texts), step, wall_time=wall_time)
-    elif kind == "histo" and _import_histogram(exp, value.tag, value.histo, step):
+    elif kind == "histo" and _import_histogram(exp, value.tag, value.histo, step, wall_time):
         pass
     elif kind == "image" and value.image.encoded_image_string.startswith(b"\x89PNG\r\n\x1a\n"):
-        exp.log_image(value.tag, value.image.encoded_image_string, step)
+        exp.log_image(value.tag, value.image.encoded_image_string, step, wall_time=wall_time)
     elif plugin == "hparams":
         from tensorboard.plugins.hparams import plugin_data_pb2
         try:
@@ -419,14 +419,14 @@ def _import_value(exp: Any, value: Any, tag: str, plugin: str, step: int, wall_t
         skipped[label] = skipped.get(label, 0) + 1
 
 
-def _import_histogram(exp: Any, tag: str, histo: Any, step: int) -> bool:
+def _import_histogram(exp: Any, tag: str, histo: Any, step: int, wall_time: float) -> bool:
     """A HistogramProto back to edges and counts (media.edges_from_limits)."""
     from expman.media import edges_from_limits
     got = edges_from_limits(float(histo.min), [float(x) for x in histo.bucket_limit],
                             [float(c) for c in histo.bucket])
     if got is None:
         return False
-    exp.log_histogram(tag, step=step, edges=got[0], counts=got[1])
+    exp.log_histogram(tag, step=step, edges=got[0], counts=got[1], wall_time=wall_time)
     return True
 
 

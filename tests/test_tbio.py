@@ -143,6 +143,8 @@ def test_import_keeps_each_points_wall_time_and_the_runs_span(tmp_path):
         for step, t in enumerate(walls):
             w.add_scalar("loss", 1.0 / (step + 1), step, walltime=t)
             w.add_scalars("acc", {"train": step / 10}, step, walltime=t + 0.5)
+        w.add_histogram("w", np.arange(20.0), 2, walltime=walls[2])
+        w.add_text("note", "hello", 1, walltime=walls[1])
     (made,) = tbio.import_tensorboard(logdir, tmp_path / "runs", "x")
     run = expman.open_run(made)
     tb = _accumulate(logdir / "old").Scalars("loss")
@@ -150,6 +152,8 @@ def test_import_keeps_each_points_wall_time_and_the_runs_span(tmp_path):
     assert np.abs(np.asarray(run.metrics["loss"].times) - [e.wall_time for e in tb]).max() < 1e-6
     assert np.abs(np.asarray(run.metrics["acc/train"].times)
                   - [t + 0.5 for t in walls]).max() < 1e-6
+    assert [h.time for h in run.histograms["w"]] == [walls[2]]
+    assert [m["time"] for m in run.messages if m.get("tag") == "note/text_summary"] == [walls[1]]
     assert run.meta["start_time"] == min(walls)
     assert run.meta["end_time"] == pytest.approx(walls[4] + 0.5, abs=1e-6)
     assert run.meta["duration"] == pytest.approx(walls[4] + 0.5 - min(walls), abs=1e-6)
