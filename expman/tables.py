@@ -30,7 +30,8 @@ from expman import layout
 from expman.errors import ExpmanTypeError, ExpmanValueError
 
 __all__ = ["TableVersion", "TABLE_KIND", "STEP_COLUMN", "table_relpath", "encode_version",
-           "check_columns", "columns_of", "read_tables", "table_counts"]
+           "check_columns", "columns_of", "read_tables", "table_counts", "version_records",
+           "read_version"]
 
 TABLE_KIND = "table"
 STEP_COLUMN = "_step"           # each stored row's version step; no user column may take it
@@ -183,56 +184,59 @@ def _int(x: Any) -> int | None:
     return x if isinstance(x, int) and not isinstance(x, bool) and x >= 0 else None
 
 
-def read_tables(run: Any) -> dict[str, list[TableVersion]]:
-    """name -> its versions in logged order, from ``run.events`` and the table files."""
+def version_records(events: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """name -> its well-formed ``table`` events in logged order (no file is read).
+    A record with a wrong type, or a path other than the name's own file, is left out."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for ev in events:
+        if ev.get("kind") != TABLE_KIND:
+            continue
+        name, cols, rel = ev.get("name"), ev.get("columns"), ev.get("path")
+        if (isinstance(name, str) and name and _int(ev.get("step")) is not None
+                and _int(ev.get("offset")) is not None and _int(ev.get("length")) is not None
+                and isinstance(cols, list) and all(isinstance(c, str) for c in cols)
+                and isinstance(rel, str) and rel == table_relpath(name)):
+            out.setdefault(name, []).append(dict(ev))
+    return out
+
+
+def read_version(run_dir: str | os.PathLike[str], record: Mapping[str, Any]) -> TableVersion | None:
+    """The version one record of ``version_records`` names, or None when its bytes are
+    missing or do not parse (a damaged file), or its file is a link or not a file."""
     from expman._fsutil import open_under, read_range
-    root = Path(run.path)
-    out: dict[str, list[TableVersion]] = {}
-    fds: dict[str, int | None] = {}
     try:
-        for ev in run.events:
-            if ev.get("kind") != TABLE_KIND:
-                continue
-            name, step, cols = ev.get("name"), _int(ev.get("step")), ev.get("columns")
-            offset, length, rel = _int(ev.get("offset")), _int(ev.get("length")), ev.get("path")
-            if not (isinstance(name, str) and name and step is not None and offset is not None
-                    and length is not None and isinstance(cols, list)
-                    and all(isinstance(c, str) for c in cols)
-                    and isinstance(rel, str) and rel == table_relpath(name)):
-                continue
-            if rel not in fds:
-                try:
-                    fds[rel] = open_under(root, rel, os.O_RDONLY)
-                except OSError:             # missing, a link, a FIFO: that table is not read
-                    fds[rel] = None
-            fd = fds[rel]
-            if fd is None:
-                continue
-            data = _parse(read_range(fd, offset, offset + length), length, cols)
-            if data is None:
-                continue
-            t = ev.get("time")
-            out.setdefault(name, []).append(TableVersion(
-                name, step, list(cols), data,
-                float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None))
+        fd = open_under(Path(os.fspath(run_dir)), record["path"], os.O_RDONLY)
+    except OSError:                 # missing, a link, a FIFO: that version is not read
+        return None
+    try:
+        offset, length = record["offset"], record["length"]
+        data = _parse(read_range(fd, offset, offset + length), length, record["columns"])
     finally:
-        for fd in fds.values():
-            if fd is not None:
-                os.close(fd)
+        os.close(fd)
+    if data is None:
+        return None
+    t = record.get("time")
+    return TableVersion(record["name"], record["step"], list(record["columns"]), data,
+                        float(t) if isinstance(t, (int, float)) and not isinstance(t, bool)
+                        else None)
+
+
+def read_tables(run: Any) -> dict[str, list[TableVersion]]:
+    """name -> its versions in logged order, from ``run.events`` and the table files
+    (a version that cannot be read is left out)."""
+    out: dict[str, list[TableVersion]] = {}
+    for name, records in version_records(run.events).items():
+        versions = [v for v in (read_version(run.path, r) for r in records) if v is not None]
+        if versions:
+            out[name] = versions
     return out
 
 
 def table_counts(events: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
     """name -> {"versions", "rows"} as the events record them (no table file is read:
     for listings such as ``expman show``)."""
-    out: dict[str, dict[str, int]] = {}
-    for ev in events:
-        if ev.get("kind") != TABLE_KIND or not isinstance(ev.get("name"), str):
-            continue
-        c = out.setdefault(ev["name"], {"versions": 0, "rows": 0})
-        c["versions"] += 1
-        c["rows"] += _int(ev.get("rows")) or 0
-    return out
+    return {name: {"versions": len(records), "rows": sum(_int(r.get("rows")) or 0 for r in records)}
+            for name, records in version_records(events).items()}
 
 
 def _parse(data: bytes, length: int, columns: list[str]) -> dict[str, list[Any]] | None:
