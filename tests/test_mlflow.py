@@ -34,6 +34,7 @@ def mlflow_script(mlflow, files: Path) -> tuple[str, str]:
             mlflow.log_metrics({"acc": 0.5 + epoch / 10, "lr": 0.01 * 0.5 ** epoch}, step=epoch)
         mlflow.log_metric("final_acc", 0.9)             # step 0, MLflow's default
         mlflow.log_metric("final_acc", 0.95)            # a second point at step 0
+        mlflow.log_metric("replayed", 0.7, step=5, timestamp=1_600_000_000_123)   # its own time
         (files / "notes.txt").write_text("hello")
         mlflow.log_artifact(str(files / "notes.txt"))
         mlflow.log_artifact(str(files / "notes.txt"), artifact_path="docs")
@@ -73,7 +74,8 @@ def mlflow_recorded(client, run_id: str) -> dict:
             out += files(f.path) if f.is_dir else [f.path]
         return out
 
-    times = [m.timestamp for key in run.data.metrics for m in client.get_metric_history(run_id, key)]
+    times = {key: [m.timestamp for m in client.get_metric_history(run_id, key)]
+             for key in run.data.metrics}
     return {"params": dict(run.data.params), "metrics": metrics,
             "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
             "parent": run.data.tags.get("mlflow.parentRunId"), "status": run.info.status,
@@ -93,7 +95,7 @@ def expman_recorded(run_dir: Path) -> dict:
             "tags": {k: v for k, v in tags.items() if not k.startswith("mlflow.")},
             "parent": tags.get("mlflow.parentRunId"), "status": run.status,
             "artifacts": files,
-            "times": [t * 1000 for s_ in run.metrics.values() for t in s_.times]}
+            "times": {key: [round(t * 1000) for t in s_.times] for key, s_ in run.metrics.items()}}
 
 
 # MLflow's own store (SQLAlchemy, its model registry) warns about its dependencies
@@ -114,14 +116,19 @@ def test_one_mlflow_script_records_the_same_in_expman_and_in_mlflow(tmp_path, mo
     for real_run, our_run in zip(real, ours):
         for field in ("params", "metrics", "tags", "artifacts", "status"):
             assert our_run[field] == real_run[field], field
-        # no explicit timestamp: both keep the time each point was logged
-        assert all(t0 - 1000 <= t <= t1 + 1000 for t in our_run["times"] + real_run["times"])
+        # an explicit timestamp is that point's time in both; else the time it was logged
+        mine, theirs = our_run["times"], real_run["times"]
+        assert mine.pop("replayed", None) == theirs.pop("replayed", None)
+        assert all(t0 - 1000 <= t <= t1 + 1000 for ts in [*mine.values(), *theirs.values()]
+                   for t in ts)
     assert (real[1]["parent"], ours[1]["parent"]) == (real_ids[0], ours_ids[0])
     assert ours_ids[0] == "train"
     assert real_ids[0] != "train"       # MLflow's ids are uuids; expman's are the run name
     assert real[0]["params"]["betas"] == "[0.9, 0.999]"
     assert real[0]["metrics"]["final_acc"] == [(0, 0.9), (0, 0.95)]
-    assert len(real[0]["artifacts"]) == 8 and len(real[0]["metrics"]) == 4
+    assert len(real[0]["artifacts"]) == 8 and len(real[0]["metrics"]) == 5
+    assert expman_recorded(tmp_path / "runs" / "mnist" / ours_ids[0])["times"]["replayed"] == [
+        1_600_000_000_123]
     # the nested run and its parent share one group, named after the parent
     parent, child = (expman.open_run(tmp_path / "runs" / "mnist" / r) for r in ours_ids)
     assert parent.meta[runmeta.GROUP] == child.meta[runmeta.GROUP] == "train"
