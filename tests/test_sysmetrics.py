@@ -76,10 +76,12 @@ def test_sample_has_process_and_node_series_with_sane_values():
 
 
 def test_io_rates_are_per_second_deltas():
+    # read before the sampler takes its base, and after it samples: the counters only
+    # grow, so other processes' traffic meanwhile cannot make the bound false
+    before = psutil.net_io_counters().bytes_sent
     sampler = sysmetrics.SystemSampler(psutil, node=True)
     if sampler._last_io is None or sampler._last_io[2] != sampler._last_io[2]:
         pytest.skip("this host exposes no network counters")
-    before = psutil.net_io_counters().bytes_sent
     import socket
     a, b = socket.socketpair()
     with a, b:                                    # loopback traffic shows in the counters
