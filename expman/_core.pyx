@@ -176,7 +176,15 @@ cdef class Core:
 
         Validates the whole call before storing anything; never waits for I/O.
         """
-        _log_row(self, metrics, step, True)
+        _log_row(self, metrics, step, True, -1)
+
+    def _log_at(self, dict metrics not None, step, int64_t time_us):
+        """Log one row that keeps its own wall-clock time (microseconds since
+        the Unix epoch, >= 0), for importers (Experiment.log_metrics_at); off
+        the hot path, otherwise exactly log_metrics."""
+        if time_us < 0 or time_us > 0x7FFFFFFFFFFFFFFF // 1000:
+            raise ExpmanValueError(f"_log_at: time_us must be in [0, 2**63 // 1000], got {time_us}")
+        _log_row(self, metrics, step, True, time_us * 1000)
 
     def _log_side(self, dict metrics not None, step):
         """Log one row at an explicit step without reading or advancing the
@@ -184,7 +192,7 @@ cdef class Core:
         move the user's step sequence."""
         if step is None:
             raise ExpmanTypeError("_log_side: step must be an int, not None")
-        _log_row(self, metrics, step, False)
+        _log_row(self, metrics, step, False, -1)
 
     cdef uint32_t _lookup(self, object key, Py_ssize_t i) except? 0xFFFFFFFE:
         """Id of a known key (caching it at dict position i), or 0xFFFFFFFF."""
@@ -497,8 +505,10 @@ cdef class Core:
         exlog_test_fault(self._w, write_every, fsync_every, err)
 
 
-cdef inline int _log_row(Core self, dict metrics, object step, bint advance) except -1:
-    """The body of log_metrics and _log_side; ``advance``: step=None counts and moves."""
+cdef inline int _log_row(Core self, dict metrics, object step, bint advance,
+                         int64_t t_ns) except -1:
+    """The body of log_metrics, _log_at and _log_side; ``advance``: step=None counts
+    and moves; ``t_ns``: the row's time (ns since the epoch), or -1 for now."""
     cdef Py_ssize_t pos = 0, n = PyDict_Size(metrics), i = 0, j
     cdef PyObject *k
     cdef PyObject *v
@@ -613,7 +623,7 @@ cdef inline int _log_row(Core self, dict metrics, object step, bint advance) exc
     rec.n = <uint32_t>n
     rec.len = 0
     rec.step = s
-    rec.t_ns = exlog_wall_ns()
+    rec.t_ns = exlog_wall_ns() if t_ns < 0 else t_ns
     memcpy(p + EXLOG_REC_HEADER, ids, 4 * n)
     memcpy(p + EXLOG_REC_HEADER + ids_bytes, vals, 8 * n)
     exlog_commit(self._w, size)
@@ -735,9 +745,17 @@ cdef double _to_double(object key, object value) except? -1.0:
         raise ExpmanValueError(
             f"log_metrics: value for {key!r} is too large for a float64: {value!r:.60}") from None
     except (TypeError, ValueError, RuntimeError) as e:
+        if getattr(value, "size", None) == 1 and hasattr(value, "item"):
+            # one rule for one element: numpy's [3.0] as torch's tensor([3.0]) (never learned)
+            item = value.item()
+            if not isinstance(item, (str, bytes)):
+                try:
+                    return float(item)
+                except (TypeError, ValueError, OverflowError):
+                    pass
         raise ExpmanTypeError(
-            f"log_metrics: value for {key!r} must be a number, got "
-            f"{type(value).__name__} ({value!r:.60}): {e}") from None
+            f"log_metrics: value for {key!r} must be a number (or an array or tensor of "
+            f"one element), got {type(value).__name__} ({value!r:.60}): {e}") from None
     if (_n_num_types < NUM_TYPES and not (tp.__flags__ & (1 << 9))   # Py_TPFLAGS_HEAPTYPE
             and hasattr(tp, "__float__")
             and not hasattr(tp, "detach")

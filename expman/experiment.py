@@ -14,13 +14,13 @@ import warnings
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from expman import (
     _core, branches, environment, launcher, layout, lifecycle, loss, runlock, runmeta, summary,
 )
 from expman._fsutil import (
-    atomic_write_json, check_name, check_relative, inside, read_json_nofollow,
+    atomic_write_json, check_name, check_relative, inside, open_under, read_json_nofollow,
 )
 from expman.artifacts import ArtifactCopier
 from expman.errors import (
@@ -40,6 +40,7 @@ _O_BINARY = getattr(os, "O_BINARY", 0)
 # More distinct metric names than this is almost always a name built from the step
 # (f"loss_{step}"): each one becomes a series. Warned once, with the count.
 MANY_METRIC_NAMES = 10_000
+MAX_WALL_TIME = 9.2e9      # Unix seconds a row's int64 nanosecond time holds (year 2261)
 
 
 class Experiment(_core.Core):
@@ -434,25 +435,30 @@ class Experiment(_core.Core):
 
     # ---- media (expman.media does the work; docs/format.md, media) ----------------------------
     def log_histogram(self, tag: str, values: Any = None, step: int | None = None, bins: int = 64,
-                      edges: Any = None, counts: Any = None) -> None:
+                      edges: Any = None, counts: Any = None, *,
+                      wall_time: float | None = None) -> None:
         """Store a histogram exactly: bin ``values`` (``bins`` equal bins, or the given
         ``edges``), or take ``edges`` and ``counts`` as they are. One event line;
-        ``step=None`` means the current metrics step (0 before any)."""
+        ``step=None`` means the current metrics step (0 before any); ``wall_time``
+        (Unix seconds) keeps an imported record's own time instead of now."""
         from expman import media
         media.check_tag(tag)
         at = media.check_step(step)
+        when = _wall_time("log_histogram", tag, wall_time)
         record = media.histogram_record(tag, values, bins, edges, counts)
         self._log_event({"kind": "histogram", "tag": tag,
-                         "step": self._media_step(at), "time": time.time(), **record})
+                         "step": self._media_step(at), "time": when, **record})
 
     def log_image(self, tag: str, image: Any, step: int | None = None, *,
-                  dataformats: str | None = None) -> Path:
+                  dataformats: str | None = None, wall_time: float | None = None) -> Path:
         """Store an image as ``artifacts/media/<tag>/<step>.png`` and an event naming
         tag and step. Takes PNG bytes, a path, a PIL image, a matplotlib figure or
-        an HW/HWC/CHW array (``dataformats`` says which when ambiguous)."""
+        an HW/HWC/CHW array (``dataformats`` says which when ambiguous); ``wall_time``
+        as in ``log_histogram``."""
         from expman import media
         media.check_tag(tag)
         at = media.check_step(step)
+        when = _wall_time("log_image", tag, wall_time)
         self._check_open()
         png = media.image_to_png(image, tag, dataformats)
         width, height = media.png_size(png)
@@ -462,8 +468,39 @@ class Experiment(_core.Core):
         import hashlib
         self._log_event({"kind": "image", "tag": tag, "step": at, "path": rel, "width": width,
                          "height": height, "size": len(png),
-                         "sha256": hashlib.sha256(png).hexdigest(), "time": time.time()})
+                         "sha256": hashlib.sha256(png).hexdigest(), "time": when})
         return path
+
+    def log_table(self, name: str, data: Any, columns: Sequence[str] | None = None,
+                  step: int | None = None) -> None:
+        """Store a version of table ``name`` at ``step`` (None: the current metrics
+        step): a pandas or polars DataFrame, a list of dicts, or a list of rows with
+        ``columns``. The values go to ``artifacts/tables/<name>.jsonl`` (columnar JSON
+        lines that pandas and DuckDB read), an event records the version (docs/format.md,
+        tables); read back with ``run.tables``."""
+        from expman import media, tables
+        media.check_tag(name, "log_table: name")
+        at = media.check_step(step, "log_table: step")
+        cols, values, n = tables.columns_of(data, columns, f"log_table({name!r})")
+        self._check_open()
+        at = self._media_step(at)
+        payload = tables.encode_version(at, cols, values, n)
+        rel = tables.table_relpath(name)
+        if self._muted:
+            return
+        with self._media_lock:
+            fd = open_under(self._run_dir, rel, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                            make_dirs=True)
+            try:
+                offset = os.fstat(fd).st_size
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            self._log_event({"kind": tables.TABLE_KIND, "name": name, "step": at,
+                             "time": time.time(), "path": rel, "columns": cols,
+                             "rows": n, "offset": offset, "length": len(payload)})
 
     def _media_step(self, step: int | None) -> int:
         if step is not None:
@@ -533,13 +570,16 @@ class Experiment(_core.Core):
         else:
             self._finish(FAILED, lifecycle.describe_exception(exc, tb), raise_errors=False)
 
-    def close(self, status: str = FINISHED, *, exit: int | None = None) -> None:
+    def close(self, status: str = FINISHED, *, exit: int | None = None,
+              start_time: float | None = None, end_time: float | None = None) -> None:
         """Drain, fsync and mark the run FINISHED (or FAILED). Idempotent.
 
         ``exit``: the exit code the run ended with (``wandb.finish(exit_code=2)``),
         recorded in run.json as ``sys.exit(2)`` inside a ``with`` block is; a
-        non-zero code needs ``status="FAILED"``. Raises the writer's error, if any,
-        after the run is finalised.
+        non-zero code needs ``status="FAILED"``. ``start_time``/``end_time`` (Unix
+        seconds): an imported run's own span (its first and last event) recorded in
+        run.json instead of when this process opened and closed it. Raises the
+        writer's error, if any, after the run is finalised.
         """
         if not isinstance(status, str) or status.upper() not in (FINISHED, FAILED):
             raise ExpmanValueError(f"close: status must be 'FINISHED' or 'FAILED', got {status!r}")
@@ -549,23 +589,33 @@ class Experiment(_core.Core):
         if exit and status == FINISHED:
             raise ExpmanValueError(f"close: exit code {exit} with status FINISHED; a non-zero "
                                    "exit is close('FAILED', exit=...)")
+        times = {k: v for k, v in (("start_time", start_time), ("end_time", end_time))
+                 if v is not None}
+        for k, v in times.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) \
+                    or not 0 <= v < MAX_WALL_TIME:
+                raise ExpmanValueError(f"close: {k} must be Unix seconds in "
+                                       f"[0, {MAX_WALL_TIME:.0f}), got {v!r:.60}")
+        if start_time is not None and end_time is not None and end_time < start_time:
+            raise ExpmanValueError(f"close: end_time {end_time!r} is before start_time "
+                                   f"{start_time!r}")
         if status == FINISHED:
             info = None
         elif exit is not None:
             info = {"reason": "exit", "code": exit}
         else:
             info = {"reason": "close(status='FAILED')"}
-        self._finish(status, info, raise_errors=True)
+        self._finish(status, info, raise_errors=True, times=times)
 
     def _finish(self, status: str, exit_info: dict[str, Any] | None, raise_errors: bool,
-                reenter: bool = False) -> None:
+                reenter: bool = False, times: dict[str, float] | None = None) -> None:
         if os.getpid() != self._pid:
             return                           # a forked child never touches the parent's run
         with self._close_lock:
-            self._finish_locked(status, exit_info, raise_errors, reenter)
+            self._finish_locked(status, exit_info, raise_errors, reenter, times or {})
 
     def _finish_locked(self, status: str, exit_info: dict[str, Any] | None, raise_errors: bool,
-                       reenter: bool) -> None:
+                       reenter: bool, times: dict[str, float]) -> None:
         with self._meta_lock:
             # reenter: a SIGTERM handler interrupting this thread's own close()
             # completes it (the process ends right after, the outer close never resumes)
@@ -601,8 +651,9 @@ class Experiment(_core.Core):
         self._check_metric_names(stats["keys"])
         now = time.time()
         with self._meta_lock:
-            self._meta.update(status=status, end_time=now, exit=exit_info, stats=stats,
-                              duration=now - self._meta["start_time"])
+            self._meta.update(status=status, end_time=now, exit=exit_info, stats=stats)
+            self._meta.update(times)
+            self._meta["duration"] = self._meta["end_time"] - self._meta["start_time"]
             if error is not None:
                 self._meta["write_error"] = str(error)
             lost = [b + stats[k] for b, k in zip(self._loss_base, (
@@ -681,23 +732,28 @@ class Experiment(_core.Core):
         and a wandb image caption are. ``step=None`` means the current metrics step
         (0 before any); ``wall_time`` (Unix seconds) keeps an imported record's own
         time instead of now."""
-        import math
-
         from expman import media
         if not isinstance(tag, str):
             raise ExpmanTypeError(f"log_text: tag must be a str, got {type(tag).__name__} "
                                   f"({tag!r:.60})")
         at = media.check_step(step)
-        if wall_time is None:
-            wall_time = time.time()
-        elif isinstance(wall_time, bool) or not isinstance(wall_time, (int, float)) \
-                or not math.isfinite(wall_time):
-            raise ExpmanValueError(f"log_text({tag!r}): wall_time must be finite Unix seconds, "
-                                   f"got {wall_time!r}")
+        when = _wall_time("log_text", tag, wall_time)
         self._check_open()
-        self._log_event({"kind": "message", "level": "info", "time": float(wall_time),
+        self._log_event({"kind": "message", "level": "info", "time": when,
                          "msg": text if isinstance(text, str) else str(text), "tag": tag,
                          "step": self._media_step(at)})
+
+    def log_metrics_at(self, metrics: dict[str, Any], step: int | None, *,
+                       wall_time: float) -> None:
+        """``log_metrics`` for a point recorded elsewhere: it keeps its own ``wall_time``
+        (Unix seconds, stored to the microsecond) instead of now, so imported history
+        (TensorBoard's, MLflow's timestamps) keeps its times. Not for training loops."""
+        import math
+        if isinstance(wall_time, bool) or not isinstance(wall_time, (int, float)) \
+                or not math.isfinite(wall_time) or not 0 <= wall_time < MAX_WALL_TIME:
+            raise ExpmanValueError(f"log_metrics_at: wall_time must be Unix seconds in "
+                                   f"[0, {MAX_WALL_TIME:.0f}), got {wall_time!r:.60}")
+        self._log_at(metrics, step, round(wall_time * 1e6))
 
     # ---- watchdogs (expman.watch, docs/watch.md) --------------------------------------
     def log_alert(self, record: Mapping[str, Any]) -> None:
@@ -771,6 +827,17 @@ def _resume_guard(cls: type) -> type:
 def _same_fork(recorded: Any, wanted: dict[str, Any]) -> bool:
     return isinstance(recorded, dict) and recorded.get("parent") == wanted["parent"] \
         and recorded.get("step") == wanted["step"]
+
+
+def _wall_time(call: str, tag: str, wall_time: object) -> float:
+    """An imported record's own time (Unix seconds), or now when None."""
+    if wall_time is None:
+        return time.time()
+    if isinstance(wall_time, bool) or not isinstance(wall_time, (int, float)) \
+            or not 0 <= wall_time < MAX_WALL_TIME:
+        raise ExpmanValueError(f"{call}({tag!r}): wall_time must be Unix seconds in "
+                               f"[0, {MAX_WALL_TIME:.0f}), got {wall_time!r:.60}")
+    return float(wall_time)
 
 
 def _stop_watch(exp: Experiment) -> None:

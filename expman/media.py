@@ -22,7 +22,7 @@ from expman.errors import ExpmanTypeError, ExpmanValueError
 from expman.layout import ARTIFACTS_DIR, MEDIA_DIR
 
 __all__ = ["check_tag", "check_step", "histogram_record", "image_to_png", "encode_png",
-           "media_relpath", "PNG_SIGNATURE", "MAX_BINS"]
+           "media_relpath", "tag_parts", "PNG_SIGNATURE", "MAX_BINS"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_BINS = 10_000          # an events.jsonl line stays far below MAX_EVENT_LINE
@@ -353,6 +353,11 @@ def _escape_component(comp: str) -> str:
     return out
 
 
+def tag_parts(tag: str) -> list[str]:
+    """The tag's '/'-separated parts, each escaped as a file name (media_relpath)."""
+    return [_escape_component(c) for c in tag.split("/")]
+
+
 def media_relpath(tag: str, step: int, n: int = 0) -> str:
     """``artifacts/media/<escaped tag>/<step>.png`` (``<step>_<n>.png`` for a repeat).
 
@@ -360,7 +365,7 @@ def media_relpath(tag: str, step: int, n: int = 0) -> str:
     ASCII letter, digit, '-' or '_' becomes %XX (its UTF-8 bytes), so a tag
     never escapes the media folder and the name works on every OS.
     """
-    parts = [_escape_component(c) for c in tag.split("/")]
+    parts = tag_parts(tag)
     name = f"{step}.png" if n == 0 else f"{step}_{n}.png"
     return "/".join([ARTIFACTS_DIR, MEDIA_DIR, *parts, name])
 

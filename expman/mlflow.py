@@ -380,17 +380,14 @@ def _check_step(step: Any) -> int:
     return step
 
 
-_warned_timestamp = False
-
-
-def _note_timestamp(timestamp: Any) -> None:
-    """An explicit timestamp is not stored yet: each point keeps the time it was logged."""
-    global _warned_timestamp
-    if timestamp is not None and not _warned_timestamp:
-        _warned_timestamp = True
-        warnings.warn("expman.mlflow: log_metric(timestamp=...) is not kept; each point is "
-                      "stored with the time it was logged (docs/integrations.md)",
-                      RuntimeWarning, stacklevel=3)
+def _check_timestamp(timestamp: Any) -> float | None:
+    """MLflow's timestamp (ms since the epoch) as Unix seconds, or None for now."""
+    if timestamp is None:
+        return None
+    if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
+        raise ExpmanValueError(f"log_metric: timestamp must be milliseconds since the epoch, "
+                               f"got {timestamp!r:.60}")
+    return timestamp / 1000
 
 
 def log_metric(key: str, value: float, step: int | None = None, synchronous: bool | None = None,
@@ -407,8 +404,11 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None,
         raise _missing("log_metric(s)(" + ", ".join(f"{k}=" for k in kwargs) + ")")
     run = _run(run_id)
     at = _check_step(step)
-    _note_timestamp(timestamp)
-    run.experiment.log_metrics(dict(metrics), at)
+    wall_time = _check_timestamp(timestamp)
+    if wall_time is None:
+        run.experiment.log_metrics(dict(metrics), at)
+    else:
+        run.experiment.log_metrics_at(dict(metrics), at, wall_time=wall_time)
     for k, v in metrics.items():
         run.data.metrics[k] = v
 

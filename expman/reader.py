@@ -36,7 +36,7 @@ from expman.tail import RunTail, TailBatch, read_metrics, warn_damage
 
 __all__ = ["open_run", "list_runs", "update_index", "run_duration", "Run", "Series", "Metrics", "RunSummary",
            "RunListCache", "RunStatus", "rank_losses",
-           "RunTail", "TailBatch", "effective_status", "STATUSES", "read_metrics"]
+           "RunTail", "TailBatch", "effective_status", "STATUSES", "read_metrics", "public_events"]
 
 def run_duration(meta: dict[str, Any], status: str, path: Path) -> float | None:
     """Seconds the run lasted: recorded at close; while running, the time so far;
@@ -70,6 +70,15 @@ def _params(path: str) -> tuple[dict[str, Any], tuple[int, ...] | None]:
             return {}, None     # a link to nothing counts as absent, as it always did
         raise
     return parse_json_object(data, path), _key(st)
+
+
+KEY_KIND = "key"     # events.jsonl's copies of metric-name definitions: the format's, not the user's
+
+
+def public_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``events`` without the internal ``key`` records (docs/format.md, events.jsonl);
+    the key table is ``expman.summary.read_event_keys(run.path)``."""
+    return [e for e in events if e.get("kind") != KEY_KIND]
 
 
 @dataclass
@@ -145,6 +154,13 @@ class Run:
         """tag -> images logged with ``log_image``/``add_image`` (PNG paths), in order."""
         from expman.media_read import images
         return images(self)
+
+    @property
+    def tables(self) -> dict[str, list[Any]]:
+        """name -> versions of tables logged with ``log_table``/``wandb.Table``, in
+        order (expman.tables.TableVersion: step, columns, rows, ``to_pandas()``)."""
+        from expman.tables import read_tables
+        return read_tables(self)
 
     @property
     def env(self) -> dict[str, Any]:
@@ -228,7 +244,8 @@ class Run:
             raw[k] = s
         self._raw = Metrics(raw)
         self.metrics = self._raw.reduce(self._duplicates) if self._duplicates else self._raw
-        self.events.extend(batch.events)
+        events = public_events(batch.events)
+        self.events.extend(events)
         if batch.meta_changed:
             self.meta = self._tail.meta
         try:
@@ -237,7 +254,7 @@ class Run:
             pass
         self.integrity = _integrity(self._tail.integrity, self._tail.bad_event_lines,
                                     self.meta, self.path)
-        return batch.metrics.points + len(batch.events)
+        return batch.metrics.points + len(events)
 
 
     def _refresh_branched(self) -> int:
@@ -245,7 +262,7 @@ class Run:
         may have moved points out of the main history)."""
         assert self._tail is not None
         before = self.metrics.points
-        events = self._tail.poll_events()
+        events = public_events(self._tail.poll_events())
         self.events.extend(events)
         try:
             self.meta = read_meta_quietly(self.path, self.meta)
@@ -414,7 +431,8 @@ def open_run(path: str | os.PathLike[str], *, salvage: bool = False,
         for name in (tail._keys[k] for k in sorted(tail._keys))}
     raw = Metrics(series)
     view = raw.reduce(duplicates) if duplicates is not None else raw
-    return Run(p, tail.meta, params, batch.events, view, integrity, tail, duplicates, raw, rank)
+    return Run(p, tail.meta, params, public_events(batch.events), view, integrity, tail, duplicates,
+               raw, rank)
 
 
 def _open_branched(tail: RunTail, duplicates: str | None, branch: int | None) -> Run:
@@ -425,7 +443,7 @@ def _open_branched(tail: RunTail, duplicates: str | None, branch: int | None) ->
     except (OSError, ValueError) as e:
         params, params_error = {}, str(e)
     hist = _read_history(p, 0, tail.meta, branch, tail.salvage)
-    events = tail.poll_events()
+    events = public_events(tail.poll_events())
     integrity = _branch_integrity(
         _integrity(hist.report, tail.bad_event_lines, tail.meta, p), hist)
     if params_error:
@@ -486,8 +504,8 @@ def _open_rank(p: Path, rank: int, salvage: bool, duplicates: str | None,
     if hist is not None:
         integrity = _branch_integrity(integrity, hist)
     warn_damage(p / rank_file(METRICS_FILE, rank), integrity, salvage, 3)
-    return Run(p, meta, params, events, metrics, integrity, None, duplicates, raw, rank,
-               hist, branch)
+    return Run(p, meta, params, public_events(events), metrics, integrity, None, duplicates, raw,
+               rank, hist, branch)
 
 
 @dataclass(frozen=True)

@@ -122,13 +122,19 @@ class SystemSampler:
         self.psutil = psutil
         self.node = samples_node() if node is None else node
         self.proc = psutil.Process()
-        self.proc.cpu_percent(None)                   # primes the CPU clock
-        if self.node:
-            psutil.cpu_percent(None)
+        self.prime()
         self.index = 0
         self._last_t = time.monotonic()
         self._last_io = self._io_counters()
         self.gpus = _Gpus() if (self.node and gpus) else None
+
+    def prime(self) -> None:
+        """Start the CPU clocks the next ``sample()`` measures from: psutil's first
+        ``cpu_percent`` call only primes (it returns 0.0), and psutil keeps the
+        node-wide base per calling thread, so the thread that samples primes too."""
+        self.proc.cpu_percent(None)
+        if self.node:
+            self.psutil.cpu_percent(None)
 
     def _io_counters(self) -> tuple[float, float, float, float] | None:
         if not self.node:
@@ -204,6 +210,7 @@ class SamplerThread:
 
     def _loop(self) -> None:
         try:
+            self.sampler.prime()                  # in this thread: the first sample is real
             while not self._stop.wait(self.interval):
                 sink = self._sink()
                 if sink is None:

@@ -244,12 +244,13 @@ def _import_writer(parts: list[_Part], base: Path, experiment: str, run_name: st
     add_hparams' runs)."""
     # the raw events as written (read_events): EventFileLoader's compatibility pass would
     # turn histograms into left/right/count tensors whose last edge is the max, not the limit
-    from expman.experiment import Experiment
+    from expman.experiment import MAX_WALL_TIME, Experiment
     folder = parts[0][0]
     exp: Experiment | None = None
     skipped: dict[str, int] = {}
     problems: list[str] = []
-    first: float | None = None
+    first: float | None = None      # the run's span: its first and last event
+    last: float | None = None
     try:
         for _, files, rename in parts:
             plugins: dict[str, str] = {}      # tag -> plugin; TF writes metadata on first use only
@@ -261,8 +262,14 @@ def _import_writer(parts: list[_Part], base: Path, experiment: str, run_name: st
                         exp = Experiment(experiment, run_name, base, capture_env=False,
                                          handle_signals=False, system_metrics=False)
                         exp.info(f"imported from TensorBoard event files in {folder}")
-                    if first is None or event.wall_time < first:
-                        first = float(event.wall_time)
+                    wall = float(event.wall_time)
+                    if not 0 <= wall < MAX_WALL_TIME:       # NaN, negative: not a time
+                        problems.append(f"{path}: event at offset {offset} has wall_time "
+                                        f"{wall!r}: its {len(event.summary.value)} values "
+                                        "skipped")
+                        continue
+                    first = wall if first is None else min(first, wall)
+                    last = wall if last is None else max(last, wall)
                     step = int(event.step)
                     if step < 0:
                         problems.append(f"{path}: event at offset {offset} has step {step}: "
@@ -274,11 +281,12 @@ def _import_writer(parts: list[_Part], base: Path, experiment: str, run_name: st
                             plugins[value.tag] = value.metadata.plugin_data.plugin_name
                         try:
                             _import_value(exp, value, rename(value.tag), plugins.get(value.tag, ""),
-                                          step, float(event.wall_time), scalars, skipped)
+                                          step, wall, scalars, skipped)
                         except _VALUE_ERRORS as e:
                             problems.append(f"{path}: value {value.tag!r:.80} of the event at "
                                             f"offset {offset} skipped: {e}")
-                    _log_scalars(exp, scalars, step, f"{path}: event at offset {offset}", problems)
+                    _log_scalars(exp, scalars, step, wall, f"{path}: event at offset {offset}",
+                                 problems)
         if exp is not None and skipped:
             exp.warn("not imported from TensorBoard: " + ", ".join(
                 f"{kind} ({n})" for kind, n in sorted(skipped.items())))
@@ -294,10 +302,10 @@ def _import_writer(parts: list[_Part], base: Path, experiment: str, run_name: st
         raise
     if exp is None:
         return None
-    exp.close()
+    exp.close(start_time=first, end_time=last)
     if report is not None:
         report.append({"run": exp.run_dir, "folders": [str(p[0]) for p in parts],
-                       "first_event_time": first, "problems": len(problems),
+                       "first_event_time": first, "last_event_time": last, "problems": len(problems),
                        "skipped": dict(sorted(skipped.items()))})
     return exp.run_dir
 
@@ -317,20 +325,20 @@ def _events_of(path: Path, problems: list[str]) -> Iterator[tuple[int, Any]]:
         yield item
 
 
-def _log_scalars(exp: Any, scalars: dict[str, float], step: int, where: str,
+def _log_scalars(exp: Any, scalars: dict[str, float], step: int, wall_time: float, where: str,
                  problems: list[str]) -> None:
     """Log an event's scalars together; if the call refuses one (an empty or
     over-long tag), each alone, so only the bad ones are lost (and named)."""
     if not scalars:
         return
     try:
-        exp.log_metrics(scalars, step)
+        exp.log_metrics_at(scalars, step, wall_time=wall_time)
         return
     except (ExpmanError, ValueError, TypeError):
         pass
     for tag, value in scalars.items():
         try:
-            exp.log_metrics({tag: value}, step)
+            exp.log_metrics_at({tag: value}, step, wall_time=wall_time)
         except (ExpmanError, ValueError, TypeError) as e:
             problems.append(f"{where}: scalar {tag!r:.80} skipped: {e}")
 
@@ -380,13 +388,13 @@ def _import_value(exp: Any, value: Any, tag: str, plugin: str, step: int, wall_t
         raise ExpmanValueError("the tag is empty")
     if kind == "simple_value":
         if tag in scalars:                    # a second value for a tag in one event
-            exp.log_metrics(dict(scalars), step)
+            exp.log_metrics_at(dict(scalars), step, wall_time=wall_time)
             scalars.clear()
         scalars[tag] = float(value.simple_value)
     elif kind == "tensor" and plugin == "scalars":
         x = float(_checked_ndarray(value.tensor, most=1).item())
         if tag in scalars:
-            exp.log_metrics(dict(scalars), step)
+            exp.log_metrics_at(dict(scalars), step, wall_time=wall_time)
             scalars.clear()
         scalars[tag] = x
     elif kind == "tensor" and plugin == "text":
@@ -394,10 +402,10 @@ def _import_value(exp: Any, value: Any, tag: str, plugin: str, step: int, wall_t
         texts = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
                  for x in arr.ravel().tolist()]
         exp.log_text(value.tag, "\n".join(texts), step, wall_time=wall_time)
-    elif kind == "histo" and _import_histogram(exp, value.tag, value.histo, step):
+    elif kind == "histo" and _import_histogram(exp, value.tag, value.histo, step, wall_time):
         pass
     elif kind == "image" and value.image.encoded_image_string.startswith(b"\x89PNG\r\n\x1a\n"):
-        exp.log_image(value.tag, value.image.encoded_image_string, step)
+        exp.log_image(value.tag, value.image.encoded_image_string, step, wall_time=wall_time)
     elif plugin == "hparams":
         from tensorboard.plugins.hparams import plugin_data_pb2
         try:
@@ -411,14 +419,14 @@ def _import_value(exp: Any, value: Any, tag: str, plugin: str, step: int, wall_t
         skipped[label] = skipped.get(label, 0) + 1
 
 
-def _import_histogram(exp: Any, tag: str, histo: Any, step: int) -> bool:
+def _import_histogram(exp: Any, tag: str, histo: Any, step: int, wall_time: float) -> bool:
     """A HistogramProto back to edges and counts (media.edges_from_limits)."""
     from expman.media import edges_from_limits
     got = edges_from_limits(float(histo.min), [float(x) for x in histo.bucket_limit],
                             [float(c) for c in histo.bucket])
     if got is None:
         return False
-    exp.log_histogram(tag, step=step, edges=got[0], counts=got[1])
+    exp.log_histogram(tag, step=step, edges=got[0], counts=got[1], wall_time=wall_time)
     return True
 
 

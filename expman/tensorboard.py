@@ -277,14 +277,8 @@ def _tag(tag: object) -> str:
 
 
 def _number(tag: str, value: Any) -> Any:
-    """Tensors and numpy scalars as they are (log_metrics takes them); a one-element
-    tensor or array (what ``loss.detach()`` often is) as its single value."""
-    if isinstance(value, (int, float)):
-        return value
-    size = getattr(value, "numel", None) or getattr(value, "size", None)
-    n = size() if callable(size) else size
-    if n == 1 and hasattr(value, "item"):
-        return value.item()
+    """Numbers, numpy scalars and one-element tensors or arrays as they are
+    (log_metrics takes them); a str refused with TensorBoard's reason."""
     if isinstance(value, str):
         raise ExpmanTypeError(f"SummaryWriter: the value of {tag!r} must be a number, got str "
                               f"({value!r:.60}); caffe2 blob names are not supported")

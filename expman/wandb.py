@@ -10,7 +10,7 @@ is refused with a warning, as wandb does), ``config`` becomes params,
 
 A logging call never stops a script: a value that is not a number (a string,
 None, a list) becomes a message tagged with its key and step, as the framework
-bridges do; a ``Table`` is stored as JSON text in such a message.
+bridges do; a ``Table`` is stored as an expman table (``Experiment.log_table``).
 ``mode="disabled"`` (or ``WANDB_MODE=disabled``) logs nothing and returns a run
 whose every method is a no-op, as wandb does; ``watch`` logs gradient and
 parameter histograms through torch hooks every ``log_freq`` steps.
@@ -164,9 +164,9 @@ class Histogram:
 
 
 class Table:
-    """``wandb.Table(columns=, data=)`` or ``dataframe=``: logged as a message whose
-    text is the table as JSON (``{"columns": [...], "data": [[...], ...]}``), tagged
-    with its key and step. A real table type is still to come (issue 22.2)."""
+    """``wandb.Table(columns=, data=)`` or ``dataframe=``: ``wandb.log({key: table})``
+    stores a version of table ``key`` at the row's step (``Experiment.log_table``;
+    read back with ``run.tables``)."""
 
     def __init__(self, columns: list[Any] | None = None, data: Any = None, rows: Any = None,
                  dataframe: Any = None, dtype: Any = None, optional: Any = True,
@@ -204,16 +204,6 @@ class Table:
     def get_column(self, name: str) -> list[Any]:
         i = self.columns.index(name)
         return [row[i] for row in self.data]
-
-    def to_json_text(self) -> str:
-        """The stored text: values JSON cannot hold (an Image, a tensor) as their ``str``."""
-        import json
-        return json.dumps({"columns": self.columns, "data": self.data}, default=_json_default)
-
-
-def _json_default(value: Any) -> Any:
-    number = _number(value)
-    return number if number is not None else str(value)
 
 
 class Run:
@@ -318,7 +308,7 @@ class Run:
                 else:
                     self._exp.log_histogram(key, item.sequence, self._step, bins=item.num_bins)
             elif isinstance(item, Table):
-                self._exp.log_text(key, item.to_json_text(), self._step)
+                self._exp.log_table(key, item.data, columns=item.columns, step=self._step)
             else:                       # text, None, a list: a message, as the bridges keep them
                 self._exp.log_text(key, item if isinstance(item, str) else repr(item), self._step)
         self._media = []

@@ -184,11 +184,11 @@ def test_show_text(base, runs):
     assert out.splitlines()[0] == "mnist/r1  FINISHED"
     assert re.search(r"^\s+lr\s+0\.1$", out, re.M)
     assert re.search(r"^\s+opt\.name\s+sgd$", out, re.M)
-    # floats in their shortest exact form (1/5 + 0.1 is not 0.3)
+    # floats to 6 digits by default; --digits full: the shortest exact form (1/5 + 0.1 is not 0.3)
+    assert re.search(r"^\s+loss\s+5\s+0\.3\s+1\.1\s+0\.3\s+4$", out, re.M), out
+    exact = ok(cli("show", "mnist/r1", "--digits", "full", "--base-dir", base, cwd=base.parent))
     assert re.search(r"^\s+loss\s+5\s+0\.30000000000000004\s+1\.1\s+0\.30000000000000004\s+4$",
-                     out, re.M), out
-    rounded = ok(cli("show", "mnist/r1", "--digits", "6", "--base-dir", base, cwd=base.parent))
-    assert re.search(r"^\s+loss\s+5\s+0\.3\s+1\.1\s+0\.3\s+4$", rounded, re.M), rounded
+                     exact, re.M), exact
     assert "starting r1" in out and "last words" in out and "model.bin" in out
     assert "ok: " in out and "5 points" not in out            # 10 points in total
     assert "10 points" in out
@@ -312,7 +312,7 @@ def test_tail_last_lines(base, runs):
     lines = out.splitlines()
     assert len(lines) == 4
     assert "artifact model.bin" in lines[1] and "last words" in lines[2] and "FINISHED" in lines[3]
-    assert re.search(r"step 4\s+loss=0\.30000000000000004\s+acc=0\.4", lines[0]), lines[0]
+    assert re.search(r"step 4\s+loss=0\.3\s+acc=0\.4", lines[0]), lines[0]     # 6 digits
     js = [json.loads(x) for x in ok(cli("tail", runs["r1"], "--json", "-n", 100, cwd=base)).splitlines()]
     assert [r["step"] for r in js if r["kind"] == "metrics"] == [0, 1, 2, 3, 4]
     assert js[-1] == {**js[-1], "kind": "status", "status": "FINISHED"}
@@ -361,7 +361,9 @@ def test_compare_text_and_json(base, runs):
     out = ok(cli("compare", "mnist/r1", "mnist/r2", "--base-dir", base, cwd=cwd))
     assert re.search(r"^lr\s+0\.1\s+0\.01$", out, re.M), out
     assert not re.search(r"^batch_size\s", out, re.M) and "batch_size=64" in out
-    assert re.search(r"^loss\s+0\.30000000000000004\s+0\.21000000000000002$", out, re.M), out
+    assert re.search(r"^loss\s+0\.3\s+0\.21$", out, re.M), out
+    exact = ok(cli("compare", "mnist/r1", "mnist/r2", "--digits", "full", "--base-dir", base, cwd=cwd))
+    assert re.search(r"^loss\s+0\.30000000000000004\s+0\.21000000000000002$", exact, re.M), exact
     full = ok(cli("compare", "mnist/r1", "mnist/r2", "--all", "--base-dir", base, cwd=cwd))
     assert re.search(r"^batch_size\s+64\s+64$", full, re.M)
     data = json.loads(ok(cli("compare", "r1", "r2", "r3", "--json", "--base-dir", base, cwd=cwd)))
@@ -741,6 +743,37 @@ def test_commands_that_write_refuse_a_url(tmp_path, monkeypatch, capsys):
     assert "s3://bucket/lake is a URL" in capsys.readouterr().err
 
 
+def test_columns_print_the_shortest_form_that_tells_their_values_apart(make_run, base, capsys):
+    """Issue 22.8: `expman list` lines ran past 200 characters with full-repr floats.
+    Floats print to 6 significant digits, a column with more only where two of its
+    different values would print alike; --digits full is exact, --digits N is N."""
+    from expman.cli import main
+    from expman.cli._text import num, num_columns, rounding
+    with rounding(None):
+        assert num(0.0020982427522540092) == "0.00209824"
+        assert num_columns([["a", 0.30000000000000004, 1.0000001],
+                            ["b", 0.1234567891, 1.0000002],
+                            ["c", None, 2.0]]) == [["a", "0.3", "1.0000001"],
+                                                   ["b", "0.123457", "1.0000002"],
+                                                   ["c", "-", "2"]]
+        assert num_columns([[0.3], [0.30000000000000004]]) == [["0.3"], ["0.30000000000000004"]]
+        assert num_columns([["loss", 0.25, 0.2500001], ["acc", 0.5, 0.5]], by_row=True) == [
+            ["loss", "0.25", "0.2500001"], ["acc", "0.5", "0.5"]]
+    with rounding("full"):
+        assert num(0.1 + 0.2) == "0.30000000000000004"
+    exp = make_run("e", "long")
+    exp.log_metrics({f"metric_{i}": 0.0020982427522540092 * i for i in range(1, 5)}, step=0)
+    exp.close()
+    assert main(["list", str(base)]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "long" in x]
+    assert "metric_1=0.00209824" in line and len(line) < 160, line
+    assert main(["list", str(base), "--digits", "full"]) == 0
+    assert "metric_1=0.0020982427522540092" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["list", str(base), "--digits", "18"])
+    assert "1 to 17 or 'full'" in capsys.readouterr().err
+
+
 def test_digits_is_per_call(make_run, base, capsys):
     """--digits in one main() call is not left set for the next one in the same process."""
     from expman.cli import main
@@ -751,7 +784,7 @@ def test_digits_is_per_call(make_run, base, capsys):
     assert "0.123 " in capsys.readouterr().out
     assert main(["show", "e/r", "--base-dir", str(base)]) == 0
     text = capsys.readouterr().out
-    assert "0.123456789" in text and "0.123 " not in text
+    assert "0.123457" in text and "0.123 " not in text
 
 
 def test_list_show_and_more_read_an_s3_url(two_runs, s3_bucket, tmp_path, monkeypatch, capsys):

@@ -572,3 +572,34 @@ def test_python_m_expman_dashboard_serves_and_prints_the_url_first(tmp_path: Pat
     bad = _python("-m", "expman.dashboard", str(tmp_path), "--token", "x", "--no-token")
     _, err = bad.communicate(timeout=60)
     assert bad.returncode == 2 and "--token and --no-token" in err
+
+
+def test_a_logged_table_is_served_by_version_and_page(tmp_path: Path) -> None:
+    """Issue 22.2: the run lists its tables; /tables/NAME gives one version's rows a
+    page at a time, the newest version by default; bad arguments are 400, an unknown
+    table or a damaged version 404."""
+    base = tmp_path / "experiments"
+    with expman.Experiment("t", "r", base_dir=base, capture_env=False,
+                           system_metrics=False) as exp:
+        exp.log_table("eval/samples", [[f"p{i}", i / 4] for i in range(120)],
+                      columns=["prompt", "reward"], step=10)
+        exp.log_table("eval/samples", [["last", float("nan")], ["big", 2**70]],
+                      columns=["prompt", "reward"], step=20)
+    with running_server(base) as url:
+        url_base = url + "api/runs/t/r"
+        run = get_json(url_base)
+        assert run["tables"] == {"eval/samples": {"versions": 2, "rows": 122}}
+        newest = get_json(url_base + "/tables/eval/samples")
+        assert (newest["version"], newest["step"], newest["total"]) == (1, 20, 2)
+        assert newest["rows"] == [["last", "NaN"], ["big", str(2**70)]]
+        assert [v["step"] for v in newest["versions"]] == [10, 20]
+        page = get_json(url_base + "/tables/eval/samples?version=0&offset=100&limit=50")
+        assert (page["columns"], page["total"], page["offset"]) == (["prompt", "reward"], 120, 100)
+        assert page["rows"][0] == ["p100", 25.0] and len(page["rows"]) == 20
+        for bad in ("version=2", "limit=0", "limit=501", "offset=-1", "version=x"):
+            assert get(url_base + "/tables/eval/samples?" + bad)[0] == 400, bad
+        assert get(url_base + "/tables/nope")[0] == 404
+        path = exp.run_dir / "artifacts" / "tables" / "eval" / "samples.jsonl"
+        path.write_bytes(path.read_bytes()[:-4])            # the newest version cut short
+        assert get(url_base + "/tables/eval/samples")[0] == 404
+        assert get_json(url_base + "/tables/eval/samples?version=0")["total"] == 120

@@ -392,6 +392,37 @@ def test_histograms_and_images_have_a_step_slider(browser: Any, tmp_path: Path) 
         ctx.close()
 
 
+def test_a_logged_table_is_paged_with_a_version_selector(browser: Any, tmp_path: Path) -> None:
+    """Issue 22.2: each log_table table on the run page: the newest version first, a
+    selector over versions by step, and pages of 50 rows."""
+    base = tmp_path / "experiments"
+    with expman.Experiment("tables", "t1", base_dir=base, capture_env=False,
+                           system_metrics=False) as exp:
+        exp.log_table("samples", [[f"prompt {i}", i] for i in range(120)],
+                      columns=["prompt", "reward"], step=5)
+        exp.log_table("samples", [["only", 1.5]], columns=["prompt", "reward"], step=9)
+    with running_server(base) as url:
+        ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+        pg = ctx.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        watch = Watch(pg, url)
+        pg.goto(url + "#/run/tables/t1")
+        panel = pg.locator('figure.logged[data-table="samples"]')
+        rows = panel.locator("tbody tr")
+        until(lambda: rows.count() == 1, what="the newest version's one row")
+        assert rows.first.locator("td").all_inner_texts() == ["only", "1.5"]
+        assert panel.locator(".table-range").inner_text() == "rows 1–1 of 1"
+        panel.locator("select.table-version").select_option("0")
+        until(lambda: rows.count() == 50, what="the first page of the older version")
+        assert rows.first.locator("td").all_inner_texts() == ["prompt 0", "0"]
+        panel.locator("button.table-next").click()
+        panel.locator("button.table-next").click()
+        until(lambda: panel.locator(".table-range").inner_text() == "rows 101–120 of 120")
+        assert rows.count() == 20 and panel.locator("button.table-next").is_disabled()
+        watch.check()
+        ctx.close()
+
+
 def test_loss_is_shown_in_the_runs_view_and_on_the_run_page(browser: Any, tmp_path: Path) -> None:
     """A run whose writer recorded lost rows is marked in the runs view; the run page
     of a run whose rank 2 lost data says so, and is not "intact"."""

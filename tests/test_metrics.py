@@ -11,6 +11,8 @@ import threading
 import numpy as np
 import pytest
 
+from conftest import need
+
 import expman
 from expman import ExpmanError, ExpmanTypeError, ExpmanValueError, RunClosedError
 
@@ -63,6 +65,23 @@ def test_numeric_types_accepted(make_run):
     assert got == {"int": 3.0, "bool": 1.0, "big": float(2**60), "np64": 0.1,
                    "np32": 0.5, "npint": 7.0, "np0d": 1.25, "dec": 0.5, "frac": 0.25,
                    "tensor": 2.5}
+
+
+def test_one_element_arrays_and_tensors_are_one_rule(make_run):
+    """Issue 22.8: torch.tensor([0.25]) was accepted and np.array([3.0]) refused. Now
+    any array or tensor of exactly one element is its value; more is an error."""
+    torch = need("torch")
+    exp = make_run()
+    exp.log_metrics({"np1": np.array([3.0]), "np11": np.array([[1.5]], dtype=np.float32),
+                     "t1": torch.tensor([0.25]), "t11": torch.tensor([[2.0]], requires_grad=True)},
+                    step=0)
+    for bad in (np.array([1.0, 2.0]), torch.tensor([1.0, 2.0]), np.array(["3.5"]),
+                np.array([], dtype=float)):
+        with pytest.raises(expman.ExpmanTypeError, match="'x' must be a number .*one element"):
+            exp.log_metrics({"x": bad}, step=1)
+    run = read(exp)
+    assert {k: list(s.values) for k, s in run.metrics.items()} == {
+        "np1": [3.0], "np11": [1.5], "t1": [0.25], "t11": [2.0]}
 
 
 def test_step_none_continues_from_last(make_run):

@@ -34,6 +34,7 @@ def mlflow_script(mlflow, files: Path) -> tuple[str, str]:
             mlflow.log_metrics({"acc": 0.5 + epoch / 10, "lr": 0.01 * 0.5 ** epoch}, step=epoch)
         mlflow.log_metric("final_acc", 0.9)             # step 0, MLflow's default
         mlflow.log_metric("final_acc", 0.95)            # a second point at step 0
+        mlflow.log_metric("replayed", 0.7, step=5, timestamp=1_600_000_000_123)   # its own time
         (files / "notes.txt").write_text("hello")
         mlflow.log_artifact(str(files / "notes.txt"))
         mlflow.log_artifact(str(files / "notes.txt"), artifact_path="docs")
@@ -73,7 +74,8 @@ def mlflow_recorded(client, run_id: str) -> dict:
             out += files(f.path) if f.is_dir else [f.path]
         return out
 
-    times = [m.timestamp for key in run.data.metrics for m in client.get_metric_history(run_id, key)]
+    times = {key: [m.timestamp for m in client.get_metric_history(run_id, key)]
+             for key in run.data.metrics}
     return {"params": dict(run.data.params), "metrics": metrics,
             "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
             "parent": run.data.tags.get("mlflow.parentRunId"), "status": run.info.status,
@@ -93,7 +95,7 @@ def expman_recorded(run_dir: Path) -> dict:
             "tags": {k: v for k, v in tags.items() if not k.startswith("mlflow.")},
             "parent": tags.get("mlflow.parentRunId"), "status": run.status,
             "artifacts": files,
-            "times": [t * 1000 for s_ in run.metrics.values() for t in s_.times]}
+            "times": {key: [round(t * 1000) for t in s_.times] for key, s_ in run.metrics.items()}}
 
 
 # MLflow's own store (SQLAlchemy, its model registry) warns about its dependencies
@@ -114,14 +116,19 @@ def test_one_mlflow_script_records_the_same_in_expman_and_in_mlflow(tmp_path, mo
     for real_run, our_run in zip(real, ours):
         for field in ("params", "metrics", "tags", "artifacts", "status"):
             assert our_run[field] == real_run[field], field
-        # no explicit timestamp: both keep the time each point was logged
-        assert all(t0 - 1000 <= t <= t1 + 1000 for t in our_run["times"] + real_run["times"])
+        # an explicit timestamp is that point's time in both; else the time it was logged
+        mine, theirs = our_run["times"], real_run["times"]
+        assert mine.pop("replayed", None) == theirs.pop("replayed", None)
+        assert all(t0 - 1000 <= t <= t1 + 1000 for ts in [*mine.values(), *theirs.values()]
+                   for t in ts)
     assert (real[1]["parent"], ours[1]["parent"]) == (real_ids[0], ours_ids[0])
     assert ours_ids[0] == "train"
     assert real_ids[0] != "train"       # MLflow's ids are uuids; expman's are the run name
     assert real[0]["params"]["betas"] == "[0.9, 0.999]"
     assert real[0]["metrics"]["final_acc"] == [(0, 0.9), (0, 0.95)]
-    assert len(real[0]["artifacts"]) == 8 and len(real[0]["metrics"]) == 4
+    assert len(real[0]["artifacts"]) == 8 and len(real[0]["metrics"]) == 5
+    assert expman_recorded(tmp_path / "runs" / "mnist" / ours_ids[0])["times"]["replayed"] == [
+        1_600_000_000_123]
     # the nested run and its parent share one group, named after the parent
     parent, child = (expman.open_run(tmp_path / "runs" / "mnist" / r) for r in ours_ids)
     assert parent.meta[runmeta.GROUP] == child.meta[runmeta.GROUP] == "train"
@@ -174,9 +181,22 @@ def test_statuses_and_errors(tmp_path, monkeypatch):
     with pytest.raises(drop_in.MlflowFeatureMissing, match="log_figure of a str"):
         drop_in.log_figure("not a figure", "x.png")
     drop_in.end_run()
-    with pytest.warns(RuntimeWarning, match="timestamp"):
-        drop_in.log_metric("x", 1.0, timestamp=123)
+    with pytest.raises(expman.ExpmanValueError, match="timestamp"):
+        drop_in.log_metric("x", 1.0, timestamp="noon")
     drop_in.end_run()
+
+
+def test_an_explicit_timestamp_is_kept(tmp_path, monkeypatch):
+    """MLflow's log_metric(timestamp=ms) was ignored with a warning; it is the point's time."""
+    monkeypatch.chdir(tmp_path)
+    drop_in.set_tracking_uri(str(tmp_path))
+    drop_in.set_experiment("ts")
+    with drop_in.start_run(run_name="t"):
+        drop_in.log_metric("x", 1.0, step=1, timestamp=1_600_000_000_123)
+        drop_in.log_metrics({"x": 2.0, "y": 3.0}, step=2, timestamp=1_600_000_001_000)
+    run = expman.open_run(tmp_path / "ts" / "t")
+    assert list(run.metrics["x"].times) == [1_600_000_000.123, 1_600_000_001.0]
+    assert list(run.metrics["y"].times) == [1_600_000_001.0]
 
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"

@@ -182,12 +182,30 @@ def test_refresh_appends_in_place(make_run, columns):
     exp.log_metrics({"loss": 2.0, "new": 1.0}, step=1)
     exp.log_params({"lr": 0.1})
     exp.flush()
-    assert run.refresh() == 3          # 2 points and the "key" event copying "new"'s name
+    assert run.refresh() == 2          # 2 points (the "key" record copying "new"'s name is internal)
     assert as_list(run.metrics["loss"].values) == [3.0, 2.0]
     assert as_list(run.metrics["new"].steps) == [1] and run.params == {"lr": 0.1}
     exp.close()
     run.refresh()
     assert run.meta["status"] == "FINISHED" and run.integrity["points"] == 3
+
+
+def test_run_events_hold_the_public_kinds_only(make_run):
+    """Issue 22.8: run.events held the internal {"kind": "key"} copies of metric names,
+    which the README does not list; they stay in events.jsonl, read separately."""
+    from expman.summary import read_event_keys
+    exp = make_run(flush_interval=60)
+    exp.log_metrics({"loss": 1.0, "acc": 0.5}, step=0)
+    exp.info("hello")
+    exp.flush()
+    run = expman.open_run(exp.run_dir)
+    exp.log_metrics({"late": 2.0}, step=1)
+    exp.close()
+    run.refresh()
+    assert [e["kind"] for e in run.events] == ["status", "message", "status"]
+    assert sorted(read_event_keys(run.path).values()) == ["acc", "late", "loss"]
+    assert [e["kind"] for e in expman.open_run(exp.run_dir).events] == [
+        "status", "message", "status"]
 
 
 def test_refresh_with_duplicates_rule(make_run, columns):

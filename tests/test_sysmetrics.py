@@ -76,10 +76,12 @@ def test_sample_has_process_and_node_series_with_sane_values():
 
 
 def test_io_rates_are_per_second_deltas():
+    # read before the sampler takes its base, and after it samples: the counters only
+    # grow, so other processes' traffic meanwhile cannot make the bound false
+    before = psutil.net_io_counters().bytes_sent
     sampler = sysmetrics.SystemSampler(psutil, node=True)
     if sampler._last_io is None or sampler._last_io[2] != sampler._last_io[2]:
         pytest.skip("this host exposes no network counters")
-    before = psutil.net_io_counters().bytes_sent
     import socket
     a, b = socket.socketpair()
     with a, b:                                    # loopback traffic shows in the counters
@@ -117,6 +119,38 @@ def test_thread_logs_side_rows_with_sample_index_as_step():
     assert steps == list(range(len(steps)))      # the step is the sample index
     assert all(PROC_KEYS <= set(row) for row, _ in sink.rows)
     assert sampler.error is None
+
+
+class PerThreadCpu:
+    """psutil, with psutil's rule for ``cpu_percent(None)`` made exact: a thread's
+    first call only primes its clock (0.0); later calls measure (here: 50.0)."""
+
+    def __init__(self) -> None:
+        self.primed: set[int] = set()
+
+    def cpu_percent(self, interval=None):
+        tid = threading.get_ident()
+        if tid not in self.primed:
+            self.primed.add(tid)
+            return 0.0
+        return 50.0
+
+    def __getattr__(self, name):
+        return getattr(psutil, name)
+
+
+def test_the_first_node_cpu_sample_is_measured_not_the_priming_zero():
+    """Issue 22.8: the first system/cpu_percent was always 0.0, because the sampler
+    was primed in the thread that made it and psutil keeps that base per thread."""
+    sink = FakeRun()
+    thread = sysmetrics.SamplerThread(sink, 0.001, sysmetrics.SystemSampler(
+        PerThreadCpu(), node=True, gpus=False)).start()
+    try:
+        wait_for(lambda: len(sink.rows) >= 1)
+    finally:
+        thread.stop()
+    first, step = sink.rows[0]
+    assert (step, first["system/cpu_percent"]) == (0, 50.0)
 
 
 def test_stop_from_the_sampler_thread_does_not_join_itself():

@@ -127,8 +127,52 @@ def test_import_report_counts_problems_per_run(tmp_path):
     assert runs[0].metrics["loss"].values.tolist() == [0.0, 1.0, 2.0, 3.0]
     assert runs[1].metrics["loss"].values.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert any("1 problems" in m["msg"] for m in runs[0].messages)
-    assert report[0]["first_event_time"] == min(
-        e.wall_time for _, e in tbio.read_events(events) if e.summary.value)
+    walls = [e.wall_time for _, e in tbio.read_events(events) if e.summary.value]
+    assert (report[0]["first_event_time"], report[0]["last_event_time"]) == (min(walls), max(walls))
+
+
+def test_import_keeps_each_points_wall_time_and_the_runs_span(tmp_path):
+    """Issue 22.6: points and the run's start/end were the time of the import (a
+    month-old log looked like it ran today); now each point keeps its event's
+    wall_time to the microsecond, and run.json spans the first to the last event."""
+    logdir = tmp_path / "tb"
+    month_ago = 1_790_000_000.123456
+    walls = [month_ago + 7.25 * step + step / 3 for step in range(5)]
+    walls[3] = month_ago - 60.0                              # an event out of time order
+    with TorchWriter(str(logdir / "old")) as w:
+        for step, t in enumerate(walls):
+            w.add_scalar("loss", 1.0 / (step + 1), step, walltime=t)
+            w.add_scalars("acc", {"train": step / 10}, step, walltime=t + 0.5)
+        w.add_histogram("w", np.arange(20.0), 2, walltime=walls[2])
+        w.add_text("note", "hello", 1, walltime=walls[1])
+    (made,) = tbio.import_tensorboard(logdir, tmp_path / "runs", "x")
+    run = expman.open_run(made)
+    tb = _accumulate(logdir / "old").Scalars("loss")
+    assert run.metrics["loss"].steps.tolist() == [e.step for e in tb] == list(range(5))
+    assert np.abs(np.asarray(run.metrics["loss"].times) - [e.wall_time for e in tb]).max() < 1e-6
+    assert np.abs(np.asarray(run.metrics["acc/train"].times)
+                  - [t + 0.5 for t in walls]).max() < 1e-6
+    assert [h.time for h in run.histograms["w"]] == [walls[2]]
+    assert [m["time"] for m in run.messages if m.get("tag") == "note/text_summary"] == [walls[1]]
+    assert run.meta["start_time"] == min(walls)
+    assert run.meta["end_time"] == pytest.approx(walls[4] + 0.5, abs=1e-6)
+    assert run.meta["duration"] == pytest.approx(walls[4] + 0.5 - min(walls), abs=1e-6)
+
+
+def test_log_metrics_at_checks_its_time_and_close_its_span(make_run):
+    exp = make_run("t", "r")
+    exp.log_metrics_at({"a": 1.0}, 3, wall_time=1_600_000_000.000001)
+    exp.log_metrics({"a": 2.0})                     # the step sequence goes on from 3
+    for bad in (float("nan"), -1.0, 1e10, "1600000000", True):
+        with pytest.raises(expman.ExpmanValueError, match="wall_time"):
+            exp.log_metrics_at({"a": 1.0}, 5, wall_time=bad)
+    with pytest.raises(expman.ExpmanValueError, match="end_time"):
+        exp.close(start_time=20.0, end_time=10.0)
+    exp.close(start_time=1_600_000_000.0)
+    run = expman.open_run(exp.run_dir)
+    assert run.metrics["a"].steps.tolist() == [3, 4]
+    assert run.metrics["a"].times[0] == 1_600_000_000.000001
+    assert run.meta["start_time"] == 1_600_000_000.0 < run.meta["end_time"]
 
 
 def cli_run(argv) -> int:

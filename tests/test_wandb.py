@@ -167,9 +167,9 @@ def test_values_that_are_not_numbers_become_messages_and_never_stop_the_script(t
     assert (by_tag["note"]["msg"], by_tag["note"]["step"]) == ("text", 0)
     assert (by_tag["x"]["msg"], by_tag["lst"]["msg"]) == ("None", "[1, 2]")
     assert (by_tag["nested.why"]["msg"], by_tag["nested.why"]["step"]) == ("diverged", 1)
-    import json
-    assert json.loads(by_tag["samples"]["msg"]) == {
-        "columns": ["prompt", "reward"], "data": [["hi", 0.5], ["yo", 0.25]]}
+    (samples,) = got.tables["samples"]          # a real table, not a message
+    assert (samples.step, samples.columns) == (0, ["prompt", "reward"])
+    assert samples.rows == [["hi", 0.5], ["yo", 0.25]] and "samples" not in by_tag
     assert "x" not in got.metrics and "note" not in got.metrics
 
 

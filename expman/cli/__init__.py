@@ -95,8 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     digits = getattr(args, "digits", None)
-    if digits is not None and not 1 <= digits <= 17:
-        parser.error("--digits must be between 1 and 17")
     warnings.showwarning = _show_warning
     _utf8_stdout()
     try:

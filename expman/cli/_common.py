@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from expman.cli._text import CliError
+from expman.cli._text import FULL, CliError
 from expman.layout import BASE_DIR_ENV, DEFAULT_BASE_DIR, is_run_dir, resolve_run
 from expman.reader import Run, open_run
 from expman.remote import is_url, localize
@@ -41,9 +41,23 @@ def _parent(*args: str, **kwargs: Any) -> argparse.ArgumentParser:
 # (`expman --base-dir X list`) when the command itself is given none
 BASE = _parent("--base-dir", metavar="DIR", default=argparse.SUPPRESS, help=BASE_HELP)
 JSON = _parent("--json", action="store_true", help="machine-readable JSON output")
-DIGITS = _parent("--digits", type=int, metavar="N",
-                 help="round floats in tables to N significant digits (default: the "
-                      "shortest form that reads back exactly)")
+def _digits(text: str) -> int | str:
+    """--digits: 1 to 17, or ``full``."""
+    if text == FULL:
+        return FULL
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 17:
+        raise argparse.ArgumentTypeError(f"must be 1 to 17 or 'full', got {text!r}")
+    return n
+
+
+DIGITS = _parent("--digits", type=_digits, metavar="N",
+                 help="floats in tables to N significant digits, or 'full' for the shortest "
+                      "exact form (default: 6, more only where a column's different values "
+                      "would print alike)")
 
 
 def command(subparsers: Any, name: str, help: str, example: str,

@@ -25,14 +25,18 @@ class CliError(Exception):
     """A failure to report as one line, exit code 1."""
 
 
-# --digits: significant digits in tables (None: exact). Per call of ``main()``
-# (``rounding``), never left set for the next one.
-_DIGITS: ContextVar[int | None] = ContextVar("expman_cli_digits", default=None)
+# --digits: significant digits in tables: None (the default) the fewest from
+# MIN_DIGITS up that keep a column's different values different, N exactly N,
+# FULL the shortest exact form. Per call of ``main()`` (``rounding``), never left
+# set for the next one.
+FULL = "full"
+MIN_DIGITS = 6
+_DIGITS: ContextVar[int | str | None] = ContextVar("expman_cli_digits", default=None)
 
 
 @contextmanager
-def rounding(digits: int | None) -> Iterator[None]:
-    """Tables print floats to ``digits`` significant digits inside this block."""
+def rounding(digits: int | str | None) -> Iterator[None]:
+    """Tables print floats per ``digits`` (see above) inside this block."""
     token = _DIGITS.set(digits)
     try:
         yield
@@ -40,26 +44,65 @@ def rounding(digits: int | None) -> Iterator[None]:
         _DIGITS.reset(token)
 
 
-def num(v: Any) -> str:
-    """A number for a table: ints as they are; floats in the shortest form that
-    reads back to the same float (``repr``), or to ``--digits`` significant
-    digits; a float that is a whole number below 2**53 prints as an int."""
-    if v is None:
-        return "-"
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return str(v)
-    if isinstance(v, int):
-        return str(v)
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _float_text(v: float, digits: int | None) -> str:
+    """v to ``digits`` significant digits (None: ``repr``, exact); a whole number
+    below 2**53 as an int, NaN and infinities as nan/inf/-inf."""
     if math.isnan(v):
         return "nan"
     if math.isinf(v):
         return "inf" if v > 0 else "-inf"
-    digits = _DIGITS.get()
-    if digits is not None:
-        return f"{v:.{digits}g}"
     if v.is_integer() and abs(v) < 2**53:
         return str(int(v))
-    return repr(v)
+    return repr(v) if digits is None else f"{v:.{digits}g}"
+
+
+def _digits_for(values: Iterable[float]) -> int | None:
+    """The digits a column of floats prints with: ``--digits`` if given (None for
+    full), else the fewest from MIN_DIGITS up that tell its different values apart."""
+    mode = _DIGITS.get()
+    if mode == FULL:
+        return None
+    if isinstance(mode, int):
+        return mode
+    distinct = {v for v in values if math.isfinite(v)}
+    for d in range(MIN_DIGITS, 17):
+        if len({_float_text(v, d) for v in distinct}) == len(distinct):
+            return d
+    return None                  # 17 digits and repr both tell every float apart
+
+
+def num(v: Any) -> str:
+    """A number for a table cell or a ``key=value`` line: ints as they are; a float
+    alone to 6 significant digits (``--digits N``: N; ``--digits full``: the
+    shortest form that reads back exactly); None as ``-``."""
+    if v is None:
+        return "-"
+    if not _is_number(v):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    return _float_text(v, _digits_for([v]))
+
+
+def num_columns(rows: Iterable[Iterable[Any]], by_row: bool = False) -> list[list[str]]:
+    """Rows of cells as text, each column's floats printed with the fewest digits
+    (from 6) that still tell that column's different values apart, so 0.30000000000000004
+    prints 0.3 unless 0.3 is in the same column; other cells as ``num`` prints them.
+    ``by_row``: the values compared are a row's (``compare``: one metric across runs)."""
+    grid = [list(r) for r in rows]
+    if by_row:
+        width = max((len(r) for r in grid), default=0)
+        cols = num_columns([[r[i] if i < len(r) else None for r in grid] for i in range(width)])
+        return [[cols[i][j] for i in range(len(r))] for j, r in enumerate(grid)]
+    ncols = max((len(r) for r in grid), default=0)
+    digits = [_digits_for([r[i] for r in grid if i < len(r) and isinstance(r[i], float)])
+              for i in range(ncols)]
+    return [[_float_text(c, digits[i]) if isinstance(c, float) else num(c)
+             for i, c in enumerate(r)] for r in grid]
 
 
 def count(n: int) -> str:

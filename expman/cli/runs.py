@@ -14,7 +14,7 @@ import orjson
 from expman.cli._common import BASE, DIGITS, JSON, add_base_positional, command, remote_run
 from expman.cli._common import base_arg, load, need_base, resolve
 from expman.cli._text import (
-    CliError, clock, count, duration, emit_json, num, out, param_text, plural, size,
+    CliError, clock, count, duration, emit_json, num, num_columns, out, param_text, plural, size,
     table, when, note, safe,
 )
 from expman.layout import CRASHED, DAMAGED, RUNNING, STATUSES, jsonable
@@ -22,6 +22,7 @@ from expman.reader import Run, list_runs
 from expman.series import Metrics
 from expman.readmodel import artifact_states, integrity_problems
 from expman.readmodel import flatten_params as flatten
+from expman.tables import table_counts
 from expman.tail import RunTail
 from expman.watch import AlertTail, has_alerts, read_alerts
 
@@ -48,6 +49,7 @@ def run_info(run: Run, messages: int) -> dict[str, Any]:
         "metrics": {k: s.summary().to_dict() for k, s in run.metrics.items()},
         "messages": msgs[-messages:] if messages else [], "message_count": len(msgs),
         "artifacts": [a.to_dict() for a in artifact_states(run.path, run.events)],
+        "media": media_counts(run),
         "integrity": run.integrity,
         "write_error": run.meta.get("write_error"),
         "alerts": [a.to_event() for a in read_alerts(run.path)],
@@ -55,6 +57,28 @@ def run_info(run: Run, messages: int) -> dict[str, Any]:
         "lineage": [list(x) for x in run.lineage],
         "branches": [asdict(b) for b in run.branches],
     }
+
+
+def media_counts(run: Run) -> dict[str, Any]:
+    """Histograms and images (per tag) and tables (versions, rows per name) the run logged."""
+    return {"histograms": {tag: len(v) for tag, v in run.histograms.items()},
+            "images": {tag: len(v) for tag, v in run.images.items()},
+            "tables": table_counts(run.events)}
+
+
+def media_text(media: dict[str, Any]) -> list[str]:
+    """``40 histograms (2 tags)``-style lines, then one line per table."""
+    lines = []
+    for kind in ("histograms", "images"):
+        tags = media[kind]
+        if tags:
+            lines.append(f"{plural(sum(tags.values()), kind[:-1])} ({plural(len(tags), 'tag')}: "
+                         + ", ".join(safe(t) for t in list(tags)[:5])
+                         + (", ..." if len(tags) > 5 else "") + ")")
+    for name, c in media["tables"].items():
+        lines.append(f"table {safe(name)}: {plural(c['versions'], 'version')}, "
+                     f"{plural(c['rows'], 'row')}")
+    return lines
 
 
 def exit_text(exit: dict[str, Any] | None) -> str | None:
@@ -150,9 +174,9 @@ def print_show(info: dict[str, Any]) -> None:
         nan_col = any(m["nan_count"] for m in metrics.values())
         headers = ["NAME", "COUNT"] + (["NAN"] if nan_col else []) + ["MIN", "MAX", "LAST", "STEP"]
         shown = list(metrics.items())[:MAX_SHOWN_METRICS]
-        rows = [[k, count(m["count"])] + ([count(m["nan_count"])] if nan_col else [])
-                + [num(m["min"]), num(m["max"]), num(m["last_value"]), num(m["last_step"])]
-                for k, m in shown]
+        rows = num_columns([[k, count(m["count"])] + ([count(m["nan_count"])] if nan_col else [])
+                            + [m["min"], m["max"], m["last_value"], m["last_step"]]
+                            for k, m in shown])
         out(table(headers, rows, right=range(1, len(headers)), indent="  "))
         if len(metrics) > len(shown):
             out(f"  ... and {count(len(metrics) - len(shown))} more series "
@@ -181,6 +205,12 @@ def print_show(info: dict[str, Any]) -> None:
                     ("missing" if not a["present"] else "")
                     + ("" if a["consistent"] else " changed while copied"))
                    for a in arts], right=[1], indent="  "))
+    media = media_text(info["media"])
+    if media:
+        out()
+        out("media")
+        for line in media:
+            out(f"  {line}")
     out()
     out("integrity")
     for line in integrity_text(info["integrity"], info["status"] == RUNNING):
@@ -376,8 +406,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out(f"(same in every run: {text}{', ...' if len(same) > 6 else ''}; --all shows them)")
     out()
     if finals:
-        out(table(["FINAL METRIC", *labels], [[n, *(num(v) for v in vals)]
-                                              for n, vals in finals.items()],
+        out(table(["FINAL METRIC", *labels], num_columns([[n, *vals]
+                                                          for n, vals in finals.items()],
+                                                         by_row=True),
                   right=range(1, len(labels) + 1)))
     else:
         out("no metrics")

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from expman.cli._common import BASE, DIGITS, JSON, add_base_positional, base_arg, command, need_base
-from expman.cli._text import emit_json, num, out, table
+from expman.cli._text import emit_json, num_columns, out, table
 
 HELP = "SQL over the runs, live ones included: views runs, params, metrics, events, artifacts"
 EXAMPLE = ("expman sql \"select p.number as lr, min(m.value) from metrics m join params p "
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         w.writerow(names)
         w.writerows(rows)
     else:
-        out(table(names, [[num(c) for c in r] for r in rows],
+        out(table(names, num_columns(rows),
                   right=[i for i, t in enumerate(result.types)
                          if str(t) in ("BIGINT", "INTEGER", "DOUBLE", "FLOAT", "HUGEINT")]))
     return 0

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json([{"id": f"{r['run'].parent.name}/{r['run'].name}", "path": str(r["run"]),
                     "folders": r["folders"], "first_event_time": r["first_event_time"],
-                    "problems": r["problems"], "skipped": r["skipped"]} for r in report])
+                    "last_event_time": r["last_event_time"], "problems": r["problems"],
+                    "skipped": r["skipped"]} for r in report])
     else:
         for r in report:
             notes = [f"{r['problems']} problems"] if r["problems"] else []

@@ -34,6 +34,7 @@ from starlette.staticfiles import StaticFiles
 from expman import layout
 from expman.dashboard.cache import DEFAULT_MAX_BYTES, CachedRun, RunCache
 from expman.decimate import window
+from expman.tables import read_version, table_counts, version_records
 from expman.dashboard.live import Live
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -426,7 +427,7 @@ async def api_run(request: Request) -> Response:
                 "metrics": _metric_summary(run, names[:DETAIL_METRICS]),
                 "metric_count": len(names), "metric_names": names,
                 "artifacts": _artifacts(run), "integrity": _integrity(run),
-                "media": _media(run)}
+                "media": _media(run), "tables": table_counts(list(run.events))}
     return await _answer(detail)
 
 
@@ -506,6 +507,51 @@ def _media(run: CachedRun) -> dict[str, Any]:
         if shown:
             imgs[tag] = shown
     return {"histograms": hists, "images": imgs}
+
+
+MAX_TABLE_PAGE = 500           # rows a table request returns at most
+
+
+def _cell(x: Any) -> Any:
+    """A table value as JSON holds it for the page: NaN and infinities spelled as in
+    run.json, integers beyond 64 bits as text (a crafted file may hold either)."""
+    if isinstance(x, float):
+        return layout.json_float(x)
+    if isinstance(x, int) and not isinstance(x, bool) and not -2**63 <= x < 2**64:
+        return str(x)
+    if isinstance(x, list):
+        return [_cell(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _cell(v) for k, v in x.items()}
+    return x
+
+
+async def api_table(request: Request) -> Response:
+    """One page of one version of a logged table (``log_table``): ``version`` (an index
+    into the table's versions, -1 the newest), ``offset`` and ``limit`` rows."""
+    d = _dash(request)
+    exp, name, table = (request.path_params["exp"], request.path_params["run"],
+                        request.path_params["table"])
+    version = _int_arg(request, "version", -1, -2**31, 2**31)
+    offset = _int_arg(request, "offset", 0, 0, 2**62)
+    limit = _int_arg(request, "limit", 50, 1, MAX_TABLE_PAGE)
+    run = await anyio.to_thread.run_sync(d.cached, exp, name)
+
+    def compute() -> dict[str, Any]:
+        records = version_records(list(run.events)).get(table)
+        if not records:
+            raise _not_found(f"table {table!r} in {exp}/{name}")
+        if not -len(records) <= version < len(records):
+            raise HTTPException(400, f"version={version}: the table has {len(records)} versions")
+        v = read_version(run.path, records[version])
+        if v is None:
+            raise _not_found(f"a readable version {version} of table {table!r} (damaged)")
+        return {"name": table, "version": version % len(records), "step": v.step,
+                "versions": [{"step": r["step"], "rows": r.get("rows"), "time": r.get("time")}
+                             for r in records],
+                "columns": v.columns, "total": len(v), "offset": offset,
+                "rows": _cell(v.rows[offset:offset + limit])}
+    return await _answer(compute)
 
 
 def _float_arg(request: Request, key: str) -> float | None:
@@ -964,6 +1010,7 @@ def create_app(base_dir: str | os.PathLike[str] | None = None, token: str | None
         Route("/api/export.csv", api_export_csv),
         Route("/api/runs/{exp}/{run}/events", api_events),
         Route("/api/runs/{exp}/{run}/branches", api_branches),
+        Route("/api/runs/{exp}/{run}/tables/{table:path}", api_table),
         Route("/api/runs/{exp}/{run}/artifacts/{path:path}", api_artifact),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]

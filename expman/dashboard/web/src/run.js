@@ -1,5 +1,5 @@
 // The run page (params, environment, exit, messages, artifacts, integrity,
-// metric summary and charts) and the compare view (params side by side, the
+// metric summary and charts, media, logged tables) and the compare view (params side by side, the
 // differing ones highlighted).
 import { el, clear, getJSON, runUrl, flatten, display, fmtNum, fmtTime, fmtBytes, fmtDuration } from "./dom.js";
 import { ChartPanel } from "./charts.js";
@@ -8,6 +8,7 @@ import { branchView } from "./branches.js";
 
 const MAX_MESSAGES = 2000;      // the newest; the API pages through the rest
 const METRICS_SHOWN = 20;       // summary rows per page of the run page's metric table
+const TABLE_PAGE = 50;          // rows of a logged table per page
 
 function kvTable(obj, id) {
   const flat = flatten(obj || {});
@@ -104,6 +105,48 @@ function mediaPanel(id, tag, items, kind) {
     el("figcaption", {}, el("strong", { text: tag }), " ", label), slider, view, range);
 }
 
+// One logged table (log_table, wandb.Table): a version selector (by step), pages of rows.
+function tablePanel(id, name, count) {
+  const url = `${runUrl(id)}/tables/${name.split("/").map(encodeURIComponent).join("/")}`;
+  const select = el("select", { class: "table-version", "aria-label": `version of ${name}` });
+  const info = el("span", { class: "muted table-range" });
+  const prev = el("button", { type: "button", class: "table-prev", text: "‹ prev" });
+  const next = el("button", { type: "button", class: "table-next", text: "next ›" });
+  const grid = el("table", { class: "grid logged-table" });
+  let version = -1;
+  let offset = 0;
+  let asked = 0;                // only the newest request's answer is shown
+  const load = async () => {
+    const mine = ++asked;
+    let page;
+    try {
+      page = await getJSON(`${url}?version=${version}&offset=${offset}&limit=${TABLE_PAGE}`);
+    } catch (e) {
+      if (mine === asked) clear(grid).append(el("tr", {}, el("td", { class: "error", text: e.message })));
+      return;
+    }
+    if (mine !== asked) return;
+    if (!select.options.length) {
+      page.versions.forEach((v, i) => select.append(el("option", { value: String(i), text: `step ${v.step} (${v.rows} rows)` })));
+    }
+    select.value = String(page.version);
+    version = page.version;
+    const end = Math.min(page.offset + page.rows.length, page.total);
+    info.textContent = page.total ? `rows ${page.offset + 1}–${end} of ${page.total}` : "no rows";
+    prev.disabled = page.offset <= 0;
+    next.disabled = end >= page.total;
+    clear(grid).append(el("thead", {}, el("tr", {}, page.columns.map((c) => el("th", { text: c })))),
+      el("tbody", {}, page.rows.map((r) => el("tr", {}, r.map((v) => el("td", { class: typeof v === "number" ? "num" : "", text: display(v) }))))));
+  };
+  select.addEventListener("change", () => { version = Number(select.value); offset = 0; load(); });
+  prev.addEventListener("click", () => { offset = Math.max(0, offset - TABLE_PAGE); load(); });
+  next.addEventListener("click", () => { offset += TABLE_PAGE; load(); });
+  load();
+  return el("figure", { class: "logged", "data-table": name },
+    el("figcaption", {}, el("strong", { text: name }), ` ${count.versions} version(s) `, select, " ", prev, next, " ", info),
+    grid);
+}
+
 export async function showRun(root, id) {
   clear(root).append(el("p", { text: `loading ${id}…` }));
   let run;
@@ -189,12 +232,17 @@ export async function showRun(root, id) {
   for (const [tag, items] of Object.entries(m.images)) media.append(mediaPanel(id, tag, items, "image"));
   if (!media.childElementCount) media.append(el("p", { class: "muted", text: "no histograms or images logged" }));
 
+  const tables = el("div", { id: "tables" });
+  for (const [name, count] of Object.entries(run.tables || {})) tables.append(tablePanel(id, name, count));
+  if (!tables.childElementCount) tables.append(el("p", { class: "muted", text: "no tables logged" }));
+
   const messages = el("ol", { class: "timeline", id: "messages" });
   const chartsRoot = el("div", { class: "charts" });
   const branches = await branchView(id);
   clear(root).append(head, exitBox, branches.section || "",
     section("Metrics", el("div", { class: "controls" }, metricSearch, metricCount), metrics, moreMetrics, chartsRoot),
     section("Histograms and images", media),
+    section("Tables", tables),
     section("Params", searchable(run.params, "params", "search params")),
     section("Messages", messages),
     section("Artifacts", arts, previews),
