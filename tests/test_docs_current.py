@@ -22,6 +22,8 @@ NAME = re.compile(r"(?<![\w/.-])expman(?:\.[A-Za-z_]\w*)+")
 # `expman.x` that is not a Python name of this package: the dashboard's browser storage
 # keys, the MLflow tags export-mlflow writes, expman-rs's own API in the peers table
 NOT_PYTHON = {("dashboard.md", "expman.folded"), ("dashboard.md", "expman.pinned"),
+              ("dashboard.md", "expman.columns"), ("dashboard.md", "expman.xaxis"),
+              ("dashboard.md", "expman.theme"),          # the page's localStorage keys
               ("cli.md", "expman.status"), ("cli.md", "expman.group"), ("cli.md", "expman.run"),
               ("integrations.md", "expman.run"), ("benchmarks.md", "expman.read_metrics")}
 STALE = ("not built yet", "still to come", "until the CLI package registers")
