@@ -10,7 +10,6 @@ import math
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,24 +20,12 @@ need("starlette")
 need("uvicorn")
 np = need("numpy")
 
-import expman  # noqa: E402
 from expman.dashboard.testing import running_server  # noqa: E402
+
+from dashboard_data import sweep_run  # noqa: E402
 
 SEEDS = 3
 LRS = (0.1, 0.01)
-
-
-def sweep_run(base: Path, name: str, lr: float, seed: int, steps: int = 3000) -> Any:
-    """A run of the sweep: loss falls with lr; one spike at a seed-dependent step."""
-    rng = np.random.default_rng(seed * 100 + int(lr * 1000))
-    loss = np.exp(-np.arange(steps) * lr / 50) + rng.random(steps) * 0.1
-    loss[500 + 37 * seed] = 50.0 + seed          # a spike a band must keep
-    with expman.Experiment("sweep", name, base_dir=base, system_metrics=False,
-                           group=f"lr{lr}", tags=["sweep", f"seed{seed}"]) as exp:
-        exp.log_params({"lr": lr, "seed": seed, "optim": {"name": "adam" if lr > 0.05 else "sgd"}})
-        for step in range(steps):
-            exp.log_metrics({"loss": float(loss[step])}, step=step)
-    return loss
 
 
 @pytest.fixture(scope="module")

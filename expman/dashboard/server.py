@@ -582,7 +582,8 @@ async def api_bands(request: Request) -> Response:
                 steps, times, values = snap
                 series[label].append((_x_column(run, axis, steps, times), values))
         b = bands(series, pixels, lo, hi, stat)
-        return {"metric": metric, "x_axis": axis, "stat": stat, "exact": b.exact, "x": b.x,
+        return {"metric": metric, "x_axis": axis, "stat": stat, "points": pixels,
+                "exact": b.exact, "x": b.x,
                 "missing": missing, "status": status,
                 "groups": [{"label": label, "runs": groups[label], "points": band.points,
                             "lo": band.lo, "hi": band.hi, "mid": band.mid, "n": band.runs}
