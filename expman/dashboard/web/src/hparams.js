@@ -88,8 +88,14 @@ export class HParamsView {
       this.sc);
     root.append(el("label", { class: "hp-toggle" }, this.show, " hyperparameter views"), this.body);
     this.bindBrushing();
-    let t = null;
-    window.addEventListener("resize", () => { clearTimeout(t); t = setTimeout(() => this.draw(), 150); });
+    // drawn again when its width changes (the page laid out, a resize)
+    let t = null, width = 0;
+    new ResizeObserver(() => {
+      if (this.body.clientWidth === width) return;
+      width = this.body.clientWidth;
+      clearTimeout(t);
+      t = setTimeout(() => this.draw(), 100);
+    }).observe(this.body);
   }
 
   setOpen(open) {
@@ -174,7 +180,7 @@ export class HParamsView {
   }
 
   size(canvas) {
-    const w = Math.max(300, this.body.clientWidth || 800);
+    const w = Math.max(300, (this.body.clientWidth || 820) - 20);
     const dpr = window.devicePixelRatio || 1;
     canvas.width = Math.round(w * dpr);
     canvas.height = Math.round(HEIGHT * dpr);
