@@ -10,7 +10,7 @@ import { el, clear, flatten, display, fmtNum, PALETTE } from "./dom.js";
 import { sectionOf, sectionOrder } from "./charts.js";
 
 const HEIGHT = 240;
-const LIVE_RELOAD_MS = 400;
+const LIVE_RELOAD_MS = 250;
 const BASE_BYS = [["", "no grouping"], ["group", "group"], ["experiment", "experiment"], ["tag", "tag"]];
 const collator = new Intl.Collator(undefined, { numeric: true });
 
