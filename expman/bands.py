@@ -53,14 +53,53 @@ class Bands:
     exact: bool
 
 
-def _clip(np: Any, x: Any, y: Any, lo: float | None, hi: float | None) -> tuple[Any, Any]:
-    """The points with a finite x in [lo, hi]."""
+def _prepare(np: Any, x: Any, y: Any, lo: float | None, hi: float | None
+             ) -> tuple[Any, Any, bool]:
+    """The points with a finite x in [lo, hi], and whether x is sorted: a sorted run
+    (the usual one) is cut by binary search, without a copy."""
+    x = np.asarray(x)
+    if x.dtype != np.int64:
+        x = x.astype(np.float64, copy=False)
+    y = np.asarray(y, dtype=np.float64)
+    ordered = len(x) < 2 or bool((x[1:] >= x[:-1]).all())        # a NaN x: not sorted
+    if ordered and (not len(x) or (np.isfinite(x[0]) and np.isfinite(x[-1]))):
+        a = 0 if lo is None else int(np.searchsorted(x, lo, "left"))
+        b = len(x) if hi is None else int(np.searchsorted(x, hi, "right"))
+        return x[a:b], y[a:b], True
+    x = x.astype(np.float64, copy=False)
     keep = np.isfinite(x)
     if lo is not None:
         keep &= x >= lo
     if hi is not None:
         keep &= x <= hi
-    return (x, y) if keep.all() else (x[keep], y[keep])
+    return x[keep], y[keep], False
+
+
+def _starts(np: Any, x: Any, ordered: bool, column: Any, first: Any, ncols: int
+            ) -> tuple[Any, Any, Any]:
+    """(y order or None, start of each non-empty column's points, those columns).
+    Sorted x: the column boundaries are found by binary search (``first(x, c)``: about
+    where column c begins), then moved until ``column`` itself agrees on both sides
+    of each, so a point near an edge lands where the per-point rule puts it."""
+    n = len(x)
+    if not ordered:
+        b = column(x)
+        order = np.argsort(b, kind="stable")
+        b = b[order]
+        starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+        return order, starts, b[starts]
+    cols = np.arange(1, ncols)
+    cut = np.clip(first(x, cols), 0, n)
+    while True:
+        back = (cut > 0) & (column(x[np.maximum(cut - 1, 0)]) >= cols)
+        ahead = (cut < n) & (column(x[np.minimum(cut, n - 1)]) < cols)
+        if not (back.any() or ahead.any()):
+            break
+        cut[back] = np.searchsorted(x, x[cut[back] - 1], "left")
+        cut[ahead] = np.searchsorted(x, x[cut[ahead]], "right")
+    bounds = np.r_[0, cut, n]
+    full = bounds[:-1] < bounds[1:]
+    return None, bounds[:-1][full], np.flatnonzero(full)
 
 
 def bands(groups: Mapping[str, Sequence[tuple[Any, Any]]], pixels: int,
@@ -72,33 +111,38 @@ def bands(groups: Mapping[str, Sequence[tuple[Any, Any]]], pixels: int,
         raise ValueError(f"stat={stat!r}: use one of {', '.join(STATS)}")
     if pixels < 1:
         raise ValueError(f"pixels={pixels}: use 1 or more")
-    clipped: dict[str, list[tuple[Any, Any]]] = {}
-    for label, runs in groups.items():
-        clipped[label] = [_clip(np, np.asarray(x, dtype=np.float64),
-                                np.asarray(y, dtype=np.float64), lo, hi) for x, y in runs]
-    xs = [x for runs in clipped.values() for x, _ in runs if len(x)]
+    clipped = {label: [_prepare(np, x, y, lo, hi) for x, y in runs]
+               for label, runs in groups.items()}
+    xs = [(x, ordered) for runs in clipped.values() for x, _, ordered in runs if len(x)]
     if not xs:
         empty = np.empty(0)
         return Bands(empty, {g: Band(empty, empty, empty, np.empty(0, np.int64), 0)
                              for g in clipped}, False)
-    xmin = min(float(x.min()) for x in xs)
-    xmax = max(float(x.max()) for x in xs)
+    xmin = min(float(x[0]) if ordered else float(x.min()) for x, ordered in xs)
+    xmax = max(float(x[-1]) if ordered else float(x.max()) for x, ordered in xs)
     distinct = None
-    if sum(map(len, xs)) <= EXACT_SCAN * pixels:
-        distinct = np.unique(np.concatenate(xs))
+    if sum(len(x) for x, _ in xs) <= EXACT_SCAN * pixels:
+        distinct = np.unique(np.concatenate([x.astype(np.float64) for x, _ in xs]))
         if len(distinct) > pixels:
             distinct = None
     if distinct is not None:
         ncols = len(distinct)
+        exact = distinct
 
         def column(x: Any) -> Any:
-            return np.searchsorted(distinct, x)
+            return np.searchsorted(exact, x)
+
+        def first(x: Any, c: Any) -> Any:
+            return np.searchsorted(x, exact[c], "left")
     else:
         ncols = pixels
         scale = pixels / (xmax - xmin) if xmax > xmin else 0.0
 
         def column(x: Any) -> Any:
             return np.clip(((x - xmin) * scale).astype(np.int64), 0, pixels - 1)
+
+        def first(x: Any, c: Any) -> Any:
+            return np.searchsorted(x, xmin + c / scale, "left") if scale else np.full(len(c), len(x))
 
     out: dict[str, tuple[Any, Any, Any, Any, int]] = {}
     used = np.zeros(ncols, dtype=bool)
@@ -107,22 +151,24 @@ def bands(groups: Mapping[str, Sequence[tuple[Any, Any]]], pixels: int,
         g_hi = np.full(ncols, np.nan)
         means = np.full((max(len(runs), 1), ncols), np.nan)
         points = 0
-        for r, (x, y) in enumerate(runs):
+        for r, (x, y, ordered) in enumerate(runs):
             if not len(x):
                 continue
             points += len(x)
-            b = column(x)
-            if len(b) > 1 and (b[1:] < b[:-1]).any():     # x not sorted: order by column
-                order = np.argsort(b, kind="stable")
-                b, y = b[order], y[order]
-            starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
-            cols = b[starts]
-            real = ~np.isnan(y)
-            n = np.add.reduceat(real.astype(np.int64), starts)
+            order, starts, cols = _starts(np, x, ordered, column, first, ncols)
+            if order is not None:
+                y = y[order]
+            nan = np.isnan(y)
+            if nan.any():
+                n = np.add.reduceat(~nan, starts, dtype=np.int64)
+                total = np.add.reduceat(np.where(nan, 0.0, y), starts)
+            else:
+                n = np.diff(np.r_[starts, len(y)])
+                total = np.add.reduceat(y, starts)
             r_lo = np.fmin.reduceat(y, starts)          # fmin/fmax: NaN is left out
             r_hi = np.fmax.reduceat(y, starts)
             with np.errstate(invalid="ignore", divide="ignore"):
-                r_mean = np.add.reduceat(np.where(real, y, 0.0), starts) / n
+                r_mean = total / n
             r_mean[n == 0] = np.nan
             g_lo[cols] = np.fmin(g_lo[cols], r_lo)
             g_hi[cols] = np.fmax(g_hi[cols], r_hi)

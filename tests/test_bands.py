@@ -92,6 +92,30 @@ def test_band_equals_brute_force_per_pixel_column(seed: int, stat: str) -> None:
         assert got.groups[label].points == sum(len(x) for x, _ in runs)
 
 
+def test_points_on_column_edges_land_where_the_per_point_rule_puts_them() -> None:
+    """Sorted runs are cut by binary search: x exactly on (and one ulp beside) each
+    column's edge, repeated, must fall in the column the per-point rule gives."""
+    rng = np.random.default_rng(7)
+    pixels = 137
+    xmin, xmax = 0.1, 977.3
+    edges = xmin + np.arange(1, pixels) / (pixels / (xmax - xmin))
+    near = np.concatenate([edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf)])
+    runs = []
+    for _ in range(3):
+        x = np.sort(np.concatenate([[xmin, xmax], near, near[: 50], rng.uniform(xmin, xmax, 3000)]))
+        runs.append((x, rng.normal(0, 1, len(x))))
+    groups = {"a": runs}
+    got = bands(groups, pixels)
+    want = brute(groups, pixels)
+    assert len(got.x) == len(want)
+    band = got.groups["a"]
+    for i, x in enumerate(got.x):
+        key = min(want, key=lambda k: abs(k - x))
+        lo, hi, mid, n = want[key]["a"]
+        assert (band.lo[i], band.hi[i], band.runs[i]) == (lo, hi, n)
+        assert band.mid[i] == pytest.approx(mid)
+
+
 def test_few_steps_give_one_column_per_step() -> None:
     groups = {"a": [(np.arange(10), np.arange(10.0)), (np.arange(10), np.arange(10.0) + 2)],
               "b": [(np.arange(0, 20, 2), np.full(10, 7.0))]}
