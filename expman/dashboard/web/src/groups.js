@@ -141,16 +141,31 @@ export class GroupPanel {
     }));
   }
 
+  // in sections by the name's prefix, as the per-run charts (system/ last and folded)
   order() {
     const f = (this.opts.filter || "").trim().toLowerCase();
-    const names = [...this.charts.keys()].sort((a, b) => sectionOrder(sectionOf(a), sectionOf(b)) || (a < b ? -1 : 1));
-    const grid = el("div", { class: "charts-grid" });
-    for (const name of names) {
-      const c = this.charts.get(name);
-      c.card.hidden = !!f && !name.toLowerCase().includes(f);
-      grid.append(c.card);
+    const bySection = new Map();
+    for (const name of [...this.charts.keys()].sort()) {
+      const key = sectionOf(name);
+      if (!bySection.has(key)) bySection.set(key, []);
+      bySection.get(key).push(name);
     }
-    clear(this.grid).append(grid);
+    const sections = [...bySection.keys()].sort(sectionOrder).map((key) => {
+      const grid = el("div", { class: "charts-grid" });
+      let shown = 0;
+      for (const name of bySection.get(key)) {
+        const c = this.charts.get(name);
+        c.card.hidden = !!f && !name.toLowerCase().includes(f);
+        if (!c.card.hidden) shown++;
+        grid.append(c.card);
+      }
+      const details = el("details", { class: "chart-section", "data-section": key, hidden: shown === 0 },
+        el("summary", {}, el("span", { class: "section-name", text: key ? `${key}/` : "metrics" }),
+          el("span", { class: "section-count", text: `${shown} chart${shown === 1 ? "" : "s"}` })), grid);
+      details.open = key !== "system";
+      return details;
+    });
+    clear(this.grid).append(...sections);
   }
 
   reload() { this.charts.forEach((c) => c.invalidate()); }

@@ -22,7 +22,7 @@ export function makeAxis(name, values) {
     let lo = Infinity, hi = -Infinity;
     for (const v of real) { if (v < lo) lo = v; if (v > hi) hi = v; }
     const span = hi - lo;
-    const log = lo > 0 && hi / lo >= 1000;           // learning rates: spread their decades
+    const log = lo > 0 && hi / lo >= 10;             // learning rates: spread their decades
     const llo = Math.log10(lo), lspan = Math.log10(hi) - llo;
     const pos = (v) => (typeof v !== "number" ? -1 : log ? (Math.log10(v) - llo) / (lspan || 1)
       : span ? (v - lo) / span : 0.5);
@@ -242,7 +242,10 @@ export class HParamsView {
       ctx.strokeStyle = "#57606a";
       ctx.beginPath(); ctx.moveTo(x, g.py(1)); ctx.lineTo(x, g.py(0)); ctx.stroke();
       ctx.fillStyle = "#1f2328";
-      ctx.fillText(a.name + (a.log ? " (log)" : ""), x, 14);
+      const last = i === axes.length - 1 && i > 0;    // the edge axes' names stay inside
+      ctx.textAlign = i === 0 ? "left" : last ? "right" : "center";
+      ctx.fillText(a.name + (a.log ? " (log)" : ""), x + (i === 0 ? -8 : last ? 8 : 0), 14);
+      ctx.textAlign = "center";
       ctx.fillStyle = "#656d76";
       const ticks = a.numeric ? a.ticks : a.ticks.slice(0, 12);
       for (const t of ticks) {
