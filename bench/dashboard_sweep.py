@@ -86,7 +86,8 @@ BRUSH = """async ([a, b]) => {
     ev('mouseup', window, b);
     const handled = performance.now() - t0;
     await new Promise(res => requestAnimationFrame(() => setTimeout(res, 0)));
-    return { handled, frame: performance.now() - t0,
+    const d = document.getElementById('hparams').dataset;
+    return { handled, frame: performance.now() - t0, lines: Number(d.linesMs), table: Number(d.tableMs),
              rows: document.querySelectorAll('#runs tr[data-id]').length,
              count: document.querySelector('.count').textContent, axes: n };
 }"""
@@ -112,7 +113,7 @@ def bench_hparams(pw: Any, base: Path, runs: int, results: dict[str, Any], *, se
         total = json.loads(body)["total"]
         results.update(hparams_runs=total, hparams_api_cold_s=api_cold, hparams_api_warm_s=api_warm,
                        hparams_api_bytes=len(body))
-        paints, frames, brushes, handled = [], [], [], []
+        paints, frames, brushes, handled, lines, tables = [], [], [], [], [], []
         for _ in range(REPEATS):
             browser = _browser(pw, chromium, args)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -128,12 +129,16 @@ def bench_hparams(pw: Any, base: Path, runs: int, results: dict[str, Any], *, se
                 br = page.evaluate(BRUSH, [a, b])
                 brushes.append(br["frame"] / 1000)
                 handled.append(br["handled"] / 1000)
+                lines.append(br["lines"] / 1000)
+                tables.append(br["table"] / 1000)
             results["hparams_brush_table"] = br["count"]
             browser.close()
         results.update(hparams_painted_s=statistics.median(paints), hparams_painted_all=paints,
                        hparams_open_frame_s=statistics.median(frames),
                        hparams_brush_s=statistics.median(brushes), hparams_brush_all=brushes,
-                       hparams_brush_handler_s=statistics.median(handled))
+                       hparams_brush_handler_s=statistics.median(handled),
+                       hparams_brush_release_lines_s=statistics.median(lines),
+                       hparams_brush_release_table_s=statistics.median(tables))
     finally:
         srv.close()
 

@@ -163,6 +163,14 @@ class Dashboard:
                 self._rows_cond.notify_all()
         return out
 
+    def recent_rows(self, max_age: float) -> list[dict[str, Any]]:
+        """The last listing's rows when it ended less than ``max_age`` seconds ago (a
+        page that just read /api/runs asks for a view of the same runs), else rows()."""
+        with self._rows_cond:
+            if self._done and time.monotonic() - self.listed_at < max_age:
+                return self._last
+        return self.rows()
+
     @property
     def listing(self) -> bool:
         """A listing is running now."""
@@ -593,11 +601,13 @@ async def api_bands(request: Request) -> Response:
 
 HPARAMS_PAGE = 10_000
 MAX_HPARAMS_PAGE = 100_000
+HPARAMS_ROWS_AGE = 10.0           # seconds a listing serves /api/hparams before a new one
 
 
 async def api_hparams(request: Request) -> Response:
     """The hyperparameter views' columns (``expman.hparams.hparam_table``) over
-    every listed run, in the runs view's order (newest first): ``param=`` (repeatable;
+    every listed run (from a listing at most HPARAMS_ROWS_AGE seconds old), in the
+    runs view's order (newest first): ``param=`` (repeatable;
     none: the params that vary), ``metric=`` with ``summary=`` last, min or max,
     ``offset``/``limit`` (default 10,000, at most 100,000)."""
     d = _dash(request)
@@ -618,7 +628,7 @@ async def api_hparams(request: Request) -> Response:
             return None
 
     def table() -> dict[str, Any]:
-        rows = sort_rows(d.rows(), "start_time", True)
+        rows = sort_rows(d.recent_rows(HPARAMS_ROWS_AGE), "start_time", True)
         return hparam_table(rows, metric, summary, params, where, offset, limit)
     return await _answer(table)
 
