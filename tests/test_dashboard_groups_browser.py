@@ -239,7 +239,8 @@ def test_brushing_parallel_coordinates_filters_the_runs_table(page: Any, site: A
     page.mouse.up()
     until(lambda: table_ids(page) == ["sweep/lr0.1-s0"], what="the table keeps lr=0.1, seed 0")
     # the scatter draws every run, the brushed-out ones in grey
-    assert page.locator("#hp-scatter").get_attribute("data-points") == "6"
+    until(lambda: page.locator("#hp-scatter").get_attribute("data-points") == "6",
+          what="the scatter draws all six runs")
     # the brushes are in the URL: a reload filters the same
     page.reload()
     page.wait_for_selector('#hp-parallel[data-lines="6"]')

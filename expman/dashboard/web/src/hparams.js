@@ -90,10 +90,13 @@ export class HParamsView {
     root.append(el("label", { class: "hp-toggle" }, this.show, " hyperparameter views"), this.body);
     this.bindBrushing();
     // drawn again when its width changes (the page laid out, a resize)
-    let t = null, width = 0;
-    new ResizeObserver(() => {
-      if (this.body.clientWidth === width) return;
-      width = this.body.clientWidth;
+    // (the width is kept: reading it while drawing would lay out the page, runs table and all)
+    let t = null;
+    this.width = 0;
+    new ResizeObserver((entries) => {
+      const width = Math.round(entries[entries.length - 1].contentRect.width);
+      if (width === this.width) return;
+      this.width = width;
       clearTimeout(t);
       t = setTimeout(() => this.draw(), 100);
     }).observe(this.body);
@@ -181,12 +184,16 @@ export class HParamsView {
   }
 
   size(canvas) {
-    const w = Math.max(300, (this.body.clientWidth || 820) - 20);
+    if (!this.width) this.width = this.body.clientWidth;
+    const w = Math.max(300, (this.width || 820) - 4);
     const dpr = window.devicePixelRatio || 1;
-    canvas.width = Math.round(w * dpr);
-    canvas.height = Math.round(HEIGHT * dpr);
-    canvas.style.width = `${w}px`;
-    canvas.style.height = `${HEIGHT}px`;
+    const [width, height] = [Math.round(w * dpr), Math.round(HEIGHT * dpr)];
+    if (canvas.width !== width || canvas.height !== height) {   // a new bitmap only when resized
+      canvas.width = width;
+      canvas.height = height;
+      canvas.style.width = `${w}px`;
+      canvas.style.height = `${HEIGHT}px`;
+    }
     const ctx = canvas.getContext("2d");
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     return { ctx, w };
@@ -382,8 +389,11 @@ export class HParamsView {
     if (inside || this.filtered) this.onFilter(inside ? new Set([...inside].map((r) => this.data.ids[r])) : null);
     this.filtered = !!inside;
     const t2 = performance.now();
-    if (this.data && !this.body.hidden) this.drawScatter();
-    // where the time went (the bench reads these): brush and lines, the table, all
+    if (this.data && !this.body.hidden) {      // the scatter follows in the next frame
+      cancelAnimationFrame(this.scatterFrame);
+      this.scatterFrame = requestAnimationFrame(() => this.drawScatter());
+    }
+    // where the time went (the bench reads these): brush and lines, the table, both
     this.root.dataset.linesMs = String(t1 - t0);
     this.root.dataset.tableMs = String(t2 - t1);
     this.root.dataset.brushMs = String(performance.now() - t0);
