@@ -314,7 +314,7 @@ export class HParamsView {
       ctx.beginPath();
       for (const [x, y, on] of spots) {
         if (on !== pass) continue;
-        ctx.rect(x - 2, y - 2, 4, 4);
+        ctx.rect(x - 2.5, y - 2.5, 5, 5);
         points++;
       }
       ctx.fill();
