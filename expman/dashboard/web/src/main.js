@@ -1,7 +1,8 @@
 // expman serve's page. Routes (in the URL fragment): #/ the runs view with the
 // charts of the selected runs, #/run/EXP/RUN a run page, #/compare?run=..&run=..
 // Live data comes from one EventSource on /api/stream. The runs view keeps its state
-// (selection, filters, smoothing, x axis, log y) in its URL, #/?run=..&expr=..:
+// (selection, filters, smoothing, x axis, log y, grouping, the hyperparameter views and
+// their brushes) in its URL, #/?run=..&expr=..:
 // a reload or a shared link shows the same. A change of selection is a new history
 // entry (back and forward step through selections); typing in a filter replaces it.
 import { el, clear, getJSON, setColorIndex } from "./dom.js";
