@@ -1,9 +1,12 @@
 """expman serve, measured: time to first chart for one metric of 10 M points
 (server answer and browser paint), the runs view for 5,000 runs, live update
-latency, browser CPU with 20 live charts, server memory, and ticking a run in a
-base holding a 12,000-metric run (`--only wide`).
+latency, browser CPU with 20 live charts, server memory, ticking a run in a base
+holding a 12,000-metric run (`--only wide`); the sweep views
+(bench/dashboard_sweep.py): parallel coordinates over 10,000 runs and brushing,
+bands of 4 groups of 5 runs of 1 M points, a live band of 8 runs.
 
     python bench/dashboard.py                    # ~3 minutes; the figures in docs/dashboard.md
+    python bench/dashboard.py --only hparams --only bands --only liveband --sweep-dir /tmp/sweep
     python bench/dashboard.py --points 1000000 --runs 500 --quick
     python bench/dashboard.py --only tensorboard --tb-slow   # beside TensorBoard, 200 k and 1 M points
 
@@ -499,13 +502,43 @@ def bench_tensorboard(data: Path, sizes: list[int], slow: bool, timeout: float,
               f"  {r['settings']}")
 
 
+def sweep_parts(pw: Any, args: Any, tmp: Path, results: dict[str, Any]) -> None:
+    """The sweep views (bench/dashboard_sweep.py), only when asked for with --only."""
+    import dashboard_sweep as sw
+
+    def make_runs(base: Path, n: int) -> None:
+        subprocess.run([sys.executable, str(HERE / "gen_runs.py"), str(base), "--runs", str(n),
+                        "--metrics", "3", "--steps", "10"], env=ENV, check=True)
+    common = dict(server=Server, chromium=CHROMIUM, args=CHROMIUM_ARGS)
+    parts = (("hparams", partial(sw.bench_hparams, timed_get=timed_get, make=make_runs), args.hp_runs),
+             ("bands", partial(sw.bench_bands, timed_get=timed_get, env=ENV), args.band_points),
+             ("liveband", partial(sw.bench_liveband, env=ENV), 15))
+    for part, fn, n in parts:
+        if part not in (args.only or ()):
+            continue
+        base = (args.sweep_dir or tmp) / f"{part}-{n}"
+        if part == "liveband" and base.exists():
+            shutil.rmtree(base)
+        base.mkdir(parents=True, exist_ok=True)
+        fn(pw, base, n, results, **common)
+        if args.sweep_dir is None or part == "liveband":
+            shutil.rmtree(base)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                          for k, v in results.items()}), flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=10_000_000)
     ap.add_argument("--runs", type=int, default=5000)
     ap.add_argument("--charts", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=7, help="ticks of each run in the wide base")
-    ap.add_argument("--only", choices=("big", "many", "live", "wide", "tensorboard"), action="append",
+    ap.add_argument("--hp-runs", type=int, default=10_000, help="runs for the hyperparameter views")
+    ap.add_argument("--band-points", type=int, default=1_000_000, help="points per run of the bands")
+    ap.add_argument("--sweep-dir", type=Path, default=None,
+                    help="keep the sweep parts' base dirs here and reuse them (10,000 runs take minutes to write)")
+    ap.add_argument("--only", choices=("big", "many", "live", "wide", "tensorboard", "hparams", "bands",
+                                       "liveband"), action="append",
                     help="run only these parts (repeatable)")
     ap.add_argument("--tensorboard", action="store_true",
                     help="also expman serve beside TensorBoard (its defaults) on the same series")
@@ -529,6 +562,7 @@ def main() -> int:
             shutil.rmtree(base)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                               for k, v in results.items()}), flush=True)
+        sweep_parts(pw, args, Path(tmp), results)
         if args.tensorboard or "tensorboard" in (args.only or ()):
             data = args.data_dir or Path(tmp) / "vs"
             data.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import random
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import expman
 from expman import layout
@@ -86,3 +87,17 @@ def failed_run(base: Path) -> Path:
     except ZeroDivisionError:
         pass
     return exp.run_dir
+
+
+def sweep_run(base: Path, name: str, lr: float, seed: int, steps: int = 3000) -> Any:
+    """A run of the sweep: loss falls with lr; one spike at a seed-dependent step."""
+    import numpy as np
+    rng = np.random.default_rng(seed * 100 + int(lr * 1000))
+    loss = np.exp(-np.arange(steps) * lr / 50) + rng.random(steps) * 0.1
+    loss[(500 + 37 * seed) % steps] = 50.0 + seed          # a spike a band must keep
+    with expman.Experiment("sweep", name, base_dir=base, system_metrics=False,
+                           group=f"lr{lr}", tags=["sweep", f"seed{seed}"]) as exp:
+        exp.log_params({"lr": lr, "seed": seed, "optim": {"name": "adam" if lr > 0.05 else "sgd"}})
+        for step in range(steps):
+            exp.log_metrics({"loss": float(loss[step])}, step=step)
+    return loss

@@ -17,7 +17,7 @@ import re
 import threading
 import time
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -32,9 +32,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from expman import layout
+from expman.bands import STATS, bands
 from expman.dashboard.cache import DEFAULT_MAX_BYTES, CachedRun, RunCache
 from expman.decimate import window
 from expman.tables import read_version, table_counts, version_records
+
+
+from expman.hparams import SUMMARIES, hparam_table
 from expman.dashboard.live import Live
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -161,6 +165,14 @@ class Dashboard:
                     self._done, self._last = mine, out
                 self._rows_cond.notify_all()
         return out
+
+    def recent_rows(self, max_age: float) -> list[dict[str, Any]]:
+        """The last listing's rows when it ended less than ``max_age`` seconds ago (a
+        page that just read /api/runs asks for a view of the same runs), else rows()."""
+        with self._rows_cond:
+            if self._done and time.monotonic() - self.listed_at < max_age:
+                return self._last
+        return self.rows()
 
     @property
     def listing(self) -> bool:
@@ -764,6 +776,114 @@ async def api_export_csv(request: Request) -> Response:
         "content-disposition": f'attachment; filename="{safe}.csv"', "cache-control": "no-store"})
 
 
+MAX_BAND_RUNS = 5000               # runs of all groups of one /api/bands request
+
+
+def _band_groups(request: Request) -> dict[str, list[str]]:
+    """``group=LABEL`` followed by that group's ``run=EXP/RUN`` (repeatable), in order."""
+    from urllib.parse import parse_qsl
+    groups: dict[str, list[str]] = {}
+    current = None
+    total = 0
+    for key, value in parse_qsl(request.scope.get("query_string", b"").decode("latin-1"),
+                                keep_blank_values=True):
+        if key == "group":
+            current = groups.setdefault(value, [])
+        elif key == "run":
+            if current is None:
+                raise HTTPException(400, f"run={value!r} comes before any group=")
+            current.append(value)
+            total += 1
+    if not groups:
+        raise HTTPException(400, "group= is required (a label, then its run= ids)")
+    if total > MAX_BAND_RUNS:
+        raise HTTPException(400, f"{total} runs: at most {MAX_BAND_RUNS} per request")
+    return groups
+
+
+async def api_bands(request: Request) -> Response:
+    """Groups of runs as bands (``expman.bands``): for each ``group=LABEL`` and its
+    ``run=`` ids, per pixel column the min and max of every point of its runs and
+    the ``stat`` (mean or median) of the runs' column means. A run without the
+    metric (or not found) is left out of its group and named in ``missing``."""
+    d = _dash(request)
+    q = request.query_params
+    metric = q.get("metric")
+    if not metric:
+        raise HTTPException(400, "metric= is required (a metric name)")
+    axis = q.get("x", "step")
+    if axis not in X_AXES:
+        raise HTTPException(400, f"x={axis!r}: use one of {', '.join(X_AXES)}")
+    stat = q.get("stat", "mean")
+    if stat not in STATS:
+        raise HTTPException(400, f"stat={stat!r}: use one of {', '.join(STATS)}")
+    pixels = _int_arg(request, "points", 1000, 1, MAX_POINTS)
+    lo, hi = _float_arg(request, "from"), _float_arg(request, "to")
+    groups = _band_groups(request)
+
+    def compute() -> dict[str, Any]:
+        series: dict[str, list[tuple[Any, Any]]] = {}
+        missing, status = [], {}
+        for label, ids in groups.items():
+            series[label] = []
+            for rid in ids:
+                exp, _, name = rid.partition("/")
+                try:
+                    run = d.cached(exp, name)
+                except HTTPException:
+                    missing.append(rid)
+                    continue
+                snap = _series_of(run, metric, None)[0]      # a fork's: its main history
+                status[rid] = run.status
+                if snap is None:
+                    missing.append(rid)
+                    continue
+                steps, times, values = snap
+                series[label].append((_x_column(run, axis, steps, times), values))
+        b = bands(series, pixels, lo, hi, stat)
+        return {"metric": metric, "x_axis": axis, "stat": stat, "points": pixels,
+                "exact": b.exact, "x": b.x,
+                "missing": missing, "status": status,
+                "groups": [{"label": label, "runs": groups[label], "points": band.points,
+                            "lo": band.lo, "hi": band.hi, "mid": band.mid, "n": band.runs}
+                           for label, band in b.groups.items()]}
+    return await _answer(compute)
+
+
+HPARAMS_PAGE = 10_000
+MAX_HPARAMS_PAGE = 100_000
+HPARAMS_ROWS_AGE = 10.0           # seconds a listing serves /api/hparams before a new one
+
+
+async def api_hparams(request: Request) -> Response:
+    """The hyperparameter views' columns (``expman.hparams.hparam_table``) over
+    every listed run (from a listing at most HPARAMS_ROWS_AGE seconds old), in the
+    runs view's order (newest first): ``param=`` (repeatable;
+    none: the params that vary), ``metric=`` with ``summary=`` last, min or max,
+    ``offset``/``limit`` (default 10,000, at most 100,000)."""
+    d = _dash(request)
+    q = request.query_params
+    summary = q.get("summary") or "last"
+    if summary not in SUMMARIES:
+        raise HTTPException(400, f"summary={summary!r}: use one of {', '.join(SUMMARIES)}")
+    offset = _int_arg(request, "offset", 0, 0, 1 << 62)
+    limit = _int_arg(request, "limit", HPARAMS_PAGE, 0, MAX_HPARAMS_PAGE)
+    params = q.getlist("param") or None
+    metric = q.get("metric") or None
+
+    def where(row: Mapping[str, Any]) -> Path | None:
+        exp, _, name = str(row.get("id")).partition("/")
+        try:
+            return d.run_dir(exp, name)
+        except HTTPException:
+            return None
+
+    def table() -> dict[str, Any]:
+        rows = sort_rows(d.recent_rows(HPARAMS_ROWS_AGE), "start_time", True)
+        return hparam_table(rows, metric, summary, params, where, offset, limit)
+    return await _answer(table)
+
+
 async def api_events(request: Request) -> Response:
     d = _dash(request)
     run = await anyio.to_thread.run_sync(d.cached, request.path_params["exp"],
@@ -1003,6 +1123,8 @@ def create_app(base_dir: str | os.PathLike[str] | None = None, token: str | None
         Route("/", index),
         Route("/favicon.ico", favicon),
         Route("/api/runs", api_runs),
+        Route("/api/bands", api_bands),
+        Route("/api/hparams", api_hparams),
         Route("/api/stream", api_stream),
         Route("/api/runs/{exp}/{run}", api_run),
         Route("/api/runs/{exp}/{run}/series", api_series),

@@ -495,12 +495,12 @@ class Chart {
 const PINNED = "\u0000pinned";   // the pinned charts' section (no metric prefix is this)
 
 // "train/loss" -> "train"; "loss" -> "" (the user's own metrics, first)
-function sectionOf(name) {
+export function sectionOf(name) {
   const i = name.indexOf("/");
   return i > 0 ? name.slice(0, i) : "";
 }
 
-function sectionOrder(a, b) {
+export function sectionOrder(a, b) {
   const rank = (k) => (k === PINNED ? -1 : k === "" ? 0 : k === "system" ? 2 : 1);
   return rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0);
 }

@@ -1,7 +1,8 @@
 // expman serve's page. Routes (in the URL fragment): #/ the runs view with the
 // charts of the selected runs, #/run/EXP/RUN a run page, #/compare?run=..&run=..
 // Live data comes from one EventSource on /api/stream. The runs view keeps its state
-// (selection, filters, smoothing, x axis, log y) in its URL, #/?run=..&expr=..:
+// (selection, filters, smoothing, x axis, log y, grouping, the hyperparameter views and
+// their brushes) in its URL, #/?run=..&expr=..:
 // a reload or a shared link shows the same. A change of selection is a new history
 // entry (back and forward step through selections); typing in a filter replaces it.
 import { el, clear, getJSON, setColorIndex } from "./dom.js";
@@ -9,6 +10,8 @@ import { RunsTable, encodeId } from "./runs.js";
 import { ChartPanel } from "./charts.js";
 import { showRun, showCompare } from "./run.js";
 import { initTheme } from "./theme.js";
+import { GroupPanel } from "./groups.js";
+import { HParamsView } from "./hparams.js";
 
 const app = document.getElementById("app");
 const liveDot = document.getElementById("live-dot");
@@ -35,40 +38,49 @@ function buildHome() {
     el("label", {}, "smoothing ", el("input", { id: "smoothing", type: "range", min: "0", max: "0.99", step: "0.01", value: "0",
       oninput: (e) => { smoothVal.textContent = e.target.value; charts.setOption("smooth", Number(e.target.value)); } }), smoothVal),
     compareBtn);
+  const groupsRoot = el("div", { class: "group-charts", id: "group-charts" });
+  const hpRoot = el("div", { class: "hparams", id: "hparams" });
   const hint = el("p", { class: "muted", id: "charts-hint", text: "Select runs to see their charts." });
-  const view = el("div", {}, tableRoot, el("h2", { text: "Charts" }), controls, hint, chartsRoot);
-  view.addEventListener("input", () => saveState());
-  view.addEventListener("change", () => saveState());
+  const view = el("div", {}, tableRoot, hpRoot, el("h2", { text: "Charts" }), controls, hint, groupsRoot, chartsRoot);
+  view.addEventListener("input", () => { saveState(); groups.optionsChanged(); });
+  view.addEventListener("change", () => { saveState(); groups.optionsChanged(); });
   // a live run may log a metric its row does not show yet: its chart asks for it anyway
   const charts = new ChartPanel(chartsRoot, { has: (id, m) => {
     const r = table.rows.get(id);
     return !r || r.status === "RUNNING" || m in r.last_metrics;
   }, storageKey: () => document.getElementById("base").textContent });
   const table = new RunsTable(tableRoot, { onSelect: (ids) => select(ids) });
+  const groups = new GroupPanel(groupsRoot, { rows: () => table.rows, opts: charts.opts });
+  groups.onToggle = (on) => { chartsRoot.hidden = on; };
+  controls.insertBefore(groups.controls, compareBtn);
+  const hparams = new HParamsView(hpRoot, { onFilter: (ids) => { table.keep = ids; table.draw(); } });
   function select(ids) {
     if (!applyingDefault) autoSelected = false;
     const metrics = new Set();
     for (const id of ids) Object.keys(table.rows.get(id)?.last_metrics || {}).forEach((m) => metrics.add(m));
     charts.setRuns(ids, [...metrics]);
+    groups.setRuns(ids, [...metrics]);
     hint.hidden = ids.length > 0;
     compareBtn.disabled = ids.length < 2;
     table.markSelected();
     connect();
     saveState(true);
   }
-  return { view, table, charts, select };
+  return { view, table, charts, groups, hparams, select };
 }
 
 // URL parameter -> the control holding it (a checkbox's value is "1" when ticked)
 const STATE = [["q", "text-filter"], ["status", "status-filter"], ["expr", "expr-filter"],
-  ["metrics", "metric-filter"], ["x", "x-axis"], ["log", "log-y"], ["smooth", "smoothing"]];
+  ["metrics", "metric-filter"], ["x", "x-axis"], ["log", "log-y"], ["smooth", "smoothing"],
+  ["groupby", "group-by"], ["band", "band-stat"], ["hp", "hp-show"], ["hpm", "hp-metric"],
+  ["hps", "hp-summary"], ["hpp", "hp-params"], ["hpx", "hp-x"], ["brush", "hp-brush"]];
 
 function urlState() {
   const hash = location.hash || "#/";
   return hash.startsWith("#/?") ? new URLSearchParams(hash.slice(3)) : new URLSearchParams();
 }
 
-const DEFAULTS = { x: "step", smooth: "0" };
+const DEFAULTS = { x: "step", smooth: "0", band: "mean", hps: "last" };
 
 function isHome() {
   return location.hash === "" || location.hash === "#/" || location.hash.startsWith("#/?");
@@ -84,6 +96,8 @@ function applyState(params) {
       input.checked = value === "1";
     } else {
       if (input.value === value) continue;
+      // a choice the page lists later (a param to group by, a metric): offered now
+      if (input.tagName === "SELECT" && value && ![...input.options].some((o) => o.value === value)) input.append(new Option(value, value));
       input.value = value;
     }
     input.dispatchEvent(new Event(input.tagName === "SELECT" || input.type === "checkbox" ? "change" : "input"));
@@ -124,7 +138,7 @@ function saveState(push = false) {
   for (const [key, id] of STATE) {
     const input = home.view.querySelector(`#${id}`);
     const value = input.type === "checkbox" ? (input.checked ? "1" : "") : input.value;
-    if (value && !(key === "x" && value === "step") && !(key === "smooth" && value === "0")) q.set(key, value);
+    if (value && value !== DEFAULTS[key]) q.set(key, value);
   }
   if (autoSelected) { /* the newest runs, again on the next visit */ }
   else if (home.table.selected.size) home.table.selected.forEach((id) => q.append("run", id));
@@ -162,6 +176,7 @@ async function loadRuns() {
   document.getElementById("base").textContent = first.base;
   first.runs.forEach((r, i) => setColorIndex(r.id, first.total - 1 - i));
   home.table.setRows(first.runs);
+  home.groups.updateChoices();
   // the URL's selection (its runs as they are listed), else the newest runs
   const wanted = urlState().has("run") ? new Set(urlState().getAll("run").filter(Boolean)) : null;
   restoring = true;
@@ -172,6 +187,7 @@ async function loadRuns() {
     if (!page.runs.length) break;
     page.runs.forEach((r, i) => setColorIndex(r.id, first.total - 1 - offset - i));
     home.table.addRows(page.runs);
+    home.groups.updateChoices();
     const more = wanted ? page.runs.filter((r) => wanted.has(r.id)).map((r) => r.id) : [];
     if (more.length) {
       restoring = true;
@@ -194,6 +210,7 @@ function connect() {
   stream.addEventListener("points", (e) => {
     const p = JSON.parse(e.data);
     home.charts.append(p.run, p.metric, p.start, p.steps, p.times, p.values);
+    home.groups.append(p.run, p.metric);
     if (runPanel) runPanel.append(p.run, p.metric, p.start, p.steps, p.times, p.values);
   });
   stream.addEventListener("status", (e) => {
@@ -204,6 +221,7 @@ function connect() {
   stream.addEventListener("runs", (e) => {
     const d = JSON.parse(e.data);
     home.table.update(d.rows);
+    if (d.added.length) home.groups.updateChoices();
     if (d.added.length) connect();       // watch the new live rows too
   });
 }

@@ -20,6 +20,7 @@ export class RunsTable {
     this.status = "";
     this.expr = [];
     this.group = false;
+    this.keep = null;                    // ids the hyperparameter brushes keep (null: all)
     this.exprError = el("span", { class: "expr-error", role: "alert" });
     this.count = el("span", { class: "count" });
     const statusSel = el("select", { id: "status-filter", "aria-label": "status",
@@ -109,6 +110,7 @@ export class RunsTable {
   visible() {
     const out = [];
     for (const r of this.rows.values()) {
+      if (this.keep && !this.keep.has(r.id)) continue;
       if (this.status && r.status !== this.status) continue;
       if (this.text && !r.search.includes(this.text)) continue;
       if (this.expr.length && !matches(r, this.expr)) continue;
