@@ -55,22 +55,28 @@ def folder_bytes(path: Path) -> int:
 
 
 def bench_fork(base: Path, points: int, repeats: int) -> None:
-    secs, sizes, written = [], [], []
+    secs, sizes, written, plain, opened = [], [], [], [], []
     for i in range(repeats):
+        t0 = time.perf_counter()            # beside it: a new plain run, opened and closed
+        expman.Experiment("b", f"new{i}", base_dir=base, **{**KW, "buffer_size": 4 << 20}).close()
+        plain.append(time.perf_counter() - t0)
         w0 = wchar()
         t0 = time.perf_counter()
         e = expman.Experiment("b", f"fork{i}", base_dir=base, fork_from=f"b/parent@{points // 2}",
                               **{**KW, "buffer_size": 4 << 20})
+        opened.append(time.perf_counter() - t0)
         e.close()
         secs.append(time.perf_counter() - t0)
         w1 = wchar()
         if w0 is not None and w1 is not None:
             written.append(w1 - w0)
         sizes.append(folder_bytes(base / "b" / f"fork{i}"))
-    print(f"fork of a {points:,}-point parent (open + close): median "
+    print(f"fork of a {points:,}-point parent: opened in {statistics.median(opened) * 1000:.1f} "
+          f"ms; opened and closed: median "
           f"{statistics.median(secs) * 1000:.1f} ms (max {max(secs) * 1000:.1f}); child folder "
           f"{statistics.median(sizes) / 1024:.1f} KiB"
-          + (f"; write() bytes {statistics.median(written) / 1024:.1f} KiB" if written else ""))
+          + (f"; write() bytes {statistics.median(written) / 1024:.1f} KiB" if written else "")
+          + f"; a new plain run, opened and closed: {statistics.median(plain) * 1000:.1f} ms")
 
 
 def read_seconds(path: Path) -> float:
@@ -78,7 +84,10 @@ def read_seconds(path: Path) -> float:
     t0 = time.perf_counter()
     run = expman.open_run(path)
     run.metrics["loss"]
-    return time.perf_counter() - t0
+    took = time.perf_counter() - t0
+    del run
+    gc.collect()
+    return took
 
 
 def bench_read(base: Path, points: int, repeats: int, fork_step: int, own: int, tag: str) -> None:
@@ -97,10 +106,12 @@ def bench_read(base: Path, points: int, repeats: int, fork_step: int, own: int, 
     a, b = expman.open_run(base / "b" / child), expman.open_run(base / "b" / plain)
     assert list(a.metrics["loss"].values[-5:]) == list(b.metrics["loss"].values[-5:])
     assert len(a.metrics["loss"]) == len(b.metrics["loss"]) == fork_step + 1 + own
+    del a, b
     forked, flat = [], []
-    for _ in range(repeats):
-        forked.append(read_seconds(base / "b" / child))
-        flat.append(read_seconds(base / "b" / plain))
+    for r in range(repeats):                # ABBA: neither case always goes first
+        order = [(child, forked), (plain, flat)]
+        for name, out in (order if r % 2 else order[::-1]):
+            out.append(read_seconds(base / "b" / name))
     f, p = statistics.median(forked), statistics.median(flat)
     print(f"read {fork_step + 1 + own:,} points, fork at step {fork_step:,} of a "
           f"{points:,}-point parent: forked {f * 1000:.0f} ms, plain {p * 1000:.0f} ms, "
@@ -126,9 +137,10 @@ def bench_hotpath(base: Path, calls: int, repeats: int) -> None:
     plain = expman.Experiment("h", "plain", base_dir=base, **KW)
     b_ns, p_ns = [], []
     step = 1000
-    for _ in range(repeats):
-        b_ns.append(tight(branched, calls, step))
-        p_ns.append(tight(plain, calls, step))
+    for r in range(3 * repeats):            # ABBA: neither case always goes first
+        order = [(branched, b_ns), (plain, p_ns)]
+        for e, out in (order if r % 2 else order[::-1]):
+            out.append(tight(e, calls, step))
         step += calls
     branched.close()
     plain.close()

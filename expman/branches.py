@@ -507,9 +507,12 @@ def _below(s: Any, t: Any, v: Any, bound: int | None) -> tuple[Any, Any, Any]:
         return s, t, v
     np = numpy()
     if np is not None and not isinstance(s, array):
-        keep = s < bound
-        if bool(keep.all()):
+        if int(s.max()) < bound:            # the usual case: no copy
             return s, t, v
+        if bool((s[1:] >= s[:-1]).all()):   # steps in order: a prefix, as views
+            n = int(np.searchsorted(s, bound, "left"))
+            return s[:n], t[:n], v[:n]
+        keep = s < bound
         return s[keep], t[keep], v[keep]
     mask = [x < bound for x in s]
     return tuple(array(col.typecode, (x for x, k in zip(col, mask) if k))  # type: ignore[return-value]

@@ -117,6 +117,19 @@ def test_forks_of_forks_read_through_the_whole_chain(base):
     agree(base / "e/c")
 
 
+def test_a_fork_of_a_parent_with_duplicate_steps_keeps_them_in_logged_order(base):
+    with exp(base, run="p") as p:
+        log_steps(p, range(10))
+    with exp(base, run="p", resume="duplicates") as p:
+        log_steps(p, range(5, 8), 0.5)
+    with exp(base, run="c", fork_from="e/p@6") as c:
+        log_steps(c, range(7, 9), 100)
+    run = expman.open_run(base / "e/c")
+    assert points(run) == [(s, float(s)) for s in range(7)] + [(5, 5.5), (6, 6.5),
+                                                               (7, 107.0), (8, 108.0)]
+    agree(base / "e/c")
+
+
 def test_fork_from_names_a_real_parent_or_fails_before_any_folder(base):
     with exp(base, run="p") as p:
         log_steps(p, range(3))
