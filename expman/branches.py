@@ -275,29 +275,15 @@ Pieces = dict[str, list[tuple[Any, Any, Any, Any]]]
 
 @dataclass
 class History:
-    """What read_history found for one rank of one run. ``metrics`` is built on first
-    use: a parent's history is only cut into its child's, never built itself (its
-    decoded columns are then joined in place, without a copy; building ``metrics``
-    uses up ``pieces``)."""
+    """What read_history found for one rank of one run."""
 
+    metrics: Metrics
     branches: list[Branch]
     lineage: list[tuple[str, int | None]]
     problems: list[dict[str, str]] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
     keys: dict[int, str] = field(default_factory=dict)
     pieces: Pieces = field(default_factory=dict)
-    _metrics: Metrics | None = field(default=None, repr=False)
-
-    @property
-    def metrics(self) -> Metrics:
-        if self._metrics is None:
-            series = {}
-            runs: dict[str, list[tuple[Any, int]]] = {}
-            for n, pieces in self.pieces.items():
-                runs[n] = [(lab, len(ps)) for lab, ps, _t, _v in pieces]
-                series[n] = Series(n, *_joined(pieces))
-            self._metrics = Metrics(series, branches=runs)
-        return self._metrics
 
 
 def read_history(run_dir: str | os.PathLike[str], rank: int = 0,
@@ -377,8 +363,14 @@ def read_history(run_dir: str | os.PathLike[str], rank: int = 0,
     # names: inherited first, then this run's keys in the order they were defined
     order = list(prefix) + [keys[k] for k in sorted(keys) if keys[k] not in prefix]
     order += [n for n in hist if n not in order]
-    return History(out_branches, lineage, problems, report, keys,
-                   {n: hist.get(n) or [] for n in order})
+    series = {}
+    runs: dict[str, list[tuple[Any, int]]] = {}
+    for n in order:
+        pieces = hist.get(n) or []
+        series[n] = Series(n, *_joined(pieces))
+        runs[n] = [(lab, len(ps)) for lab, ps, _t, _v in pieces]
+    return History(Metrics(series, branches=runs), out_branches, lineage, problems, report,
+                   keys, {n: hist.get(n) or [] for n in order})
 
 
 def _inherited(run: Path, rank: int, fork: dict[str, Any], salvage: bool,
@@ -465,6 +457,9 @@ def _decode_segments(data: bytes, lines: list[BranchLine], salvage: bool,
         report["end"] = rep["end"]
     else:
         report["end"] = pos
+    for seg in segments:
+        for n, (s, t, v) in seg.items():
+            seg[n] = (_col(s), _col(t), _col(v))
     return segments, accepted, report, problems, keys
 
 
@@ -506,56 +501,35 @@ def _col(a: Any) -> Any:
     return np.frombuffer(a, dtype=np.int64 if a.typecode == "q" else np.float64)
 
 
-def _np_view(col: Any) -> Any:
-    """A numpy view of an array.array column (a numpy array as it is)."""
-    np = numpy()
-    if isinstance(col, array):
-        return np.frombuffer(col, dtype=np.int64 if col.typecode == "q" else np.float64)
-    return col
-
-
 def _below(s: Any, t: Any, v: Any, bound: int | None) -> tuple[Any, Any, Any]:
-    """The rows with ``step < bound`` (all of them when bound is None). Columns are
-    array.array as decoded, or numpy arrays once cut."""
+    """The rows with ``step < bound`` (all of them when bound is None)."""
     if bound is None or not len(s):
         return s, t, v
     np = numpy()
-    if np is not None:
-        steps = _np_view(s)
-        if int(steps.max()) < bound:            # the usual case: no copy
+    if np is not None and not isinstance(s, array):
+        if int(s.max()) < bound:            # the usual case: no copy
             return s, t, v
-        if bool((steps[1:] >= steps[:-1]).all()):   # steps in order: a prefix, as views
-            n = int(np.searchsorted(steps, bound, "left"))
-            return steps[:n], _np_view(t)[:n], _np_view(v)[:n]
-        keep = steps < bound
-        return steps[keep], _np_view(t)[keep], _np_view(v)[keep]
+        if bool((s[1:] >= s[:-1]).all()):   # steps in order: a prefix, as views
+            n = int(np.searchsorted(s, bound, "left"))
+            return s[:n], t[:n], v[:n]
+        keep = s < bound
+        return s[keep], t[keep], v[keep]
     mask = [x < bound for x in s]
     return tuple(array(col.typecode, (x for x, k in zip(col, mask) if k))  # type: ignore[return-value]
                  for col in (s, t, v))
 
 
 def _joined(pieces: list[tuple[Any, Any, Any, Any]]) -> tuple[Any, Any, Any]:
-    """steps, values, times of pieces end to end, as the reader's columns (numpy when
-    there is numpy). The first piece, when it is a whole decoded array.array, is
-    extended in place (a large array grows by remapping its pages: no copy)."""
+    """steps, values, times of pieces end to end (one piece: its own columns, no copy)."""
+    if len(pieces) == 1:
+        _lab, s, t, v = pieces[0]
+        return s, v, t
     np = numpy()
     if not pieces:
         return _col(array("q")), _col(array("d")), _col(array("d"))
-    first = pieces[0]
-    if len(pieces) > 1 and all(isinstance(c, array) and _resizable(c) for c in first[1:]):
-        out: list[Any] = list(first[1:])
-        for _lab, *cols in pieces[1:]:
-            for o, c in zip(out, cols):
-                if isinstance(c, array):
-                    o.extend(c)
-                else:
-                    o.frombytes(c)
-        return _col(out[0]), _col(out[2]), _col(out[1])
-    if len(pieces) == 1:
-        return _col(first[1]), _col(first[3]), _col(first[2])
-    if np is not None:
-        s, v, t = (np.concatenate([_np_view(p[i]) for p in pieces]) for i in (1, 3, 2))
-        return s, v, t
+    if np is not None and not isinstance(pieces[0][1], array):
+        return (np.concatenate([p[1] for p in pieces]), np.concatenate([p[3] for p in pieces]),
+                np.concatenate([p[2] for p in pieces]))
     s, v, t = array("q"), array("d"), array("d")
     for _lab, ps, pt, pv in pieces:
         s.extend(ps)
@@ -564,26 +538,12 @@ def _joined(pieces: list[tuple[Any, Any, Any, Any]]) -> tuple[Any, Any, Any]:
     return s, v, t
 
 
-def _resizable(col: "array[Any]") -> bool:
-    """False when a buffer of ``col`` is held elsewhere (extending it would fail)."""
-    try:
-        col.append(0)
-    except BufferError:
-        return False
-    col.pop()
-    return True
-
-
 def _min(s: Any) -> int | None:
-    if not len(s):
-        return None
-    return int(_np_view(s).min()) if numpy() is not None else int(min(s))
+    return int(min(s)) if len(s) and isinstance(s, array) else (int(s.min()) if len(s) else None)
 
 
 def _max(s: Any) -> int | None:
-    if not len(s):
-        return None
-    return int(_np_view(s).max()) if numpy() is not None else int(max(s))
+    return int(max(s)) if len(s) and isinstance(s, array) else (int(s.max()) if len(s) else None)
 
 
 def own_branch(run_dir: str | os.PathLike[str], meta: dict[str, Any], points: int,
