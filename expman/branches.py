@@ -34,7 +34,7 @@ from expman.series import Metrics, Series, numpy
 
 __all__ = ["Branch", "BranchLine", "History", "KINDS", "read_lines", "read_history",
            "parse_fork_from", "fork_record", "is_branched", "append_line", "cut_torn_line",
-           "LINEAGE_PROBLEMS", "branches_file"]
+           "LINEAGE_PROBLEMS", "branches_file", "children", "frame_starts", "parse_lines"]
 
 KINDS = ("rewind", "resume")                 # what a branches.jsonl line may open
 LINEAGE_PROBLEMS = ("parent_missing", "parent_mismatch", "lineage_too_deep", "lineage_cycle")
@@ -244,6 +244,23 @@ def fork_record(value: Any, base: Path, rank: int = 0) -> tuple[dict[str, Any], 
     return ({"parent": f"{parent.parent.name}/{parent.name}",
              "parent_uuid": uuid if isinstance(uuid, str) else None, "step": step,
              "branch": lines[-1].id if lines else 0}, params)
+
+
+def children(base: str | os.PathLike[str], parent: str) -> list[str]:
+    """The runs under ``base`` forked from ``parent`` (``"experiment/run"``), as
+    ``"experiment/run"`` specs, sorted: what deleting the parent would break. A
+    run.json that cannot be read is skipped (it names no parent it can be held to)."""
+    from expman.layout import scan_run_dirs
+    out = []
+    for path, exp, name, _linked in scan_run_dirs(base):
+        try:
+            meta = read_json_object(Path(path) / RUN_FILE)
+        except (OSError, ValueError):
+            continue
+        fork, _bad = _fork_of(meta)
+        if fork is not None and fork["parent"] == parent:
+            out.append(f"{exp}/{name}")
+    return sorted(out)
 
 
 def _fork_of(meta: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:

@@ -83,6 +83,7 @@ def test_fork_of_a_finished_parent_reads_its_prefix_then_its_own(base):
     # the listing's last value and point count describe the main history
     [line] = [r for r in expman.list_runs(base) if r.run_name == "c"]
     assert line.points == 9 and line.last_metrics["x"] == 108.0
+    assert branches.children(base, "e/p") == ["e/c"] and branches.children(base, "e/c") == []
 
 
 def test_fork_from_a_running_parent_and_the_tuple_spelling(base):
