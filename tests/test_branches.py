@@ -20,6 +20,7 @@ from expman import branches, refreader
 from expman.errors import ExpmanValueError, RunNotFoundError
 from expman.readmodel import integrity_problems
 
+from conftest import need
 from test_reliability import run_script
 
 POSIX = os.name == "posix"
@@ -266,6 +267,10 @@ def test_each_rank_has_its_own_branches_file(base, monkeypatch):
     assert points(r0) == [(s, float(s)) for s in range(6)]
     assert points(r1) == [(0, 10.0), (1, 11.0), (2, 12.0), (3, 503.0), (4, 504.0)]
     assert [b.kind for b in r1.branches] == ["root", "rewind"]
+    need("pandas")
+    from expman.ranks import ranks_frame
+    frame = ranks_frame(path)
+    assert list(frame[frame["rank"] == 1]["value"]) == [10.0, 11.0, 12.0, 503.0, 504.0]
     agree(path, rank=1)
     agree(path, rank=0)
 
