@@ -34,7 +34,7 @@ from expman.series import Metrics, Series, numpy
 
 __all__ = ["Branch", "BranchLine", "History", "KINDS", "read_lines", "read_history",
            "parse_fork_from", "fork_record", "is_branched", "append_line", "cut_torn_line",
-           "LINEAGE_PROBLEMS", "branches_file"]
+           "LINEAGE_PROBLEMS", "branches_file", "children", "frame_starts", "parse_lines"]
 
 KINDS = ("rewind", "resume")                 # what a branches.jsonl line may open
 LINEAGE_PROBLEMS = ("parent_missing", "parent_mismatch", "lineage_too_deep", "lineage_cycle")
@@ -246,6 +246,23 @@ def fork_record(value: Any, base: Path, rank: int = 0) -> tuple[dict[str, Any], 
              "branch": lines[-1].id if lines else 0}, params)
 
 
+def children(base: str | os.PathLike[str], parent: str) -> list[str]:
+    """The runs under ``base`` forked from ``parent`` (``"experiment/run"``), as
+    ``"experiment/run"`` specs, sorted: what deleting the parent would break. A
+    run.json that cannot be read is skipped (it names no parent it can be held to)."""
+    from expman.layout import scan_run_dirs
+    out = []
+    for path, exp, name, _linked in scan_run_dirs(base):
+        try:
+            meta = read_json_object(Path(path) / RUN_FILE)
+        except (OSError, ValueError):
+            continue
+        fork, _bad = _fork_of(meta)
+        if fork is not None and fork["parent"] == parent:
+            out.append(f"{exp}/{name}")
+    return sorted(out)
+
+
 def _fork_of(meta: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
     """run.json's fork record checked: (record, None) or (None, why it is malformed)."""
     fork = meta.get("fork")
@@ -268,9 +285,9 @@ def _fork_of(meta: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
 
 # ---- reading -------------------------------------------------------------------------------------
 
-# A rank's columns while folding: name -> (steps, times, values, codes); ``codes``
-# index History.labels (an own branch's id, or "exp/run:k" for an inherited point).
-Cols = dict[str, tuple[Any, Any, Any, Any]]
+# A history while folding: name -> pieces (label, steps, times, values) in order; the
+# label is the branch id of this run, or "exp/run:k" for a point a fork inherited.
+Pieces = dict[str, list[tuple[Any, Any, Any, Any]]]
 
 
 @dataclass
@@ -283,8 +300,7 @@ class History:
     problems: list[dict[str, str]] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
     keys: dict[int, str] = field(default_factory=dict)
-    columns: Cols = field(default_factory=dict)
-    labels: list[Any] = field(default_factory=list)
+    pieces: Pieces = field(default_factory=dict)
 
 
 def read_history(run_dir: str | os.PathLike[str], rank: int = 0,
@@ -307,16 +323,7 @@ def read_history(run_dir: str | os.PathLike[str], rank: int = 0,
     segments, accepted, report, seg_problems, keys = _decode_segments(data, lines, salvage, keys)
     problems += seg_problems
     fork, bad_fork = _fork_of(meta)
-    labels: list[Any] = []
-    codes: dict[Any, int] = {}
-
-    def code(label: Any) -> int:
-        if label not in codes:
-            codes[label] = len(labels)
-            labels.append(label)
-        return codes[label]
-
-    prefix: Cols = {}
+    prefix: Pieces = {}
     lineage: list[tuple[str, int | None]] = [(spec, None)]
     if bad_fork:
         problems.append({"problem": "parent_missing", "detail": f"{run}: {bad_fork}"})
@@ -330,22 +337,32 @@ def read_history(run_dir: str | os.PathLike[str], rank: int = 0,
                          for p in parent_hist.problems]
             lineage = [*parent_hist.lineage[:-1], (parent_spec, int(fork["step"])),
                        (spec, None)]
-            remap = [code(lab if isinstance(lab, str) else f"{parent_spec}:{lab}")
-                     for lab in parent_hist.labels]
-            for name, (s, t, v, c) in parent_hist.columns.items():
-                s, t, v, c = _take(s, t, v, c, _le(s, int(fork["step"])))
-                prefix[name] = (s, t, v, _remap(c, remap))
+            for name, pieces in parent_hist.pieces.items():
+                prefix[name] = [(lab if isinstance(lab, str) else f"{parent_spec}:{lab}",
+                                 *_below(ps, pt, pv, int(fork["step"]) + 1))
+                                for lab, ps, pt, pv in pieces]
     ids = [0, *(ln.id for ln in accepted)]
     if branch is not None and (not _is_int(branch) or branch not in ids):
         raise ExpmanValueError(f"{spec} has no branch {branch!r} (rank {rank}: branches {ids})")
     stop = ids.index(branch) if branch is not None else len(ids) - 1
-    hist = dict(prefix)
+    # The fold, in one pass: a row of branch i stays in the history of branch
+    # ``stop`` when its step is below every later branch's from_step (up to stop);
+    # the prefix's rows, below every branch's. Order is kept: prefix, 0, 1, ...
+    cut: list[int | None] = [None] * (stop + 1)
+    low: int | None = None
+    for i in range(stop, -1, -1):
+        cut[i] = low
+        if i > 0:
+            f = accepted[i - 1].from_step
+            low = f if low is None else min(low, f)
+    hist: Pieces = {}
+    for name, pieces in prefix.items():
+        hist[name] = [(lab, *_below(ps, pt, pv, cut[0])) for lab, ps, pt, pv in pieces]
     out_branches: list[Branch] = []
     start = meta.get("start_time")
     for i, cols in enumerate(segments):
-        own = {n: (s, t, v, _full(len(s), code(ids[i]))) for n, (s, t, v) in cols.items()}
-        steps = [x for (s, _t, _v, _c) in own.values() for x in (_min(s), _max(s)) if x is not None]
-        npts = sum(len(s) for (s, _t, _v, _c) in own.values())
+        steps = [x for (ss, _t, _v) in cols.values() for x in (_min(ss), _max(ss)) if x is not None]
+        npts = sum(len(ss) for (ss, _t, _v) in cols.values())
         if i == 0:
             kind = "fork" if fork is not None else "root"
             out_branches.append(Branch(0, kind, None, min(steps, default=None),
@@ -356,27 +373,21 @@ def read_history(run_dir: str | os.PathLike[str], rank: int = 0,
             ln = accepted[i - 1]
             out_branches.append(Branch(ln.id, ln.kind, ln.from_step, min(steps, default=None),
                                        max(steps, default=None), npts, None, ln.time))
-        if i > stop:
-            continue
-        if i > 0:
-            cut = accepted[i - 1].from_step
-            hist = {n: _take(s, t, v, c, _lt(s, cut)) for n, (s, t, v, c) in hist.items()}
-        for n, col in own.items():
-            old = hist.get(n)
-            hist[n] = col if old is None else (_cat(old[0], col[0]), _cat(old[1], col[1]),
-                                               _cat(old[2], col[2]), _cat(old[3], col[3]))
+        if i <= stop:
+            for name, (ss, tt, vv) in cols.items():
+                hist.setdefault(name, []).append((ids[i], *_below(ss, tt, vv, cut[i])))
+    hist = {n: [pc for pc in pieces if len(pc[1])] for n, pieces in hist.items()}
     # names: inherited first, then this run's keys in the order they were defined
     order = list(prefix) + [keys[k] for k in sorted(keys) if keys[k] not in prefix]
-    for n in list(hist):
-        if n not in order:
-            order.append(n)
+    order += [n for n in hist if n not in order]
     series = {}
+    runs: dict[str, list[tuple[Any, int]]] = {}
     for n in order:
-        s, t, v, _c = hist.get(n) or _empty()
-        series[n] = Series(n, s, v, t)
-    columns = {n: hist.get(n) or _empty() for n in order}
-    return History(Metrics(series, branches=(columns, labels)), out_branches, lineage,
-                   problems, report, keys, columns, labels)
+        pieces = hist.get(n) or []
+        series[n] = Series(n, *_joined(pieces))
+        runs[n] = [(lab, len(ps)) for lab, ps, _t, _v in pieces]
+    return History(Metrics(series, branches=runs), out_branches, lineage, problems, report,
+                   keys, {n: hist.get(n) or [] for n in order})
 
 
 def _inherited(run: Path, rank: int, fork: dict[str, Any], salvage: bool,
@@ -443,11 +454,7 @@ def _decode_segments(data: bytes, lines: list[BranchLine], salvage: bool,
     def decode(end: int) -> dict[str, Any]:
         nonlocal keys
         cols, keys, rep = _core.decode_metrics(view[:end], pos, keys, salvage)
-        seg = segments[-1]
-        for n, (s, t, v) in cols.items():
-            cur = seg.get(n)
-            seg[n] = (s, t, v) if cur is None else (_cat(cur[0], s), _cat(cur[1], t),
-                                                     _cat(cur[2], v))
+        segments[-1].update(cols)       # one decode per segment
         for k in ("frames", "rows", "points", "unknown_points", "corrupt_bytes"):
             report[k] += rep[k]
         report["corrupt_at"] += rep["corrupt_at"]
@@ -511,55 +518,41 @@ def _col(a: Any) -> Any:
     return np.frombuffer(a, dtype=np.int64 if a.typecode == "q" else np.float64)
 
 
-def _empty() -> tuple[Any, Any, Any, Any]:
-    return (_col(array("q")), _col(array("d")), _col(array("d")), _col(array("q")))
-
-
-def _full(n: int, value: int) -> Any:
-    np = numpy()
-    if np is None:
-        return array("q", [value]) * n
-    return np.full(n, value, dtype=np.int64)
-
-
-def _cat(a: Any, b: Any) -> Any:
-    np = numpy()
-    if np is not None and not isinstance(a, array):
-        return np.concatenate([a, b])
-    out = array(a.typecode, a)
-    out.extend(b)
-    return out
-
-
-def _lt(steps: Any, bound: int) -> Any:
-    np = numpy()
-    if np is not None and not isinstance(steps, array):
-        return steps < bound
-    return [s < bound for s in steps]
-
-
-def _le(steps: Any, bound: int) -> Any:
-    np = numpy()
-    if np is not None and not isinstance(steps, array):
-        return steps <= bound
-    return [s <= bound for s in steps]
-
-
-def _take(s: Any, t: Any, v: Any, c: Any, mask: Any) -> tuple[Any, Any, Any, Any]:
+def _below(s: Any, t: Any, v: Any, bound: int | None) -> tuple[Any, Any, Any]:
+    """The rows with ``step < bound`` (all of them when bound is None)."""
+    if bound is None or not len(s):
+        return s, t, v
     np = numpy()
     if np is not None and not isinstance(s, array):
-        if bool(mask.all()):
-            return s, t, v, c
-        return s[mask], t[mask], v[mask], c[mask]
-    return tuple(array(col.typecode, (x for x, keep in zip(col, mask) if keep))  # type: ignore[return-value]
-                 for col in (s, t, v, c))
+        if int(s.max()) < bound:            # the usual case: no copy
+            return s, t, v
+        if bool((s[1:] >= s[:-1]).all()):   # steps in order: a prefix, as views
+            n = int(np.searchsorted(s, bound, "left"))
+            return s[:n], t[:n], v[:n]
+        keep = s < bound
+        return s[keep], t[keep], v[keep]
+    mask = [x < bound for x in s]
+    return tuple(array(col.typecode, (x for x, k in zip(col, mask) if k))  # type: ignore[return-value]
+                 for col in (s, t, v))
 
 
-def _remap(c: Any, table: list[int]) -> Any:
+def _joined(pieces: list[tuple[Any, Any, Any, Any]]) -> tuple[Any, Any, Any]:
+    """steps, values, times of pieces end to end (one piece: its own columns, no copy)."""
+    if len(pieces) == 1:
+        _lab, s, t, v = pieces[0]
+        return s, v, t
     np = numpy()
-    if np is not None and not isinstance(c, array):
-        return np.asarray(table, dtype=np.int64)[c] if len(c) else c
-    return array("q", (table[x] for x in c))
+    if not pieces:
+        return _col(array("q")), _col(array("d")), _col(array("d"))
+    if np is not None and not isinstance(pieces[0][1], array):
+        return (np.concatenate([p[1] for p in pieces]), np.concatenate([p[3] for p in pieces]),
+                np.concatenate([p[2] for p in pieces]))
+    s, v, t = array("q"), array("d"), array("d")
+    for _lab, ps, pt, pv in pieces:
+        s.extend(ps)
+        t.extend(pt)
+        v.extend(pv)
+    return s, v, t
 
 
 def _min(s: Any) -> int | None:

@@ -798,7 +798,11 @@ _GUARDS: dict[type, type] = {}
 def _log_first_after_resume(self: Experiment, metrics: dict[str, Any], step: Any = None) -> None:
     """log_metrics for the first row after a resume: a step at or below the last one
     in the stream opens a "resume" branch (offset: the stream's end at resume)
-    before the row is written. Then the compiled method takes over for good."""
+    before the row is written. Then the compiled method takes over for good (a bound
+    method taken before the first row still comes here: one attribute check more)."""
+    if not getattr(type(self), "_resume_guard", False):
+        _core.Core.log_metrics(self, metrics, step)
+        return
     with self._branch_lock:
         if getattr(type(self), "_resume_guard", False):
             last = self.last_step

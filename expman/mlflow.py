@@ -230,7 +230,8 @@ def start_run(run_id: str | None = None, experiment_id: str | None = None,
         "tags": _expman_tags(user_tags), "notes": user_tags.get(_NOTE_TAG), "group": group,
         "system_metrics": None if log_system_metrics is None else bool(log_system_metrics)}
     if run_id is not None:
-        exp = Experiment(experiment, run_id, _current_base(), resume=True, **options)
+        # MLflow keeps every point of a resumed run, whatever its step: one history
+        exp = Experiment(experiment, run_id, _current_base(), resume="duplicates", **options)
     else:
         exp = _new_run(experiment, run_name, options)
     active = ActiveRun(exp, parent)

@@ -26,9 +26,11 @@ __all__ = ["RankState", "RunStatus", "describe_ranks", "logging_ranks", "rank_st
 
 def ranks_frame(path: str | os.PathLike[str], *, salvage: bool = False) -> Any:
     """Every logging rank's metrics in one long pandas frame with a ``rank``
-    column: (rank, metric, step, time, value). Needs the [pandas] extra."""
+    column: (rank, metric, step, time, value); a forked or branched rank's main
+    history (expman.branches). Needs the [pandas] extra."""
     from expman import reader
     from expman._fsutil import read_json
+    from expman.branches import is_branched, read_history
     from expman.series import need
     pd = need("pandas", "pandas")
     p = Path(os.fspath(path))
@@ -42,7 +44,12 @@ def ranks_frame(path: str | os.PathLike[str], *, salvage: bool = False) -> Any:
     for r in logging_ranks(run_meta):
         if r and not (p / rank_file(RUN_FILE, r)).is_file():
             continue
-        metrics, _ = reader.read_metrics(p / rank_file(METRICS_FILE, r), salvage=salvage)
+        own = read_json(p / rank_file(RUN_FILE, r)) if r else {}
+        meta = {**run_meta, **(own if isinstance(own, dict) else {})}
+        if is_branched(p, meta, r):         # a fork or a branch: the rank's main history
+            metrics = read_history(p, r, meta, salvage=salvage).metrics
+        else:
+            metrics, _ = reader.read_metrics(p / rank_file(METRICS_FILE, r), salvage=salvage)
         frame = metrics.to_pandas()
         frame.insert(0, "rank", pd.Series([r] * len(frame), dtype="int64"))
         frames.append(frame)

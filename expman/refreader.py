@@ -18,6 +18,8 @@ import struct
 import zlib
 from typing import Any, TypeGuard
 
+from expman.layout import BRANCHES_FILE, MAX_LINEAGE, METRICS_FILE, RUN_FILE, rank_file
+
 
 def read_varint(buf: bytes, i: int) -> tuple[int, int]:
     shift = value = 0
@@ -152,19 +154,18 @@ def read_history(run_dir: str, rank: int = 0, branch: int | None = None,
     """A rank's main history (or branch ``branch``'s), ``{name: [(step, time,
     value, label)]}``: label is the branch id of this run the point was written in,
     or ``"exp/run:k"`` for a point inherited from a fork's parent."""
-    suffix = f".rank{rank}" if rank else ""
     try:
-        with open(os.path.join(run_dir, f"metrics{suffix}.bin"), "rb") as f:
+        with open(os.path.join(run_dir, rank_file(METRICS_FILE, rank)), "rb") as f:
             data = f.read()
     except FileNotFoundError:
         data = b""
     rows, frames, _torn = read_rows(data) if len(data) >= 16 else ([], [], 0)
     try:
-        with open(os.path.join(run_dir, f"branches{suffix}.jsonl"), "rb") as f:
+        with open(os.path.join(run_dir, rank_file(BRANCHES_FILE, rank)), "rb") as f:
             lines = branch_lines(f.read(), frames, len(data))
     except FileNotFoundError:
         lines = []
-    with open(os.path.join(run_dir, "run.json"), "rb") as f:
+    with open(os.path.join(run_dir, RUN_FILE), "rb") as f:
         meta = json.load(f)
     history: dict[str, list[Point]] = {}
     fork = meta.get("fork")
@@ -201,10 +202,10 @@ def _prefix(run_dir: str, rank: int, fork: dict[str, Any], seen: tuple[str, ...]
             or step < 0):
         return {}
     path = os.path.join(os.path.dirname(os.path.dirname(run_dir)), *parts)
-    if os.path.realpath(path) in seen or len(seen) >= 64:
+    if os.path.realpath(path) in seen or len(seen) >= MAX_LINEAGE:
         return {}
     try:
-        with open(os.path.join(path, "run.json"), "rb") as f:
+        with open(os.path.join(path, RUN_FILE), "rb") as f:
             pmeta = json.load(f)
     except (OSError, ValueError):
         return {}

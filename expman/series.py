@@ -150,11 +150,10 @@ class Metrics(Mapping[str, Series]):
     """name -> Series, in the order the names were first logged."""
 
     def __init__(self, series: dict[str, Series],
-                 branches: tuple[dict[str, tuple[Any, Any, Any, Any]], list[Any]] | None = None
-                 ) -> None:
+                 branches: dict[str, list[tuple[Any, int]]] | None = None) -> None:
         self._series = series
-        # expman.branches: per name the branch code of each point, and the labels
-        # the codes index (an own branch's id, "exp/run:k" for an inherited point)
+        # expman.branches: per name, (label, count) runs of the points in order (an own
+        # branch's id, "exp/run:k" for an inherited point)
         self._branches = branches
 
     def __getitem__(self, name: str) -> Series:
@@ -182,11 +181,10 @@ class Metrics(Mapping[str, Series]):
         run, or ``"exp/run:k"`` for a point inherited from a fork's parent. A run
         that never branched: 0 for every point."""
         n = len(self._series[name])
-        if self._branches is None:
+        runs = self._branches.get(name) if self._branches is not None else None
+        if not runs or sum(c for _lab, c in runs) != n:
             return [0] * n
-        cols, labels = self._branches
-        codes = cols[name][3] if name in cols else []
-        return [labels[int(c)] for c in codes] if len(codes) == n else [0] * n
+        return [lab for lab, c in runs for _ in range(c)]
 
     def to_pandas(self, wide: bool = False, duplicates: str = "last",
                   branch: bool = False) -> Any:

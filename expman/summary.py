@@ -11,7 +11,7 @@ file's size now, the 4 bytes there are that CRC and the digest matches;
 otherwise (a crash, a resume in progress, a summary edited by hand, no summary
 yet) ``summarize`` decodes. Both give the same shape:
 
-    {"format": 2, "metrics_bytes": int, "source": "summary" | "decode",
+    {"format": 2, "metrics_bytes": int, "source": "summary" | "decode" | "branches",
      "metrics": {name: MetricSummary}}
 
 Floats are spelled by ``readmodel.spell_float`` in the file (bit for bit,

@@ -20,6 +20,7 @@ from expman import branches, refreader
 from expman.errors import ExpmanValueError, RunNotFoundError
 from expman.readmodel import integrity_problems
 
+from conftest import need
 from test_reliability import run_script
 
 POSIX = os.name == "posix"
@@ -83,6 +84,7 @@ def test_fork_of_a_finished_parent_reads_its_prefix_then_its_own(base):
     # the listing's last value and point count describe the main history
     [line] = [r for r in expman.list_runs(base) if r.run_name == "c"]
     assert line.points == 9 and line.last_metrics["x"] == 108.0
+    assert branches.children(base, "e/p") == ["e/c"] and branches.children(base, "e/c") == []
 
 
 def test_fork_from_a_running_parent_and_the_tuple_spelling(base):
@@ -114,6 +116,19 @@ def test_forks_of_forks_read_through_the_whole_chain(base):
                            (6, 206.0), (7, 207.0), (8, 208.0)]
     assert run.lineage == [("e/a", 3), ("e/b", 5), ("e/c", None)]
     assert run.metrics.branch_labels("x") == ["e/a:0"] * 4 + ["e/b:0"] * 2 + [0] * 3
+    agree(base / "e/c")
+
+
+def test_a_fork_of_a_parent_with_duplicate_steps_keeps_them_in_logged_order(base):
+    with exp(base, run="p") as p:
+        log_steps(p, range(10))
+    with exp(base, run="p", resume="duplicates") as p:
+        log_steps(p, range(5, 8), 0.5)
+    with exp(base, run="c", fork_from="e/p@6") as c:
+        log_steps(c, range(7, 9), 100)
+    run = expman.open_run(base / "e/c")
+    assert points(run) == [(s, float(s)) for s in range(7)] + [(5, 5.5), (6, 6.5),
+                                                               (7, 107.0), (8, 108.0)]
     agree(base / "e/c")
 
 
@@ -252,6 +267,10 @@ def test_each_rank_has_its_own_branches_file(base, monkeypatch):
     assert points(r0) == [(s, float(s)) for s in range(6)]
     assert points(r1) == [(0, 10.0), (1, 11.0), (2, 12.0), (3, 503.0), (4, 504.0)]
     assert [b.kind for b in r1.branches] == ["root", "rewind"]
+    need("pandas")
+    from expman.ranks import ranks_frame
+    frame = ranks_frame(path)
+    assert list(frame[frame["rank"] == 1]["value"]) == [10.0, 11.0, 12.0, 503.0, 504.0]
     agree(path, rank=1)
     agree(path, rank=0)
 

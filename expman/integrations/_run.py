@@ -2,8 +2,10 @@
 
 Every bridge follows one rule: a run the user passed in is theirs and stays
 open; a run the bridge opened is closed by it when the framework says training
-ended, and reopened (``resume=True``, same folder) if the framework keeps
-logging afterwards, as ``trainer.fit()`` followed by ``trainer.test()`` does.
+ended, and reopened (same folder) if the framework keeps logging afterwards,
+as ``trainer.fit()`` followed by ``trainer.test()`` does. The reopened run goes
+on with the same history (``resume="duplicates"``): an evaluation logged at the
+last training step is not a restart, so it opens no branch (expman.branches).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class RunHandle:
         if exp is not None and (exp.status == RUNNING or not self.owned):
             return exp
         exp = Experiment(self.name, self.run_name, self.base_dir,
-                         resume=exp is not None, **self._options)
+                         resume="duplicates" if exp is not None else False, **self._options)
         self._exp = exp
         self.run_name = exp.run_name
         return exp
