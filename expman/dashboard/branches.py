@@ -89,10 +89,13 @@ def abandoned(path: Path, meta: dict[str, Any], branch: int, metric: str
     if not later:
         return none                       # the main history's own branch: nothing left out
     hist = fold(path, meta, branch)
-    if hist is None or metric not in hist.columns or branch not in hist.labels:
+    if hist is None or metric not in hist.metrics:
         return none
-    steps, times, values, codes = (np.asarray(c) for c in hist.columns[metric])
-    keep = (codes == hist.labels.index(branch)) & (steps >= min(later))
+    series = hist.metrics[metric]
+    steps, times, values = (np.asarray(c) for c in (series.steps, series.times, series.values))
+    labels = hist.metrics.branch_labels(metric)
+    own = np.fromiter((lab == branch for lab in labels), dtype=bool, count=len(labels))
+    keep = own & (steps >= min(later))
     return steps[keep], times[keep], values[keep]
 
 
@@ -100,12 +103,9 @@ def inherited_points(path: Path, hist: History, metric: str) -> int | None:
     """How many of a metric's main-history points a fork inherited (its stream's own
     points follow them, so a live fork's new points are appended after), or None
     when the run has a branches file (a rewind may cut what is drawn: fold again)."""
-    if os.path.lexists(path / branches_file(0)) or metric not in hist.columns:
+    if os.path.lexists(path / branches_file(0)) or metric not in hist.metrics:
         return None
-    import numpy as np
-    codes = np.asarray(hist.columns[metric][3])
-    own = [i for i, label in enumerate(hist.labels) if not isinstance(label, str)]
-    return int(np.count_nonzero(~np.isin(codes, own)))
+    return sum(isinstance(lab, str) for lab in hist.metrics.branch_labels(metric))
 
 
 def describe(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
