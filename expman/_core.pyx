@@ -108,6 +108,7 @@ cdef class Core:
     cdef int _state, _on_full, _err_seen, _raise_errors
     cdef double _block_timeout
     cdef object _metrics_path
+    cdef object _watch_match        # expman.watch's key matcher once watching natively
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
@@ -225,6 +226,8 @@ cdef class Core:
             if put == PUT_DONE:
                 self._keys[str(key)] = self._next_id
                 self._next_id += 1
+                if self._watch_match is not None:     # before any row uses the id
+                    self._watch_bind(str(key), <uint32_t>self._keys[key])
                 return self._keys[key]
 
     cdef unsigned char *_reserve_slow(self, uint64_t size, bint is_row) except? NULL:
@@ -477,6 +480,76 @@ cdef class Core:
                 return nbytes, result, last_frame
             finally:
                 free(out)
+
+    # ---- the per-point watchdogs in the writer thread (src/exwatch.h) ----------------
+    def _native_watch(self, list rules not None, match not None):
+        """Evaluate per-point rules in the writer thread, on every row it frames
+        (expman.watch.live; docs/watch.md). ``rules``: one tuple per rule,
+        ``(kind, k, window, min_points, direction, maximize, delta, patience)``
+        with kind 1 nan, 2 spike, 3 plateau and direction 1 up, 2 down, 3 both;
+        their indices name them in alerts. ``match(name) -> (progress, [index,
+        ...])``: whether the key's rows are the rank's progress and which rules
+        watch it; called now for each key and at each new key's definition."""
+        cdef exwatch_rule r
+        if self._state != OPEN:
+            self._raise_state()
+        if self._watch_match is not None:
+            raise ExpmanValueError("this run's writer is watching already")
+        if len(rules) > EXWATCH_MAX_RULES:
+            raise ExpmanValueError(f"at most {EXWATCH_MAX_RULES} per-point rules, got {len(rules)}")
+        for spec in rules:
+            (r.kind, r.k, r.window, r.min_points, r.direction, r.maximize, r.delta,
+             r.patience) = spec
+            if exwatch_add_rule(self._w.watch, &r) < 0:
+                raise ExpmanValueError(f"a per-point rule the writer cannot take: {spec!r}")
+        self._watch_match = match
+        for name, kid in list(self._keys.items()):
+            self._watch_bind(name, <uint32_t>kid)
+        exwatch_enable(self._w.watch)
+
+    cdef int _watch_bind(self, str name, uint32_t kid) except -1:
+        cdef uint32_t idx[EXWATCH_MAX_RULES]
+        cdef uint32_t n = 0
+        cdef int err
+        progress, which = self._watch_match(name)
+        for i in which[:EXWATCH_MAX_RULES]:
+            idx[n] = <uint32_t>i
+            n += 1
+        err = exwatch_bind(self._w.watch, kid, 1 if progress else 0, idx, n)
+        if err:
+            raise OSError(err, f"expman: cannot watch metric {name!r}: {_os.strerror(err)}")
+        return 0
+
+    def _native_watch_take(self):
+        """What the writer's watchdogs found since the last call: ``(alerts,
+        steps, times, lost)``; an alert is ``(rule, metric, step, value, ref,
+        dev, best_step, best)``, ``steps``/``times`` (Unix seconds) the rank's
+        new steps in the order logged (the newest EXWATCH_RECENT), ``lost`` the
+        alerts dropped so far (a full queue)."""
+        cdef exwatch_alert *buf
+        cdef int64_t st[EXWATCH_RECENT]
+        cdef int64_t tn[EXWATCH_RECENT]
+        cdef size_t n, m, i
+        cdef uint64_t lost = 0
+        if self._w is NULL or self._watch_match is None:
+            return [], [], [], 0
+        buf = <exwatch_alert *>malloc(EXWATCH_ALERTS * sizeof(exwatch_alert))
+        if buf is NULL:
+            raise MemoryError()
+        try:
+            with nogil:
+                n = exwatch_take_alerts(self._w.watch, buf, EXWATCH_ALERTS, &lost)
+                m = exwatch_take_steps(self._w.watch, st, tn, EXWATCH_RECENT)
+            alerts = []
+            if n:
+                names = {kid: name for name, kid in self._keys.items()}
+                for i in range(n):
+                    a = &buf[i]
+                    alerts.append((a.rule, names.get(a.key, f"#{a.key}"), a.step, a.value,
+                                   a.ref, a.dev, a.best_step, a.best))
+            return alerts, [st[i] for i in range(m)], [tn[i] / 1e9 for i in range(m)], lost
+        finally:
+            free(buf)
 
     def _pause_writer(self, int paused):
         """Test hook: stall the writer (1: it still drains on close; 2: it ignores

@@ -657,7 +657,9 @@ class Experiment(_core.Core):
         if self._muted:
             return None
         from expman.watch import live
-        return live.start(self, rules, on_alert=on_alert, webhook=webhook, interval=interval)
+        # the per-point rules of this rank's points run in the writer thread (src/exwatch.h)
+        return live.start(self, rules, on_alert=on_alert, webhook=webhook, interval=interval,
+                          native=(_core.Core._native_watch, _core.Core._native_watch_take))
 
     def __del__(self) -> None:
         if getattr(self, "_status", None) == RUNNING and os.getpid() == self._pid:

@@ -156,7 +156,8 @@ exlog *exlog_new(uint64_t capacity, int64_t flush_ms, int64_t heartbeat_ms) {
      * emits a frame whenever half a ring is pending: cap bytes always suffice. */
     w->frame = (unsigned char *)malloc(cap + EXLOG_FRAME_OVERHEAD);
     w->events = (unsigned char *)malloc(cap);
-    if (!w->ring || !w->frame || !w->events) { exlog_free(w); return NULL; }
+    w->watch = exwatch_new();
+    if (!w->ring || !w->frame || !w->events || !w->watch) { exlog_free(w); return NULL; }
     w->cap = cap;
     w->mask = cap - 1;
     w->kick_at = cap / 2;
@@ -194,6 +195,7 @@ void exlog_free(exlog *w) {
     free(w->sum);
     free(w->fsum);
     free(w->ftouched);
+    exwatch_free(w->watch);
     free(w);
 }
 
@@ -467,6 +469,7 @@ static void encode_row(exlog *w, const exlog_rec *r, delta_state *ds) {
         k += 8;
         sum_stage(w, ids[i], r->step, t_us, vals[i]);
     }
+    exwatch_row(w->watch, r->step, r->t_ns, ids, vals, r->n);
     ds->step = r->step;
     ds->t_us = t_us;
     ds->ids = ids;

@@ -1,0 +1,364 @@
+/* exwatch.c: nan, spike and plateau over each row the writer frames (exwatch.h).
+ * Each function mirrors its twin in expman/watch/engine.py, point by point. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "exwatch.h"
+
+#define MAD_SIGMA 1.4826      /* engine._MAD_SIGMA */
+
+typedef struct { int64_t step; double best; } improvement;
+
+/* One rule watching one key. */
+typedef struct {
+    uint32_t rule;
+    int armed;                  /* nan, plateau: fire at the next bad point */
+    /* spike */
+    uint64_t seen, quiet_until;
+    int judged;                 /* the current block has a reference */
+    double med, scale;
+    double *win;                /* the last `window` finite points, circular */
+    uint32_t win_len, win_pos;
+    /* plateau: the best so far (negated for mode max), and the improvements
+     * still in reach, [lo, n) of imp, sorted by step */
+    double best;
+    int64_t max_step;
+    improvement *imp;
+    size_t imp_lo, imp_n, imp_cap;
+} series;
+
+typedef struct {
+    int bound, progress;
+    uint32_t n;
+    series *s;
+} keywatch;
+
+struct exwatch {
+    exlog_mutex mu;
+    volatile int on;
+    exwatch_rule rules[EXWATCH_MAX_RULES];
+    uint32_t nrules;
+    keywatch *keys;
+    size_t keys_cap;
+    double *scratch;            /* a window's copy for the medians (writer) */
+    size_t scratch_cap;
+    exwatch_alert *alerts;
+    size_t nalerts;
+    uint64_t lost;
+    int64_t last_step;          /* engine._Progress.last_step */
+    int64_t rsteps[EXWATCH_RECENT], rtimes[EXWATCH_RECENT];
+    uint64_t changes, taken;
+};
+
+exwatch *exwatch_new(void) {
+    exwatch *x = (exwatch *)calloc(1, sizeof(exwatch));
+    if (!x) return NULL;
+    if (exlog_mutex_init(&x->mu) != 0) { free(x); return NULL; }
+    x->last_step = -1;
+    return x;
+}
+
+static void series_free(series *s) {
+    free(s->win);
+    free(s->imp);
+}
+
+void exwatch_free(exwatch *x) {
+    size_t i;
+    uint32_t j;
+    if (!x) return;
+    for (i = 0; i < x->keys_cap; i++) {
+        for (j = 0; j < x->keys[i].n; j++) series_free(&x->keys[i].s[j]);
+        free(x->keys[i].s);
+    }
+    free(x->keys);
+    free(x->scratch);
+    free(x->alerts);
+    exlog_mutex_destroy(&x->mu);
+    free(x);
+}
+
+int exwatch_add_rule(exwatch *x, const exwatch_rule *r) {
+    int ok = 1;
+    if (exlog_load_int(&x->on) || x->nrules >= EXWATCH_MAX_RULES) return -1;
+    switch (r->kind) {
+    case EXWATCH_NAN: break;
+    case EXWATCH_SPIKE:
+        ok = r->k > 0 && r->window >= 3 && r->window <= EXWATCH_MAX_WINDOW && r->min_points >= 3
+             && r->direction >= EXWATCH_UP && r->direction <= EXWATCH_BOTH;
+        break;
+    case EXWATCH_PLATEAU: ok = r->delta >= 0 && r->patience >= 1; break;
+    default: ok = 0;
+    }
+    if (!ok) return -1;
+    if (r->kind == EXWATCH_SPIKE && r->window > x->scratch_cap) {
+        double *s = (double *)realloc(x->scratch, r->window * sizeof(double));
+        if (!s) return -1;
+        x->scratch = s;
+        x->scratch_cap = r->window;
+    }
+    x->rules[x->nrules] = *r;
+    return (int)x->nrules++;
+}
+
+void exwatch_enable(exwatch *x) {
+    exlog_mutex_lock(&x->mu);
+    if (!x->alerts) x->alerts = (exwatch_alert *)malloc(EXWATCH_ALERTS * sizeof(exwatch_alert));
+    if (x->alerts) exlog_store_int(&x->on, 1);
+    exlog_mutex_unlock(&x->mu);
+}
+
+int exwatch_bind(exwatch *x, uint32_t key, int progress, const uint32_t *rules, uint32_t n) {
+    keywatch *k;
+    series *s = NULL;
+    uint32_t j;
+    int err = 0;
+    for (j = 0; j < n; j++)
+        if (rules[j] >= x->nrules) return EINVAL;
+    if (key >= ((uint32_t)1 << 26)) return EINVAL;    /* exlog's bound on key ids too */
+    exlog_mutex_lock(&x->mu);
+    if (key >= x->keys_cap) {
+        size_t c = x->keys_cap ? x->keys_cap : 64;
+        keywatch *a;
+        while (c <= key) c *= 2;
+        a = (keywatch *)realloc(x->keys, c * sizeof(keywatch));
+        if (!a) { err = ENOMEM; goto out; }
+        memset(a + x->keys_cap, 0, (c - x->keys_cap) * sizeof(keywatch));
+        x->keys = a;
+        x->keys_cap = c;
+    }
+    k = &x->keys[key];
+    if (k->bound) goto out;
+    if (n) {
+        s = (series *)calloc(n, sizeof(series));
+        if (!s) { err = ENOMEM; goto out; }
+    }
+    for (j = 0; j < n; j++) {
+        const exwatch_rule *r = &x->rules[rules[j]];
+        s[j].rule = rules[j];
+        s[j].armed = 1;
+        s[j].best = INFINITY;
+        s[j].max_step = INT64_MIN;
+        if (r->kind == EXWATCH_SPIKE) {
+            s[j].win = (double *)malloc(r->window * sizeof(double));
+            if (!s[j].win) err = ENOMEM;
+        }
+    }
+    if (err) {
+        for (j = 0; j < n; j++) series_free(&s[j]);
+        free(s);
+        goto out;
+    }
+    k->s = s;
+    k->n = n;
+    k->progress = progress;
+    k->bound = 1;
+out:
+    exlog_mutex_unlock(&x->mu);
+    return err;
+}
+
+/* ---- alerts ---------------------------------------------------------------- */
+static exwatch_alert *push(exwatch *x, uint32_t rule, uint32_t key, int64_t step, double v) {
+    exwatch_alert *a;
+    if (x->nalerts >= EXWATCH_ALERTS) { x->lost += 1; return NULL; }
+    a = &x->alerts[x->nalerts++];
+    memset(a, 0, sizeof *a);
+    a->rule = rule;
+    a->key = key;
+    a->step = step;
+    a->value = v;
+    return a;
+}
+
+size_t exwatch_take_alerts(exwatch *x, exwatch_alert *out, size_t cap, uint64_t *lost) {
+    size_t n;
+    exlog_mutex_lock(&x->mu);
+    n = x->nalerts < cap ? x->nalerts : cap;
+    if (n) {
+        memcpy(out, x->alerts, n * sizeof *out);
+        memmove(x->alerts, x->alerts + n, (x->nalerts - n) * sizeof *out);
+        x->nalerts -= n;
+    }
+    *lost = x->lost;
+    exlog_mutex_unlock(&x->mu);
+    return n;
+}
+
+size_t exwatch_take_steps(exwatch *x, int64_t *steps, int64_t *t_ns, size_t cap) {
+    uint64_t from, i;
+    size_t n = 0;
+    exlog_mutex_lock(&x->mu);
+    from = x->taken;
+    if (x->changes - from > EXWATCH_RECENT) from = x->changes - EXWATCH_RECENT;
+    if (x->changes - from > cap) from = x->changes - cap;
+    for (i = from; i < x->changes; i++, n++) {
+        steps[n] = x->rsteps[i % EXWATCH_RECENT];
+        t_ns[n] = x->rtimes[i % EXWATCH_RECENT];
+    }
+    x->taken = x->changes;
+    exlog_mutex_unlock(&x->mu);
+    return n;
+}
+
+/* ---- the rules ---------------------------------------------------------------- */
+static int is_finite(double v) { return isfinite(v) != 0; }
+
+/* nan: the first non-finite point of a run of them (engine._nan). */
+static void eval_nan(exwatch *x, series *s, uint32_t key, int64_t step, double v) {
+    int bad = !is_finite(v);
+    if (bad && s->armed) push(x, s->rule, key, step, v);
+    s->armed = !bad;
+}
+
+/* The k-th smallest of a[0..n) (k < n), reordering a so that nothing before
+ * k is larger and nothing after it smaller (Wirth's selection). */
+static double select_kth(double *a, size_t n, size_t k) {
+    ptrdiff_t l = 0, m = (ptrdiff_t)n - 1, kk = (ptrdiff_t)k;
+    while (l < m) {
+        double pivot = a[kk], t;
+        ptrdiff_t i = l, j = m;
+        do {
+            while (a[i] < pivot) i++;
+            while (pivot < a[j]) j--;
+            if (i <= j) { t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
+        } while (i <= j);
+        if (j < kk) l = i;
+        if (kk < i) m = j;
+    }
+    return a[kk];
+}
+
+/* Median of a[0..n), n >= 1, as engine._padded_median: the mean of the
+ * ((n-1)/2)-th and (n/2)-th smallest. */
+static double median(double *a, size_t n) {
+    size_t k = (n - 1) / 2, i;
+    double lo = select_kth(a, n, k), hi = lo;
+    if (n % 2 == 0) {                 /* the next one: the least of what follows k */
+        hi = a[k + 1];
+        for (i = k + 2; i < n; i++)
+            if (a[i] < hi) hi = a[i];
+    }
+    return (lo + hi) / 2;
+}
+
+/* spike (engine._spike): a block of window/4 points shares the reference of
+ * the `window` finite points before it; judged once the block starts at
+ * min_points; quiet for `window` points after a spike. */
+static void eval_spike(exwatch *x, const exwatch_rule *r, series *s, uint32_t key,
+                       int64_t step, double v) {
+    uint64_t g = s->seen, block = r->window / 4 ? r->window / 4 : 1;
+    uint32_t i, n;
+    if (!is_finite(v)) return;
+    if (g % block == 0) {
+        s->judged = g >= r->min_points;
+        if (s->judged) {
+            n = s->win_len;
+            memcpy(x->scratch, s->win, n * sizeof(double));
+            s->med = median(x->scratch, n);
+            for (i = 0; i < n; i++) x->scratch[i] = fabs(s->win[i] - s->med);
+            s->scale = MAD_SIGMA * median(x->scratch, n);
+        }
+    }
+    if (s->judged && s->scale > 1e-12 * fmax(fabs(s->med), 1e-300)) {
+        double dev = (v - s->med) / s->scale;
+        int hit = r->direction == EXWATCH_UP ? dev > r->k
+                : r->direction == EXWATCH_DOWN ? dev < -r->k : fabs(dev) > r->k;
+        if (hit && !(s->quiet_until > g)) {
+            exwatch_alert *a;
+            s->quiet_until = g + r->window;
+            a = push(x, s->rule, key, step, v);
+            if (a) { a->ref = s->med; a->dev = dev; }
+        }
+    }
+    s->win[s->win_pos] = v;
+    s->win_pos = s->win_pos + 1 == r->window ? 0 : s->win_pos + 1;
+    if (s->win_len < r->window) s->win_len += 1;
+    s->seen = g + 1;
+}
+
+/* Index of the last improvement at a step <= at, or -1 (a binary search). */
+static ptrdiff_t last_at(const series *s, int64_t at) {
+    size_t lo = s->imp_lo, hi = s->imp_n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->imp[mid].step <= at) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo == s->imp_lo ? -1 : (ptrdiff_t)lo - 1;
+}
+
+/* plateau (engine._plateau): the best now against the best as of step -
+ * patience; no better by delta is a plateau, said once until an improvement. */
+static void eval_plateau(exwatch *x, const exwatch_rule *r, series *s, uint32_t key,
+                         int64_t step, double v) {
+    double u = r->maximize ? -v : v;
+    int64_t back;
+    ptrdiff_t k;
+    int cond = 0;
+    if (!is_finite(v)) return;
+    if (u < s->best) {
+        s->best = u;
+        if (s->imp_n == s->imp_cap) {
+            size_t c = s->imp_cap ? s->imp_cap * 2 : 16;
+            improvement *a;
+            if (s->imp_lo) {          /* reuse the room of the pruned ones first */
+                memmove(s->imp, s->imp + s->imp_lo, (s->imp_n - s->imp_lo) * sizeof *a);
+                s->imp_n -= s->imp_lo;
+                s->imp_lo = 0;
+            } else {
+                a = (improvement *)realloc(s->imp, c * sizeof *a);
+                if (!a) { x->lost += 1; return; }
+                s->imp = a;
+                s->imp_cap = c;
+            }
+        }
+        s->imp[s->imp_n].step = step;
+        s->imp[s->imp_n].best = u;
+        s->imp_n += 1;
+    }
+    back = step < INT64_MIN + r->patience ? INT64_MIN : step - r->patience;
+    k = last_at(s, back);
+    if (k >= 0) cond = s->best >= s->imp[k].best - r->delta;
+    if (cond && s->armed) {
+        ptrdiff_t j = last_at(s, step);
+        exwatch_alert *a = push(x, s->rule, key, step, v);
+        if (a) {
+            a->best_step = j >= 0 ? s->imp[j].step : step;
+            a->best = r->maximize ? -s->best : s->best;
+        }
+    }
+    s->armed = !cond;
+    /* keep the improvements still in reach and the last one before them */
+    if (step > s->max_step) s->max_step = step;
+    back = s->max_step < INT64_MIN + r->patience ? INT64_MIN : s->max_step - r->patience;
+    while (s->imp_lo + 1 < s->imp_n && s->imp[s->imp_lo + 1].step <= back) s->imp_lo += 1;
+}
+
+void exwatch_row(exwatch *x, int64_t step, int64_t t_ns, const uint32_t *ids,
+                 const double *vals, uint32_t n) {
+    uint32_t i, j;
+    int progress = 0;
+    if (!exlog_load_int(&x->on)) return;
+    exlog_mutex_lock(&x->mu);
+    for (i = 0; i < n; i++) {
+        keywatch *k = ids[i] < x->keys_cap ? &x->keys[ids[i]] : NULL;
+        if (!k || !k->bound) { progress = 1; continue; }   /* unknown: counts, unjudged */
+        progress |= k->progress;
+        for (j = 0; j < k->n; j++) {
+            series *s = &k->s[j];
+            const exwatch_rule *r = &x->rules[s->rule];
+            if (r->kind == EXWATCH_NAN) eval_nan(x, s, ids[i], step, vals[i]);
+            else if (r->kind == EXWATCH_SPIKE) eval_spike(x, r, s, ids[i], step, vals[i]);
+            else eval_plateau(x, r, s, ids[i], step, vals[i]);
+        }
+    }
+    if (progress && step != x->last_step) {
+        x->rsteps[x->changes % EXWATCH_RECENT] = step;
+        x->rtimes[x->changes % EXWATCH_RECENT] = t_ns;
+        x->changes += 1;
+        x->last_step = step;
+    }
+    exlog_mutex_unlock(&x->mu);
+}
