@@ -953,11 +953,13 @@ def _planted_series(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     acc[[1234]] = np.nan
     sysx = rng.normal(50, 5, n)
     sysx[[10, 11, 400]] = [np.nan, 1e6, np.nan]
-    return {"loss": loss, "val/acc": acc, "system/x": sysx}
+    q = np.round(rng.normal(0, 1, n)) + np.where(t % 97 == 0, 6, 0)   # many ties
+    return {"loss": loss, "val/acc": acc, "system/x": sysx, "q": q}
 
 
 NATIVE_RULES = ["nan", "spike", "spike:loss,k=3,window=8,min_points=5,direction=up",
                 "spike:*acc,k=4,window=20,direction=down",
+                "spike:q,k=2,window=13,min_points=7",      # odd windows, ties at the median
                 "plateau:loss,delta=0.001,patience=30", "plateau:val/acc,mode=max,patience=40"]
 
 
@@ -971,7 +973,7 @@ def test_writer_watchdogs_find_what_the_python_engine_finds(tmp_path):
     shape = rng.integers(0, 4, n)           # which series each row holds
     rows = []
     for i in range(n):
-        row = {"loss": float(data["loss"][i])}
+        row = {"loss": float(data["loss"][i]), "q": float(data["q"][i])}
         if shape[i] != 1:
             row["val/acc"] = float(data["val/acc"][i])
         if shape[i] >= 2:

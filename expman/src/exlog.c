@@ -325,6 +325,7 @@ static void note_loss(exlog *w) {
 /* Writer thread only. The loss record is rewritten before the error is
  * published: whoever learns of the error (flush, close) finds it on disk. */
 static void record_error(exlog *w, int err) {
+    exwatch_release(w->watch);          /* never held across I/O */
     exlog_mutex_lock(&w->mu);
     w->stats.write_errors += 1;
     w->stats.last_errno = err;
@@ -606,6 +607,7 @@ static uint64_t drain(exlog *w) {
         if (w->frame_len >= half || w->events_len >= half) {
             /* ring space is free as soon as it is encoded */
             exlog_store_u64(&w->tail, tail);
+            exwatch_release(w->watch);
             emit(w);
             ds.step = 0;
             ds.t_us = 0;
@@ -618,6 +620,7 @@ static uint64_t drain(exlog *w) {
         }
     }
     exlog_store_u64(&w->tail, tail);
+    exwatch_release(w->watch);
     emit(w);
     exlog_mutex_lock(&w->mu);
     exlog_store_u64(&w->done, tail);

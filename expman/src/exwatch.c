@@ -19,6 +19,7 @@ typedef struct {
     int judged;                 /* the current block has a reference */
     double med, scale;
     double *win;                /* the last `window` finite points, circular */
+    double *sorted;             /* the same points, in order */
     uint32_t win_len, win_pos;
     /* plateau: the best so far (negated for mode max), and the improvements
      * still in reach, [lo, n) of imp, sorted by step */
@@ -41,8 +42,8 @@ struct exwatch {
     uint32_t nrules;
     keywatch *keys;
     size_t keys_cap;
-    double *scratch;            /* a window's copy for the medians (writer) */
-    size_t scratch_cap;
+    int held;                   /* writer: it holds mu across rows (exwatch_release) */
+    uint32_t held_rows;
     exwatch_alert *alerts;
     size_t nalerts;
     uint64_t lost;
@@ -61,6 +62,7 @@ exwatch *exwatch_new(void) {
 
 static void series_free(series *s) {
     free(s->win);
+    free(s->sorted);
     free(s->imp);
 }
 
@@ -73,7 +75,6 @@ void exwatch_free(exwatch *x) {
         free(x->keys[i].s);
     }
     free(x->keys);
-    free(x->scratch);
     free(x->alerts);
     exlog_mutex_destroy(&x->mu);
     free(x);
@@ -92,12 +93,6 @@ int exwatch_add_rule(exwatch *x, const exwatch_rule *r) {
     default: ok = 0;
     }
     if (!ok) return -1;
-    if (r->kind == EXWATCH_SPIKE && r->window > x->scratch_cap) {
-        double *s = (double *)realloc(x->scratch, r->window * sizeof(double));
-        if (!s) return -1;
-        x->scratch = s;
-        x->scratch_cap = r->window;
-    }
     x->rules[x->nrules] = *r;
     return (int)x->nrules++;
 }
@@ -142,7 +137,8 @@ int exwatch_bind(exwatch *x, uint32_t key, int progress, const uint32_t *rules, 
         s[j].max_step = INT64_MIN;
         if (r->kind == EXWATCH_SPIKE) {
             s[j].win = (double *)malloc(r->window * sizeof(double));
-            if (!s[j].win) err = ENOMEM;
+            s[j].sorted = (double *)malloc(r->window * sizeof(double));
+            if (!s[j].win || !s[j].sorted) err = ENOMEM;
         }
     }
     if (err) {
@@ -212,35 +208,36 @@ static void eval_nan(exwatch *x, series *s, uint32_t key, int64_t step, double v
     s->armed = !bad;
 }
 
-/* The k-th smallest of a[0..n) (k < n), reordering a so that nothing before
- * k is larger and nothing after it smaller (Wirth's selection). */
-static double select_kth(double *a, size_t n, size_t k) {
-    ptrdiff_t l = 0, m = (ptrdiff_t)n - 1, kk = (ptrdiff_t)k;
-    while (l < m) {
-        double pivot = a[kk], t;
-        ptrdiff_t i = l, j = m;
-        do {
-            while (a[i] < pivot) i++;
-            while (pivot < a[j]) j--;
-            if (i <= j) { t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
-        } while (i <= j);
-        if (j < kk) l = i;
-        if (kk < i) m = j;
+/* The window in order: binary search for where v goes (or is). */
+static uint32_t lower_bound(const double *a, uint32_t n, double v) {
+    uint32_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (a[mid] < v) lo = mid + 1;
+        else hi = mid;
     }
-    return a[kk];
+    return lo;
 }
 
-/* Median of a[0..n), n >= 1, as engine._padded_median: the mean of the
- * ((n-1)/2)-th and (n/2)-th smallest. */
-static double median(double *a, size_t n) {
-    size_t k = (n - 1) / 2, i;
-    double lo = select_kth(a, n, k), hi = lo;
-    if (n % 2 == 0) {                 /* the next one: the least of what follows k */
-        hi = a[k + 1];
-        for (i = k + 2; i < n; i++)
-            if (a[i] < hi) hi = a[i];
+/* Median of the sorted a[0..n), n >= 1, as engine._padded_median: the mean of
+ * the ((n-1)/2)-th and (n/2)-th smallest. */
+static double sorted_median(const double *a, uint32_t n) {
+    return (a[(n - 1) / 2] + a[n / 2]) / 2;
+}
+
+/* Median of |a[i] - m| over the sorted a[0..n): the distances below m and those
+ * above it are two sorted runs outward from m; merging them up to the middle
+ * gives the same two order statistics as sorting every distance. */
+static double sorted_mad(const double *a, uint32_t n, double m) {
+    uint32_t p = lower_bound(a, n, m), want = n / 2, r;
+    uint32_t li = p, ri = p;          /* next below: a[li - 1]; next above: a[ri] */
+    double d = 0, lo = 0;
+    for (r = 0; r <= want; r++) {
+        if (ri < n && (li == 0 || a[ri] - m <= m - a[li - 1])) d = a[ri++] - m;
+        else d = m - a[--li];
+        if (r == (n - 1) / 2) lo = d;
     }
-    return (lo + hi) / 2;
+    return (lo + d) / 2;
 }
 
 /* spike (engine._spike): a block of window/4 points shares the reference of
@@ -254,11 +251,8 @@ static void eval_spike(exwatch *x, const exwatch_rule *r, series *s, uint32_t ke
     if (g % block == 0) {
         s->judged = g >= r->min_points;
         if (s->judged) {
-            n = s->win_len;
-            memcpy(x->scratch, s->win, n * sizeof(double));
-            s->med = median(x->scratch, n);
-            for (i = 0; i < n; i++) x->scratch[i] = fabs(s->win[i] - s->med);
-            s->scale = MAD_SIGMA * median(x->scratch, n);
+            s->med = sorted_median(s->sorted, s->win_len);
+            s->scale = MAD_SIGMA * sorted_mad(s->sorted, s->win_len, s->med);
         }
     }
     if (s->judged && s->scale > 1e-12 * fmax(fabs(s->med), 1e-300)) {
@@ -272,9 +266,19 @@ static void eval_spike(exwatch *x, const exwatch_rule *r, series *s, uint32_t ke
             if (a) { a->ref = s->med; a->dev = dev; }
         }
     }
+    /* the oldest point leaves the window (and its sorted copy), v enters */
+    n = s->win_len;
+    if (n == r->window) {
+        i = lower_bound(s->sorted, n, s->win[s->win_pos]);
+        memmove(s->sorted + i, s->sorted + i + 1, (n - 1 - i) * sizeof(double));
+        n -= 1;
+    }
+    i = lower_bound(s->sorted, n, v);
+    memmove(s->sorted + i + 1, s->sorted + i, (n - i) * sizeof(double));
+    s->sorted[i] = v;
+    s->win_len = n + 1;
     s->win[s->win_pos] = v;
     s->win_pos = s->win_pos + 1 == r->window ? 0 : s->win_pos + 1;
-    if (s->win_len < r->window) s->win_len += 1;
     s->seen = g + 1;
 }
 
@@ -341,7 +345,10 @@ void exwatch_row(exwatch *x, int64_t step, int64_t t_ns, const uint32_t *ids,
     uint32_t i, j;
     int progress = 0;
     if (!exlog_load_int(&x->on)) return;
-    exlog_mutex_lock(&x->mu);
+    if (!x->held) {
+        exlog_mutex_lock(&x->mu);
+        x->held = 1;
+    }
     for (i = 0; i < n; i++) {
         keywatch *k = ids[i] < x->keys_cap ? &x->keys[ids[i]] : NULL;
         if (!k || !k->bound) { progress = 1; continue; }   /* unknown: counts, unjudged */
@@ -360,5 +367,12 @@ void exwatch_row(exwatch *x, int64_t step, int64_t t_ns, const uint32_t *ids,
         x->changes += 1;
         x->last_step = step;
     }
+    if (++x->held_rows >= EXWATCH_ROWS_HELD) exwatch_release(x);
+}
+
+void exwatch_release(exwatch *x) {
+    if (!x->held) return;
+    x->held = 0;
+    x->held_rows = 0;
     exlog_mutex_unlock(&x->mu);
 }

@@ -7,7 +7,9 @@
  * names and globs, at the key's definition, before any row uses the id). The
  * writer feeds each row (exwatch_row); the Python watcher takes the alerts and
  * the rank's new steps at its own pace (exwatch_take_*). One mutex guards the
- * state: the writer takes it once per row, the Python side briefly.
+ * state: the writer holds it across up to EXWATCH_ROWS_HELD rows (a lock per
+ * row would cost as much as the rules) and lets go before any I/O
+ * (exwatch_release); the Python side takes it briefly.
  *
  * expman/watch/engine.py is the reference: the same points give the same
  * alerts (same points, steps and reference values), which tests/test_watch.py
@@ -32,6 +34,7 @@
 #define EXWATCH_MAX_WINDOW 1000000u
 #define EXWATCH_ALERTS 4096u      /* alerts held between two takes; more are counted lost */
 #define EXWATCH_RECENT 512u       /* new steps held between two takes (the newest) */
+#define EXWATCH_ROWS_HELD 256u    /* rows evaluated under one hold of the mutex */
 
 typedef struct {
     uint32_t kind;              /* EXWATCH_NAN, _SPIKE, _PLATEAU */
@@ -66,9 +69,12 @@ int exwatch_add_rule(exwatch *x, const exwatch_rule *r);
  * 0, EINVAL or ENOMEM. */
 int exwatch_bind(exwatch *x, uint32_t key, int progress, const uint32_t *rules, uint32_t n);
 void exwatch_enable(exwatch *x);
-/* Writer thread: one row (n points). A no-op until enabled. */
+/* Writer thread: one row (n points). A no-op until enabled. May leave the
+ * mutex held for the next row: the writer calls exwatch_release before it
+ * writes or waits. */
 void exwatch_row(exwatch *x, int64_t step, int64_t t_ns, const uint32_t *ids,
                  const double *vals, uint32_t n);
+void exwatch_release(exwatch *x);
 /* Move up to cap alerts out (oldest first); *lost: alerts dropped so far
  * (the queue was full, or a series could not allocate). Returns the count. */
 size_t exwatch_take_alerts(exwatch *x, exwatch_alert *out, size_t cap, uint64_t *lost);
