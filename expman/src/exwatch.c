@@ -208,15 +208,17 @@ static void eval_nan(exwatch *x, series *s, uint32_t key, int64_t step, double v
     s->armed = !bad;
 }
 
-/* The window in order: binary search for where v goes (or is). */
+/* The index of the first of a[0..n) not below v (sorted a): a binary search
+ * without branches on the data (noisy points mispredict every one). */
 static uint32_t lower_bound(const double *a, uint32_t n, double v) {
-    uint32_t lo = 0, hi = n;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (a[mid] < v) lo = mid + 1;
-        else hi = mid;
+    const double *base = a;
+    if (n == 0) return 0;
+    while (n > 1) {
+        uint32_t half = n / 2;
+        base = base[half] < v ? base + half : base;
+        n -= half;
     }
-    return lo;
+    return (uint32_t)(base - a) + (base[0] < v);
 }
 
 /* Median of the sorted a[0..n), n >= 1, as engine._padded_median: the mean of
@@ -246,7 +248,7 @@ static double sorted_mad(const double *a, uint32_t n, double m) {
 static void eval_spike(exwatch *x, const exwatch_rule *r, series *s, uint32_t key,
                        int64_t step, double v) {
     uint64_t g = s->seen, block = r->window / 4 ? r->window / 4 : 1;
-    uint32_t i, n;
+    uint32_t i, j, n;
     if (!is_finite(v)) return;
     if (g % block == 0) {
         s->judged = g >= r->min_points;
@@ -266,17 +268,27 @@ static void eval_spike(exwatch *x, const exwatch_rule *r, series *s, uint32_t ke
             if (a) { a->ref = s->med; a->dev = dev; }
         }
     }
-    /* the oldest point leaves the window (and its sorted copy), v enters */
+    /* v enters the window and its sorted copy; once full, the oldest point leaves
+     * (one shift of the points between the two) */
     n = s->win_len;
-    if (n == r->window) {
-        i = lower_bound(s->sorted, n, s->win[s->win_pos]);
-        memmove(s->sorted + i, s->sorted + i + 1, (n - 1 - i) * sizeof(double));
-        n -= 1;
+    if (n < r->window) {
+        i = lower_bound(s->sorted, n, v);
+        memmove(s->sorted + i + 1, s->sorted + i, (n - i) * sizeof(double));
+        s->sorted[i] = v;
+        s->win_len = n + 1;
+    } else {
+        double old = s->win[s->win_pos];
+        i = lower_bound(s->sorted, n, old);           /* sorted[i] == old */
+        if (v > old) {
+            j = lower_bound(s->sorted, n, v);
+            memmove(s->sorted + i, s->sorted + i + 1, (j - 1 - i) * sizeof(double));
+            s->sorted[j - 1] = v;
+        } else if (v < old) {
+            j = lower_bound(s->sorted, i, v);
+            memmove(s->sorted + j + 1, s->sorted + j, (i - j) * sizeof(double));
+            s->sorted[j] = v;
+        }
     }
-    i = lower_bound(s->sorted, n, v);
-    memmove(s->sorted + i + 1, s->sorted + i, (n - i) * sizeof(double));
-    s->sorted[i] = v;
-    s->win_len = n + 1;
     s->win[s->win_pos] = v;
     s->win_pos = s->win_pos + 1 == r->window ? 0 : s->win_pos + 1;
     s->seen = g + 1;
@@ -298,7 +310,7 @@ static ptrdiff_t last_at(const series *s, int64_t at) {
 static void eval_plateau(exwatch *x, const exwatch_rule *r, series *s, uint32_t key,
                          int64_t step, double v) {
     double u = r->maximize ? -v : v;
-    int64_t back;
+    int64_t back, reach;
     ptrdiff_t k;
     int cond = 0;
     if (!is_finite(v)) return;
@@ -307,7 +319,7 @@ static void eval_plateau(exwatch *x, const exwatch_rule *r, series *s, uint32_t 
         if (s->imp_n == s->imp_cap) {
             size_t c = s->imp_cap ? s->imp_cap * 2 : 16;
             improvement *a;
-            if (s->imp_lo) {          /* reuse the room of the pruned ones first */
+            if (s->imp_lo && s->imp_lo >= s->imp_n / 4) {   /* reuse the pruned ones' room */
                 memmove(s->imp, s->imp + s->imp_lo, (s->imp_n - s->imp_lo) * sizeof *a);
                 s->imp_n -= s->imp_lo;
                 s->imp_lo = 0;
@@ -322,8 +334,15 @@ static void eval_plateau(exwatch *x, const exwatch_rule *r, series *s, uint32_t 
         s->imp[s->imp_n].best = u;
         s->imp_n += 1;
     }
+    /* keep the improvements still in reach and the last one before them */
+    if (step > s->max_step) s->max_step = step;
+    reach = s->max_step < INT64_MIN + r->patience ? INT64_MIN : s->max_step - r->patience;
+    while (s->imp_lo + 1 < s->imp_n && s->imp[s->imp_lo + 1].step <= reach) s->imp_lo += 1;
     back = step < INT64_MIN + r->patience ? INT64_MIN : step - r->patience;
-    k = last_at(s, back);
+    if (back == reach)                /* steps that only grow: no search */
+        k = s->imp_lo < s->imp_n && s->imp[s->imp_lo].step <= back ? (ptrdiff_t)s->imp_lo : -1;
+    else
+        k = last_at(s, back);
     if (k >= 0) cond = s->best >= s->imp[k].best - r->delta;
     if (cond && s->armed) {
         ptrdiff_t j = last_at(s, step);
@@ -334,10 +353,6 @@ static void eval_plateau(exwatch *x, const exwatch_rule *r, series *s, uint32_t 
         }
     }
     s->armed = !cond;
-    /* keep the improvements still in reach and the last one before them */
-    if (step > s->max_step) s->max_step = step;
-    back = s->max_step < INT64_MIN + r->patience ? INT64_MIN : s->max_step - r->patience;
-    while (s->imp_lo + 1 < s->imp_n && s->imp[s->imp_lo + 1].step <= back) s->imp_lo += 1;
 }
 
 void exwatch_row(exwatch *x, int64_t step, int64_t t_ns, const uint32_t *ids,
