@@ -547,7 +547,7 @@ def start(exp: Any, rules: Iterable[Rule | str] | Rule | str | None = None, *,
 
         def native_take() -> tuple[list[Any], list[int], list[float], int]:
             e = ref()
-            return ([], [], [], 0) if e is None else take(e)    # type: ignore[no-any-return]
+            return ([], [], [], 0) if e is None else take(e)
         rw.native, rw.native_rank = native_take, rank
     done = threading.Event()
     thread = threading.Thread(target=_loop, args=(ref, rw, done, float(interval)),
