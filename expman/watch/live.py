@@ -5,6 +5,8 @@
 on it. It runs either
 
 - in the training process, as a daemon thread started by ``Experiment.watch``:
+  the per-point rules of its own rank run in the writer thread (src/exwatch.c),
+  whose alerts and new steps the thread takes instead of reading those points;
   alerts are events in the run's own ``events.jsonl`` (through the writer, like
   any event), so ``log_metrics`` costs what it cost; or
 - in another process (``expman watch RUN``): alerts go to ``alerts.jsonl``,
