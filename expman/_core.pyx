@@ -210,6 +210,8 @@ cdef class Core:
         drop: the caller drops the record that needed the key."""
         cdef bytes name = _check_new_name(key)
         cdef int put
+        # which watchdogs watch it: asked now, while Python code may still run
+        watching = None if self._watch_match is None else self._watch_match(str(key))
         while True:
             found = self._keys.get(key)
             if found is not None:       # defined by another thread while we waited
@@ -224,10 +226,10 @@ cdef class Core:
             if put == PUT_DROPPED:
                 return NO_ID
             if put == PUT_DONE:
+                if watching is not None:    # bound before any thread can use the id
+                    self._watch_bind(<uint32_t>self._next_id, key, watching, False)
                 self._keys[str(key)] = self._next_id
                 self._next_id += 1
-                if self._watch_match is not None:     # before any row uses the id
-                    self._watch_bind(str(key), <uint32_t>self._keys[key])
                 return self._keys[key]
 
     cdef unsigned char *_reserve_slow(self, uint64_t size, bint is_row) except? NULL:
@@ -504,19 +506,22 @@ cdef class Core:
                 raise ExpmanValueError(f"a per-point rule the writer cannot take: {spec!r}")
         self._watch_match = match
         for name, kid in list(self._keys.items()):
-            self._watch_bind(name, <uint32_t>kid)
+            self._watch_bind(<uint32_t>kid, name, match(name), True)
         exwatch_enable(self._w.watch)
 
-    cdef int _watch_bind(self, str name, uint32_t kid) except -1:
+    cdef int _watch_bind(self, uint32_t kid, str name, tuple found, bint strict) except -1:
+        """Bind a key id to what ``match`` answered for it; runs no Python code. A
+        failure raises when ``strict``, else the writer counts it with lost alerts
+        (inside a key's definition, which must not fail half-way)."""
         cdef uint32_t idx[EXWATCH_MAX_RULES]
         cdef uint32_t n = 0
         cdef int err
-        progress, which = self._watch_match(name)
+        cdef list which = found[1]
         for i in which[:EXWATCH_MAX_RULES]:
             idx[n] = <uint32_t>i
             n += 1
-        err = exwatch_bind(self._w.watch, kid, 1 if progress else 0, idx, n)
-        if err:
+        err = exwatch_bind(self._w.watch, kid, 1 if found[0] is True else 0, idx, n)
+        if err and strict:
             raise OSError(err, f"expman: cannot watch metric {name!r}: {_os.strerror(err)}")
         return 0
 

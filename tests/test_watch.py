@@ -1022,3 +1022,24 @@ def test_writer_watchdogs_give_the_rank_s_progress_to_stall(tmp_path):
         clock.t += 3600
         fired = rw.poll()
         assert [(a.kind, a.step, a.rank) for a in fired] == [("stall", 9, 0)]
+
+
+def test_writer_watchdogs_watch_keys_defined_later_from_many_threads(make_run):
+    """Keys defined after watch() starts, by several threads at once, are bound to their
+    rules before any row uses them: the first point of each, a NaN, is an alert."""
+    exp = make_run(system_metrics=False)
+    rw = exp.watch(["nan", "spike:k*"], interval=3600)
+
+    def log(t: int) -> None:
+        for i in range(50):
+            exp.log_metrics({f"k{t}/{i}": math.nan, "loss": 1.0}, step=i)
+
+    threads = [threading.Thread(target=log, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    exp.close()
+    got = [(a.rule, a.metric, a.step) for a in read_alerts(exp.run_dir)]
+    assert sorted(got) == sorted(("nan", f"k{t}/{i}", i) for t in range(4) for i in range(50))
+    assert rw.errors == [] and rw.watcher.feed_count == 0

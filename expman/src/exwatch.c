@@ -151,6 +151,7 @@ int exwatch_bind(exwatch *x, uint32_t key, int progress, const uint32_t *rules, 
     k->progress = progress;
     k->bound = 1;
 out:
+    if (err) x->lost += 1;            /* a key left unwatched: said as a loss */
     exlog_mutex_unlock(&x->mu);
     return err;
 }

@@ -76,7 +76,7 @@ void exwatch_row(exwatch *x, int64_t step, int64_t t_ns, const uint32_t *ids,
                  const double *vals, uint32_t n);
 void exwatch_release(exwatch *x);
 /* Move up to cap alerts out (oldest first); *lost: alerts dropped so far
- * (the queue was full, or a series could not allocate). Returns the count. */
+ * (the queue was full, or a key or series could not allocate). Returns the count. */
 size_t exwatch_take_alerts(exwatch *x, exwatch_alert *out, size_t cap, uint64_t *lost);
 /* The new steps (a change of step in the order logged, rows that count as
  * progress) since the last take, at most EXWATCH_RECENT, the newest. */

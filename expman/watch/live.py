@@ -441,8 +441,8 @@ class RunWatch:
         self.watcher.note_steps(self.native_rank, steps, times)
         if lost > self._native_lost:
             self._native_lost = lost
-            self._error(f"the writer's watchdogs dropped alerts ({lost} so far): more than "
-                        "the writer holds between two rounds")
+            self._error(f"the writer's watchdogs lost alerts ({lost} so far): more than it "
+                        "holds between two rounds, or no memory for a metric's rules")
         return [self.watcher.native_alert(f, self.native_rank) for f in found]
 
     def pump(self) -> None:
