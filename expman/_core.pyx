@@ -536,8 +536,8 @@ cdef class Core:
         cdef int64_t tn[EXWATCH_RECENT]
         cdef size_t n, m, i
         cdef uint64_t lost = 0
-        if self._w is NULL or self._watch_match is None:
-            return [], [], [], 0
+        if self._w is NULL or self._watch_match is None or self._state == FORKED:
+            return [], [], [], 0        # (a forked child: the writer's mutex may be held)
         buf = <exwatch_alert *>malloc(EXWATCH_ALERTS * sizeof(exwatch_alert))
         if buf is NULL:
             raise MemoryError()

@@ -321,11 +321,11 @@ static void eval_plateau(exwatch *x, const exwatch_rule *r, series *s, uint32_t 
             size_t c = s->imp_cap ? s->imp_cap * 2 : 16;
             improvement *a;
             if (s->imp_lo && s->imp_lo >= s->imp_n / 4) {   /* reuse the pruned ones' room */
-                memmove(s->imp, s->imp + s->imp_lo, (s->imp_n - s->imp_lo) * sizeof *a);
+                memmove(s->imp, s->imp + s->imp_lo, (s->imp_n - s->imp_lo) * sizeof(improvement));
                 s->imp_n -= s->imp_lo;
                 s->imp_lo = 0;
             } else {
-                a = (improvement *)realloc(s->imp, c * sizeof *a);
+                a = (improvement *)realloc(s->imp, c * sizeof(improvement));
                 if (!a) { x->lost += 1; return; }
                 s->imp = a;
                 s->imp_cap = c;
