@@ -492,18 +492,26 @@ cdef class Core:
         their indices name them in alerts. ``match(name) -> (progress, [index,
         ...])``: whether the key's rows are the rank's progress and which rules
         watch it; called now for each key and at each new key's definition."""
-        cdef exwatch_rule r
+        cdef exwatch_rule r[EXWATCH_MAX_RULES]
+        cdef uint32_t n = 0
+        cdef int bad
         if self._state != OPEN:
             self._raise_state()
         if self._watch_match is not None:
             raise ExpmanValueError("this run's writer is watching already")
         if len(rules) > EXWATCH_MAX_RULES:
-            raise ExpmanValueError(f"at most {EXWATCH_MAX_RULES} per-point rules, got {len(rules)}")
+            raise ExpmanValueError(f"at most {EXWATCH_MAX_RULES} per-point rules (nan, spike, "
+                                   f"plateau) on a run, got {len(rules)}")
         for spec in rules:
-            (r.kind, r.k, r.window, r.min_points, r.direction, r.maximize, r.delta,
-             r.patience) = spec
-            if exwatch_add_rule(self._w.watch, &r) < 0:
-                raise ExpmanValueError(f"a per-point rule the writer cannot take: {spec!r}")
+            (r[n].kind, r[n].k, r[n].window, r[n].min_points, r[n].direction, r[n].maximize,
+             r[n].delta, r[n].patience) = spec
+            n += 1
+        bad = exwatch_set_rules(self._w.watch, r, n)
+        if bad > 0:
+            raise ExpmanValueError(f"a per-point rule the writer cannot take: {rules[bad - 1]!r} "
+                                   "(a spike window is at most 1,000,000 points)")
+        if bad < 0:
+            raise ExpmanValueError("this run's writer has its rules already")
         self._watch_match = match
         for name, kid in list(self._keys.items()):
             self._watch_bind(<uint32_t>kid, name, match(name), True)

@@ -22,7 +22,7 @@ cdef extern from "src/exwatch.h" nogil:
     enum:
         EXWATCH_NAN, EXWATCH_SPIKE, EXWATCH_PLATEAU, EXWATCH_UP, EXWATCH_DOWN, EXWATCH_BOTH
         EXWATCH_MAX_RULES, EXWATCH_ALERTS, EXWATCH_RECENT
-    int exwatch_add_rule(exwatch *x, const exwatch_rule *r)
+    int exwatch_set_rules(exwatch *x, const exwatch_rule *rules, uint32_t n)
     int exwatch_bind(exwatch *x, uint32_t key, int progress, const uint32_t *rules, uint32_t n)
     void exwatch_enable(exwatch *x)
     size_t exwatch_take_alerts(exwatch *x, exwatch_alert *out, size_t cap, uint64_t *lost)

@@ -1043,3 +1043,18 @@ def test_writer_watchdogs_watch_keys_defined_later_from_many_threads(make_run):
     got = [(a.rule, a.metric, a.step) for a in read_alerts(exp.run_dir)]
     assert sorted(got) == sorted(("nan", f"k{t}/{i}", i) for t in range(4) for i in range(50))
     assert rw.errors == [] and rw.watcher.feed_count == 0
+
+
+def test_a_rule_the_writer_refuses_leaves_the_run_watchable(make_run):
+    """The writer takes its rules all at once or not at all: a spike window too large
+    for it is a clear error, and a watch() after it starts from a clean slate."""
+    exp = make_run(system_metrics=False)
+    with pytest.raises(ExpmanValueError, match="window is at most 1,000,000"):
+        exp.watch(["nan", "spike:window=2000000"])
+    rw = exp.watch(["spike:loss,k=3,window=8,min_points=5", "nan"], interval=3600)
+    for i in range(40):
+        exp.log_metrics({"loss": math.nan if i == 30 else 1.0 + 0.01 * (i % 3)}, step=i)
+    exp.log_metrics({"loss": 50.0}, step=40)
+    exp.close()
+    got = sorted((a.kind, a.step) for a in read_alerts(exp.run_dir))
+    assert got == [("nan", 30), ("spike", 40)] and rw.errors == []

@@ -80,21 +80,25 @@ void exwatch_free(exwatch *x) {
     free(x);
 }
 
-int exwatch_add_rule(exwatch *x, const exwatch_rule *r) {
-    int ok = 1;
-    if (exlog_load_int(&x->on) || x->nrules >= EXWATCH_MAX_RULES) return -1;
+static int rule_ok(const exwatch_rule *r) {
     switch (r->kind) {
-    case EXWATCH_NAN: break;
+    case EXWATCH_NAN: return 1;
     case EXWATCH_SPIKE:
-        ok = r->k > 0 && r->window >= 3 && r->window <= EXWATCH_MAX_WINDOW && r->min_points >= 3
-             && r->direction >= EXWATCH_UP && r->direction <= EXWATCH_BOTH;
-        break;
-    case EXWATCH_PLATEAU: ok = r->delta >= 0 && r->patience >= 1; break;
-    default: ok = 0;
+        return r->k > 0 && r->window >= 3 && r->window <= EXWATCH_MAX_WINDOW &&
+               r->min_points >= 3 && r->direction >= EXWATCH_UP && r->direction <= EXWATCH_BOTH;
+    case EXWATCH_PLATEAU: return r->delta >= 0 && r->patience >= 1;
+    default: return 0;
     }
-    if (!ok) return -1;
-    x->rules[x->nrules] = *r;
-    return (int)x->nrules++;
+}
+
+int exwatch_set_rules(exwatch *x, const exwatch_rule *rules, uint32_t n) {
+    uint32_t i;
+    if (exlog_load_int(&x->on) || x->nrules || n > EXWATCH_MAX_RULES) return -1;
+    for (i = 0; i < n; i++)
+        if (!rule_ok(&rules[i])) return (int)i + 1;
+    memcpy(x->rules, rules, n * sizeof *rules);
+    x->nrules = n;
+    return 0;
 }
 
 void exwatch_enable(exwatch *x) {

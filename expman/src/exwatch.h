@@ -49,7 +49,7 @@ typedef struct {
 } exwatch_rule;
 
 typedef struct {
-    uint32_t rule, key;         /* the rule's index (exwatch_add_rule), the key id */
+    uint32_t rule, key;         /* the rule's index (exwatch_set_rules), the key id */
     int64_t step;
     double value;               /* the point */
     double ref, dev;            /* spike: the window's median, robust deviations */
@@ -61,9 +61,10 @@ typedef struct exwatch exwatch;
 
 exwatch *exwatch_new(void);          /* NULL when out of memory */
 void exwatch_free(exwatch *x);
-/* Declare a rule; returns its index, or -1 (bad parameters, too many rules,
- * out of memory). Before exwatch_enable only. */
-int exwatch_add_rule(exwatch *x, const exwatch_rule *r);
+/* Declare the rules, all or none (their indices name them in bindings and
+ * alerts), once, before exwatch_enable. 0; i + 1 when rules[i] is invalid; -1
+ * when rules were set already or n > EXWATCH_MAX_RULES. */
+int exwatch_set_rules(exwatch *x, const exwatch_rule *rules, uint32_t n);
 /* Key `key` is watched by `n` rules (indices) and its rows count as the rank's
  * progress (or not: the sampler's series). A key bound already keeps its state.
  * 0, EINVAL or ENOMEM. */

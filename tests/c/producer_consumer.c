@@ -52,22 +52,22 @@
 
 /* The watchdogs of mode rows: rules, bindings (key 2 stays unwatched). */
 static int watch_setup(exwatch *x) {
-    exwatch_rule nan_rule, spike, plateau;
+    exwatch_rule rules[3];             /* nan, spike, plateau */
     uint32_t acc_rules[2], loss_rules[1];
-    memset(&nan_rule, 0, sizeof nan_rule);
-    nan_rule.kind = EXWATCH_NAN;
-    spike = nan_rule;
-    spike.kind = EXWATCH_SPIKE;
-    spike.k = 8;
-    spike.window = 50;
-    spike.min_points = 20;
-    spike.direction = EXWATCH_BOTH;
-    plateau = nan_rule;
-    plateau.kind = EXWATCH_PLATEAU;
-    plateau.patience = PC_PATIENCE;
-    if (exwatch_add_rule(x, &nan_rule) != 0 || exwatch_add_rule(x, &spike) != 1 ||
-        exwatch_add_rule(x, &plateau) != 2)
-        return 1;
+    memset(rules, 0, sizeof rules);
+    rules[0].kind = EXWATCH_NAN;
+    rules[1].kind = EXWATCH_SPIKE;
+    rules[1].k = 8;
+    rules[1].window = 50;
+    rules[1].min_points = 20;
+    rules[1].direction = EXWATCH_BOTH;
+    rules[2].kind = EXWATCH_PLATEAU;
+    rules[2].patience = PC_PATIENCE;
+    rules[1].window = 2;               /* invalid: refused, and nothing is set */
+    if (exwatch_set_rules(x, rules, 3) != 2) return 1;
+    rules[1].window = 50;
+    if (exwatch_set_rules(x, rules, 3) != 0 || exwatch_set_rules(x, rules, 3) != -1)
+        return 1;                      /* all at once, and only once */
     acc_rules[0] = 0;
     acc_rules[1] = 1;
     loss_rules[0] = 2;
