@@ -67,7 +67,7 @@ echo "+ hostile corpus, decoder fuzz, format and hot-path value tests under ASan
 run_asan tests/test_hostile.py tests/test_fuzz.py tests/test_format.py tests/test_hotpath_cliffs.py \
     -k "not tensor"
 echo "+ the writer's watchdogs (src/exwatch.c) against the Python engine under ASan+UBSan"
-run_asan tests/test_watch.py -k "writer_watchdogs or last_round or action_stop"
+run_asan tests/test_watch.py -k "writer_watchdogs or writer_refuses or last_round or action_stop"
 echo "+ the file layer's hostile inputs under ASan+UBSan (issue 20)"
 run_asan tests/test_runlock.py -k fifo
 echo "+ the lake and RunTail's cursor (a linked, FIFO or device stream; crafted cursors) under ASan+UBSan"
