@@ -1,7 +1,8 @@
 """Build rules for expman's one compiled module, ``expman._core``.
 
 - The extension is ``expman/_core.pyx`` plus the portable C writer in
-  ``expman/src/exlog.c``; headers live beside it in ``expman/src/``.
+  ``expman/src/exlog.c`` (and its watchdogs, ``exwatch.c``); headers live beside
+  them in ``expman/src/``.
 - Generated C is never committed: cythonize writes it at build time.
 - ``EXPMAN_DEBUG=1`` builds with ``-O0 -g``, Cython bounds checks and
   assertions on (the test suite runs against this build in ``.ci/run``).
@@ -109,9 +110,10 @@ directives = {
 
 core = Extension(
     "expman._core",
-    sources=["expman/_core.pyx", "expman/src/exlog.c"],
+    sources=["expman/_core.pyx", "expman/src/exlog.c", "expman/src/exwatch.c"],
     include_dirs=["expman"],
-    depends=["expman/src/exlog.h", "expman/src/exlog_port.h", "expman/src/excore.h",
+    depends=["expman/src/exlog.h", "expman/src/exwatch.h", "expman/src/exlog_port.h",
+             "expman/src/excore.h",
              "expman/_exlog.pxd", "expman/_excore.pxd",
              "expman/_decode.pxi", "expman/_decimate.pxi"],
     extra_compile_args=cflags,

@@ -10,9 +10,11 @@ each, in this one process. The watcher polls every ``--interval`` seconds (defau
 tighter than training; the watcher's work grows with the points logged per
 second). Printed: the median ns per step of each side, the off-runs' own spread, the ratio
 of medians (on/off; the target is <= 1.02), and the median of the per-pair ratios.
-Then the watcher's own cost, less sensitive to the machine's load: the CPU time
-(``time.thread_time``) of one round over a run of ``--steps`` steps of 2 metrics,
-per point, median of R rounds.
+Then what the watchdogs cost in CPU, less sensitive to the machine's load: the CPU
+time of every thread (the per-point rules run in the writer thread, src/exwatch.c)
+per point, on minus off; and the CPU per point of one round of the Python engine
+over a closed run of ``--steps`` steps (what ``expman watch`` from another process
+spends; ``time.thread_time``, median of R rounds).
 """
 
 from __future__ import annotations
@@ -40,16 +42,21 @@ def work(k: int = 60) -> int:
 
 
 def loop(base: str, steps: int, interval: float | None, k: int = 60,
-         rules: list[str] = RULES) -> tuple[float, int]:
+         rules: list[str] = RULES) -> tuple[float, int, float]:
+    """Wall seconds of the loop, watcher rounds, and the CPU seconds of every thread
+    (the loop, the writer and the watcher) up to the writer having drained it."""
     with expman.Experiment("bench", base_dir=base, capture_env=False, handle_signals=False,
                            system_metrics=False) as exp:
         rw = exp.watch(rules, interval=interval) if interval else None
         log = exp.log_metrics
+        c0 = time.process_time()
         t0 = time.perf_counter()
         for i in range(steps):
-            log({"loss": work(k) * 1e-9, "acc": 0.5}, step=i)
+            log({"loss": work(k) * 1e-9 + 1.0 / (i + 1), "acc": 0.5}, step=i)
         elapsed = time.perf_counter() - t0
-    return elapsed, rw.rounds if rw is not None else 0
+        exp.flush()
+        cpu = time.process_time() - c0
+    return elapsed, rw.rounds if rw is not None else 0, cpu
 
 
 def round_cost(base: str, steps: int, rules: list[str], repeats: int) -> float:
@@ -80,12 +87,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as base:
         loop(base, args.steps // 10, None, args.work)           # warm up
         loop(base, args.steps // 10, args.interval, args.work, rules)
-        off, on, rounds = [], [], []
+        off, on, rounds, cpu_off, cpu_on = [], [], [], [], []
         for r in range(args.repeats):
-            pair = [(None, off), (args.interval, on)]
-            for interval, out in pair if r % 2 == 0 else pair[::-1]:
-                t, n = loop(base, args.steps, interval, args.work, rules)
+            pair = [(None, off, cpu_off), (args.interval, on, cpu_on)]
+            for interval, out, cpu in pair if r % 2 == 0 else pair[::-1]:
+                t, n, c = loop(base, args.steps, interval, args.work, rules)
                 out.append(t)
+                cpu.append(c)
                 if interval:
                     rounds.append(n)
     m_off, m_on = statistics.median(off), statistics.median(on)
@@ -97,10 +105,14 @@ def main() -> None:
           f"({statistics.median(rounds):.0f} watcher rounds per loop)")
     print(f"ratio of medians on/off: {m_on / m_off:.3f}x; median of paired ratios: "
           f"{statistics.median(a / b for a, b in zip(on, off)):.3f}x")
+    extra = (statistics.median(cpu_on) - statistics.median(cpu_off)) / (2 * args.steps)
+    print(f"CPU of all threads per point logged: off {statistics.median(cpu_off) / (2 * args.steps) * 1e9:.0f} ns, "
+          f"on {statistics.median(cpu_on) / (2 * args.steps) * 1e9:.0f} ns "
+          f"(the watchdogs: {extra * 1e9:+.0f} ns, in the writer thread and the watcher)")
     with tempfile.TemporaryDirectory() as base:
         per_point = round_cost(base, args.steps, rules, args.repeats)
-    print(f"watcher CPU per point logged (one round over {2 * args.steps} points): "
-          f"{per_point * 1e9:.0f} ns")
+    print(f"`expman watch` (another process, the Python engine) CPU per point: "
+          f"{per_point * 1e9:.0f} ns (one round over {2 * args.steps} points)")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ the built module when mypy is installed.
 
 import os
 from array import array
-from typing import Any, Final, TypeAlias
+from typing import Any, Callable, Final, TypeAlias
 
 from typing_extensions import Buffer, disjoint_base
 
@@ -71,3 +71,10 @@ class Core:
                int] | None: ...
     def _set_last_step(self, step: int) -> None: ...
     def _set_fault(self, write_every: int = 0, fsync_every: int = 0, err: int = 0) -> None: ...
+    def _native_watch(
+        self, rules: list[tuple[Any, ...]], match: Callable[[str], tuple[bool, list[int]]]
+    ) -> None: ...
+    def _native_watch_take(
+        self,
+    ) -> tuple[list[tuple[int, str, int, float, float, float, int, float]], list[int],
+               list[float], int]: ...

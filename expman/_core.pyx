@@ -108,6 +108,7 @@ cdef class Core:
     cdef int _state, _on_full, _err_seen, _raise_errors
     cdef double _block_timeout
     cdef object _metrics_path
+    cdef object _watch_match        # expman.watch's key matcher once watching natively
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
@@ -217,6 +218,8 @@ cdef class Core:
         drop: the caller drops the record that needed the key."""
         cdef bytes name = _check_new_name(key)
         cdef int put
+        # which watchdogs watch it: asked now, while Python code may still run
+        watching = None if self._watch_match is None else self._watch_match(str(key))
         while True:
             found = self._keys.get(key)
             if found is not None:       # defined by another thread while we waited
@@ -231,6 +234,8 @@ cdef class Core:
             if put == PUT_DROPPED:
                 return NO_ID
             if put == PUT_DONE:
+                if watching is not None:    # bound before any thread can use the id
+                    self._watch_bind(<uint32_t>self._next_id, key, watching, False)
                 self._keys[str(key)] = self._next_id
                 self._next_id += 1
                 return self._keys[key]
@@ -492,6 +497,87 @@ cdef class Core:
                 return nbytes, result, last_frame
             finally:
                 free(out)
+
+    # ---- the per-point watchdogs in the writer thread (src/exwatch.h) ----------------
+    def _native_watch(self, list rules not None, match not None):
+        """Evaluate per-point rules in the writer thread, on every row it frames
+        (expman.watch.live; docs/watch.md). ``rules``: one tuple per rule,
+        ``(kind, k, window, min_points, direction, maximize, delta, patience)``
+        with kind 1 nan, 2 spike, 3 plateau and direction 1 up, 2 down, 3 both;
+        their indices name them in alerts. ``match(name) -> (progress, [index,
+        ...])``: whether the key's rows are the rank's progress and which rules
+        watch it; called now for each key and at each new key's definition."""
+        cdef exwatch_rule r[EXWATCH_MAX_RULES]
+        cdef uint32_t n = 0
+        cdef int bad
+        if self._state != OPEN:
+            self._raise_state()
+        if self._watch_match is not None:
+            raise ExpmanValueError("this run's writer is watching already")
+        if len(rules) > EXWATCH_MAX_RULES:
+            raise ExpmanValueError(f"at most {EXWATCH_MAX_RULES} per-point rules (nan, spike, "
+                                   f"plateau) on a run, got {len(rules)}")
+        for spec in rules:
+            (r[n].kind, r[n].k, r[n].window, r[n].min_points, r[n].direction, r[n].maximize,
+             r[n].delta, r[n].patience) = spec
+            n += 1
+        bad = exwatch_set_rules(self._w.watch, r, n)
+        if bad > 0:
+            raise ExpmanValueError(f"a per-point rule the writer cannot take: {rules[bad - 1]!r} "
+                                   "(a spike window is at most 1,000,000 points)")
+        if bad < 0:
+            raise ExpmanValueError("this run's writer has its rules already")
+        self._watch_match = match
+        for name, kid in list(self._keys.items()):
+            self._watch_bind(<uint32_t>kid, name, match(name), True)
+        exwatch_enable(self._w.watch)
+
+    cdef int _watch_bind(self, uint32_t kid, str name, tuple found, bint strict) except -1:
+        """Bind a key id to what ``match`` answered for it; runs no Python code. A
+        failure raises when ``strict``, else the writer counts it with lost alerts
+        (inside a key's definition, which must not fail half-way)."""
+        cdef uint32_t idx[EXWATCH_MAX_RULES]
+        cdef uint32_t n = 0
+        cdef int err
+        cdef list which = found[1]
+        for i in which[:EXWATCH_MAX_RULES]:
+            idx[n] = <uint32_t>i
+            n += 1
+        err = exwatch_bind(self._w.watch, kid, 1 if found[0] is True else 0, idx, n)
+        if err and strict:
+            raise OSError(err, f"expman: cannot watch metric {name!r}: {_os.strerror(err)}")
+        return 0
+
+    def _native_watch_take(self):
+        """What the writer's watchdogs found since the last call: ``(alerts,
+        steps, times, lost)``; an alert is ``(rule, metric, step, value, ref,
+        dev, best_step, best)``, ``steps``/``times`` (Unix seconds) the rank's
+        new steps in the order logged (the newest EXWATCH_RECENT), ``lost`` the
+        alerts dropped so far (a full queue)."""
+        cdef exwatch_alert *buf
+        cdef int64_t st[EXWATCH_RECENT]
+        cdef int64_t tn[EXWATCH_RECENT]
+        cdef size_t n, m, i
+        cdef uint64_t lost = 0
+        if self._w is NULL or self._watch_match is None or self._state == FORKED:
+            return [], [], [], 0        # (a forked child: the writer's mutex may be held)
+        buf = <exwatch_alert *>malloc(EXWATCH_ALERTS * sizeof(exwatch_alert))
+        if buf is NULL:
+            raise MemoryError()
+        try:
+            with nogil:
+                n = exwatch_take_alerts(self._w.watch, buf, EXWATCH_ALERTS, &lost)
+                m = exwatch_take_steps(self._w.watch, st, tn, EXWATCH_RECENT)
+            alerts = []
+            if n:
+                names = {kid: name for name, kid in self._keys.items()}
+                for i in range(n):
+                    a = &buf[i]
+                    alerts.append((a.rule, names.get(a.key, f"#{a.key}"), a.step, a.value,
+                                   a.ref, a.dev, a.best_step, a.best))
+            return alerts, [st[i] for i in range(m)], [tn[i] / 1e9 for i in range(m)], lost
+        finally:
+            free(buf)
 
     def _pause_writer(self, int paused):
         """Test hook: stall the writer (1: it still drains on close; 2: it ignores

@@ -2,6 +2,32 @@
 
 from libc.stdint cimport uint32_t, int64_t, uint64_t
 
+cdef extern from "src/exwatch.h" nogil:
+    ctypedef struct exwatch:
+        pass
+    ctypedef struct exwatch_rule:
+        uint32_t kind
+        double k
+        uint32_t window, min_points
+        int direction
+        int maximize
+        double delta
+        int64_t patience
+    ctypedef struct exwatch_alert:
+        uint32_t rule, key
+        int64_t step
+        double value, ref, dev
+        int64_t best_step
+        double best
+    enum:
+        EXWATCH_NAN, EXWATCH_SPIKE, EXWATCH_PLATEAU, EXWATCH_UP, EXWATCH_DOWN, EXWATCH_BOTH
+        EXWATCH_MAX_RULES, EXWATCH_ALERTS, EXWATCH_RECENT
+    int exwatch_set_rules(exwatch *x, const exwatch_rule *rules, uint32_t n)
+    int exwatch_bind(exwatch *x, uint32_t key, int progress, const uint32_t *rules, uint32_t n)
+    void exwatch_enable(exwatch *x)
+    size_t exwatch_take_alerts(exwatch *x, exwatch_alert *out, size_t cap, uint64_t *lost)
+    size_t exwatch_take_steps(exwatch *x, int64_t *steps, int64_t *t_ns, size_t cap)
+
 cdef extern from "src/exlog.h" nogil:
     ctypedef struct exlog_rec:
         uint32_t size
@@ -24,6 +50,7 @@ cdef extern from "src/exlog.h" nogil:
         uint64_t cap
         uint64_t head
         int error_seq
+        exwatch *watch
     const char *EXLOG_FILE_MAGIC   # 8 bytes, no NUL in the file
     enum:
         EXLOG_REC_KEY, EXLOG_REC_ROW, EXLOG_REC_EVENT

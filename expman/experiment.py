@@ -771,9 +771,11 @@ class Experiment(_core.Core):
 
     def watch(self, rules: Any = None, on_alert: Any = None, webhook: str | None = None, *,
               interval: float = 0.5) -> Any:
-        """Start watchdogs: a daemon thread reads this run's own files every
-        ``interval`` seconds (never the hot path) and records an ``alert`` event
-        when a rule fires. ``rules``: strings (``"nan"``, ``"spike:train/loss,k=6"``)
+        """Start watchdogs: the per-point rules (nan, spike, plateau) run in the
+        writer thread on every row it frames, and a daemon thread every
+        ``interval`` seconds takes what they found, judges the rest (stall,
+        straggler, lost data, disk) and records an ``alert`` event when a rule
+        fires; ``log_metrics`` is untouched. ``rules``: strings (``"nan"``, ``"spike:train/loss,k=6"``)
         or expman.watch rules, None for the defaults; ``on_alert(alert)`` is called
         for each; ``webhook``: a URL each alert is POSTed to once; a rule with
         ``action=stop`` makes the next ``log_metrics`` raise expman.watch.WatchStop.
@@ -782,7 +784,9 @@ class Experiment(_core.Core):
         if self._muted:
             return None
         from expman.watch import live
-        return live.start(self, rules, on_alert=on_alert, webhook=webhook, interval=interval)
+        # the per-point rules of this rank's points run in the writer thread (src/exwatch.h)
+        return live.start(self, rules, on_alert=on_alert, webhook=webhook, interval=interval,
+                          native=(_core.Core._native_watch, _core.Core._native_watch_take))
 
     def __del__(self) -> None:
         if getattr(self, "_status", None) == RUNNING and os.getpid() == self._pid:

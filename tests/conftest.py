@@ -99,6 +99,21 @@ def make_run(base: Path):
                 pass
 
 
+def nan_alerts_expected(run_dir: Path) -> set[tuple[str, int]]:
+    """(metric, step) of each point where a series of the run turns non-finite (its
+    first point, or after a finite one): where the ``nan`` watchdog must fire."""
+    import math
+    out = set()
+    for name, series in expman.open_run(run_dir).metrics.items():
+        before = True
+        for step, value in zip(series.steps, series.values):
+            bad = not math.isfinite(value)
+            if bad and before:
+                out.add((name, int(step)))
+            before = not bad
+    return out
+
+
 def run_python(code: str, cwd: Path, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
     """Run a Python snippet in a fresh interpreter (for exit, signal and crash tests)."""
     env = dict(os.environ)

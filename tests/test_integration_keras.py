@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import need
+from conftest import nan_alerts_expected, need
 
 os.environ["KERAS_BACKEND"] = "torch"       # before keras is first imported
 need("torch")
@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 
 import expman  # noqa: E402
 from expman.integrations.keras import ExpmanCallback  # noqa: E402
+from expman.watch import read_alerts  # noqa: E402
 
 # another test module importing keras first would have fixed another backend
 assert keras.backend.backend() == "torch", keras.backend.backend()
@@ -78,3 +79,28 @@ def test_run_passed_in_stays_open_and_batches_every_n(make_run):
 def test_bad_log_batches_names_the_value():
     with pytest.raises(expman.ExpmanValueError, match="log_batches.*-1"):
         ExpmanCallback(log_batches=-1)
+
+
+def test_watch_records_an_alert_for_a_nan_loss(base, make_run):
+    """``ExpmanCallback(watch=...)`` starts the run's watchdogs: NaN targets from the
+    third batch on make the loss NaN in a real fit, an ``alert`` at each series'
+    first NaN point (the batch series at batch 2, the epoch ones at epoch 0)."""
+    with pytest.raises(expman.ExpmanValueError, match="bogus"):
+        ExpmanCallback("keras", base_dir=base, watch="bogus")
+    x, y = data()
+    y[32:] = np.nan                                 # batches of 16, in order: batch 2 on
+    cb = ExpmanCallback("keras", "nan", base_dir=base, watch=["nan"], log_batches=True,
+                        capture_env=False, system_metrics=False)
+    tiny_model().fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0, callbacks=[cb])
+    run = base / "keras" / "nan"
+    expected = nan_alerts_expected(run)
+    assert {("batch/loss", 2), ("loss", 0)} <= expected
+    alerts = read_alerts(run)
+    assert {(a.metric, a.step) for a in alerts} == expected
+    assert all(a.rule == "nan" for a in alerts)
+
+    exp = make_run("keras", system_metrics=False)   # a run passed in is watched too
+    tiny_model().fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0,
+                     callbacks=[ExpmanCallback(experiment=exp, watch=["nan:loss"])])
+    exp.close()
+    assert [(a.metric, a.step) for a in read_alerts(exp.run_dir)] == [("loss", 0)]

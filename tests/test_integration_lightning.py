@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_python
+from conftest import nan_alerts_expected, run_python
 from conftest import need
 
 need("torch")
@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
 import expman  # noqa: E402
 from expman.integrations.lightning import ExpmanLogger  # noqa: E402
+from expman.watch import read_alerts  # noqa: E402
 
 pytestmark = [
     # Lightning's advice for a tiny CPU fit (num_workers, small log interval, no GPU)
@@ -292,3 +293,47 @@ def test_works_with_pytorch_lightning_alone(tmp_path):
     assert proc.returncode == 0, proc.stderr
     run = expman.open_run(proc.stdout.strip().splitlines()[-1])
     assert run.status == "FINISHED" and len(run.metrics["loss"]) == 2
+
+
+class NanRegressor(TinyRegressor):
+    """TinyRegressor whose loss turns NaN at ``nan_at_step`` (and stays NaN: the
+    weights it updates become NaN)."""
+
+    def __init__(self, nan_at_step: int) -> None:
+        super().__init__()
+        self.nan_at_step = nan_at_step
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.layer(x), y)
+        if self.global_step == self.nan_at_step:
+            loss = loss * float("nan")
+        self.log("train_loss", loss, on_step=True, on_epoch=True)
+        return loss
+
+
+def test_watch_records_an_alert_for_a_nan_loss(tmp_path):
+    """``ExpmanLogger(watch=...)`` starts the run's watchdogs: a loss turned NaN in a
+    real fit is an ``alert`` in the run, at the point where each series turned NaN."""
+    with pytest.raises(expman.ExpmanValueError, match="bogus"):
+        ExpmanLogger("lit", save_dir=tmp_path, watch=["bogus"])      # before any folder
+    assert not (tmp_path / "lit").exists()
+    logger = ExpmanLogger("lit", "nan", save_dir=tmp_path, watch=["nan"], capture_env=False,
+                          system_metrics=False)
+    trainer([logger], tmp_path, max_epochs=2).fit(NanRegressor(nan_at_step=3), loader(),
+                                                  loader(seed=1))
+    run = Path(logger.log_dir)
+    alerts = read_alerts(run)
+    expected = nan_alerts_expected(run)
+    assert {("train_loss_step", 3), ("train_loss_epoch", 3), ("val_loss", 3)} <= expected
+    assert {(a.metric, a.step) for a in alerts} == expected
+    assert all(a.rule == "nan" and a.rank == 0 for a in alerts)
+    assert expman.open_run(run).status == "FINISHED"
+
+
+def test_watch_on_a_run_passed_in(make_run, tmp_path):
+    exp = make_run("lit", system_metrics=False)
+    logger = ExpmanLogger(experiment=exp, watch=["nan"])
+    trainer([logger], tmp_path, max_epochs=1).fit(NanRegressor(nan_at_step=1), loader())
+    exp.close()
+    assert ("train_loss_step", 1) in {(a.metric, a.step) for a in read_alerts(exp.run_dir)}

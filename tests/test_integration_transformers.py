@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import need
+from conftest import nan_alerts_expected, need
 
 os.environ["HF_HUB_OFFLINE"] = "1"          # nothing is downloaded: the model is built here
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -20,6 +20,7 @@ import torch  # noqa: E402
 import expman  # noqa: E402
 from expman.integrations.transformers import ExpmanCallback  # noqa: E402
 from expman.readmodel import flatten_params  # noqa: E402
+from expman.watch import read_alerts  # noqa: E402
 
 
 class TinyDataset(torch.utils.data.Dataset):
@@ -171,3 +172,33 @@ def test_evaluate_after_train_reopens_and_finishes_the_run(tmp_path):
     run = expman.open_run(callback.experiment.run_dir)
     assert run.status == "FINISHED" and len(run.meta["resumed"]) == 2
     assert len(run.metrics["eval_loss"].values) == 4
+
+
+def test_watch_records_an_alert_for_a_nan_loss(tmp_path):
+    """``ExpmanCallback(watch=...)`` starts the run's watchdogs: a loss made NaN at
+    step 6 of a real Trainer is an ``alert`` at each series' first NaN point."""
+    with pytest.raises(expman.ExpmanValueError, match="bogus"):
+        ExpmanCallback("hf", base_dir=tmp_path, watch=["nan", "bogus"])
+
+    class NanLossTrainer(transformers.Trainer):
+        def compute_loss(self, *args, **kwargs):
+            out = super().compute_loss(*args, **kwargs)
+            if self.state.global_step == 6:      # the 7th step's loss, and then the weights
+                return (out[0] * float("nan"), *out[1:]) if isinstance(out, tuple) \
+                    else out * float("nan")
+            return out
+
+    cb = ExpmanCallback("hf", "nan", base_dir=tmp_path / "runs", watch=["nan"],
+                        capture_env=False, system_metrics=False)
+    plain = tiny_trainer(tmp_path / "out", cb, logging_nan_inf_filter=False, save_strategy="no")
+    trainer = NanLossTrainer(model=plain.model, args=plain.args,
+                             train_dataset=plain.train_dataset, eval_dataset=plain.eval_dataset,
+                             callbacks=[cb])
+    trainer.train()
+    run = tmp_path / "runs" / "hf" / "nan"
+    expected = nan_alerts_expected(run)
+    assert {("loss", 10), ("eval_loss", 10)} <= expected
+    alerts = read_alerts(run)
+    assert {(a.metric, a.step) for a in alerts} == expected
+    assert all(a.rule == "nan" for a in alerts)
+    assert expman.open_run(run).status == "FINISHED"

@@ -49,9 +49,10 @@ def _wine() -> str | None:
 
 
 def _build(cc: str, out: Path, *flags: str) -> Path:
-    cmd = [cc, *WARNINGS, *flags, f"-I{SRC}", str(PROGRAM), str(SRC / "exlog.c"), "-o", str(out)]
+    cmd = [cc, *WARNINGS, *flags, f"-I{SRC}", str(PROGRAM), str(SRC / "exlog.c"),
+           str(SRC / "exwatch.c"), "-o", str(out)]
     if "mingw" not in Path(cc).name:
-        cmd.append("-pthread")
+        cmd += ["-pthread", "-lm"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stderr}"
     return out
@@ -62,6 +63,7 @@ def _check_output(metrics: Path, events: Path, stdout: str, n: int) -> None:
     stats = dict(line.split("=", 1) for line in stdout.split())
     assert stats["rows_written"] == str(n) and stats["rows_dropped"] == "0", stats
     assert stats["summary_ok"] == "1"       # the writer's run summary matched (checked in C)
+    assert stats["watch_ok"] == "1"         # the writer's watchdogs found the plateau (in C)
     data = metrics.read_bytes()
     series, torn = refreader.read_metrics(data)
     assert torn == 0

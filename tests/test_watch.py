@@ -935,3 +935,126 @@ def test_experiment_watch_argument_starts_the_watchdogs(tmp_path):
         got = wait_for(lambda: alert_events(events), "the alert of the run's own watcher")
     assert got[0]["rule"] == "nan" and got[0]["step"] == 1
     assert len(alert_events(events)) == 1
+
+
+# ---- the per-point rules in the writer thread (src/exwatch.c) ----------------------------------------
+
+
+def _planted_series(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Noisy series with every fault the per-point rules look for: NaN and inf runs,
+    jumps up and down, a constant stretch (MAD 0), plateaus."""
+    t = np.arange(n)
+    loss = 2.0 * np.exp(-t / 400) + rng.normal(0, 0.02, n)
+    loss[1500:1900] = loss[1499]                   # flat: a plateau, and a constant window
+    loss[[300, 301, 302, 800, 2500]] = [np.nan, np.nan, np.inf, np.nan, -np.inf]
+    loss[[1000, 1205, 2222]] += [5.0, -3.0, 40.0]  # spikes both ways
+    acc = np.minimum(0.3 + t / 2000, 0.9) + rng.normal(0, 0.01, n)
+    acc[[700, 2600]] -= 0.5
+    acc[[1234]] = np.nan
+    sysx = rng.normal(50, 5, n)
+    sysx[[10, 11, 400]] = [np.nan, 1e6, np.nan]
+    q = np.round(rng.normal(0, 1, n)) + np.where(t % 97 == 0, 6, 0)   # many ties
+    return {"loss": loss, "val/acc": acc, "system/x": sysx, "q": q}
+
+
+NATIVE_RULES = ["nan", "spike", "spike:loss,k=3,window=8,min_points=5,direction=up",
+                "spike:*acc,k=4,window=20,direction=down",
+                "spike:q,k=2,window=13,min_points=7",      # odd windows, ties at the median
+                "plateau:loss,delta=0.001,patience=30", "plateau:val/acc,mode=max,patience=40"]
+
+
+def test_writer_watchdogs_find_what_the_python_engine_finds(tmp_path):
+    """The same points through the writer thread's rules (the run's own watch) and
+    through the reference engine (fed in uneven batches): the same alerts, ids and
+    messages; rows of different shapes, values logged as ints too."""
+    rng = np.random.default_rng(25)
+    n = 3000
+    data = _planted_series(rng, n)
+    shape = rng.integers(0, 4, n)           # which series each row holds
+    rows = []
+    for i in range(n):
+        row = {"loss": float(data["loss"][i]), "q": float(data["q"][i])}
+        if shape[i] != 1:
+            row["val/acc"] = float(data["val/acc"][i])
+        if shape[i] >= 2:
+            row["system/x"] = float(data["system/x"][i]) if shape[i] == 2 \
+                else int(data["system/x"][i]) if np.isfinite(data["system/x"][i]) else math.nan
+        rows.append(row)
+    with expman.Experiment("e", "native", base_dir=tmp_path, capture_env=False,
+                           system_metrics=False) as exp:
+        rw = exp.watch(NATIVE_RULES, interval=3600)
+        for i, row in enumerate(rows):
+            exp.log_metrics(row, step=i)
+    native = {(a.id, a.rule, a.metric, a.step, a.message) for a in read_alerts(exp.run_dir)}
+    assert rw.native is not None and rw.errors == []
+    assert rw.watcher.feed_count == 0           # no point went through the Python engine
+
+    ref = Watcher(NATIVE_RULES, run_id="e/native")
+    expected = set()
+    for name in data:
+        steps = np.array([i for i, r in enumerate(rows) if name in r])
+        values = np.array([float(rows[i][name]) for i in steps])
+        cuts = sorted(set(rng.integers(1, len(steps), 40).tolist()))
+        for st, va in zip(np.split(steps, cuts), np.split(values, cuts)):
+            for a in ref.feed(name, st, va, st * 0.01):
+                expected.add((a.id, a.rule, a.metric, a.step, a.message))
+    kinds = {rule.partition(":")[0] for _i, rule, *_r in expected}
+    assert kinds == {"nan", "spike", "plateau"} and len(expected) > 15
+    assert native == expected
+
+
+def test_writer_watchdogs_give_the_rank_s_progress_to_stall(tmp_path):
+    """The rank's own steps come from the writer (no decode in the watcher): a run
+    silent for longer than the stall window fires at its last step; the sampler's
+    series (system/...) never count as a step."""
+    from expman.watch import live
+    clock = Clock(time.time())
+    with expman.Experiment("e", "stall", base_dir=tmp_path, capture_env=False,
+                           system_metrics=False) as exp:
+        rw = live.start(exp, ["stall:floor=60"], interval=3600, clock=clock,
+                        native=(expman._core.Core._native_watch,
+                                expman._core.Core._native_watch_take))
+        for i in range(10):
+            exp.log_metrics({"loss": 1.0 / (i + 1)}, step=i)
+        exp.log_metrics({"system/cpu": 5.0}, step=50)
+        exp.flush()
+        assert rw.poll() == [] and rw.watcher.ranks == {0: 9}
+        clock.t += 3600
+        fired = rw.poll()
+        assert [(a.kind, a.step, a.rank) for a in fired] == [("stall", 9, 0)]
+
+
+def test_writer_watchdogs_watch_keys_defined_later_from_many_threads(make_run):
+    """Keys defined after watch() starts, by several threads at once, are bound to their
+    rules before any row uses them: the first point of each, a NaN, is an alert."""
+    exp = make_run(system_metrics=False)
+    rw = exp.watch(["nan", "spike:k*"], interval=3600)
+
+    def log(t: int) -> None:
+        for i in range(50):
+            exp.log_metrics({f"k{t}/{i}": math.nan, "loss": 1.0}, step=i)
+
+    threads = [threading.Thread(target=log, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    exp.close()
+    got = [(a.rule, a.metric, a.step) for a in read_alerts(exp.run_dir)]
+    assert sorted(got) == sorted(("nan", f"k{t}/{i}", i) for t in range(4) for i in range(50))
+    assert rw.errors == [] and rw.watcher.feed_count == 0
+
+
+def test_a_rule_the_writer_refuses_leaves_the_run_watchable(make_run):
+    """The writer takes its rules all at once or not at all: a spike window too large
+    for it is a clear error, and a watch() after it starts from a clean slate."""
+    exp = make_run(system_metrics=False)
+    with pytest.raises(ExpmanValueError, match="window is at most 1,000,000"):
+        exp.watch(["nan", "spike:window=2000000"])
+    rw = exp.watch(["spike:loss,k=3,window=8,min_points=5", "nan"], interval=3600)
+    for i in range(40):
+        exp.log_metrics({"loss": math.nan if i == 30 else 1.0 + 0.01 * (i % 3)}, step=i)
+    exp.log_metrics({"loss": 50.0}, step=40)
+    exp.close()
+    got = sorted((a.kind, a.step) for a in read_alerts(exp.run_dir))
+    assert got == [("nan", 30), ("spike", 40)] and rw.errors == []

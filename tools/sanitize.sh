@@ -8,11 +8,13 @@
 #   - the hostile-folder corpus (tests/test_hostile.py),
 #   - the decoder fuzz tests (tests/test_fuzz.py) at their default size, the
 #     format tests and the hot path's value paths (numpy scalars read in place),
+#   - the writer thread's watchdogs (tests/test_watch.py -k writer_watchdogs...),
 #   - the TensorBoard event-file fuzz target (tests/test_fuzz.py -k event) and the
 #     FIFO-as-lock-file tests (tests/test_runlock.py -k fifo: issue 20),
 #   - a reduced reliability subset (tests/test_reliability.py -k ...),
 #   - tests/test_portable_c.py: the C producer/consumer natively, under TSan
-#     (rows, concurrent new-key definitions with wrap-around, a garbage record)
+#     (rows with the writer's watchdogs on, concurrent new-key definitions with
+#     wrap-around, a garbage record)
 #     and under ASan+UBSan with detect_leaks=1.
 # Usage: tools/sanitize.sh [PYTHON]   (default: python3). Linux, GCC or Clang.
 set -euo pipefail
@@ -64,6 +66,8 @@ echo "+ hostile corpus, decoder fuzz, format and hot-path value tests under ASan
 # intercepted by a libasan preloaded into a Python not linked with libstdc++)
 run_asan tests/test_hostile.py tests/test_fuzz.py tests/test_format.py tests/test_hotpath_cliffs.py \
     -k "not tensor"
+echo "+ the writer's watchdogs (src/exwatch.c) against the Python engine under ASan+UBSan"
+run_asan tests/test_watch.py -k "writer_watchdogs or writer_refuses or last_round or action_stop"
 echo "+ the file layer's hostile inputs under ASan+UBSan (issue 20)"
 run_asan tests/test_runlock.py -k fifo
 echo "+ the lake and RunTail's cursor (a linked, FIFO or device stream; crafted cursors) under ASan+UBSan"

@@ -22,14 +22,27 @@ __all__ = ["RunHandle", "save_checkpoint"]
 
 
 class RunHandle:
-    """Opens the Experiment on first use, or wraps one the user gave."""
+    """Opens the Experiment on first use, or wraps one the user gave.
+
+    ``watch``: the run's watchdogs, as ``Experiment(..., watch=...)`` takes them
+    (docs/watch.md); checked here, so a bad rule fails when the bridge is made,
+    not mid-training. A run the bridge opens (or reopens) starts them at open;
+    a run passed in is watched from now on (``Experiment.watch``)."""
 
     def __init__(self, experiment: Experiment | None, name: str, run_name: str | None,
-                 base: str | os.PathLike[str] | None, options: dict[str, Any]) -> None:
+                 base: str | os.PathLike[str] | None, options: dict[str, Any],
+                 watch: Any = None) -> None:
         if experiment is not None and not isinstance(experiment, Experiment):
             from expman.errors import ExpmanTypeError
             raise ExpmanTypeError(
                 f"experiment: expected an expman.Experiment, got {type(experiment).__name__}")
+        if watch is not None and watch is not False:
+            from expman.watch import parse_rules
+            rules = parse_rules(None if watch is True else watch)
+            if experiment is not None:
+                experiment.watch(rules)
+            else:
+                options = {**options, "watch": rules}
         self._exp = experiment
         self.owned = experiment is None
         self.name = experiment.name if experiment is not None else name

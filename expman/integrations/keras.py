@@ -32,6 +32,8 @@ class ExpmanCallback(keras.callbacks.Callback):  # type: ignore[misc]
         experiment: log into this open Experiment instead; it stays open after ``fit``.
         log_batches: also log the running batch metrics every N batches (True means
             every batch) as ``batch/<name>`` at the global batch number.
+        watch: watchdogs on the run, as ``Experiment(..., watch=...)``: ``["nan",
+            "plateau:val_loss,patience=5"]``, or True for the default rules (docs/watch.md).
         **experiment_options: passed to ``Experiment``.
 
     Epoch metrics use Keras's names at step = epoch index (0-based), the index of
@@ -43,7 +45,7 @@ class ExpmanCallback(keras.callbacks.Callback):  # type: ignore[misc]
     def __init__(self, name: str = "keras", run_name: str | None = None,
                  base_dir: str | os.PathLike[str] | None = None, *,
                  experiment: Experiment | None = None, log_batches: bool | int = False,
-                 **experiment_options: Any) -> None:
+                 watch: Any = None, **experiment_options: Any) -> None:
         super().__init__()
         if isinstance(log_batches, bool):
             every = 1 if log_batches else 0
@@ -53,7 +55,8 @@ class ExpmanCallback(keras.callbacks.Callback):  # type: ignore[misc]
             from expman.errors import ExpmanValueError
             raise ExpmanValueError(
                 f"log_batches must be a bool or a non-negative int, got {log_batches!r}")
-        self._handle = RunHandle(experiment, name, run_name, base_dir, experiment_options)
+        self._handle = RunHandle(experiment, name, run_name, base_dir, experiment_options,
+                                 watch)
         self._every = every
         self._batches = 0
 

@@ -58,6 +58,9 @@ class ExpmanLogger(_Logger):  # type: ignore[misc, valid-type]
             under ``artifacts/checkpoints/``; ``last.ckpt`` (and any file rewritten
             under one name) once, its final version, when the fit ends.
         prefix: put before every metric key, joined with ``-`` (as Lightning's loggers).
+        watch: watchdogs on the run, as ``Experiment(..., watch=...)``: ``["nan",
+            "spike:train_loss_step"]``, or True for the default rules (docs/watch.md);
+            a rule with ``action=stop`` makes the fit fail with the alert.
         **experiment_options: passed to ``Experiment`` (``flush_interval``, ``capture_env``...).
 
     Lightning's ``ModelCheckpoint`` saves into ``log_dir/checkpoints``, which is
@@ -69,9 +72,10 @@ class ExpmanLogger(_Logger):  # type: ignore[misc, valid-type]
     def __init__(self, name: str = "lightning_logs", version: str | None = None,
                  save_dir: str | os.PathLike[str] | None = None, *,
                  experiment: Experiment | None = None, log_model: bool = False,
-                 prefix: str = "", **experiment_options: Any) -> None:
+                 prefix: str = "", watch: Any = None, **experiment_options: Any) -> None:
         super().__init__()
-        self._handle = RunHandle(experiment, name, version, save_dir, experiment_options)
+        self._handle = RunHandle(experiment, name, version, save_dir, experiment_options,
+                                 watch)
         self._log_model = log_model
         self._prefix = prefix
         self._stored: dict[str, tuple[int, int]] = {}     # path -> signature stored

@@ -36,6 +36,11 @@ class ExpmanCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
         experiment: log into this open Experiment instead; it stays open after training.
         log_checkpoints: copy each saved ``checkpoint-N`` folder into
             ``artifacts/checkpoints/checkpoint-N/``.
+        watch: watchdogs on the run, as ``Experiment(..., watch=...)``: ``["nan",
+            "plateau:eval_loss,patience=500"]``, or True for the default rules
+            (docs/watch.md). Set ``logging_nan_inf_filter=False`` in
+            ``TrainingArguments`` for ``nan`` to see a NaN loss: by default the
+            Trainer logs the mean of the finite losses instead.
         **experiment_options: passed to ``Experiment``.
 
     Metric keys are the ones ``Trainer`` logs (``loss``, ``eval_loss``,
@@ -46,8 +51,9 @@ class ExpmanCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
     def __init__(self, name: str = "transformers", run_name: str | None = None,
                  base_dir: str | os.PathLike[str] | None = None, *,
                  experiment: Experiment | None = None, log_checkpoints: bool = False,
-                 **experiment_options: Any) -> None:
-        self._handle = RunHandle(experiment, name, run_name, base_dir, experiment_options)
+                 watch: Any = None, **experiment_options: Any) -> None:
+        self._handle = RunHandle(experiment, name, run_name, base_dir, experiment_options,
+                                 watch)
         self._log_checkpoints = log_checkpoints
         self._training = False
 

@@ -156,7 +156,8 @@ exlog *exlog_new(uint64_t capacity, int64_t flush_ms, int64_t heartbeat_ms) {
      * emits a frame whenever half a ring is pending: cap bytes always suffice. */
     w->frame = (unsigned char *)malloc(cap + EXLOG_FRAME_OVERHEAD);
     w->events = (unsigned char *)malloc(cap);
-    if (!w->ring || !w->frame || !w->events) { exlog_free(w); return NULL; }
+    w->watch = exwatch_new();
+    if (!w->ring || !w->frame || !w->events || !w->watch) { exlog_free(w); return NULL; }
     w->cap = cap;
     w->mask = cap - 1;
     w->kick_at = cap / 2;
@@ -194,6 +195,7 @@ void exlog_free(exlog *w) {
     free(w->sum);
     free(w->fsum);
     free(w->ftouched);
+    exwatch_free(w->watch);
     free(w);
 }
 
@@ -323,6 +325,7 @@ static void note_loss(exlog *w) {
 /* Writer thread only. The loss record is rewritten before the error is
  * published: whoever learns of the error (flush, close) finds it on disk. */
 static void record_error(exlog *w, int err) {
+    exwatch_release(w->watch);          /* never held across I/O */
     exlog_mutex_lock(&w->mu);
     w->stats.write_errors += 1;
     w->stats.last_errno = err;
@@ -467,6 +470,7 @@ static void encode_row(exlog *w, const exlog_rec *r, delta_state *ds) {
         k += 8;
         sum_stage(w, ids[i], r->step, t_us, vals[i]);
     }
+    exwatch_row(w->watch, r->step, r->t_ns, ids, vals, r->n);
     ds->step = r->step;
     ds->t_us = t_us;
     ds->ids = ids;
@@ -603,6 +607,7 @@ static uint64_t drain(exlog *w) {
         if (w->frame_len >= half || w->events_len >= half) {
             /* ring space is free as soon as it is encoded */
             exlog_store_u64(&w->tail, tail);
+            exwatch_release(w->watch);
             emit(w);
             ds.step = 0;
             ds.t_us = 0;
@@ -615,6 +620,7 @@ static uint64_t drain(exlog *w) {
         }
     }
     exlog_store_u64(&w->tail, tail);
+    exwatch_release(w->watch);
     emit(w);
     exlog_mutex_lock(&w->mu);
     exlog_store_u64(&w->done, tail);

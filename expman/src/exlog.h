@@ -36,6 +36,7 @@
 #include <stddef.h>
 #include <string.h>
 #include "exlog_port.h"
+#include "exwatch.h"
 
 #define EXLOG_REC_SKIP 0u   /* filler up to the end of the ring */
 #define EXLOG_REC_KEY 1u    /* n = key id; payload = UTF-8 name */
@@ -148,6 +149,10 @@ typedef struct exlog {
     /* drops decided by the producer (on_full="drop", block_timeout): it
      * publishes its running totals here, the writer records them */
     volatile uint64_t producer_rows_dropped, producer_events_dropped;
+
+    /* The per-point watchdogs (exwatch.h), fed every row this thread frames;
+     * idle until the Python side enables them. */
+    exwatch *watch;
 } exlog;
 
 /* Lifecycle. exlog_new returns NULL on allocation failure or when capacity is

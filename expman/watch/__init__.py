@@ -3,8 +3,9 @@
 
 ``rules`` holds the rules and their grammar, ``engine`` the pure evaluation
 (points in, Alerts out, the clock injected), ``live`` where they run: a thread in
-the training process (``Experiment.watch``) or ``expman watch`` in another one,
-both reading the run's files the way ``RunTail`` does, off the hot path.
+the training process (``Experiment.watch``; the per-point rules of its own points
+run in the native writer thread, src/exwatch.c) or ``expman watch`` in another
+one, reading the run's files the way ``RunTail`` does, off the hot path.
 docs/watch.md is the guide.
 """
 

@@ -82,6 +82,8 @@ class Watcher:
         self._ranks: dict[int, _Progress] = {}
         self._fired: dict[tuple[Any, ...], float] = {}     # rule-level memory (stall, disk...)
         self._losses: dict[int, tuple[int, int, int]] = {}
+        self._native: list[int] = []         # native rule index -> index in self.rules
+        self.feed_count = 0                  # points fed (the native writer's are not)
 
     # ---- ids --------------------------------------------------------------------
     def _alert(self, rule: Rule, key: tuple[Any, ...], metric: str | None, step: int | None,
@@ -120,6 +122,7 @@ class Watcher:
                              f"({len(st)}, {len(va)}, {len(ti)})")
         if not len(st):
             return []
+        self.feed_count += len(st)
         if progress and not metric.startswith(SYSTEM_PREFIX):   # the sampler counts its own
             self._progress(rank, st, ti)
         alerts: list[Alert] = []
@@ -176,12 +179,14 @@ class Watcher:
         before = np.concatenate(([not s.armed], bad[:-1]))
         out = []
         for i in np.flatnonzero(bad & ~before).tolist():
-            v, step = float(va[i]), int(st[i])
-            what = "NaN" if v != v else ("+inf" if v > 0 else "-inf")
-            out.append(self._alert(rule, (), metric, step, v, rank,
-                                   f"{metric} is {what} at step {step} (rank {rank})"))
+            out.append(self._nan_alert(rule, metric, int(st[i]), float(va[i]), rank))
         s.armed = not bool(bad[-1])
         return out
+
+    def _nan_alert(self, rule: Rule, metric: str, step: int, v: float, rank: int) -> Alert:
+        what = "NaN" if v != v else ("+inf" if v > 0 else "-inf")
+        return self._alert(rule, (), metric, step, v, rank,
+                           f"{metric} is {what} at step {step} (rank {rank})")
 
     def _spike(self, rule: Spike, s: _Series, metric: str, st: np.ndarray, va: np.ndarray,
                rank: int) -> list[Alert]:
@@ -215,14 +220,19 @@ class Watcher:
             if s.quiet_until > k + s.seen:
                 continue
             s.quiet_until = k + s.seen + w
-            v, step = float(vals[k]), int(steps[k])
-            out.append(self._alert(
-                rule, (), metric, step, v, rank,
-                f"{metric} spiked to {v:.6g} at step {step} (rank {rank}): {dev:+.1f} robust "
-                f"deviations from the median {ref:.6g} of the last {w} points (limit {rule.k:g})"))
+            out.append(self._spike_alert(rule, metric, int(steps[k]), float(vals[k]), rank,
+                                         ref, dev))
         s.seen += len(vals)
         s.hist = arr[-(w + block):].copy()
         return out
+
+    def _spike_alert(self, rule: Spike, metric: str, step: int, v: float, rank: int,
+                     ref: float, dev: float) -> Alert:
+        return self._alert(
+            rule, (), metric, step, v, rank,
+            f"{metric} spiked to {v:.6g} at step {step} (rank {rank}): {dev:+.1f} robust "
+            f"deviations from the median {ref:.6g} of the last {rule.window} points "
+            f"(limit {rule.k:g})")
 
     def _plateau(self, rule: Plateau, s: _Series, metric: str, st: np.ndarray, va: np.ndarray,
                  rank: int) -> list[Alert]:
@@ -248,18 +258,67 @@ class Watcher:
         out = []
         for i in np.flatnonzero(cond & ~before).tolist():
             j = int(np.searchsorted(s.hist_steps, steps[i], side="right")) - 1
-            best_step, step = int(s.hist_steps[j]), int(steps[i])
             value = float(best[i]) if rule.mode == "min" else -float(best[i])
-            out.append(self._alert(
-                rule, (best_step,), metric, step, float(va[fin][i]), rank,
-                f"{metric} has not improved by {rule.delta:g} or more over the last "
-                f"{rule.patience} steps (rank {rank}): best {value:.6g} at step {best_step} "
-                f"({rule.mode}), now step {step}"))
+            out.append(self._plateau_alert(rule, metric, int(steps[i]), float(va[fin][i]),
+                                           rank, int(s.hist_steps[j]), value))
         s.armed = not bool(cond[-1])
         # keep the improvements still in reach, and the last one before them
         cut = max(int(np.searchsorted(s.hist_steps, steps.max() - rule.patience, side="right")) - 1, 0)
         s.hist_steps, s.hist_best = s.hist_steps[cut:], s.hist_best[cut:]
         return out
+
+    def _plateau_alert(self, rule: Plateau, metric: str, step: int, v: float, rank: int,
+                       best_step: int, best: float) -> Alert:
+        return self._alert(
+            rule, (best_step,), metric, step, v, rank,
+            f"{metric} has not improved by {rule.delta:g} or more over the last "
+            f"{rule.patience} steps (rank {rank}): best {best:.6g} at step {best_step} "
+            f"({rule.mode}), now step {step}")
+
+    # ---- the same rules in the native writer (src/exwatch.h) ---------------------------
+    def native_plan(self) -> tuple[list[tuple[Any, ...]], Callable[[str], tuple[bool, list[int]]]]:
+        """The per-point rules (nan, spike, plateau) as the writer thread takes them
+        (``Core._native_watch``), and the matcher it asks about each key: whether
+        its rows are progress (not the sampler's) and which of those rules watch it.
+        The writer's alerts come back through ``native_alert``."""
+        self._native = [i for i, r in enumerate(self.rules) if isinstance(r, (Nan, Spike, Plateau))]
+        specs: list[tuple[Any, ...]] = []
+        for i in self._native:
+            r = self.rules[i]
+            if isinstance(r, Nan):
+                specs.append((1, 0.0, 0, 0, 0, 0, 0.0, 0))
+            elif isinstance(r, Spike):
+                specs.append((2, float(r.k), r.window, r.min_points,
+                              {"up": 1, "down": 2, "both": 3}[r.direction], 0, 0.0, 0))
+            else:
+                assert isinstance(r, Plateau)
+                specs.append((3, 0.0, 0, 0, 0, int(r.mode == "max"), float(r.delta), r.patience))
+        rules = [self.rules[i] for i in self._native]
+
+        def match(name: str) -> tuple[bool, list[int]]:
+            return (not name.startswith(SYSTEM_PREFIX),
+                    [j for j, r in enumerate(rules) if r.matches(name)])
+        return specs, match
+
+    def native_alert(self, found: tuple[Any, ...], rank: int) -> Alert:
+        """An alert the writer found: ``(rule, metric, step, value, ref, dev, best_step,
+        best)`` from ``Core._native_watch_take``; the same Alert (id, message) as
+        ``feed`` makes of the same points."""
+        index, metric, step, value, ref, dev, best_step, best = found
+        rule = self.rules[self._native[index]]
+        if isinstance(rule, Nan):
+            return self._nan_alert(rule, metric, step, value, rank)
+        if isinstance(rule, Spike):
+            return self._spike_alert(rule, metric, step, value, rank, ref, dev)
+        assert isinstance(rule, Plateau)
+        return self._plateau_alert(rule, metric, step, value, rank, best_step, best)
+
+    def note_steps(self, rank: int, steps: Any, times: Any) -> None:
+        """A rank's new steps, from elsewhere than ``feed`` (the native writer): its
+        progress for stall and straggler."""
+        st = np.asarray(steps, dtype=np.int64).ravel()
+        if len(st):
+            self._progress(rank, st, np.asarray(times, dtype=np.float64).ravel())
 
     # ---- what only the clock tells -------------------------------------------------------
     def check(self) -> list[Alert]:

@@ -5,6 +5,8 @@
 on it. It runs either
 
 - in the training process, as a daemon thread started by ``Experiment.watch``:
+  the per-point rules of its own rank run in the writer thread (src/exwatch.c),
+  whose alerts and new steps the thread takes instead of reading those points;
   alerts are events in the run's own ``events.jsonl`` (through the writer, like
   any event), so ``log_metrics`` costs what it cost; or
 - in another process (``expman watch RUN``): alerts go to ``alerts.jsonl``,
@@ -321,7 +323,9 @@ class RunWatch:
                  ranks: Iterable[int] | None = None,
                  live_loss: Callable[[], tuple[int, Mapping[str, Any]] | None] | None = None,
                  clock: Callable[[], float] = time.time,
-                 disk_usage: Callable[[Any], Any] | None = None) -> None:
+                 disk_usage: Callable[[Any], Any] | None = None,
+                 native: Callable[[], tuple[list[Any], list[int], list[float], int]] | None = None,
+                 native_rank: int = 0) -> None:
         from expman.watch.engine import Watcher      # numpy: loaded when a watch starts
         self.path = Path(os.fspath(run_dir))
         meta = _read_meta(self.path / RUN_FILE) or {}
@@ -336,6 +340,8 @@ class RunWatch:
             webhook.run = {"run": self.run_id, "run_dir": str(self.path)}
         self.webhook = webhook
         self.live_loss = live_loss
+        self.native, self.native_rank = native, native_rank
+        self._native_lost = 0
         self._fixed_ranks = None if ranks is None else sorted(set(ranks))
         self._tails: dict[int, RunTail] = {}
         self._alerts_tail = AlertTail(self.path)
@@ -372,7 +378,10 @@ class RunWatch:
                 except (OSError, ValueError, ExpmanError):
                     continue                    # no run.json yet: the next round
             try:
-                metrics, events = dict(tail.poll_metrics()), tail.poll_events()
+                if self.native is not None and r == self.native_rank:
+                    metrics, events = {}, tail.poll_events()    # its points: the writer's
+                else:
+                    metrics, events = dict(tail.poll_metrics()), tail.poll_events()
             except (OSError, ValueError, ExpmanError):
                 metrics, events = {}, []        # a damaged stream: nothing to watch there
             batches.append((r, metrics))
@@ -393,6 +402,8 @@ class RunWatch:
                     foreign.append(a)
         for r, metrics in batches:
             fresh += self.watcher.feed_metrics(metrics, r)
+        if self.native is not None:
+            fresh += self._poll_native()
         if self.live_loss is not None and self.watcher.watches_loss:
             got = self.live_loss()
             if got is not None:
@@ -421,6 +432,18 @@ class RunWatch:
                 self.stop(a)
         self.pump()
         return new
+
+    def _poll_native(self) -> list[Alert]:
+        """What the writer thread's watchdogs found: its alerts, and the rank's new
+        steps (its progress, for stall and straggler)."""
+        assert self.native is not None
+        found, steps, times, lost = self.native()
+        self.watcher.note_steps(self.native_rank, steps, times)
+        if lost > self._native_lost:
+            self._native_lost = lost
+            self._error(f"the writer's watchdogs lost alerts ({lost} so far): more than it "
+                        "holds between two rounds, or no memory for a metric's rules")
+        return [self.watcher.native_alert(f, self.native_rank) for f in found]
 
     def pump(self) -> None:
         if self.webhook is not None:
@@ -481,13 +504,19 @@ _watching: "weakref.WeakKeyDictionary[Any, tuple[RunWatch, threading.Thread, thr
 def start(exp: Any, rules: Iterable[Rule | str] | Rule | str | None = None, *,
           on_alert: Callable[[Alert], Any] | None = None, webhook: str | None = None,
           interval: float = 0.5, clock: Callable[[], float] = time.time,
-          disk_usage: Callable[[Any], Any] | None = None) -> RunWatch:
+          disk_usage: Callable[[Any], Any] | None = None,
+          native: tuple[Callable[..., Any], Callable[[Any], Any]] | None = None) -> RunWatch:
     """Watch ``exp``'s run from a daemon thread of this process (Experiment.watch).
 
     Rank 0 reads every rank's streams (stall and straggler compare ranks) and
     delivers the webhook; rank r > 0 reads its own (its alerts, callback and
     stop; the webhook is rank 0's). The thread holds the run weakly: an
-    abandoned run is still collected and closed."""
+    abandoned run is still collected and closed.
+
+    ``native``: ``(setup, take)``, the run's writer-side watchdogs (the core's
+    ``setup(exp, specs, match)`` and ``take(exp)``): the per-point rules of this
+    rank's own points then run in the writer thread, and this thread reads only
+    their results (and the rank's events), not its points."""
     if exp in _watching:
         raise ExpmanValueError(f"{exp!r} is watched already: give every rule in one watch() call")
     if not (isinstance(interval, (int, float)) and 0.01 <= interval <= 3600):
@@ -513,6 +542,15 @@ def start(exp: Any, rules: Iterable[Rule | str] | Rule | str | None = None, *,
                   webhook=webhook if rank == 0 else None, stop=stop,
                   ranks=None if rank == 0 else [rank], live_loss=live_loss, clock=clock,
                   disk_usage=disk_usage)
+    if native is not None:
+        setup, take = native
+        specs, match = rw.watcher.native_plan()
+        setup(exp, specs, match)
+
+        def native_take() -> tuple[list[Any], list[int], list[float], int]:
+            e = ref()
+            return ([], [], [], 0) if e is None else take(e)
+        rw.native, rw.native_rank = native_take, rank
     done = threading.Event()
     thread = threading.Thread(target=_loop, args=(ref, rw, done, float(interval)),
                               name="expman-watch", daemon=True)

@@ -19,6 +19,11 @@
  * key must be defined once, every row written once (checked by the test with
  * the reference reader), under TSan too.
  *
+ * In mode `rows` the writer's watchdogs (exwatch.c) watch too: nan and spike on
+ * `acc`, a plateau on `loss` (which only grows: it fires once, at step
+ * PC_PATIENCE, with its best at step 0); the producer takes their alerts and
+ * new steps while the writer evaluates (under TSan: no race).
+ *
  * Mode `garbage` (item 16): a record of size 0 is published; the writer must
  * report it and stop, never spin.
  *
@@ -43,6 +48,43 @@
 #endif
 
 #define PC_REC_HEADER 32u
+#define PC_PATIENCE 100
+
+/* The watchdogs of mode rows: rules, bindings (key 2 stays unwatched). */
+static int watch_setup(exwatch *x) {
+    exwatch_rule rules[3];             /* nan, spike, plateau */
+    uint32_t acc_rules[2], loss_rules[1];
+    memset(rules, 0, sizeof rules);
+    rules[0].kind = EXWATCH_NAN;
+    rules[1].kind = EXWATCH_SPIKE;
+    rules[1].k = 8;
+    rules[1].window = 50;
+    rules[1].min_points = 20;
+    rules[1].direction = EXWATCH_BOTH;
+    rules[2].kind = EXWATCH_PLATEAU;
+    rules[2].patience = PC_PATIENCE;
+    rules[1].window = 2;               /* invalid: refused, and nothing is set */
+    if (exwatch_set_rules(x, rules, 3) != 2) return 1;
+    rules[1].window = 50;
+    if (exwatch_set_rules(x, rules, 3) != 0 || exwatch_set_rules(x, rules, 3) != -1)
+        return 1;                      /* all at once, and only once */
+    acc_rules[0] = 0;
+    acc_rules[1] = 1;
+    loss_rules[0] = 2;
+    if (exwatch_bind(x, 0, 1, loss_rules, 1) || exwatch_bind(x, 1, 1, acc_rules, 2)) return 1;
+    exwatch_enable(x);
+    return 0;
+}
+
+/* Take what the watchdogs found; count the alerts and remember the last step. */
+static void watch_take(exwatch *x, exwatch_alert *alerts, size_t *n_alerts, int64_t *last) {
+    int64_t steps[EXWATCH_RECENT], times[EXWATCH_RECENT];
+    uint64_t lost;
+    size_t got = exwatch_take_alerts(x, alerts + *n_alerts, 4 - *n_alerts, &lost);
+    size_t m = exwatch_take_steps(x, steps, times, EXWATCH_RECENT);
+    *n_alerts += got;
+    if (m) *last = steps[m - 1];
+}
 
 static int fail(const char *what) {
     fprintf(stderr, "producer_consumer: %s\n", what);
@@ -251,6 +293,9 @@ int main(int argc, char **argv) {
     exlog_keysum sums[3];
     uint64_t sum_bytes = 0, sum_last = 0;
     int k;
+    exwatch_alert alerts[4];
+    size_t n_alerts = 0;
+    int64_t last_step = -1;
 
     if (argc != 4 && argc != 5) return fail("usage: producer_consumer METRICS EVENTS N [rows|keys|garbage]");
     n = atoll(argv[3]);
@@ -275,6 +320,7 @@ int main(int argc, char **argv) {
     } else if (strcmp(mode, "garbage") == 0) {
         if (run_garbage(w)) return 1;
     } else {
+        if (watch_setup(w->watch)) return fail("the watchdogs' set-up failed");
         if (put_key(w, 0, "loss") || put_key(w, 1, "acc") || put_key(w, 2, "lr"))
             return fail("put_key: the writer made no room");
         for (i = 0; i < n; i++) {
@@ -285,6 +331,7 @@ int main(int argc, char **argv) {
             }
             if (i % 500 == 0 && exlog_summary_copy(w, sums, 3, &sum_bytes, &sum_last) < 0)
                 return fail("the summary broke");   /* read while the writer updates it */
+            if (i % 500 == 250) watch_take(w->watch, alerts, &n_alerts, &last_step);
         }
     }
 
@@ -294,6 +341,14 @@ int main(int argc, char **argv) {
     exlog_get_stats(w, &st);
     if (strcmp(mode, "rows") == 0 && exlog_summary_copy(w, sums, 3, &sum_bytes, &sum_last) < 3)
         return fail("no summary of 3 keys");
+    if (strcmp(mode, "rows") == 0) {
+        watch_take(w->watch, alerts, &n_alerts, &last_step);
+        if (n > PC_PATIENCE && (n_alerts != 1 || alerts[0].rule != 2 || alerts[0].key != 0 ||
+                                alerts[0].step != PC_PATIENCE || alerts[0].best_step != 0))
+            return fail("the watchdogs' alerts are not the one plateau expected");
+        if (last_step != n - 1) return fail("the watchdogs did not see the last step");
+        printf("watch_ok=1\n");
+    }
     exlog_free(w);
     PC_CLOSE(fd_m);
     PC_CLOSE(fd_e);
