@@ -11,6 +11,7 @@ import { el, clear, getJSON, runUrl, runColor, fmtNum } from "./dom.js";
 import { emaDebiased } from "./ema.js";
 import { xAxisOpts, yAxisOpts, xLabel, unitOf, fmtSI } from "./axes.js";
 import { exportCsv, exportPng } from "./export.js";
+import { markersPlugin } from "./markers.js";
 
 const HEIGHT = 240;
 const MAX_CHARTS = 60;        // past this many metrics, the filter picks the charts
@@ -35,9 +36,13 @@ function scheduleRedraw(chart) {
 export class ChartPanel {
   // has(id, metric): whether run id has the metric (its chart asks only those runs)
   // storageKey(): where the sections' folding is kept (per base dir)
-  constructor(root, { has = () => true, storageKey = () => "" } = {}) {
+  // seriesUrl(id, query): where a series of the run id comes from (the run page's
+  // per-rank curves are ids of their own)
+  constructor(root, { has = () => true, storageKey = () => "",
+    seriesUrl = (id, q) => `${runUrl(id)}/series?${q}` } = {}) {
     this.root = root;
     this.has = has;
+    this.seriesUrl = seriesUrl;
     this.storageKey = storageKey;
     this.sections = new Map();    // prefix -> {details, grid, count}
     this.runs = [];
@@ -48,6 +53,7 @@ export class ChartPanel {
     root.prepend(this.capNote);
     this.opts = { x: "step", log: false, smooth: 0, filter: "" };
     this.charts = new Map();
+    this.markerSources = [];     // (metric, xAxis, runIds) -> [{x, label, kind}]
     this.observer = new IntersectionObserver((entries) => {
       for (const e of entries) {
         const chart = e.target._chart;
@@ -222,6 +228,22 @@ export class ChartPanel {
     this.store("folded", state);
   }
 
+  // Markers (markers.js) from a source: source(metric, xAxis, runIds) gives a chart's
+  // [{x, label, kind}] (alerts.js: alerts at their step); asked on every draw.
+  addMarkers(source) {
+    this.markerSources.push(source);
+    this.redrawMarkers();
+  }
+
+  markersFor(metric, xAxis, runs) {
+    return this.markerSources.flatMap((source) => source(metric, xAxis, runs) || []);
+  }
+
+  // the markers changed: charts drawn show them at once
+  redrawMarkers() {
+    this.charts.forEach((c) => { if (c.plot) c.plot.redraw(false, false); });
+  }
+
   // live points from the event stream
   append(run, metric, start, steps, times, values) {
     if (!this.runs.includes(run)) return;
@@ -350,7 +372,7 @@ class Chart {
     const q = new URLSearchParams({ metric: this.metric, x: this.xAxis, points: String(this.width) });
     if (this.zoom) { q.set("from", String(this.zoom[0])); q.set("to", String(this.zoom[1])); }
     const results = await Promise.all(runs.map((id) =>
-      getJSON(`${runUrl(id)}/series?${q}`).then((r) => [id, r]).catch(() => [id, null])));
+      getJSON(this.panel.seriesUrl(id, q)).then((r) => [id, r]).catch(() => [id, null])));
     if (this.loading !== ticket && !onlyRun) return;       // a newer load won
     if (!onlyRun) this.data.clear();
     for (const [id, r] of results) {
@@ -459,6 +481,8 @@ class Chart {
         }],
       },
       legend: { live: true },
+      plugins: [markersPlugin(() => this.panel.markersFor(this.metric, this.xAxis,
+        this.panel.runs.filter((id) => this.data.has(id))))],
     }, data, this.holder);
   }
 

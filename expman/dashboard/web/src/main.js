@@ -9,6 +9,8 @@ import { RunsTable, encodeId } from "./runs.js";
 import { ChartPanel } from "./charts.js";
 import { showRun, showCompare } from "./run.js";
 import { initTheme } from "./theme.js";
+import { AlertMarkers } from "./alerts.js";
+import { MediaCompare } from "./media.js";
 
 const app = document.getElementById("app");
 const liveDot = document.getElementById("live-dot");
@@ -45,18 +47,22 @@ function buildHome() {
     return !r || r.status === "RUNNING" || m in r.last_metrics;
   }, storageKey: () => document.getElementById("base").textContent });
   const table = new RunsTable(tableRoot, { onSelect: (ids) => select(ids) });
+  const alerts = new AlertMarkers(charts);
+  const media = new MediaCompare(view);
   function select(ids) {
     if (!applyingDefault) autoSelected = false;
     const metrics = new Set();
     for (const id of ids) Object.keys(table.rows.get(id)?.last_metrics || {}).forEach((m) => metrics.add(m));
     charts.setRuns(ids, [...metrics]);
+    alerts.load(ids.map((id) => table.rows.get(id)).filter(Boolean));
+    media.setRuns(ids);
     hint.hidden = ids.length > 0;
     compareBtn.disabled = ids.length < 2;
     table.markSelected();
     connect();
     saveState(true);
   }
-  return { view, table, charts, select };
+  return { view, table, charts, select, alerts };
 }
 
 // URL parameter -> the control holding it (a checkbox's value is "1" when ticked)
@@ -204,6 +210,7 @@ function connect() {
   stream.addEventListener("runs", (e) => {
     const d = JSON.parse(e.data);
     home.table.update(d.rows);
+    home.alerts.load(d.rows.filter((r) => home.table.selected.has(r.id)));
     if (d.added.length) connect();       // watch the new live rows too
   });
 }
