@@ -66,10 +66,16 @@ def test_an_alert_is_a_badge_on_its_row_and_run_page_and_a_marker_at_its_step(
     assert [(m["x"], m["kind"]) for m in drawn["markers"]] == [(ALERT_STEP, "alert")]
     assert "loss is NaN at step 30" in drawn["markers"][0]["title"]
     assert drawn["red"] > 20, "the marker's line is drawn on the canvas"
-    # hovering the marker shows its message (the browser's tooltip: its title)
+    # hovering the marker shows its message over the plot (and as its title)
     marker = chart(pg, "loss").locator(".marker")
+    tip = chart(pg, "loss").locator(".marker-tip")
+    assert tip.is_hidden()
     marker.hover()
-    assert marker.get_attribute("title") == "nan:loss at step 30: loss is NaN at step 30"
+    text = "nan:loss at step 30: loss is NaN at step 30"
+    until(lambda: tip.is_visible())
+    assert tip.inner_text() == text and marker.get_attribute("title") == text
+    pg.mouse.move(0, 0)
+    until(lambda: tip.is_hidden())
 
     pg.goto(site["url"] + "/#/run/ranked/job-1")
     head = pg.locator(".run-head .alert-badge")

@@ -3,18 +3,22 @@
 // colour (the CSS variable --marker-KIND, else --marker) and its class (marker-KIND).
 // The line is drawn on uPlot's canvas (it is in the PNG export); a thin element over
 // it in the plot's overlay carries the label (a title: the browser's tooltip) and
-// data-x / data-kind for whoever reads the page.
+// data-x / data-kind for whoever reads the page; hovering it shows the label over
+// the plot (.marker-tip).
 const HIT = 7;            // px: the hover target's width
 
 // get(): the markers to draw now (called on each draw: a new alert shows at the next one)
 export function markersPlugin(get) {
-  let layer = null;
+  let layer = null, tip = null;     // tip: the hovered marker's label, drawn over the plot
   return {
     hooks: {
       init: [(u) => {
         layer = document.createElement("div");
         layer.className = "markers";
-        u.over.append(layer);
+        tip = document.createElement("div");
+        tip.className = "marker-tip";
+        tip.hidden = true;
+        u.over.append(layer, tip);
       }],
       draw: [(u) => {
         const markers = (get() || []).filter((m) => Number.isFinite(m.x));
@@ -43,12 +47,21 @@ export function markersPlugin(get) {
           d.dataset.x = String(m.x);
           d.dataset.kind = m.kind;
           d.setAttribute("aria-label", m.label);
+          d.addEventListener("mouseenter", () => showTip(u, tip, m.label, u.valToPos(m.x, "x")));
+          d.addEventListener("mouseleave", () => { tip.hidden = true; });
           return d;
         }));
         u.root.closest("[data-metric]")?.setAttribute("data-markers", String(shown.length));
       }],
     },
   };
+}
+
+function showTip(u, tip, text, left) {
+  tip.textContent = text;
+  tip.hidden = false;
+  const room = u.over.clientWidth - tip.offsetWidth;
+  tip.style.left = `${Math.max(0, Math.min(left + 8, room))}px`;
 }
 
 function colour(style, kind) {
