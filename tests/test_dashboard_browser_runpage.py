@@ -190,3 +190,40 @@ def test_a_run_with_many_artifacts_opens_with_a_page_of_them(browser: Any, tmp_p
         assert pg.locator("#artifacts tbody tr").last.locator("td").first.inner_text().startswith("f249")
         watch.check()
         ctx.close()
+
+
+def test_a_live_runs_new_alert_shows_on_its_row_chart_and_run_page(browser: Any, tmp_path: Path) -> None:
+    """An alert recorded while the page is open comes over the live stream: the row's
+    badge, the chart's marker, and on the run page the badge, table and markers."""
+    from expman.watch import record_alert
+    base = tmp_path / "experiments"
+    exp = expman.Experiment("live", "watched", base_dir=base, capture_env=False,
+                            system_metrics=False)
+    try:
+        for step in range(20):
+            exp.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+        with running_server(base) as url:
+            url = url.rstrip("/")
+            ctx, pg, watch = new_page(browser, url)
+            pg.goto(url + "/")
+            select(pg, "live/watched")
+            until(lambda: chart(pg, "loss").get_attribute("data-markers") == "0", what="drawn, no marker")
+            assert row(pg, "live/watched").locator(".alert-badge").count() == 0
+            record_alert(exp, "loss spiked", rule="spike:loss", metric="loss", step=10, value=9.0)
+            until(lambda: row(pg, "live/watched").locator(".alert-badge").count() == 1,
+                  what="the row's badge (a hang guard, not a latency bound)")
+            until(lambda: chart(pg, "loss").get_attribute("data-markers") == "1", what="the marker")
+            assert [m["x"] for m in marker_pixels(pg, "loss")["markers"]] == [10]
+
+            pg.goto(url + "/#/run/live/watched")
+            until(lambda: chart(pg, "loss").get_attribute("data-markers") == "1")
+            assert pg.locator(".run-head .alert-badge").inner_text() == "1 alert"
+            record_alert(exp, "loss spiked again", rule="spike:loss", metric="loss", step=15, value=8.0)
+            until(lambda: chart(pg, "loss").get_attribute("data-markers") == "2", what="the second marker")
+            until(lambda: pg.locator(".run-head .alert-badge").inner_text() == "2 alerts")
+            assert pg.locator("#alerts tbody tr").count() == 2
+            assert sorted(m["x"] for m in marker_pixels(pg, "loss")["markers"]) == [10, 15]
+            watch.check()
+            ctx.close()
+    finally:
+        exp.close()

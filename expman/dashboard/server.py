@@ -221,13 +221,26 @@ class Dashboard:
                 "data_loss": meta.get("data_loss") if isinstance(meta.get("data_loss"), dict)
                 else None, "damaged": None,
                 "rank_loss": rank_losses(run.path, meta) or None,
-                "alerted": has_alerts(run.path)}
+                "alerted": live_alerted(run)}
 
     def run_ids(self) -> set[str]:
         """The runs there are now (the live stream's scan, every LIST_INTERVAL)."""
         return {f"{exp}/{name}" for path, exp, name, linked in layout.scan_run_dirs(self.base)
                 if os.path.isfile(os.path.join(path, layout.RUN_FILE))
                 and (not linked or _inside(Path(path), self.root))}
+
+
+def live_alerted(run: CachedRun) -> bool:
+    """A live row's alert mark, every poll without reading the events again: an alert
+    event the cache read (rank 0's events, as they grow), or an ``alerts.jsonl``
+    beside the run (a watcher in another process: one stat). Another rank's own
+    alert events mark the row when the run is listed again (``has_alerts``)."""
+    if run.alerted:
+        return True
+    try:
+        return os.stat(run.path / layout.ALERTS_FILE).st_size > 0
+    except OSError:
+        return False
 
 
 # ---- handlers --------------------------------------------------------------------------------

@@ -29,15 +29,20 @@ function alertX(a, axis, start) {
 
 // The alerts of the runs a ChartPanel charts, as its markers.
 export class AlertMarkers {
-  constructor(panel) {
+  // onChange(id, alerts): a run's alerts were (re)read
+  constructor(panel, onChange = () => {}) {
     this.panel = panel;
+    this.onChange = onChange;
     this.byRun = new Map();       // run id -> {alerts, start}
     panel.addMarkers((metric, axis, runs) => this.markers(metric, axis, runs));
   }
 
   set(id, alerts, start) {
+    const before = this.byRun.get(id);
     this.byRun.set(id, { alerts, start });
+    if (before && before.alerts.length === alerts.length) return;
     this.panel.redrawMarkers();
+    this.onChange(id, alerts);
   }
 
   // the alerts of these runs, asked again for those still running (a new alert

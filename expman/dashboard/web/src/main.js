@@ -211,6 +211,7 @@ function connect() {
     const d = JSON.parse(e.data);
     home.table.update(d.rows);
     home.alerts.load(d.rows.filter((r) => home.table.selected.has(r.id)));
+    if (runPanel?.alerts) runPanel.alerts.load(d.rows.filter((r) => runPanel.runs.includes(r.id)));
     if (d.added.length) connect();       // watch the new live rows too
   });
 }

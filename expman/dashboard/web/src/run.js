@@ -31,7 +31,7 @@ function ranksSection(run, onOverlay) {
 }
 
 function alertsSection(alerts, total) {
-  if (!alerts.length) return "";
+  if (!alerts.length) return null;
   const rows = alerts.map((a) => el("tr", { "data-alert": a.id }, el("td", { text: fmtTime(a.time) }),
     el("td", { text: a.rule }), el("td", { text: a.metric ?? "" }), el("td", { class: "num", text: a.step ?? "" }),
     el("td", { class: "num", text: String(a.rank ?? 0) }), el("td", { class: "msg", text: a.message })));
@@ -163,12 +163,20 @@ export async function showRun(root, id) {
   }
   const meta = run.meta || {};
   const exit = meta.exit;
+  // the alerts' badge and table, drawn again when a live run records another
+  const badgeBox = el("span", { id: "alert-badge-box" });
+  const alertsBox = el("div", { id: "alerts-box" });
+  const showAlerts = (alerts, total) => {
+    badgeBox.replaceChildren(...(total ? [alertBadge(total, alerts)] : []));
+    alertsBox.replaceChildren(...[alertsSection(alerts, total)].filter(Boolean));
+  };
+  showAlerts(run.alerts || [], run.alert_count || 0);
   const head = el("div", { class: "run-head" },
     el("h1", {}, el("span", { text: `${run.experiment} / ` }), el("span", { id: "run-title", text: run.run_name })),
     el("span", { class: `status status-${run.status}`, text: run.status }),
     run.integrity.data_loss ? el("span", { class: "loss", id: "data-loss-badge", text: "data lost",
       title: Object.entries(run.integrity.data_loss).map(([r, l]) => `rank ${r}: ${lossText(l)}`).join("; ") }) : null,
-    run.alert_count ? alertBadge(run.alert_count, run.alerts) : null,
+    badgeBox,
     el("span", { class: "muted", text: ` started ${fmtTime(meta.start_time)}` +
       (typeof meta.duration === "number" ? `, ran ${fmtDuration(meta.duration)}` : "") }));
   const exitBox = section("Status and exit", el("p", { id: "exit-summary", text: exitSummary(run.status, exit, run.status_reason, run.status_rank) }),
@@ -245,7 +253,7 @@ export async function showRun(root, id) {
   const ranks = ranksSection(run, (on) => {
     panel.setRuns(on ? [id, ...rankIds] : [id], panel.metrics);
   });
-  clear(root).append(head, exitBox, ranks, alertsSection(run.alerts || [], run.alert_count || 0),
+  clear(root).append(head, exitBox, ranks, alertsBox,
     section("Metrics", el("div", { class: "controls" }, metricSearch, metricCount), metrics, moreMetrics, chartsRoot),
     section("Histograms and images", media),
     section("Params", searchable(run.params, "params", "search params")),
@@ -260,7 +268,8 @@ export async function showRun(root, id) {
       : `${runUrl(rid)}/series?${q}`;
   };
   panel = new ChartPanel(chartsRoot, { seriesUrl, storageKey: () => document.getElementById("base").textContent });
-  new AlertMarkers(panel).set(id, run.alerts || [], meta.start_time ?? null);
+  panel.alerts = new AlertMarkers(panel, (rid, alerts) => showAlerts(alerts, Math.max(alerts.length, run.alert_count || 0)));
+  panel.alerts.set(id, run.alerts || [], meta.start_time ?? null);
   panel.setRuns([id], run.metric_names || Object.keys(run.metrics));
   showMetrics().catch((e) => metricCount.append(` (${e.message})`));
   try {
