@@ -37,12 +37,14 @@ export class ChartPanel {
   // has(id, metric): whether run id has the metric (its chart asks only those runs)
   // storageKey(): where the sections' folding is kept (per base dir)
   // seriesUrl(id, query): where a series of the run id comes from (the run page's
-  // per-rank curves are ids of their own)
+  // per-rank curves are ids of their own); exported(id): whether the CSV export can ask
+  // /api/export.csv for it (a run's, not a rank's series)
   constructor(root, { has = () => true, storageKey = () => "",
-    seriesUrl = (id, q) => `${runUrl(id)}/series?${q}` } = {}) {
+    seriesUrl = (id, q) => `${runUrl(id)}/series?${q}`, exported = () => true } = {}) {
     this.root = root;
     this.has = has;
     this.seriesUrl = seriesUrl;
+    this.exported = exported;
     this.storageKey = storageKey;
     this.sections = new Map();    // prefix -> {details, grid, count}
     this.runs = [];
@@ -270,7 +272,8 @@ class Chart {
     this.xPick = this.xPicker();
     const csv = el("button", { class: "export export-csv", type: "button", text: "CSV",
       title: "download every point of the visible range (not only those drawn) as CSV",
-      onclick: () => exportCsv(metric, this.panel.runs.filter((id) => this.data.has(id)), this.xAxis, this.zoom) });
+      onclick: () => exportCsv(metric, this.panel.runs.filter((id) => this.data.has(id) && this.panel.exported(id)),
+        this.xAxis, this.zoom) });
     const png = el("button", { class: "export export-png", type: "button", text: "PNG", title: "download this chart as PNG",
       onclick: () => { if (this.plot) exportPng(metric, this.plot, this.panel.runs.filter((id) => this.data.has(id))); } });
     this.card = el("section", { class: "chart", "data-metric": metric },

@@ -25,12 +25,12 @@ export class MediaCompare {
     if (this.details.open) this.load();
   }
 
+  // asked again at each change of selection or opening (a live run's new steps come then)
   async load() {
     const ticket = (this.ticket = {});
-    const want = this.runs.filter((id) => !this.got.has(id));
-    const answers = await Promise.all(want.map((id) => getJSON(`${runUrl(id)}/media`).then((m) => [id, m]).catch(() => [id, null])));
+    const answers = await Promise.all(this.runs.map((id) => getJSON(`${runUrl(id)}/media`).then((m) => [id, m]).catch(() => [id, null])));
     if (ticket !== this.ticket) return;
-    for (const [id, m] of answers) if (m) this.got.set(id, m);
+    this.got = new Map(answers.filter(([, m]) => m));
     this.draw();
   }
 

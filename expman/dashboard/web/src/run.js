@@ -267,7 +267,7 @@ export async function showRun(root, id) {
     return at > 0 && rid.slice(0, at) === id ? `${runUrl(id)}/series?${q}&rank=${rid.slice(at + RANK_SEP.length)}`
       : `${runUrl(rid)}/series?${q}`;
   };
-  panel = new ChartPanel(chartsRoot, { seriesUrl, storageKey: () => document.getElementById("base").textContent });
+  panel = new ChartPanel(chartsRoot, { seriesUrl, exported: (rid) => rid === id, storageKey: () => document.getElementById("base").textContent });
   panel.alerts = new AlertMarkers(panel, (rid, alerts) => showAlerts(alerts, Math.max(alerts.length, run.alert_count || 0)));
   panel.alerts.set(id, run.alerts || [], meta.start_time ?? null);
   panel.setRuns([id], run.metric_names || Object.keys(run.metrics));
