@@ -14,10 +14,14 @@ from typing import Any
 
 from expman.layout import ARTIFACTS_DIR, MEDIA_DIR
 
-__all__ = ["Histogram", "Image", "histograms", "images", "HISTOGRAM_KIND", "IMAGE_KIND"]
+__all__ = ["Histogram", "Image", "histograms", "images", "percentiles", "HISTOGRAM_KIND",
+           "IMAGE_KIND", "DISTRIBUTION_FRACTIONS"]
 
 HISTOGRAM_KIND = "histogram"
 IMAGE_KIND = "image"
+DISTRIBUTION_FRACTIONS = (0.0, 0.0668, 0.1587, 0.3085, 0.5, 0.6915, 0.8413, 0.9332, 1.0)
+"""The quantiles TensorBoard draws a histogram's distribution with: the median,
+±0.5, 1, 1.5 standard deviations of a normal, and the extremes."""
 
 
 @dataclass(frozen=True)
@@ -96,4 +100,26 @@ def images(run: Any) -> dict[str, list[Image]]:
         t, sha = ev.get("time"), ev.get("sha256")
         out.setdefault(tag, []).append(Image(step, path, w, h, t if _number(t) else None,
                                              sha if isinstance(sha, str) else None))
+    return out
+
+
+def percentiles(h: Histogram, fractions: "tuple[float, ...] | list[float]" = DISTRIBUTION_FRACTIONS
+                ) -> list[float] | None:
+    """The values below which these fractions of the histogram's count fall (in
+    ascending order of the fractions), interpolated linearly inside a bucket (the counts are assumed spread evenly
+    over it); None for an empty histogram (or one with a negative count)."""
+    counts = [float(c) for c in h.counts]
+    total = sum(counts)
+    if not counts or total <= 0 or any(c < 0 for c in counts):
+        return None
+    out = []
+    i, below = 0, 0.0                  # bucket i, the count before it
+    for f in sorted(fractions):
+        target = min(max(f, 0.0), 1.0) * total
+        while i < len(counts) - 1 and (below + counts[i] < target or counts[i] == 0):
+            below += counts[i]
+            i += 1
+        inside = (target - below) / counts[i] if counts[i] else 0.0
+        lo, hi = h.edges[i], h.edges[i + 1]
+        out.append(lo + min(max(inside, 0.0), 1.0) * (hi - lo))
     return out

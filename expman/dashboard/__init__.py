@@ -77,7 +77,8 @@ def serve(base_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1
     if cache_bytes is not None and cache_bytes < 0:
         raise ExpmanValueError(f"cache_bytes must be 0 or more, got {cache_bytes}")
     app = create_app(base_dir, tok, loopback=loopback,
-                     max_bytes=DEFAULT_MAX_BYTES if cache_bytes is None else cache_bytes)
+                     max_bytes=DEFAULT_MAX_BYTES if cache_bytes is None else cache_bytes,
+                     title=remote)
     url = url_for(host, actual, tok)
     print(f"expman dashboard: {url}", file=out or sys.stdout, flush=True)
     cap = connection_cap(max_connections, raise_nofile())

@@ -20,6 +20,7 @@ from typing import Any
 
 from expman import layout
 from expman.reader import RunTail
+from expman.watch import ALERT_KIND
 
 REFRESH_EVERY = 0.1          # seconds: polls of one run closer together than this are skipped
 DEFAULT_MAX_BYTES = 1 << 30  # decoded columns kept across runs
@@ -135,6 +136,7 @@ class CachedRun:
         self.columns: dict[str, Column] = {}
         self.events: list[dict[str, Any]] = []
         self.event_bytes = 0        # what the parsed events hold in memory
+        self.alerted = False        # an alert event was read (kept when events are trimmed)
         self.status = layout.RUNNING
         self._refresh_locked()
 
@@ -179,6 +181,8 @@ class CachedRun:
             if col is None:
                 col = self.columns[name] = Column()
             col.append(s.steps, s.times, s.values)
+        if not self.alerted:
+            self.alerted = any(ev.get("kind") == ALERT_KIND for ev in batch.events)
         if not self.partial:
             self.events.extend(batch.events)
             self.event_bytes += sum(map(deep_size, batch.events))

@@ -35,11 +35,10 @@ from expman import layout
 from expman.bands import STATS, bands
 from expman.dashboard.cache import DEFAULT_MAX_BYTES, CachedRun, RunCache
 from expman.decimate import window
-from expman.tables import read_version, table_counts, version_records
-
-
 from expman.hparams import SUMMARIES, hparam_table
+from expman.tables import read_version, table_counts, version_records
 from expman.dashboard.live import Live
+from expman.watch import has_alerts, read_alerts
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 X_AXES = ("step", "time", "rel")
@@ -85,9 +84,11 @@ def _component(value: str) -> bool:
 class Dashboard:
     """The API's state: the base dir (resolved once) and the run cache."""
 
-    def __init__(self, base: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, base: Path, max_bytes: int = DEFAULT_MAX_BYTES,
+                 title: str | None = None) -> None:
         from expman.reader import RunListCache
         self.base = base
+        self.title = title or base.name     # the page's header: a served URL, else the folder's name
         self.root = base.resolve()
         self.cache = RunCache(max_bytes)
         self.live = Live(self)                # the one poller of every live stream
@@ -202,6 +203,7 @@ class Dashboard:
         loss = s.data_loss           # the listing's: rank 0's, else the first rank's that lost
         row["rank_loss"] = {str(loss.get("rank", 0)): {k: v for k, v in loss.items() if k != "rank"}
                             } if loss else None
+        row["alerted"] = not s.damaged and has_alerts(s.path)
         del row["path"]
         return row
 
@@ -230,13 +232,26 @@ class Dashboard:
                 "data_loss": meta.get("data_loss") if isinstance(meta.get("data_loss"), dict)
                 else None, "damaged": None,
                 "rank_loss": rank_losses(run.path, meta) or None,
-                "parent": layout.fork_parent(meta)}
+                "parent": layout.fork_parent(meta), "alerted": live_alerted(run)}
 
     def run_ids(self) -> set[str]:
         """The runs there are now (the live stream's scan, every LIST_INTERVAL)."""
         return {f"{exp}/{name}" for path, exp, name, linked in layout.scan_run_dirs(self.base)
                 if os.path.isfile(os.path.join(path, layout.RUN_FILE))
                 and (not linked or _inside(Path(path), self.root))}
+
+
+def live_alerted(run: CachedRun) -> bool:
+    """A live row's alert mark, every poll without reading the events again: an alert
+    event the cache read (rank 0's events, as they grow), or an ``alerts.jsonl``
+    beside the run (a watcher in another process: one stat). Another rank's own
+    alert events mark the row when the run is listed again (``has_alerts``)."""
+    if run.alerted:
+        return True
+    try:
+        return os.stat(run.path / layout.ALERTS_FILE).st_size > 0
+    except OSError:
+        return False
 
 
 # ---- handlers --------------------------------------------------------------------------------
@@ -325,7 +340,7 @@ async def api_runs(request: Request) -> Response:
 
     def page() -> dict[str, Any]:
         rows = sort_rows(d.rows(), sort, order == "desc")
-        return {"base": d.base.name, "total": len(rows), "offset": offset, "limit": limit,
+        return {"base": d.title, "total": len(rows), "offset": offset, "limit": limit,
                 "sort": sort, "order": order, "runs": rows[offset:offset + limit]}
     return await _answer(page)
 
@@ -401,12 +416,23 @@ def _integrity(run: CachedRun) -> dict[str, Any]:
             "bad_event_lines": run.tail.bad_event_lines}
 
 
-def _artifacts(run: CachedRun) -> list[dict[str, Any]]:
-    """The read model's artifact states (size-checked), with what the page needs
-    to show each: its file under artifacts/ (``file``, for the download link)."""
+ARTIFACTS_PAGE = 100              # artifacts in a run's detail; /artifact-list pages the rest
+MAX_ARTIFACTS_PAGE = 5000
+MAX_ALERTS = 1000                 # the newest alerts in a run's detail
+
+
+def _artifact_events(run: CachedRun) -> list[dict[str, Any]]:
+    return [e for e in list(run.events) if e.get("kind") == "artifact"]
+
+
+def _artifacts(run: CachedRun, recorded: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The read model's artifact states (size-checked) of these artifact events, with
+    what the page needs to show each: its file under artifacts/ (``file``, for the
+    download link). Only the page asked for is checked on disk (a run may record
+    100,000 artifacts)."""
     from expman.readmodel import artifact_states
     out = []
-    for a in artifact_states(run.path, list(run.events)):
+    for a in artifact_states(run.path, recorded):
         file = a.path.split("/", 1)[1] if a.path and "/" in a.path else a.name
         ctype = (mimetypes.guess_type(a.name)[0] or "application/octet-stream"
                  if a.kind == "file" else "inode/directory")
@@ -432,15 +458,47 @@ async def api_run(request: Request) -> Response:
         names = _metric_names(run)
         from expman.liveness import run_status
         decided = run_status(dict(run.meta), run.path).to_dict()
+        recorded = _artifact_events(run)
+        alerts = read_alerts(run.path)
         return {"id": f"{exp}/{name}", "experiment": meta.get("experiment", exp),
                 "run_name": meta.get("run_name", name), "status": run.status,
                 "status_rank": decided["rank"], "status_reason": decided["reason"],
                 "ranks": decided["ranks"], "meta": meta, "params": params,
                 "metrics": _metric_summary(run, names[:DETAIL_METRICS]),
                 "metric_count": len(names), "metric_names": names,
-                "artifacts": _artifacts(run), "integrity": _integrity(run),
-                "media": _media(run), "tables": table_counts(list(run.events))}
+                "artifacts": _artifacts(run, recorded[:ARTIFACTS_PAGE]),
+                "artifact_count": len(recorded), "integrity": _integrity(run),
+                "media": _media(run), "tables": table_counts(list(run.events)),
+                "alerts": [a.to_event() for a in alerts[-MAX_ALERTS:]], "alert_count": len(alerts)}
     return await _answer(detail)
+
+
+async def api_alerts(request: Request) -> Response:
+    """A run's watchdog alerts (``expman.watch.read_alerts``: every rank's events and
+    alerts.jsonl, one per id, in time order), the newest 1,000, and ``total``."""
+    d = _dash(request)
+    path = d.run_dir(request.path_params["exp"], request.path_params["run"])
+
+    def alerts() -> dict[str, Any]:
+        found = read_alerts(path)
+        return {"total": len(found), "alerts": [a.to_event() for a in found[-MAX_ALERTS:]]}
+    return await _answer(alerts)
+
+
+async def api_artifact_list(request: Request) -> Response:
+    """A page of a run's artifacts (``offset``, ``limit``: default 100, at most
+    5,000), each as the detail lists them, and ``total``."""
+    d = _dash(request)
+    offset = _int_arg(request, "offset", 0, 0, 1 << 62)
+    limit = _int_arg(request, "limit", ARTIFACTS_PAGE, 0, MAX_ARTIFACTS_PAGE)
+    run = await anyio.to_thread.run_sync(d.cached, request.path_params["exp"],
+                                         request.path_params["run"])
+
+    def page() -> dict[str, Any]:
+        recorded = _artifact_events(run)
+        return {"total": len(recorded), "offset": offset, "limit": limit,
+                "artifacts": _artifacts(run, recorded[offset:offset + limit])}
+    return await _answer(page)
 
 
 SECRET_NAME = re.compile(r"(?i)(token|secret|passw|pwd|key|auth|cred|cookie|session|signature)")
@@ -566,6 +624,40 @@ async def api_table(request: Request) -> Response:
     return await _answer(compute)
 
 
+MEDIA_STEPS = 500               # steps of a histogram's distribution sent (evenly picked)
+
+
+async def api_media(request: Request) -> Response:
+    """A run's histograms as distributions over steps (``expman.media_read.percentiles``
+    at DISTRIBUTION_FRACTIONS, at most ``steps`` of them, default 500, evenly picked,
+    the last always in) and its images (as the detail lists them): what the runs
+    view draws to compare the selected runs."""
+    from expman.media_read import DISTRIBUTION_FRACTIONS, histograms, percentiles
+    d = _dash(request)
+    most = _int_arg(request, "steps", MEDIA_STEPS, 1, MAX_MEDIA_PER_TAG * 10)
+    run = await anyio.to_thread.run_sync(d.cached, request.path_params["exp"],
+                                         request.path_params["run"])
+
+    def media() -> dict[str, Any]:
+        view = types.SimpleNamespace(path=run.path, events=list(run.events))
+        dists = {}
+        for tag, items in histograms(view).items():
+            picked = items if len(items) <= most else [
+                items[round(i * (len(items) - 1) / (most - 1))] if most > 1 else items[-1]
+                for i in range(most)]
+            steps, bands = [], []
+            for h in picked:
+                q = percentiles(h)
+                if q is not None:
+                    steps.append(h.step)
+                    bands.append([layout.json_float(v) for v in q])
+            dists[tag] = {"steps": steps, "percentiles": bands, "count": len(items)}
+        return {"run": f"{run.path.parent.name}/{run.path.name}",
+                "fractions": list(DISTRIBUTION_FRACTIONS), "histograms": dists,
+                "images": _media(run)["images"]}
+    return await _answer(media)
+
+
 def _float_arg(request: Request, key: str) -> float | None:
     raw = request.query_params.get(key)
     if raw is None or raw == "":
@@ -628,6 +720,25 @@ def _xy(run: CachedRun, axis: str, snap: tuple[Any, Any, Any]) -> tuple[Any, Any
     return x, steps, times, values
 
 
+def _rank_snapshot(run: CachedRun, rank: int, metric: str) -> tuple[Any, Any, Any] | None:
+    """(steps, times, values) of one metric of rank ``rank``'s stream, read on request
+    (the cache holds rank 0's): the run page's per-rank curves. None when the rank
+    does not log or has no such metric."""
+    import numpy as np
+    from expman.reader import open_run
+    from expman.ranks import logging_ranks
+    if rank not in logging_ranks(dict(run.meta)):
+        return None
+    try:
+        series = open_run(run.path, rank=rank).metrics.get(metric)
+    except (OSError, ValueError):
+        return None
+    if series is None:
+        return None
+    return (np.asarray(series.steps, dtype=np.int64), np.asarray(series.times, dtype=np.float64),
+            np.asarray(series.values, dtype=np.float64))
+
+
 async def api_series(request: Request) -> Response:
     d = _dash(request)
     exp, name = request.path_params["exp"], request.path_params["run"]
@@ -642,10 +753,15 @@ async def api_series(request: Request) -> Response:
         raise HTTPException(400, f"points={pixels}: use 1..{MAX_POINTS}")
     branch = _branch_arg(request)
     run = await anyio.to_thread.run_sync(d.cached, exp, name)
-    snap, folded, append_at = await anyio.to_thread.run_sync(_series_of, run, metric, branch)
+    rank = _int_arg(request, "rank", 0, 0, 1 << 20)
+    if rank:                      # a rank's own curve (the run page's overlay): as logged
+        snap = await anyio.to_thread.run_sync(_rank_snapshot, run, rank, metric)
+        folded, append_at = False, 0
+    else:
+        snap, folded, append_at = await anyio.to_thread.run_sync(_series_of, run, metric, branch)
     if snap is None:
-        raise _not_found(f"metric {metric!r} in {exp}/{name}" if branch is None
-                         else f"branch {branch} of {exp}/{name}")
+        raise _not_found(f"metric {metric!r} in {exp}/{name}" + (f" rank {rank}" if rank else "")
+                         if branch is None else f"branch {branch} of {exp}/{name}")
     count = len(snap[0])
     if axis.startswith("metric:") and run.snapshot(axis[7:]) is None:
         raise _not_found(f"x metric {axis[7:]!r} in {exp}/{name}")
@@ -653,7 +769,8 @@ async def api_series(request: Request) -> Response:
     def compute() -> dict[str, Any]:
         x, _, _, values = _xy(run, axis, snap)
         w = window(x, values, pixels, lo, hi)
-        return {"run": f"{exp}/{name}", "metric": metric, "x_axis": axis, "count": count,
+        return {"run": f"{exp}/{name}", "rank": rank, "metric": metric, "x_axis": axis,
+                "count": count,
                 "total": w.total, "raw": w.raw, "start_time": run.start_time,
                 "x": w.x, "y": w.y, "status": run.status, "folded": folded, "branch": branch,
                 "append_at": append_at}
@@ -1115,9 +1232,11 @@ async def _plain(send: Any, status: int, text: str) -> None:
 
 
 def create_app(base_dir: str | os.PathLike[str] | None = None, token: str | None = None, *,
-               loopback: bool = True, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
+               loopback: bool = True, max_bytes: int = DEFAULT_MAX_BYTES,
+               title: str | None = None) -> Any:
     """The dashboard as an ASGI app over ``base_dir`` (the layout rule: argument,
-    $EXPMAN_DIR, ./experiments). ``token``: required on every request when set."""
+    $EXPMAN_DIR, ./experiments). ``token``: required on every request when set.
+    ``title``: what the page's header names (a served URL; default the folder's name)."""
     base = layout.base_dir(base_dir)
     routes = [
         Route("/", index),
@@ -1133,11 +1252,14 @@ def create_app(base_dir: str | os.PathLike[str] | None = None, token: str | None
         Route("/api/runs/{exp}/{run}/events", api_events),
         Route("/api/runs/{exp}/{run}/branches", api_branches),
         Route("/api/runs/{exp}/{run}/tables/{table:path}", api_table),
+        Route("/api/runs/{exp}/{run}/artifact-list", api_artifact_list),
+        Route("/api/runs/{exp}/{run}/media", api_media),
+        Route("/api/runs/{exp}/{run}/alerts", api_alerts),
         Route("/api/runs/{exp}/{run}/artifacts/{path:path}", api_artifact),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
     app = Starlette(routes=routes)
-    app.state.dashboard = Dashboard(base, max_bytes)
+    app.state.dashboard = Dashboard(base, max_bytes, title)
     guard = Guard(app, token, loopback)
     guard.dashboard = app.state.dashboard
     return guard

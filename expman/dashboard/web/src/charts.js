@@ -11,6 +11,7 @@ import { el, clear, getJSON, runUrl, runColor, fmtNum } from "./dom.js";
 import { emaDebiased } from "./ema.js";
 import { xAxisOpts, yAxisOpts, xLabel, unitOf, fmtSI } from "./axes.js";
 import { exportCsv, exportPng } from "./export.js";
+import { markersPlugin } from "./markers.js";
 
 const HEIGHT = 240;
 const MAX_CHARTS = 60;        // past this many metrics, the filter picks the charts
@@ -36,9 +37,15 @@ export class ChartPanel {
   // has(id, metric): whether run id has the metric (its chart asks only those runs)
   // storageKey(): where the sections' folding is kept (per base dir)
   // overlay: a run's fork and rewind markers and faint abandoned branches (branches.js)
-  constructor(root, { has = () => true, storageKey = () => "", overlay = null } = {}) {
+  // seriesUrl(id, query): where a series of the run id comes from (the run page's
+  // per-rank curves are ids of their own); exported(id): whether the CSV export can ask
+  // /api/export.csv for it (a run's, not a rank's series)
+  constructor(root, { has = () => true, storageKey = () => "", overlay = null,
+    seriesUrl = (id, q) => `${runUrl(id)}/series?${q}`, exported = () => true } = {}) {
     this.root = root;
     this.has = has;
+    this.seriesUrl = seriesUrl;
+    this.exported = exported;
     this.storageKey = storageKey;
     this.overlay = overlay;
     if (overlay) overlay.panel = this;
@@ -51,6 +58,7 @@ export class ChartPanel {
     root.prepend(this.capNote);
     this.opts = { x: "step", log: false, smooth: 0, filter: "" };
     this.charts = new Map();
+    this.markerSources = [];     // (metric, xAxis, runIds) -> [{x, label, kind}]
     this.observer = new IntersectionObserver((entries) => {
       for (const e of entries) {
         const chart = e.target._chart;
@@ -225,6 +233,22 @@ export class ChartPanel {
     this.store("folded", state);
   }
 
+  // Markers (markers.js) from a source: source(metric, xAxis, runIds) gives a chart's
+  // [{x, label, kind}] (alerts.js: alerts at their step); asked on every draw.
+  addMarkers(source) {
+    this.markerSources.push(source);
+    this.redrawMarkers();
+  }
+
+  markersFor(metric, xAxis, runs) {
+    return this.markerSources.flatMap((source) => source(metric, xAxis, runs) || []);
+  }
+
+  // the markers changed: charts drawn show them at once
+  redrawMarkers() {
+    this.charts.forEach((c) => { if (c.plot) c.plot.redraw(false, false); });
+  }
+
   // live points from the event stream
   append(run, metric, start, steps, times, values) {
     if (!this.runs.includes(run)) return;
@@ -251,7 +275,8 @@ class Chart {
     this.xPick = this.xPicker();
     const csv = el("button", { class: "export export-csv", type: "button", text: "CSV",
       title: "download every point of the visible range (not only those drawn) as CSV",
-      onclick: () => exportCsv(metric, this.panel.runs.filter((id) => this.data.has(id)), this.xAxis, this.zoom) });
+      onclick: () => exportCsv(metric, this.panel.runs.filter((id) => this.data.has(id) && this.panel.exported(id)),
+        this.xAxis, this.zoom) });
     const png = el("button", { class: "export export-png", type: "button", text: "PNG", title: "download this chart as PNG",
       onclick: () => { if (this.plot) exportPng(metric, this.plot, this.panel.runs.filter((id) => this.data.has(id))); } });
     this.card = el("section", { class: "chart", "data-metric": metric },
@@ -354,7 +379,7 @@ class Chart {
     if (this.zoom) { q.set("from", String(this.zoom[0])); q.set("to", String(this.zoom[1])); }
     const faint = this.panel.overlay && !onlyRun ? this.panel.overlay.series(this.metric, q) : null;
     const results = await Promise.all(runs.map((id) =>
-      getJSON(`${runUrl(id)}/series?${q}`).then((r) => [id, r]).catch(() => [id, null])));
+      getJSON(this.panel.seriesUrl(id, q)).then((r) => [id, r]).catch(() => [id, null])));
     if (faint) this.faint = await faint;
     if (this.loading !== ticket && !onlyRun) return;       // a newer load won
     if (!onlyRun) this.data.clear();
@@ -478,6 +503,8 @@ class Chart {
         }],
       },
       legend: { live: true },
+      plugins: [markersPlugin(() => this.panel.markersFor(this.metric, this.xAxis,
+        this.panel.runs.filter((id) => this.data.has(id))))],
     }, data, this.holder);
   }
 

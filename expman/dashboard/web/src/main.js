@@ -12,6 +12,8 @@ import { showRun, showCompare } from "./run.js";
 import { initTheme } from "./theme.js";
 import { GroupPanel } from "./groups.js";
 import { HParamsView } from "./hparams.js";
+import { AlertMarkers } from "./alerts.js";
+import { MediaCompare } from "./media.js";
 
 const app = document.getElementById("app");
 const liveDot = document.getElementById("live-dot");
@@ -54,19 +56,23 @@ function buildHome() {
   groups.onToggle = (on) => { chartsRoot.hidden = on; };
   controls.insertBefore(groups.controls, compareBtn);
   const hparams = new HParamsView(hpRoot, { onFilter: (ids) => { table.keep = ids; table.draw(); } });
+  const alerts = new AlertMarkers(charts);
+  const media = new MediaCompare(view);
   function select(ids) {
     if (!applyingDefault) autoSelected = false;
     const metrics = new Set();
     for (const id of ids) Object.keys(table.rows.get(id)?.last_metrics || {}).forEach((m) => metrics.add(m));
     charts.setRuns(ids, [...metrics]);
     groups.setRuns(ids, [...metrics]);
+    alerts.load(ids.map((id) => table.rows.get(id)).filter(Boolean));
+    media.setRuns(ids);
     hint.hidden = ids.length > 0;
     compareBtn.disabled = ids.length < 2;
     table.markSelected();
     connect();
     saveState(true);
   }
-  return { view, table, charts, groups, hparams, select };
+  return { view, table, charts, groups, hparams, select, alerts };
 }
 
 // URL parameter -> the control holding it (a checkbox's value is "1" when ticked)
@@ -222,6 +228,8 @@ function connect() {
     const d = JSON.parse(e.data);
     home.table.update(d.rows);
     if (d.added.length) home.groups.updateChoices();
+    home.alerts.load(d.rows.filter((r) => home.table.selected.has(r.id)));
+    if (runPanel?.alerts) runPanel.alerts.load(d.rows.filter((r) => runPanel.runs.includes(r.id)));
     if (d.added.length) connect();       // watch the new live rows too
   });
 }

@@ -5,10 +5,59 @@ import { el, clear, getJSON, runUrl, flatten, display, fmtNum, fmtTime, fmtBytes
 import { ChartPanel } from "./charts.js";
 import { lossText } from "./runs.js";
 import { branchView } from "./branches.js";
+import { alertBadge, AlertMarkers } from "./alerts.js";
 
 const MAX_MESSAGES = 2000;      // the newest; the API pages through the rest
 const METRICS_SHOWN = 20;       // summary rows per page of the run page's metric table
 const TABLE_PAGE = 50;          // rows of a logged table per page
+const ARTIFACTS_PAGE = 100;     // artifact rows per page (the detail brings the first)
+const RANK_SEP = " rank ";      // a rank's curves are charted as the series "EXP/RUN rank R"
+
+// Every rank's status, the one that decided the run's and why (expman.liveness.run_status,
+// as `expman ranks` prints it), and a switch overlaying each rank's curves on the charts.
+function ranksSection(run, onOverlay) {
+  const ranks = run.ranks || [];
+  const decided = run.status_rank;
+  const table = el("table", { class: "grid ranks", id: "ranks" }, el("thead", {}, el("tr", {},
+    ["rank", "status", "pid", "host", ""].map((h) => el("th", { text: h })))),
+  el("tbody", {}, ranks.map((r) => el("tr", { "data-rank": String(r.rank), class: r.rank === decided ? "decided" : "" },
+    el("td", { class: "num", text: String(r.rank) }),
+    el("td", {}, el("span", { class: `status status-${r.status || "none"}`, text: r.status || "never opened" })),
+    el("td", { class: "num", text: r.pid ?? "" }), el("td", { text: r.host ?? "" }), el("td", { text: r.why })))));
+  const verdict = el("p", { id: "status-decided", text: decided !== null && decided !== undefined
+    ? `${run.status}, decided by rank ${decided}: ${run.status_reason}`
+    : `${run.status}: every rank ${run.status === "RUNNING" ? "is running or closed" : "closed cleanly"}` });
+  const overlay = el("label", { class: "rank-overlay" }, el("input", { type: "checkbox", id: "rank-overlay",
+    onchange: (e) => onOverlay(e.target.checked) }), ` overlay every rank's curves on the charts (${ranks.length} ranks)`);
+  return section("Ranks", verdict, ranks.length > 1 ? overlay : "", table);
+}
+
+function alertsSection(alerts, total) {
+  if (!alerts.length) return null;
+  const rows = alerts.map((a) => el("tr", { "data-alert": a.id }, el("td", { text: fmtTime(a.time) }),
+    el("td", { text: a.rule }), el("td", { text: a.metric ?? "" }), el("td", { class: "num", text: a.step ?? "" }),
+    el("td", { class: "num", text: String(a.rank ?? 0) }), el("td", { class: "msg", text: a.message })));
+  return section(`Alerts (${total})`, total > alerts.length ? el("p", { class: "muted", text: `the newest ${alerts.length}` }) : "",
+    el("table", { class: "grid alerts", id: "alerts" }, el("thead", {}, el("tr", {},
+      ["time", "rule", "metric", "step", "rank", "message"].map((h) => el("th", { text: h })))), el("tbody", {}, rows)));
+}
+
+// one artifact's row and its preview (an image, a text file's first bytes)
+function artifactRow(id, a, previews) {
+  const href = `${runUrl(id)}/artifacts/${a.file.split("/").map(encodeURIComponent).join("/")}`;
+  const actions = el("td", {}, el("a", { href, download: a.name.split("/").pop(), text: "download" }));
+  if (a.image) {
+    actions.append(" ", el("a", { href, target: "_blank", rel: "noopener", class: "view-image", text: "open" }));
+    previews.append(el("figure", {}, el("img", { src: href, alt: a.name, class: "artifact-image", loading: "lazy" }),
+      el("figcaption", { text: a.name })));
+  } else if (a.text) {
+    const pre = el("pre", { class: "artifact-text" });
+    previews.append(el("figure", {}, pre, el("figcaption", { text: a.name })));
+    fetch(`${href}?head=65536`).then((r) => r.text()).then((t) => { pre.textContent = t; }).catch(() => {});
+  }
+  return el("tr", { class: a.present ? "" : "missing" }, el("td", { text: a.label }),
+    el("td", { class: "num", text: fmtBytes(a.size) }), el("td", { class: "hash", text: a.sha256 || "" }), actions);
+}
 
 function kvTable(obj, id) {
   const flat = flatten(obj || {});
@@ -158,11 +207,20 @@ export async function showRun(root, id) {
   }
   const meta = run.meta || {};
   const exit = meta.exit;
+  // the alerts' badge and table, drawn again when a live run records another
+  const badgeBox = el("span", { id: "alert-badge-box" });
+  const alertsBox = el("div", { id: "alerts-box" });
+  const showAlerts = (alerts, total) => {
+    badgeBox.replaceChildren(...(total ? [alertBadge(total, alerts)] : []));
+    alertsBox.replaceChildren(...[alertsSection(alerts, total)].filter(Boolean));
+  };
+  showAlerts(run.alerts || [], run.alert_count || 0);
   const head = el("div", { class: "run-head" },
     el("h1", {}, el("span", { text: `${run.experiment} / ` }), el("span", { id: "run-title", text: run.run_name })),
     el("span", { class: `status status-${run.status}`, text: run.status }),
     run.integrity.data_loss ? el("span", { class: "loss", id: "data-loss-badge", text: "data lost",
       title: Object.entries(run.integrity.data_loss).map(([r, l]) => `rank ${r}: ${lossText(l)}`).join("; ") }) : null,
+    badgeBox,
     el("span", { class: "muted", text: ` started ${fmtTime(meta.start_time)}` +
       (typeof meta.duration === "number" ? `, ran ${fmtDuration(meta.duration)}` : "") }));
   const exitBox = section("Status and exit", el("p", { id: "exit-summary", text: exitSummary(run.status, exit, run.status_reason, run.status_rank) }),
@@ -200,25 +258,25 @@ export async function showRun(root, id) {
       typing = setTimeout(() => showMetrics().catch(() => {}), 150);
     } });
 
+  // the artifacts a page at a time (a run may record 100,000): the detail brings the first
   const arts = el("table", { class: "grid", id: "artifacts" }, el("thead", {}, el("tr", {},
     ["artifact", "size", "sha256", ""].map((h) => el("th", { text: h })))));
   const artBody = el("tbody");
   const previews = el("div", { class: "previews" });
-  for (const a of run.artifacts) {
-    const href = `${runUrl(id)}/artifacts/${a.file.split("/").map(encodeURIComponent).join("/")}`;
-    const actions = el("td", {}, el("a", { href, download: a.name.split("/").pop(), text: "download" }));
-    if (a.image) {
-      actions.append(" ", el("a", { href, target: "_blank", rel: "noopener", class: "view-image", text: "open" }));
-      previews.append(el("figure", {}, el("img", { src: href, alt: a.name, class: "artifact-image" }),
-        el("figcaption", { text: a.name })));
-    } else if (a.text) {
-      const pre = el("pre", { class: "artifact-text" });
-      previews.append(el("figure", {}, pre, el("figcaption", { text: a.name })));
-      fetch(`${href}?head=65536`).then((r) => r.text()).then((t) => { pre.textContent = t; }).catch(() => {});
-    }
-    artBody.append(el("tr", { class: a.present ? "" : "missing" }, el("td", { text: a.label }),
-      el("td", { class: "num", text: fmtBytes(a.size) }), el("td", { class: "hash", text: a.sha256 || "" }), actions));
-  }
+  const artCount = el("p", { class: "muted", id: "artifact-count" });
+  const moreArts = el("button", { id: "more-artifacts", type: "button", text: "more artifacts", hidden: true });
+  const artTotal = run.artifact_count ?? run.artifacts.length;
+  const addArtifacts = (list) => {
+    artBody.append(...list.map((a) => artifactRow(id, a, previews)));
+    const n = artBody.childElementCount;
+    artCount.textContent = n < artTotal ? `${n.toLocaleString()} of ${artTotal.toLocaleString()} artifacts` : "";
+    moreArts.hidden = n >= artTotal;
+  };
+  moreArts.addEventListener("click", async () => {
+    const page = await getJSON(`${runUrl(id)}/artifact-list?offset=${artBody.childElementCount}&limit=${ARTIFACTS_PAGE}`);
+    addArtifacts(page.artifacts);
+  });
+  addArtifacts(run.artifacts);
   arts.append(artBody);
 
   const ig = run.integrity;
@@ -239,17 +297,30 @@ export async function showRun(root, id) {
   const messages = el("ol", { class: "timeline", id: "messages" });
   const chartsRoot = el("div", { class: "charts" });
   const branches = await branchView(id);
-  clear(root).append(head, exitBox, branches.section || "",
+  let panel = null;
+  const rankIds = (run.ranks || []).filter((r) => r.rank > 0 && r.status).map((r) => `${id}${RANK_SEP}${r.rank}`);
+  const ranks = ranksSection(run, (on) => {
+    panel.setRuns(on ? [id, ...rankIds] : [id], panel.metrics);
+  });
+  clear(root).append(head, exitBox, ranks, alertsBox, branches.section || "",
     section("Metrics", el("div", { class: "controls" }, metricSearch, metricCount), metrics, moreMetrics, chartsRoot),
     section("Histograms and images", media),
     section("Tables", tables),
     section("Params", searchable(run.params, "params", "search params")),
     section("Messages", messages),
-    section("Artifacts", arts, previews),
+    section("Artifacts", arts, artCount, moreArts, previews),
     section("Environment", ...environment(meta.env || {})),
     section("Integrity", integrity));
-  const panel = new ChartPanel(chartsRoot, { storageKey: () => document.getElementById("base").textContent,
+  // rank r's curves are the series "EXP/RUN rank r", read with /series?rank=r
+  const seriesUrl = (rid, q) => {
+    const at = rid.lastIndexOf(RANK_SEP);
+    return at > 0 && rid.slice(0, at) === id ? `${runUrl(id)}/series?${q}&rank=${rid.slice(at + RANK_SEP.length)}`
+      : `${runUrl(rid)}/series?${q}`;
+  };
+  panel = new ChartPanel(chartsRoot, { seriesUrl, exported: (rid) => rid === id, storageKey: () => document.getElementById("base").textContent,
     overlay: branches.overlay });
+  panel.alerts = new AlertMarkers(panel, (rid, alerts) => showAlerts(alerts, Math.max(alerts.length, run.alert_count || 0)));
+  panel.alerts.set(id, run.alerts || [], meta.start_time ?? null);
   panel.setRuns([id], run.metric_names || Object.keys(run.metrics));
   showMetrics().catch((e) => metricCount.append(` (${e.message})`));
   try {

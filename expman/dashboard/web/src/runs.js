@@ -3,6 +3,7 @@
 // checkboxes select the runs whose charts are drawn below). The table is
 // virtual: only the rows and columns in view are in the DOM, so 10,000 runs and
 // thousands of chosen columns cost what a screenful does.
+import { alertBadge } from "./alerts.js";
 import { el, clear, flatten, display, fmtNum, fmtTime, fmtDuration, runColor } from "./dom.js";
 import { parseExpr, matches } from "./filter.js";
 import { ColumnChooser } from "./columns.js";
@@ -231,6 +232,7 @@ export class RunsTable {
         cell = el("td", {}, el("span", { class: `status status-${r.status}`, text: r.status }));
         if (r.lossText) cell.append(" ", el("span", { class: "loss", title: r.lossText, text: "data lost" }));
         if (r.damaged) cell.append(" ", el("span", { class: "loss", title: r.damaged, text: "damaged" }));
+        if (r.alerted) cell.append(" ", alertBadge(0));
       }
       else if (c.key === "run_name") cell = el("td", {}, el("a", { href: `#/run/${encodeId(r.id)}`, text: r.run_name }));
       else if (c.key === "start_time") cell = el("td", { text: fmtTime(r.start_time) });
