@@ -82,7 +82,7 @@ def test_rewound_run_main_curve_rewind_marker_and_faint_abandoned_branch(page: A
     chart = loss_chart(page)
     until(lambda: chart.get_attribute("data-points") == "10", what="the main history drawn")
     assert chart.get_attribute("data-drawn") == "10"           # one point per step: one curve
-    assert json.loads(chart.get_attribute("data-markers")) == [["rewind", 6]]
+    assert json.loads(chart.get_attribute("data-branch-markers")) == [["rewind", 6]]
     assert chart.get_attribute("data-faint") == "0"            # abandoned branches on request
     drawn = until(lambda: chart.locator(".uplot").get_attribute("data-markers-drawn"))
     [[kind, x]] = json.loads(drawn)
@@ -113,7 +113,7 @@ def test_fork_page_links_parents_and_children(page: Any, site: str):
     assert "steps up to 7" in items.nth(1).inner_text()
     chart = loss_chart(page)
     until(lambda: chart.get_attribute("data-points") == "11", what="inherited and own points")
-    assert json.loads(chart.get_attribute("data-markers")) == [["fork", 5], ["fork", 7]]
+    assert json.loads(chart.get_attribute("data-branch-markers")) == [["fork", 5], ["fork", 7]]
     assert page.locator("#show-abandoned").count() == 0        # nothing abandoned here
 
     items.nth(1).locator("a").click()                          # up to the parent
@@ -159,7 +159,7 @@ def test_a_live_fork_grows_after_its_inherited_points(page: Any, site: str, tmp_
               what="the live fork's chart grows")
         last = float(chart.get_attribute("data-last-x"))
         assert chart.get_attribute("data-drawn") == str(int(last) + 1)   # 0..last, once each
-        assert json.loads(chart.get_attribute("data-markers")) == [["fork", 5]]
+        assert json.loads(chart.get_attribute("data-branch-markers")) == [["fork", 5]]
         stop.touch()
         assert proc.wait(timeout=60) == 0
     finally:

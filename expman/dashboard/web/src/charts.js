@@ -461,7 +461,7 @@ class Chart {
     const start = ids.length ? this.data.get(ids[0]).start : null;
     this.card.dataset.faint = String(faint.length);
     this.card.dataset.faintPoints = String(faint.reduce((n, f) => n + f.x.length, 0));
-    this.card.dataset.markers = overlay ? JSON.stringify(overlay.markers(xAxis, start).map((m) => [m.kind, m.x])) : "";
+    this.card.dataset.branchMarkers = overlay ? JSON.stringify(overlay.markers(xAxis, start).map((m) => [m.kind, m.x])) : "";
     this.card.dataset.series = String(ids.length);
     this.card.dataset.lastX = lastX === -Infinity ? "" : String(lastX);
     this.card.dataset.points = String(points);
