@@ -21,9 +21,9 @@ size; the runs view is `runs/search` of the experiment. The 1 M points go throug
 `metrics` table for the rest (log_batch takes ~6 minutes for 1 M points here; the rows are
 the ones it writes). The 1,000 runs go through the client.
 
-Aim: `aim up` (its UI server: uvicorn with 2 workers by default) from a venv of its own, given
-with --aim-python (aim 3.29 pins clash with this project's; without it the row says "not
-measured"). Its data is written as Aim's users write it, `aim.Run().track(v, name=, step=)`
+Aim: `aim up` (its UI server: uvicorn with 2 workers by default) from a venv of its own, the
+`[aim]` one of `--setup-peers` or --aim-python (aim 3.29's pins clash with this project's;
+without one the row says "not measured"). Its data is written as Aim's users write it, `aim.Run().track(v, name=, step=)`
 with the Run's defaults (~1 M points in 3 to 15 minutes here, 1,000 runs in ~8). The chart is
 the Metrics explorer's `runs/search/metric` at its default density of 500, the runs view the
 Runs page's `runs/search/run` for all runs; both answers are Aim's streamed tree encoding,
@@ -285,8 +285,8 @@ def aim_rows(data: Path, points: int, runs: int, timeout: float, python: Path | 
     The chart is the Metrics explorer's request at its default density; the runs view is the
     Runs page's request, `runs/search/run`, for all 1,000 (the page asks 45 at a time)."""
     if python is None or not python.exists():
-        raise ImportError(f"no Aim venv at {python} (python3.11 -m venv V && V/bin/pip install aim; "
-                          "then --aim-python V/bin/python)")
+        raise ImportError(f"no Aim venv at {python} (python bench/compare.py --setup-peers --setup-only, "
+                          "or --aim-python PY of a venv with aim)")
     big, many = data / f"aim-{points}", data / f"aim-runs-{runs}"
     env = dict(OFFLINE)
     env.pop("PYTHONPATH", None)
@@ -401,8 +401,9 @@ def main() -> int:
     ap.add_argument("--peers", default="expman,mlflow,trackio,aim")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per server to answer")
     ap.add_argument("--data-dir", type=Path, default=None, help="keep the written data here and reuse it")
-    ap.add_argument("--aim-python", type=Path, default=None,
-                    help="the python of a venv with aim installed (Aim's pins clash with ours)")
+    ap.add_argument("--aim-python", type=Path, default=HERE / ".peers" / "aim" / "bin" / "python",
+                    help="the python of a venv with aim installed (Aim's pins clash with ours); "
+                         "default: the [aim] venv of `python bench/compare.py --setup-peers`")
     ap.add_argument("--log-cost", type=int, default=0, metavar="N",
                     help="also time N calls of expman's log_metrics and of Aim's Run.track, side by side")
     args = ap.parse_args()
