@@ -369,7 +369,7 @@ def log_cost(data: Path, n: int, aim_python: Path | None) -> list[dict[str, Any]
     out = []
     for name, py, which, e in loggers:
         if which == "aim" and not (aim_python and aim_python.exists()):
-            out.append({"logger": name, "missing": "not measured: no --aim-python"})
+            out.append({"logger": name, "missing": f"not measured: no Aim venv at {aim_python}"})
             continue
         base = Path(tempfile.mkdtemp(prefix=f"cost-{which}-", dir=data))
         try:
