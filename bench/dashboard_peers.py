@@ -3,7 +3,7 @@ launching each server to its first full chart of one series (1 M points with a o
 spike of 50 at step 777), the points it sends, whether the spike is in them, the server's
 memory, and time from launch to a runs view of 1,000 runs.
 
-    python bench/dashboard_peers.py          # expman, MLflow, trackio; ~10 minutes with the writes
+    python bench/dashboard_peers.py          # expman, MLflow, trackio, Aim; ~30 minutes with the writes
     python bench/dashboard_peers.py --points 200000 --runs 300 --data-dir /tmp/peers
     python bench/dashboard_peers.py --peers expman,aim --aim-python /work/aimvenv/bin/python --log-cost 100000
 
