@@ -11,6 +11,9 @@
 #   - the TensorBoard event-file fuzz target (tests/test_fuzz.py -k event) and the
 #     FIFO-as-lock-file tests (tests/test_runlock.py -k fifo: issue 20),
 #   - a reduced reliability subset (tests/test_reliability.py -k ...),
+#   - the dashboard (API, hardening, downloads, browser) and sync tests, with
+#     leak checks off (LSan's tracer crashed at exit with the servers' threads
+#     alive); the page is copied from the checkout, or built with npm,
 #   - tests/test_portable_c.py: the C producer/consumer natively, under TSan
 #     (rows, concurrent new-key definitions with wrap-around, a garbage record)
 #     and under ASan+UBSan with detect_leaks=1.
@@ -31,6 +34,16 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/expman-sanitize.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$work"
+# the dashboard's page is a build output (not in git): the checkout's, else built here
+page=expman/dashboard/static
+if [ -e "$page/app.js" ]; then
+    cp -R "$page" "$work/$page"
+elif command -v npm >/dev/null; then
+    (cd "$work" && npm ci --no-audit --no-fund >/dev/null && npm run build >/dev/null)
+else
+    echo "sanitize.sh: the dashboard page is not built and npm is missing (npm ci && npm run build)" >&2
+    exit 1
+fi
 cd "$work"
 echo "+ EXPMAN_SANITIZE=1 build in $work"
 EXPMAN_SANITIZE=1 EXPMAN_WERROR=1 "$PY" setup.py -q build_ext --inplace >/dev/null
@@ -73,6 +86,10 @@ echo "+ reliability subset under ASan+UBSan"
 run_asan tests/test_reliability.py -k "vanishing or every_third_write or write_fault or \
 truncation_at_every_offset or resume_cuts or close_while_8_threads or \
 close_from_many_threads or unclosed_run or log_metrics_never_blocks"
+echo "+ the dashboard and sync under ASan+UBSan (leak checks off: see the header)"
+ASAN_OPTIONS=${ASAN_OPTIONS/detect_leaks=1/detect_leaks=0} run_asan tests/test_dashboard_api.py \
+    tests/test_dashboard_hardening.py tests/test_dashboard_download.py tests/test_dashboard_browser.py \
+    tests/test_sync.py
 unset PYTHONMALLOC
 echo "+ the C core alone under TSan and ASan+UBSan"
 "$PY" -m pytest -q -p no:cacheprovider -x tests/test_portable_c.py -k "native"
