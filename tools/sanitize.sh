@@ -49,7 +49,8 @@ echo "+ EXPMAN_SANITIZE=1 build in $work"
 EXPMAN_SANITIZE=1 EXPMAN_WERROR=1 "$PY" setup.py -q build_ext --inplace >/dev/null
 
 # Python's own allocations are not ours: LSan ignores stacks through CPython's
-# allocator entry points; anything malloc'd by expman's C code is still reported.
+# allocator entry points (and orjson's, and the threads polars' Rust runtime
+# keeps for the process); anything malloc'd by expman's C code is still reported.
 cat > lsan.supp <<'SUPP'
 leak:_PyMem_RawMalloc
 leak:_PyMem_RawCalloc
@@ -65,6 +66,7 @@ leak:PyFloat_FromDouble
 leak:PyLong_FromLong
 leak:PyThread_allocate_lock
 leak:orjson
+leak:_polars_runtime
 leak:_dl_
 SUPP
 export EXPMAN_SANITIZE=1 PYTHONMALLOC=malloc
