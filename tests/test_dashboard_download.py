@@ -108,6 +108,8 @@ def test_range_requests(run: Path) -> None:
         assert get(u, {"Range": "bytes=0-0", "If-Range": modified})[0] == 206
         assert get(u, {"Range": "bytes=0-0", "If-Range": '"stale"'})[:3:2] == (200, BODY)
         assert get(u, {"If-None-Match": etag})[0] == 304
+        assert get(u, {"If-None-Match": f'"x", W/{etag}'})[0] == 304
+        assert get(u, {"If-None-Match": '"x"'})[0] == 200
         status, h, body = get(u, method="HEAD")
         assert status == 200 and body == b"" and h["content-length"] == str(len(BODY))
         status, _, body = get(u + "?head=4")

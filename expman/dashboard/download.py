@@ -118,7 +118,9 @@ def file_response(request: Request, fd: int, st: os.stat_result, filename: str,
     etag = _etag(st)
     modified = formatdate(st.st_mtime, usegmt=True)
     common = {**headers, "accept-ranges": "bytes", "etag": etag, "last-modified": modified}
-    if etag in {t.strip() for t in request.headers.get("if-none-match", "").split(",")}:
+    # If-None-Match compares weakly (a W/ tag matches), and `*` matches any file
+    tags = {t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")}
+    if etag in tags or "*" in tags:
         os.close(fd)
         return Response(None, 304, common)
     if_range = request.headers.get("if-range")
