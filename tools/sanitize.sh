@@ -13,7 +13,7 @@
 #   - a reduced reliability subset (tests/test_reliability.py -k ...),
 #   - the dashboard (API, hardening, downloads, browser) and sync tests, with
 #     leak checks off (LSan's tracer crashed at exit with the servers' threads
-#     alive); the page is copied from the checkout, or built with npm,
+#     alive); the page is built with npm (else the checkout's is copied),
 #   - tests/test_portable_c.py: the C producer/consumer natively, under TSan
 #     (rows, concurrent new-key definitions with wrap-around, a garbage record)
 #     and under ASan+UBSan with detect_leaks=1.
@@ -34,12 +34,17 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/expman-sanitize.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$work"
-# the dashboard's page is a build output (not in git): the checkout's, else built here
+# the dashboard's page is a build output (not in git): built from the sources here
+# (with the checkout's node_modules when it has them, else npm ci from
+# package-lock.json); without npm, the checkout's built page is copied
 page=expman/dashboard/static
-if [ -e "$page/app.js" ]; then
+if command -v npm >/dev/null; then
+    if [ -d node_modules ]; then ln -s "$(cd node_modules && pwd -P)" "$work/node_modules"; fi
+    (cd "$work" && { [ -d node_modules ] || npm ci --no-audit --no-fund >/dev/null; } &&
+        npm run build >/dev/null)
+elif [ -e "$page/app.js" ]; then
+    echo "sanitize.sh: no npm: the browser tests use the checkout's built page as it is" >&2
     cp -R "$page" "$work/$page"
-elif command -v npm >/dev/null; then
-    (cd "$work" && npm ci --no-audit --no-fund >/dev/null && npm run build >/dev/null)
 else
     echo "sanitize.sh: the dashboard page is not built and npm is missing (npm ci && npm run build)" >&2
     exit 1
