@@ -68,7 +68,7 @@ class Experiment(_core.Core):
                  "_rank", "_world_size", "_meta_name", "_lock", "_muted", "_sampler",
                  "_capture", "_media_lock", "_summary_base", "_summary_lock",
                  "_summary_stop", "_summary_thread", "_summary_bytes", "_loss_base",
-                 "_folder", "_next_branch", "_branch_lock", "_resume_end", "_fork")
+                 "_next_branch", "_branch_lock", "_resume_end", "_fork")
 
     _meta: dict[str, Any]
 
@@ -160,7 +160,7 @@ class Experiment(_core.Core):
         if logging_ranks is not None and launch.rank not in logging_ranks:
             self._start_muted(run_name, buffer_size, flush_interval, handle_signals)
             return
-        folder = self._folder = RunFolder(
+        folder = RunFolder(
             self._base_dir, self._name, run_name, self._rank, resume=bool(resume),
             joined=launch.joined, meta_name=self._meta_name)
         run_name = self._run_name = folder.run_name
@@ -395,8 +395,6 @@ class Experiment(_core.Core):
 
     def warn(self, msg: object) -> None:
         self._message("warning", msg)
-
-    warning = warn
 
     def error(self, msg: object) -> None:
         self._message("error", msg)

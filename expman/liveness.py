@@ -113,7 +113,8 @@ def logging_ranks(meta: dict[str, Any]) -> list[int]:
     """The ranks that write streams (run.json's ``ranks``, else every rank)."""
     world = world_size(meta)
     chosen = meta.get("ranks")
-    if isinstance(chosen, list) and all(isinstance(r, int) and 0 <= r < world for r in chosen):
+    if isinstance(chosen, list) and all(isinstance(r, int) and not isinstance(r, bool)
+                                        and 0 <= r < world for r in chosen):
         return sorted(set(chosen))
     return list(range(world))
 

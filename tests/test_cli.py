@@ -110,6 +110,23 @@ def test_every_command_is_documented():
         assert re.search(rf"^\$ expman {cmd}\b", docs, re.M), f"docs/cli.md has no example of {cmd}"
 
 
+def test_every_command_is_registered_through_common_command():
+    """One way to register a command (issue 19): only ``_common.command`` calls
+    ``subparsers.add_parser(NAME, ...)``; a command module calls ``command()``."""
+    import ast
+    cli_dir = ROOT / "expman" / "cli"
+    by_hand = []
+    for path in sorted(cli_dir.glob("*.py")):
+        if path.name == "_common.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "add_parser" and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                by_hand.append(f"{path.name}:{node.lineno}")
+    assert not by_hand, by_hand
+
+
 def test_no_command_prints_help(tmp_path):
     proc = cli(cwd=tmp_path)
     assert proc.returncode == 2 and "COMMAND" in proc.stdout
@@ -724,6 +741,16 @@ def test_positional_base_dir_and_conflicts(two_runs, tmp_path, monkeypatch, caps
     assert main(["list", str(two_runs), "--base-dir", str(two_runs), "--json"]) == 0
     capsys.readouterr()
     assert main(["list", str(two_runs), "--base-dir", str(tmp_path)]) == 1
+    assert "name different base dirs" in capsys.readouterr().err
+    # serve: BASE_DIR positional and a URL reach the dashboard as given
+    from expman import dashboard
+    seen: list[object] = []
+    monkeypatch.setattr(dashboard, "serve", lambda base, *a, **k: seen.append(base))
+    assert main(["serve", str(two_runs), "--no-browser"]) == 0
+    assert main(["serve", "s3://bucket/runs", "--no-browser"]) == 0
+    assert main(["--base-dir", "s3://bucket/runs", "serve", "--no-browser"]) == 0
+    assert seen == [str(two_runs), "s3://bucket/runs", "s3://bucket/runs"]
+    assert main(["serve", str(two_runs), "--base-dir", str(tmp_path), "--no-browser"]) == 1
     assert "name different base dirs" in capsys.readouterr().err
 
 

@@ -463,8 +463,33 @@ def test_a_crafted_run_json_never_breaks_a_watcher(tmp_path):
     (run / rank_file(RUN_FILE, 2)).write_text('{"resumed": {"a": 1}, "data_loss": [1]}')
     rw = RunWatch(run, None, record=lambda ev: None)
     assert [a.kind for a in rw.poll()] == ["nan"]
-    assert len(rw._tails) == 4096                        # the world read from a file is bounded
+    assert sorted(rw._tails) == [0, 2, 3]                # a tail only where a rank wrote
     assert [a.step for a in read_alerts(run)] == [] and not has_alerts(run)
+
+
+def test_watched_ranks_are_the_readers_logging_ranks(tmp_path):
+    """One rule for a run's ranks (issue 19): the watcher believes the world every
+    reader believes (liveness.MAX_WORLD_SIZE, not a cap of its own), watches the
+    ranks that wrote, and a world beyond the bound counts as one rank."""
+    from expman.liveness import MAX_WORLD_SIZE, logging_ranks
+    from expman.watch.live import watched_ranks
+    run = make_closed_run(tmp_path)
+    meta = json.loads((run / RUN_FILE).read_text())
+    far = MAX_WORLD_SIZE - 1                             # beyond any smaller cap
+    data = (run / "metrics.bin").read_bytes()
+    (run / rank_file("metrics.bin", far)).write_bytes(data)
+    for world, want in ((MAX_WORLD_SIZE, [0, far]), (MAX_WORLD_SIZE + 1, [0]), (10**18, [0])):
+        meta["world_size"] = world
+        (run / RUN_FILE).write_text(json.dumps(meta))
+        assert watched_ranks(run) == want
+        assert set(want) <= set(logging_ranks(meta))
+    meta["world_size"] = MAX_WORLD_SIZE
+    (run / RUN_FILE).write_text(json.dumps(meta))
+    rw = RunWatch(run, ["nan"], record=lambda ev: None)
+    assert sorted((a.rank, a.step) for a in rw.poll()) == [(0, 30), (far, 30)]
+    assert sorted(rw._tails) == [0, far]
+    meta.update(ranks=[0, True])                         # a bool is not a rank
+    assert logging_ranks(meta) == list(range(MAX_WORLD_SIZE))
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="symlinks need privileges on Windows")

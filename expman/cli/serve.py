@@ -7,16 +7,14 @@ import argparse
 import sys
 from typing import Any
 
-from expman.cli._common import BASE, add_base_positional, base_spec
+from expman.cli._common import BASE, add_base_positional, base_spec, command
 
 SUMMARY = "serve a live dashboard of the runs in the browser"
 EXAMPLE = "expman serve --port 8000"
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "serve", help=SUMMARY, description=f"{SUMMARY}\n\nexample:\n  {EXAMPLE}",
-        formatter_class=argparse.RawDescriptionHelpFormatter, parents=[BASE])
+def add_parser(subparsers: Any) -> None:
+    p = command(subparsers, "serve", SUMMARY, EXAMPLE, run, [BASE])
     add_base_positional(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; another address needs a token)")
@@ -31,9 +29,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-token", action="store_true",
                    help="serve a non-loopback host without a token (anyone who can reach it reads the runs)")
     p.add_argument("--cache-mb", type=int, default=1024,
+                   metavar="MB",
                    help="memory for decoded runs, least recently used dropped first (default 1024)")
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:

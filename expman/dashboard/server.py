@@ -1022,35 +1022,36 @@ async def api_events(request: Request) -> Response:
 
 
 async def api_artifact(request: Request) -> Response:
+    """A file under the run's artifacts/, sent from a descriptor the guarded layer
+    opened (no link below the run folder, no '..', a regular file: 404 otherwise),
+    in chunks off the event loop, with one byte range (``download``). ``?head=N``:
+    its first N bytes (at most 1 MiB) as text, for a preview."""
+    from expman._fsutil import open_under_stat, read_range
+    from expman.dashboard.download import file_response
     d = _dash(request)
     exp, name, rel = (request.path_params["exp"], request.path_params["run"],
                       request.path_params["path"])
     run_dir = d.run_dir(exp, name)
-    art_root = (run_dir / layout.ARTIFACTS_DIR).resolve()
-    f = run_dir / layout.ARTIFACTS_DIR / rel
-    if "\0" in rel or not _inside(f, art_root) or not f.is_file():
-        raise _not_found(f"artifact {rel!r} of {exp}/{name}")
-    ctype = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
     head = request.query_params.get("head")
-    if head is not None:        # a text preview: the first bytes, as plain text
+    try:
+        n = None if head is None else max(0, min(int(head), 1 << 20))
+    except ValueError:
+        raise HTTPException(400, f"head={head!r} is not an integer") from None
+    try:
+        fd, st = await anyio.to_thread.run_sync(
+            open_under_stat, run_dir, f"{layout.ARTIFACTS_DIR}/{rel}", os.O_RDONLY)
+    except (OSError, ValueError):
+        raise _not_found(f"artifact {rel!r} of {exp}/{name}") from None
+    if n is not None:           # a text preview: the first bytes, as plain text
         try:
-            n = max(0, min(int(head), 1 << 20))
-        except ValueError:
-            raise HTTPException(400, f"head={head!r} is not an integer") from None
-        from expman._fsutil import open_nofollow, read_range
-        try:
-            fd = open_nofollow(f, os.O_RDONLY)
-        except (OSError, ValueError):
-            raise _not_found(f"artifact {rel!r} of {exp}/{name}") from None
-        try:
-            data = read_range(fd, 0, n)
+            data = await anyio.to_thread.run_sync(read_range, fd, 0, n)
         finally:
             os.close(fd)
         return Response(data, media_type="text/plain; charset=utf-8")
-    disposition = "inline" if ctype in INLINE_TYPES else "attachment"
-    return FileResponse(f, media_type=ctype, filename=f.name,
-                        content_disposition_type=disposition,
-                        headers={"content-security-policy": ARTIFACT_CSP})
+    filename = rel.rsplit("/", 1)[-1]
+    ctype = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    return file_response(request, fd, st, filename, ctype, inline=ctype in INLINE_TYPES,
+                         headers={"content-security-policy": ARTIFACT_CSP})
 
 
 async def favicon(request: Request) -> Response:

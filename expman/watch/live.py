@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 import threading
 import time
@@ -40,17 +41,17 @@ from expman.layout import (
     ALERTS_FILE, EVENTS_FILE, FINAL_STATUSES, LOSS_FILE, RUN_FILE, RUNNING,
     jsonable, parse_event_lines, rank_file,
 )
-from expman.liveness import effective_status
+from expman.liveness import effective_status, logging_ranks
 from expman.tail import RunTail
 from expman.watch.alert import ALERT_KIND, Alert
 from expman.watch.rules import Rule
 
 __all__ = ["RunWatch", "Webhook", "AlertLog", "AlertTail", "WatchStop", "WatchLockedError",
            "record_alert", "read_alerts", "has_alerts", "stop_loop", "start", "stop",
-           "DELIVERED_KIND", "MAX_RANKS"]
+           "DELIVERED_KIND"]
 
 DELIVERED_KIND = "alert_delivered"     # a webhook delivery, recorded beside the alerts
-MAX_RANKS = 4096                       # run.json's world_size is bounded before use
+_RANK_NAME = re.compile(r"\.rank([1-9][0-9]{0,5})\.[^.]+\Z")   # layout.rank_file's names
 
 
 class WatchLockedError(ExpmanError, RuntimeError):
@@ -121,16 +122,20 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
 
 
 def watched_ranks(run_dir: Path, meta: Mapping[str, Any] | None = None) -> list[int]:
-    """The ranks that write streams in a run folder (run.json's world, bounded)."""
+    """The logging ranks (``liveness.logging_ranks``: run.json's world, bounded by
+    MAX_WORLD_SIZE like every reader) that have a file in the folder yet. One
+    listing, then a set lookup per rank: a world run.json may inflate to 65,536
+    costs no probe, no open and no tail per rank that never wrote."""
     meta = meta if meta is not None else (_read_meta(run_dir / RUN_FILE) or {})
-    world = meta.get("world_size")
-    world = world if isinstance(world, int) and not isinstance(world, bool) else 1
-    world = min(max(world, 1), MAX_RANKS)
-    chosen = meta.get("ranks")
-    if isinstance(chosen, list) and all(isinstance(r, int) and not isinstance(r, bool)
-                                        and 0 <= r < world for r in chosen):
-        return sorted(set(chosen))
-    return list(range(world))
+    ranks = logging_ranks(dict(meta))
+    if ranks == [0]:
+        return ranks
+    try:
+        names = os.listdir(run_dir)
+    except OSError:
+        names = []
+    present = {int(m.group(1)) for n in names if (m := _RANK_NAME.search(n))}
+    return [r for r in ranks if r == 0 or r in present]
 
 
 def _event_files(run_dir: Path) -> list[Path]:
