@@ -422,3 +422,56 @@ def test_cli_list_json_prints_one_run_a_line(mixed: Path, capsys: pytest.Capture
     (mixed / "empty").mkdir()
     assert main(["list", str(mixed / "empty"), "--json"]) == 0
     assert capsys.readouterr().out == "[]\n"
+
+
+HOLDER = """
+import sys
+import expman
+exp = expman.Experiment("exp0", "held", base_dir={base!r}, capture_env=False,
+                        system_metrics=False, handle_signals=False)
+exp.log_metrics({{"loss": 1.0}}, step=0)
+exp.flush()
+print("open", flush=True)
+sys.stdin.readline()
+exp.close()
+"""
+
+
+def test_two_hosts_over_one_folder(mixed: Path) -> None:
+    """Processes that are two hosts to expman ($EXPMAN_HOST: the name run.json
+    records and liveness compares) make runs, list and rewrite the index in one
+    base dir at once, while a run of host A stays open: host B never takes it for
+    finished nor keeps it, and the index ends right for both."""
+    bench = str(Path(__file__).parent.parent / "bench")
+    env = {**os.environ, "PYTHONPATH": str(Path(expman.__file__).parent.parent)}
+    here = Path(__file__).parent
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLDER.format(
+        base=str(mixed)))], env={**env, "EXPMAN_HOST": "host-a"}, cwd=here,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
+        procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(MANY_WRITERS.format(
+            bench=bench, base=str(mixed), w=w))],
+            env={**env, "EXPMAN_HOST": f"host-{'ab'[w % 2]}"}, cwd=here) for w in range(4)]
+        for p in procs:
+            assert p.wait(timeout=180) == 0
+        seen_from_b = subprocess.run(
+            [sys.executable, "-c", "import sys, json; from expman.reader import list_runs_json;"
+             "sys.stdout.write(list_runs_json(sys.argv[1]).decode())", str(mixed)],
+            env={**env, "EXPMAN_HOST": "host-b"}, cwd=here, capture_output=True, check=True)
+        held = [r for r in json.loads(seen_from_b.stdout) if r["id"] == "exp0/held"]
+        assert [r["status"] for r in held] == ["RUNNING"]
+        assert RunIndex.load(mixed).state == "loaded"
+        assert update_index(mixed)["kept"] == 17 + 4 * 6       # the held run is not kept
+        hosts = {p.parent.name: json.loads(p.read_bytes())["host"]
+                 for p in mixed.glob("exp*/r001*/run.json")}
+        assert len(hosts) == 24 and all(h == f"host-{'ab'[int(name[-3]) % 2]}"
+                                        for name, h in hosts.items())
+    finally:
+        holder.communicate(b"\n", timeout=60)
+    assert holder.returncode == 0
+    tick(mixed)
+    truth = same(mixed)
+    assert len(truth) == 24 + 4 * 6 + 1
+    assert [r["status"] for r in truth if r["id"] == "exp0/held"] == ["FINISHED"]
+    assert json_rows(mixed) == as_printed(mixed)
