@@ -251,6 +251,12 @@ class RunIndex:
             self._new[k] = (key, b"%s\t%s\t%s\t%s" % (start, kept[1].encode(), kept[2], kept[3]))
             self.changed = True
 
+    def hits_digest(self) -> str:
+        """A digest of the entries lookups hit, in scan order: while it is the
+        same, so are those runs (their folders, hence their files: see above)."""
+        import hashlib
+        return hashlib.sha256(b"\n".join(self._used)).hexdigest()
+
     def forget_missing(self, experiment: str | None) -> None:
         """End of a scan (of every run folder, or of one ``experiment``'s): after
         a whole scan, entries no lookup hit (runs deleted, changed) are dropped."""

@@ -657,16 +657,25 @@ def list_runs_json(base_dir: str | os.PathLike[str] | None = None,
     listing index holds is copied from it as stored, never decoded and built
     again: over many finished runs, the listing is one read, a ``stat`` per
     run folder and a join. Live and changed runs are read as ``list_runs`` reads them."""
+    if tags or group is not None:       # filters on fields a kept line does not spell out
+        import orjson
+
+        from expman.layout import jsonable
+        return _json_lines([orjson.dumps(jsonable(r.to_dict())) for r in list_runs(
+            base_dir, experiment, status, limit=limit, tags=tags, group=group)])
+    base = _base(_local(base_dir) if base_dir is not None else None)
+    return _json_listing(base, experiment, _statuses(status), limit)[0]
+
+
+def _json_listing(base: Path, experiment: str | None = None, wanted: set[str] | None = None,
+                  limit: int | None = None) -> tuple[bytes, Any, list[str]]:
+    """``list_runs_json`` of ``base``, with the ``RunIndex`` it used (which
+    entries it hit: ``hits_digest``) and the run folders it read instead."""
     import orjson
     from operator import itemgetter
 
     from expman.index import RunIndex, kept_json
     from expman.layout import jsonable
-    if tags or group is not None:       # filters on fields a kept line does not spell out
-        return _json_lines([orjson.dumps(jsonable(r.to_dict())) for r in list_runs(
-            base_dir, experiment, status, limit=limit, tags=tags, group=group)])
-    base = _base(_local(base_dir) if base_dir is not None else None)
-    wanted = _statuses(status)
     idx = RunIndex.load(base)
     lines = _scan(base, experiment, True, None, idx, as_json=True)
     if idx.changed:
@@ -677,8 +686,9 @@ def list_runs_json(base_dir: str | os.PathLike[str] | None = None,
     picked.sort(key=itemgetter(0), reverse=True)
     if limit is not None:
         picked = picked[:max(0, limit)]
-    return _json_lines([kept_json(*line) if type(line) is tuple
+    data = _json_lines([kept_json(*line) if type(line) is tuple
                         else orjson.dumps(jsonable(line.to_dict())) for _, line in picked])
+    return data, idx, [str(line.path) for line in lines if type(line) is not tuple]
 
 
 def _json_lines(rows: list[bytes]) -> bytes:
