@@ -193,9 +193,8 @@ class RunIndex:
     def lookup(self, exp: str, name: str, run: str
                ) -> tuple[dict[str, Any] | None, DirKey | None]:
         """The kept line (``RunSummary`` fields but ``path``) of the run folder
-        ``run`` (``base/exp/name``) if the folder is as it was; else None with
-        the folder's key now, for ``offer`` (None: it cannot be stat'ed, or it
-        was kept but its entry does not decode: read, not kept again this time)."""
+        ``run`` (``base/exp/name``) if the folder is as it was, or None; with
+        the folder's key now (None: it cannot be stat'ed)."""
         kept, key = self.lookup_kept(exp, name, run)
         if kept is None:
             return None, key
@@ -214,8 +213,8 @@ class RunIndex:
             st = os.stat(run)
         except OSError:
             return None, None
-        k = f"{exp}/{name} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns}".encode(
-            "utf-8", "surrogateescape")
+        key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        k = f"{exp}/{name} {key[0]} {key[1]} {key[2]}".encode("utf-8", "surrogateescape")
         raw = self._old.get(k)
         if raw is not None:
             parts = raw.split(b"\t")
@@ -231,9 +230,9 @@ class RunIndex:
                     if start is None or math.isfinite(start):
                         self._used.append(k)
                         self.hits += 1
-                        return (start, status, head, tail), None
+                        return (start, status, head, tail), key
         self.misses += 1
-        return None, (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        return None, key
 
     def offer(self, exp: str, name: str, key: DirKey | None, line: Any,
               meta: dict[str, Any] | None) -> None:
