@@ -13,8 +13,8 @@ Views (``run`` is ``experiment/run_name`` everywhere):
 - ``artifacts``: run, name, type, path, version, size, sha256, time.
 
 Kept current incrementally, in the cache folder (``$EXPMAN_CACHE_DIR/sql/<base>``):
-``runs`` and ``params`` read ``runs.json`` (the listing as ``expman list --json``
-prints it, through the listing index) and ``params.json``, rewritten only when
+``runs`` and ``params`` read ``runs-view.json`` (the listing as ``expman list --json``
+prints it, through the listing index) and ``params-view.json``, rewritten only when
 the listing changed; ``metrics`` reads a Parquet lake which
 ``expman.lake.export_lake`` brings up to date, decoding only the frames appended
 since, and only when an index entry or a metric stream of a run read from its
@@ -91,7 +91,7 @@ def _listing_views(con: Any, base: Path, wanted: set[str]) -> None:
     with _exclusive(lake):                  # one writer per lake folder at a time
         listing, idx, read = _json_listing(base)
         digest = hashlib.sha256(listing).hexdigest()
-        runs_file, params_file = lake / "runs.json", lake / "params.json"
+        runs_file, params_file = lake / "runs-view.json", lake / "params-view.json"
         if _mark(lake / "runs.sig") != digest or not params_file.exists():
             _replace(runs_file, listing)
             _replace(params_file, _params_json(listing))

@@ -179,7 +179,7 @@ def test_a_warm_query_over_unchanged_runs_reads_no_run_again(base: Any, tmp_path
     first = rows(q, b)
     points = rows("select count(*) as n from metrics", b)[0]["n"]
     lake = lake_dir(b)
-    files = {n: (lake / n).stat().st_ino for n in ("runs.json", "params.json", "streams.sig")}
+    files = {n: (lake / n).stat().st_ino for n in ("runs-view.json", "params-view.json", "streams.sig")}
 
     def no_export(*a: Any, **k: Any) -> None:
         raise AssertionError("exported again, nothing changed")
