@@ -92,7 +92,7 @@ def command_time(argv: list[str], repeats: int, cold: bool) -> float:
         if cold:
             drop_caches()
         ts.append(once())
-    return statistics.median(ts)
+    return statistics.median(ts) if ts else 0.0
 
 
 def load() -> str:
