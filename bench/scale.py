@@ -73,41 +73,53 @@ def drop_caches() -> bool:
         return False
 
 
-def command_time(argv: list[str], repeats: int, cold: bool) -> float:
-    """Median wall time of a command (output to /dev/null), each run after
-    dropping the page cache when ``cold``, else after one warm-up run. Modules
-    are imported from their bytecode cache, as an installed package's are
-    (``PYTHONDONTWRITEBYTECODE`` would make every run compile them again)."""
+def command_time(argv: list[str], repeats: int, cold: bool) -> tuple[float, float]:
+    """Median wall time and median CPU time (user + system) of a command (output
+    to /dev/null), each run after dropping the page cache when ``cold``, after
+    one warm-up run. The CPU time is what the command cost whatever the machine's
+    load; the wall time is what a user waits, on this shared machine, now.
+    Modules are imported from their bytecode cache, as an installed package's
+    are (``PYTHONDONTWRITEBYTECODE`` would make every run compile them again)."""
+    import resource
     import subprocess
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
 
-    def once() -> float:
+    def once() -> tuple[float, float]:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run(argv, stdout=subprocess.DEVNULL, env=env, check=True)
-        return time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     once()                       # (writes the bytecode cache if it is missing)
     ts = []
     for _ in range(repeats):
         if cold:
             drop_caches()
         ts.append(once())
-    return statistics.median(ts) if ts else 0.0
+    if not ts:
+        return 0.0, 0.0
+    return statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)
 
 
 def load() -> str:
     return "load %.1f" % os.getloadavg()[0]
 
 
-def figure(label: str, warm: float, cold: float | None, target: str) -> None:
-    """One line: the figure, warm and cold, beside the issue's target, with the
-    load average when it was taken (the machine is shared)."""
-    got = f"warm {warm * 1e3:7.0f} ms" + (f", cold {cold * 1e3:7.0f} ms" if cold is not None
-                                          else "")
-    print(f"{label:<44} {got:<34} target {target:<22} ({load()})", flush=True)
+def ms(t: tuple[float, float]) -> str:
+    return f"{t[0] * 1e3:6.0f} ms (cpu {t[1] * 1e3:5.0f})"
 
 
-def api_runs_page(base: Path, repeats: int) -> float:
+def figure(label: str, warm: tuple[float, float], cold: tuple[float, float] | None,
+           target: str) -> None:
+    """One line: the figure, warm and cold (wall, and CPU in brackets), beside
+    the issue's target, with the load average when it was taken."""
+    got = f"warm {ms(warm)}" + (f", cold {ms(cold)}" if cold is not None else "")
+    print(f"{label:<42} {got:<56} target {target:<22} ({load()})", flush=True)
+
+
+def api_runs_page(base: Path, repeats: int) -> tuple[float, float]:
     """The /api/runs handler's work for its first page (listing, sort, one page
     as JSON), in this process, warm: median of ``repeats`` after one."""
     import orjson
@@ -119,7 +131,9 @@ def api_runs_page(base: Path, repeats: int) -> float:
         rows = sort_rows(dash.rows(), "start_time", True)
         orjson.dumps({"total": len(rows), "runs": rows[:1000]})
     once()
-    return timed(once, repeats)
+    cpu = time.process_time()
+    wall = timed(once, repeats)
+    return wall, (time.process_time() - cpu) / repeats
 
 
 def listing(args: argparse.Namespace) -> None:
@@ -162,7 +176,7 @@ def listing(args: argparse.Namespace) -> None:
     sql = [py, "-m", "expman", "sql", SQL, str(base)]
     env_cache = os.environ.setdefault("EXPMAN_CACHE_DIR", str(base.parent / "expman-cache"))
     t0 = time.perf_counter()
-    command_time(sql, 0, cold=True)
+    command_time(sql, 0, cold=False)
     print(f"expman sql, first query (exports {n} runs to the lake in {env_cache}): "
           f"{time.perf_counter() - t0:.1f} s ({load()})")
     figure("expman sql, best final loss per lr", command_time(sql, args.repeats, False),
