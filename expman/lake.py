@@ -127,9 +127,9 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
     for run_dir in layout.iter_run_dirs(base):
         exp, name = run_dir.parent.name, run_dir.name
         rid = f"{exp}/{name}"
-        line, folder = index.lookup(exp, name, str(run_dir))
+        line, key = index.lookup(exp, name, str(run_dir))
         old = known.get(rid)
-        if line is not None and old is not None and old.get("folder") == list(folder or ()):
+        if line is not None and old is not None and old.get("folder") == list(key or ()):
             rows.setdefault(exp, []).append(_kept_row(run_dir, line, old))
             continue        # exported whole when final, its folder unchanged since
         try:
@@ -140,8 +140,8 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
         if row is None:
             continue
         entry, run_row, new = row
-        if folder is not None and run_row["status"] in layout.FINAL_STATUSES and rid not in damaged:
-            entry["folder"] = list(folder)      # (taken before the run was read)
+        if key is not None and run_row["status"] in layout.FINAL_STATUSES and rid not in damaged:
+            entry["folder"] = list(key)     # its folder's key, taken before it was read
         known[rid] = entry
         rows.setdefault(exp, []).append(run_row)
         for rank, metrics in new:
