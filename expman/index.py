@@ -27,26 +27,34 @@ writer wins and a lost update is only a miss for the next listing. The file
 starts with a header (format, length, CRC-32 of the body), so a file cut or
 garbled (a crash of the machine before the data reached the disk) is detected
 and ignored, never half-trusted. A crafted index is bounded (``MAX_INDEX_BYTES``)
-and every entry is checked field by field when used; entries are looked up by
-the names a directory scan found, so no entry can name a folder outside the base.
+and entries are looked up by the names a directory scan found, so no entry can
+name a folder outside the base. ``list_runs`` checks each entry field by field
+when it decodes it; ``list_runs_json`` (``expman list --json``) checks only an
+entry's frame and copies its JSON as stored: an index forged on purpose by
+someone who can write the base dir can make that output say what they wrote,
+as a forged run.json can, but never make the listing read elsewhere or fail.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import sys
 import time
 import zlib
 from typing import Any
 
+import orjson
+
 from expman._fsutil import create_exclusive
-from expman.layout import FINAL_STATUSES, INDEX_FILE
+from expman.layout import FINAL_STATUSES, INDEX_FILE, jsonable
 from expman.liveness import world_size
 from expman.readmodel import read_float, spell_float
 
-__all__ = ["RunIndex", "INDEX_FORMAT", "MAX_INDEX_BYTES", "dir_key", "parse"]
+__all__ = ["RunIndex", "Kept", "kept_json", "INDEX_FORMAT", "MAX_INDEX_BYTES", "dir_key", "parse"]
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 MAGIC = b"expman-index"
 MAX_INDEX_BYTES = 1 << 30       # a larger (crafted) index is ignored, not read
 MAX_ENTRY_BYTES = 1 << 20       # a run whose line is larger is read from its folder each time
@@ -60,24 +68,50 @@ def dir_key(st: os.stat_result) -> DirKey:
     return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _encode(line: Any) -> dict[str, Any]:
-    """A ``reader.RunSummary`` as an entry holds it (no path: that is the scan's)."""
-    d: dict[str, Any] = line.to_dict()
-    for k in ("id", "path", "damaged"):
-        d.pop(k)
-    d["last_metrics"] = {k: spell_float(v) for k, v in line.last_metrics.items()}
-    return d
+# An entry as stored: what sorting and the status filter need, and the line's
+# JSON (``RunSummary.to_dict()`` as ``expman list --json`` prints it) in two
+# pieces around its path, which is the scan's: (start_time, status, head, tail).
+# A plain tuple: a warm listing of 100,000 runs makes one per run.
+Kept = tuple[float | None, str, bytes, bytes]
 
 
+def kept_json(kept: Kept, path: str) -> bytes:
+    """The JSON of a kept line whose run folder is ``path``."""
+    return kept[2] + orjson.dumps(path) + kept[3]
+
+
+def _encode(line: Any) -> Kept | None:
+    """A ``reader.RunSummary`` as an entry holds it; None for a line the index
+    cannot hold (a NaN whose payload its JSON spelling would lose)."""
+    d = jsonable(line.to_dict())
+    for v in line.last_metrics.values():
+        if v != v and spell_float(v) != "NaN":
+            return None
+    d["path"] = ""
+    try:
+        body = orjson.dumps(d)
+    except TypeError:           # a name that is not UTF-8 (read as surrogates)
+        return None
+    cut = body.rindex(b',"status_rank":')      # the last keys: a param cannot be found here
+    head, tail = body[:cut], body[cut:]
+    if not head.endswith(_NO_PATH):
+        return None
+    return (line.start_time, line.status, head[:-2], tail)
+
+
+_NO_PATH = b',"path":""'
 _NUMBER = (int, float)     # by type(), not isinstance(): a bool is not a time
 
 
-def _decode(d: Any) -> dict[str, Any] | None:
+def _decode(kept: Kept) -> dict[str, Any] | None:
     """An entry's ``RunSummary`` fields (but ``path``), or None when any field
-    is not what ``_encode`` writes (straight-line checks: a warm listing of
-    10,000 runs runs this 10,000 times)."""
+    is not what ``_encode`` writes (straight-line checks)."""
     try:
-        if type(d) is not dict or d["status"] not in FINAL_STATUSES:
+        d = orjson.loads(kept[2] + b'""' + kept[3])
+        if (type(d) is not dict or d.pop("path") != "" or d.pop("damaged") is not None
+                or d["status"] not in FINAL_STATUSES or d["status"] != kept[1]
+                or d["start_time"] != kept[0]
+                or d.pop("id") != f"{d['experiment']}/{d['run_name']}"):
             return None
         tags, params, last, points = d["tags"], d["params"], d["last_metrics"], d["points"]
         start, duration, end = d["start_time"], d["duration"], d["end_time"]
@@ -95,36 +129,42 @@ def _decode(d: Any) -> dict[str, Any] | None:
                 or (notes is not None and type(notes) is not str)
                 or (reason is not None and type(reason) is not str)
                 or (rank is not None and type(rank) is not int)
-                or (parent is not None and type(parent) is not str)):
+                or (parent is not None and type(parent) is not str) or len(d) != 17):
             return None
         for t in tags:
             if type(t) is not str:
                 return None
-        return {"experiment": d["experiment"], "run_name": d["run_name"], "status": d["status"],
-                "start_time": None if start is None else float(start),
-                "duration": None if duration is None else float(duration),
-                "params": params,
-                "last_metrics": {k: v if type(v) is float else read_float(v)
-                                 for k, v in last.items()},
-                "end_time": None if end is None else float(end), "points": points,
-                "exit": ex, "data_loss": loss, "tags": tags, "group": group, "notes": notes,
-                "status_rank": rank, "status_reason": reason, "parent": parent}
-    except (KeyError, TypeError, ValueError, OverflowError):
+        d.update(start_time=None if start is None else float(start),
+                 duration=None if duration is None else float(duration),
+                 end_time=None if end is None else float(end),
+                 last_metrics={k: v if type(v) is float else read_float(v)
+                               for k, v in last.items()})
+        return d
+    except (KeyError, TypeError, ValueError, OverflowError, orjson.JSONDecodeError):
         return None
 
 
 class RunIndex:
     """One base dir's index as loaded, plus what a listing learned: ``lookup``
     each run folder the scan found, ``offer`` the lines read on a miss,
-    ``save`` when anything changed. Counters say what happened (``stats``)."""
+    ``forget_missing`` at the end of the scan, ``save`` when anything changed.
+    Counters say what happened (``stats``).
 
-    def __init__(self, base: str | os.PathLike[str], entries: dict[tuple[str, str], Any]
-                 | None = None, state: str = "empty") -> None:
+    An entry is the line ``KEY TAB START TAB STATUS TAB HEAD TAB TAIL``: KEY is
+    ``experiment/run inode mtime_ns ctime_ns`` (unambiguous: a name holds no
+    ``/``, the last three fields are numbers), so a lookup is one dict probe
+    with what a ``stat`` of the folder says now; START and STATUS are what a
+    listing sorts and filters on; HEAD and TAIL are the line's JSON around its
+    path (``Kept``). Names holding a tab or a newline are never kept."""
+
+    def __init__(self, base: str | os.PathLike[str], entries: dict[bytes, bytes] | None = None,
+                 state: str = "empty") -> None:
         self.base = os.fspath(base)
         self.path = os.path.join(self.base, INDEX_FILE)
         self._old = entries or {}
-        self._new: dict[tuple[str, str], list[Any]] = {}
-        self._dropped: set[tuple[str, str]] = set()
+        self._used: list[bytes] = []                 # old entries a lookup hit
+        self._new: dict[bytes, tuple[DirKey, bytes]] = {}
+        self._complete = False                       # every run folder was looked up
         self.state = state            # how the file was found: loaded, missing, stale, empty
         self.hits = self.misses = 0
         self.kept = len(self._old)    # entries in the file (as written, after a save)
@@ -154,22 +194,45 @@ class RunIndex:
     def lookup(self, exp: str, name: str, run: str
                ) -> tuple[dict[str, Any] | None, DirKey | None]:
         """The kept line (``RunSummary`` fields but ``path``) of the run folder
-        ``run`` (``base/exp/name``) if the folder is as it was, with the folder's
-        key now (None: it cannot be stat'ed)."""
+        ``run`` (``base/exp/name``) if the folder is as it was, or None; with
+        the folder's key now (None: it cannot be stat'ed)."""
+        kept, key = self.lookup_kept(exp, name, run)
+        if kept is None:
+            return None, key
+        line = _decode(kept)
+        if line is None:
+            self._used.pop()
+            self.hits -= 1
+            self.misses += 1
+        return line, key
+
+    def lookup_kept(self, exp: str, name: str, run: str) -> tuple[Kept | None, DirKey | None]:
+        """``lookup`` as stored, not decoded: for a caller that copies the
+        line's JSON (written by ``_encode``, guarded by the file's CRC, its
+        frame checked here). Straight-line: a warm listing is this, once per run."""
         try:
-            key = dir_key(os.stat(run))
+            st = os.stat(run)
         except OSError:
             return None, None
-        old = self._old.get((exp, name))
-        if old is not None and old[0] == key:
-            line = _decode(old[1])
-            if line is not None:
-                self.hits += 1
-                return line, key
+        key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        k = f"{exp}/{name} {key[0]} {key[1]} {key[2]}".encode("utf-8", "surrogateescape")
+        raw = self._old.get(k)
+        if raw is not None:
+            parts = raw.split(b"\t")
+            if len(parts) == 4:
+                start_b, status_b, head, tail = parts
+                status = _STATUSES.get(status_b)
+                if (status is not None and head[:6] == b'{"id":' and head[-8:] == b',"path":'
+                        and tail[:15] == b',"status_rank":' and tail[-1:] == b"}"):
+                    try:
+                        start = float(start_b) if start_b else None
+                    except ValueError:
+                        start = math.nan
+                    if start is None or math.isfinite(start):
+                        self._used.append(k)
+                        self.hits += 1
+                        return (start, status, head, tail), key
         self.misses += 1
-        if old is not None:
-            self._dropped.add((exp, name))
-            self.changed = True
         return None, key
 
     def offer(self, exp: str, name: str, key: DirKey | None, line: Any,
@@ -179,23 +242,33 @@ class RunIndex:
         change while the folder does not."""
         if (key is None or line is None or meta is None or line.damaged
                 or line.status not in FINAL_STATUSES or meta.get("status") not in FINAL_STATUSES
-                or world_size(meta) > 1):
+                or world_size(meta) > 1 or _UNSPLIT.search(exp + name)):
             return
-        self._new[(exp, name)] = [list(key), _encode(line)]
-        self.changed = True
+        kept = _encode(line)
+        if kept is not None:
+            k = f"{exp}/{name} {key[0]} {key[1]} {key[2]}".encode("utf-8", "surrogateescape")
+            start = b"" if kept[0] is None else repr(kept[0]).encode()
+            self._new[k] = (key, b"%s\t%s\t%s\t%s" % (start, kept[1].encode(), kept[2], kept[3]))
+            self.changed = True
 
-    def forget_missing(self, seen: set[tuple[str, str]], experiment: str | None) -> None:
-        """Drop the entries of folders the scan did not find (deleted runs)."""
-        for k in self._old:
-            if k not in seen and (experiment is None or k[0] == experiment):
-                self._dropped.add(k)
+    def hits_digest(self) -> str:
+        """A digest of the entries lookups hit, in scan order: while it is the
+        same, so are those runs (their folders, hence their files: see above)."""
+        import hashlib
+        return hashlib.sha256(b"\n".join(self._used)).hexdigest()
+
+    def forget_missing(self, experiment: str | None) -> None:
+        """End of a scan (of every run folder, or of one ``experiment``'s): after
+        a whole scan, entries no lookup hit (runs deleted, changed) are dropped."""
+        if experiment is None:
+            self._complete = True
+            if len(set(self._used)) < len(self._old):
                 self.changed = True
 
     def save(self) -> bool:
         """Write the index as it now is (old entries still valid plus new ones)
         as a new file replacing the old. False when the base is not writable
         (the listing was right anyway; the next one misses again)."""
-        import orjson
         import threading
         tmp = os.path.join(self.base, f"{INDEX_FILE}.{os.getpid()}.{threading.get_ident()}."
                                       f"{time.monotonic_ns()}.tmp")
@@ -208,16 +281,11 @@ class RunIndex:
                 # the filesystem's own clock: a folder changed within RACY of it
                 # could change again within one timestamp tick, unseen
                 fs_now = os.fstat(f.fileno()).st_mtime_ns - int(RACY * 1e9)
-                entries = {k: v for k, v in self._old.items() if k not in self._dropped}
-                entries.update(self._new)
-                lines = []
-                for (exp, name), (key, line) in entries.items():
-                    if not (isinstance(key, list) and len(key) == 3 and type(key[2]) is int
-                            and key[2] < fs_now and key[1] < fs_now):
-                        continue
-                    b = orjson.dumps([exp, name, key, line])
-                    if len(b) <= MAX_ENTRY_BYTES:
-                        lines.append(b)
+                old = (dict.fromkeys(self._used) if self._complete else self._old)
+                lines = [b"%s\t%s" % (k, self._old[k]) for k in old if k not in self._new]
+                lines += [b"%s\t%s" % (k, raw) for k, (key, raw) in self._new.items()
+                          if key[1] < fs_now and key[2] < fs_now]
+                lines = [b for b in lines if len(b) <= MAX_ENTRY_BYTES]
                 body = b"\n".join(lines) + b"\n"
                 f.write(b"%s %d %d %08x\n" % (MAGIC, INDEX_FORMAT, len(body), zlib.crc32(body)))
                 f.write(body)
@@ -254,11 +322,15 @@ class RunIndex:
                 "hits": self.hits, "misses": self.misses, "kept": self.kept}
 
 
-def parse(data: bytes) -> dict[tuple[str, str], list[Any]] | None:
-    """The entries of an index file's bytes, or None when its header does not
-    match its body (another format, cut, garbled). Malformed entries are left
-    out (a miss each); their fields are checked when used (``_decode``)."""
-    import orjson
+_UNSPLIT = re.compile("[\t\n]")       # a name holding these would break its entry's line
+_STATUSES = {s.encode(): s for s in FINAL_STATUSES}
+
+
+def parse(data: bytes) -> dict[bytes, bytes] | None:
+    """The entries of an index file's bytes (KEY: the rest of the line), or None
+    when its header does not match its body (another format, cut, garbled).
+    Each entry's frame is checked when looked up (``_frame``), its JSON when
+    decoded (``_decode``)."""
     head, sep, body = data.partition(b"\n")
     if not sep:
         return None
@@ -269,16 +341,9 @@ def parse(data: bytes) -> dict[tuple[str, str], list[Any]] | None:
             return None
     except ValueError:
         return None
-    out: dict[tuple[str, str], list[Any]] = {}
+    out = {}
     for raw in body.split(b"\n"):
-        if not raw:
-            continue
-        try:
-            e = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        if (isinstance(e, list) and len(e) == 4 and isinstance(e[0], str)
-                and isinstance(e[1], str) and isinstance(e[2], list) and len(e[2]) == 3
-                and all(type(x) is int for x in e[2])):
-            out[(e[0], e[1])] = [tuple(e[2]), e[3]]
+        k, _, v = raw.partition(b"\t")
+        out[k] = v
+    out.pop(b"", None)
     return out

@@ -129,17 +129,26 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
     damaged: dict[str, str] = {}
     skipped: dict[str, str] = {}
     new_points = 0
+    from expman.index import RunIndex
+    index = RunIndex.load(base)         # read, never written here
     for run_dir in layout.iter_run_dirs(base):
         exp, name = run_dir.parent.name, run_dir.name
         rid = f"{exp}/{name}"
+        line, key = index.lookup(exp, name, str(run_dir))
+        old = known.get(rid)
+        if line is not None and old is not None and old.get("folder") == list(key or ()):
+            rows.setdefault(exp, []).append(_kept_row(run_dir, line, old))
+            continue        # exported whole when final, its folder unchanged since
         try:
-            row = _export_run(run_dir, known.get(rid), damaged, skipped)
+            row = _export_run(run_dir, old, damaged, skipped)
         except Exception as e:  # noqa: BLE001  (MemoryError, RecursionError too: one run only)
             damaged[rid] = f"not exported: {type(e).__name__}: {e}"
             continue
         if row is None:
             continue
         entry, run_row, new = row
+        if key is not None and run_row["status"] in layout.FINAL_STATUSES and rid not in damaged:
+            entry["folder"] = list(key)     # its folder's key, taken before it was read
         known[rid] = entry
         rows.setdefault(exp, []).append(run_row)
         for rank, branch, metrics in new:
@@ -171,6 +180,18 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
     return {"runs": sum(len(r) for r in rows.values()), "new_points": new_points,
             "parts": parts, "damaged": damaged, "skipped": skipped,
             "seconds": time.perf_counter() - t0}
+
+
+def _kept_row(run_dir: Path, line: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """The runs-table row of a run the listing index holds (``line``: its
+    fields) whose streams the manifest ``entry`` holds to their end."""
+    from expman.table import run_row
+    info = {"id": f"{run_dir.parent.name}/{run_dir.name}", "experiment": run_dir.parent.name,
+            "run_name": run_dir.name, "path": run_dir,
+            **{k: line[k] for k in ("status", "start_time", "end_time", "duration", "exit",
+                                    "data_loss")}}
+    return run_row(info, line["params"],
+                   {m: summary_from_json(s) for m, s in entry["summary"].items()})
 
 
 def _export_run(run_dir: Path, old: dict[str, Any] | None, damaged: dict[str, str],

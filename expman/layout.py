@@ -268,8 +268,17 @@ def _names(dirs: list[Path]) -> str:
 # ---- the machine a run.json names ------------------------------------------------------------
 
 
+HOST_ENV = "EXPMAN_HOST"
+
+
 def hostname() -> str:
-    """This machine's name as run.json records it."""
+    """This machine's name as run.json records it and liveness compares it:
+    ``$EXPMAN_HOST`` when set (containers that all share one hostname on
+    several machines; tests that play two hosts over one folder), else the
+    system's."""
+    chosen = os.environ.get(HOST_ENV)
+    if chosen:
+        return chosen
     import socket
     try:
         return socket.gethostname()

@@ -34,8 +34,8 @@ from expman.readmodel import settle_torn_tail
 from expman.series import Metrics, Series, check_duplicates, column, concat
 from expman.tail import RunTail, TailBatch, read_metrics, warn_damage
 
-__all__ = ["open_run", "list_runs", "update_index", "run_duration", "Run", "Series", "Metrics", "RunSummary",
-           "RunListCache", "RunStatus", "rank_losses",
+__all__ = ["open_run", "list_runs", "list_runs_json", "update_index", "run_duration", "Run",
+           "Series", "Metrics", "RunSummary", "RunListCache", "RunStatus", "rank_losses",
            "RunTail", "TailBatch", "effective_status", "STATUSES", "read_metrics", "public_events"]
 
 def run_duration(meta: dict[str, Any], status: str, path: Path) -> float | None:
@@ -777,10 +777,7 @@ def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | 
     into the base dir) it is only read, unless ``index=True``.
     ``index=False`` reads every run folder, as the index would."""
     base = _base(_local(base_dir) if base_dir is not None else None)
-    if isinstance(status, str):
-        wanted = {status.upper()}
-    else:
-        wanted = {s.upper() for s in status} if status else set()
+    wanted = _statuses(status)
     early = metrics and limit is None       # one pass: metrics read with the metadata
     idx = None
     if index is not False:
@@ -808,22 +805,81 @@ def list_runs(base_dir: str | os.PathLike[str] | None = None, experiment: str | 
     return out
 
 
+def list_runs_json(base_dir: str | os.PathLike[str] | None = None,
+                   experiment: str | None = None, status: str | Iterable[str] | None = None, *,
+                   limit: int | None = None, tags: str | Iterable[str] | None = None,
+                   group: str | None = None) -> bytes:
+    """``list_runs`` as the JSON array ``expman list --json`` prints: each
+    line's ``to_dict()`` (non-finite floats spelled), one a line. A line the
+    listing index holds is copied from it as stored, never decoded and built
+    again: over many finished runs, the listing is one read, a ``stat`` per
+    run folder and a join. Live and changed runs are read as ``list_runs`` reads them."""
+    if tags or group is not None:       # filters on fields a kept line does not spell out
+        import orjson
+
+        from expman.layout import jsonable
+        return _json_lines([orjson.dumps(jsonable(r.to_dict())) for r in list_runs(
+            base_dir, experiment, status, limit=limit, tags=tags, group=group)])
+    base = _base(_local(base_dir) if base_dir is not None else None)
+    return _json_listing(base, experiment, _statuses(status), limit)[0]
+
+
+def _json_listing(base: Path, experiment: str | None = None, wanted: set[str] | None = None,
+                  limit: int | None = None) -> tuple[bytes, Any, list[str]]:
+    """``list_runs_json`` of ``base``, with the ``RunIndex`` it used (which
+    entries it hit: ``hits_digest``) and the run folders it read instead."""
+    import orjson
+    from operator import itemgetter
+
+    from expman.index import RunIndex, kept_json
+    from expman.layout import jsonable
+    idx = RunIndex.load(base)
+    lines = _scan(base, experiment, True, None, idx, as_json=True)
+    if idx.changed:
+        idx.save()
+    picked = [((line[0][0] if type(line) is tuple else line.start_time) or 0.0, line)
+              for line in lines
+              if not wanted or (line[0][1] if type(line) is tuple else line.status) in wanted]
+    picked.sort(key=itemgetter(0), reverse=True)
+    if limit is not None:
+        picked = picked[:max(0, limit)]
+    data = _json_lines([kept_json(*line) if type(line) is tuple
+                        else orjson.dumps(jsonable(line.to_dict())) for _, line in picked])
+    return data, idx, [str(line.path) for line in lines if type(line) is not tuple]
+
+
+def _json_lines(rows: list[bytes]) -> bytes:
+    return b"[\n" + b",\n".join(rows) + b"\n]" if rows else b"[]"
+
+
+def _statuses(status: str | Iterable[str] | None) -> set[str]:
+    if isinstance(status, str):
+        return {status.upper()}
+    return {s.upper() for s in status} if status else set()
+
+
 def _scan(base: Path, experiment: str | None, early: bool, cache: RunListCache | None,
-          idx: Any) -> list[RunSummary]:
+          idx: Any, as_json: bool = False) -> list[Any]:
     """Every run's line under ``base``, unsorted: from the index ``idx``
     (an ``expman.index.RunIndex``) where it holds the folder as it is, else
-    read (with metrics when ``early``, and then offered to the index)."""
-    out = []
+    read (with metrics when ``early``, and then offered to the index).
+    ``as_json``: a line from the index is a ``(index.Kept, path)`` pair, not decoded."""
+    out: list[Any] = []
     seen = set()
-    found: set[tuple[str, str]] = set()
+    dot = os.fspath(base) == "."            # "./exp/run": Path(run) spells it "exp/run"
     for run, exp, name, linked in scan_run_dirs(base, experiment):
-        line, keep = None, None
+        line: Any = None
+        keep = None
         if idx is not None and not linked:      # a link may lead anywhere: always read
-            found.add((exp, name))
-            kept, key = idx.lookup(exp, name, run)
-            if kept is not None:
-                line = RunSummary(**kept, path=Path(run))
-            elif early:                         # a line without metrics is not kept
+            if as_json:
+                kept, key = idx.lookup_kept(exp, name, run)
+                if kept is not None:
+                    line = (kept, run[2:] if dot else run)
+            else:
+                fields, key = idx.lookup(exp, name, run)
+                if fields is not None:
+                    line = RunSummary(**fields, path=Path(run))
+            if line is None and early:                         # a line without metrics is not kept
                 def keep(line: RunSummary, meta: dict[str, Any], exp: str = exp,
                          name: str = name, key: Any = key) -> None:
                     idx.offer(exp, name, key, line, meta)
@@ -831,11 +887,12 @@ def _scan(base: Path, experiment: str | None, early: bool, cache: RunListCache |
             line = _line(run, exp, name, early, cache if early else None, linked, keep)
         if line is not None:
             out.append(line)
-            seen.add(run)
+            if cache is not None:
+                seen.add(run)
     if cache is not None and early and experiment is None:
         cache._prune(seen)
     if idx is not None:
-        idx.forget_missing(found, experiment)
+        idx.forget_missing(experiment)
     return out
 
 

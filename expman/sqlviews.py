@@ -12,11 +12,16 @@ Views (``run`` is ``experiment/run_name`` everywhere):
 - ``events``: run, rank, time, kind, level, msg, data (the event as JSON);
 - ``artifacts``: run, name, type, path, version, size, sha256, time.
 
-Kept current incrementally: ``metrics`` reads a Parquet lake in the cache
-folder (``$EXPMAN_CACHE_DIR/sql/<base>``) which ``expman.lake.export_lake``
-brings up to date before each query, decoding only the frames appended since
-(a point that reached metrics.bin is in the next query). The other views are
-built per query from the run folders, only when the query names them.
+Kept current incrementally, in the cache folder (``$EXPMAN_CACHE_DIR/sql/<base>``):
+``runs`` and ``params`` read ``runs-view.json`` (the listing as ``expman list --json``
+prints it, through the listing index) and ``params-view.json``, rewritten only when
+the listing changed; ``metrics`` reads a Parquet lake which
+``expman.lake.export_lake`` brings up to date, decoding only the frames appended
+since, and only when an index entry or a metric stream of a run read from its
+folder changed (a point that reached metrics.bin is in the next query). A warm
+query over unchanged runs is one listing through the index (a ``stat`` per run
+folder) and DuckDB reading those files. ``events`` and ``artifacts`` are built
+per query from the run folders, only when the query names them.
 Needs the ``sql`` extra (duckdb, pyarrow, pandas for a DataFrame).
 """
 
@@ -57,64 +62,97 @@ def connect(base_dir: str | os.PathLike[str] | None = None, query: str | None = 
     wanted = set(VIEWS) if query is None else {
         v for v in VIEWS if re.search(rf"\b{v}\b", query, re.IGNORECASE)}
     con = duckdb.connect()
-    lines = None
-    if wanted & {"runs", "params", "events", "artifacts", "metrics"}:
-        from expman.reader import list_runs
-        lines = list_runs(base)
-    if "runs" in wanted:
-        _register(con, "runs", _runs_table(lines or []))
-    if "params" in wanted:
-        _register(con, "params", _params_table(lines or []))
+    if wanted & {"runs", "params", "metrics"}:
+        _listing_views(con, base, wanted)
     if wanted & {"events", "artifacts"}:
-        events, artifacts = _events_tables(lines or [])
+        from expman.reader import list_runs
+        events, artifacts = _events_tables(list_runs(base))
         _register(con, "events", events)
         _register(con, "artifacts", artifacts)
-    if "metrics" in wanted:
-        import pyarrow as pa
-        con.register("_run_ids", pa.table({"run": pa.array([r.id for r in lines or []],
-                                                            pa.string())}))
-        _metrics_view(con, base)
     return con
+
+
+RUNS_COLUMNS = {"id": "VARCHAR", "experiment": "VARCHAR", "run_name": "VARCHAR",
+                "status": "VARCHAR", "start_time": "DOUBLE", "end_time": "DOUBLE",
+                "duration": "DOUBLE", "points": "BIGINT", "tags": "VARCHAR[]",
+                "group": "VARCHAR", "notes": "VARCHAR", "damaged": "VARCHAR", "path": "VARCHAR"}
+PARAMS_COLUMNS = {"run": "VARCHAR", "key": "VARCHAR", "value": "VARCHAR", "number": "DOUBLE"}
+
+
+def _listing_views(con: Any, base: Path, wanted: set[str]) -> None:
+    """``runs``, ``params`` and ``metrics`` from files in the lake folder, each
+    written again only when what it holds changed: the listing as JSON (through
+    the index: a finished run's line is copied from it, ``reader.list_runs_json``),
+    params flattened from it, and the metrics lake, exported again only when an
+    index entry used or a stream of a run read from its folder changed. A warm
+    query over unchanged runs reads none of the runs' files and never imports pyarrow."""
+    from expman.reader import _json_listing
+    lake = lake_dir(base)
+    with _exclusive(lake):                  # one writer per lake folder at a time
+        listing, idx, read = _json_listing(base)
+        digest = hashlib.sha256(listing).hexdigest()
+        runs_file, params_file = lake / "runs-view.json", lake / "params-view.json"
+        if _mark(lake / "runs.sig") != digest or not params_file.exists():
+            _replace(runs_file, listing)
+            _replace(params_file, _params_json(listing))
+            _replace(lake / "runs.sig", digest.encode())
+        if "metrics" in wanted:
+            _export_metrics(base, lake, idx.hits_digest(), read)
+    con.execute(f"create view runs as select id as run, * exclude (id) from "
+                f"{_read_json(runs_file, RUNS_COLUMNS)}")
+    con.execute(f"create view params as select * from {_read_json(params_file, PARAMS_COLUMNS)}")
+    if "metrics" in wanted:
+        _metrics_view(con, lake)
+
+
+def _read_json(path: Path, columns: dict[str, str]) -> str:
+    cols = ", ".join(f"{_quote(k)}: '{t}'" for k, t in columns.items())
+    return f"read_json({_literal(path)}, format = 'array', columns = {{{cols}}})"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _mark(path: Path) -> str | None:
+    from expman._fsutil import read_regular
+    try:
+        return read_regular(path, limit=1 << 10).decode("ascii", "replace")
+    except (OSError, ValueError):
+        return None
+
+
+def _replace(path: Path, data: bytes) -> None:
+    from expman._fsutil import atomic_open
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+def _params_json(listing: bytes) -> bytes:
+    """The params view's rows (run, key, value as text, number) of a JSON listing."""
+    import orjson
+
+    from expman.readmodel import flatten_params
+    rows = []
+    for line in orjson.loads(listing):
+        params = line.get("params")
+        if not isinstance(params, dict):
+            continue
+        for k, v in flatten_params(params).items():
+            rows.append({"run": line["id"], "key": k,
+                         "value": v if isinstance(v, str) else orjson.dumps(v).decode(),
+                         "number": float(v) if isinstance(v, (int, float))
+                         and not isinstance(v, bool) else None})
+    return orjson.dumps(rows)
 
 
 def _register(con: Any, name: str, table: Any) -> None:
     con.register(f"_{name}_arrow", table)
     con.execute(f"create view {name} as select * from _{name}_arrow")
-
-
-def _runs_table(lines: list[Any]) -> Any:
-    import pyarrow as pa
-    cols: dict[str, list[Any]] = {k: [] for k in (
-        "run", "experiment", "run_name", "status", "start_time", "end_time", "duration",
-        "points", "tags", "group", "notes", "damaged", "path")}
-    for r in lines:
-        for k, v in (("run", r.id), ("experiment", r.experiment), ("run_name", r.run_name),
-                     ("status", r.status), ("start_time", r.start_time),
-                     ("end_time", r.end_time), ("duration", r.duration), ("points", r.points),
-                     ("tags", r.tags), ("group", r.group), ("notes", r.notes),
-                     ("damaged", r.damaged), ("path", str(r.path))):
-            cols[k].append(v)
-    types = {"start_time": pa.float64(), "end_time": pa.float64(), "duration": pa.float64(),
-             "points": pa.int64(), "tags": pa.list_(pa.string())}
-    return pa.table({k: pa.array(v, type=types.get(k, pa.string())) for k, v in cols.items()})
-
-
-def _params_table(lines: list[Any]) -> Any:
-    import orjson
-    import pyarrow as pa
-
-    from expman.readmodel import flatten_params
-    run, key, value, number = [], [], [], []
-    for r in lines:
-        for k, v in flatten_params(r.params).items():
-            run.append(r.id)
-            key.append(k)
-            value.append(v if isinstance(v, str) else orjson.dumps(v).decode())
-            number.append(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
-                          else None)
-    return pa.table({"run": pa.array(run, pa.string()), "key": pa.array(key, pa.string()),
-                     "value": pa.array(value, pa.string()),
-                     "number": pa.array(number, pa.float64())})
 
 
 def _events_tables(lines: list[Any]) -> tuple[Any, Any]:
@@ -186,19 +224,19 @@ def lake_dir(base: Path) -> Path:
     return cache_root() / "sql" / key
 
 
-def _metrics_view(con: Any, base: Path) -> None:
-    from expman.lake import METRICS_DIR, export_lake
-    lake = lake_dir(base)
-    with _exclusive(lake):              # one exporter per lake at a time
-        mark = lake / "streams.sig"
-        sig = _streams_signature(base)
-        try:
-            same = mark.read_text() == sig
-        except OSError:
-            same = False
-        if not same:                    # else no metric stream changed since the last export
-            export_lake(base, lake)
-            mark.write_text(sig)
+def _export_metrics(base: Path, lake: Path, kept: str, read: list[str]) -> None:
+    """Bring the metrics lake up to date unless nothing can have changed: the
+    same index entries hit (finished runs whose folders did not change) and every
+    metric stream of the runs read from their folders as it was."""
+    from expman.lake import export_lake
+    sig = kept + _streams_signature(read)
+    if _mark(lake / "streams.sig") != sig:
+        export_lake(base, lake)
+        _replace(lake / "streams.sig", sig.encode())
+
+
+def _metrics_view(con: Any, lake: Path) -> None:
+    from expman.lake import METRICS_DIR
     parts = sorted((lake / METRICS_DIR).glob("*/*.parquet"))
     if not parts:
         con.execute("create view metrics as select * from (values (null::varchar, "
@@ -206,21 +244,19 @@ def _metrics_view(con: Any, base: Path) -> None:
                     "null::double, null::bigint)) t(run, experiment, rank, metric, step, time, "
                     "value, branch) where false")
         return
-    files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
+    files = ", ".join(_literal(p) for p in parts)
     con.execute(f"""create view metrics as
         select experiment || '/' || run as run, experiment, rank::bigint as rank, metric,
                step::bigint as step, time, value, branch::bigint as branch
         from read_parquet([{files}], hive_partitioning = true, union_by_name = true)
-        where experiment || '/' || run in (select run from _run_ids)""")   # not deleted runs
+        where experiment || '/' || run in (select run from runs)""")   # not deleted runs
 
 
-def _streams_signature(base: Path) -> str:
-    """A digest of every metric stream's (path, inode, size, mtime, ctime): when it
-    is what it was at the last export, the lake holds every point (a warm query
-    over a base where nothing was logged skips the export's walk)."""
-    from expman.layout import scan_run_dirs
+def _streams_signature(runs: list[str]) -> str:
+    """A digest of the metric streams' (path, inode, size, mtime, ctime) of the
+    run folders ``runs``."""
     h = hashlib.sha256()
-    for run, _exp, _name, _linked in scan_run_dirs(base):
+    for run in runs:
         try:
             with os.scandir(run) as it:
                 for e in it:

@@ -188,15 +188,22 @@ def test_a_bad_index_is_ignored_and_rebuilt(mixed: Path, content: Any) -> None:
     if content == "cut":
         content = real[: len(real) // 2]
     elif content == "crafted":
-        bad = [["exp0", "r000000", [1, 2, 3], {}], ["..", "..", [0, 0, 0], {"status": "FINISHED"}],
-               "not a list", [1, 2, 3, 4], ["exp0", "x", [1, 2], {}], ["a", "b", ["x", 1, 2], {}]]
-        key = list(expman.index.dir_key(os.stat(sorted(mixed.glob("exp0/r*"))[0])))
-        fields = {"experiment": 1, "run_name": None, "status": "FINISHED", "params": [],
-                  "last_metrics": {"loss": "not a float"}, "points": -1, "tags": [1]}
-        bad.append(["exp0", sorted(mixed.glob("exp0/r*"))[0].name, key, fields])
-        body = b"\n".join(json.dumps(e).encode() for e in bad) + b"\n"
+        first = sorted(mixed.glob("exp0/r*"))[0]
+        st = os.stat(first)
+        key = f"exp0/{first.name} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns}".encode()
+        fields = {"id": "exp0/x", "experiment": 1, "run_name": None, "status": "FINISHED",
+                  "params": [], "last_metrics": {"loss": "not a float"}, "points": -1,
+                  "tags": [1], "damaged": None, "path": ""}
+        body = json.dumps(fields, separators=(",", ":")).encode()
+        cut = body.index(b',"path":') + len(b',"path":')
+        bad = [b"no tab at all", b"../..\t1.0\tFINISHED\t{}\t{}", key + b"\tgarbage",
+               key + b"\tnan\tFINISHED\t" + body[:cut] + b'\t,"status_rank":null}',
+               key + b"\t1.0\tRUNNING\t" + body[:cut] + b'\t,"status_rank":null}',
+               key + b"\t1.0\tFINISHED\t" + body[:cut] + b'\t,"status_rank":null}']
+        body = b"\n".join(bad) + b"\n"
         import zlib
-        content = b"expman-index 1 %d %08x\n" % (len(body), zlib.crc32(body)) + body
+        content = b"expman-index %d %d %08x\n" % (expman.index.INDEX_FORMAT, len(body),
+                                                   zlib.crc32(body)) + body
         assert parse(content) is not None
     path.write_bytes(content)
     assert rows(mixed) == truth
@@ -349,3 +356,122 @@ def test_runs_table_is_the_same_through_the_index(mixed: Path,
     monkeypatch.setattr(expman.reader, "list_runs",
                         functools.partial(expman.reader.list_runs, index=False))
     assert table() == with_index and len(with_index) == 24
+
+
+def json_rows(base: Path | str, **kw: Any) -> list[dict[str, Any]]:
+    from expman.reader import list_runs_json
+    return [steady(d) for d in json.loads(list_runs_json(base, **kw))]
+
+
+def as_printed(base: Path | str, **kw: Any) -> list[dict[str, Any]]:
+    from expman.layout import jsonable
+    return [steady(jsonable(r.to_dict())) for r in list_runs(base, index=False, **kw)]
+
+
+@pytest.mark.parametrize("kw", [{}, {"limit": 5}, {"experiment": "exp1"}, {"status": "CRASHED"},
+                                {"status": ["FAILED", "FINISHED"], "limit": 3},
+                                {"tags": "seed1", "group": "lr0.1"}, {"limit": 0}])
+def test_the_json_listing_copies_kept_lines_as_list_runs_prints_them(mixed: Path,
+                                                                     kw: dict[str, Any]) -> None:
+    truth = as_printed(mixed, **kw)
+    assert json_rows(mixed, **kw) == truth           # (writes the index: what it read)
+    update_index(mixed)
+    assert update_index(mixed)["hits"] == 17
+    assert json_rows(mixed, **kw) == truth           # kept lines copied from the index
+    assert json_rows(mixed, **kw) == rows(mixed, **kw)              # and as decoded
+
+
+def test_the_json_listing_from_a_relative_base(mixed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    update_index(mixed)
+    for cwd, base in ((mixed, "."), (mixed.parent, "runs"), (mixed.parent, "./runs/")):
+        monkeypatch.chdir(cwd)
+        assert json_rows(base) == as_printed(base)
+        assert json_rows(base) == [steady(r.to_dict()) for r in list_runs(base)]
+
+
+def test_what_the_index_cannot_spell_is_read_each_time(tmp_path: Path) -> None:
+    """A name holding a tab or a newline (it would break its entry's line) and a
+    last value that is a NaN with a payload (JSON spells it plain "NaN")."""
+    import struct
+    base = tmp_path / "runs"
+    odd_nan = struct.unpack("<d", struct.pack("<Q", 0x7FF8_0000_0000_0001))[0]
+    for name, value in (("tab", 1.0), ("line", 1.0), ("payload", odd_nan),
+                        ("plain", float("nan"))):
+        with expman.Experiment("e", name, base_dir=base, capture_env=False,
+                               system_metrics=False, handle_signals=False) as exp:
+            exp.log_metrics({"loss": value}, step=0)
+    (base / "e" / "tab").rename(base / "e" / "tab\there")      # (copied in by hand: expman
+    (base / "e" / "line").rename(base / "e" / "line\nbreak")   # refuses such names)
+    tick(base)
+    truth = same(base)
+    stats = update_index(base)
+    assert (stats["runs"], stats["kept"]) == (4, 1)            # only "plain"
+    assert same(base) == truth
+    assert json_rows(base) == as_printed(base)
+    payload = next(r for r in list_runs(base) if r.run_name == "payload")
+    assert struct.pack("<d", payload.last_metrics["loss"]) == struct.pack("<d", odd_nan)
+
+
+def test_cli_list_json_prints_one_run_a_line(mixed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from expman.cli import main
+    update_index(mixed)
+    assert main(["list", str(mixed), "--json"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("\n") == 24 + 2 and text.startswith("[\n{") and text.endswith("}\n]\n")
+    assert [steady(d) for d in json.loads(text)] == rows(mixed, index=False)
+    (mixed / "empty").mkdir()
+    assert main(["list", str(mixed / "empty"), "--json"]) == 0
+    assert capsys.readouterr().out == "[]\n"
+
+
+HOLDER = """
+import sys
+import expman
+exp = expman.Experiment("exp0", "held", base_dir={base!r}, capture_env=False,
+                        system_metrics=False, handle_signals=False)
+exp.log_metrics({{"loss": 1.0}}, step=0)
+exp.flush()
+print("open", flush=True)
+sys.stdin.readline()
+exp.close()
+"""
+
+
+def test_two_hosts_over_one_folder(mixed: Path) -> None:
+    """Processes that are two hosts to expman ($EXPMAN_HOST: the name run.json
+    records and liveness compares) make runs, list and rewrite the index in one
+    base dir at once, while a run of host A stays open: host B never takes it for
+    finished nor keeps it, and the index ends right for both."""
+    bench = str(Path(__file__).parent.parent / "bench")
+    env = {**os.environ, "PYTHONPATH": str(Path(expman.__file__).parent.parent)}
+    here = Path(__file__).parent
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLDER.format(
+        base=str(mixed)))], env={**env, "EXPMAN_HOST": "host-a"}, cwd=here,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
+        procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(MANY_WRITERS.format(
+            bench=bench, base=str(mixed), w=w))],
+            env={**env, "EXPMAN_HOST": f"host-{'ab'[w % 2]}"}, cwd=here) for w in range(4)]
+        for p in procs:
+            assert p.wait(timeout=180) == 0
+        seen_from_b = subprocess.run(
+            [sys.executable, "-c", "import sys, json; from expman.reader import list_runs_json;"
+             "sys.stdout.write(list_runs_json(sys.argv[1]).decode())", str(mixed)],
+            env={**env, "EXPMAN_HOST": "host-b"}, cwd=here, capture_output=True, check=True)
+        held = [r for r in json.loads(seen_from_b.stdout) if r["id"] == "exp0/held"]
+        assert [r["status"] for r in held] == ["RUNNING"]
+        assert RunIndex.load(mixed).state == "loaded"
+        assert update_index(mixed)["kept"] == 17 + 4 * 6       # the held run is not kept
+        hosts = {p.parent.name: json.loads(p.read_bytes())["host"]
+                 for p in mixed.glob("exp*/r001*/run.json")}
+        assert len(hosts) == 24 and all(h == f"host-{'ab'[int(name[-3]) % 2]}"
+                                        for name, h in hosts.items())
+    finally:
+        holder.communicate(b"\n", timeout=60)
+    assert holder.returncode == 0
+    tick(mixed)
+    truth = same(mixed)
+    assert len(truth) == 24 + 4 * 6 + 1
+    assert [r["status"] for r in truth if r["id"] == "exp0/held"] == ["FINISHED"]
+    assert json_rows(mixed) == as_printed(mixed)

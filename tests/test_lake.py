@@ -315,3 +315,29 @@ def test_cli_names_a_damaged_run_and_exports_the_rest(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.startswith(f"2 runs, {2 * STEPS - 1} new points")
     assert captured.err.startswith("expman: warning: sweep/r0001: DAMAGED: metrics.bin: ")
+
+
+def test_the_lake_lists_through_the_index(tmp_path, monkeypatch):
+    """A finished run the listing index holds, exported whole when final and whose
+    folder did not change since, is not read again; its row is the same. A run
+    resumed since (its folder changed) is read and its new points exported."""
+    import expman.index
+    from expman.reader import update_index
+    monkeypatch.setattr(expman.index, "RACY", 0.0)
+    base = tmp_path / "experiments"
+    make_sweep(base, 0, 6)
+    out = tmp_path / "lake"
+    export_lake(base, out)                   # no index yet: every run read
+    update_index(base)
+    first = duckdb.sql(f"select * from {runs_sql(out)} order by run_name").fetchall()
+    read = []
+    real = lake._export_run
+    monkeypatch.setattr(lake, "_export_run", lambda d, *a: read.append(d.name) or real(d, *a))
+    assert export_lake(base, out)["new_points"] == 0
+    assert read == []
+    assert duckdb.sql(f"select * from {runs_sql(out)} order by run_name").fetchall() == first
+    with expman.Experiment("sweep", "r0003", base_dir=base, resume=True, capture_env=False,
+                           system_metrics=False) as exp:
+        exp.log_metrics({"loss": -1.0}, step=STEPS)
+    assert export_lake(base, out)["new_points"] == 1 and read == ["r0003"]
+    assert one(f"select points from {runs_sql(out)} where run_name = 'r0003'")[0] == 2 * STEPS

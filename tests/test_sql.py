@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +163,37 @@ def test_import_expman_stays_light() -> None:
                           cwd=Path(__file__).parent)       # not the source tree (no built core)
     assert proc.stdout.strip() == "[]"
     assert "sql" in dir(expman)
+
+
+def test_a_warm_query_over_unchanged_runs_reads_no_run_again(base: Any, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """runs/params/metrics come from files in the lake folder, written again only
+    when what they hold changed; a tag set behind its back still shows."""
+    import expman.lake
+    from expman.runmeta import set_tags
+    from expman.sqlviews import lake_dir
+    b, live = base
+    close_all(live)
+    q = ("select r.run, list_string_agg(r.tags) as tags, p.number from runs r join params p "
+         "using (run) where p.key = 'lr' order by r.run")
+    first = rows(q, b)
+    points = rows("select count(*) as n from metrics", b)[0]["n"]
+    lake = lake_dir(b)
+    files = {n: (lake / n).stat().st_ino for n in ("runs-view.json", "params-view.json", "streams.sig")}
+
+    def no_export(*a: Any, **k: Any) -> None:
+        raise AssertionError("exported again, nothing changed")
+    monkeypatch.setattr(expman.lake, "export_lake", no_export)
+    assert rows(q, b) == first
+    assert rows("select count(*) as n from metrics", b)[0]["n"] == points > 0
+    assert {n: (lake / n).stat().st_ino for n in files} == files
+    set_tags(b / "exp0" / "r000000", add=["late"])
+    tagged = {r["run"]: r["tags"] for r in rows(q, b)}
+    assert tagged["exp0/r000000"].endswith(",late")
+    code = ("import sys; from expman.sqlviews import connect; q = 'select count(*) from runs, params';"
+            "connect(sys.argv[1], q).sql(q).fetchall();"
+            "print('pyarrow' in sys.modules, 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(b)], capture_output=True, text=True,
+                         check=True, cwd=tmp_path,     # not the source tree (no built core)
+                         env={**os.environ, "PYTHONPATH": str(Path(expman.__file__).parent.parent)})
+    assert out.stdout.split() == ["False", "False"]

@@ -19,28 +19,14 @@ spells non-finite floats "NaN", "Infinity", "-Infinity" (``expman.layout``).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import warnings
 from typing import Any
 
 from expman._version import __version__
-from expman.cli import (
-    _text,
-    demo,
-    export_mlflow,
-    files,
-    index,
-    lake,
-    ranks,
-    runs,
-    serve,
-    sql,
-    sync,
-    tags,
-    tensorboard,
-    watch,
-)
+from expman.cli import _text
 from expman.cli._common import BASE_HELP
 from expman.cli._text import CliError, note
 from expman.errors import ExpmanError
@@ -48,14 +34,22 @@ from expman.errors import ExpmanError
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 # each module's add_parser(subparsers) registers its commands, in this order in --help
-MODULES = (demo, serve, runs, files, tags, tensorboard, ranks, lake, export_mlflow, sync, watch,
-           index, sql)
-COMMANDS = ("demo", "serve", "list", "show", "compare", "tail", "export", "verify", "du",
-            "clean", "tag", "note", "import-tensorboard", "ranks", "export-lake", "export-mlflow",
-            "sync", "watch", "index", "sql")
+MODULES = ("demo", "serve", "runs", "files", "tags", "tensorboard", "ranks", "lake",
+           "export_mlflow", "sync", "watch", "index", "sql")
+# the module registering each command: a command imports only its own module
+# (the start-up of `expman list` is part of what a listing costs); --help, an
+# unknown command or a bare `expman` import them all
+COMMAND_MODULES = {
+    "demo": "demo", "serve": "serve", "list": "runs", "show": "runs", "compare": "runs",
+    "tail": "runs", "export": "files", "verify": "files", "du": "files", "clean": "files",
+    "tag": "tags", "note": "tags", "import-tensorboard": "tensorboard", "ranks": "ranks",
+    "export-lake": "lake", "export-mlflow": "export_mlflow", "sync": "sync", "watch": "watch",
+    "index": "index", "sql": "sql"}
+COMMANDS = tuple(COMMAND_MODULES)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of ``command``'s module only."""
     parser = argparse.ArgumentParser(
         prog="expman", description="Read, compare and tidy expman runs.",
         epilog="RUN is a run folder, or EXPERIMENT/RUN_NAME (or EXPERIMENT/latest) under the base "
@@ -65,9 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"expman {__version__}")
     parser.add_argument("--base-dir", metavar="DIR", help=BASE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in MODULES:
-        module.add_parser(sub)
+    for name in (COMMAND_MODULES[command],) if command in COMMAND_MODULES else MODULES:
+        importlib.import_module(f"expman.cli.{name}").add_parser(sub)
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The command ``argv`` names: its first word that is not an option of
+    ``expman`` itself (``--base-dir DIR``, ``--version``, ``-h``)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--base-dir":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int,
@@ -89,7 +95,7 @@ def _utf8_stdout() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_command(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

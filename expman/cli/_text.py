@@ -8,6 +8,7 @@ drive the terminal.
 from __future__ import annotations
 
 import math
+import re
 import sys
 import time
 import unicodedata
@@ -185,10 +186,23 @@ def emit_json(obj: Any) -> None:
     out(orjson.dumps(jsonable(obj), option=orjson.OPT_INDENT_2).decode())
 
 
+def emit_json_bytes(data: bytes) -> None:
+    """JSON already encoded (UTF-8), printed as ``emit_json`` would print it but
+    without decoding it when it holds nothing ``safe`` would change."""
+    if (data.isascii() and b"\x7f" not in data and _UNSAFE_ASCII.search(data) is None
+            and (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"):
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data + b"\n")
+    else:
+        out(data.decode())
+
+
 _UNSAFE = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)]
            if c not in (0x0A, 0x09)}
 _UNSAFE.update({c: f"\\u{c:04x}" for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A),
                                            0x200E, 0x200F, 0x061C]})
+
+_UNSAFE_ASCII = re.compile(rb"[\x00-\x08\x0b-\x1f]")    # (JSON escapes them anyway)
 
 
 def safe(text: str) -> str:

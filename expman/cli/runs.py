@@ -14,17 +14,17 @@ import orjson
 from expman.cli._common import BASE, DIGITS, JSON, add_base_positional, command, remote_run
 from expman.cli._common import base_arg, load, need_base, resolve
 from expman.cli._text import (
-    CliError, clock, count, duration, emit_json, num, num_columns, out, param_text, plural, size,
+    CliError, clock, count, duration, emit_json, emit_json_bytes, num, num_columns, out, param_text,
+    plural, size,
     table, when, note, safe,
 )
 from expman.layout import CRASHED, DAMAGED, RUNNING, STATUSES, jsonable
-from expman.reader import Run, list_runs
+from expman.reader import Run, list_runs, list_runs_json
 from expman.series import Metrics
 from expman.readmodel import artifact_states, integrity_problems
 from expman.readmodel import flatten_params as flatten
 from expman.tables import table_counts
 from expman.tail import RunTail
-from expman.watch import AlertTail, has_alerts, read_alerts
 
 MAX_SHOWN_METRICS = 200      # show summarises beyond this many series
 
@@ -39,6 +39,7 @@ def env_summary(env: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_info(run: Run, messages: int) -> dict[str, Any]:
+    from expman.watch import read_alerts
     msgs = run.messages
     return {
         "id": run.id, "experiment": run.experiment, "run_name": run.run_name,
@@ -245,16 +246,18 @@ def status_text(r: Any, alerted: bool = False) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     base = need_base(base_arg(args, args.base))
+    if args.json:       # the index's lines as stored (reader.list_runs_json)
+        emit_json_bytes(list_runs_json(base, args.experiment, args.status or None,
+                                       limit=args.limit or None, tags=args.tag, group=args.group))
+        return 0
     runs = list_runs(base, args.experiment, args.status or None, limit=args.limit or None,
                      tags=args.tag, group=args.group)
-    if args.json:
-        emit_json([r.to_dict() for r in runs])
-        return 0
     if not runs:
         filt = " matching the filters" if (args.experiment or args.status or args.tag
                                            or args.group) else ""
         out(f"no runs{filt} under {base}")
         return 0
+    from expman.watch import has_alerts
     alerted = {r.id for r in runs if not r.damaged and has_alerts(r.path)}
     forks = any(r.parent for r in runs)         # the PARENT column only when it says something
     out(table(["RUN", "STATUS", "STARTED", "DURATION", *(["PARENT"] if forks else []),
@@ -340,6 +343,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
                        "copy: run `expman tail` again after the next `expman sync`")
     path = resolve(args, args.run)
     tail = RunTail(path)
+    from expman.watch import AlertTail
     alerts = AlertTail(path)        # alerts.jsonl: those of an `expman watch` beside the run
     batch = tail.poll()
     print_batch(batch.metrics, batch.events + alerts.poll(), args.json, args.lines)
