@@ -29,10 +29,11 @@ garbled (a crash of the machine before the data reached the disk) is detected
 and ignored, never half-trusted. A crafted index is bounded (``MAX_INDEX_BYTES``)
 and entries are looked up by the names a directory scan found, so no entry can
 name a folder outside the base. ``list_runs`` checks each entry field by field
-when it decodes it; ``list_runs_json`` (``expman list --json``) checks only an
-entry's frame and copies its JSON as stored: an index forged on purpose by
-someone who can write the base dir can make that output say what they wrote,
-as a forged run.json can, but never make the listing read elsewhere or fail.
+when it decodes it; ``list_runs_json`` (``expman list --json``) checks an
+entry's frame, parses it once (one JSON object, or the folder is read) and
+copies its JSON as stored: an index forged on purpose by someone who can write
+the base dir can make that output say what they wrote, as a forged run.json
+can, but never print what is not JSON, read elsewhere or fail.
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ def dir_key(st: os.stat_result) -> DirKey:
 # pieces around its path, which is the scan's: (start_time, status, head, tail).
 # A plain tuple: a warm listing of 100,000 runs makes one per run.
 Kept = tuple[float | None, str, bytes, bytes]
+
+
+def _one_object(head: bytes, tail: bytes) -> bool:
+    """Whether a kept line with a path in it is one JSON object."""
+    try:
+        return type(orjson.loads(head + b'""' + tail)) is dict
+    except orjson.JSONDecodeError:
+        return False
 
 
 def kept_json(kept: Kept, path: str) -> bytes:
@@ -207,9 +216,11 @@ class RunIndex:
         return line, key
 
     def lookup_kept(self, exp: str, name: str, run: str) -> tuple[Kept | None, DirKey | None]:
-        """``lookup`` as stored, not decoded: for a caller that copies the
+        """``lookup`` as stored, not rebuilt: for a caller that copies the
         line's JSON (written by ``_encode``, guarded by the file's CRC, its
-        frame checked here). Straight-line: a warm listing is this, once per run."""
+        frame checked here, and parsed once: a forged index never makes the
+        listing print what is not one JSON object; ~1 us a line). Straight-line:
+        a warm listing is this, once per run."""
         try:
             st = os.stat(run)
         except OSError:
@@ -228,7 +239,7 @@ class RunIndex:
                         start = float(start_b) if start_b else None
                     except ValueError:
                         start = math.nan
-                    if start is None or math.isfinite(start):
+                    if (start is None or math.isfinite(start)) and _one_object(head, tail):
                         self._used.append(k)
                         self.hits += 1
                         return (start, status, head, tail), key

@@ -475,3 +475,25 @@ def test_two_hosts_over_one_folder(mixed: Path) -> None:
     assert len(truth) == 24 + 4 * 6 + 1
     assert [r["status"] for r in truth if r["id"] == "exp0/held"] == ["FINISHED"]
     assert json_rows(mixed) == as_printed(mixed)
+
+
+def test_a_forged_entry_that_is_not_json_is_read_from_its_folder(mixed: Path) -> None:
+    """An entry whose frame passes but whose text is not one JSON object (an index
+    forged with a valid CRC) never reaches `expman list --json`: that run's folder
+    is read instead, and the output parses."""
+    truth = as_printed(mixed)
+    update_index(mixed)
+    first = sorted(mixed.glob("exp0/r*"))[0]
+    st = os.stat(first)
+    key = f"exp0/{first.name} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns}".encode()
+    old = parse((mixed / INDEX_FILE).read_bytes())
+    assert old is not None and key in old
+    old[key] = b'1.0\tFINISHED\t{"id":]]],"path":\t,"status_rank":{{}'
+    body = b"".join(k + b"\t" + v + b"\n" for k, v in old.items())
+    import zlib
+    (mixed / INDEX_FILE).write_bytes(b"expman-index %d %d %08x\n" % (
+        expman.index.INDEX_FORMAT, len(body), zlib.crc32(body)) + body)
+    assert parse((mixed / INDEX_FILE).read_bytes()) is not None
+    idx = RunIndex.load(mixed)
+    assert idx.lookup_kept("exp0", first.name, str(first))[0] is None    # a miss, not a hit
+    assert json_rows(mixed) == truth
