@@ -754,9 +754,10 @@ async def api_series(request: Request) -> Response:
     branch = _branch_arg(request)
     run = await anyio.to_thread.run_sync(d.cached, exp, name)
     rank = _int_arg(request, "rank", 0, 0, 1 << 20)
+    append_at: int | None = 0
     if rank:                      # a rank's own curve (the run page's overlay): as logged
         snap = await anyio.to_thread.run_sync(_rank_snapshot, run, rank, metric)
-        folded, append_at = False, 0
+        folded = False
     else:
         snap, folded, append_at = await anyio.to_thread.run_sync(_series_of, run, metric, branch)
     if snap is None:
