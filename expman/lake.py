@@ -54,7 +54,7 @@ from urllib.parse import quote
 
 from expman import layout
 from expman._fsutil import atomic_write_json, read_json, read_json_object
-from expman.branches import is_branched, read_history
+from expman.branches import branches_file, is_branched, read_history
 from expman.errors import ExpmanValueError
 from expman.liveness import effective_status
 from expman.reader import listing_loss
@@ -136,7 +136,9 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
         rid = f"{exp}/{name}"
         line, key = index.lookup(exp, name, str(run_dir))
         old = known.get(rid)
-        if line is not None and old is not None and old.get("folder") == list(key or ()):
+        if (line is not None and old is not None and old.get("folder") == list(key or ())
+                and line.get("parent") is None
+                and not os.path.lexists(run_dir / branches_file(0))):
             rows.setdefault(exp, []).append(_kept_row(run_dir, line, old))
             continue        # exported whole when final, its folder unchanged since
         try:
@@ -184,14 +186,18 @@ def export_lake(base_dir: str | os.PathLike[str] | None,
 
 def _kept_row(run_dir: Path, line: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
     """The runs-table row of a run the listing index holds (``line``: its
-    fields) whose streams the manifest ``entry`` holds to their end."""
+    fields) whose streams the manifest ``entry`` holds to their end, neither a
+    fork nor branched (their figures are the main history's, which the
+    manifest's summaries over every row written are not)."""
     from expman.table import run_row
     info = {"id": f"{run_dir.parent.name}/{run_dir.name}", "experiment": run_dir.parent.name,
             "run_name": run_dir.name, "path": run_dir,
             **{k: line[k] for k in ("status", "start_time", "end_time", "duration", "exit",
                                     "data_loss")}}
-    return run_row(info, line["params"],
-                   {m: summary_from_json(s) for m, s in entry["summary"].items()})
+    row = run_row(info, line["params"],
+                  {m: summary_from_json(s) for m, s in entry["summary"].items()})
+    row["parent"] = row["fork_step"] = None     # neither forked nor branched (the caller's rule)
+    return row
 
 
 def _export_run(run_dir: Path, old: dict[str, Any] | None, damaged: dict[str, str],

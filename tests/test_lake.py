@@ -341,3 +341,27 @@ def test_the_lake_lists_through_the_index(tmp_path, monkeypatch):
         exp.log_metrics({"loss": -1.0}, step=STEPS)
     assert export_lake(base, out)["new_points"] == 1 and read == ["r0003"]
     assert one(f"select points from {runs_sql(out)} where run_name = 'r0003'")[0] == 2 * STEPS
+
+
+def test_a_rewound_run_keeps_its_main_history_row_through_the_index(tmp_path, monkeypatch):
+    """The index's fast path (a kept run is not read again) is not taken for a
+    branched run: its runs-table row stays the main history's figures."""
+    import expman.index
+    from expman.reader import update_index
+    monkeypatch.setattr(expman.index, "RACY", 0.0)
+    base = tmp_path / "experiments"
+    with expman.Experiment("sweep", "rw", base_dir=base, capture_env=False,
+                           system_metrics=False) as exp:
+        for s in range(10):
+            exp.log_metrics({"loss": 10.0 + s}, step=s)
+        exp.rewind(5)
+        for s in range(5, 8):
+            exp.log_metrics({"loss": 1.0 * s}, step=s)
+    out = tmp_path / "lake"
+    export_lake(base, out)
+    update_index(base)
+    sql = f'select "metrics.loss.max", "metrics.loss.last" from {runs_sql(out)}'
+    first = duckdb.sql(sql).fetchall()
+    assert first == [(14.0, 7.0)]                 # main history: 10..14 then 5, 6, 7
+    export_lake(base, out)
+    assert duckdb.sql(sql).fetchall() == first
