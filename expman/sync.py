@@ -176,9 +176,9 @@ def _files(run_dir: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
-def run_uuid(meta: bytes | None, where: str) -> str | None:
-    """The ``uuid`` a run.json's bytes hold (None for a run made before uuids, or
-    a run.json that does not parse: a damaged run is still mirrored as it is)."""
+def _meta_doc(meta: bytes | None, where: str) -> dict[str, Any] | None:
+    """A run.json's bytes as an object (None: absent, or a run.json that does not
+    parse: a damaged run is still mirrored as it is)."""
     from expman._fsutil import parse_json
     if meta is None:
         return None
@@ -186,7 +186,13 @@ def run_uuid(meta: bytes | None, where: str) -> str | None:
         doc = parse_json(meta, where)
     except ValueError:
         return None
-    uid = doc.get(UUID) if isinstance(doc, dict) else None
+    return doc if isinstance(doc, dict) else None
+
+
+def run_uuid(meta: bytes | None, where: str) -> str | None:
+    """The ``uuid`` a run.json's bytes hold (None for a run made before uuids, or
+    a run.json that does not parse)."""
+    uid = (_meta_doc(meta, where) or {}).get(UUID)
     return uid if isinstance(uid, str) else None
 
 
@@ -250,14 +256,8 @@ def _is_branches(name: str) -> bool:
 
 def _parent(meta: bytes | None, where: str) -> str | None:
     """The parent a run.json's bytes name (a fork), else None."""
-    from expman._fsutil import parse_json
-    if meta is None:
-        return None
-    try:
-        doc = parse_json(meta, where)
-    except ValueError:
-        return None
-    return layout.fork_parent(doc) if isinstance(doc, dict) else None
+    doc = _meta_doc(meta, where)
+    return layout.fork_parent(doc) if doc is not None else None
 
 
 class _Remote:
