@@ -480,7 +480,6 @@ class Chart {
       return;
     }
     if (this.plot) this.plot.destroy();
-    const self = this;
     this.plot = new uPlot({
       width: this.width,
       height: HEIGHT,
@@ -493,14 +492,7 @@ class Chart {
       cursor: { drag: { x: true, y: false, setScale: false }, bind: { dblclick: () => null } },
       hooks: {
         draw: overlay ? [(u) => overlay.draw(u, xAxis, start)] : [],
-        setSelect: [(u) => {
-          if (u.select.width < 3) return;
-          const lo = u.posToVal(u.select.left, "x");
-          const hi = u.posToVal(u.select.left + u.select.width, "x");
-          u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
-          self.zoom = [lo, hi];
-          self.invalidate();
-        }],
+        setSelect: [zoomOnDrag(this)],
       },
       legend: { live: true },
       plugins: [markersPlugin(() => this.panel.markersFor(this.metric, this.xAxis,
@@ -522,6 +514,19 @@ class Chart {
 const PINNED = "\u0000pinned";   // the pinned charts' section (no metric prefix is this)
 
 // "train/loss" -> "train"; "loss" -> "" (the user's own metrics, first)
+// A drag across a chart zooms it: the chart asks for the dragged x range again
+// (raw points once few enough), double-click goes back. For per-run and band charts.
+export function zoomOnDrag(chart) {
+  return (u) => {
+    if (u.select.width < 3) return;
+    const lo = u.posToVal(u.select.left, "x");
+    const hi = u.posToVal(u.select.left + u.select.width, "x");
+    u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+    chart.zoom = [lo, hi];
+    chart.invalidate();
+  };
+}
+
 export function sectionOf(name) {
   const i = name.indexOf("/");
   return i > 0 ? name.slice(0, i) : "";

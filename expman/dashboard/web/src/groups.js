@@ -7,7 +7,7 @@
 // (`groupby`, `band`), through the page's controls #group-by and #band-stat.
 import uPlot from "uplot";
 import { el, clear, flatten, display, fmtNum, PALETTE } from "./dom.js";
-import { sectionOf, sectionOrder } from "./charts.js";
+import { sectionOf, sectionOrder, zoomOnDrag } from "./charts.js";
 
 const HEIGHT = 240;
 const LIVE_RELOAD_MS = 250;
@@ -285,7 +285,6 @@ class BandChart {
     }
     if (this.plot) this.plot.destroy();
     this.plotLog = log;
-    const self = this;
     this.plot = new uPlot({
       width: this.width,
       height: HEIGHT,
@@ -298,14 +297,7 @@ class BandChart {
       bands,
       cursor: { drag: { x: true, y: false, setScale: false }, bind: { dblclick: () => null } },
       hooks: {
-        setSelect: [(u) => {
-          if (u.select.width < 3) return;
-          const lo = u.posToVal(u.select.left, "x");
-          const hi = u.posToVal(u.select.left + u.select.width, "x");
-          u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
-          self.zoom = [lo, hi];
-          self.invalidate();
-        }],
+        setSelect: [zoomOnDrag(this)],
       },
       legend: { live: true },
     }, data, this.holder);
