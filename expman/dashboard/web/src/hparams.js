@@ -5,8 +5,10 @@
 // pages. Dragging along an axis brushes it: the runs table shows only the runs
 // inside every brush (click an axis to clear its brush). The choices and the
 // brushes live in the URL through the controls #hp-show, #hp-metric,
-// #hp-summary, #hp-params, #hp-x and #hp-brush.
+// #hp-summary, #hp-params, #hp-x and #hp-brush. Text, axes and brushes take
+// their colours from the theme, and are drawn again when it changes.
 import { el, clear, getJSON, fmtNum, display } from "./dom.js";
+import { themeColor } from "./theme.js";
 import "./views.css";
 
 const PAGE = 10000;
@@ -56,6 +58,12 @@ function ramp(t) {            // blue (low) -> orange (high)
   return `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
 }
 
+// the theme's colours for the canvases (style.css's variables), read once per theme:
+// reading them while brushing would make the browser work out every style at each move
+function themeInk() {
+  return { text: themeColor("--fg"), muted: themeColor("--muted"), brush: themeColor("--accent") };
+}
+
 export class HParamsView {
   // onFilter(ids | null): the runs inside every brush (null: no brush)
   constructor(root, { onFilter }) {
@@ -89,6 +97,8 @@ export class HParamsView {
       this.sc);
     root.append(el("label", { class: "hp-toggle" }, this.show, " hyperparameter views"), this.body);
     this.bindBrushing();
+    this.ink = null;
+    window.addEventListener("expman-theme", () => { this.ink = null; this.draw(); });
     // drawn again when its width changes (the page laid out, a resize)
     // (the width is kept: reading it while drawing would lay out the page, runs table and all)
     let t = null;
@@ -253,16 +263,17 @@ export class HParamsView {
     ctx.globalAlpha = 1;
     ctx.font = "11px system-ui, sans-serif";
     ctx.textAlign = "center";
+    const ink = this.ink ||= themeInk();
     axes.forEach((a, i) => {
       const x = g.ax(i);
-      ctx.strokeStyle = "#57606a";
+      ctx.strokeStyle = ink.muted;
       ctx.beginPath(); ctx.moveTo(x, g.py(1)); ctx.lineTo(x, g.py(0)); ctx.stroke();
-      ctx.fillStyle = "#1f2328";
+      ctx.fillStyle = ink.text;
       const last = i === axes.length - 1 && i > 0;    // the edge axes' names stay inside
       ctx.textAlign = i === 0 ? "left" : last ? "right" : "center";
       ctx.fillText(a.name + (a.log ? " (log)" : ""), x + (i === 0 ? -8 : last ? 8 : 0), 14);
       ctx.textAlign = "center";
-      ctx.fillStyle = "#656d76";
+      ctx.fillStyle = ink.muted;
       const ticks = a.numeric ? a.ticks : a.ticks.slice(0, 12);
       for (const t of ticks) {
         const p = a.numeric ? a.pos(t) : a.pos(t);
@@ -270,10 +281,11 @@ export class HParamsView {
       }
       const b = this.brushes[a.name];
       if (b) {
-        ctx.fillStyle = "rgba(37, 99, 235, 0.18)";
-        ctx.strokeStyle = "#2563eb";
+        ctx.fillStyle = ctx.strokeStyle = ink.brush;
         const y0 = g.py(b[1]), y1 = g.py(b[0]);
+        ctx.globalAlpha = 0.18;
         ctx.fillRect(x - 8, y0, 16, y1 - y0);
+        ctx.globalAlpha = 1;
         ctx.strokeRect(x - 8, y0, 16, y1 - y0);
       }
     });
@@ -288,9 +300,10 @@ export class HParamsView {
     const name = this.xParam.value;
     const { ctx, w } = this.size(this.sc);
     ctx.clearRect(0, 0, w, HEIGHT);
+    const ink = this.ink ||= themeInk();
     const xs = name in d.params ? d.params[name] : null;
     if (!xs || !d.metric) {
-      ctx.fillStyle = "#656d76";
+      ctx.fillStyle = ink.muted;
       ctx.fillText(xs ? "choose a metric" : "choose a param for x (it is added to the chosen params)", 20, 30);
       this.sc.dataset.points = "0";
       if (!xs && name) this.setParams([...Object.keys(d.params), name]);
@@ -319,9 +332,9 @@ export class HParamsView {
       }
       ctx.fill();
     }
-    ctx.strokeStyle = "#57606a";
+    ctx.strokeStyle = ink.muted;
     ctx.strokeRect(left, top, right - left, bottom - top);
-    ctx.fillStyle = "#1f2328";
+    ctx.fillStyle = ink.text;
     ctx.font = "11px system-ui, sans-serif";
     ctx.textAlign = "center";
     ctx.fillText(name + (ax.log ? " (log)" : ""), (left + right) / 2, HEIGHT - 6);
