@@ -189,6 +189,9 @@ export class HParamsView {
   draw() {
     if (!this.data || this.body.hidden) return;
     this.axesNow = this.axes();
+    // each run's place on each axis, worked out once: brushing reads them at every move
+    this.posNow = this.axesNow.map((a) => Float64Array.from(a.values, (v) => a.pos(v)));
+    this.brushed = null;           // the lines are drawn afresh: the brushes applied again
     this.drawParallel();
     this.drawScatter();
   }
@@ -227,7 +230,7 @@ export class HParamsView {
     this.pcGeom = g;
     const n = this.data.ids.length;
     const metricAxis = this.data.metric ? axes[axes.length - 1] : null;
-    const pos = axes.map((a) => a.values.map((v) => a.pos(v)));
+    const pos = this.posNow;
     const inside = this.inside;
     ctx.clearRect(0, 0, w, HEIGHT);
     ctx.lineWidth = 1;
@@ -347,6 +350,24 @@ export class HParamsView {
     this.sc.dataset.points = String(points);
   }
 
+  // the runs (indexes) inside every brush, null when no axis is brushed
+  runsInside() {
+    const index = new Map(this.axesNow.map((a, i) => [a.name, i]));
+    const ranges = Object.entries(this.brushes).filter(([k]) => index.has(k))
+      .map(([k, [lo, hi]]) => [this.posNow[index.get(k)], lo - 1e-9, hi + 1e-9]);
+    if (!ranges.length) return null;
+    const inside = new Set();
+    for (let r = 0; r < this.data.ids.length; r++) {
+      let ok = true;
+      for (const [pos, lo, hi] of ranges) {
+        const p = pos[r];
+        if (p < 0 || p < lo || p > hi) { ok = false; break; }
+      }
+      if (ok) inside.add(r);
+    }
+    return inside;
+  }
+
   // drag along an axis: brush it; a click without a drag clears it
   bindBrushing() {
     let drag = null;
@@ -380,31 +401,27 @@ export class HParamsView {
 
   // the runs inside every brush -> the table (quick: the lines only, while dragging);
   // save: write the brushes into the URL
+  // (the lines drawn at the last move of a drag are those of its release: not drawn again)
   applyBrushes(save, quick = false) {
     const t0 = performance.now();
-    const active = this.data && !this.body.hidden ? Object.entries(this.brushes) : [];
-    let inside = null;
-    if (active.length && this.axesNow) {
-      const byName = new Map(this.axesNow.map((a) => [a.name, a]));
-      const ranges = active.map(([k, r]) => [byName.get(k), r]).filter(([a]) => a);
-      if (ranges.length) {
-        inside = new Set();
-        const eps = 1e-9;
-        for (let r = 0; r < this.data.ids.length; r++) {
-          if (ranges.every(([a, [lo, hi]]) => { const p = a.pos(a.values[r]); return p >= 0 && p >= lo - eps && p <= hi + eps; })) inside.add(r);
-        }
-      }
+    const shown = this.data && !this.body.hidden && this.axesNow;
+    const brushed = shown ? brushText(this.brushes) : "";
+    if (brushed !== this.brushed) {
+      this.inside = shown ? this.runsInside() : null;
+      if (shown) this.drawParallel();
+      this.brushed = brushed;
     }
-    this.inside = inside;
-    if (this.data && !this.body.hidden) this.drawParallel();
     if (quick) return;
+    const inside = this.inside;
     const t1 = performance.now();
-    if (inside || this.filtered) this.onFilter(inside ? new Set([...inside].map((r) => this.data.ids[r])) : null);
+    if (inside || this.filtered) this.onFilter(inside ? new Set(Array.from(inside, (r) => this.data.ids[r])) : null);
     this.filtered = !!inside;
     const t2 = performance.now();
-    if (this.data && !this.body.hidden) {      // the scatter follows in the next frame
+    if (shown) {      // the scatter is drawn in the frame after the table's
       cancelAnimationFrame(this.scatterFrame);
-      this.scatterFrame = requestAnimationFrame(() => this.drawScatter());
+      this.scatterFrame = requestAnimationFrame(() => {
+        this.scatterFrame = requestAnimationFrame(() => this.drawScatter());
+      });
     }
     // where the time went (the bench reads these): brush and lines, the table, both
     this.root.dataset.linesMs = String(t1 - t0);

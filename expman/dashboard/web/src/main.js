@@ -233,7 +233,7 @@ function connect() {
   stream.addEventListener("status", (e) => {
     const s = JSON.parse(e.data);
     const row = home.table.rows.get(s.run);
-    if (row) { row.status = s.status; home.table.draw(); }
+    if (row) { row.status = s.status; home.table.changed(); }
   });
   stream.addEventListener("runs", (e) => {
     const d = JSON.parse(e.data);
