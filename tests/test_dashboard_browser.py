@@ -341,9 +341,15 @@ def test_live_run_appears_and_its_chart_grows(page: Any, site: Any, tmp_path: Pa
             return row(page, "live/ticker").locator("td").nth(col).inner_text()
         shown = until(cell)
         until(lambda: cell() not in ("", shown), what="the live row's value changes")
+        page.click('#runs thead th[data-key="status"]')        # sorted by status: RUNNING last
+
+        def statuses() -> list[str]:
+            return page.locator("#runs tr[data-id] .status").all_inner_texts()
+        assert statuses() == sorted(statuses()) and statuses()[-1] == "RUNNING"
         stop.touch()
         assert proc.wait(timeout=30) == 0
         until(lambda: live.locator(".status").inner_text() == "FINISHED")
+        assert statuses() == sorted(statuses())                # sorted again as it changed
     finally:
         stop.touch()
         if proc.poll() is None:
