@@ -3,8 +3,11 @@
 
 - hparams: parallel coordinates over 10,000 runs, from ticking "hyperparameter
   views" to the canvas painted (server warm: the listing and /api/hparams asked
-  once before); then brushing an axis, from the mouse press to the runs table
-  filtered and the next frame painted;
+  once before); then brushing an axis: the whole drag dispatched at once (press,
+  two moves, release in one task), from the press to the runs table filtered and
+  the next frame painted (the lines of the moves are painted in that frame too);
+  and a drag as a mouse makes it (each move painted in its own frame, as the
+  lines follow the mouse), from the release to the table filtered and painted;
 - bands: 20 runs of 1 M points in 4 groups, from choosing "group by" to every
   group's band painted, with the runs decoded in the server's cache (the bands
   themselves computed afresh each time, as the server keeps none);
@@ -72,17 +75,22 @@ OPEN_HPARAMS = """async (n) => {
     return { painted: Number(canvas.dataset.painted) - t0, frame: performance.now() - t0 };
 }"""
 
-# a drag along axis 0 from fraction a to b: press, move, release; then the next frame
-BRUSH = """async ([a, b]) => {
+# a drag along axis 0 from fraction a to b: press, move, release; then the next frame.
+# drag: each move painted before the next event, timed from the release
+BRUSH = """async ([a, b, drag]) => {
     const c = document.getElementById('hp-parallel'), r = c.getBoundingClientRect();
     const n = c.dataset.axes.split('|').length;
     const x = r.left + 40, y = (f) => r.top + 28 + (1 - f) * (320 - 54);
     const ev = (type, target, f) => target.dispatchEvent(new MouseEvent(type,
         { clientX: x, clientY: y(f), bubbles: true }));
-    const t0 = performance.now();
+    const frame = () => new Promise(res => requestAnimationFrame(() => setTimeout(res, 0)));
+    let t0 = performance.now();
     ev('mousedown', c, a);
+    if (drag) await frame();
     ev('mousemove', window, (a + b) / 2);
+    if (drag) await frame();
     ev('mousemove', window, b);
+    if (drag) { await frame(); t0 = performance.now(); }
     ev('mouseup', window, b);
     const handled = performance.now() - t0;
     await new Promise(res => requestAnimationFrame(() => setTimeout(res, 0)));
@@ -113,7 +121,7 @@ def bench_hparams(pw: Any, base: Path, runs: int, results: dict[str, Any], *, se
         total = json.loads(body)["total"]
         results.update(hparams_runs=total, hparams_api_cold_s=api_cold, hparams_api_warm_s=api_warm,
                        hparams_api_bytes=len(body))
-        paints, frames, brushes, handled, lines, tables = [], [], [], [], [], []
+        paints, frames, brushes, handled, lines, tables, releases = [], [], [], [], [], [], []
         for _ in range(REPEATS):
             browser = _browser(pw, chromium, args)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -126,16 +134,21 @@ def bench_hparams(pw: Any, base: Path, runs: int, results: dict[str, Any], *, se
             frames.append(got["frame"] / 1000)
             for a, b in ((1.02, 0.7), (0.5, -0.02), (0.9, 0.2), (0.3, 0.1)):
                 page.click("#hp-clear")
-                br = page.evaluate(BRUSH, [a, b])
+                br = page.evaluate(BRUSH, [a, b, False])
                 brushes.append(br["frame"] / 1000)
                 handled.append(br["handled"] / 1000)
                 lines.append(br["lines"] / 1000)
                 tables.append(br["table"] / 1000)
+                page.click("#hp-clear")
+                dragged = page.evaluate(BRUSH, [a, b, True])
+                assert dragged["count"] == br["count"], (dragged, br)
+                releases.append(dragged["frame"] / 1000)
             results["hparams_brush_table"] = br["count"]
             browser.close()
         results.update(hparams_painted_s=statistics.median(paints), hparams_painted_all=paints,
                        hparams_open_frame_s=statistics.median(frames),
                        hparams_brush_s=statistics.median(brushes), hparams_brush_all=brushes,
+                       hparams_brush_release_s=statistics.median(releases), hparams_brush_release_all=releases,
                        hparams_brush_handler_s=statistics.median(handled),
                        hparams_brush_release_lines_s=statistics.median(lines),
                        hparams_brush_release_table_s=statistics.median(tables))

@@ -315,6 +315,7 @@ def test_live_stream_sends_only_new_points(tmp_path: Path) -> None:
             resp = conn.getresponse()
             assert resp.headers["content-type"].startswith("text/event-stream")
             hello = read_events(resp, lambda ev: len(ev) >= 1)
+            assert isinstance(hello[0][1].pop("scan"), int)       # the scan it starts after
             assert hello[0] == ("hello", {"runs": ["live/r1"], "counts": {"live/r1": {"loss": 100}}})
             for i in range(100, 130):
                 exp.log_metrics({"loss": float(i)}, step=i)
@@ -353,6 +354,56 @@ def test_new_runs_appear_in_the_stream(tmp_path: Path) -> None:
         conn.close()
         listed = {r["id"]: r["status"] for r in get_json(url + "api/runs")["runs"]}
         assert listed == {"demo/first": "FINISHED", "demo/second": "FINISHED"}
+
+
+def open_stream(url: str, query: str = "", headers: dict[str, str] | None = None) -> Any:
+    host, port = urllib.parse.urlsplit(url).netloc.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/api/stream" + query, headers=headers or {})
+    return conn, conn.getresponse()
+
+
+def added_runs(events: list) -> list[str]:
+    return [rid for n, d in events if n == "runs" for rid in d["added"]]
+
+
+def test_a_reopened_stream_announces_the_runs_it_missed(tmp_path: Path) -> None:
+    """The page lists the runs, then opens a stream; it reopens it after every ``runs``
+    event. A run that appears between the listing and the stream, or between the old
+    stream and the new one, is announced all the same: the page says which scan it has
+    seen the new runs of (``since``, the listing's ``scan`` or the last event's)."""
+    demo_run(tmp_path, "first", 0.01, steps=5, artifacts=False)
+    with running_server(tmp_path) as url:
+        listing = get_json(url + "api/runs")
+        assert [r["id"] for r in listing["runs"]] == ["demo/first"]
+        demo_run(tmp_path, "second", 0.01, steps=5, artifacts=False)   # after the listing
+        conn, page = open_stream(url, f"?since={listing['scan']}")
+        hello = read_events(page, lambda ev: len(ev) >= 1)
+        assert hello[0][0] == "hello" and hello[0][1]["scan"] == listing["scan"]
+        assert "lost" not in hello[0][1]
+        evs = read_events(page, lambda ev: "demo/second" in added_runs(ev))
+        assert added_runs(evs) == ["demo/second"]
+        seen = next(d for n, d in evs if n == "runs")["scan"]
+        keeper, kept = open_stream(url)          # another page's stream: the poller goes on
+        read_events(kept, lambda ev: len(ev) >= 1)
+        conn.close()                             # the page reopens its stream...
+        demo_run(tmp_path, "third", 0.01, steps=5, artifacts=False)    # ...a run appears...
+        assert added_runs(read_events(kept, lambda ev: "demo/third" in added_runs(ev))) == ["demo/third"]
+        conn, page = open_stream(url, f"?since={seen}")                 # ...scanned before it
+        evs = read_events(page, lambda ev: "demo/third" in added_runs(ev))
+        assert evs[0][1]["scan"] == seen and added_runs(evs) == ["demo/third"]
+        conn.close()
+        # the browser's own reconnection says the last event's id (the scan) instead
+        conn, page = open_stream(url, "?since=0", {"Last-Event-ID": str(seen)})
+        assert added_runs(read_events(page, lambda ev: "demo/third" in added_runs(ev))) == ["demo/third"]
+        conn.close()
+        # a scan this server never made (it restarted): the page is told to list again
+        conn, page = open_stream(url, "?since=99999")
+        hello = read_events(page, lambda ev: len(ev) >= 1)[0][1]
+        assert hello["lost"] is True and hello["scan"] < 99999
+        conn.close()
+        keeper.close()
+        assert get(url + "api/stream?since=-1")[0] == 400
 
 
 def test_runs_view_follows_changes_between_requests(tmp_path: Path, monkeypatch) -> None:

@@ -344,15 +344,64 @@ def test_live_run_appears_and_its_chart_grows(page: Any, site: Any, tmp_path: Pa
             return row(page, "live/ticker").locator("td").nth(col).inner_text()
         shown = until(cell)
         until(lambda: cell() not in ("", shown), what="the live row's value changes")
+        page.click('#runs thead th[data-key="status"]')        # sorted by status: RUNNING last
+
+        def statuses() -> list[str]:
+            return page.locator("#runs tr[data-id] .status").all_inner_texts()
+        assert statuses() == sorted(statuses()) and statuses()[-1] == "RUNNING"
         stop.touch()
         assert proc.wait(timeout=30) == 0
         until(lambda: live.locator(".status").inner_text() == "FINISHED")
+        assert statuses() == sorted(statuses())                # sorted again as it changed
     finally:
         stop.touch()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     page.watch.check()
+
+
+def test_a_run_appearing_while_the_page_reopens_its_stream_is_shown(browser: Any, tmp_path: Path) -> None:
+    """The page reopens its stream after each new run. A run that appears after the old
+    stream closed, and is scanned by the server before the new one opens, is shown:
+    the new stream starts from the scan the page had seen. The order is forced: the
+    page's second stream request is held until the server's poller (kept going by
+    another stream) has announced the run to that other stream."""
+    import http.client
+    import json
+    demo_run(tmp_path, "first", 0.01, steps=5, artifacts=False)
+    with running_server(tmp_path) as url:
+        host, port = urllib.parse.urlsplit(url).netloc.split(":")
+        other = http.client.HTTPConnection(host, int(port), timeout=30)
+        other.request("GET", "/api/stream")
+        feed = other.getresponse()
+
+        def other_sees(rid: str) -> None:
+            while True:
+                line = feed.readline()
+                assert line, "the other stream ended"
+                if line.startswith(b"data: ") and rid in json.loads(line[6:]).get("added", ()):
+                    return
+        streams: list[str] = []
+
+        def hold(route: Any) -> None:
+            streams.append(route.request.url)
+            if len(streams) == 2:               # the reopened stream, not yet at the server
+                demo_run(tmp_path, "third", 0.01, steps=5, artifacts=False)
+                other_sees("demo/third")        # scanned: a new stream without since misses it
+            route.continue_()
+        ctx, pg, watch = new_page(browser, url)
+        pg.route("**/api/stream*", hold)
+        pg.goto(url)
+        row(pg, "demo/first").wait_for()
+        pg.wait_for_selector("#live-dot.on")
+        demo_run(tmp_path, "second", 0.01, steps=5, artifacts=False)   # the page reopens
+        row(pg, "demo/second").wait_for()
+        row(pg, "demo/third").wait_for()
+        assert "since=" in streams[1]
+        watch.check()
+        ctx.close()
+        other.close()
 
 
 def test_histograms_and_images_have_a_step_slider(browser: Any, tmp_path: Path) -> None:

@@ -261,3 +261,41 @@ def test_hparams_min_summary_and_scatter_of_another_param(page: Any, site: Any) 
     assert axes[-1] == "loss (min)" and "lr" in axes and "seed" in axes
     assert page.locator("#hp-scatter").get_attribute("data-points") == "6"
     page.watch.check()
+
+
+# the brightest opaque pixel (r + g + b) of a canvas's rows y0..y1 (CSS px): its text there
+INK = """([id, y0, y1]) => { const c = document.getElementById(id), dpr = devicePixelRatio;
+    const d = c.getContext('2d').getImageData(0, Math.round(y0 * dpr), c.width, Math.round((y1 - y0) * dpr)).data;
+    let hi = 0;
+    for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 200) hi = Math.max(hi, d[i] + d[i + 1] + d[i + 2]);
+    return hi; }"""
+
+
+def test_hparams_views_are_drawn_in_the_themes_colours(browser: Any, site: Any) -> None:
+    """In dark mode the canvases' text (axis names on top of the parallel coordinates,
+    the scatter's x labels below its frame) is light; the theme toggle draws them
+    again in dark ink; a brush is drawn in the theme's accent."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="dark")
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    watch = Watch(pg, site["url"])
+    pg.goto(home(site, hp="1", hpm="loss", hpp="lr,seed", hpx="seed", brush="lr:0.5:1.0000"))
+    pg.wait_for_selector('#hp-parallel[data-lines="6"]')
+    until(lambda: pg.locator("#hp-scatter").get_attribute("data-points") == "6")
+    assert pg.evaluate("document.documentElement.dataset.theme") == "dark"
+    names, labels = pg.evaluate(INK, ["hp-parallel", 0, 20]), pg.evaluate(INK, ["hp-scatter", 300, 320])
+    assert names > 600 and labels > 600, f"light text on the dark page ({names}, {labels})"
+    accent = pg.evaluate("getComputedStyle(document.documentElement).getPropertyValue('--accent').trim()")
+    x, y = parallel_point(pg, 0, 0.75)
+    box = pg.locator("#hp-parallel").bounding_box()
+    edge = pg.evaluate("""([x, y]) => { const c = document.getElementById('hp-parallel');
+        return Array.from(c.getContext('2d').getImageData(Math.round(x * devicePixelRatio),
+                                                          Math.round(y * devicePixelRatio), 1, 1).data); }""",
+                       [x - box["x"] - 8, y - box["y"]])    # the brush's left edge, nothing under it
+    assert edge[3] > 0 and all(abs(edge[i] - int(accent[1 + 2 * i:3 + 2 * i], 16)) <= 3 for i in range(3)), \
+        (edge, accent)
+    pg.click("#theme-toggle")
+    until(lambda: pg.evaluate(INK, ["hp-parallel", 0, 20]) < 300, what="dark axis names once light")
+    assert pg.evaluate(INK, ["hp-scatter", 300, 320]) < 300
+    watch.check()
+    ctx.close()

@@ -20,6 +20,7 @@ from expman import layout
 
 LIVE_INTERVAL = 0.25               # seconds between polls of the streamed runs
 LIST_INTERVAL = 1.0                # seconds between scans for new runs
+KEPT_SCANS = 64                    # scans whose new runs are kept for streams that reopen
 
 
 class Live:
@@ -33,6 +34,7 @@ class Live:
         self._watchers: dict[str, int] = {}
         self.ids: set[str] | None = None       # run ids of the last scan
         self.added: list[tuple[int, str]] = []    # (scan, id) of runs that appeared, recent
+        self.forgotten = 0                     # the newest scan whose new runs were dropped
         self.rows: dict[str, dict[str, Any]] = {}   # rows of live runs, from the last scan
         self.scans = 0                         # scans done
         self.rounds = 0                        # rounds done (every LIVE_INTERVAL)
@@ -57,6 +59,21 @@ class Live:
         if self.ids is None:
             await anyio.to_thread.run_sync(self._scan)
         return set(self.ids or ())
+
+    def listed(self) -> int:
+        """The scan a listing starting now follows (a first scan if none was done): a
+        page that lists the runs, then opens a stream ``since`` this scan, misses none."""
+        if self.ids is None:
+            self._scan()
+        return self.scans
+
+    def added_since(self, scan: int) -> list[str] | None:
+        """The runs that appeared after scan ``scan``, in order; None when some of them
+        are forgotten (more than KEPT_SCANS scans ago) or the scan is not one of this
+        server's."""
+        if not self.forgotten <= scan <= self.scans:
+            return None
+        return [rid for s, rid in self.added if s > scan]
 
     def unsubscribe(self, runs: list[Any], watch: dict[str, Any]) -> None:
         self.streams -= 1
@@ -126,5 +143,8 @@ class Live:
                 rows[rid] = self.d.live_row(run)
                 if run.status != layout.RUNNING:
                     del self.watched[rid]           # its last row is shown, then it is left
-            self.added = [a for a in self.added if a[0] > scan - 64] + [(scan, r) for r in added]
+            old = [a for a in self.added if a[0] <= scan - KEPT_SCANS]
+            if old:
+                self.forgotten = old[-1][0]
+            self.added = self.added[len(old):] + [(scan, r) for r in added]
             self.ids, self.rows, self.scans = now, rows, scan

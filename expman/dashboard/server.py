@@ -339,9 +339,10 @@ async def api_runs(request: Request) -> Response:
     _sort_key(sort)                       # a bad sort= is a 400 before any listing
 
     def page() -> dict[str, Any]:
+        scan = d.live.listed()            # before the listing: a stream since it misses nothing
         rows = sort_rows(d.rows(), sort, order == "desc")
         return {"base": d.title, "total": len(rows), "offset": offset, "limit": limit,
-                "sort": sort, "order": order, "runs": rows[offset:offset + limit]}
+                "sort": sort, "order": order, "scan": scan, "runs": rows[offset:offset + limit]}
     return await _answer(page)
 
 
@@ -1065,18 +1066,33 @@ async def favicon(request: Request) -> Response:
 # ---- live stream ----------------------------------------------------------------------------
 
 
-def _sse(event: str, data: Any) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(
+def _sse(event: str, data: Any, scan: int | None = None) -> bytes:
+    """An event; ``scan`` is its id (a browser reconnecting sends it as Last-Event-ID)."""
+    head = b"id: %d\n" % scan if scan is not None else b""
+    return head + b"event: " + event.encode() + b"\ndata: " + orjson.dumps(
         data, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n\n"
+
+
+def _since(request: Request) -> int | None:
+    """The last scan a reconnecting page has seen: Last-Event-ID, else ``since``."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("since")
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise HTTPException(400, f"since={raw!r}: not a scan number")
+    return int(raw)
 
 
 async def api_stream(request: Request) -> Response:
     """Server-Sent Events: ``points`` (only points past what was sent, with the index
     of the first), ``status`` when a streamed run ends, ``runs`` with new runs and
     updated rows of live runs. ``run=EXP/RUN`` (repeatable) picks the streamed runs;
-    ``watch=EXP/RUN`` (repeatable) names live rows of the runs view to keep current.
+    ``watch=EXP/RUN`` (repeatable) names live rows of the runs view to keep current;
+    ``since=SCAN`` (or Last-Event-ID) the scan the page has seen the new runs of (a
+    stream reopened announces the runs that appeared while none was open).
     Every stream is fed by the Dashboard's one poller (``live.Live``)."""
     d = _dash(request)
+    since = _since(request)
     ids = request.query_params.getlist("run")
     cached: dict[str, CachedRun] = {}
     for rid in ids:
@@ -1103,8 +1119,14 @@ async def api_stream(request: Request) -> Response:
         try:
             await live.subscribe(followed, watch)    # counted before its first await
             known_scan = live.scans
+            hello: dict[str, Any] = {"runs": list(cached), "counts": counts}
+            if since is not None and live.added_since(since) is not None:
+                known_scan = since                   # its next round sends what came since
+            elif since is not None:
+                hello["lost"] = True                 # too long ago: the page lists again
+            hello["scan"] = known_scan
             rows_of = set(watch)
-            yield b"retry: 1000\n\n" + _sse("hello", {"runs": list(cached), "counts": counts})
+            yield b"retry: 1000\n\n" + _sse("hello", hello, known_scan)
             while not stopping.is_set():
                 await live.next_round()
                 for rid in sorted(streamed):
@@ -1123,7 +1145,8 @@ async def api_stream(request: Request) -> Response:
                     rows = [live.rows[rid] for rid in sorted(rows_of) if rid in live.rows]
                     rows_of -= {r["id"] for r in rows if r["status"] != layout.RUNNING}
                     if rows or added:
-                        yield _sse("runs", {"added": added, "rows": rows})
+                        yield _sse("runs", {"added": added, "rows": rows, "scan": known_scan},
+                                   known_scan)
                     else:
                         yield b": ping\n\n"
         finally:

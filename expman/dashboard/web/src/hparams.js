@@ -5,8 +5,10 @@
 // pages. Dragging along an axis brushes it: the runs table shows only the runs
 // inside every brush (click an axis to clear its brush). The choices and the
 // brushes live in the URL through the controls #hp-show, #hp-metric,
-// #hp-summary, #hp-params, #hp-x and #hp-brush.
+// #hp-summary, #hp-params, #hp-x and #hp-brush. Text, axes and brushes take
+// their colours from the theme, and are drawn again when it changes.
 import { el, clear, getJSON, fmtNum, display } from "./dom.js";
+import { themeColor } from "./theme.js";
 import "./views.css";
 
 const PAGE = 10000;
@@ -56,6 +58,12 @@ function ramp(t) {            // blue (low) -> orange (high)
   return `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
 }
 
+// the theme's colours for the canvases (style.css's variables), read once per theme:
+// reading them while brushing would make the browser work out every style at each move
+function themeInk() {
+  return { text: themeColor("--fg"), muted: themeColor("--muted"), brush: themeColor("--accent") };
+}
+
 export class HParamsView {
   // onFilter(ids | null): the runs inside every brush (null: no brush)
   constructor(root, { onFilter }) {
@@ -89,6 +97,8 @@ export class HParamsView {
       this.sc);
     root.append(el("label", { class: "hp-toggle" }, this.show, " hyperparameter views"), this.body);
     this.bindBrushing();
+    this.ink = null;
+    window.addEventListener("expman-theme", () => { this.ink = null; this.draw(); });
     // drawn again when its width changes (the page laid out, a resize)
     // (the width is kept: reading it while drawing would lay out the page, runs table and all)
     let t = null;
@@ -179,6 +189,9 @@ export class HParamsView {
   draw() {
     if (!this.data || this.body.hidden) return;
     this.axesNow = this.axes();
+    // each run's place on each axis, worked out once: brushing reads them at every move
+    this.posNow = this.axesNow.map((a) => Float64Array.from(a.values, (v) => a.pos(v)));
+    this.brushed = null;           // the lines are drawn afresh: the brushes applied again
     this.drawParallel();
     this.drawScatter();
   }
@@ -217,7 +230,7 @@ export class HParamsView {
     this.pcGeom = g;
     const n = this.data.ids.length;
     const metricAxis = this.data.metric ? axes[axes.length - 1] : null;
-    const pos = axes.map((a) => a.values.map((v) => a.pos(v)));
+    const pos = this.posNow;
     const inside = this.inside;
     ctx.clearRect(0, 0, w, HEIGHT);
     ctx.lineWidth = 1;
@@ -253,16 +266,17 @@ export class HParamsView {
     ctx.globalAlpha = 1;
     ctx.font = "11px system-ui, sans-serif";
     ctx.textAlign = "center";
+    const ink = this.ink ||= themeInk();
     axes.forEach((a, i) => {
       const x = g.ax(i);
-      ctx.strokeStyle = "#57606a";
+      ctx.strokeStyle = ink.muted;
       ctx.beginPath(); ctx.moveTo(x, g.py(1)); ctx.lineTo(x, g.py(0)); ctx.stroke();
-      ctx.fillStyle = "#1f2328";
+      ctx.fillStyle = ink.text;
       const last = i === axes.length - 1 && i > 0;    // the edge axes' names stay inside
       ctx.textAlign = i === 0 ? "left" : last ? "right" : "center";
       ctx.fillText(a.name + (a.log ? " (log)" : ""), x + (i === 0 ? -8 : last ? 8 : 0), 14);
       ctx.textAlign = "center";
-      ctx.fillStyle = "#656d76";
+      ctx.fillStyle = ink.muted;
       const ticks = a.numeric ? a.ticks : a.ticks.slice(0, 12);
       for (const t of ticks) {
         const p = a.numeric ? a.pos(t) : a.pos(t);
@@ -270,10 +284,11 @@ export class HParamsView {
       }
       const b = this.brushes[a.name];
       if (b) {
-        ctx.fillStyle = "rgba(37, 99, 235, 0.18)";
-        ctx.strokeStyle = "#2563eb";
+        ctx.fillStyle = ctx.strokeStyle = ink.brush;
         const y0 = g.py(b[1]), y1 = g.py(b[0]);
+        ctx.globalAlpha = 0.18;
         ctx.fillRect(x - 8, y0, 16, y1 - y0);
+        ctx.globalAlpha = 1;
         ctx.strokeRect(x - 8, y0, 16, y1 - y0);
       }
     });
@@ -288,9 +303,10 @@ export class HParamsView {
     const name = this.xParam.value;
     const { ctx, w } = this.size(this.sc);
     ctx.clearRect(0, 0, w, HEIGHT);
+    const ink = this.ink ||= themeInk();
     const xs = name in d.params ? d.params[name] : null;
     if (!xs || !d.metric) {
-      ctx.fillStyle = "#656d76";
+      ctx.fillStyle = ink.muted;
       ctx.fillText(xs ? "choose a metric" : "choose a param for x (it is added to the chosen params)", 20, 30);
       this.sc.dataset.points = "0";
       if (!xs && name) this.setParams([...Object.keys(d.params), name]);
@@ -319,9 +335,9 @@ export class HParamsView {
       }
       ctx.fill();
     }
-    ctx.strokeStyle = "#57606a";
+    ctx.strokeStyle = ink.muted;
     ctx.strokeRect(left, top, right - left, bottom - top);
-    ctx.fillStyle = "#1f2328";
+    ctx.fillStyle = ink.text;
     ctx.font = "11px system-ui, sans-serif";
     ctx.textAlign = "center";
     ctx.fillText(name + (ax.log ? " (log)" : ""), (left + right) / 2, HEIGHT - 6);
@@ -332,6 +348,24 @@ export class HParamsView {
     ctx.save(); ctx.translate(12, (top + bottom) / 2); ctx.rotate(-Math.PI / 2); ctx.textAlign = "center";
     ctx.fillText(`${d.metric} (${d.summary})`, 0, 0); ctx.restore();
     this.sc.dataset.points = String(points);
+  }
+
+  // the runs (indexes) inside every brush, null when no axis is brushed
+  runsInside() {
+    const index = new Map(this.axesNow.map((a, i) => [a.name, i]));
+    const ranges = Object.entries(this.brushes).filter(([k]) => index.has(k))
+      .map(([k, [lo, hi]]) => [this.posNow[index.get(k)], lo - 1e-9, hi + 1e-9]);
+    if (!ranges.length) return null;
+    const inside = new Set();
+    for (let r = 0; r < this.data.ids.length; r++) {
+      let ok = true;
+      for (const [pos, lo, hi] of ranges) {
+        const p = pos[r];
+        if (p < 0 || p < lo || p > hi) { ok = false; break; }
+      }
+      if (ok) inside.add(r);
+    }
+    return inside;
   }
 
   // drag along an axis: brush it; a click without a drag clears it
@@ -367,31 +401,27 @@ export class HParamsView {
 
   // the runs inside every brush -> the table (quick: the lines only, while dragging);
   // save: write the brushes into the URL
+  // (the lines drawn at the last move of a drag are those of its release: not drawn again)
   applyBrushes(save, quick = false) {
     const t0 = performance.now();
-    const active = this.data && !this.body.hidden ? Object.entries(this.brushes) : [];
-    let inside = null;
-    if (active.length && this.axesNow) {
-      const byName = new Map(this.axesNow.map((a) => [a.name, a]));
-      const ranges = active.map(([k, r]) => [byName.get(k), r]).filter(([a]) => a);
-      if (ranges.length) {
-        inside = new Set();
-        const eps = 1e-9;
-        for (let r = 0; r < this.data.ids.length; r++) {
-          if (ranges.every(([a, [lo, hi]]) => { const p = a.pos(a.values[r]); return p >= 0 && p >= lo - eps && p <= hi + eps; })) inside.add(r);
-        }
-      }
+    const shown = this.data && !this.body.hidden && this.axesNow;
+    const brushed = shown ? brushText(this.brushes) : "";
+    if (brushed !== this.brushed) {
+      this.inside = shown ? this.runsInside() : null;
+      if (shown) this.drawParallel();
+      this.brushed = brushed;
     }
-    this.inside = inside;
-    if (this.data && !this.body.hidden) this.drawParallel();
     if (quick) return;
+    const inside = this.inside;
     const t1 = performance.now();
-    if (inside || this.filtered) this.onFilter(inside ? new Set([...inside].map((r) => this.data.ids[r])) : null);
+    if (inside || this.filtered) this.onFilter(inside ? new Set(Array.from(inside, (r) => this.data.ids[r])) : null);
     this.filtered = !!inside;
     const t2 = performance.now();
-    if (this.data && !this.body.hidden) {      // the scatter follows in the next frame
+    if (shown) {      // the scatter is drawn in the frame after the table's
       cancelAnimationFrame(this.scatterFrame);
-      this.scatterFrame = requestAnimationFrame(() => this.drawScatter());
+      this.scatterFrame = requestAnimationFrame(() => {
+        this.scatterFrame = requestAnimationFrame(() => this.drawScatter());
+      });
     }
     // where the time went (the bench reads these): brush and lines, the table, both
     this.root.dataset.linesMs = String(t1 - t0);

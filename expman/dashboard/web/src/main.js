@@ -19,6 +19,7 @@ const app = document.getElementById("app");
 const liveDot = document.getElementById("live-dot");
 let home = null;          // the runs view, kept across routes
 let stream = null;
+let seenScan = null;      // the server's scan of the base dir whose new runs the page has
 let runPanel = null;      // the run page's charts, fed by the stream too
 let autoSelected = false; // the selection is the default one (kept out of the URL)
 let applyingDefault = false;
@@ -179,6 +180,7 @@ function newestRuns(runs) {
 
 async function loadRuns() {
   const first = await getJSON(`/api/runs?limit=${FIRST_PAGE}&sort=start_time&order=desc`);
+  seenScan = first.scan;          // the stream announces the runs that came after it
   document.getElementById("base").textContent = first.base;
   first.runs.forEach((r, i) => setColorIndex(r.id, first.total - 1 - i));
   home.table.setRows(first.runs);
@@ -202,7 +204,16 @@ async function loadRuns() {
   }
 }
 
-// One stream: points of the selected runs, rows of live runs, new runs.
+// the newest runs listed again: the stream was away too long to say what came meanwhile
+async function relist() {
+  const first = await getJSON(`/api/runs?limit=${FIRST_PAGE}&sort=start_time&order=desc`);
+  home.table.update(first.runs);
+  home.groups.updateChoices();
+}
+
+// One stream: points of the selected runs, rows of live runs, new runs. A new stream
+// starts from the scan the page has seen (since=): the runs that appeared while no
+// stream was open are announced by the new one.
 function connect() {
   if (stream) stream.close();
   const q = new URLSearchParams();
@@ -210,9 +221,15 @@ function connect() {
   if (runPanel) runPanel.runs.forEach((r) => streamed.add(r));
   streamed.forEach((r) => q.append("run", r));
   for (const r of home.table.rows.values()) if (r.status === "RUNNING") q.append("watch", r.id);
+  if (seenScan !== null) q.set("since", seenScan);
   stream = new EventSource(`/api/stream?${q}`);
   stream.addEventListener("open", () => { liveDot.className = "on"; });
   stream.addEventListener("error", () => { liveDot.className = "off"; });
+  stream.addEventListener("hello", (e) => {
+    const h = JSON.parse(e.data);
+    seenScan = h.scan;
+    if (h.lost) relist().catch(() => { liveDot.className = "off"; });
+  });
   stream.addEventListener("points", (e) => {
     const p = JSON.parse(e.data);
     home.charts.append(p.run, p.metric, p.start, p.steps, p.times, p.values);
@@ -222,10 +239,11 @@ function connect() {
   stream.addEventListener("status", (e) => {
     const s = JSON.parse(e.data);
     const row = home.table.rows.get(s.run);
-    if (row) { row.status = s.status; home.table.draw(); }
+    if (row) { row.status = s.status; home.table.changed(); }
   });
   stream.addEventListener("runs", (e) => {
     const d = JSON.parse(e.data);
+    seenScan = d.scan;
     home.table.update(d.rows);
     if (d.added.length) home.groups.updateChoices();
     home.alerts.load(d.rows.filter((r) => home.table.selected.has(r.id)));

@@ -22,6 +22,8 @@ export class RunsTable {
     this.expr = [];
     this.group = false;
     this.keep = null;                    // ids the hyperparameter brushes keep (null: all)
+    this.version = 0;                    // counts changes of the rows: the sorted order follows
+    this.order = null;                   // every row sorted, and what for: { rows, at }
     this.exprError = el("span", { class: "expr-error", role: "alert" });
     this.count = el("span", { class: "count" });
     const statusSel = el("select", { id: "status-filter", "aria-label": "status",
@@ -74,11 +76,13 @@ export class RunsTable {
   }
 
   setRows(rows) {
+    this.version++;
     this.rows.clear();
     this.addRows(rows);
   }
 
   addRows(rows) {
+    this.version++;
     for (const r of rows) this.rows.set(r.id, this.prepare(r));
     this.draw();
   }
@@ -94,6 +98,7 @@ export class RunsTable {
   // columns exist already is replaced in place (a live run updates every second;
   // redrawing 500 rows each time would not be cheap).
   update(rows) {
+    this.version++;
     let full = false;
     for (const r of rows) {
       const known = this.rows.has(r.id);
@@ -108,23 +113,38 @@ export class RunsTable {
     if (full) this.draw();
   }
 
+  // a row's status changed in place (the live stream): the order is made again
+  changed() {
+    this.version++;
+    this.draw();
+  }
+
+  // The rows the filters keep, in order. Every row is sorted once per change of the rows
+  // or the sort, then filtered: a brush of the hyperparameter views (a new `keep` at
+  // each release) costs one pass over the rows, not a sort of 10,000 of them.
   visible() {
+    const at = `${this.version} ${this.sort.key} ${this.sort.dir} ${this.group}`;
+    if (!this.order || this.order.at !== at) this.order = { rows: this.sorted(), at };
+    const { keep, status, text, expr } = this;
     const out = [];
-    for (const r of this.rows.values()) {
-      if (this.keep && !this.keep.has(r.id)) continue;
-      if (this.status && r.status !== this.status) continue;
-      if (this.text && !r.search.includes(this.text)) continue;
-      if (this.expr.length && !matches(r, this.expr)) continue;
+    for (const r of this.order.rows) {
+      if (keep && !keep.has(r.id)) continue;
+      if (status && r.status !== status) continue;
+      if (text && !r.search.includes(text)) continue;
+      if (expr.length && !matches(r, expr)) continue;
       out.push(r);
     }
+    return out;
+  }
+
+  sorted() {
     const { key, dir } = this.sort;
     const get = (r) => key.startsWith("p:") ? r.flatParams[key.slice(2)]
       : key.startsWith("m:") ? r.last_metrics[key.slice(2)] : r[key];
-    out.sort((a, b) => {
+    return [...this.rows.values()].sort((a, b) => {
       if (this.group && a.experiment !== b.experiment) return a.experiment < b.experiment ? -1 : 1;
       return cmp(get(a), get(b)) * dir;
     });
-    return out;
   }
 
   // the columns: the fixed ones, then the chosen params and metrics that some shown
