@@ -75,8 +75,7 @@ def test_fork_of_a_finished_parent_reads_its_prefix_then_its_own(base):
     [b0] = run.branches
     assert (b0.id, b0.kind, b0.parent, b0.first_step, b0.last_step, b0.points) == \
         (0, "fork", "e/p", 6, 8, 3)
-    frame = run.metrics.to_pandas(branch=True)
-    assert list(frame["branch"]) == ["e/p:0"] * 6 + [0] * 3
+    assert run.metrics.branch_labels("x") == ["e/p:0"] * 6 + [0] * 3
     # nothing of the parent is copied: the child's stream holds its own 3 points only
     assert (base / "e/c/metrics.bin").stat().st_size < 200
     assert run.integrity["lineage"] == []
@@ -429,3 +428,18 @@ def test_branches_module_parses_fork_specs():
     assert branches.parse_fork_from("e/r@12") == ("e/r", 12)
     assert branches.parse_fork_from("a@b/r@3") == ("a@b/r", 3)
     assert branches.parse_fork_from(("e/r", 0)) == ("e/r", 0)
+
+
+def test_to_pandas_names_each_points_branch(base):
+    """``to_pandas(branch=True)``: inherited points carry the parent's branch as
+    "exp/run:k", the run's own points their branch id."""
+    need("pandas")
+    with exp(base, run="p") as p:
+        log_steps(p, range(10))
+    with exp(base, run="c", fork_from="e/p@5") as c:
+        log_steps(c, range(6, 9), 100)
+        c.rewind(8)
+        log_steps(c, range(8, 10), 200)
+    frame = expman.open_run(base / "e/c").metrics.to_pandas(branch=True)
+    assert list(frame["branch"]) == ["e/p:0"] * 6 + [0] * 2 + [1] * 2
+    assert list(frame["step"]) == list(range(10))
