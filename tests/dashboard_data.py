@@ -22,6 +22,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+def launch_chromium(pw: Any) -> Any:
+    """Debian's Chromium for a test, through Playwright's ``pw``. The browser is not
+    under test: a sanitizer preloaded into this Python (tools/sanitize.sh) is not
+    passed on to it (Chromium hangs under one)."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    return pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, env=env)
+
 def png_bytes(width: int = 8, height: int = 8) -> bytes:
     """A small RGB gradient PNG, written by hand (zlib + struct, no imaging library)."""
     def chunk(kind: bytes, data: bytes) -> bytes:

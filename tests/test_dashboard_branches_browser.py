@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, Watch, sync_api, until
+from test_dashboard_browser import TIMEOUT_MS, Watch, sync_api, until
+from dashboard_data import launch_chromium
 
 import expman
 from expman.dashboard.testing import running_server
@@ -47,7 +48,7 @@ def site(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def page(site: str):
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch_chromium(pw)
         ctx = browser.new_context(viewport={"width": 1280, "height": 900})
         pg = ctx.new_page()
         pg.set_default_timeout(TIMEOUT_MS)

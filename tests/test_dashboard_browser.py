@@ -26,7 +26,7 @@ need("uvicorn")
 need("numpy")
 
 from dashboard_data import (  # noqa: E402
-    CHROMIUM, CHROMIUM_ARGS, XSS_IMG, XSS_SCRIPT, demo_run, failed_run, hostile_run, png_bytes,
+    CHROMIUM, XSS_IMG, XSS_SCRIPT, demo_run, failed_run, hostile_run, launch_chromium, png_bytes,
 )
 
 if os.environ.get("EXPMAN_SKIP_BROWSER") == "1":
@@ -61,10 +61,7 @@ def site(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as pw:
-        # the browser is not under test: a sanitizer preloaded into this Python
-        # (tools/sanitize.sh) is not passed on to Chromium, which hangs under it
-        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, env=env)
+        b = launch_chromium(pw)
         yield b
         b.close()
 

@@ -17,13 +17,13 @@ import expman  # noqa: E402
 from dashboard_runpage_data import ALERT_STEP, media_run, ranked_run  # noqa: E402
 from expman.dashboard.testing import running_server  # noqa: E402
 from expman.watch import read_alerts  # noqa: E402
-from dashboard_data import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from dashboard_data import launch_chromium  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = launch_chromium(pw)
         yield b
         b.close()
 

@@ -16,28 +16,18 @@ from typing import Any
 
 import pytest
 
-from conftest import missing, need
+from conftest import need
 
 need("starlette")
 need("uvicorn")
 np = need("numpy")
 
-from dashboard_data import CHROMIUM, CHROMIUM_ARGS, sweep_run  # noqa: E402
-
-if os.environ.get("EXPMAN_SKIP_BROWSER") == "1":
-    pytest.skip("EXPMAN_SKIP_BROWSER=1", allow_module_level=True)
-if not os.path.exists(CHROMIUM):
-    missing("chromium", f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
-sync_api = need("playwright.sync_api")
+from dashboard_data import launch_chromium, sweep_run  # noqa: E402
+# its skip rules (no Chromium, no built page) apply here too
+from test_dashboard_browser import Watch, row, sync_api, until  # noqa: E402
 
 import expman  # noqa: E402
-from expman.dashboard.server import STATIC_DIR  # noqa: E402
 from expman.dashboard.testing import running_server  # noqa: E402
-
-from test_dashboard_browser import Watch, row, until  # noqa: E402
-
-if not (STATIC_DIR / "app.js").is_file():
-    pytest.fail("the dashboard page is not built: npm ci && npm run build", pytrace=False)
 
 TIMEOUT_MS = 15_000
 SEEDS = 3
@@ -58,7 +48,7 @@ def site(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = launch_chromium(pw)
         yield b
         b.close()
 
